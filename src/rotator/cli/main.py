@@ -1,0 +1,390 @@
+"""The ``rotator`` command line. Thin: parses, calls the service layer, prints.
+
+Exit codes: 0 ok, 1 the operation failed, 2 bad input (a one-line message naming the problem,
+never a traceback). Only ``credential get`` prints a value.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rotator.config import Settings
+from rotator.domain import names
+from rotator.domain.model import Stage
+from rotator.domain.secret import Secret
+from rotator.errors import (
+    AlreadyExists,
+    ConfigError,
+    CryptoError,
+    InvalidInput,
+    NotFound,
+    NotInitialized,
+    RotatorError,
+    StoreUnavailable,
+)
+from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service.views import credential_view
+
+app = typer.Typer(
+    name="rotator",
+    help="Credential rotation service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+credential_app = typer.Typer(help="Manage credentials.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage the master key.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read and verify the audit log.", no_args_is_help=True)
+app.add_typer(credential_app, name="credential")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+
+out = Console(highlight=False, soft_wrap=True)
+BAD_INPUT = (
+    InvalidInput,
+    NotFound,
+    AlreadyExists,
+    NotInitialized,
+    ConfigError,
+    CryptoError,
+    StoreUnavailable,
+)
+
+
+# typer vendors click in recent releases; reach its UsageError through the public BadParameter.
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+class Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"rotator: error: {message}", file=sys.stderr)
+    raise Exit(code)
+
+
+@contextmanager
+def service() -> Iterator[RotatorService]:
+    svc = RotatorService.open(Settings.from_env())
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+# -- shared options ----------------------------------------------------------------------
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Connector setting KEY=VALUE.")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Tag KEY=VALUE.")]
+EveryOpt = Annotated[str | None, typer.Option("--every", help="Rotate every DURATION (30d, 12h).")]
+CronOpt = Annotated[str | None, typer.Option("--cron", help="Rotate on a cron schedule.")]
+WindowOpt = Annotated[
+    str | None, typer.Option("--window", help="With --cron: start within DURATION.")
+]
+GraceOpt = Annotated[str | None, typer.Option("--grace", help="Keep PREVIOUS valid this long.")]
+MaxUsesOpt = Annotated[int | None, typer.Option("--max-uses", help="Rotate after N uses.")]
+StdinOpt = Annotated[
+    bool, typer.Option("--value-stdin", help="Read the value from standard input.")
+]
+GenOpt = Annotated[bool, typer.Option("--generate", help="Let the connector generate the value.")]
+
+
+def _value(value_stdin: bool, generate: bool) -> ValueInput:
+    if value_stdin and generate:
+        raise InvalidInput("--value-stdin and --generate exclude each other")
+    if not value_stdin:
+        return ValueInput(generate=generate)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InvalidInput("--value-stdin needs the value on standard input")
+    raw = sys.stdin.buffer.read()
+    if raw.endswith(b"\r\n"):
+        raw = raw[:-2]
+    elif raw.endswith(b"\n"):
+        raw = raw[:-1]
+    return ValueInput(value=Secret(raw))
+
+
+def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    key_re = names.TAG_KEY if what == "--tag" else names.CONFIG_KEY
+    return names.parse_pairs(items or [], what, key_re)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+@app.command()
+def init() -> None:
+    """Create the store and the master key (idempotent)."""
+    settings = Settings.from_env()
+    svc, created = RotatorService.init(settings)
+    try:
+        where = svc.db.safe_url
+        if created:
+            how = (
+                "passphrase (ROTATOR_PASSPHRASE)"
+                if settings.passphrase
+                else f"key file {settings.key_file}"
+            )
+            out.print(f"initialized rotator store at {where}; master key: {how}")
+        else:
+            out.print(f"rotator store at {where} is initialized already")
+    finally:
+        svc.close()
+
+
+@credential_app.command("add")
+def credential_add(
+    name: Annotated[str, typer.Argument(help="Credential name, e.g. prod/payments/db.")],
+    connector: Annotated[str, typer.Option("--connector", "-c", help="Connector kind.")],
+    set_: SetOpt = None,
+    tag: TagOpt = None,
+    every: EveryOpt = None,
+    cron: CronOpt = None,
+    window: WindowOpt = None,
+    grace: GraceOpt = None,
+    max_uses: MaxUsesOpt = None,
+    value_stdin: StdinOpt = False,
+    generate: GenOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a credential. The value comes only from --value-stdin or --generate."""
+    names.check_credential_name(name)
+    settings, tags = _pairs(set_, "--set"), _pairs(tag, "--tag")
+    policy = PolicyInput(every=every, cron=cron, window=window, grace=grace, max_uses=max_uses)
+    policy.apply(None)  # validate before reading stdin
+    value = _value(value_stdin, generate)
+    with service() as svc:
+        cred = svc.add_credential(
+            name, connector, settings=settings, tags=tags, policy=policy, value=value
+        )
+    if as_json:
+        emit_json(credential_view(cred))
+    else:
+        v = credential_view(cred)["current_version"]
+        out.print(
+            f"added {cred.name} ({cred.connector})"
+            + (f", version {v} CURRENT" if v else ", no value yet")
+        )
+
+
+@credential_app.command("list")
+def credential_list(
+    tag: TagOpt = None,
+    due: Annotated[bool, typer.Option("--due", help="Only those due now.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List credentials (metadata only)."""
+    tags = _pairs(tag, "--tag")
+    with service() as svc:
+        creds = svc.list_credentials(tags=tags, due=due)
+    views = [credential_view(c) for c in creds]
+    if as_json:
+        emit_json(views)
+        return
+    table = Table("NAME", "CONNECTOR", "VERSION", "POLICY", "NEXT ROTATION", "TAGS")
+    for c, v in zip(creds, views, strict=True):
+        table.add_row(
+            c.name,
+            c.connector,
+            str(v["current_version"] or "-"),
+            c.policy.describe(),
+            v["next_rotation_at"] or "-",
+            ",".join(f"{k}={x}" for k, x in c.tags.items()),
+        )
+    out.print(table)
+    out.print(f"{len(creds)} credential(s)")
+
+
+@credential_app.command("show")
+def credential_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show a credential's metadata and versions with stages, never values."""
+    with service() as svc:
+        cred = svc.show(name)
+    v = credential_view(cred)
+    if as_json:
+        emit_json(v)
+        return
+    for key in (
+        "name",
+        "tenant",
+        "connector",
+        "created_at",
+        "updated_at",
+        "last_rotated_at",
+        "next_rotation_at",
+        "use_count",
+    ):
+        out.print(f"{key:17} {v[key] if v[key] is not None else '-'}")
+    out.print(f"{'policy':17} {cred.policy.describe()}")
+    out.print(f"{'settings':17} {json.dumps(v['settings'])}")
+    out.print(f"{'tags':17} {json.dumps(v['tags'])}")
+    table = Table("VERSION", "STAGE", "CREATED", "EXPIRES")
+    for ver in v["versions"]:
+        table.add_row(
+            str(ver["version"]), ver["stage"], ver["created_at"], ver["expires_at"] or "-"
+        )
+    out.print(table)
+
+
+@credential_app.command("get")
+def credential_get(
+    name: str,
+    stage: Annotated[
+        str, typer.Option("--stage", help="CURRENT, PREVIOUS or PENDING.")
+    ] = "CURRENT",
+) -> None:
+    """Print a credential's value (audited)."""
+    try:
+        st = Stage(stage.upper())
+    except ValueError:
+        raise InvalidInput(f"--stage must be CURRENT, PREVIOUS or PENDING, not {stage!r}") from None
+    with service() as svc:
+        value = svc.get_value(name, st)
+    sys.stdout.buffer.write(value.reveal() + b"\n")
+    sys.stdout.flush()
+
+
+@credential_app.command("update")
+def credential_update(
+    name: str,
+    connector: Annotated[
+        str | None, typer.Option("--connector", "-c", help="Connector kind.")
+    ] = None,
+    set_: SetOpt = None,
+    tag: TagOpt = None,
+    every: EveryOpt = None,
+    cron: CronOpt = None,
+    window: WindowOpt = None,
+    grace: GraceOpt = None,
+    max_uses: MaxUsesOpt = None,
+    value_stdin: StdinOpt = False,
+    generate: GenOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a credential; --set and --tag replace all settings / tags when given."""
+    names.check_credential_name(name)
+    settings = _pairs(set_, "--set") if set_ else None
+    tags = _pairs(tag, "--tag") if tag else None
+    policy = PolicyInput(every=every, cron=cron, window=window, grace=grace, max_uses=max_uses)
+    value = _value(value_stdin, generate)
+    with service() as svc:
+        cred = svc.update_credential(
+            name, connector=connector, settings=settings, tags=tags, policy=policy, value=value
+        )
+    if as_json:
+        emit_json(credential_view(cred))
+    else:
+        out.print(f"updated {cred.name}")
+
+
+@credential_app.command("remove")
+def credential_remove(name: str) -> None:
+    """Remove a credential and all its versions."""
+    with service() as svc:
+        svc.remove_credential(name)
+    out.print(f"removed {name}")
+
+
+@keys_app.command("rotate-master")
+def keys_rotate_master() -> None:
+    """Re-wrap every data key under a new master key (safe to interrupt and run again)."""
+    with service() as svc:
+        old, new, n = svc.rotate_master_key()
+    out.print(f"master key rotated: {old} -> {new}; {n} data key(s) re-wrapped")
+
+
+@audit_app.command("list")
+def audit_list(
+    credential: Annotated[
+        str | None, typer.Option("--credential", help="Only this credential.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the newest N.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List audit entries, oldest first."""
+    if credential is not None:
+        names.check_credential_name(credential)
+    with service() as svc:
+        entries = svc.audit_entries(credential=credential, limit=limit)
+    if as_json:
+        emit_json([e.to_json() for e in entries])
+        return
+    table = Table("SEQ", "TIME", "ACTOR", "ACTION", "CREDENTIAL", "DETAILS")
+    for e in entries:
+        table.add_row(
+            str(e.seq),
+            e.ts,
+            e.actor,
+            e.action,
+            e.credential or "-",
+            json.dumps(e.details, sort_keys=True),
+        )
+    out.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Verify the hash chain; exit 1 naming the first entry that does not verify."""
+    with service() as svc:
+        result = svc.audit_verify()
+    if result.ok:
+        out.print(f"audit chain ok: {result.entries} entries")
+        return
+    fail(f"audit chain broken at entry {result.first_bad_seq}: {result.reason}", code=1)
+
+
+@audit_app.command("export")
+def audit_export() -> None:
+    """Print every audit entry as JSON lines (with hashes), for archiving."""
+    with service() as svc:
+        entries = svc.audit_entries()
+    for e in entries:
+        sys.stdout.write(json.dumps(e.to_json(), sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="rotator", standalone_mode=False)
+    except Exit as exc:
+        return exc.code
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # help was printed already
+            return 0
+        print(f"rotator: error: {getattr(exc, 'format_message', exc.__str__)()}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        print("rotator: aborted", file=sys.stderr)
+        return 1
+    except BAD_INPUT as exc:
+        print(f"rotator: error: {exc}", file=sys.stderr)
+        return 2
+    except RotatorError as exc:
+        print(f"rotator: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rotator: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The connector protocol: how a new value is made real on a target.
+
+One request dataclass per method, so a new field never breaks a third-party connector. Every
+method must be safe to call again for the same request (a retried or resumed step must do the
+right thing when it already happened).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rotator.domain.secret import Secret
+from rotator.errors import ConnectorError, InvalidInput
+
+
+class Strategy(enum.StrEnum):
+    """How a connector keeps the service up while the value changes."""
+
+    DUAL = "dual"  # the target holds two valid secrets at once
+    ALTERNATING = "alternating"  # two accounts; rotate the idle one
+    SINGLE = "single"  # one secret; a short window; not zero-downtime
+
+
+class ConnectorConfig(BaseModel):
+    """Base of every connector's settings (``--set KEY=VALUE``). Holds no secret value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    credential: str
+    version: int
+    config: ConnectorConfig
+
+
+@dataclass(frozen=True, slots=True)
+class SetRequest:
+    credential: str
+    version: int
+    config: ConnectorConfig
+    pending: Secret
+    current: Secret | None
+
+
+@dataclass(frozen=True, slots=True)
+class TestRequest:
+    credential: str
+    version: int
+    config: ConnectorConfig
+    pending: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRequest:
+    credential: str
+    version: int
+    config: ConnectorConfig
+    current: Secret
+    previous: Secret | None
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeRequest:
+    credential: str
+    version: int
+    config: ConnectorConfig
+    value: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRequest:
+    credential: str
+    version: int
+    config: ConnectorConfig
+    pending: Secret
+    current: Secret | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    credential: str
+    config: ConnectorConfig
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TransientError(ConnectorError):
+    """A failure worth retrying (timeout, connection reset, 5xx)."""
+
+
+class PermanentError(ConnectorError):
+    """A failure that retrying will not fix (bad config, auth refused)."""
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """What every connector implements. Methods must be idempotent; see module docstring."""
+
+    kind: ClassVar[str]
+    strategy: ClassVar[Strategy]
+    config_model: ClassVar[type[ConnectorConfig]]
+
+    def target_key(self, config: ConnectorConfig) -> str:
+        """Which target a credential lives on (for per-target limits): e.g. ``host:port``."""
+        ...
+
+    async def create(self, req: CreateRequest) -> Secret: ...
+    async def set(self, req: SetRequest) -> None: ...
+    async def test(self, req: TestRequest) -> None: ...
+    async def finish(self, req: FinishRequest) -> None: ...
+    async def revoke(self, req: RevokeRequest) -> None: ...
+    async def rollback(self, req: RollbackRequest) -> None: ...
+
+
+def parse_config(connector: Connector, settings: dict[str, str]) -> ConnectorConfig:
+    """Validate ``--set`` settings against the connector's model; one-line InvalidInput if bad."""
+    try:
+        return connector.config_model.model_validate(settings)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        raise InvalidInput(f"connector {connector.kind!r}: {msg} {loc!r}") from None

@@ -1,0 +1,52 @@
+"""Validation of names that appear in the public contract."""
+
+from __future__ import annotations
+
+import re
+
+from rotator.errors import InvalidInput
+
+CREDENTIAL_NAME = re.compile(r"[a-z0-9][a-z0-9._/-]{0,199}")
+TAG_KEY = re.compile(r"[a-z0-9][a-z0-9._/-]{0,62}")
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+CONFIG_KEY = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+
+
+def check_credential_name(name: str) -> str:
+    """Return ``name`` if it is a valid credential name, else raise InvalidInput naming it."""
+    if not CREDENTIAL_NAME.fullmatch(name):
+        raise InvalidInput(
+            f"invalid credential name {name!r}: use 1-200 characters of a-z 0-9 . _ / -, "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_tenant_name(name: str) -> str:
+    """Return ``name`` if it is a valid tenant name, else raise InvalidInput."""
+    if not TENANT_NAME.fullmatch(name):
+        raise InvalidInput(f"invalid tenant name {name!r}")
+    return name
+
+
+def parse_pairs(
+    items: list[str] | tuple[str, ...], what: str, key_re: re.Pattern[str]
+) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` items (``--set``, ``--tag``) into a dict.
+
+    Raises InvalidInput naming the flag and the bad item. Values may be empty; keys may not repeat.
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key_re.fullmatch(key):
+            raise InvalidInput(
+                f"malformed {what} {item!r}: expected KEY=VALUE with KEY like {key_re.pattern}"
+            )
+        if key in out:
+            raise InvalidInput(f"{what} {key!r} given twice")
+        if len(value) > 1024:
+            raise InvalidInput(f"{what} {key!r}: value longer than 1024 characters")
+        out[key] = value
+    return out

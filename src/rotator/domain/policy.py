@@ -1,0 +1,121 @@
+"""Policy value objects and their parsing. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from croniter import croniter
+
+from rotator.errors import PolicyError
+
+_DURATION = re.compile(r"(\d+)\s*(ms|s|m|h|d|w)")
+_UNITS = {
+    "ms": timedelta(milliseconds=1),
+    "s": timedelta(seconds=1),
+    "m": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+    "w": timedelta(weeks=1),
+}
+
+
+def parse_duration(text: str, what: str = "duration") -> timedelta:
+    """Parse ``30d``, ``2h30m``, ``90s``, ``500ms``; raise PolicyError naming ``what`` otherwise."""
+    s = text.strip().lower()
+    pos = 0
+    total = timedelta()
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            break
+        total += int(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not s or pos != len(s):
+        raise PolicyError(f"malformed {what} {text!r}: expected e.g. 30d, 12h, 2h30m, 90s")
+    return total
+
+
+def format_duration(d: timedelta) -> str:
+    """Inverse of parse_duration for whole seconds (``0s`` for zero)."""
+    secs = int(d.total_seconds())
+    if secs == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if secs >= size:
+            parts.append(f"{secs // size}{unit}")
+            secs %= size
+    return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RotationPolicy:
+    """When a credential rotates and how long the old value stays valid.
+
+    ``every`` and ``cron`` exclude each other. ``window`` only goes with ``cron``: the rotation
+    may start any time within ``window`` after the cron time. ``grace`` is how long PREVIOUS
+    stays valid on the target. ``max_uses`` rotates after that many recorded uses.
+    """
+
+    every: timedelta | None = None
+    cron: str | None = None
+    window: timedelta | None = None
+    grace: timedelta = timedelta(minutes=5)
+    max_uses: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.cron is not None:
+            raise PolicyError("--every and --cron exclude each other")
+        if self.every is not None and self.every <= timedelta(0):
+            raise PolicyError("--every must be longer than zero")
+        if self.window is not None and self.cron is None:
+            raise PolicyError("--window needs --cron")
+        if self.window is not None and self.window <= timedelta(0):
+            raise PolicyError("--window must be longer than zero")
+        if self.cron is not None and not croniter.is_valid(self.cron):
+            raise PolicyError(
+                f"malformed --cron {self.cron!r}: expected five fields like '0 3 * * 0'"
+            )
+        if self.grace < timedelta(0):
+            raise PolicyError("--grace cannot be negative")
+        if self.max_uses is not None and self.max_uses < 1:
+            raise PolicyError("--max-uses must be at least 1")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "every": None if self.every is None else self.every.total_seconds(),
+            "cron": self.cron,
+            "window": None if self.window is None else self.window.total_seconds(),
+            "grace": self.grace.total_seconds(),
+            "max_uses": self.max_uses,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RotationPolicy:
+        def td(v: float | None) -> timedelta | None:
+            return None if v is None else timedelta(seconds=v)
+
+        return cls(
+            every=td(data.get("every")),
+            cron=data.get("cron"),
+            window=td(data.get("window")),
+            grace=td(data.get("grace")) or timedelta(0),
+            max_uses=data.get("max_uses"),
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.every is not None:
+            parts.append(f"every {format_duration(self.every)}")
+        if self.cron is not None:
+            parts.append(f"cron '{self.cron}'")
+            if self.window is not None:
+                parts.append(f"window {format_duration(self.window)}")
+        if self.max_uses is not None:
+            parts.append(f"after {self.max_uses} uses")
+        if not parts:
+            parts.append("on demand")
+        parts.append(f"grace {format_duration(self.grace)}")
+        return ", ".join(parts)

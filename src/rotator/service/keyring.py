@@ -1,0 +1,193 @@
+"""The master-key ring: which master keys this process holds, and master-key rotation.
+
+State lives in two meta rows: ``master`` (id and, in passphrase mode, scrypt parameters of the
+current key) and ``master_next`` (the key a rotation is moving to, while one is under way).
+Key files: ``master.key`` and, during a rotation, ``master.key.next``. Every step is ordered so
+that an interrupted rotation can be run again and finishes; normal commands keep working in
+between because the ring then holds both keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection
+
+from rotator import crypto
+from rotator.config import Settings
+from rotator.crypto import KdfParams, MasterKey
+from rotator.errors import DecryptionError, MasterKeyError
+from rotator.store import Database
+from rotator.store import keys as store_keys
+
+
+class KeyRing:
+    """Master keys by id. ``current`` wraps new data keys; any held key unwraps."""
+
+    def __init__(self, keys: dict[str, MasterKey], current_id: str) -> None:
+        self._keys = keys
+        self.current_id = current_id
+
+    @property
+    def current(self) -> MasterKey:
+        return self._keys[self.current_id]
+
+    def get(self, key_id: str) -> MasterKey:
+        """The master key with ``key_id``; DecryptionError if this process does not hold it."""
+        try:
+            return self._keys[key_id]
+        except KeyError:
+            raise DecryptionError(
+                "this data key is wrapped by a master key this process does not hold"
+            ) from None
+
+    def with_key(self, key: MasterKey) -> KeyRing:
+        """A ring that also holds ``key`` and makes it current."""
+        return KeyRing({**self._keys, key.id: key}, key.id)
+
+    def __repr__(self) -> str:
+        return f"KeyRing(ids={sorted(self._keys)}, current={self.current_id!r})"
+
+
+def _key_for(entry: dict[str, Any], settings: Settings, *, next_: bool) -> MasterKey | None:
+    kdf = entry.get("kdf")
+    if kdf is not None:
+        pw = settings.new_passphrase if next_ else settings.passphrase
+        if pw is None:
+            if next_:
+                return None
+            raise MasterKeyError("this store uses a passphrase: set ROTATOR_PASSPHRASE")
+        return crypto.derive_master_key(pw.reveal_text(), KdfParams.from_json(kdf))
+    path = settings.next_key_file if next_ else settings.key_file
+    if next_ and not path.exists():
+        return None
+    return crypto.read_key_file(path)
+
+
+def create_master(conn: Connection, settings: Settings) -> MasterKey:
+    """Create (or adopt an existing key file as) the master key of a new store."""
+    if settings.passphrase is not None:
+        params = KdfParams.fresh()
+        key = crypto.derive_master_key(settings.passphrase.reveal_text(), params)
+        store_keys.set_meta(conn, "master", {"id": key.id, "kdf": params.to_json()})
+        return key
+    if settings.key_file.exists():
+        key = crypto.read_key_file(settings.key_file)
+    else:
+        key = MasterKey.generate()
+        crypto.write_key_file(settings.key_file, key)
+    store_keys.set_meta(conn, "master", {"id": key.id, "kdf": None})
+    return key
+
+
+def load_keyring(db: Database, settings: Settings) -> KeyRing:
+    """Load the master key(s) this store needs. Finishes a rotation's last file step if due.
+
+    Raises DecryptionError when the key file or passphrase is not the one this store was made
+    with, MasterKeyError when it is missing or unusable.
+    """
+    with db.read() as conn:
+        master = store_keys.get_meta(conn, "master")
+        nxt = store_keys.get_meta(conn, "master_next")
+    if master is None:
+        from rotator.errors import NotInitialized
+
+        raise NotInitialized(f"no master key recorded in {db.safe_url}: run `rotator init`")
+    wanted = {master["id"]} | ({nxt["id"]} if nxt else set())
+    held: dict[str, MasterKey] = {}
+    passphrase_mode = master.get("kdf") is not None
+    if passphrase_mode:
+        for entry, is_next in ((master, False), (nxt, True)):
+            if entry is not None:
+                k = _key_for(entry, settings, next_=is_next)
+                if k is not None and k.id == entry["id"]:
+                    held[k.id] = k
+    else:
+        for path in (settings.key_file, settings.next_key_file):
+            if path == settings.key_file or path.exists():
+                k = crypto.read_key_file(path)
+                if k.id in wanted:
+                    held[k.id] = k
+        # A rotation that committed but was stopped before moving the new key file into place.
+        if settings.next_key_file.exists() and master["id"] in held and nxt is None:
+            nk = crypto.read_key_file(settings.next_key_file)
+            if nk.id == master["id"]:
+                crypto.replace_key_file(settings.next_key_file, settings.key_file)
+    if not held:
+        what = "ROTATOR_PASSPHRASE" if passphrase_mode else f"master key file {settings.key_file}"
+        raise DecryptionError(f"{what} does not open this store (wrong passphrase or key file)")
+    current = nxt["id"] if nxt and nxt["id"] in held else master["id"]
+    if current not in held:
+        raise DecryptionError(
+            "the current master key is not available: wrong passphrase or key file"
+        )
+    return KeyRing(held, current)
+
+
+def rotate_master(
+    db: Database,
+    settings: Settings,
+    ring: KeyRing,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[str, str, int]:
+    """Re-wrap every data key under a new master key; values are not re-encrypted.
+
+    Safe to interrupt and run again: the new key is made durable (key file or stored scrypt
+    parameters) before the first re-wrap, each data key is re-wrapped in its own transaction,
+    and a rerun picks up the same new key. Returns (old id, new id, data keys re-wrapped).
+    In passphrase mode ROTATOR_NEW_PASSPHRASE gives the new passphrase.
+    """
+    with db.read() as conn:
+        master = store_keys.get_meta(conn, "master")
+        nxt = store_keys.get_meta(conn, "master_next")
+    old_id = master["id"]
+    new = _prepare_next(db, settings, master, nxt)
+    ring = ring.with_key(new)
+    with db.read() as conn:
+        todo = store_keys.data_keys_not_wrapped_by(conn, new.id)
+    for i, (dk_id, tenant_id, wrapped, by) in enumerate(todo, 1):
+        rewrapped = crypto.rewrap(ring.get(by), new, wrapped, tenant_id, dk_id)
+        with db.write() as conn:
+            store_keys.set_wrapped(conn, dk_id, rewrapped, new.id, expect_master_key_id=by)
+        if progress is not None:
+            progress(i, len(todo))
+    with db.write() as conn:
+        entry = store_keys.get_meta(conn, "master_next")
+        store_keys.set_meta(conn, "master", entry)
+        store_keys.delete_meta(conn, "master_next")
+    if master.get("kdf") is None and settings.next_key_file.exists():
+        crypto.replace_key_file(settings.next_key_file, settings.key_file)
+    return old_id, new.id, len(todo)
+
+
+def _prepare_next(
+    db: Database, settings: Settings, master: dict[str, Any], nxt: dict[str, Any] | None
+) -> MasterKey:
+    if master.get("kdf") is not None:
+        if settings.new_passphrase is None:
+            raise MasterKeyError("set ROTATOR_NEW_PASSPHRASE to the new passphrase")
+        if nxt is not None:
+            key = crypto.derive_master_key(
+                settings.new_passphrase.reveal_text(), KdfParams.from_json(nxt["kdf"])
+            )
+            if key.id != nxt["id"]:
+                raise DecryptionError(
+                    "ROTATOR_NEW_PASSPHRASE is not the one the interrupted rotation started with"
+                )
+            return key
+        params = KdfParams.fresh()
+        key = crypto.derive_master_key(settings.new_passphrase.reveal_text(), params)
+        entry: dict[str, Any] = {"id": key.id, "kdf": params.to_json()}
+    else:
+        if settings.next_key_file.exists():
+            key = crypto.read_key_file(settings.next_key_file)
+        else:
+            key = MasterKey.generate()
+            crypto.write_key_file(settings.next_key_file, key)
+        entry = {"id": key.id, "kdf": None}
+    if key.id == master["id"]:
+        raise MasterKeyError("the new master key is the same as the current one")
+    with db.write() as conn:
+        store_keys.set_meta(conn, "master_next", entry)
+    return key

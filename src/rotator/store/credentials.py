@@ -1,0 +1,332 @@
+"""Store access for credentials, their tags and versions. Callers pass the transaction.
+
+Values appear here only as ciphertext; sealing and opening happen in the service layer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+
+from rotator.domain.model import Credential, Stage, Version
+from rotator.domain.policy import RotationPolicy
+from rotator.errors import ConcurrentModification
+from rotator.store.schema import credential_tags, credentials, tenants, versions
+
+
+@dataclass(frozen=True, slots=True)
+class SealedVersion:
+    """A version row with its ciphertext, as stored."""
+
+    credential_id: int
+    number: int
+    stage: Stage
+    ciphertext: bytes
+    data_key_id: int
+
+
+def insert_credential(
+    conn: Connection,
+    *,
+    tenant_id: int,
+    name: str,
+    connector: str,
+    config: Mapping[str, str],
+    policy: RotationPolicy,
+    tags: Mapping[str, str],
+    now: datetime,
+    next_rotation_at: datetime | None,
+) -> int:
+    """Insert a credential and its tags; return its id. The unique name is enforced by the DB."""
+    res = conn.execute(
+        insert(credentials).values(
+            tenant_id=tenant_id,
+            name=name,
+            connector=connector,
+            config=dict(config),
+            policy=policy.to_json(),
+            created_at=now,
+            updated_at=now,
+            next_rotation_at=next_rotation_at,
+            last_rotated_at=None,
+            use_count=0,
+        )
+    )
+    assert res.inserted_primary_key is not None
+    cid = int(res.inserted_primary_key[0])
+    _insert_tags(conn, cid, tags)
+    return cid
+
+
+def _insert_tags(conn: Connection, credential_id: int, tags: Mapping[str, str]) -> None:
+    if tags:
+        conn.execute(
+            insert(credential_tags),
+            [{"credential_id": credential_id, "key": k, "value": v} for k, v in tags.items()],
+        )
+
+
+def update_credential(
+    conn: Connection,
+    credential_id: int,
+    *,
+    now: datetime,
+    connector: str | None = None,
+    config: Mapping[str, str] | None = None,
+    policy: RotationPolicy | None = None,
+    tags: Mapping[str, str] | None = None,
+    next_rotation_at: datetime | None = None,
+    set_next_rotation: bool = False,
+    last_rotated_at: datetime | None = None,
+) -> None:
+    """Change the given fields. ``tags`` replaces all tags."""
+    values: dict[str, Any] = {"updated_at": now}
+    if connector is not None:
+        values["connector"] = connector
+    if config is not None:
+        values["config"] = dict(config)
+    if policy is not None:
+        values["policy"] = policy.to_json()
+    if set_next_rotation:
+        values["next_rotation_at"] = next_rotation_at
+    if last_rotated_at is not None:
+        values["last_rotated_at"] = last_rotated_at
+    conn.execute(update(credentials).where(credentials.c.id == credential_id).values(**values))
+    if tags is not None:
+        conn.execute(
+            delete(credential_tags).where(credential_tags.c.credential_id == credential_id)
+        )
+        _insert_tags(conn, credential_id, tags)
+
+
+def delete_credential(conn: Connection, credential_id: int) -> None:
+    """Delete a credential with its tags and versions (ciphertexts are gone for good)."""
+    conn.execute(delete(versions).where(versions.c.credential_id == credential_id))
+    conn.execute(delete(credential_tags).where(credential_tags.c.credential_id == credential_id))
+    conn.execute(delete(credentials).where(credentials.c.id == credential_id))
+
+
+def credential_id(conn: Connection, tenant_id: int, name: str) -> int | None:
+    return conn.execute(
+        select(credentials.c.id).where(
+            credentials.c.tenant_id == tenant_id, credentials.c.name == name
+        )
+    ).scalar_one_or_none()
+
+
+def get_credential(
+    conn: Connection, tenant_id: int, name: str, *, with_versions: bool = True
+) -> Credential | None:
+    """The credential named ``name`` in the tenant, with versions (metadata only), or None."""
+    found = list_credentials(conn, tenant_id, names=[name], with_versions=with_versions)
+    return found[0] if found else None
+
+
+def list_credentials(
+    conn: Connection,
+    tenant_id: int,
+    *,
+    names: Sequence[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    due_before: datetime | None = None,
+    with_versions: bool = False,
+    limit: int | None = None,
+) -> list[Credential]:
+    """Credentials of a tenant ordered by name, filtered by names, all given tags, and due time."""
+    q = (
+        select(credentials, tenants.c.name.label("tenant_name"))
+        .join(tenants, tenants.c.id == credentials.c.tenant_id)
+        .where(credentials.c.tenant_id == tenant_id)
+    )
+    if names is not None:
+        q = q.where(credentials.c.name.in_(list(names)))
+    for i, (k, v) in enumerate((tags or {}).items()):
+        t = credential_tags.alias(f"t{i}")
+        q = q.join(t, and_(t.c.credential_id == credentials.c.id, t.c.key == k, t.c.value == v))
+    if due_before is not None:
+        q = q.where(credentials.c.next_rotation_at <= due_before)
+    q = q.order_by(credentials.c.name)
+    if limit is not None:
+        q = q.limit(limit)
+    rows = conn.execute(q).all()
+    ids = [r.id for r in rows]
+    tag_map = _tags_for(conn, ids)
+    ver_map = _versions_for(conn, ids) if with_versions else {}
+    return [
+        Credential(
+            id=r.id,
+            tenant=r.tenant_name,
+            name=r.name,
+            connector=r.connector,
+            config=dict(r.config),
+            tags=tag_map.get(r.id, {}),
+            policy=RotationPolicy.from_json(r.policy),
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+            next_rotation_at=r.next_rotation_at,
+            last_rotated_at=r.last_rotated_at,
+            use_count=r.use_count,
+            versions=tuple(ver_map.get(r.id, ())),
+        )
+        for r in rows
+    ]
+
+
+def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+def _tags_for(conn: Connection, ids: list[int]) -> dict[int, dict[str, str]]:
+    out: dict[int, dict[str, str]] = defaultdict(dict)
+    for chunk in _chunks(ids):
+        for r in conn.execute(
+            select(credential_tags).where(credential_tags.c.credential_id.in_(chunk))
+        ):
+            out[r.credential_id][r.key] = r.value
+    return out
+
+
+def _versions_for(conn: Connection, ids: list[int]) -> dict[int, list[Version]]:
+    out: dict[int, list[Version]] = defaultdict(list)
+    cols = [
+        versions.c.credential_id,
+        versions.c.number,
+        versions.c.stage,
+        versions.c.created_at,
+        versions.c.staged_at,
+        versions.c.expires_at,
+    ]
+    for chunk in _chunks(ids):
+        q = select(*cols).where(versions.c.credential_id.in_(chunk)).order_by(versions.c.number)
+        for r in conn.execute(q):
+            out[r.credential_id].append(
+                Version(
+                    credential_id=r.credential_id,
+                    number=r.number,
+                    stage=Stage(r.stage),
+                    created_at=r.created_at,
+                    staged_at=r.staged_at,
+                    expires_at=r.expires_at,
+                )
+            )
+    return out
+
+
+def next_version_number(conn: Connection, credential_id: int) -> int:
+    n = conn.execute(
+        select(func.max(versions.c.number)).where(versions.c.credential_id == credential_id)
+    ).scalar_one_or_none()
+    return (n or 0) + 1
+
+
+def insert_version(
+    conn: Connection,
+    *,
+    credential_id: int,
+    number: int,
+    stage: Stage,
+    ciphertext: bytes,
+    data_key_id: int,
+    now: datetime,
+) -> None:
+    """Insert a version. A second insert of the same number fails with ConcurrentModification."""
+    conn.execute(
+        insert(versions).values(
+            credential_id=credential_id,
+            number=number,
+            stage=stage.value,
+            ciphertext=ciphertext,
+            data_key_id=data_key_id,
+            created_at=now,
+            staged_at=now,
+            expires_at=None,
+        )
+    )
+
+
+def sealed_version(
+    conn: Connection, credential_id: int, *, stage: Stage | None = None, number: int | None = None
+) -> SealedVersion | None:
+    """The newest version with ``stage`` (or the version ``number``), with its ciphertext."""
+    q = select(versions).where(versions.c.credential_id == credential_id)
+    if stage is not None:
+        q = q.where(versions.c.stage == stage.value)
+    if number is not None:
+        q = q.where(versions.c.number == number)
+    r = conn.execute(q.order_by(versions.c.number.desc()).limit(1)).first()
+    if r is None:
+        return None
+    return SealedVersion(
+        credential_id=r.credential_id,
+        number=r.number,
+        stage=Stage(r.stage),
+        ciphertext=r.ciphertext,
+        data_key_id=r.data_key_id,
+    )
+
+
+def promote(
+    conn: Connection, credential_id: int, number: int, *, now: datetime, grace: timedelta
+) -> int | None:
+    """Make version ``number`` CURRENT and the old CURRENT PREVIOUS (expiring after ``grace``).
+
+    One transaction (the caller's). An older PREVIOUS still inside its grace stays PREVIOUS
+    until the engine revokes it. Returns the number of the demoted version, or None.
+    Idempotent: promoting the version that is already CURRENT changes nothing.
+    """
+    cur = sealed_version(conn, credential_id, stage=Stage.CURRENT)
+    if cur is not None and cur.number == number:
+        return None
+    target = conn.execute(
+        update(versions)
+        .where(
+            versions.c.credential_id == credential_id,
+            versions.c.number == number,
+            versions.c.stage.in_([Stage.PENDING.value]),
+        )
+        .values(stage=Stage.CURRENT.value, staged_at=now, expires_at=None)
+    )
+    if target.rowcount != 1:
+        raise ConcurrentModification(f"version {number} is not PENDING any more")
+    if cur is None:
+        return None
+    conn.execute(
+        update(versions)
+        .where(versions.c.credential_id == credential_id, versions.c.number == cur.number)
+        .values(stage=Stage.PREVIOUS.value, staged_at=now, expires_at=now + grace)
+    )
+    return cur.number
+
+
+def all_sealed_versions(conn: Connection) -> list[tuple[int, int, int, bytes, int]]:
+    """(tenant_id, credential_id, number, ciphertext, data_key_id) of every version (for checks)."""
+    rows = conn.execute(
+        select(
+            credentials.c.tenant_id,
+            versions.c.credential_id,
+            versions.c.number,
+            versions.c.ciphertext,
+            versions.c.data_key_id,
+        )
+        .join(credentials, credentials.c.id == versions.c.credential_id)
+        .order_by(versions.c.id)
+    ).all()
+    return [(r.tenant_id, r.credential_id, r.number, r.ciphertext, r.data_key_id) for r in rows]
+
+
+__all__ = ["ConcurrentModification", "SealedVersion"]
+
+
+def count_use(conn: Connection, credential_id: int, n: int = 1) -> None:
+    """Record ``n`` uses of a credential's value (drives usage-based policies)."""
+    conn.execute(
+        update(credentials)
+        .where(credentials.c.id == credential_id)
+        .values(use_count=credentials.c.use_count + n)
+    )

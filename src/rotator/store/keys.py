@@ -1,0 +1,101 @@
+"""Store access for meta values, tenants and wrapped data keys. Callers pass the transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from rotator.domain.model import Tenant
+from rotator.errors import ConcurrentModification
+from rotator.store.schema import data_keys, meta, tenants
+
+
+def get_meta(conn: Connection, key: str) -> Any:
+    """The JSON value stored under ``key``, or None."""
+    return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
+
+
+def set_meta(conn: Connection, key: str, value: Any) -> None:
+    """Insert or replace the value under ``key``."""
+    if conn.execute(select(meta.c.key).where(meta.c.key == key)).first() is None:
+        conn.execute(insert(meta).values(key=key, value=value))
+    else:
+        conn.execute(update(meta).where(meta.c.key == key).values(value=value))
+
+
+def delete_meta(conn: Connection, key: str) -> None:
+    conn.execute(delete(meta).where(meta.c.key == key))
+
+
+def get_tenant(conn: Connection, name: str) -> Tenant | None:
+    row = conn.execute(select(tenants).where(tenants.c.name == name)).first()
+    return None if row is None else Tenant(id=row.id, name=row.name, created_at=row.created_at)
+
+
+def insert_tenant(conn: Connection, name: str, now: datetime) -> Tenant:
+    tid = conn.execute(insert(tenants).values(name=name, created_at=now)).inserted_primary_key
+    assert tid is not None
+    return Tenant(id=int(tid[0]), name=name, created_at=now)
+
+
+def reserve_data_key(conn: Connection, tenant_id: int, master_key_id: str, now: datetime) -> int:
+    """Insert a data-key row with a placeholder and return its id (the id is part of the AAD)."""
+    res = conn.execute(
+        insert(data_keys).values(
+            tenant_id=tenant_id, wrapped=b"", master_key_id=master_key_id, created_at=now
+        )
+    )
+    assert res.inserted_primary_key is not None
+    return int(res.inserted_primary_key[0])
+
+
+def set_wrapped(
+    conn: Connection,
+    data_key_id: int,
+    wrapped: bytes,
+    master_key_id: str,
+    expect_master_key_id: str | None = None,
+) -> None:
+    """Store a (re-)wrapped data key. With ``expect_master_key_id``, only if still wrapped by it."""
+    stmt = update(data_keys).where(data_keys.c.id == data_key_id)
+    if expect_master_key_id is not None:
+        stmt = stmt.where(data_keys.c.master_key_id == expect_master_key_id)
+    if conn.execute(stmt.values(wrapped=wrapped, master_key_id=master_key_id)).rowcount != 1:
+        raise ConcurrentModification(f"data key {data_key_id} was re-wrapped by another process")
+
+
+def latest_data_key(conn: Connection, tenant_id: int) -> tuple[int, bytes, str] | None:
+    """(id, wrapped, master_key_id) of the tenant's newest data key, or None."""
+    row = conn.execute(
+        select(data_keys.c.id, data_keys.c.wrapped, data_keys.c.master_key_id)
+        .where(data_keys.c.tenant_id == tenant_id)
+        .order_by(data_keys.c.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (row.id, row.wrapped, row.master_key_id)
+
+
+def get_data_key(conn: Connection, data_key_id: int) -> tuple[int, bytes, str]:
+    """(tenant_id, wrapped, master_key_id) of one data key."""
+    row = conn.execute(
+        select(data_keys.c.tenant_id, data_keys.c.wrapped, data_keys.c.master_key_id).where(
+            data_keys.c.id == data_key_id
+        )
+    ).one()
+    return (row.tenant_id, row.wrapped, row.master_key_id)
+
+
+def data_keys_not_wrapped_by(
+    conn: Connection, master_key_id: str
+) -> list[tuple[int, int, bytes, str]]:
+    """(id, tenant_id, wrapped, master_key_id) of every data key wrapped by another master key."""
+    rows = conn.execute(
+        select(
+            data_keys.c.id, data_keys.c.tenant_id, data_keys.c.wrapped, data_keys.c.master_key_id
+        )
+        .where(data_keys.c.master_key_id != master_key_id)
+        .order_by(data_keys.c.id)
+    ).all()
+    return [(r.id, r.tenant_id, r.wrapped, r.master_key_id) for r in rows]

@@ -1,0 +1,149 @@
+"""The tables, as SQLAlchemy Core metadata. One schema for SQLite and PostgreSQL.
+
+Alembic migrations in ``migrations/`` create exactly this; a test checks they agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", JSON, nullable=False),
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+data_keys = Table(
+    "data_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("master_key_id", String(32), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("connector", String(64), nullable=False),
+    Column("config", JSON, nullable=False),
+    Column("policy", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("next_rotation_at", UTCDateTime, nullable=True),
+    Column("last_rotated_at", UTCDateTime, nullable=True),
+    Column("use_count", BigInteger, nullable=False, default=0),
+    UniqueConstraint("tenant_id", "name", name="uq_credentials_tenant_name"),
+    Index("ix_credentials_next_rotation_at", "next_rotation_at"),
+)
+
+credential_tags = Table(
+    "credential_tags",
+    metadata,
+    Column(
+        "credential_id", Integer, ForeignKey("credentials.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("key", String(64), primary_key=True),
+    Column("value", String(1024), nullable=False),
+    Index("ix_credential_tags_key_value", "key", "value"),
+)
+
+versions = Table(
+    "versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "credential_id", Integer, ForeignKey("credentials.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("number", Integer, nullable=False),
+    Column("stage", String(16), nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("data_key_id", Integer, ForeignKey("data_keys.id"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("staged_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    UniqueConstraint("credential_id", "number", name="uq_versions_credential_number"),
+    Index("ix_versions_credential_stage", "credential_id", "stage"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", String(40), nullable=False),
+    Column("tenant", String(64), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("credential", String(200), nullable=True),
+    Column("rotation_id", String(64), nullable=True),
+    Column("details", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_log_credential", "credential"),
+)
+
+# One row (id=1): the last seq and hash. Appends lock it, which serializes the chain across
+# processes, and it lets `audit verify` notice a truncated tail.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
