@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The one command that installs everything and runs the whole check suite on a fresh
+# clone: system servers (PostgreSQL 15, Redis) the test fixtures start, the venv, then
+# ruff, mypy and pytest. Extra arguments are passed to pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PG_BIN_DIR=/usr/lib/postgresql/15/bin
+
+die() {
+    echo "scripts/test.sh: $*" >&2
+    exit 1
+}
+
+# Run a command as root: directly when root, via sudo otherwise (fail if unavailable).
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run '$*' but not root and sudo is unavailable; install it by hand"
+    fi
+}
+
+apt_updated=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install $* by hand"
+    if [ "$apt_updated" -eq 0 ]; then
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
+# --- Redis: the fixture starts its own redis-server on a free port ------------------
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+    echo "==> installing redis-server"
+    apt_install redis-server
+    # The package may auto-start a system instance on :6379; tests must not rely on it.
+    as_root service redis-server stop >/dev/null 2>&1 || true
+fi
+
+# --- PostgreSQL 15: the fixture runs initdb/pg_ctl from $PG_BIN_DIR ------------------
+if [ ! -x "$PG_BIN_DIR/initdb" ]; then
+    echo "==> installing postgresql-15"
+    apt_install postgresql-15
+    # The package may create and start a 'main' cluster on :5432; tests must not rely on it.
+    as_root service postgresql stop >/dev/null 2>&1 || true
+    [ -x "$PG_BIN_DIR/initdb" ] || die "postgresql-15 installed but $PG_BIN_DIR/initdb is missing"
+fi
+
+# --- Python venv (>= 3.11) ----------------------------------------------------------
+python_ok() {
+    "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+}
+if [ ! -x .venv/bin/python ]; then
+    python=""
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
+            python=$candidate
+            break
+        fi
+    done
+    [ -n "$python" ] || die "need Python >= 3.11 (python3.11 or python3) to create .venv"
+    echo "==> creating .venv with $python ($("$python" --version 2>&1))"
+    "$python" -m venv .venv
+fi
+python_ok .venv/bin/python || die ".venv has Python < 3.11; remove .venv and rerun"
+
+echo "==> installing rotator[dev] into .venv"
+.venv/bin/pip install -q -e '.[dev]'
+
+# --- checks ---------------------------------------------------------------------------
+echo "==> ruff"
+.venv/bin/ruff check src tests
+echo "==> mypy"
+.venv/bin/mypy src
+echo "==> pytest"
+.venv/bin/pytest -q "$@"
