@@ -50,21 +50,6 @@ class KeyRing:
         return f"KeyRing(ids={sorted(self._keys)}, current={self.current_id!r})"
 
 
-def _key_for(entry: dict[str, Any], settings: Settings, *, next_: bool) -> MasterKey | None:
-    kdf = entry.get("kdf")
-    if kdf is not None:
-        pw = settings.new_passphrase if next_ else settings.passphrase
-        if pw is None:
-            if next_:
-                return None
-            raise MasterKeyError("this store uses a passphrase: set ROTATOR_PASSPHRASE")
-        return crypto.derive_master_key(pw.reveal_text(), KdfParams.from_json(kdf))
-    path = settings.next_key_file if next_ else settings.key_file
-    if next_ and not path.exists():
-        return None
-    return crypto.read_key_file(path)
-
-
 def create_master(conn: Connection, settings: Settings) -> MasterKey:
     """Create (or adopt an existing key file as) the master key of a new store."""
     if settings.passphrase is not None:
@@ -98,11 +83,17 @@ def load_keyring(db: Database, settings: Settings) -> KeyRing:
     held: dict[str, MasterKey] = {}
     passphrase_mode = master.get("kdf") is not None
     if passphrase_mode:
-        for entry, is_next in ((master, False), (nxt, True)):
-            if entry is not None:
-                k = _key_for(entry, settings, next_=is_next)
-                if k is not None and k.id == entry["id"]:
+        # Either passphrase may open either entry: after a rotation the process may still be
+        # given the old passphrase as ROTATOR_PASSPHRASE and the new one as the new.
+        given = [p for p in (settings.passphrase, settings.new_passphrase) if p is not None]
+        if not given:
+            raise MasterKeyError("this store uses a passphrase: set ROTATOR_PASSPHRASE")
+        for entry in (master, nxt):
+            for pw in given if entry is not None else ():
+                k = crypto.derive_master_key(pw.reveal_text(), KdfParams.from_json(entry["kdf"]))
+                if k.id == entry["id"]:
                     held[k.id] = k
+                    break
     else:
         for path in (settings.key_file, settings.next_key_file):
             if path == settings.key_file or path.exists():
