@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from rotator.config import Settings
 from rotator.domain import names
 from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
+from rotator.engine import BatchResult, EngineOptions, Outcome, RotationResult
 from rotator.errors import (
     AlreadyExists,
     ConfigError,
@@ -30,7 +33,8 @@ from rotator.errors import (
     RotatorError,
     StoreUnavailable,
 )
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import PolicyInput, RotatorService, ValueInput, rotation
+from rotator.service.rotation import Selection
 from rotator.service.views import credential_view
 
 app = typer.Typer(
@@ -298,6 +302,115 @@ def credential_remove(name: str) -> None:
     with service() as svc:
         svc.remove_credential(name)
     out.print(f"removed {name}")
+
+
+@app.command()
+def rotate(
+    names_: Annotated[
+        list[str] | None, typer.Argument(metavar="[NAME]...", help="Credentials.")
+    ] = None,
+    tag: TagOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every credential.")] = False,
+    emergency: Annotated[
+        bool, typer.Option("--emergency", help="Highest priority; revoke the old value at once.")
+    ] = False,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", help="Rotations at once (default 16).")
+    ] = None,
+    per_target: Annotated[
+        int | None, typer.Option("--per-target", help="Rotations at once per target.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rotate credentials now: create -> set -> test -> finish, rolling back on failure."""
+    sel = Selection(names=names_ or (), tags=_pairs(tag, "--tag") or None, all=all_)
+    sel.check()
+    options = rotation.options_from_env(concurrency, per_target)
+    with service() as svc:
+        if dry_run:
+            steps = rotation.plan(svc, sel, emergency=emergency)
+            if as_json:
+                emit_json({"dry_run": True, "plan": steps})
+                return
+            table = Table("ORDER", "NAME", "CONNECTOR", "TARGET", "STRATEGY", "TRIGGER", "GRACE")
+            for p in steps:
+                table.add_row(
+                    str(p["order"]),
+                    p["name"],
+                    p["connector"],
+                    p["target"],
+                    p["strategy"],
+                    p["trigger"],
+                    f"{p['grace_s']}s",
+                )
+            out.print(table)
+            out.print(f"dry run: {len(steps)} credential(s) would rotate; nothing changed")
+            return
+        result = _rotate_with_progress(svc, sel, emergency, options, show=not as_json)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        data = result.to_json()
+        for f in data["failed"]:
+            out.print(f"[red]failed[/red] {f['name']}: {f['error']}")
+        out.print(
+            f"rotated {len(data['rotated'])}, failed {len(data['failed'])} "
+            f"({len(data['rolled_back'])} rolled back) in {data['duration_s']:.2f}s"
+        )
+    if not result.ok:
+        raise Exit(1)
+
+
+def _rotate_with_progress(
+    svc: RotatorService, sel: Selection, emergency: bool, options: EngineOptions, *, show: bool
+) -> BatchResult:
+    err = Console(stderr=True)
+    if not (show and err.is_terminal):
+        return rotation.rotate(svc, sel, emergency=emergency, options=options)
+    columns = (
+        TextColumn("rotating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f}/s  failed {task.fields[failed]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("rotate", total=None, rate=0.0, failed=0)
+        started = time.monotonic()
+        failed = 0
+
+        def on_selected(n: int) -> None:
+            bar.update(task, total=n)
+
+        def on_result(r: RotationResult) -> None:
+            nonlocal failed
+            failed += r.outcome is not Outcome.ROTATED
+            done = bar.tasks[0].completed + 1
+            bar.update(
+                task, advance=1, failed=failed, rate=done / max(time.monotonic() - started, 1e-6)
+            )
+
+        return rotation.rotate(
+            svc,
+            sel,
+            emergency=emergency,
+            options=options,
+            progress=on_result,
+            on_selected=on_selected,
+        )
+
+
+@app.command()
+def recover() -> None:
+    """Resume or roll back rotations whose process died; revoke values whose grace ended."""
+    with service() as svc:
+        results = rotation.recover(svc, rotation.options_from_env())
+    for r in results:
+        out.print(f"{r.outcome.value} {r.name}" + (f": {r.error}" if r.error else ""))
+    out.print(f"recovered {len(results)} rotation(s)")
 
 
 @keys_app.command("rotate-master")

@@ -46,6 +46,9 @@ class Principal:
     tenant: str = DEFAULT_TENANT
 
 
+LOCAL_PRINCIPAL = Principal()
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyInput:
     """Policy options as given on an interface; None means "not given" (keep on update)."""
@@ -172,6 +175,41 @@ class RotatorService:
                     store_keys.set_wrapped(conn, dk_id, wrapped, self.ring.current_id)
         self._tenants[name] = t
         return t
+
+    def tenant(self, name: str) -> Tenant:
+        """The tenant named ``name``, created with its data key on first use."""
+        return self._tenant(name, create=True)
+
+    def open_version(self, conn: Connection, sv: store_creds.SealedVersion) -> Secret:
+        """Decrypt a stored version. Raises DecryptionError if it does not open."""
+        return crypto.open_(
+            self._data_key(conn, sv.data_key_id), sv.ciphertext, sv.credential_id, sv.number
+        )
+
+    def seal_version(
+        self,
+        conn: Connection,
+        tenant: Tenant,
+        credential_id: int,
+        number: int,
+        value: Secret,
+        stage: Stage,
+        now: datetime,
+    ) -> None:
+        """Encrypt ``value`` and store it as version ``number`` in ``stage``."""
+        self._store_version(conn, tenant, credential_id, number, value, stage, now)
+
+    def audit(
+        self,
+        conn: Connection,
+        principal: Principal,
+        action: str,
+        credential: str | None = None,
+        rotation_id: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Append an audit entry in ``conn``'s transaction (for the engine)."""
+        return self._audit(conn, principal, action, credential, rotation_id, **(details or {}))
 
     def _data_key(self, conn: Connection, data_key_id: int) -> crypto.DataKey:
         dk = self._data_keys.get(data_key_id)

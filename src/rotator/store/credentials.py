@@ -16,7 +16,15 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, update
 from rotator.domain.model import Credential, Stage, Version
 from rotator.domain.policy import RotationPolicy
 from rotator.errors import ConcurrentModification
-from rotator.store.schema import credential_tags, credentials, tenants, versions
+from rotator.store.schema import (
+    credential_locks,
+    credential_tags,
+    credentials,
+    revocations,
+    rotations,
+    tenants,
+    versions,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,7 @@ def update_credential(
     next_rotation_at: datetime | None = None,
     set_next_rotation: bool = False,
     last_rotated_at: datetime | None = None,
+    use_count: int | None = None,
 ) -> None:
     """Change the given fields. ``tags`` replaces all tags."""
     values: dict[str, Any] = {"updated_at": now}
@@ -96,6 +105,8 @@ def update_credential(
         values["next_rotation_at"] = next_rotation_at
     if last_rotated_at is not None:
         values["last_rotated_at"] = last_rotated_at
+    if use_count is not None:
+        values["use_count"] = use_count
     conn.execute(update(credentials).where(credentials.c.id == credential_id).values(**values))
     if tags is not None:
         conn.execute(
@@ -106,7 +117,8 @@ def update_credential(
 
 def delete_credential(conn: Connection, credential_id: int) -> None:
     """Delete a credential with its tags and versions (ciphertexts are gone for good)."""
-    conn.execute(delete(versions).where(versions.c.credential_id == credential_id))
+    for table in (revocations, credential_locks, rotations, versions):
+        conn.execute(delete(table).where(table.c.credential_id == credential_id))
     conn.execute(delete(credential_tags).where(credential_tags.c.credential_id == credential_id))
     conn.execute(delete(credentials).where(credentials.c.id == credential_id))
 

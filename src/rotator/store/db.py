@@ -100,20 +100,24 @@ class Database:
     def _translate(self) -> Iterator[None]:
         try:
             yield
-        except IntegrityError as exc:
-            raise ConcurrentModification(f"conflicting write: {_first_line(exc.orig)}") from exc
-        except OperationalError as exc:
-            if self.dialect == "sqlite" and "locked" in str(exc.orig):
-                raise StoreUnavailable(
-                    f"database {self.safe_url} is locked by another process"
-                ) from exc
-            raise StoreUnavailable(
-                f"cannot reach database {self.safe_url}: {_first_line(exc.orig)}"
-            ) from exc
-        except DBAPIError as exc:
-            raise StoreError(f"database error on {self.safe_url}: {_first_line(exc.orig)}") from exc
         except SQLAlchemyError as exc:
-            raise StoreError(f"database error on {self.safe_url}: {type(exc).__name__}") from exc
+            raise self.translate_error(exc) from exc
+
+    def translate_error(self, exc: Exception) -> Exception:
+        """The StoreError for a SQLAlchemy/driver error; any other exception unchanged."""
+        if isinstance(exc, IntegrityError):
+            return ConcurrentModification(f"conflicting write: {_first_line(exc.orig)}")
+        if isinstance(exc, OperationalError):
+            if self.dialect == "sqlite" and "locked" in str(exc.orig):
+                return StoreUnavailable(f"database {self.safe_url} is locked by another process")
+            return StoreUnavailable(
+                f"cannot reach database {self.safe_url}: {_first_line(exc.orig)}"
+            )
+        if isinstance(exc, DBAPIError):
+            return StoreError(f"database error on {self.safe_url}: {_first_line(exc.orig)}")
+        if isinstance(exc, SQLAlchemyError):
+            return StoreError(f"database error on {self.safe_url}: {type(exc).__name__}")
+        return exc
 
     # -- schema ---------------------------------------------------------------------------
 

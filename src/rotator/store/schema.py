@@ -147,3 +147,62 @@ audit_head = Table(
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+# -- rotations (migration 0002) -----------------------------------------------------------
+
+# One row per rotation: the durable intent and progress. ``step`` is the last step that
+# completed: created (PENDING version stored) -> set -> tested -> finished; or rolled_back /
+# failed. A row whose step is not terminal and whose lease has run out is resumed by recovery.
+rotations = Table(
+    "rotations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "credential_id", Integer, ForeignKey("credentials.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("credential", String(200), nullable=False),
+    Column("batch_id", String(36), nullable=True),
+    Column("trigger", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("version", Integer, nullable=True),
+    Column("step", String(16), nullable=False),
+    Column("grace_s", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Column("owner", String(200), nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Index("ix_rotations_step_lease", "step", "lease_expires_at"),
+    Index("ix_rotations_credential", "credential_id"),
+    Index("ix_rotations_batch", "batch_id"),
+)
+
+# The per-credential lock: at most one row per credential, naming the rotation that holds it.
+credential_locks = Table(
+    "credential_locks",
+    metadata,
+    Column(
+        "credential_id", Integer, ForeignKey("credentials.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("rotation_id", String(36), nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
+)
+
+# Versions whose grace ends at ``due_at``: revoked on the target then marked RETIRED.
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "credential_id", Integer, ForeignKey("credentials.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("version", Integer, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    UniqueConstraint("credential_id", "version", name="uq_revocations_credential_version"),
+    Index("ix_revocations_due_at", "due_at"),
+)

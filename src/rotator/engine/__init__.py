@@ -1,0 +1,14 @@
+"""The rotation engine (asyncio): intents, steps, retries, breakers, recovery, revocation."""
+
+from rotator.engine.engine import Engine, EngineOptions
+from rotator.engine.types import BatchResult, Outcome, RotationRequest, RotationResult, Trigger
+
+__all__ = [
+    "BatchResult",
+    "Engine",
+    "EngineOptions",
+    "Outcome",
+    "RotationRequest",
+    "RotationResult",
+    "Trigger",
+]

@@ -1,0 +1,738 @@
+"""The rotation engine: create -> set -> test -> finish, with rollback and revocation.
+
+For each credential the engine writes the intent (the new value, encrypted, as a PENDING
+version, plus a rotation row and the credential's lock) in one transaction before anything
+touches the target. Steps then run with a global and a per-target concurrency limit, retries
+with exponential backoff and jitter for transient errors only, and a circuit breaker per
+target. Every step, retry and outcome is audited with the rotation id. A crash at any point
+leaves a rotation row whose lease runs out; ``recover()`` resumes it from its last durable step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from rotator.connectors import base as cbase
+from rotator.connectors.registry import get_connector
+from rotator.domain.model import Credential, Stage, Tenant
+from rotator.domain.secret import Secret
+from rotator.engine.breaker import CircuitBreaker, CircuitOpen
+from rotator.engine.types import BatchResult, Outcome, RotationRequest, RotationResult, Trigger
+from rotator.engine.writer import StoreWriter
+from rotator.errors import ConcurrentModification, ConnectorError, NotFound, RotatorError
+from rotator.policy import next_rotation_at
+from rotator.service.credentials import Principal, RotatorService
+from rotator.store import credentials as store_creds
+from rotator.store import rotations as store_rot
+
+T = TypeVar("T")
+ENGINE_PRINCIPAL = Principal(name="engine")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Tuning knobs; the defaults suit a single node talking to a handful of targets."""
+
+    concurrency: int = 16
+    per_target: int = 16
+    lease_s: float = 30.0
+    step_timeout_s: float = 60.0
+    retry_attempts: int = 5
+    retry_initial_s: float = 0.1
+    retry_max_s: float = 5.0
+    breaker_threshold: int = 10
+    breaker_reset_s: float = 30.0
+    db_threads: int = 4
+    join_timeout_s: float = 600.0
+
+
+@dataclass
+class _Ctx:
+    req: RotationRequest
+    tenant: Tenant
+    cred: Credential
+    impl: cbase.Connector
+    cfg: cbase.ConnectorConfig
+    target: str
+    current: Secret | None
+    current_version: int | None
+    grace_s: int
+    rotation_id: str = ""
+    version: int = 0
+    pending: Secret | None = None
+    touched_target: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    def who(self) -> Principal:
+        return Principal(name=ENGINE_PRINCIPAL.name, tenant=self.tenant.name)
+
+
+def _owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Engine:
+    """Runs rotations. Use as ``async with Engine(svc) as engine: await engine.rotate(...)``."""
+
+    def __init__(self, svc: RotatorService, options: EngineOptions | None = None) -> None:
+        self.svc = svc
+        self.opts = options or EngineOptions()
+        self.owner = _owner_id()
+        self._threads = ThreadPoolExecutor(
+            max_workers=self.opts.db_threads, thread_name_prefix="rotator-db"
+        )
+        self._procs: ProcessPoolExecutor | None = None
+        self.writer = StoreWriter(
+            svc.db, ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotator-writer")
+        )
+        self._global = asyncio.Semaphore(self.opts.concurrency)
+        self._targets: dict[str, asyncio.Semaphore] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[RotationResult]] = {}
+        self._leases: set[str] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        self.writer.start()
+        self._heartbeat = asyncio.get_running_loop().create_task(
+            self._renew_leases(), name="lease-heartbeat"
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self.writer.aclose()
+        self._threads.shutdown(wait=True)
+        if self._procs is not None:
+            self._procs.shutdown(wait=True, cancel_futures=True)
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.lease_s / 3)
+            ids = list(self._leases)
+            if ids:
+                until = self._now() + timedelta(seconds=self.opts.lease_s)
+                # A failed beat is retried by the next one; a lost lease only lets recovery resume.
+                with contextlib.suppress(RotatorError):
+                    await self.writer.run(
+                        partial(
+                            store_rot.renew_leases, rotation_ids=ids, owner=self.owner, until=until
+                        )
+                    )
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self.svc.clock()
+
+    async def _read(self, fn: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.svc.db.read() as conn:
+                return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._threads, run)
+
+    def breaker(self, target: str) -> CircuitBreaker:
+        b = self._breakers.get(target)
+        if b is None:
+            b = self._breakers[target] = CircuitBreaker(
+                target, threshold=self.opts.breaker_threshold, reset_after=self.opts.breaker_reset_s
+            )
+        return b
+
+    def _target_sem(self, target: str) -> asyncio.Semaphore:
+        s = self._targets.get(target)
+        if s is None:
+            s = self._targets[target] = asyncio.Semaphore(self.opts.per_target)
+        return s
+
+    async def _audit(self, ctx: _Ctx, action: str, **details: Any) -> None:
+        await self.writer.run(lambda c: self._audit_in(c, ctx, action, **details))
+
+    def _audit_in(self, conn: Connection, ctx: _Ctx, action: str, **details: Any) -> None:
+        details.setdefault("trigger", ctx.req.trigger.value)
+        if ctx.version:
+            details.setdefault("version", ctx.version)
+        self.svc.audit(conn, ctx.who(), action, ctx.cred.name, ctx.rotation_id or None, details)
+
+    async def _call(self, ctx: _Ctx, step: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """One connector call with the target's limit, breaker, timeout and retries.
+
+        Transient errors (and timeouts) are retried with exponential backoff and jitter; each
+        retry is audited. Permanent errors and an open breaker fail at once.
+        """
+        breaker = self.breaker(ctx.target)
+        sem = self._target_sem(ctx.target)
+        last_error = ""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.opts.retry_attempts),
+            wait=wait_exponential_jitter(
+                initial=self.opts.retry_initial_s, max=self.opts.retry_max_s
+            ),
+            retry=retry_if_exception_type(cbase.TransientError),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                n = attempt.retry_state.attempt_number
+                if n > 1:
+                    await self._audit(ctx, "rotation.retry", step=step, attempt=n, error=last_error)
+                breaker.before_call()
+                async with sem:
+                    t0 = time.monotonic()
+                    try:
+                        if step == "set":
+                            ctx.touched_target = True
+                        result = await asyncio.wait_for(fn(), timeout=self.opts.step_timeout_s)
+                    except cbase.TransientError as exc:
+                        breaker.record_failure()
+                        last_error = str(exc)
+                        raise
+                    except TimeoutError as exc:
+                        breaker.record_failure()
+                        last_error = f"timed out after {self.opts.step_timeout_s:g}s"
+                        raise cbase.TransientError(f"{step} {last_error}") from exc
+                    except ConnectorError:
+                        raise
+                    except RotatorError:
+                        raise
+                    except Exception as exc:  # a connector bug: never retried, never leaks
+                        raise cbase.PermanentError(
+                            f"connector {ctx.impl.kind!r} raised {type(exc).__name__} in {step}"
+                        ) from exc
+                    breaker.record_success()
+                    await self._audit(
+                        ctx,
+                        f"rotation.{step}",
+                        target=ctx.target,
+                        duration_ms=round((time.monotonic() - t0) * 1000, 2),
+                        attempt=n,
+                    )
+                    return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- preparing ------------------------------------------------------------------------
+
+    def _load(
+        self, conn: Connection, req: RotationRequest
+    ) -> tuple[Tenant, Credential, Secret | None, int | None]:
+        tenant = self.svc.tenant(req.tenant)
+        cred = store_creds.get_credential(conn, tenant.id, req.name, with_versions=False)
+        if cred is None:
+            raise NotFound(f"no credential {req.name!r}")
+        sv = store_creds.sealed_version(conn, cred.id, stage=Stage.CURRENT)
+        current = self.svc.open_version(conn, sv) if sv is not None else None
+        return tenant, cred, current, sv.number if sv is not None else None
+
+    async def _prepare(self, req: RotationRequest) -> _Ctx:
+        tenant, cred, current, cur_no = await self._read(lambda c: self._load(c, req))
+        impl = get_connector(cred.connector)
+        cfg = cbase.parse_config(impl, dict(cred.config))
+        grace = req.grace_s if req.grace_s is not None else int(cred.policy.grace.total_seconds())
+        return _Ctx(
+            req=req,
+            tenant=tenant,
+            cred=cred,
+            impl=impl,
+            cfg=cfg,
+            target=impl.target_key(cfg),
+            current=current,
+            current_version=cur_no,
+            grace_s=grace,
+        )
+
+    # -- public API -----------------------------------------------------------------------
+
+    async def rotate(
+        self,
+        requests: Iterable[RotationRequest],
+        *,
+        batch_id: str | None = None,
+        progress: Callable[[RotationResult], None] | None = None,
+    ) -> BatchResult:
+        """Rotate every requested credential; highest priority first, bounded concurrency.
+
+        Never raises for one credential's failure: each result says what happened.
+        """
+        t0 = time.monotonic()
+        batch_id = batch_id or str(uuid.uuid4())
+        queue: asyncio.PriorityQueue[tuple[int, int, RotationRequest]] = asyncio.PriorityQueue()
+        reqs = list(requests)
+        for i, r in enumerate(reqs):
+            queue.put_nowait((r.priority, i, r))
+        results: list[RotationResult] = []
+
+        async def worker() -> None:
+            while not queue.empty():
+                _, _, req = queue.get_nowait()
+                res = await self.rotate_one(req, batch_id=batch_id)
+                results.append(res)
+                if progress is not None:
+                    progress(res)
+
+        n = max(1, min(self.opts.concurrency, len(reqs)))
+        await asyncio.gather(*(worker() for _ in range(n)))
+        order = {r.name: i for i, r in enumerate(reqs)}
+        results.sort(key=lambda r: order.get(r.name, 0))
+        return BatchResult(results=results, duration_s=time.monotonic() - t0)
+
+    async def rotate_one(
+        self, req: RotationRequest, *, batch_id: str | None = None
+    ) -> RotationResult:
+        """Rotate one credential. Joins a rotation of the same credential already under way."""
+        key = (req.tenant, req.name)
+        if key in self._inflight:
+            res = await asyncio.shield(self._inflight[key])
+            return _joined(res, req.name)
+        fut: asyncio.Future[RotationResult] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            async with self._global:
+                res = await self._rotate(req, batch_id)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            del self._inflight[key]
+        fut.set_result(res)
+        return res
+
+    async def _rotate(self, req: RotationRequest, batch_id: str | None) -> RotationResult:
+        t0 = time.monotonic()
+        try:
+            ctx = await self._prepare(req)
+        except RotatorError as exc:
+            return RotationResult(req.name, Outcome.FAILED, error=str(exc))
+        try:
+            value = await self._create(ctx)
+        except RotatorError as exc:
+            await self._audit(ctx, "rotation.failed", step="create", error=str(exc))
+            return RotationResult(req.name, Outcome.FAILED, error=f"create: {exc}")
+        ctx.rotation_id = str(uuid.uuid4())
+        try:
+            holder = await self.writer.run(lambda c: self._begin(c, ctx, value, batch_id))
+        except ConcurrentModification:
+            holder = await self._read(lambda c: store_rot.lock_holder(c, ctx.cred.id))
+            if holder is None:
+                return RotationResult(req.name, Outcome.FAILED, error="lost a race for the lock")
+        if holder is not None:
+            return _joined(await self._wait_for(holder, ctx), req.name)
+        ctx.pending = value
+        res = await self._drive(ctx, "created")
+        return RotationResult(
+            res.name,
+            res.outcome,
+            res.rotation_id,
+            res.version,
+            res.error,
+            duration_s=time.monotonic() - t0,
+        )
+
+    async def _create(self, ctx: _Ctx) -> Secret:
+        offload = getattr(ctx.impl, "offload", None)
+        fn = offload(ctx.cfg) if offload is not None else None
+        if fn is not None:
+            if self._procs is None:
+                self._procs = ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
+            raw: bytes = await asyncio.get_running_loop().run_in_executor(self._procs, fn, ctx.cfg)
+            return Secret(raw)
+        return await ctx.impl.create(
+            cbase.CreateRequest(credential=ctx.cred.name, version=0, config=ctx.cfg)
+        )
+
+    def _begin(
+        self, conn: Connection, ctx: _Ctx, value: Secret, batch_id: str | None
+    ) -> str | None:
+        """The intent: lock, rotation row, PENDING version, audit; one savepoint."""
+        now = self._now()
+        holder = store_rot.try_lock(conn, ctx.cred.id, ctx.rotation_id, now)
+        if holder is not None:
+            return holder
+        store_rot.insert_rotation(
+            conn,
+            id=ctx.rotation_id,
+            credential_id=ctx.cred.id,
+            tenant_id=ctx.tenant.id,
+            credential=ctx.cred.name,
+            batch_id=batch_id,
+            trigger=ctx.req.trigger.value,
+            priority=ctx.req.priority,
+            grace_s=ctx.grace_s,
+            owner=self.owner,
+            lease_expires_at=now + timedelta(seconds=self.opts.lease_s),
+            now=now,
+        )
+        ctx.version = store_creds.next_version_number(conn, ctx.cred.id)
+        self.svc.seal_version(conn, ctx.tenant, ctx.cred.id, ctx.version, value, Stage.PENDING, now)
+        store_rot.set_step(conn, ctx.rotation_id, "created", now, version=ctx.version)
+        self._audit_in(
+            conn,
+            ctx,
+            "rotation.create",
+            connector=ctx.impl.kind,
+            target=ctx.target,
+            strategy=ctx.impl.strategy.value,
+        )
+        self._leases.add(ctx.rotation_id)
+        return None
+
+    async def _drive(self, ctx: _Ctx, from_step: str) -> RotationResult:
+        """Run the remaining steps from the last durable one; roll back if set/test fail."""
+        assert ctx.pending is not None
+        pending = ctx.pending
+        c = ctx.cred.name
+        try:
+            if from_step == "created":
+                await self._call(
+                    ctx,
+                    "set",
+                    lambda: ctx.impl.set(
+                        cbase.SetRequest(c, ctx.version, ctx.cfg, pending, ctx.current)
+                    ),
+                )
+                await self.writer.run(
+                    lambda conn: store_rot.set_step(conn, ctx.rotation_id, "set", self._now())
+                )
+            if from_step in ("created", "set"):
+                await self._call(
+                    ctx,
+                    "test",
+                    lambda: ctx.impl.test(cbase.TestRequest(c, ctx.version, ctx.cfg, pending)),
+                )
+                await self.writer.run(
+                    lambda conn: store_rot.set_step(conn, ctx.rotation_id, "tested", self._now())
+                )
+            await self._call(
+                ctx,
+                "finish",
+                lambda: ctx.impl.finish(
+                    cbase.FinishRequest(c, ctx.version, ctx.cfg, pending, ctx.current)
+                ),
+            )
+        except (ConnectorError, RotatorError) as exc:
+            return await self._rollback(ctx, exc)
+        previous = await self.writer.run(lambda conn: self._finish(conn, ctx))
+        self._leases.discard(ctx.rotation_id)
+        result = RotationResult(c, Outcome.ROTATED, ctx.rotation_id, ctx.version)
+        if ctx.grace_s == 0 and previous is not None:
+            revoked = await self.process_revocations(credential_ids=[ctx.cred.id])
+            if not revoked.get(ctx.cred.id, False):
+                return RotationResult(
+                    c,
+                    Outcome.FAILED,
+                    ctx.rotation_id,
+                    ctx.version,
+                    error="rotated, but revoking the old value failed; "
+                    "it stays queued for revocation",
+                )
+        return result
+
+    def _finish(self, conn: Connection, ctx: _Ctx) -> int | None:
+        """Stage move and bookkeeping in one savepoint: PENDING->CURRENT, CURRENT->PREVIOUS."""
+        now = self._now()
+        grace = timedelta(seconds=ctx.grace_s)
+        previous = store_creds.promote(conn, ctx.cred.id, ctx.version, now=now, grace=grace)
+        if previous is not None:
+            store_rot.enqueue_revocation(conn, ctx.cred.id, previous, now + grace)
+        store_creds.update_credential(
+            conn,
+            ctx.cred.id,
+            now=now,
+            last_rotated_at=now,
+            use_count=0,
+            set_next_rotation=True,
+            next_rotation_at=next_rotation_at(ctx.cred.policy, now),
+        )
+        store_rot.set_step(conn, ctx.rotation_id, "finished", now)
+        store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
+        self._audit_in(
+            conn,
+            ctx,
+            "rotation.finish",
+            previous_version=previous,
+            grace_s=ctx.grace_s,
+            duration_ms=round((time.monotonic() - ctx.started) * 1000, 2),
+        )
+        return previous
+
+    async def _rollback(self, ctx: _Ctx, cause: Exception) -> RotationResult:
+        assert ctx.pending is not None
+        pending = ctx.pending
+        error = str(cause)
+        rolled_back = False
+        rb_error = None
+        if ctx.touched_target:
+            try:
+                await self._call(
+                    ctx,
+                    "rollback",
+                    lambda: ctx.impl.rollback(
+                        cbase.RollbackRequest(
+                            ctx.cred.name, ctx.version, ctx.cfg, pending, ctx.current
+                        )
+                    ),
+                )
+                rolled_back = True
+            except (ConnectorError, RotatorError) as exc:
+                rb_error = str(exc)
+
+        def record(conn: Connection) -> None:
+            now = self._now()
+            store_rot.mark_version(
+                conn, ctx.cred.id, ctx.version, Stage.FAILED, now, only_from=(Stage.PENDING,)
+            )
+            msg = error if rb_error is None else f"{error}; rollback failed: {rb_error}"
+            store_rot.set_step(
+                conn, ctx.rotation_id, "rolled_back" if rolled_back else "failed", now, error=msg
+            )
+            store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
+            self._audit_in(
+                conn,
+                ctx,
+                "rotation.rollback" if rolled_back else "rotation.failed",
+                error=msg,
+                target_touched=ctx.touched_target,
+            )
+
+        await self.writer.run(record)
+        self._leases.discard(ctx.rotation_id)
+        if rb_error is not None:
+            error = f"{error}; rollback failed: {rb_error}"
+        return RotationResult(
+            ctx.cred.name,
+            Outcome.ROLLED_BACK if rolled_back else Outcome.FAILED,
+            ctx.rotation_id,
+            ctx.version,
+            error,
+        )
+
+    async def _wait_for(self, rotation_id: str, ctx: _Ctx) -> RotationResult:
+        """Wait for a rotation another process holds; take it over if its owner dies."""
+        deadline = time.monotonic() + self.opts.join_timeout_s
+        delay = 0.05
+        while time.monotonic() < deadline:
+            row = await self._read(lambda c: store_rot.get_rotation(c, rotation_id))
+            if row is None:
+                return RotationResult(
+                    ctx.cred.name,
+                    Outcome.FAILED,
+                    rotation_id,
+                    error="the rotation it joined vanished",
+                )
+            if row.terminal:
+                return _result_from_row(row)
+            if (
+                row.lease_expires_at is not None and row.lease_expires_at < self._now()
+            ) or _owner_dead(row.owner):
+                resumed = await self._resume_row(row)
+                if resumed is not None:
+                    return resumed
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        return RotationResult(
+            ctx.cred.name,
+            Outcome.FAILED,
+            rotation_id,
+            error="timed out waiting for the rotation under way",
+        )
+
+    # -- recovery -------------------------------------------------------------------------
+
+    async def recover(self) -> list[RotationResult]:
+        """Resume every rotation whose owner died (lease ran out, or its local pid is gone)."""
+
+        def find(conn: Connection) -> list[store_rot.RotationRow]:
+            dead = [o for o in store_rot.active_owners(conn) if _owner_dead(o)]
+            return store_rot.stale_rotations(conn, self._now(), dead)
+
+        rows = await self._read(find)
+        results = await asyncio.gather(*(self._resume_row(r) for r in rows))
+        return [r for r in results if r is not None]
+
+    async def _resume_row(self, row: store_rot.RotationRow) -> RotationResult | None:
+        until = self._now() + timedelta(seconds=self.opts.lease_s)
+        took = await self.writer.run(
+            lambda c: store_rot.take_over(c, row.id, row.owner, self.owner, until, self._now())
+        )
+        if not took:
+            return None
+        self._leases.add(row.id)
+        tenant_name = await self._read(lambda c: _tenant_name(c, row.tenant_id))
+        req = RotationRequest(
+            name=row.credential,
+            tenant=tenant_name,
+            trigger=Trigger(row.trigger),
+            grace_s=row.grace_s,
+        )
+        try:
+            ctx = await self._prepare(req)
+        except RotatorError as exc:
+            msg = str(exc)
+            await self.writer.run(
+                lambda c: store_rot.set_step(c, row.id, "failed", self._now(), error=msg)
+            )
+            self._leases.discard(row.id)
+            return RotationResult(row.credential, Outcome.FAILED, row.id, error=str(exc))
+        ctx.rotation_id = row.id
+        ctx.grace_s = row.grace_s
+        ctx.touched_target = True  # we cannot know: roll back to be safe
+        if row.version is None:  # intent never completed: nothing reached the target
+
+            def abandon(c: Connection) -> None:
+                store_rot.set_step(
+                    c, row.id, "failed", self._now(), error="abandoned before intent"
+                )
+                store_rot.release_lock(c, ctx.cred.id, row.id)
+
+            await self.writer.run(abandon)
+            self._leases.discard(row.id)
+            return RotationResult(row.credential, Outcome.FAILED, row.id, error="abandoned")
+        ctx.version = row.version
+        sv = await self._read(
+            lambda c: store_creds.sealed_version(c, ctx.cred.id, number=row.version)
+        )
+        assert sv is not None
+        ctx.pending = await self._read(lambda c: self.svc.open_version(c, sv))
+        await self._audit(ctx, "rotation.resume", from_step=row.step, previous_owner=row.owner)
+        return await self._drive(ctx, row.step)
+
+    # -- revocation -----------------------------------------------------------------------
+
+    async def process_revocations(self, credential_ids: list[int] | None = None) -> dict[int, bool]:
+        """Revoke every PREVIOUS version whose grace has ended; RETIRED on success.
+
+        A failed revocation stays queued with backoff. Returns {credential_id: revoked?}.
+        """
+        now = self._now()
+        rows = await self._read(
+            lambda c: store_rot.due_revocations(c, now, credential_ids=credential_ids)
+        )
+        done = await asyncio.gather(*(self._revoke(r) for r in rows))
+        out: dict[int, bool] = {}
+        for r, ok in zip(rows, done, strict=True):
+            out[r.credential_id] = out.get(r.credential_id, True) and ok
+        return out
+
+    async def _revoke(self, r: store_rot.RevocationRow) -> bool:
+        tenant_name = await self._read(lambda c: _tenant_name(c, r.tenant_id))
+        try:
+            ctx = await self._prepare(RotationRequest(r.credential, tenant_name))
+        except RotatorError:
+            return False
+        ctx.version = r.version
+        sv = await self._read(
+            lambda c: store_creds.sealed_version(c, ctx.cred.id, number=r.version)
+        )
+        if sv is None or sv.stage is not Stage.PREVIOUS:
+            await self.writer.run(lambda c: store_rot.finish_revocation(c, r.id))
+            return True
+        value = await self._read(lambda c: self.svc.open_version(c, sv))
+        try:
+            await self._call(
+                ctx,
+                "revoke",
+                lambda: ctx.impl.revoke(
+                    cbase.RevokeRequest(ctx.cred.name, r.version, ctx.cfg, value)
+                ),
+            )
+        except (ConnectorError, RotatorError) as exc:
+            backoff = timedelta(seconds=min(5 * 2**r.attempts, 3600))
+            msg = str(exc)
+
+            def again(conn: Connection) -> None:
+                store_rot.retry_revocation(conn, r.id, msg, self._now() + backoff)
+                self._audit_in(
+                    conn, ctx, "rotation.revoke_failed", error=msg, attempts=r.attempts + 1
+                )
+
+            await self.writer.run(again)
+            return False
+
+        def retire(conn: Connection) -> None:
+            store_rot.mark_version(
+                conn,
+                ctx.cred.id,
+                r.version,
+                Stage.RETIRED,
+                self._now(),
+                only_from=(Stage.PREVIOUS,),
+            )
+            store_rot.finish_revocation(conn, r.id)
+
+        await self.writer.run(retire)
+        return True
+
+
+def _tenant_name(conn: Connection, tenant_id: int) -> str:
+    from sqlalchemy import select
+
+    from rotator.store.schema import tenants
+
+    return str(conn.execute(select(tenants.c.name).where(tenants.c.id == tenant_id)).scalar_one())
+
+
+def _owner_dead(owner: str | None) -> bool:
+    """True when ``owner`` is a process on this host that no longer runs."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return int(pid) != os.getpid() and not _pid_alive(int(pid))
+
+
+def _joined(res: RotationResult, name: str) -> RotationResult:
+    return RotationResult(
+        name,
+        res.outcome,
+        res.rotation_id,
+        res.version,
+        res.error,
+        joined=True,
+        duration_s=res.duration_s,
+    )
+
+
+def _result_from_row(row: store_rot.RotationRow) -> RotationResult:
+    outcome = {"finished": Outcome.ROTATED, "rolled_back": Outcome.ROLLED_BACK}.get(
+        row.step, Outcome.FAILED
+    )
+    return RotationResult(row.credential, outcome, row.id, row.version, row.error, joined=True)
+
+
+__all__ = ["CircuitOpen", "Engine", "EngineOptions"]

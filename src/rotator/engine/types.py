@@ -1,0 +1,82 @@
+"""Engine vocabulary: triggers, priorities, requests and results."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Trigger(enum.StrEnum):
+    EMERGENCY = "emergency"
+    RISK = "risk"
+    USAGE = "usage"
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    GROUP = "group"
+
+
+PRIORITY = {
+    Trigger.EMERGENCY: 0,
+    Trigger.RISK: 1,
+    Trigger.USAGE: 2,
+    Trigger.SCHEDULE: 3,
+    Trigger.MANUAL: 4,
+    Trigger.GROUP: 4,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RotationRequest:
+    """Rotate one credential (by name, in a tenant). ``grace_s`` overrides the policy's grace;
+    emergency rotations use 0 and revoke the old value before returning."""
+
+    name: str
+    tenant: str = "default"
+    trigger: Trigger = Trigger.MANUAL
+    grace_s: int | None = None
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY[self.trigger]
+
+
+class Outcome(enum.StrEnum):
+    ROTATED = "rotated"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+@dataclass(frozen=True, slots=True)
+class RotationResult:
+    name: str
+    outcome: Outcome
+    rotation_id: str | None = None
+    version: int | None = None
+    error: str | None = None
+    joined: bool = False
+    duration_s: float = 0.0
+
+
+@dataclass
+class BatchResult:
+    """The contract's JSON: rotated, failed [{name, error}], rolled_back, duration_s."""
+
+    results: list[RotationResult] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.outcome is Outcome.ROTATED for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rotated": [r.name for r in self.results if r.outcome is Outcome.ROTATED],
+            "failed": [
+                {"name": r.name, "error": r.error}
+                for r in self.results
+                if r.outcome is not Outcome.ROTATED
+            ],
+            "rolled_back": [r.name for r in self.results if r.outcome is Outcome.ROLLED_BACK],
+            "duration_s": round(self.duration_s, 3),
+        }

@@ -1,0 +1,163 @@
+"""Rotation use cases: select credentials, plan, rotate (through the engine), recover.
+
+Kept apart from ``service.credentials`` because it depends on the engine, which itself uses
+the credential service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rotator.connectors import base as cbase
+from rotator.connectors.registry import get_connector
+from rotator.domain import names as names_mod
+from rotator.domain.model import Credential
+from rotator.engine import (
+    BatchResult,
+    Engine,
+    EngineOptions,
+    RotationRequest,
+    RotationResult,
+    Trigger,
+)
+from rotator.errors import InvalidInput, NotFound
+from rotator.service.credentials import LOCAL_PRINCIPAL, Principal, RotatorService
+
+MAX_CONCURRENCY = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which credentials to rotate: names, all tags, or all. At least one is required."""
+
+    names: Sequence[str] = ()
+    tags: Mapping[str, str] | None = None
+    all: bool = False
+
+    def check(self) -> None:
+        if self.all and (self.names or self.tags):
+            raise InvalidInput("--all excludes NAMEs and --tag")
+        if not (self.all or self.names or self.tags):
+            raise InvalidInput("name credentials to rotate, or use --tag or --all")
+        for n in self.names:
+            names_mod.check_credential_name(n)
+
+
+def options_from_env(
+    concurrency: int | None = None, per_target: int | None = None
+) -> EngineOptions:
+    """Engine options; ROTATOR_LEASE_SECONDS overrides the lease (tests shorten it)."""
+    base = EngineOptions()
+    kw: dict[str, Any] = {}
+    if concurrency is not None:
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise InvalidInput(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+        kw["concurrency"] = concurrency
+        kw["per_target"] = max(base.per_target, concurrency) if per_target is None else per_target
+    if per_target is not None:
+        if not 1 <= per_target <= MAX_CONCURRENCY:
+            raise InvalidInput(f"--per-target must be between 1 and {MAX_CONCURRENCY}")
+        kw["per_target"] = per_target
+    lease = os.environ.get("ROTATOR_LEASE_SECONDS")
+    if lease:
+        try:
+            kw["lease_s"] = float(lease)
+        except ValueError:
+            raise InvalidInput("ROTATOR_LEASE_SECONDS must be a number") from None
+    return dataclasses.replace(base, **kw)
+
+
+def select(
+    svc: RotatorService, sel: Selection, principal: Principal = LOCAL_PRINCIPAL
+) -> list[Credential]:
+    """The credentials a selection names; NotFound naming the first unknown name."""
+    sel.check()
+    if sel.names:
+        found = {
+            c.name: c for c in svc.list_credentials(principal=principal) if c.name in set(sel.names)
+        }
+        missing = [n for n in sel.names if n not in found]
+        if missing:
+            raise NotFound(f"no credential {missing[0]!r}")
+        chosen = [found[n] for n in dict.fromkeys(sel.names)]
+        if sel.tags:
+            chosen = [c for c in chosen if all(c.tags.get(k) == v for k, v in sel.tags.items())]
+        return chosen
+    return svc.list_credentials(tags=sel.tags, principal=principal)
+
+
+def plan(
+    svc: RotatorService,
+    sel: Selection,
+    *,
+    emergency: bool = False,
+    principal: Principal = LOCAL_PRINCIPAL,
+) -> list[dict[str, Any]]:
+    """What a rotation would do, in order, without doing it (``--dry-run``)."""
+    out = []
+    creds = select(svc, sel, principal)
+    creds.sort(key=lambda c: c.name)
+    for i, c in enumerate(creds, 1):
+        impl = get_connector(c.connector)
+        cfg = cbase.parse_config(impl, dict(c.config))
+        out.append(
+            {
+                "order": i,
+                "name": c.name,
+                "connector": c.connector,
+                "target": impl.target_key(cfg),
+                "strategy": impl.strategy.value,
+                "trigger": (Trigger.EMERGENCY if emergency else Trigger.MANUAL).value,
+                "grace_s": 0 if emergency else int(c.policy.grace.total_seconds()),
+            }
+        )
+    return out
+
+
+def rotate(
+    svc: RotatorService,
+    sel: Selection,
+    *,
+    emergency: bool = False,
+    options: EngineOptions | None = None,
+    progress: Callable[[RotationResult], None] | None = None,
+    on_selected: Callable[[int], None] | None = None,
+    principal: Principal = LOCAL_PRINCIPAL,
+) -> BatchResult:
+    """Rotate the selected credentials now. Emergency: highest priority, grace 0, old value
+    revoked before this returns. First resumes rotations whose process died and revokes
+    values whose grace ended. Never raises for a single credential's failure."""
+    creds = select(svc, sel, principal)
+    if on_selected is not None:
+        on_selected(len(creds))
+    trigger = Trigger.EMERGENCY if emergency else Trigger.MANUAL
+    reqs = [
+        RotationRequest(c.name, principal.tenant, trigger, 0 if emergency else None) for c in creds
+    ]
+
+    async def run() -> BatchResult:
+        async with Engine(svc, options) as engine:
+            await engine.recover()
+            await engine.process_revocations()
+            result = await engine.rotate(reqs, progress=progress)
+            await engine.process_revocations()
+            return result
+
+    return asyncio.run(run())
+
+
+def recover(svc: RotatorService, options: EngineOptions | None = None) -> list[RotationResult]:
+    """Resume or roll back rotations whose process died; then process due revocations."""
+
+    async def run() -> list[RotationResult]:
+        async with Engine(svc, options) as engine:
+            results = await engine.recover()
+            await engine.process_revocations()
+            return results
+
+    return asyncio.run(run())

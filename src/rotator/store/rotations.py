@@ -1,0 +1,313 @@
+"""Store access for rotations (intents), per-credential locks and the revocation queue.
+
+All functions take the caller's transaction. Terminal steps: finished, rolled_back, failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, delete, insert, or_, select, update
+
+from rotator.domain.model import Stage
+from rotator.store.schema import credential_locks, credentials, revocations, rotations, versions
+
+ACTIVE_STEPS = ("claimed", "created", "set", "tested")
+TERMINAL_STEPS = ("finished", "rolled_back", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class RotationRow:
+    id: str
+    credential_id: int
+    tenant_id: int
+    credential: str
+    batch_id: str | None
+    trigger: str
+    priority: int
+    version: int | None
+    step: str
+    grace_s: int
+    attempts: int
+    error: str | None
+    owner: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.step in TERMINAL_STEPS
+
+
+def _row(r: object) -> RotationRow:
+    return RotationRow(**{f: getattr(r, f) for f in RotationRow.__slots__})
+
+
+def lock_holder(conn: Connection, credential_id: int) -> str | None:
+    """The rotation id holding the credential's lock, or None."""
+    return conn.execute(
+        select(credential_locks.c.rotation_id).where(
+            credential_locks.c.credential_id == credential_id
+        )
+    ).scalar_one_or_none()
+
+
+def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: datetime) -> str | None:
+    """Take the credential's lock for ``rotation_id``; return the holder's id if already held.
+
+    Callers run this inside a savepoint: on PostgreSQL a concurrent insert blocks until the
+    other transaction ends, then fails on the primary key, which the caller treats as held.
+    """
+    holder = lock_holder(conn, credential_id)
+    if holder is not None:
+        return holder
+    conn.execute(
+        insert(credential_locks).values(
+            credential_id=credential_id, rotation_id=rotation_id, acquired_at=now
+        )
+    )
+    return None
+
+
+def release_lock(conn: Connection, credential_id: int, rotation_id: str) -> None:
+    conn.execute(
+        delete(credential_locks).where(
+            credential_locks.c.credential_id == credential_id,
+            credential_locks.c.rotation_id == rotation_id,
+        )
+    )
+
+
+def insert_rotation(
+    conn: Connection,
+    *,
+    id: str,
+    credential_id: int,
+    tenant_id: int,
+    credential: str,
+    batch_id: str | None,
+    trigger: str,
+    priority: int,
+    grace_s: int,
+    owner: str,
+    lease_expires_at: datetime,
+    now: datetime,
+) -> None:
+    conn.execute(
+        insert(rotations).values(
+            id=id,
+            credential_id=credential_id,
+            tenant_id=tenant_id,
+            credential=credential,
+            batch_id=batch_id,
+            trigger=trigger,
+            priority=priority,
+            version=None,
+            step="claimed",
+            grace_s=grace_s,
+            attempts=0,
+            error=None,
+            owner=owner,
+            lease_expires_at=lease_expires_at,
+            created_at=now,
+            updated_at=now,
+            finished_at=None,
+        )
+    )
+
+
+def get_rotation(conn: Connection, rotation_id: str) -> RotationRow | None:
+    r = conn.execute(select(rotations).where(rotations.c.id == rotation_id)).first()
+    return None if r is None else _row(r)
+
+
+def set_step(
+    conn: Connection,
+    rotation_id: str,
+    step: str,
+    now: datetime,
+    *,
+    version: int | None = None,
+    error: str | None = None,
+    attempts: int | None = None,
+    lease_expires_at: datetime | None = None,
+) -> None:
+    values: dict[str, object] = {"step": step, "updated_at": now}
+    if version is not None:
+        values["version"] = version
+    if error is not None:
+        values["error"] = error
+    if attempts is not None:
+        values["attempts"] = attempts
+    if lease_expires_at is not None:
+        values["lease_expires_at"] = lease_expires_at
+    if step in TERMINAL_STEPS:
+        values["finished_at"] = now
+        values["lease_expires_at"] = None
+    conn.execute(update(rotations).where(rotations.c.id == rotation_id).values(**values))
+
+
+def renew_leases(conn: Connection, rotation_ids: list[str], owner: str, until: datetime) -> None:
+    if rotation_ids:
+        conn.execute(
+            update(rotations)
+            .where(
+                rotations.c.id.in_(rotation_ids),
+                rotations.c.owner == owner,
+                rotations.c.step.in_(ACTIVE_STEPS),
+            )
+            .values(lease_expires_at=until)
+        )
+
+
+def stale_rotations(
+    conn: Connection, now: datetime, dead_owners: list[str] | None = None
+) -> list[RotationRow]:
+    """Active rotations whose lease ran out (or whose owner is known dead), oldest first."""
+    cond = rotations.c.lease_expires_at < now
+    if dead_owners:
+        cond = or_(cond, rotations.c.owner.in_(dead_owners))
+    rows = conn.execute(
+        select(rotations)
+        .where(rotations.c.step.in_(ACTIVE_STEPS), cond)
+        .order_by(rotations.c.created_at)
+    ).all()
+    return [_row(r) for r in rows]
+
+
+def active_owners(conn: Connection) -> list[str]:
+    return [
+        o
+        for o in conn.execute(
+            select(rotations.c.owner).distinct().where(rotations.c.step.in_(ACTIVE_STEPS))
+        ).scalars()
+        if o
+    ]
+
+
+def take_over(
+    conn: Connection,
+    rotation_id: str,
+    expected_owner: str | None,
+    owner: str,
+    lease_expires_at: datetime,
+    now: datetime,
+) -> bool:
+    """Claim a stale rotation for ``owner``. False if another process claimed it first."""
+    res = conn.execute(
+        update(rotations)
+        .where(
+            rotations.c.id == rotation_id,
+            rotations.c.owner == expected_owner,
+            rotations.c.step.in_(ACTIVE_STEPS),
+        )
+        .values(owner=owner, lease_expires_at=lease_expires_at, updated_at=now)
+    )
+    return res.rowcount == 1
+
+
+def mark_version(
+    conn: Connection,
+    credential_id: int,
+    number: int,
+    stage: Stage,
+    now: datetime,
+    *,
+    only_from: tuple[Stage, ...] | None = None,
+) -> bool:
+    stmt = update(versions).where(
+        versions.c.credential_id == credential_id, versions.c.number == number
+    )
+    if only_from is not None:
+        stmt = stmt.where(versions.c.stage.in_([s.value for s in only_from]))
+    res = conn.execute(stmt.values(stage=stage.value, staged_at=now))
+    return res.rowcount == 1
+
+
+def pending_version(conn: Connection, credential_id: int) -> int | None:
+    return conn.execute(
+        select(versions.c.number)
+        .where(versions.c.credential_id == credential_id, versions.c.stage == Stage.PENDING.value)
+        .order_by(versions.c.number.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def enqueue_revocation(
+    conn: Connection, credential_id: int, version: int, due_at: datetime
+) -> None:
+    exists = conn.execute(
+        select(revocations.c.id).where(
+            revocations.c.credential_id == credential_id, revocations.c.version == version
+        )
+    ).first()
+    if exists is None:
+        conn.execute(
+            insert(revocations).values(
+                credential_id=credential_id,
+                version=version,
+                due_at=due_at,
+                attempts=0,
+                last_error=None,
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationRow:
+    id: int
+    credential_id: int
+    tenant_id: int
+    credential: str
+    version: int
+    due_at: datetime
+    attempts: int
+
+
+def due_revocations(
+    conn: Connection, now: datetime, limit: int = 500, credential_ids: list[int] | None = None
+) -> list[RevocationRow]:
+    q = (
+        select(revocations, credentials.c.tenant_id, credentials.c.name)
+        .join(credentials, credentials.c.id == revocations.c.credential_id)
+        .where(revocations.c.due_at <= now)
+    )
+    if credential_ids is not None:
+        q = q.where(revocations.c.credential_id.in_(credential_ids))
+    rows = conn.execute(q.order_by(revocations.c.due_at).limit(limit)).all()
+    return [
+        RevocationRow(
+            id=r.id,
+            credential_id=r.credential_id,
+            tenant_id=r.tenant_id,
+            credential=r.name,
+            version=r.version,
+            due_at=r.due_at,
+            attempts=r.attempts,
+        )
+        for r in rows
+    ]
+
+
+def next_revocation_due(conn: Connection) -> datetime | None:
+    return conn.execute(
+        select(revocations.c.due_at).order_by(revocations.c.due_at).limit(1)
+    ).scalar_one_or_none()
+
+
+def finish_revocation(conn: Connection, revocation_id: int) -> None:
+    conn.execute(delete(revocations).where(revocations.c.id == revocation_id))
+
+
+def retry_revocation(conn: Connection, revocation_id: int, error: str, due_at: datetime) -> None:
+    conn.execute(
+        update(revocations)
+        .where(revocations.c.id == revocation_id)
+        .values(attempts=revocations.c.attempts + 1, last_error=error, due_at=due_at)
+    )
+
+
+def grace_delta(grace_s: int) -> timedelta:
+    return timedelta(seconds=grace_s)
