@@ -9,8 +9,11 @@ from __future__ import annotations
 import base64
 import secrets
 import string
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from pydantic import Field, model_validator
 
 from rotator.connectors.base import (
@@ -34,13 +37,15 @@ CLASSES = {
 
 
 class LocalConfig(ConnectorConfig):
-    """Password policy: ``generator`` password|token|hex, ``length``, ``classes``, ``exclude``."""
+    """``generator`` password|token|hex (with ``length``, ``classes``, ``exclude``, ``prefix``)
+    or a private key: rsa (``bits``, default 3072) | ed25519, as PKCS#8 PEM."""
 
-    generator: Literal["password", "token", "hex"] = "password"
+    generator: Literal["password", "token", "hex", "rsa", "ed25519"] = "password"
     length: int = Field(default=32, ge=8, le=1024)
     classes: str = "lower,upper,digits,symbols"
     exclude: str = ""
     prefix: str = Field(default="", max_length=32)
+    bits: int = Field(default=3072, ge=2048, le=8192)
 
     @model_validator(mode="after")
     def _check_classes(self) -> LocalConfig:
@@ -61,8 +66,23 @@ class LocalConfig(ConnectorConfig):
         return ["".join(ch for ch in CLASSES[n] if ch not in self.exclude) for n in names]
 
 
+def generate_key_pair(config: ConnectorConfig) -> bytes:
+    """A PKCS#8 PEM private key. CPU-heavy for RSA: the engine runs it in a process pool."""
+    assert isinstance(config, LocalConfig)
+    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    if config.generator == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=config.bits)
+    else:
+        key = ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def generate(config: LocalConfig) -> Secret:
     """A fresh value following the policy, from the OS CSPRNG."""
+    if config.generator in ("rsa", "ed25519"):
+        return Secret(generate_key_pair(config))
     if config.generator == "hex":
         return Secret(config.prefix + secrets.token_hex((config.length + 1) // 2)[: config.length])
     if config.generator == "token":
@@ -84,6 +104,11 @@ class LocalConnector:
 
     def target_key(self, config: ConnectorConfig) -> str:
         return "local"
+
+    def offload(self, config: ConnectorConfig) -> Callable[[ConnectorConfig], bytes] | None:
+        """Key pairs are made in the engine's process pool, off the event loop."""
+        assert isinstance(config, LocalConfig)
+        return generate_key_pair if config.generator in ("rsa", "ed25519") else None
 
     async def create(self, req: CreateRequest) -> Secret:
         assert isinstance(req.config, LocalConfig)

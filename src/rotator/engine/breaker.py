@@ -1,13 +1,16 @@
 """A circuit breaker per target, so one dead target does not stall a batch.
 
-After ``threshold`` consecutive failures the breaker opens: calls fail at once with
-CircuitOpen for ``reset_after`` seconds; then one call is let through (half-open). Its success
-closes the breaker, its failure opens it again. ``now`` comes from an injected clock.
+The breaker opens when at least ``threshold`` of the last ``window`` calls failed: then calls
+fail at once with CircuitOpen for ``reset_after`` seconds; after that one call is let through
+(half-open). Its success closes the breaker, its failure opens it again. A rate over a window,
+not a run of consecutive failures, so a flaky target (30% transient errors) never trips it
+while a dead one does within ``threshold`` calls. ``clock`` is injected for tests.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,12 +24,22 @@ class CircuitOpen(ConnectorError):
 @dataclass
 class CircuitBreaker:
     target: str
-    threshold: int = 10
+    threshold: int = 18
+    window: int = 20
     reset_after: float = 30.0
     clock: Callable[[], float] = time.monotonic
-    failures: int = 0
     opened_at: float | None = None
+    _recent: deque[bool] = field(default_factory=deque, repr=False)
     _trial_in_flight: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.window = max(self.window, self.threshold)
+        self._recent = deque(maxlen=self.window)
+
+    @property
+    def failures(self) -> int:
+        """Failures among the last ``window`` calls."""
+        return sum(1 for ok in self._recent if not ok)
 
     @property
     def state(self) -> str:
@@ -41,19 +54,21 @@ class CircuitBreaker:
         state = self.state
         if state == "open" or (state == "half-open" and self._trial_in_flight):
             raise CircuitOpen(
-                f"circuit breaker for target {self.target} is open after "
-                f"{self.failures} consecutive failures"
+                f"circuit breaker for target {self.target} is open: {self.failures} of the last "
+                f"{len(self._recent)} calls failed"
             )
         if state == "half-open":
             self._trial_in_flight = True
 
     def record_success(self) -> None:
-        self.failures = 0
+        self._recent.append(True)
+        if self._trial_in_flight or self.opened_at is not None:
+            self._recent.clear()
         self.opened_at = None
         self._trial_in_flight = False
 
     def record_failure(self) -> None:
-        self.failures += 1
+        self._recent.append(False)
         if self._trial_in_flight or self.failures >= self.threshold:
             self.opened_at = self.clock()
         self._trial_in_flight = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import socket
@@ -29,7 +30,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from rotator.connectors import base as cbase
@@ -46,6 +48,7 @@ from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
 
 T = TypeVar("T")
+_STALE = "stale"  # _begin's answer when CURRENT moved after the context was loaded
 ENGINE_PRINCIPAL = Principal(name="engine")
 
 
@@ -57,10 +60,11 @@ class EngineOptions:
     per_target: int = 16
     lease_s: float = 30.0
     step_timeout_s: float = 60.0
-    retry_attempts: int = 5
+    retry_attempts: int = 6
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0
-    breaker_threshold: int = 10
+    breaker_threshold: int = 18
+    breaker_window: int = 20
     breaker_reset_s: float = 30.0
     db_threads: int = 4
     join_timeout_s: float = 600.0
@@ -169,7 +173,10 @@ class Engine:
         b = self._breakers.get(target)
         if b is None:
             b = self._breakers[target] = CircuitBreaker(
-                target, threshold=self.opts.breaker_threshold, reset_after=self.opts.breaker_reset_s
+                target,
+                threshold=self.opts.breaker_threshold,
+                window=self.opts.breaker_window,
+                reset_after=self.opts.breaker_reset_s,
             )
         return b
 
@@ -188,20 +195,26 @@ class Engine:
             details.setdefault("version", ctx.version)
         self.svc.audit(conn, ctx.who(), action, ctx.cred.name, ctx.rotation_id or None, details)
 
-    async def _call(self, ctx: _Ctx, step: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self,
+        ctx: _Ctx,
+        step: str,
+        fn: Callable[[], Awaitable[T]],
+        after: Callable[[Connection], None] | None = None,
+    ) -> T:
         """One connector call with the target's limit, breaker, timeout and retries.
 
         Transient errors (and timeouts) are retried with exponential backoff and jitter; each
-        retry is audited. Permanent errors and an open breaker fail at once.
+        retry is audited. Permanent errors and an open breaker fail at once. On success the
+        step's audit entry and ``after`` (its durable bookkeeping) commit together.
         """
         breaker = self.breaker(ctx.target)
         sem = self._target_sem(ctx.target)
         last_error = ""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.opts.retry_attempts),
-            wait=wait_exponential_jitter(
-                initial=self.opts.retry_initial_s, max=self.opts.retry_max_s
-            ),
+            wait=wait_exponential(multiplier=self.opts.retry_initial_s, max=self.opts.retry_max_s)
+            + wait_random(0, self.opts.retry_initial_s),
             retry=retry_if_exception_type(cbase.TransientError),
             reraise=True,
         )
@@ -234,15 +247,41 @@ class Engine:
                             f"connector {ctx.impl.kind!r} raised {type(exc).__name__} in {step}"
                         ) from exc
                     breaker.record_success()
-                    await self._audit(
-                        ctx,
-                        f"rotation.{step}",
-                        target=ctx.target,
-                        duration_ms=round((time.monotonic() - t0) * 1000, 2),
-                        attempt=n,
+                    ms = round((time.monotonic() - t0) * 1000, 2)
+
+                    await self.writer.run(
+                        partial(
+                            self._record_step,
+                            ctx=ctx,
+                            step=step,
+                            duration_ms=ms,
+                            attempt=n,
+                            after=after,
+                        )
                     )
                     return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _record_step(
+        self,
+        conn: Connection,
+        *,
+        ctx: _Ctx,
+        step: str,
+        duration_ms: float,
+        attempt: int,
+        after: Callable[[Connection], None] | None,
+    ) -> None:
+        self._audit_in(
+            conn,
+            ctx,
+            f"rotation.{step}",
+            target=ctx.target,
+            duration_ms=duration_ms,
+            attempt=attempt,
+        )
+        if after is not None:
+            after(conn)
 
     # -- preparing ------------------------------------------------------------------------
 
@@ -259,6 +298,48 @@ class Engine:
 
     async def _prepare(self, req: RotationRequest) -> _Ctx:
         tenant, cred, current, cur_no = await self._read(lambda c: self._load(c, req))
+        return self._context(req, tenant, cred, current, cur_no)
+
+    def _load_many(
+        self, conn: Connection, reqs: list[RotationRequest]
+    ) -> dict[tuple[str, str], _Ctx]:
+        """Contexts for many requests in a few queries (a batch's prefetch). Requests that
+        cannot be prepared are left out; preparing them alone reports why."""
+        out: dict[tuple[str, str], _Ctx] = {}
+        by_tenant: dict[str, list[RotationRequest]] = {}
+        for r in reqs:
+            by_tenant.setdefault(r.tenant, []).append(r)
+        for tenant_name, group in by_tenant.items():
+            tenant = self.svc.tenant(tenant_name)
+            wanted = {r.name: r for r in group}
+            names = list(wanted)
+            for i in range(0, len(names), 500):
+                creds = store_creds.list_credentials(conn, tenant.id, names=names[i : i + 500])
+                current = store_creds.current_versions(conn, [c.id for c in creds])
+                for cred in creds:
+                    sv = current.get(cred.id)
+                    try:
+                        value = self.svc.open_version(conn, sv) if sv is not None else None
+                        ctx = self._context(
+                            wanted[cred.name],
+                            tenant,
+                            cred,
+                            value,
+                            sv.number if sv is not None else None,
+                        )
+                    except RotatorError:
+                        continue
+                    out[(tenant_name, cred.name)] = ctx
+        return out
+
+    def _context(
+        self,
+        req: RotationRequest,
+        tenant: Tenant,
+        cred: Credential,
+        current: Secret | None,
+        cur_no: int | None,
+    ) -> _Ctx:
         impl = get_connector(cred.connector)
         cfg = cbase.parse_config(impl, dict(cred.config))
         grace = req.grace_s if req.grace_s is not None else int(cred.policy.grace.total_seconds())
@@ -294,11 +375,16 @@ class Engine:
         for i, r in enumerate(reqs):
             queue.put_nowait((r.priority, i, r))
         results: list[RotationResult] = []
+        prepared: dict[tuple[str, str], _Ctx] = {}
+        for i in range(0, len(reqs), 2000):
+            chunk = reqs[i : i + 2000]
+            prepared.update(await self._read(partial(self._load_many, reqs=chunk)))
 
         async def worker() -> None:
             while not queue.empty():
                 _, _, req = queue.get_nowait()
-                res = await self.rotate_one(req, batch_id=batch_id)
+                ctx = prepared.pop((req.tenant, req.name), None)
+                res = await self.rotate_one(req, batch_id=batch_id, prepared=ctx)
                 results.append(res)
                 if progress is not None:
                     progress(res)
@@ -310,7 +396,7 @@ class Engine:
         return BatchResult(results=results, duration_s=time.monotonic() - t0)
 
     async def rotate_one(
-        self, req: RotationRequest, *, batch_id: str | None = None
+        self, req: RotationRequest, *, batch_id: str | None = None, prepared: _Ctx | None = None
     ) -> RotationResult:
         """Rotate one credential. Joins a rotation of the same credential already under way."""
         key = (req.tenant, req.name)
@@ -321,7 +407,7 @@ class Engine:
         self._inflight[key] = fut
         try:
             async with self._global:
-                res = await self._rotate(req, batch_id)
+                res = await self._rotate(req, batch_id, prepared)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved
@@ -331,10 +417,12 @@ class Engine:
         fut.set_result(res)
         return res
 
-    async def _rotate(self, req: RotationRequest, batch_id: str | None) -> RotationResult:
+    async def _rotate(
+        self, req: RotationRequest, batch_id: str | None, prepared: _Ctx | None = None
+    ) -> RotationResult:
         t0 = time.monotonic()
         try:
-            ctx = await self._prepare(req)
+            ctx = prepared or await self._prepare(req)
         except RotatorError as exc:
             return RotationResult(req.name, Outcome.FAILED, error=str(exc))
         try:
@@ -343,12 +431,26 @@ class Engine:
             await self._audit(ctx, "rotation.failed", step="create", error=str(exc))
             return RotationResult(req.name, Outcome.FAILED, error=f"create: {exc}")
         ctx.rotation_id = str(uuid.uuid4())
-        try:
-            holder = await self.writer.run(lambda c: self._begin(c, ctx, value, batch_id))
-        except ConcurrentModification:
-            holder = await self._read(lambda c: store_rot.lock_holder(c, ctx.cred.id))
-            if holder is None:
-                return RotationResult(req.name, Outcome.FAILED, error="lost a race for the lock")
+        for _ in range(3):
+            try:
+                holder = await self.writer.run(
+                    partial(self._begin, ctx=ctx, value=value, batch_id=batch_id)
+                )
+            except ConcurrentModification:
+                holder = await self._read(partial(store_rot.lock_holder, credential_id=ctx.cred.id))
+                if holder is None:
+                    return RotationResult(
+                        req.name, Outcome.FAILED, error="lost a race for the lock"
+                    )
+            if holder != _STALE:
+                break
+            # CURRENT moved since the context was loaded (a rotation finished in between).
+            try:
+                ctx = dataclasses.replace(await self._prepare(req), rotation_id=ctx.rotation_id)
+            except RotatorError as exc:
+                return RotationResult(req.name, Outcome.FAILED, error=str(exc))
+        else:
+            return RotationResult(req.name, Outcome.FAILED, error="CURRENT kept moving; try again")
         if holder is not None:
             return _joined(await self._wait_for(holder, ctx), req.name)
         ctx.pending = value
@@ -377,11 +479,20 @@ class Engine:
     def _begin(
         self, conn: Connection, ctx: _Ctx, value: Secret, batch_id: str | None
     ) -> str | None:
-        """The intent: lock, rotation row, PENDING version, audit; one savepoint."""
+        """The intent: lock, PENDING version, rotation row, audit, in one transaction.
+
+        Returns None when taken, the holder's rotation id when another rotation holds the
+        credential, or _STALE when CURRENT moved since the context was loaded.
+        """
         now = self._now()
         holder = store_rot.try_lock(conn, ctx.cred.id, ctx.rotation_id, now)
         if holder is not None:
             return holder
+        if store_creds.current_number(conn, ctx.cred.id) != ctx.current_version:
+            store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
+            return _STALE
+        ctx.version = store_creds.next_version_number(conn, ctx.cred.id)
+        self.svc.seal_version(conn, ctx.tenant, ctx.cred.id, ctx.version, value, Stage.PENDING, now)
         store_rot.insert_rotation(
             conn,
             id=ctx.rotation_id,
@@ -395,10 +506,8 @@ class Engine:
             owner=self.owner,
             lease_expires_at=now + timedelta(seconds=self.opts.lease_s),
             now=now,
+            version=ctx.version,
         )
-        ctx.version = store_creds.next_version_number(conn, ctx.cred.id)
-        self.svc.seal_version(conn, ctx.tenant, ctx.cred.id, ctx.version, value, Stage.PENDING, now)
-        store_rot.set_step(conn, ctx.rotation_id, "created", now, version=ctx.version)
         self._audit_in(
             conn,
             ctx,
@@ -423,18 +532,18 @@ class Engine:
                     lambda: ctx.impl.set(
                         cbase.SetRequest(c, ctx.version, ctx.cfg, pending, ctx.current)
                     ),
-                )
-                await self.writer.run(
-                    lambda conn: store_rot.set_step(conn, ctx.rotation_id, "set", self._now())
+                    after=lambda conn: store_rot.set_step(
+                        conn, ctx.rotation_id, "set", self._now()
+                    ),
                 )
             if from_step in ("created", "set"):
                 await self._call(
                     ctx,
                     "test",
                     lambda: ctx.impl.test(cbase.TestRequest(c, ctx.version, ctx.cfg, pending)),
-                )
-                await self.writer.run(
-                    lambda conn: store_rot.set_step(conn, ctx.rotation_id, "tested", self._now())
+                    after=lambda conn: store_rot.set_step(
+                        conn, ctx.rotation_id, "tested", self._now()
+                    ),
                 )
             await self._call(
                 ctx,
@@ -482,7 +591,7 @@ class Engine:
         self._audit_in(
             conn,
             ctx,
-            "rotation.finish",
+            "rotation.complete",
             previous_version=previous,
             grace_s=ctx.grace_s,
             duration_ms=round((time.monotonic() - ctx.started) * 1000, 2),

@@ -107,6 +107,7 @@ class RotatorService:
     clock: Callable[[], datetime] = utcnow
     _data_keys: dict[int, crypto.DataKey] = field(default_factory=dict)
     _tenants: dict[str, Tenant] = field(default_factory=dict)
+    _active_keys: dict[int, int] = field(default_factory=dict)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -207,9 +208,9 @@ class RotatorService:
         credential: str | None = None,
         rotation_id: str | None = None,
         details: dict[str, Any] | None = None,
-    ) -> AuditEntry:
+    ) -> None:
         """Append an audit entry in ``conn``'s transaction (for the engine)."""
-        return self._audit(conn, principal, action, credential, rotation_id, **(details or {}))
+        self._audit(conn, principal, action, credential, rotation_id, **(details or {}))
 
     def _data_key(self, conn: Connection, data_key_id: int) -> crypto.DataKey:
         dk = self._data_keys.get(data_key_id)
@@ -220,10 +221,15 @@ class RotatorService:
         return dk
 
     def _active_data_key(self, conn: Connection, tenant: Tenant) -> crypto.DataKey:
-        found = store_keys.latest_data_key(conn, tenant.id)
-        if found is None:
-            raise NotFound(f"tenant {tenant.name!r} has no data key")
-        return self._data_key(conn, found[0])
+        # A tenant's active data key changes only when a new one is made (not yet a feature),
+        # so its id is cached for the life of the process.
+        dk_id = self._active_keys.get(tenant.id)
+        if dk_id is None:
+            found = store_keys.latest_data_key(conn, tenant.id)
+            if found is None:
+                raise NotFound(f"tenant {tenant.name!r} has no data key")
+            dk_id = self._active_keys[tenant.id] = found[0]
+        return self._data_key(conn, dk_id)
 
     def _audit(
         self,
@@ -234,8 +240,8 @@ class RotatorService:
         rotation_id: str | None = None,
         /,
         **details: Any,
-    ) -> AuditEntry:
-        return audit.append(
+    ) -> None:
+        audit.append(
             conn,
             now=self.clock(),
             tenant=p.tenant,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 
 from rotator.domain.model import Credential, Stage, Version
 from rotator.domain.policy import RotationPolicy
@@ -24,6 +24,37 @@ from rotator.store.schema import (
     rotations,
     tenants,
     versions,
+)
+
+# Statements on the rotation hot path, built once (see store/rotations.py).
+_SEALED_BY_STAGE = (
+    select(versions)
+    .where(versions.c.credential_id == bindparam("b_cid"), versions.c.stage == bindparam("b_stage"))
+    .order_by(versions.c.number.desc())
+    .limit(1)
+)
+_SEALED_BY_NUMBER = select(versions).where(
+    versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
+)
+_MAX_VERSION = select(func.max(versions.c.number)).where(
+    versions.c.credential_id == bindparam("b_cid")
+)
+_INSERT_VERSION = insert(versions)
+_CURRENT_NUMBER = select(versions.c.number).where(
+    versions.c.credential_id == bindparam("b_cid"), versions.c.stage == Stage.CURRENT.value
+)
+_SET_STAGE = update(versions).where(
+    versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
+)
+_PENDING_TO_CURRENT = _SET_STAGE.where(versions.c.stage == Stage.PENDING.value)
+_UPDATE_CREDENTIAL = update(credentials).where(credentials.c.id == bindparam("b_id"))
+_CREDENTIAL_BY_NAME = (
+    select(credentials, tenants.c.name.label("tenant_name"))
+    .join(tenants, tenants.c.id == credentials.c.tenant_id)
+    .where(credentials.c.tenant_id == bindparam("b_tid"), credentials.c.name == bindparam("b_name"))
+)
+_TAGS_OF = select(credential_tags.c.key, credential_tags.c.value).where(
+    credential_tags.c.credential_id == bindparam("b_cid")
 )
 
 
@@ -107,7 +138,7 @@ def update_credential(
         values["last_rotated_at"] = last_rotated_at
     if use_count is not None:
         values["use_count"] = use_count
-    conn.execute(update(credentials).where(credentials.c.id == credential_id).values(**values))
+    conn.execute(_UPDATE_CREDENTIAL, {"b_id": credential_id, **values})
     if tags is not None:
         conn.execute(
             delete(credential_tags).where(credential_tags.c.credential_id == credential_id)
@@ -135,8 +166,12 @@ def get_credential(
     conn: Connection, tenant_id: int, name: str, *, with_versions: bool = True
 ) -> Credential | None:
     """The credential named ``name`` in the tenant, with versions (metadata only), or None."""
-    found = list_credentials(conn, tenant_id, names=[name], with_versions=with_versions)
-    return found[0] if found else None
+    r = conn.execute(_CREDENTIAL_BY_NAME, {"b_tid": tenant_id, "b_name": name}).first()
+    if r is None:
+        return None
+    tags = {t.key: t.value for t in conn.execute(_TAGS_OF, {"b_cid": r.id})}
+    vers = _versions_for(conn, [r.id]).get(r.id, []) if with_versions else []
+    return _credential(r, tags, vers)
 
 
 def list_credentials(
@@ -169,24 +204,25 @@ def list_credentials(
     ids = [r.id for r in rows]
     tag_map = _tags_for(conn, ids)
     ver_map = _versions_for(conn, ids) if with_versions else {}
-    return [
-        Credential(
-            id=r.id,
-            tenant=r.tenant_name,
-            name=r.name,
-            connector=r.connector,
-            config=dict(r.config),
-            tags=tag_map.get(r.id, {}),
-            policy=RotationPolicy.from_json(r.policy),
-            created_at=r.created_at,
-            updated_at=r.updated_at,
-            next_rotation_at=r.next_rotation_at,
-            last_rotated_at=r.last_rotated_at,
-            use_count=r.use_count,
-            versions=tuple(ver_map.get(r.id, ())),
-        )
-        for r in rows
-    ]
+    return [_credential(r, tag_map.get(r.id, {}), ver_map.get(r.id, [])) for r in rows]
+
+
+def _credential(r: Any, tags: dict[str, str], vers: list[Version]) -> Credential:
+    return Credential(
+        id=r.id,
+        tenant=r.tenant_name,
+        name=r.name,
+        connector=r.connector,
+        config=dict(r.config),
+        tags=tags,
+        policy=RotationPolicy.from_json(r.policy),
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        next_rotation_at=r.next_rotation_at,
+        last_rotated_at=r.last_rotated_at,
+        use_count=r.use_count,
+        versions=tuple(vers),
+    )
 
 
 def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:
@@ -231,9 +267,7 @@ def _versions_for(conn: Connection, ids: list[int]) -> dict[int, list[Version]]:
 
 
 def next_version_number(conn: Connection, credential_id: int) -> int:
-    n = conn.execute(
-        select(func.max(versions.c.number)).where(versions.c.credential_id == credential_id)
-    ).scalar_one_or_none()
+    n = conn.execute(_MAX_VERSION, {"b_cid": credential_id}).scalar_one_or_none()
     return (n or 0) + 1
 
 
@@ -249,29 +283,31 @@ def insert_version(
 ) -> None:
     """Insert a version. A second insert of the same number fails with ConcurrentModification."""
     conn.execute(
-        insert(versions).values(
-            credential_id=credential_id,
-            number=number,
-            stage=stage.value,
-            ciphertext=ciphertext,
-            data_key_id=data_key_id,
-            created_at=now,
-            staged_at=now,
-            expires_at=None,
-        )
+        _INSERT_VERSION,
+        {
+            "credential_id": credential_id,
+            "number": number,
+            "stage": stage.value,
+            "ciphertext": ciphertext,
+            "data_key_id": data_key_id,
+            "created_at": now,
+            "staged_at": now,
+            "expires_at": None,
+        },
     )
 
 
 def sealed_version(
     conn: Connection, credential_id: int, *, stage: Stage | None = None, number: int | None = None
 ) -> SealedVersion | None:
-    """The newest version with ``stage`` (or the version ``number``), with its ciphertext."""
-    q = select(versions).where(versions.c.credential_id == credential_id)
-    if stage is not None:
-        q = q.where(versions.c.stage == stage.value)
+    """The newest version with ``stage``, or the version ``number``, with its ciphertext."""
     if number is not None:
-        q = q.where(versions.c.number == number)
-    r = conn.execute(q.order_by(versions.c.number.desc()).limit(1)).first()
+        r = conn.execute(_SEALED_BY_NUMBER, {"b_cid": credential_id, "b_no": number}).first()
+        if r is not None and stage is not None and r.stage != stage.value:
+            r = None
+    else:
+        assert stage is not None, "give a stage or a number"
+        r = conn.execute(_SEALED_BY_STAGE, {"b_cid": credential_id, "b_stage": stage.value}).first()
     if r is None:
         return None
     return SealedVersion(
@@ -283,6 +319,30 @@ def sealed_version(
     )
 
 
+def current_number(conn: Connection, credential_id: int) -> int | None:
+    """The number of the CURRENT version, or None."""
+    n = conn.execute(_CURRENT_NUMBER, {"b_cid": credential_id}).scalar_one_or_none()
+    return None if n is None else int(n)
+
+
+def current_versions(conn: Connection, credential_ids: list[int]) -> dict[int, SealedVersion]:
+    """The CURRENT version (with ciphertext) of each credential that has one."""
+    out: dict[int, SealedVersion] = {}
+    for chunk in _chunks(credential_ids):
+        q = select(versions).where(
+            versions.c.credential_id.in_(chunk), versions.c.stage == Stage.CURRENT.value
+        )
+        for r in conn.execute(q):
+            out[r.credential_id] = SealedVersion(
+                credential_id=r.credential_id,
+                number=r.number,
+                stage=Stage(r.stage),
+                ciphertext=r.ciphertext,
+                data_key_id=r.data_key_id,
+            )
+    return out
+
+
 def promote(
     conn: Connection, credential_id: int, number: int, *, now: datetime, grace: timedelta
 ) -> int | None:
@@ -291,29 +351,36 @@ def promote(
     One transaction (the caller's). An older PREVIOUS still inside its grace stays PREVIOUS
     until the engine revokes it. Returns the number of the demoted version, or None.
     Idempotent: promoting the version that is already CURRENT changes nothing.
+    Raises ConcurrentModification when ``number`` is not PENDING.
     """
-    cur = sealed_version(conn, credential_id, stage=Stage.CURRENT)
-    if cur is not None and cur.number == number:
+    cur = conn.execute(_CURRENT_NUMBER, {"b_cid": credential_id}).scalar_one_or_none()
+    if cur == number:
         return None
-    target = conn.execute(
-        update(versions)
-        .where(
-            versions.c.credential_id == credential_id,
-            versions.c.number == number,
-            versions.c.stage.in_([Stage.PENDING.value]),
-        )
-        .values(stage=Stage.CURRENT.value, staged_at=now, expires_at=None)
+    moved = conn.execute(
+        _PENDING_TO_CURRENT,
+        {
+            "b_cid": credential_id,
+            "b_no": number,
+            "stage": Stage.CURRENT.value,
+            "staged_at": now,
+            "expires_at": None,
+        },
     )
-    if target.rowcount != 1:
+    if moved.rowcount != 1:
         raise ConcurrentModification(f"version {number} is not PENDING any more")
     if cur is None:
         return None
     conn.execute(
-        update(versions)
-        .where(versions.c.credential_id == credential_id, versions.c.number == cur.number)
-        .values(stage=Stage.PREVIOUS.value, staged_at=now, expires_at=now + grace)
+        _SET_STAGE,
+        {
+            "b_cid": credential_id,
+            "b_no": cur,
+            "stage": Stage.PREVIOUS.value,
+            "staged_at": now,
+            "expires_at": now + grace,
+        },
     )
-    return cur.number
+    return int(cur)
 
 
 def all_sealed_versions(conn: Connection) -> list[tuple[int, int, int, bytes, int]]:

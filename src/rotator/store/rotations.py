@@ -8,13 +8,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
 
 from rotator.domain.model import Stage
 from rotator.store.schema import credential_locks, credentials, revocations, rotations, versions
 
 ACTIVE_STEPS = ("claimed", "created", "set", "tested")
 TERMINAL_STEPS = ("finished", "rolled_back", "failed")
+
+# Statements on the rotation hot path are built once: building Core constructs per call costs
+# more CPU than SQLite spends executing them.
+_LOCK_HOLDER = select(credential_locks.c.rotation_id).where(
+    credential_locks.c.credential_id == bindparam("b_cid")
+)
+_INSERT_LOCK = insert(credential_locks)
+_RELEASE_LOCK = delete(credential_locks).where(
+    credential_locks.c.credential_id == bindparam("b_cid"),
+    credential_locks.c.rotation_id == bindparam("b_rid"),
+)
+_INSERT_ROTATION = insert(rotations)
+_UPDATE_ROTATION = update(rotations).where(rotations.c.id == bindparam("b_id"))
+_MARK_VERSION = update(versions).where(
+    versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
+)
+_MARK_VERSION_FROM = _MARK_VERSION.where(versions.c.stage.in_(bindparam("b_from", expanding=True)))
+_INSERT_REVOCATION = insert(revocations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,20 +82,14 @@ def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: dateti
     if holder is not None:
         return holder
     conn.execute(
-        insert(credential_locks).values(
-            credential_id=credential_id, rotation_id=rotation_id, acquired_at=now
-        )
+        _INSERT_LOCK,
+        {"credential_id": credential_id, "rotation_id": rotation_id, "acquired_at": now},
     )
     return None
 
 
 def release_lock(conn: Connection, credential_id: int, rotation_id: str) -> None:
-    conn.execute(
-        delete(credential_locks).where(
-            credential_locks.c.credential_id == credential_id,
-            credential_locks.c.rotation_id == rotation_id,
-        )
-    )
+    conn.execute(_RELEASE_LOCK, {"b_cid": credential_id, "b_rid": rotation_id})
 
 
 def insert_rotation(
@@ -94,27 +106,30 @@ def insert_rotation(
     owner: str,
     lease_expires_at: datetime,
     now: datetime,
+    version: int | None = None,
 ) -> None:
+    """Insert a rotation; with ``version`` its intent is complete (step ``created``)."""
     conn.execute(
-        insert(rotations).values(
-            id=id,
-            credential_id=credential_id,
-            tenant_id=tenant_id,
-            credential=credential,
-            batch_id=batch_id,
-            trigger=trigger,
-            priority=priority,
-            version=None,
-            step="claimed",
-            grace_s=grace_s,
-            attempts=0,
-            error=None,
-            owner=owner,
-            lease_expires_at=lease_expires_at,
-            created_at=now,
-            updated_at=now,
-            finished_at=None,
-        )
+        _INSERT_ROTATION,
+        {
+            "id": id,
+            "credential_id": credential_id,
+            "tenant_id": tenant_id,
+            "credential": credential,
+            "batch_id": batch_id,
+            "trigger": trigger,
+            "priority": priority,
+            "version": version,
+            "step": "claimed" if version is None else "created",
+            "grace_s": grace_s,
+            "attempts": 0,
+            "error": None,
+            "owner": owner,
+            "lease_expires_at": lease_expires_at,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": None,
+        },
     )
 
 
@@ -134,7 +149,7 @@ def set_step(
     attempts: int | None = None,
     lease_expires_at: datetime | None = None,
 ) -> None:
-    values: dict[str, object] = {"step": step, "updated_at": now}
+    values: dict[str, object] = {"b_id": rotation_id, "step": step, "updated_at": now}
     if version is not None:
         values["version"] = version
     if error is not None:
@@ -146,7 +161,7 @@ def set_step(
     if step in TERMINAL_STEPS:
         values["finished_at"] = now
         values["lease_expires_at"] = None
-    conn.execute(update(rotations).where(rotations.c.id == rotation_id).values(**values))
+    conn.execute(_UPDATE_ROTATION, values)
 
 
 def renew_leases(conn: Connection, rotation_ids: list[str], owner: str, until: datetime) -> None:
@@ -217,13 +232,17 @@ def mark_version(
     *,
     only_from: tuple[Stage, ...] | None = None,
 ) -> bool:
-    stmt = update(versions).where(
-        versions.c.credential_id == credential_id, versions.c.number == number
-    )
-    if only_from is not None:
-        stmt = stmt.where(versions.c.stage.in_([s.value for s in only_from]))
-    res = conn.execute(stmt.values(stage=stage.value, staged_at=now))
-    return res.rowcount == 1
+    """Set a version's stage (only if it is in ``only_from``); True if it changed."""
+    params: dict[str, object] = {
+        "b_cid": credential_id,
+        "b_no": number,
+        "stage": stage.value,
+        "staged_at": now,
+    }
+    if only_from is None:
+        return conn.execute(_MARK_VERSION, params).rowcount == 1
+    params["b_from"] = [s.value for s in only_from]
+    return conn.execute(_MARK_VERSION_FROM, params).rowcount == 1
 
 
 def pending_version(conn: Connection, credential_id: int) -> int | None:
@@ -238,21 +257,18 @@ def pending_version(conn: Connection, credential_id: int) -> int | None:
 def enqueue_revocation(
     conn: Connection, credential_id: int, version: int, due_at: datetime
 ) -> None:
-    exists = conn.execute(
-        select(revocations.c.id).where(
-            revocations.c.credential_id == credential_id, revocations.c.version == version
-        )
-    ).first()
-    if exists is None:
-        conn.execute(
-            insert(revocations).values(
-                credential_id=credential_id,
-                version=version,
-                due_at=due_at,
-                attempts=0,
-                last_error=None,
-            )
-        )
+    """Queue ``version`` for revocation at ``due_at``. Called once per demoted version (in the
+    transaction that demotes it), so the unique key never collides."""
+    conn.execute(
+        _INSERT_REVOCATION,
+        {
+            "credential_id": credential_id,
+            "version": version,
+            "due_at": due_at,
+            "attempts": 0,
+            "last_error": None,
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)

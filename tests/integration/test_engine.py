@@ -1,0 +1,237 @@
+"""The rotation engine in one process against the test-double target, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.support import doubles
+from tests.support.doubles import DoubleConfig
+
+from rotator.domain.model import Stage
+from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest, Trigger
+from rotator.service import PolicyInput, RotatorService, ValueInput, rotation
+from rotator.service.rotation import Selection
+
+
+@pytest.fixture(autouse=True)
+def double_connector() -> Iterator[None]:
+    doubles.install()
+    doubles.CALLS.clear()
+    doubles._RNG.clear()
+    doubles._RUN.clear()
+    yield
+    doubles.MemoryTarget.valid.clear()
+
+
+FAST = EngineOptions(retry_initial_s=0.001, retry_max_s=0.01)
+
+
+def add_double(svc: RotatorService, name: str, *, grace: str = "5m", **settings: Any) -> None:
+    """A credential on the double target with a first value the target accepts."""
+    cfg = {k: str(v) for k, v in settings.items()}
+    svc.add_credential(
+        name,
+        "double",
+        settings=cfg,
+        policy=PolicyInput(grace=grace),
+        value=ValueInput(generate=True),
+    )
+    value = svc.get_value(name).reveal_text()
+    doubles.target_add(DoubleConfig(**settings), name, value)
+
+
+def valid(svc: RotatorService, name: str, **settings: Any) -> set[str]:
+    return doubles.target_values(DoubleConfig(**settings), name)
+
+
+def run(svc: RotatorService, reqs: list[RotationRequest], opts: EngineOptions = FAST) -> Any:
+    async def go() -> Any:
+        async with Engine(svc, opts) as engine:
+            return await engine.rotate(reqs)
+
+    return asyncio.run(go())
+
+
+def test_rotation_makes_new_value_current_and_keeps_old_valid_for_grace(
+    svc: RotatorService,
+) -> None:
+    add_double(svc, "a", grace="10m")
+    old = svc.get_value("a").reveal_text()
+    result = run(svc, [RotationRequest("a")])
+    assert result.to_json()["rotated"] == ["a"]
+    new = svc.get_value("a").reveal_text()
+    assert new != old
+    assert valid(svc, "a") == {old, new}
+    cred = svc.show("a")
+    assert {v.number: v.stage for v in cred.versions} == {1: Stage.PREVIOUS, 2: Stage.CURRENT}
+    actions = [e.action for e in svc.audit_entries(credential="a") if e.rotation_id]
+    assert actions == [
+        "rotation.create",
+        "rotation.set",
+        "rotation.test",
+        "rotation.finish",
+        "rotation.complete",
+    ]
+    rid = {e.rotation_id for e in svc.audit_entries(credential="a") if e.rotation_id}
+    assert len(rid) == 1
+    for e in svc.audit_entries(credential="a"):
+        if e.rotation_id:
+            assert e.details["trigger"] == "manual"
+
+
+def test_failing_test_step_rolls_back_and_keeps_old_value_current(svc: RotatorService) -> None:
+    add_double(svc, "a", fail_test=True)
+    old = svc.get_value("a").reveal_text()
+    result = run(svc, [RotationRequest("a")])
+    data = result.to_json()
+    assert data["rolled_back"] == ["a"]
+    assert data["failed"][0]["name"] == "a"
+    assert "refused the new value" in data["failed"][0]["error"]
+    assert svc.get_value("a").reveal_text() == old
+    assert valid(svc, "a", fail_test=True) == {old}, "the candidate must be gone from the target"
+    stages = {v.number: v.stage for v in svc.show("a").versions}
+    assert stages == {1: Stage.CURRENT, 2: Stage.FAILED}
+    assert "rotation.rollback" in [e.action for e in svc.audit_entries(credential="a")]
+
+
+def test_flaky_target_batch_of_500_all_rotate_with_retries_audited(svc: RotatorService) -> None:
+    for i in range(500):
+        add_double(svc, f"c{i:03d}", fail_rate=0.3, seed=7)
+    result = run(
+        svc,
+        [RotationRequest(f"c{i:03d}") for i in range(500)],
+        EngineOptions(
+            concurrency=32, per_target=32, retry_attempts=6, retry_initial_s=0.001, retry_max_s=0.01
+        ),
+    )
+    data = result.to_json()
+    assert data["failed"] == []
+    assert len(data["rotated"]) == 500
+    retries = [e for e in svc.audit_entries() if e.action == "rotation.retry"]
+    assert len(retries) > 100  # ~30% of ~1,500 calls failed once at least
+    assert all("connection reset" in e.details["error"] for e in retries)
+    for i in (0, 250, 499):
+        name = f"c{i:03d}"
+        assert svc.get_value(name).reveal_text() in valid(svc, name, fail_rate=0.3, seed=7)
+
+
+def test_dead_target_fails_fast_once_breaker_opens_others_succeed(svc: RotatorService) -> None:
+    for i in range(20):
+        add_double(svc, f"up{i}", target="up")
+        add_double(svc, f"down{i}", target="down", down=True)
+    before = {f"down{i}": svc.get_value(f"down{i}").reveal_text() for i in range(20)}
+    opts = EngineOptions(
+        concurrency=4,
+        per_target=2,
+        retry_attempts=3,
+        breaker_threshold=5,
+        breaker_reset_s=60,
+        retry_initial_s=0.001,
+        retry_max_s=0.01,
+    )
+    reqs = [RotationRequest(f"{t}{i}") for i in range(20) for t in ("down", "up")]
+    data = run(svc, reqs, opts).to_json()
+    assert sorted(data["rotated"]) == sorted(f"up{i}" for i in range(20))
+    failed = {f["name"]: f["error"] for f in data["failed"]}
+    assert set(failed) == set(before)
+    assert sum("circuit breaker" in e for e in failed.values()) >= 15
+    assert doubles.CALLS["down"] < 20 * 3 / 2, "the breaker must stop calls to the dead target"
+    for name, value in before.items():
+        assert svc.get_value(name).reveal_text() == value
+
+
+def test_emergency_revokes_old_value_before_returning(svc: RotatorService) -> None:
+    add_double(svc, "a", grace="1h")
+    old = svc.get_value("a").reveal_text()
+    result = run(svc, [RotationRequest("a", trigger=Trigger.EMERGENCY, grace_s=0)])
+    assert result.ok
+    new = svc.get_value("a").reveal_text()
+    assert valid(svc, "a") == {new}
+    assert old not in valid(svc, "a")
+    assert {v.number: v.stage for v in svc.show("a").versions} == {
+        1: Stage.RETIRED,
+        2: Stage.CURRENT,
+    }
+
+
+def test_revocation_queue_survives_restart(svc: RotatorService, settings: Any) -> None:
+    add_double(svc, "a", grace="10m")
+    old = svc.get_value("a").reveal_text()
+    run(svc, [RotationRequest("a")])
+    svc.close()
+    restarted = RotatorService.open(settings)
+    later = restarted.clock() + timedelta(minutes=11)
+    restarted.clock = lambda: later
+
+    async def revoke() -> dict[int, bool]:
+        async with Engine(restarted, FAST) as engine:
+            return await engine.process_revocations()
+
+    assert list(asyncio.run(revoke()).values()) == [True]
+    assert old not in valid(restarted, "a")
+    stages = {v.number: v.stage for v in restarted.show("a").versions}
+    assert stages == {1: Stage.RETIRED, 2: Stage.CURRENT}
+    assert asyncio.run(revoke()) == {}
+    restarted.close()
+
+
+def test_same_credential_twice_in_a_batch_rotates_once(svc: RotatorService) -> None:
+    add_double(svc, "a", latency_ms=50)
+    result = run(svc, [RotationRequest("a"), RotationRequest("a")])
+    assert [r.outcome for r in result.results] == [Outcome.ROTATED, Outcome.ROTATED]
+    assert sum(r.joined for r in result.results) == 1
+    assert len(svc.show("a").versions) == 2
+
+
+def test_priorities_emergency_before_manual(svc: RotatorService) -> None:
+    for i in range(6):
+        add_double(svc, f"m{i}")
+    add_double(svc, "urgent")
+    reqs = [RotationRequest(f"m{i}") for i in range(6)]
+    reqs.append(RotationRequest("urgent", trigger=Trigger.EMERGENCY, grace_s=0))
+    run(svc, reqs, EngineOptions(concurrency=1, retry_initial_s=0.001))
+    creates = [e.credential for e in svc.audit_entries() if e.action == "rotation.create"]
+    assert creates[0] == "urgent"
+
+
+def test_key_pairs_are_generated_in_the_process_pool(svc: RotatorService) -> None:
+    svc.add_credential("k", "local", settings={"generator": "ed25519"})
+    svc.add_credential("r", "local", settings={"generator": "rsa", "bits": "2048"})
+    assert run(svc, [RotationRequest("k"), RotationRequest("r")]).ok
+    for name in ("k", "r"):
+        assert svc.get_value(name).reveal_text().startswith("-----BEGIN PRIVATE KEY-----")
+
+
+def test_service_rotate_by_tag_and_dry_run_changes_nothing(svc: RotatorService) -> None:
+    svc.add_credential("p1", "local", tags={"env": "prod"}, value=ValueInput(generate=True))
+    svc.add_credential("p2", "local", tags={"env": "prod"}, value=ValueInput(generate=True))
+    svc.add_credential("d1", "local", tags={"env": "dev"}, value=ValueInput(generate=True))
+    audit_before = len(svc.audit_entries())
+    steps = rotation.plan(svc, Selection(tags={"env": "prod"}))
+    assert [(s["order"], s["name"], s["strategy"]) for s in steps] == [
+        (1, "p1", "dual"),
+        (2, "p2", "dual"),
+    ]
+    assert len(svc.audit_entries()) == audit_before
+    result = rotation.rotate(svc, Selection(tags={"env": "prod"}), options=FAST)
+    assert sorted(result.to_json()["rotated"]) == ["p1", "p2"]
+    assert len(svc.show("d1").versions) == 1
+
+
+def test_rotation_of_credential_without_value_creates_first_version(svc: RotatorService) -> None:
+    svc.add_credential("empty", "local")
+    assert run(svc, [RotationRequest("empty")]).ok
+    assert [(v.number, v.stage) for v in svc.show("empty").versions] == [(1, Stage.CURRENT)]
+
+
+def test_unknown_credential_in_batch_fails_alone(svc: RotatorService, tmp_path: Path) -> None:
+    add_double(svc, "a")
+    result = run(svc, [RotationRequest("a"), RotationRequest("ghost")])
+    data = result.to_json()
+    assert data["rotated"] == ["a"]
+    assert data["failed"] == [{"name": "ghost", "error": "no credential 'ghost'"}]
