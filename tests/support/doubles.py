@@ -13,7 +13,6 @@ import fcntl
 import json
 import random
 import secrets
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,8 +113,9 @@ class DoubleConnector:
                 raise cb.TransientError(f"{step}: connection reset by {cfg.target}")
             _RUN[run] = 0
 
-    def _barrier(self, cfg: DoubleConfig, step: str, credential: str) -> None:
-        """After ``barrier_after`` step: write ``<step>.<n>.reached`` and wait for ``release``."""
+    async def _barrier(self, cfg: DoubleConfig, step: str, credential: str) -> None:
+        """After ``barrier_after`` step: touch ``<step>.<credential>.reached``, then wait until
+        a ``release`` file exists (the test kills the process meanwhile)."""
         if not cfg.barrier or cfg.barrier_after != step:
             return
         d = Path(cfg.barrier)
@@ -123,7 +123,7 @@ class DoubleConnector:
             return
         (d / f"{step}.{credential.replace('/', '_')}.reached").touch()
         while not (d / "release").exists():
-            time.sleep(0.05)  # blocks the whole process on purpose: it is about to be killed
+            await asyncio.sleep(0.05)
 
     async def create(self, req: cb.CreateRequest) -> Secret:
         return Secret("dbl-" + secrets.token_urlsafe(18))
@@ -132,7 +132,7 @@ class DoubleConnector:
         assert isinstance(req.config, DoubleConfig)
         await self._io(req.config, "set", req.credential)
         target_add(req.config, req.credential, req.pending.reveal_text())
-        self._barrier(req.config, "set", req.credential)
+        await self._barrier(req.config, "set", req.credential)
 
     async def test(self, req: cb.TestRequest) -> None:
         assert isinstance(req.config, DoubleConfig)
@@ -141,7 +141,7 @@ class DoubleConnector:
             raise cb.PermanentError("test: the target refused the new value")
         if req.pending.reveal_text() not in target_values(req.config, req.credential):
             raise cb.PermanentError("test: the target does not accept the new value")
-        self._barrier(req.config, "test", req.credential)
+        await self._barrier(req.config, "test", req.credential)
 
     async def finish(self, req: cb.FinishRequest) -> None:
         assert isinstance(req.config, DoubleConfig)
