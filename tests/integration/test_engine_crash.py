@@ -210,3 +210,48 @@ def test_two_concurrent_rotate_processes_make_exactly_one_version(
     creates = [e for e in svc.audit_entries() if e.action == "rotation.create"]
     assert len(creates) == 1
     svc.close()
+
+
+def test_all_or_nothing_group_killed_midway_is_rolled_back_on_recovery(
+    settings: Settings, target: dict[str, str], raw_db: Engine
+) -> None:
+    plain = {"state": target["state"]}
+    stop = {**plain, "barrier": target["barrier"], "barrier_after": "set"}
+    svc, _ = RotatorService.init(settings)
+    initial = {}
+    for name, cfg in (("db", plain), ("app", stop)):
+        svc.add_credential(name, "double", settings=cfg, value=ValueInput(generate=True))
+        initial[name] = svc.get_value(name).reveal_text()
+        doubles.target_add(DoubleConfig(**cfg), name, initial[name])
+    svc.close()
+    added = cli(
+        settings, "group", "add", "pair", "--member", "db", "--member", "app", "--all-or-nothing"
+    )
+    assert added.returncode == 0, added.stderr
+    proc = subprocess.Popen(
+        [sys.executable, str(RUN_CLI), "rotate", "--group", "pair", "--json"],
+        env=cli_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    barrier = Path(target["barrier"])
+    deadline = time.monotonic() + 60
+    while not list(barrier.glob("set.app.reached")):
+        assert time.monotonic() < deadline, "app never reached its barrier"
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    (barrier / "release").touch()
+    # db was set and tested, app was set: neither may finish alone.
+    result = cli(settings, "recover")
+    assert result.returncode == 0, result.stderr
+    assert "recovered 2 rotation(s)" in result.stdout
+    svc = RotatorService.open(settings)
+    for name in ("db", "app"):
+        assert svc.get_value(name).reveal_text() == initial[name]
+        stages = {v.number: v.stage for v in svc.show(name).versions}
+        assert stages == {1: Stage.CURRENT, 2: Stage.FAILED}
+        assert doubles.target_values(DoubleConfig(**plain), name) == {initial[name]}
+    svc.close()

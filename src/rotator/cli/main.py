@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -20,7 +21,9 @@ from rich.table import Table
 
 from rotator.config import Settings
 from rotator.domain import names
+from rotator.domain.group import Group, parse_order
 from rotator.domain.model import Stage
+from rotator.domain.policy import format_duration, parse_duration
 from rotator.domain.secret import Secret
 from rotator.engine import BatchResult, EngineOptions, Outcome, RotationResult
 from rotator.errors import (
@@ -310,6 +313,7 @@ def rotate(
         list[str] | None, typer.Argument(metavar="[NAME]...", help="Credentials.")
     ] = None,
     tag: TagOpt = None,
+    group: Annotated[str | None, typer.Option("--group", help="A coordinated group.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every credential.")] = False,
     emergency: Annotated[
         bool, typer.Option("--emergency", help="Highest priority; revoke the old value at once.")
@@ -327,11 +331,20 @@ def rotate(
 ) -> None:
     """Rotate credentials now: create -> set -> test -> finish, rolling back on failure."""
     sel = Selection(names=names_ or (), tags=_pairs(tag, "--tag") or None, all=all_)
-    sel.check()
+    if group is not None:
+        if names_ or tag or all_:
+            raise InvalidInput("--group excludes NAMEs, --tag and --all")
+        names.check_credential_name(group)
+    else:
+        sel.check()
     options = rotation.options_from_env(concurrency, per_target)
     with service() as svc:
         if dry_run:
-            steps = rotation.plan(svc, sel, emergency=emergency)
+            steps = (
+                rotation.plan_group(svc, group, emergency=emergency)
+                if group is not None
+                else rotation.plan(svc, sel, emergency=emergency)
+            )
             if as_json:
                 emit_json({"dry_run": True, "plan": steps})
                 return
@@ -349,7 +362,10 @@ def rotate(
             out.print(table)
             out.print(f"dry run: {len(steps)} credential(s) would rotate; nothing changed")
             return
-        result = _rotate_with_progress(svc, sel, emergency, options, show=not as_json)
+        if group is not None:
+            result = rotation.rotate_group(svc, group, emergency=emergency, options=options)
+        else:
+            result = _rotate_with_progress(svc, sel, emergency, options, show=not as_json)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -401,6 +417,94 @@ def _rotate_with_progress(
             progress=on_result,
             on_selected=on_selected,
         )
+
+
+group_app = typer.Typer(
+    help="Coordinated groups: rotate members together, in order.", no_args_is_help=True
+)
+app.add_typer(group_app, name="group")
+
+
+def group_view(g: Group) -> dict[str, Any]:
+    return {
+        "name": g.name,
+        "all_or_nothing": g.all_or_nothing,
+        "min_offset": format_duration(g.min_offset),
+        "members": [{"name": m.name, "after": list(m.after)} for m in g.members],
+        "levels": g.levels(),
+    }
+
+
+@group_app.command("add")
+def group_add(
+    name: str,
+    member: Annotated[list[str], typer.Option("--member", help="A credential (repeat).")],
+    order: Annotated[
+        list[str] | None,
+        typer.Option("--order", help="FIRST:THEN (repeat); default: members chained as given."),
+    ] = None,
+    offset: Annotated[
+        str | None, typer.Option("--offset", help="Minimum time between members (5s).")
+    ] = None,
+    all_or_nothing: Annotated[
+        bool, typer.Option("--all-or-nothing", help="A failure rolls back every member.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Define a group of credentials rotated together, in dependency order."""
+    names.check_credential_name(name)
+    for m in member:
+        names.check_credential_name(m)
+    g = Group(
+        name=name,
+        members=parse_order(list(member), list(order or [])),
+        all_or_nothing=all_or_nothing,
+        min_offset=parse_duration(offset, "--offset") if offset else timedelta(0),
+    )
+    with service() as svc:
+        svc.add_group(g)
+    if as_json:
+        emit_json(group_view(g))
+    else:
+        out.print(f"added group {name}: " + " -> ".join("+".join(lv) for lv in g.levels()))
+
+
+@group_app.command("list")
+def group_list(as_json: JsonOpt = False) -> None:
+    """List groups."""
+    with service() as svc:
+        found = svc.list_groups()
+    if as_json:
+        emit_json([group_view(g) for g in found])
+        return
+    table = Table("NAME", "ORDER", "ALL-OR-NOTHING", "OFFSET")
+    for g in found:
+        table.add_row(
+            g.name,
+            " -> ".join("+".join(lv) for lv in g.levels()),
+            "yes" if g.all_or_nothing else "no",
+            format_duration(g.min_offset),
+        )
+    out.print(table)
+
+
+@group_app.command("show")
+def group_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show a group's members and order."""
+    with service() as svc:
+        g = svc.get_group(name)
+    if as_json:
+        emit_json(group_view(g))
+    else:
+        out.print(json.dumps(group_view(g), indent=2))
+
+
+@group_app.command("remove")
+def group_remove(name: str) -> None:
+    """Remove a group (its credentials stay)."""
+    with service() as svc:
+        svc.remove_group(name)
+    out.print(f"removed group {name}")
 
 
 @app.command()

@@ -36,12 +36,19 @@ from tenacity import (
 
 from rotator.connectors import base as cbase
 from rotator.connectors.registry import get_connector
+from rotator.domain.group import Group
 from rotator.domain.model import Credential, Stage, Tenant
 from rotator.domain.secret import Secret
 from rotator.engine.breaker import CircuitBreaker, CircuitOpen
 from rotator.engine.types import BatchResult, Outcome, RotationRequest, RotationResult, Trigger
 from rotator.engine.writer import StoreWriter
-from rotator.errors import ConcurrentModification, ConnectorError, NotFound, RotatorError
+from rotator.errors import (
+    ConcurrentModification,
+    ConnectorError,
+    NotFound,
+    RotationError,
+    RotatorError,
+)
 from rotator.policy import next_rotation_at
 from rotator.service.credentials import Principal, RotatorService
 from rotator.store import credentials as store_creds
@@ -421,6 +428,18 @@ class Engine:
         self, req: RotationRequest, batch_id: str | None, prepared: _Ctx | None = None
     ) -> RotationResult:
         t0 = time.monotonic()
+        started = await self._start(req, batch_id, prepared, join=True)
+        if isinstance(started, RotationResult):
+            return started
+        res = await self._drive(started, "created")
+        return dataclasses.replace(res, duration_s=time.monotonic() - t0)
+
+    async def _start(
+        self, req: RotationRequest, batch_id: str | None, prepared: _Ctx | None, *, join: bool
+    ) -> _Ctx | RotationResult:
+        """Load, create the candidate and write the intent. Returns the context of a rotation
+        now holding the lock, or a result: failed, or (``join``) that of the rotation of the
+        same credential already under way."""
         try:
             ctx = prepared or await self._prepare(req)
         except RotatorError as exc:
@@ -452,17 +471,13 @@ class Engine:
         else:
             return RotationResult(req.name, Outcome.FAILED, error="CURRENT kept moving; try again")
         if holder is not None:
+            if not join:
+                return RotationResult(
+                    req.name, Outcome.FAILED, holder, error="another rotation of it is under way"
+                )
             return _joined(await self._wait_for(holder, ctx), req.name)
         ctx.pending = value
-        res = await self._drive(ctx, "created")
-        return RotationResult(
-            res.name,
-            res.outcome,
-            res.rotation_id,
-            res.version,
-            res.error,
-            duration_s=time.monotonic() - t0,
-        )
+        return ctx
 
     async def _create(self, ctx: _Ctx) -> Secret:
         offload = getattr(ctx.impl, "offload", None)
@@ -519,44 +534,52 @@ class Engine:
         self._leases.add(ctx.rotation_id)
         return None
 
-    async def _drive(self, ctx: _Ctx, from_step: str) -> RotationResult:
-        """Run the remaining steps from the last durable one; roll back if set/test fail."""
+    async def _set_and_test(self, ctx: _Ctx, from_step: str) -> None:
+        """Run set and test from the last durable step; raises the step's error."""
         assert ctx.pending is not None
         pending = ctx.pending
         c = ctx.cred.name
-        try:
-            if from_step == "created":
-                await self._call(
-                    ctx,
-                    "set",
-                    lambda: ctx.impl.set(
-                        cbase.SetRequest(c, ctx.version, ctx.cfg, pending, ctx.current)
-                    ),
-                    after=lambda conn: store_rot.set_step(
-                        conn, ctx.rotation_id, "set", self._now()
-                    ),
-                )
-            if from_step in ("created", "set"):
-                await self._call(
-                    ctx,
-                    "test",
-                    lambda: ctx.impl.test(cbase.TestRequest(c, ctx.version, ctx.cfg, pending)),
-                    after=lambda conn: store_rot.set_step(
-                        conn, ctx.rotation_id, "tested", self._now()
-                    ),
-                )
+        if from_step == "created":
             await self._call(
                 ctx,
-                "finish",
-                lambda: ctx.impl.finish(
-                    cbase.FinishRequest(c, ctx.version, ctx.cfg, pending, ctx.current)
+                "set",
+                lambda: ctx.impl.set(
+                    cbase.SetRequest(c, ctx.version, ctx.cfg, pending, ctx.current)
                 ),
+                after=lambda conn: store_rot.set_step(conn, ctx.rotation_id, "set", self._now()),
             )
+        if from_step in ("created", "set"):
+            await self._call(
+                ctx,
+                "test",
+                lambda: ctx.impl.test(cbase.TestRequest(c, ctx.version, ctx.cfg, pending)),
+                after=lambda conn: store_rot.set_step(conn, ctx.rotation_id, "tested", self._now()),
+            )
+
+    async def _finish_on_target(self, ctx: _Ctx) -> None:
+        assert ctx.pending is not None
+        pending = ctx.pending
+        await self._call(
+            ctx,
+            "finish",
+            lambda: ctx.impl.finish(
+                cbase.FinishRequest(ctx.cred.name, ctx.version, ctx.cfg, pending, ctx.current)
+            ),
+        )
+
+    async def _drive(self, ctx: _Ctx, from_step: str) -> RotationResult:
+        """Run the remaining steps from the last durable one; roll back if set/test fail."""
+        try:
+            await self._set_and_test(ctx, from_step)
+            await self._finish_on_target(ctx)
         except (ConnectorError, RotatorError) as exc:
             return await self._rollback(ctx, exc)
         previous = await self.writer.run(lambda conn: self._finish(conn, ctx))
+        return await self._after_finish(ctx, previous)
+
+    async def _after_finish(self, ctx: _Ctx, previous: int | None) -> RotationResult:
         self._leases.discard(ctx.rotation_id)
-        result = RotationResult(c, Outcome.ROTATED, ctx.rotation_id, ctx.version)
+        c = ctx.cred.name
         if ctx.grace_s == 0 and previous is not None:
             revoked = await self.process_revocations(credential_ids=[ctx.cred.id])
             if not revoked.get(ctx.cred.id, False):
@@ -568,7 +591,110 @@ class Engine:
                     error="rotated, but revoking the old value failed; "
                     "it stays queued for revocation",
                 )
-        return result
+        return RotationResult(c, Outcome.ROTATED, ctx.rotation_id, ctx.version)
+
+    # -- coordinated groups ---------------------------------------------------------------
+
+    async def rotate_group(
+        self, group: Group, tenant: str = "default", *, emergency: bool = False
+    ) -> BatchResult:
+        """Rotate a group's members in dependency order, ``min_offset`` apart per level.
+
+        Not all-or-nothing: a member whose predecessor failed is not rotated; the others are.
+        All-or-nothing: every member is set and tested first; any failure rolls back all that
+        were set; then every member's stage move commits in one transaction. A crash in
+        between rolls the group's members back on recovery (see ``_resume_row``).
+        """
+        t0 = time.monotonic()
+        batch_id = str(uuid.uuid4())
+        grace = 0 if emergency else None
+        deps = {m.name: set(m.after) for m in group.members}
+        results: dict[str, RotationResult] = {}
+        offset = group.min_offset.total_seconds()
+        if not group.all_or_nothing:
+            trigger = Trigger.EMERGENCY if emergency else Trigger.MANUAL
+            for i, level in enumerate(group.levels()):
+                if i and offset:
+                    await asyncio.sleep(offset)
+                runnable = []
+                for name in level:
+                    bad = sorted(d for d in deps[name] if results[d].outcome is not Outcome.ROTATED)
+                    if bad:
+                        results[name] = RotationResult(
+                            name, Outcome.FAILED, error=f"not rotated: {bad[0]!r} before it failed"
+                        )
+                    else:
+                        runnable.append(name)
+                outs = await asyncio.gather(
+                    *(
+                        self.rotate_one(
+                            RotationRequest(n, tenant, trigger, grace), batch_id=batch_id
+                        )
+                        for n in runnable
+                    )
+                )
+                results.update(zip(runnable, outs, strict=True))
+        else:
+            results = await self._rotate_atomically(group, tenant, grace, batch_id)
+        return BatchResult([results[m.name] for m in group.members], time.monotonic() - t0)
+
+    async def _rotate_atomically(
+        self, group: Group, tenant: str, grace: int | None, batch_id: str
+    ) -> dict[str, RotationResult]:
+        results: dict[str, RotationResult] = {}
+        staged: list[_Ctx] = []
+        failure: str | None = None
+        offset = group.min_offset.total_seconds()
+
+        async def stage(name: str) -> _Ctx | RotationResult:
+            started = await self._start(
+                RotationRequest(name, tenant, Trigger.GROUP, grace), batch_id, None, join=False
+            )
+            if isinstance(started, RotationResult):
+                return started
+            try:
+                await self._set_and_test(started, "created")
+            except (ConnectorError, RotatorError) as exc:
+                return await self._rollback(started, exc)
+            return started
+
+        for i, level in enumerate(group.levels()):
+            if i and offset:
+                await asyncio.sleep(offset)
+            for name, out in zip(
+                level, await asyncio.gather(*(stage(n) for n in level)), strict=True
+            ):
+                if isinstance(out, RotationResult):
+                    results[name] = out
+                    failure = failure or f"{name!r} failed: {out.error}"
+                else:
+                    staged.append(out)
+            if failure:
+                break
+        if failure is None:
+            for ctx in staged:
+                try:
+                    await self._finish_on_target(ctx)
+                except (ConnectorError, RotatorError) as exc:
+                    failure = f"{ctx.cred.name!r} failed: {exc}"
+                    break
+        if failure is not None:
+            cause = RotationError(f"group {group.name!r} rolled back: {failure}")
+            for ctx in reversed(staged):
+                results[ctx.cred.name] = await self._rollback(ctx, cause)
+            for m in group.members:
+                results.setdefault(
+                    m.name, RotationResult(m.name, Outcome.FAILED, error=f"not started: {failure}")
+                )
+            return results
+
+        def commit(conn: Connection) -> list[int | None]:
+            return [self._finish(conn, ctx) for ctx in staged]
+
+        previous = await self.writer.run(commit)
+        for ctx, prev in zip(staged, previous, strict=True):
+            results[ctx.cred.name] = await self._after_finish(ctx, prev)
+        return results
 
     def _finish(self, conn: Connection, ctx: _Ctx) -> int | None:
         """Stage move and bookkeeping in one savepoint: PENDING->CURRENT, CURRENT->PREVIOUS."""
@@ -737,6 +863,11 @@ class Engine:
         assert sv is not None
         ctx.pending = await self._read(lambda c: self.svc.open_version(c, sv))
         await self._audit(ctx, "rotation.resume", from_step=row.step, previous_owner=row.owner)
+        if row.trigger == Trigger.GROUP.value:
+            # An all-or-nothing group cannot finish one member alone: undo it.
+            return await self._rollback(
+                ctx, RotationError("group rotation interrupted; rolled back")
+            )
         return await self._drive(ctx, row.step)
 
     # -- revocation -----------------------------------------------------------------------

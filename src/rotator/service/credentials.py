@@ -20,6 +20,7 @@ from rotator.config import Settings
 from rotator.connectors import base as cbase
 from rotator.connectors.registry import get_connector
 from rotator.domain import names
+from rotator.domain.group import Group
 from rotator.domain.model import DEFAULT_TENANT, Credential, Stage, Tenant
 from rotator.domain.policy import RotationPolicy, parse_duration
 from rotator.domain.secret import Secret
@@ -28,7 +29,9 @@ from rotator.policy import next_rotation_at
 from rotator.service.keyring import KeyRing, create_master, load_keyring, rotate_master
 from rotator.store import Database
 from rotator.store import credentials as store_creds
+from rotator.store import groups as store_groups
 from rotator.store import keys as store_keys
+from rotator.store import rotations as store_rot
 
 T = TypeVar("T")
 MAX_VALUE_BYTES = 64 * 1024
@@ -113,7 +116,7 @@ class RotatorService:
 
     @classmethod
     def init(
-        cls, settings: Settings, principal: Principal = Principal()
+        cls, settings: Settings, principal: Principal = LOCAL_PRINCIPAL
     ) -> tuple[RotatorService, bool]:
         """Create the schema, the master key and the default tenant. Idempotent.
 
@@ -263,7 +266,7 @@ class RotatorService:
         tags: Mapping[str, str] | None = None,
         policy: PolicyInput = PolicyInput(),
         value: ValueInput = ValueInput(),
-        principal: Principal = Principal(),
+        principal: Principal = LOCAL_PRINCIPAL,
     ) -> Credential:
         """Register a credential, with a first CURRENT value if one is given or generated.
 
@@ -352,7 +355,7 @@ class RotatorService:
         *,
         tags: Mapping[str, str] | None = None,
         due: bool = False,
-        principal: Principal = Principal(),
+        principal: Principal = LOCAL_PRINCIPAL,
     ) -> list[Credential]:
         """Credentials of the principal's tenant, by name; ``due``: next rotation is now or past."""
         tenant = self._tenant(principal.tenant, create=True)
@@ -365,7 +368,7 @@ class RotatorService:
                 with_versions=True,
             )
 
-    def show(self, name: str, principal: Principal = Principal()) -> Credential:
+    def show(self, name: str, principal: Principal = LOCAL_PRINCIPAL) -> Credential:
         """Metadata and versions (stages, dates) of one credential; never a value."""
         names.check_credential_name(name)
         tenant = self._tenant(principal.tenant, create=True)
@@ -376,7 +379,7 @@ class RotatorService:
         return cred
 
     def get_value(
-        self, name: str, stage: Stage = Stage.CURRENT, principal: Principal = Principal()
+        self, name: str, stage: Stage = Stage.CURRENT, principal: Principal = LOCAL_PRINCIPAL
     ) -> Secret:
         """The value of the newest version in ``stage``. Audited and counted as one use.
 
@@ -410,7 +413,7 @@ class RotatorService:
         tags: Mapping[str, str] | None = None,
         policy: PolicyInput = PolicyInput(),
         value: ValueInput = ValueInput(),
-        principal: Principal = Principal(),
+        principal: Principal = LOCAL_PRINCIPAL,
     ) -> Credential:
         """Change connector, settings (replaced as a whole), tags (replaced), policy (merged), or
         store a new value: it becomes CURRENT and the old CURRENT becomes PREVIOUS for the grace.
@@ -464,10 +467,18 @@ class RotatorService:
         assert out is not None
         return out
 
-    def remove_credential(self, name: str, principal: Principal = Principal()) -> None:
+    def remove_credential(self, name: str, principal: Principal = LOCAL_PRINCIPAL) -> None:
         """Delete a credential and all its versions. Raises NotFound if it does not exist."""
         cred = self.show(name, principal)
         with self.db.write() as conn:
+            in_groups = store_groups.groups_of_credential(conn, cred.id)
+            if in_groups:
+                raise InvalidInput(
+                    f"credential {name!r} is a member of group {in_groups[0]!r}: "
+                    "remove the group first"
+                )
+            if store_rot.lock_holder(conn, cred.id) is not None:
+                raise InvalidInput(f"credential {name!r} is being rotated: try again later")
             store_creds.delete_credential(conn, cred.id)
             self._audit(
                 conn,
@@ -477,10 +488,63 @@ class RotatorService:
                 versions=[v.number for v in cred.versions],
             )
 
+    # -- groups ---------------------------------------------------------------------------
+
+    def add_group(self, group: Group, principal: Principal = LOCAL_PRINCIPAL) -> Group:
+        """Store a coordinated group; every member must be an existing credential."""
+        names.check_credential_name(group.name)
+        tenant = self._tenant(principal.tenant, create=True)
+        with self.db.write() as conn:
+            if store_groups.group_id(conn, tenant.id, group.name) is not None:
+                raise AlreadyExists(f"group {group.name!r} exists already")
+            ids = {}
+            for m in group.members:
+                cid = store_creds.credential_id(conn, tenant.id, m.name)
+                if cid is None:
+                    raise NotFound(f"group member {m.name!r} is not a credential")
+                ids[m.name] = cid
+            store_groups.insert_group(conn, tenant.id, group, ids, self.clock())
+            self._audit(
+                conn,
+                principal,
+                "group.add",
+                None,
+                None,
+                group=group.name,
+                members=[m.name for m in group.members],
+                all_or_nothing=group.all_or_nothing,
+                min_offset_s=group.min_offset.total_seconds(),
+            )
+        return group
+
+    def get_group(self, name: str, principal: Principal = LOCAL_PRINCIPAL) -> Group:
+        tenant = self._tenant(principal.tenant, create=True)
+        with self.db.read() as conn:
+            group = store_groups.get_group(conn, tenant.id, name)
+        if group is None:
+            raise NotFound(f"no group {name!r}")
+        return group
+
+    def list_groups(self, principal: Principal = LOCAL_PRINCIPAL) -> list[Group]:
+        tenant = self._tenant(principal.tenant, create=True)
+        with self.db.read() as conn:
+            return store_groups.list_groups(conn, tenant.id)
+
+    def remove_group(self, name: str, principal: Principal = LOCAL_PRINCIPAL) -> None:
+        tenant = self._tenant(principal.tenant, create=True)
+        with self.db.write() as conn:
+            gid = store_groups.group_id(conn, tenant.id, name)
+            if gid is None:
+                raise NotFound(f"no group {name!r}")
+            store_groups.delete_group(conn, gid)
+            self._audit(conn, principal, "group.remove", None, None, group=name)
+
     # -- keys -----------------------------------------------------------------------------
 
     def rotate_master_key(
-        self, progress: Callable[[int, int], None] | None = None, principal: Principal = Principal()
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        principal: Principal = LOCAL_PRINCIPAL,
     ) -> tuple[str, str, int]:
         """Re-wrap every data key under a new master key (see keyring.rotate_master)."""
         with self.db.write() as conn:
@@ -499,7 +563,7 @@ class RotatorService:
         self,
         credential: str | None = None,
         limit: int | None = None,
-        principal: Principal = Principal(),
+        principal: Principal = LOCAL_PRINCIPAL,
     ) -> list[AuditEntry]:
         with self.db.read() as conn:
             return audit.entries(conn, tenant=principal.tenant, credential=credential, limit=limit)

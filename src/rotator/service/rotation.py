@@ -151,6 +151,57 @@ def rotate(
     return asyncio.run(run())
 
 
+def rotate_group(
+    svc: RotatorService,
+    name: str,
+    *,
+    emergency: bool = False,
+    options: EngineOptions | None = None,
+    principal: Principal = LOCAL_PRINCIPAL,
+) -> BatchResult:
+    """Rotate a coordinated group now (see Engine.rotate_group)."""
+    group = svc.get_group(name, principal)
+
+    async def run() -> BatchResult:
+        async with Engine(svc, options) as engine:
+            await engine.recover()
+            await engine.process_revocations()
+            return await engine.rotate_group(group, principal.tenant, emergency=emergency)
+
+    return asyncio.run(run())
+
+
+def plan_group(
+    svc: RotatorService,
+    name: str,
+    *,
+    emergency: bool = False,
+    principal: Principal = LOCAL_PRINCIPAL,
+) -> list[dict[str, Any]]:
+    """The order a group would rotate in (level by level), without doing it."""
+    group = svc.get_group(name, principal)
+    steps = {
+        s["name"]: s
+        for s in plan(
+            svc,
+            Selection(names=[m.name for m in group.members]),
+            emergency=emergency,
+            principal=principal,
+        )
+    }
+    out = []
+    for level_no, level in enumerate(group.levels(), 1):
+        for n in level:
+            out.append(
+                {
+                    **steps[n],
+                    "order": level_no,
+                    "trigger": "group" if group.all_or_nothing else steps[n]["trigger"],
+                }
+            )
+    return out
+
+
 def recover(svc: RotatorService, options: EngineOptions | None = None) -> list[RotationResult]:
     """Resume or roll back rotations whose process died; then process due revocations."""
 

@@ -20,6 +20,7 @@ from rotator.store.schema import (
     credential_locks,
     credential_tags,
     credentials,
+    group_members,
     revocations,
     rotations,
     tenants,
@@ -148,7 +149,7 @@ def update_credential(
 
 def delete_credential(conn: Connection, credential_id: int) -> None:
     """Delete a credential with its tags and versions (ciphertexts are gone for good)."""
-    for table in (revocations, credential_locks, rotations, versions):
+    for table in (group_members, revocations, credential_locks, rotations, versions):
         conn.execute(delete(table).where(table.c.credential_id == credential_id))
     conn.execute(delete(credential_tags).where(credential_tags.c.credential_id == credential_id))
     conn.execute(delete(credentials).where(credentials.c.id == credential_id))

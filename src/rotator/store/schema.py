@@ -206,3 +206,29 @@ revocations = Table(
     UniqueConstraint("credential_id", "version", name="uq_revocations_credential_version"),
     Index("ix_revocations_due_at", "due_at"),
 )
+
+# -- coordinated groups (migration 0003) ------------------------------------------------------
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("all_or_nothing", Integer, nullable=False),
+    Column("min_offset_ms", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_groups_tenant_name"),
+)
+
+# One row per member; ``after`` lists the members (by credential name) that rotate before it.
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "credential_id", Integer, ForeignKey("credentials.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("position", Integer, nullable=False),
+    Column("after", JSON, nullable=False),
+)
