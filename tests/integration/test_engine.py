@@ -235,3 +235,35 @@ def test_unknown_credential_in_batch_fails_alone(svc: RotatorService, tmp_path: 
     data = result.to_json()
     assert data["rotated"] == ["a"]
     assert data["failed"] == [{"name": "ghost", "error": "no credential 'ghost'"}]
+
+
+def test_serve_rotates_due_credentials_and_revokes_after_grace(svc: RotatorService) -> None:
+    svc.add_credential(
+        "due", "double", policy=PolicyInput(every="1s", grace="1s"), value=ValueInput(generate=True)
+    )
+    first = svc.get_value("due").reveal_text()
+    doubles.target_add(DoubleConfig(), "due", first)
+    svc.add_credential(
+        "later", "double", policy=PolicyInput(every="1h"), value=ValueInput(generate=True)
+    )
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        async with Engine(svc, FAST) as engine:
+            task = asyncio.create_task(engine.serve(stop, poll_s=0.1))
+            await asyncio.sleep(3.5)
+            stop.set()
+            await task
+
+    asyncio.run(go())
+    versions = svc.show("due").versions
+    assert len(versions) >= 3, versions
+    assert first not in valid(svc, "due"), "the first value must be revoked after its grace"
+    assert versions[0].stage is Stage.RETIRED
+    triggers = {
+        e.details.get("trigger")
+        for e in svc.audit_entries(credential="due")
+        if e.action == "rotation.create"
+    }
+    assert triggers == {"schedule"}
+    assert len(svc.show("later").versions) == 1

@@ -508,6 +508,21 @@ def group_remove(name: str) -> None:
 
 
 @app.command()
+def worker(
+    poll: Annotated[float, typer.Option("--poll", min=0.1, help="Longest sleep, seconds.")] = 5.0,
+) -> None:
+    """Run the engine and scheduler until interrupted: rotate what is due, revoke expired
+    values, resume rotations whose process died. Run several on one PostgreSQL to scale."""
+    with service() as svc:
+        rotation.serve(
+            svc,
+            rotation.options_from_env(),
+            poll_s=poll,
+            on_batch=lambda r: out.print(json.dumps(r.to_json())),
+        )
+
+
+@app.command()
 def recover() -> None:
     """Resume or roll back rotations whose process died; revoke values whose grace ended."""
     with service() as svc:

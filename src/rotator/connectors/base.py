@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -25,6 +26,22 @@ class Strategy(enum.StrEnum):
     SINGLE = "single"  # one secret; a short window; not zero-downtime
 
 
+class SecretResolver(Protocol):
+    """Reads the CURRENT value of another credential in the same tenant (an admin secret, a CA
+    key). Each read is audited. Connector configs name such credentials; they never hold a
+    value themselves."""
+
+    async def get(self, name: str) -> Secret: ...
+
+
+class _NoSecrets:
+    async def get(self, name: str) -> Secret:
+        raise PermanentError(f"credential {name!r} cannot be read here")
+
+
+NO_SECRETS: SecretResolver = _NoSecrets()
+
+
 class ConnectorConfig(BaseModel):
     """Base of every connector's settings (``--set KEY=VALUE``). Holds no secret value."""
 
@@ -36,6 +53,7 @@ class CreateRequest:
     credential: str
     version: int
     config: ConnectorConfig
+    secrets: SecretResolver = NO_SECRETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +63,7 @@ class SetRequest:
     config: ConnectorConfig
     pending: Secret
     current: Secret | None
+    secrets: SecretResolver = NO_SECRETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +72,7 @@ class TestRequest:
     version: int
     config: ConnectorConfig
     pending: Secret
+    secrets: SecretResolver = NO_SECRETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +82,7 @@ class FinishRequest:
     config: ConnectorConfig
     current: Secret
     previous: Secret | None
+    secrets: SecretResolver = NO_SECRETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +91,7 @@ class RevokeRequest:
     version: int
     config: ConnectorConfig
     value: Secret
+    secrets: SecretResolver = NO_SECRETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +101,17 @@ class RollbackRequest:
     config: ConnectorConfig
     pending: Secret
     current: Secret | None
+    secrets: SecretResolver = NO_SECRETS
 
 
 @dataclass(frozen=True, slots=True)
 class VerifyRequest:
+    """``rotator credential add --verify``: check the target before storing anything."""
+
     credential: str
     config: ConnectorConfig
+    current: Secret | None = None
+    secrets: SecretResolver = NO_SECRETS
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,6 +141,21 @@ class Connector(Protocol):
     async def finish(self, req: FinishRequest) -> None: ...
     async def revoke(self, req: RevokeRequest) -> None: ...
     async def rollback(self, req: RollbackRequest) -> None: ...
+
+
+class Verifiable(Protocol):
+    """Optional: connectors that can check their target before a credential is added.
+
+    ``verify`` raises PermanentError with a one-line message naming what is wrong (role
+    missing, admin secret refused, host unreachable); it changes nothing on the target."""
+
+    async def verify(self, req: VerifyRequest) -> None: ...
+
+
+class HasRotationHint(Protocol):
+    """Optional: connectors whose values expire (certificates) say when to rotate next."""
+
+    def next_rotation_hint(self, config: ConnectorConfig, value: Secret) -> datetime | None: ...
 
 
 def parse_config(connector: Connector, settings: dict[str, str]) -> ConnectorConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from importlib.metadata import entry_points
 
 from rotator.connectors.base import Connector
@@ -11,16 +12,22 @@ from rotator.errors import UnknownConnector
 ENTRY_POINT_GROUP = "rotator.connectors"
 
 
-@functools.cache
-def _kinds() -> dict[str, type[Connector]]:
-    from rotator.connectors.local import LocalConnector
+# Built-in connectors, imported on first use so one kind's imports never slow another.
+BUILTIN = {
+    "local": "rotator.connectors.local:LocalConnector",
+    "postgres": "rotator.connectors.postgres:PostgresConnector",
+    "redis": "rotator.connectors.redis:RedisConnector",
+    "http": "rotator.connectors.http:HttpConnector",
+    "jwks": "rotator.connectors.jwks:JwksConnector",
+    "certificate": "rotator.connectors.certificate:CertificateConnector",
+}
 
-    found: dict[str, type[Connector]] = {LocalConnector.kind: LocalConnector}
+
+@functools.cache
+def _kinds() -> dict[str, str | type[Connector]]:
+    found: dict[str, str | type[Connector]] = dict(BUILTIN)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in found:
-            continue
-        cls = ep.load()
-        found[ep.name] = cls
+        found.setdefault(ep.name, ep.value)
     return found
 
 
@@ -29,17 +36,26 @@ def available() -> list[str]:
     return sorted(_kinds())
 
 
+@functools.cache
+def _load(kind: str) -> type[Connector]:
+    ref = _kinds()[kind]
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    cls: type[Connector] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
 def get_connector(kind: str) -> Connector:
     """A connector instance for ``kind``; UnknownConnector naming the installed kinds otherwise."""
-    try:
-        cls = _kinds()[kind]
-    except KeyError:
+    if kind not in _kinds():
         raise UnknownConnector(
             f"unknown connector {kind!r}: installed are {', '.join(available())}"
-        ) from None
-    return cls()
+        )
+    return _load(kind)()
 
 
 def register(cls: type[Connector]) -> None:
     """Register a connector class at run time (tests, embedding applications)."""
     _kinds()[cls.kind] = cls
+    _load.cache_clear()

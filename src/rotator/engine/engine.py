@@ -57,6 +57,7 @@ from rotator.store import rotations as store_rot
 T = TypeVar("T")
 _STALE = "stale"  # _begin's answer when CURRENT moved after the context was loaded
 ENGINE_PRINCIPAL = Principal(name="engine")
+FAILED_SCHEDULE_BACKOFF_S = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +94,43 @@ class _Ctx:
     pending: Secret | None = None
     touched_target: bool = False
     started: float = field(default_factory=time.monotonic)
+    secrets: cbase.SecretResolver = cbase.NO_SECRETS
 
     def who(self) -> Principal:
         return Principal(name=ENGINE_PRINCIPAL.name, tenant=self.tenant.name)
+
+
+class _Secrets:
+    """Connector access to other credentials' CURRENT values (admin secrets, CA keys).
+
+    Each read goes through the service (audited, counted as a use) and is cached for
+    ``ttl`` seconds so a batch of 1,000 rotations against one server reads its admin secret
+    once, not 1,000 times; the engine drops an entry when it rotates that credential itself.
+    """
+
+    def __init__(self, engine: Engine, tenant: str, ttl: float = 30.0) -> None:
+        self._engine = engine
+        self._tenant = tenant
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, Secret]] = {}
+
+    async def get(self, name: str) -> Secret:
+        hit = self._cache.get(name)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl:
+            return hit[1]
+        principal = Principal(name=ENGINE_PRINCIPAL.name, tenant=self._tenant)
+        try:
+            value = await asyncio.get_running_loop().run_in_executor(
+                self._engine._threads,
+                partial(self._engine.svc.get_value, name, principal=principal),
+            )
+        except NotFound as exc:
+            raise cbase.PermanentError(f"referenced credential {name!r}: {exc}") from exc
+        self._cache[name] = (time.monotonic(), value)
+        return value
+
+    def forget(self, name: str) -> None:
+        self._cache.pop(name, None)
 
 
 def _owner_id() -> str:
@@ -132,6 +167,7 @@ class Engine:
         self._inflight: dict[tuple[str, str], asyncio.Future[RotationResult]] = {}
         self._leases: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._secrets: dict[str, _Secrets] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -339,6 +375,12 @@ class Engine:
                     out[(tenant_name, cred.name)] = ctx
         return out
 
+    def secrets_for(self, tenant: str) -> _Secrets:
+        found = self._secrets.get(tenant)
+        if found is None:
+            found = self._secrets[tenant] = _Secrets(self, tenant)
+        return found
+
     def _context(
         self,
         req: RotationRequest,
@@ -360,6 +402,7 @@ class Engine:
             current=current,
             current_version=cur_no,
             grace_s=grace,
+            secrets=self.secrets_for(tenant.name),
         )
 
     # -- public API -----------------------------------------------------------------------
@@ -488,7 +531,9 @@ class Engine:
             raw: bytes = await asyncio.get_running_loop().run_in_executor(self._procs, fn, ctx.cfg)
             return Secret(raw)
         return await ctx.impl.create(
-            cbase.CreateRequest(credential=ctx.cred.name, version=0, config=ctx.cfg)
+            cbase.CreateRequest(
+                credential=ctx.cred.name, version=0, config=ctx.cfg, secrets=ctx.secrets
+            )
         )
 
     def _begin(
@@ -544,7 +589,9 @@ class Engine:
                 ctx,
                 "set",
                 lambda: ctx.impl.set(
-                    cbase.SetRequest(c, ctx.version, ctx.cfg, pending, ctx.current)
+                    cbase.SetRequest(
+                        c, ctx.version, ctx.cfg, pending, ctx.current, secrets=ctx.secrets
+                    )
                 ),
                 after=lambda conn: store_rot.set_step(conn, ctx.rotation_id, "set", self._now()),
             )
@@ -552,7 +599,9 @@ class Engine:
             await self._call(
                 ctx,
                 "test",
-                lambda: ctx.impl.test(cbase.TestRequest(c, ctx.version, ctx.cfg, pending)),
+                lambda: ctx.impl.test(
+                    cbase.TestRequest(c, ctx.version, ctx.cfg, pending, secrets=ctx.secrets)
+                ),
                 after=lambda conn: store_rot.set_step(conn, ctx.rotation_id, "tested", self._now()),
             )
 
@@ -563,7 +612,9 @@ class Engine:
             ctx,
             "finish",
             lambda: ctx.impl.finish(
-                cbase.FinishRequest(ctx.cred.name, ctx.version, ctx.cfg, pending, ctx.current)
+                cbase.FinishRequest(
+                    ctx.cred.name, ctx.version, ctx.cfg, pending, ctx.current, secrets=ctx.secrets
+                )
             ),
         )
 
@@ -579,6 +630,7 @@ class Engine:
 
     async def _after_finish(self, ctx: _Ctx, previous: int | None) -> RotationResult:
         self._leases.discard(ctx.rotation_id)
+        self.secrets_for(ctx.tenant.name).forget(ctx.cred.name)
         c = ctx.cred.name
         if ctx.grace_s == 0 and previous is not None:
             revoked = await self.process_revocations(credential_ids=[ctx.cred.id])
@@ -737,7 +789,12 @@ class Engine:
                     "rollback",
                     lambda: ctx.impl.rollback(
                         cbase.RollbackRequest(
-                            ctx.cred.name, ctx.version, ctx.cfg, pending, ctx.current
+                            ctx.cred.name,
+                            ctx.version,
+                            ctx.cfg,
+                            pending,
+                            ctx.current,
+                            secrets=ctx.secrets,
                         )
                     ),
                 )
@@ -870,6 +927,50 @@ class Engine:
             )
         return await self._drive(ctx, row.step)
 
+    # -- the long-running loop -------------------------------------------------------------
+
+    async def serve(
+        self,
+        stop: asyncio.Event,
+        *,
+        poll_s: float = 1.0,
+        schedule: bool = True,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> None:
+        """Run until ``stop`` is set: resume dead rotations, revoke values whose grace ended,
+        and (``schedule``) rotate credentials whose ``next_rotation_at`` has come. Wakes at the
+        next due time (indexed queries; it never scans every credential) or after ``poll_s``.
+        """
+        while not stop.is_set():
+            await self.recover()
+            await self.process_revocations()
+            if schedule:
+                due = await self._read(partial(store_creds.due_credentials, now=self._now()))
+                if due:
+                    result = await self.rotate(
+                        [RotationRequest(name, tenant, Trigger.SCHEDULE) for tenant, name in due]
+                    )
+                    failed = [r.name for r in result.results if r.outcome is not Outcome.ROTATED]
+                    by_name = dict((n, t) for t, n in due)
+                    if failed:
+                        # Try a failed scheduled rotation again later, not on every wake-up.
+                        later = self._now() + timedelta(seconds=FAILED_SCHEDULE_BACKOFF_S)
+                        await self.writer.run(
+                            partial(
+                                store_creds.postpone,
+                                names=[(by_name[n], n) for n in failed],
+                                until=later,
+                            )
+                        )
+                    if on_batch is not None:
+                        on_batch(result)
+            nxt = await self._read(_next_due)
+            wait = poll_s
+            if nxt is not None:
+                wait = max(0.0, min(poll_s, (nxt - self._now()).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+
     # -- revocation -----------------------------------------------------------------------
 
     async def process_revocations(self, credential_ids: list[int] | None = None) -> dict[int, bool]:
@@ -906,7 +1007,9 @@ class Engine:
                 ctx,
                 "revoke",
                 lambda: ctx.impl.revoke(
-                    cbase.RevokeRequest(ctx.cred.name, r.version, ctx.cfg, value)
+                    cbase.RevokeRequest(
+                        ctx.cred.name, r.version, ctx.cfg, value, secrets=ctx.secrets
+                    )
                 ),
             )
         except (ConnectorError, RotatorError) as exc:
@@ -935,6 +1038,15 @@ class Engine:
 
         await self.writer.run(retire)
         return True
+
+
+def _next_due(conn: Connection) -> datetime | None:
+    times = [
+        t
+        for t in (store_rot.next_revocation_due(conn), store_creds.next_due_time(conn))
+        if t is not None
+    ]
+    return min(times) if times else None
 
 
 def _tenant_name(conn: Connection, tenant_id: int) -> str:

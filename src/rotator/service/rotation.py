@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -212,3 +213,23 @@ def recover(svc: RotatorService, options: EngineOptions | None = None) -> list[R
             return results
 
     return asyncio.run(run())
+
+
+def serve(
+    svc: RotatorService,
+    options: EngineOptions | None = None,
+    *,
+    poll_s: float = 5.0,
+    on_batch: Callable[[BatchResult], None] | None = None,
+) -> None:
+    """Run the engine loop (Engine.serve) until SIGINT or SIGTERM."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with Engine(svc, options) as engine:
+            await engine.serve(stop, poll_s=poll_s, on_batch=on_batch)
+
+    asyncio.run(run())

@@ -403,6 +403,40 @@ def all_sealed_versions(conn: Connection) -> list[tuple[int, int, int, bytes, in
 __all__ = ["ConcurrentModification", "SealedVersion"]
 
 
+def due_credentials(conn: Connection, now: datetime, limit: int = 1000) -> list[tuple[str, str]]:
+    """(tenant, name) of credentials whose next_rotation_at has come, soonest first (indexed)."""
+    rows = conn.execute(
+        select(tenants.c.name, credentials.c.name)
+        .join(tenants, tenants.c.id == credentials.c.tenant_id)
+        .where(credentials.c.next_rotation_at <= now)
+        .order_by(credentials.c.next_rotation_at)
+        .limit(limit)
+    ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def postpone(conn: Connection, names: list[tuple[str, str]], until: datetime) -> None:
+    """Move next_rotation_at of (tenant, name) credentials to ``until``."""
+    for tenant, name in names:
+        tid = select(tenants.c.id).where(tenants.c.name == tenant).scalar_subquery()
+        conn.execute(
+            update(credentials)
+            .where(credentials.c.tenant_id == tid, credentials.c.name == name)
+            .values(next_rotation_at=until)
+        )
+
+
+def next_due_time(conn: Connection) -> datetime | None:
+    """The earliest next_rotation_at of any credential (indexed), or None."""
+    value: datetime | None = conn.execute(
+        select(credentials.c.next_rotation_at)
+        .where(credentials.c.next_rotation_at.is_not(None))
+        .order_by(credentials.c.next_rotation_at)
+        .limit(1)
+    ).scalar_one_or_none()
+    return value
+
+
 def count_use(conn: Connection, credential_id: int, n: int = 1) -> None:
     """Record ``n`` uses of a credential's value (drives usage-based policies)."""
     conn.execute(
