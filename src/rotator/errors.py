@@ -90,6 +90,10 @@ class ConnectorError(RotatorError):
     """A connector failed on its target."""
 
 
+class VerificationFailed(InvalidInput):
+    """The connector's checks against its target failed."""
+
+
 class UnknownConnector(InvalidInput):
     """No connector of that kind is installed."""
 

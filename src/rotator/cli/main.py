@@ -167,6 +167,9 @@ def credential_add(
     max_uses: MaxUsesOpt = None,
     value_stdin: StdinOpt = False,
     generate: GenOpt = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the target before storing anything.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a credential. The value comes only from --value-stdin or --generate."""
@@ -177,7 +180,7 @@ def credential_add(
     value = _value(value_stdin, generate)
     with service() as svc:
         cred = svc.add_credential(
-            name, connector, settings=settings, tags=tags, policy=policy, value=value
+            name, connector, settings=settings, tags=tags, policy=policy, value=value, verify=verify
         )
     if as_json:
         emit_json(credential_view(cred))

@@ -24,7 +24,14 @@ from rotator.domain.group import Group
 from rotator.domain.model import DEFAULT_TENANT, Credential, Stage, Tenant
 from rotator.domain.policy import RotationPolicy, parse_duration
 from rotator.domain.secret import Secret
-from rotator.errors import AlreadyExists, InvalidInput, NotFound, PolicyError
+from rotator.errors import (
+    AlreadyExists,
+    ConnectorError,
+    InvalidInput,
+    NotFound,
+    PolicyError,
+    VerificationFailed,
+)
 from rotator.policy import next_rotation_at
 from rotator.service.keyring import KeyRing, create_master, load_keyring, rotate_master
 from rotator.store import Database
@@ -266,10 +273,13 @@ class RotatorService:
         tags: Mapping[str, str] | None = None,
         policy: PolicyInput = PolicyInput(),
         value: ValueInput = ValueInput(),
+        verify: bool = False,
         principal: Principal = LOCAL_PRINCIPAL,
     ) -> Credential:
         """Register a credential, with a first CURRENT value if one is given or generated.
 
+        With ``verify`` the connector first checks its target (role exists, admin secret
+        works, host reachable) and VerificationFailed says what is wrong.
         Raises InvalidInput (name, settings, policy), UnknownConnector, AlreadyExists.
         Nothing is stored unless everything is valid.
         """
@@ -278,8 +288,13 @@ class RotatorService:
         cfg = cbase.parse_config(conn_impl, dict(settings or {}))
         pol = policy.apply(None)
         tags = dict(tags or {})
-        first = self._new_value(conn_impl, cfg, name, 1, value)
         tenant = self._tenant(principal.tenant, create=True)
+        with self.db.read() as conn:
+            if store_creds.credential_id(conn, tenant.id, name) is not None:
+                raise AlreadyExists(f"credential {name!r} exists already")
+        first = self._new_value(conn_impl, cfg, name, 1, value, principal)
+        if verify:
+            self.verify_target(conn_impl, cfg, name, first, principal)
         now = self.clock()
         with self.db.write() as conn:
             if store_creds.credential_id(conn, tenant.id, name) is not None:
@@ -319,14 +334,39 @@ class RotatorService:
         name: str,
         number: int,
         value: ValueInput,
+        principal: Principal = LOCAL_PRINCIPAL,
     ) -> Secret | None:
         if value.value is not None:
             return value.value
         if value.generate:
-            return _run(
-                impl.create(cbase.CreateRequest(credential=name, version=number, config=cfg))
+            req = cbase.CreateRequest(
+                credential=name, version=number, config=cfg, secrets=ServiceSecrets(self, principal)
             )
+            try:
+                return _run(impl.create(req))
+            except ConnectorError as exc:
+                raise VerificationFailed(f"{name}: cannot generate a value: {exc}") from exc
         return None
+
+    def verify_target(
+        self,
+        impl: cbase.Connector,
+        cfg: cbase.ConnectorConfig,
+        name: str,
+        current: Secret | None,
+        principal: Principal = LOCAL_PRINCIPAL,
+    ) -> None:
+        """Ask the connector to check its target; VerificationFailed naming the problem."""
+        verify = getattr(impl, "verify", None)
+        if verify is None:
+            return
+        req = cbase.VerifyRequest(
+            credential=name, config=cfg, current=current, secrets=ServiceSecrets(self, principal)
+        )
+        try:
+            _run(verify(req))
+        except ConnectorError as exc:
+            raise VerificationFailed(f"{name}: verification failed: {exc}") from exc
 
     def _store_version(
         self,
@@ -572,6 +612,20 @@ class RotatorService:
         """Verify the whole chain. Does not raise on a broken chain: the result says where."""
         with self.db.read() as conn:
             return audit.verify_log(conn)
+
+
+@dataclass
+class ServiceSecrets:
+    """SecretResolver for connector calls made by the service (generate, verify)."""
+
+    svc: RotatorService
+    principal: Principal
+
+    async def get(self, name: str) -> Secret:
+        try:
+            return self.svc.get_value(name, principal=self.principal)
+        except NotFound as exc:
+            raise cbase.PermanentError(f"referenced credential {name!r}: {exc}") from exc
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
