@@ -8,6 +8,7 @@ tests fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 import pytest
 import redis
 from psycopg import sql
@@ -69,8 +71,10 @@ class PgServer:
 class _PgCluster:
     """Owns one initdb'd data directory and the postmaster running on it."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, host_auth: str = "trust", password: str | None = None) -> None:
         self.base = base
+        self.host_auth = host_auth
+        self.password = password
         self.data = base / "data"
         self.sockets = base / "sockets"
         self.log = base / "postgres.log"
@@ -109,14 +113,23 @@ class _PgCluster:
                 )
             for path in (self.base, self.sockets):
                 shutil.chown(path, user=PG_SUPERUSER, group=None)
+        extra: list[str] = []
+        if self.password is not None:
+            pwfile = self.base / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            if self.as_root:
+                shutil.chown(pwfile, user=PG_SUPERUSER, group=None)
+            extra = ["--pwfile", str(pwfile)]
         proc = self._run(
             "initdb",
             "--pgdata", str(self.data),
             "--username", PG_SUPERUSER,
-            "--auth", "trust",
+            "--auth-local", "trust",
+            "--auth-host", self.host_auth,
             "--encoding", "UTF8",
             "--no-locale",
             "--no-sync",
+            *extra,
         )  # fmt: skip
         self._check(proc, "initdb")
 
@@ -181,6 +194,16 @@ def pg_server() -> Iterator[PgServer]:
     max_connections=300, unix sockets only inside its temp dir; stopped with
     ``pg_ctl stop -m immediate`` and its temp dir deleted at session end.
     """
+    _check_binaries()
+    base = Path(tempfile.mkdtemp(prefix="rotator-pg-"))
+    cluster = _PgCluster(base)
+    with _running(cluster) as port:
+        server = PgServer(host=LOOPBACK, port=port)
+        _wait_for_pg(server, cluster.log)
+        yield server
+
+
+def _check_binaries() -> None:
     missing = [b for b in ("initdb", "pg_ctl", "postgres") if not (PG_BIN_DIR / b).is_file()]
     if missing:
         pytest.fail(
@@ -188,8 +211,11 @@ def pg_server() -> Iterator[PgServer]:
             "Install the 'postgresql-15' package (scripts/test.sh does this).",
             pytrace=False,
         )
-    base = Path(tempfile.mkdtemp(prefix="rotator-pg-"))
-    cluster = _PgCluster(base)
+
+
+@contextlib.contextmanager
+def _running(cluster: _PgCluster) -> Iterator[int]:
+    """initdb + start on a free port (retried); always stopped and removed afterwards."""
     try:
         cluster.init()
         for attempt in range(1, START_ATTEMPTS + 1):
@@ -203,12 +229,60 @@ def pg_server() -> Iterator[PgServer]:
                     f"--- {cluster.log} ---\n{_tail(cluster.log)}",
                     pytrace=False,
                 )
-        server = PgServer(host=LOOPBACK, port=port)
-        _wait_for_pg(server, cluster.log)
-        yield server
+        yield port
     finally:
         cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(cluster.base, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """A PostgreSQL server that checks passwords (scram-sha-256 on TCP), as a rotation target."""
+
+    host: str
+    port: int
+    superuser: str
+    password: str
+
+    def dsn(
+        self, user: str | None = None, password: str | None = None, dbname: str = "postgres"
+    ) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host=self.host,
+            port=self.port,
+            user=user or self.superuser,
+            password=self.password if password is None else password,
+            dbname=dbname,
+            connect_timeout=5,
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_target() -> Iterator[PgTarget]:
+    """A second PostgreSQL 15 whose TCP logins need a password (scram-sha-256).
+
+    The store tests' server trusts every login, which would make a password rotation test
+    prove nothing; this one refuses a wrong password. Superuser ``postgres`` with a random
+    password given in ``.password``.
+    """
+    _check_binaries()
+    password = "pg-admin-" + uuid.uuid4().hex
+    cluster = _PgCluster(Path(tempfile.mkdtemp(prefix="rotator-pgt-")), "scram-sha-256", password)
+    with _running(cluster) as port:
+        target = PgTarget(LOOPBACK, port, PG_SUPERUSER, password)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                with psycopg.connect(target.dsn()) as conn:
+                    conn.execute("SELECT 1")
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"target PostgreSQL not ready:\n{_tail(cluster.log)}", pytrace=False
+                    )
+                time.sleep(0.1)
+        yield target
 
 
 @pytest.fixture

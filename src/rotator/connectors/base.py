@@ -53,6 +53,7 @@ class CreateRequest:
     credential: str
     version: int
     config: ConnectorConfig
+    current: Secret | None = None  # the CURRENT value, for connectors that alternate
     secrets: SecretResolver = NO_SECRETS
 
 
@@ -156,6 +157,12 @@ class HasRotationHint(Protocol):
     """Optional: connectors whose values expire (certificates) say when to rotate next."""
 
     def next_rotation_hint(self, config: ConnectorConfig, value: Secret) -> datetime | None: ...
+
+
+def strategy_of(connector: Connector, config: ConnectorConfig) -> Strategy:
+    """The strategy for this configuration (a connector may offer more than one)."""
+    per_config = getattr(connector, "strategy_for", None)
+    return per_config(config) if per_config is not None else connector.strategy
 
 
 def parse_config(connector: Connector, settings: dict[str, str]) -> ConnectorConfig:

@@ -487,6 +487,11 @@ class Engine:
             ctx = prepared or await self._prepare(req)
         except RotatorError as exc:
             return RotationResult(req.name, Outcome.FAILED, error=str(exc))
+        if (
+            cbase.strategy_of(ctx.impl, ctx.cfg) is cbase.Strategy.ALTERNATING
+            and ctx.req.trigger is not Trigger.EMERGENCY
+        ):
+            await self._wait_out_grace(ctx)
         try:
             value = await self._create(ctx)
         except RotatorError as exc:
@@ -522,6 +527,18 @@ class Engine:
         ctx.pending = value
         return ctx
 
+    async def _wait_out_grace(self, ctx: _Ctx) -> None:
+        """Alternating accounts: the idle account is the PREVIOUS one, so it may only change
+        once PREVIOUS's grace has ended and it is revoked. Emergencies do not wait."""
+        due = await self._read(partial(store_rot.last_revocation_due, credential_id=ctx.cred.id))
+        if due is None:
+            return
+        delay = (due - self._now()).total_seconds()
+        if delay > 0:
+            await self._audit(ctx, "rotation.wait_grace", seconds=round(delay, 3))
+            await asyncio.sleep(delay)
+        await self.process_revocations(credential_ids=[ctx.cred.id])
+
     async def _create(self, ctx: _Ctx) -> Secret:
         offload = getattr(ctx.impl, "offload", None)
         fn = offload(ctx.cfg) if offload is not None else None
@@ -532,7 +549,11 @@ class Engine:
             return Secret(raw)
         return await ctx.impl.create(
             cbase.CreateRequest(
-                credential=ctx.cred.name, version=0, config=ctx.cfg, secrets=ctx.secrets
+                credential=ctx.cred.name,
+                version=0,
+                config=ctx.cfg,
+                current=ctx.current,
+                secrets=ctx.secrets,
             )
         )
 

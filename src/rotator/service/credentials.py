@@ -294,7 +294,7 @@ class RotatorService:
                 raise AlreadyExists(f"credential {name!r} exists already")
         first = self._new_value(conn_impl, cfg, name, 1, value, principal)
         if verify:
-            self.verify_target(conn_impl, cfg, name, first, principal)
+            self.verify_target(conn_impl, cfg, name, first, principal, generated=value.generate)
         now = self.clock()
         with self.db.write() as conn:
             if store_creds.credential_id(conn, tenant.id, name) is not None:
@@ -355,13 +355,22 @@ class RotatorService:
         name: str,
         current: Secret | None,
         principal: Principal = LOCAL_PRINCIPAL,
+        *,
+        generated: bool = False,
     ) -> None:
-        """Ask the connector to check its target; VerificationFailed naming the problem."""
+        """Ask the connector to check its target; VerificationFailed naming the problem.
+
+        A value rotator just generated is not on the target yet: ``extra["generated"]``
+        tells the connector not to expect it to work."""
         verify = getattr(impl, "verify", None)
         if verify is None:
             return
         req = cbase.VerifyRequest(
-            credential=name, config=cfg, current=current, secrets=ServiceSecrets(self, principal)
+            credential=name,
+            config=cfg,
+            current=None if generated else current,
+            secrets=ServiceSecrets(self, principal),
+            extra={"generated": generated},
         )
         try:
             _run(verify(req))

@@ -112,7 +112,7 @@ def plan(
                 "name": c.name,
                 "connector": c.connector,
                 "target": impl.target_key(cfg),
-                "strategy": impl.strategy.value,
+                "strategy": cbase.strategy_of(impl, cfg).value,
                 "trigger": (Trigger.EMERGENCY if emergency else Trigger.MANUAL).value,
                 "grace_s": 0 if emergency else int(c.policy.grace.total_seconds()),
             }

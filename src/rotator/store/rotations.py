@@ -307,6 +307,17 @@ def due_revocations(
     ]
 
 
+def last_revocation_due(conn: Connection, credential_id: int) -> datetime | None:
+    """When the last queued revocation of a credential falls due, or None."""
+    value: datetime | None = conn.execute(
+        select(revocations.c.due_at)
+        .where(revocations.c.credential_id == credential_id)
+        .order_by(revocations.c.due_at.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return value
+
+
 def next_revocation_due(conn: Connection) -> datetime | None:
     return conn.execute(
         select(revocations.c.due_at).order_by(revocations.c.due_at).limit(1)

@@ -1,0 +1,319 @@
+"""The ``postgres`` connector: PostgreSQL role passwords.
+
+Modes:
+
+- ``alternating`` (default, zero downtime): two roles, ROLE and ROLE_clone, the clone made a
+  member of ROLE (so it has exactly ROLE's privileges) and of ROLE's groups. Each rotation
+  sets a new password on the idle role and makes it CURRENT; the other keeps working for the
+  grace. The engine waits for the previous grace to end before touching the idle role again.
+- ``single``: one role; the old password stops working at ``set`` (a short window; not
+  zero-downtime). With no ``admin`` the role changes its own password ("rotate root").
+
+Values are JSON: ``{"engine", "host", "port", "dbname", "username", "password"}``; a plain
+string given at ``credential add --value-stdin`` is taken as ROLE's current password.
+Passwords reach the server only as SCRAM-SHA-256 verifiers made here; identifiers are quoted
+with psycopg.sql. Every method is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import psycopg
+from psycopg import sql
+from pydantic import Field, model_validator
+
+from rotator.connectors import base as cb
+from rotator.connectors._scram import scram_sha256_verifier
+from rotator.domain.secret import Secret
+
+PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_.~"
+AUTH_FAILED = ("28P01", "28000")
+
+
+class PostgresConfig(cb.ConnectorConfig):
+    """Settings: ``host``, ``port``, ``dbname``, ``role``, ``mode`` single|alternating, ``clone``
+    (default ROLE_clone), ``admin`` (credential holding the admin password; empty: the role
+    logs in as itself), ``admin_user``, ``sslmode``, ``connect_timeout_s``, ``password_length``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, ge=1, le=65535)
+    dbname: str = "postgres"
+    role: str = Field(min_length=1, max_length=63)
+    mode: Literal["single", "alternating"] = "alternating"
+    clone: str = Field(default="", max_length=63)
+    admin: str = ""
+    admin_user: str = "postgres"
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    connect_timeout_s: int = Field(default=5, ge=1, le=300)
+    password_length: int = Field(default=32, ge=16, le=256)
+
+    @model_validator(mode="after")
+    def _clone_differs(self) -> PostgresConfig:
+        if self.mode == "alternating" and self.clone_name == self.role:
+            raise ValueError("clone must differ from role")
+        return self
+
+    @property
+    def clone_name(self) -> str:
+        return self.clone or f"{self.role}_clone"
+
+
+@dataclass(frozen=True)
+class Login:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"Login(username={self.username!r}, password='***')"
+
+
+def parse_value(value: Secret, default_user: str) -> Login:
+    """A stored value as a login: JSON with username/password, or a bare password."""
+    text = value.reveal_text()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("password"), str):
+        return Login(str(data.get("username") or default_user), data["password"])
+    return Login(default_user, text)
+
+
+def _value(cfg: PostgresConfig, login: Login) -> Secret:
+    return Secret(
+        json.dumps(
+            {
+                "engine": "postgres",
+                "host": cfg.host,
+                "port": cfg.port,
+                "dbname": cfg.dbname,
+                "username": login.username,
+                "password": login.password,
+            }
+        )
+    )
+
+
+class PostgresConnector:
+    kind: ClassVar[str] = "postgres"
+    strategy: ClassVar[cb.Strategy] = cb.Strategy.ALTERNATING
+    config_model: ClassVar[type[cb.ConnectorConfig]] = PostgresConfig
+
+    def strategy_for(self, config: cb.ConnectorConfig) -> cb.Strategy:
+        assert isinstance(config, PostgresConfig)
+        return cb.Strategy.SINGLE if config.mode == "single" else cb.Strategy.ALTERNATING
+
+    def target_key(self, config: cb.ConnectorConfig) -> str:
+        assert isinstance(config, PostgresConfig)
+        return f"postgres://{config.host}:{config.port}"
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def _connect(
+        self, cfg: PostgresConfig, login: Login, what: str
+    ) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await psycopg.AsyncConnection.connect(
+                host=cfg.host,
+                port=cfg.port,
+                dbname=cfg.dbname,
+                user=login.username,
+                password=login.password,
+                sslmode=cfg.sslmode,
+                connect_timeout=cfg.connect_timeout_s,
+                autocommit=True,
+            )
+        except psycopg.OperationalError as exc:
+            if exc.sqlstate in AUTH_FAILED or "authentication failed" in str(exc):
+                raise cb.PermanentError(
+                    f"{what}: postgres at {cfg.host}:{cfg.port} refused the login of "
+                    f"{login.username!r}"
+                ) from None
+            raise cb.TransientError(
+                f"{what}: cannot reach postgres at {cfg.host}:{cfg.port}"
+            ) from None
+
+    async def _can_login(self, cfg: PostgresConfig, login: Login) -> bool:
+        try:
+            conn = await self._connect(cfg, login, "login")
+        except cb.PermanentError:
+            return False
+        await conn.close()
+        return True
+
+    async def _admin(
+        self, cfg: PostgresConfig, secrets_: cb.SecretResolver, current: Secret | None, what: str
+    ) -> psycopg.AsyncConnection[Any]:
+        if cfg.admin:
+            login = parse_value(await secrets_.get(cfg.admin), cfg.admin_user)
+            return await self._connect(cfg, login, f"{what} (admin {cfg.admin!r})")
+        if current is None:
+            raise cb.PermanentError(f"{what}: no admin credential and no current value to log in")
+        return await self._connect(cfg, parse_value(current, cfg.role), f"{what} (as itself)")
+
+    @staticmethod
+    async def _exec(
+        conn: psycopg.AsyncConnection[Any],
+        query: sql.SQL | sql.Composed,
+        what: str,
+        params: tuple[Any, ...] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        try:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if cur.description else []
+        except psycopg.errors.InsufficientPrivilege:
+            raise cb.PermanentError(f"{what}: permission denied") from None
+        except psycopg.OperationalError:
+            raise cb.TransientError(f"{what}: the connection to postgres failed") from None
+        except psycopg.Error as exc:
+            # The message may quote the statement, and so a verifier: say only what kind.
+            raise cb.PermanentError(
+                f"{what}: postgres error {exc.sqlstate or type(exc).__name__}"
+            ) from None
+
+    async def _set_password(
+        self, conn: psycopg.AsyncConnection[Any], role: str, password: str, what: str
+    ) -> None:
+        q = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(scram_sha256_verifier(password))
+        )
+        await self._exec(conn, q, what)
+
+    async def _role_exists(self, conn: psycopg.AsyncConnection[Any], role: str, what: str) -> bool:
+        rows = await self._exec(
+            conn, sql.SQL("SELECT 1 FROM pg_roles WHERE rolname = %s"), what, (role,)
+        )
+        return bool(rows)
+
+    async def _ensure_clone(self, conn: psycopg.AsyncConnection[Any], cfg: PostgresConfig) -> None:
+        what = f"set: create clone role {cfg.clone_name!r}"
+        if not await self._role_exists(conn, cfg.role, what):
+            raise cb.PermanentError(f"set: role {cfg.role!r} does not exist")
+        if not await self._role_exists(conn, cfg.clone_name, what):
+            await self._exec(
+                conn,
+                sql.SQL("CREATE ROLE {} WITH LOGIN").format(sql.Identifier(cfg.clone_name)),
+                what,
+            )
+        groups = await self._exec(
+            conn,
+            sql.SQL(
+                "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+                "JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = %s"
+            ),
+            what,
+            (cfg.role,),
+        )
+        for target in [cfg.role, *(g[0] for g in groups)]:
+            await self._exec(
+                conn,
+                sql.SQL("GRANT {} TO {}").format(
+                    sql.Identifier(target), sql.Identifier(cfg.clone_name)
+                ),
+                what,
+            )
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def create(self, req: cb.CreateRequest) -> Secret:
+        cfg = _cfg(req.config)
+        username = cfg.role
+        if cfg.mode == "alternating" and req.current is not None:
+            current = parse_value(req.current, cfg.role)
+            username = cfg.clone_name if current.username == cfg.role else cfg.role
+        password = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(cfg.password_length))
+        return _value(cfg, Login(username, password))
+
+    async def set(self, req: cb.SetRequest) -> None:
+        cfg = _cfg(req.config)
+        pending = parse_value(req.pending, cfg.role)
+        if await self._can_login(cfg, pending):
+            return  # set happened already (a retried or resumed step)
+        conn = await self._admin(cfg, req.secrets, req.current, "set")
+        async with conn:
+            if cfg.mode == "alternating" and pending.username == cfg.clone_name:
+                await self._ensure_clone(conn, cfg)
+            elif not await self._role_exists(conn, pending.username, "set"):
+                raise cb.PermanentError(f"set: role {pending.username!r} does not exist")
+            await self._set_password(conn, pending.username, pending.password, "set")
+
+    async def test(self, req: cb.TestRequest) -> None:
+        cfg = _cfg(req.config)
+        pending = parse_value(req.pending, cfg.role)
+        conn = await self._connect(cfg, pending, "test")
+        async with conn:
+            await self._exec(conn, sql.SQL("SELECT 1"), "test")
+
+    async def finish(self, req: cb.FinishRequest) -> None:
+        return None
+
+    async def revoke(self, req: cb.RevokeRequest) -> None:
+        """Make the old value stop working: if it still logs in, its role gets a random
+        password nobody knows. A role whose password already moved on (it became CURRENT
+        again, or the single role changed at set) is left alone."""
+        cfg = _cfg(req.config)
+        old = parse_value(req.value, cfg.role)
+        if not await self._can_login(cfg, old):
+            return
+        conn = (
+            await self._connect(cfg, old, "revoke")
+            if not cfg.admin
+            else await self._admin(cfg, req.secrets, None, "revoke")
+        )
+        async with conn:
+            await self._set_password(conn, old.username, secrets.token_urlsafe(48), "revoke")
+
+    async def rollback(self, req: cb.RollbackRequest) -> None:
+        cfg = _cfg(req.config)
+        pending = parse_value(req.pending, cfg.role)
+        if not await self._can_login(cfg, pending):
+            return  # set never took effect, or was undone already
+        current = parse_value(req.current, cfg.role) if req.current is not None else None
+        if cfg.admin:
+            conn = await self._admin(cfg, req.secrets, None, "rollback")
+        else:
+            conn = await self._connect(cfg, pending, "rollback")  # the role is on pending now
+        async with conn:
+            if current is not None and current.username == pending.username:
+                # single mode: put the old password back so CURRENT works again
+                await self._set_password(conn, pending.username, current.password, "rollback")
+            else:
+                await self._set_password(
+                    conn, pending.username, secrets.token_urlsafe(48), "rollback"
+                )
+
+    async def verify(self, req: cb.VerifyRequest) -> None:
+        cfg = _cfg(req.config)
+        conn = await self._admin(cfg, req.secrets, req.current, "verify")
+        async with conn:
+            if not await self._role_exists(conn, cfg.role, "verify"):
+                raise cb.PermanentError(
+                    f"role {cfg.role!r} does not exist on {cfg.host}:{cfg.port}"
+                )
+            if cfg.admin:
+                rows = await self._exec(
+                    conn,
+                    sql.SQL(
+                        "SELECT rolsuper OR rolcreaterole FROM pg_roles"
+                        " WHERE rolname = current_user"
+                    ),
+                    "verify",
+                )
+                if not rows or not rows[0][0]:
+                    raise cb.PermanentError(
+                        f"admin {cfg.admin!r} may not change passwords (needs CREATEROLE)"
+                    )
+        if req.current is not None and not await self._can_login(
+            cfg, parse_value(req.current, cfg.role)
+        ):
+            raise cb.PermanentError(f"the given value does not log in as {cfg.role!r}")
+
+
+def _cfg(config: cb.ConnectorConfig) -> PostgresConfig:
+    assert isinstance(config, PostgresConfig)
+    return config

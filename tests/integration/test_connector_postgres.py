@@ -1,0 +1,358 @@
+"""The postgres connector against a real PostgreSQL that checks passwords (scram-sha-256)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from rotator.connectors import base as cb
+from rotator.connectors.postgres import PostgresConfig, PostgresConnector, parse_value
+from rotator.domain.model import Stage
+from rotator.domain.secret import Secret
+from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest, Trigger
+from rotator.errors import InvalidInput, NotFound, VerificationFailed
+from rotator.service import PolicyInput, RotatorService, ValueInput
+
+if TYPE_CHECKING:
+    from tests.conftest import PgTarget
+
+FAST = EngineOptions(retry_attempts=2, retry_initial_s=0.01, retry_max_s=0.05)
+
+
+@dataclass
+class Role:
+    name: str
+    password: str
+
+
+def admin_exec(target: PgTarget, query: sql.Composable, params: tuple[Any, ...] = ()) -> Any:
+    with psycopg.connect(target.dsn(), autocommit=True) as conn:
+        cur = conn.execute(query, params or None)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else None
+
+
+def can_login(target: PgTarget, user: str, password: str) -> bool:
+    try:
+        with psycopg.connect(target.dsn(user=user, password=password)) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture
+def role(pg_target: PgTarget) -> Iterator[Role]:
+    """A fresh login role with a password and SELECT on a table only it may read."""
+    r = Role(f"app_{uuid.uuid4().hex[:8]}", "initial-" + uuid.uuid4().hex)
+    admin_exec(
+        pg_target,
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(r.name), sql.Literal(r.password)
+        ),
+    )
+    table = sql.Identifier(f"t_{r.name}")
+    admin_exec(pg_target, sql.SQL("CREATE TABLE {} (x int)").format(table))
+    admin_exec(pg_target, sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(table))
+    admin_exec(pg_target, sql.SQL("GRANT SELECT ON {} TO {}").format(table, sql.Identifier(r.name)))
+    yield r
+    for name in (r.name + "_clone", r.name):
+        admin_exec(pg_target, sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+        admin_exec(pg_target, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def add_pg(
+    svc: RotatorService,
+    target: PgTarget,
+    name: str,
+    role: Role,
+    *,
+    verify: bool = False,
+    grace: str = "5m",
+    **settings: str,
+) -> None:
+    if svc.list_credentials(tags={"kind": "pg-admin"}) == []:
+        svc.add_credential(
+            "pg/admin",
+            "local",
+            tags={"kind": "pg-admin"},
+            value=ValueInput(value=Secret(target.password)),
+        )
+    cfg = {
+        "host": target.host,
+        "port": str(target.port),
+        "role": role.name,
+        "admin": "pg/admin",
+        **settings,
+    }
+    svc.add_credential(
+        name,
+        "postgres",
+        settings=cfg,
+        policy=PolicyInput(grace=grace),
+        value=ValueInput(value=Secret(role.password)),
+        verify=verify,
+    )
+
+
+def login_of(svc: RotatorService, name: str, stage: Stage = Stage.CURRENT) -> tuple[str, str]:
+    """(username, password) of a stage, as an application reads it (JSON, or the plain
+    password first given for the configured role)."""
+    login = parse_value(svc.get_value(name, stage), svc.show(name).config["role"])
+    return login.username, login.password
+
+
+def rotate(svc: RotatorService, *reqs: RotationRequest) -> BatchResult:
+    async def go() -> BatchResult:
+        async with Engine(svc, FAST) as engine:
+            return await engine.rotate(list(reqs))
+
+    return asyncio.run(go())
+
+
+def test_alternating_rotation_uses_the_clone_and_keeps_the_old_login(
+    svc: RotatorService, pg_target: PgTarget, role: Role
+) -> None:
+    add_pg(svc, pg_target, "pg/app", role, grace="1s")
+    assert rotate(svc, RotationRequest("pg/app")).ok
+    user, password = login_of(svc, "pg/app")
+    assert user == f"{role.name}_clone"
+    assert can_login(pg_target, user, password)
+    assert can_login(pg_target, role.name, role.password), "the old login must work in grace"
+    with psycopg.connect(pg_target.dsn(user=user, password=password)) as conn:
+        conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(f"t_{role.name}")))
+    # The next rotation waits out the 1s grace, revokes the old login, then reuses the role.
+    assert rotate(svc, RotationRequest("pg/app")).ok
+    user2, password2 = login_of(svc, "pg/app")
+    assert user2 == role.name
+    assert can_login(pg_target, user2, password2)
+    assert not can_login(pg_target, role.name, role.password)
+    assert can_login(pg_target, user, password), "PREVIOUS (the clone) still in its grace"
+
+
+def test_single_mode_and_emergency_revoke_at_once(
+    svc: RotatorService, pg_target: PgTarget, role: Role
+) -> None:
+    add_pg(svc, pg_target, "pg/single", role, mode="single", grace="1h")
+    result = rotate(svc, RotationRequest("pg/single", trigger=Trigger.EMERGENCY, grace_s=0))
+    assert result.ok, result.to_json()
+    user, password = login_of(svc, "pg/single")
+    assert user == role.name
+    assert can_login(pg_target, user, password)
+    assert not can_login(pg_target, role.name, role.password)
+    stages = {v.number: v.stage for v in svc.show("pg/single").versions}
+    assert stages == {1: Stage.RETIRED, 2: Stage.CURRENT}
+
+
+def test_emergency_alternating_old_login_refused_when_rotate_returns(
+    svc: RotatorService, pg_target: PgTarget, role: Role
+) -> None:
+    add_pg(svc, pg_target, "pg/app", role, grace="1h")
+    result = rotate(svc, RotationRequest("pg/app", trigger=Trigger.EMERGENCY, grace_s=0))
+    assert result.ok, result.to_json()
+    assert not can_login(pg_target, role.name, role.password)
+    assert can_login(pg_target, *login_of(svc, "pg/app"))
+
+
+def test_rotate_root_the_admin_secret_itself(
+    svc: RotatorService, pg_target: PgTarget, role: Role
+) -> None:
+    root = Role(f"root_{uuid.uuid4().hex[:8]}", "root-" + uuid.uuid4().hex)
+    admin_exec(
+        pg_target,
+        sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+            sql.Identifier(root.name), sql.Literal(root.password)
+        ),
+    )
+    try:
+        cfg = {
+            "host": pg_target.host,
+            "port": str(pg_target.port),
+            "role": root.name,
+            "mode": "single",
+        }
+        svc.add_credential(
+            "pg/root",
+            "postgres",
+            settings=cfg,
+            value=ValueInput(value=Secret(root.password)),
+            verify=True,
+        )
+        assert rotate(svc, RotationRequest("pg/root")).ok
+        user, password = login_of(svc, "pg/root")
+        assert (user, can_login(pg_target, user, password)) == (root.name, True)
+        assert not can_login(pg_target, root.name, root.password)
+        # The rotated root is the admin secret of an application credential.
+        svc.add_credential(
+            "pg/app",
+            "postgres",
+            settings={
+                "host": pg_target.host,
+                "port": str(pg_target.port),
+                "role": role.name,
+                "admin": "pg/root",
+                "admin_user": root.name,
+            },
+            value=ValueInput(value=Secret(role.password)),
+            verify=True,
+        )
+        assert rotate(svc, RotationRequest("pg/app")).ok
+        assert can_login(pg_target, *login_of(svc, "pg/app"))
+    finally:
+        admin_exec(pg_target, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(root.name)))
+
+
+@pytest.mark.parametrize(
+    ("bad", "admin_value", "message"),
+    [
+        ({"role": "no_such_role"}, None, "does not exist"),
+        ({}, "wrong-password", "refused the login"),
+        ({"port": "1"}, None, "cannot reach postgres"),
+        ({"admin": "pg/missing"}, None, "'pg/missing'"),
+    ],
+)
+def test_bad_configuration_is_refused_at_add_with_verify(
+    svc: RotatorService,
+    pg_target: PgTarget,
+    role: Role,
+    bad: dict[str, str],
+    admin_value: str | None,
+    message: str,
+) -> None:
+    svc.add_credential(
+        "pg/admin", "local", value=ValueInput(value=Secret(admin_value or pg_target.password))
+    )
+    cfg = {
+        "host": pg_target.host,
+        "port": str(pg_target.port),
+        "role": role.name,
+        "admin": "pg/admin",
+        **bad,
+    }
+    with pytest.raises(VerificationFailed, match=message):
+        svc.add_credential(
+            "pg/app",
+            "postgres",
+            settings=cfg,
+            value=ValueInput(value=Secret(role.password)),
+            verify=True,
+        )
+    assert [c.name for c in svc.list_credentials()] == ["pg/admin"]
+
+
+def test_invalid_settings_are_input_errors(svc: RotatorService) -> None:
+    for bad in (
+        {"role": "r", "mode": "bogus"},
+        {"role": ""},
+        {"role": "r", "port": "0"},
+        {"role": "r", "clone": "r"},
+        {"role": "r", "nope": "1"},
+    ):
+        with pytest.raises(InvalidInput):
+            svc.add_credential("pg/x", "postgres", settings=bad)
+
+
+def test_wrong_admin_secret_at_rotation_fails_and_old_login_works(
+    svc: RotatorService, pg_target: PgTarget, role: Role
+) -> None:
+    add_pg(svc, pg_target, "pg/app", role)
+    svc.update_credential("pg/admin", value=ValueInput(value=Secret("not-the-password")))
+    data = rotate(svc, RotationRequest("pg/app")).to_json()
+    assert data["failed"][0]["name"] == "pg/app"
+    assert "refused the login" in data["failed"][0]["error"]
+    assert "not-the-password" not in json.dumps(data)
+    assert can_login(pg_target, role.name, role.password)
+    assert svc.get_value("pg/app").reveal_text() == role.password
+
+
+def test_quotes_spaces_and_unicode_in_role_names_and_passwords(pg_target: PgTarget) -> None:
+    weird = Role("we\"ird 'rôle' ✓", "start-" + uuid.uuid4().hex)
+    admin_exec(
+        pg_target,
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(weird.name), sql.Literal(weird.password)
+        ),
+    )
+    try:
+        conn = PostgresConnector()
+        cfg = PostgresConfig(
+            host=pg_target.host, port=pg_target.port, role=weird.name, mode="single"
+        )
+        current = Secret(weird.password)
+        for password in ("pä's\"wörd ✓ \\ ; DROP ROLE postgres; --", "Ⅸ\u00adx", "a\u00a0b"):
+            pending = Secret(json.dumps({"username": weird.name, "password": password}))
+            asyncio.run(conn.set(cb.SetRequest("w", 2, cfg, pending, current)))
+            asyncio.run(conn.set(cb.SetRequest("w", 2, cfg, pending, current)))  # idempotent
+            asyncio.run(conn.test(cb.TestRequest("w", 2, cfg, pending)))
+            assert can_login(pg_target, weird.name, password)
+            current = pending
+        assert admin_exec(
+            pg_target, sql.SQL("SELECT count(*) FROM pg_roles WHERE rolname = %s"), ("postgres",)
+        ) == [(1,)]
+    finally:
+        admin_exec(pg_target, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(weird.name)))
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_zero_downtime_alternating_under_50_rotations(
+    svc: RotatorService, pg_target: PgTarget, role: Role
+) -> None:
+    add_pg(svc, pg_target, "pg/app", role, grace="2s")
+    stats = {"ok": 0, "failed": 0, "fallback": 0}
+
+    async def client(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            ok = False
+            for stage in (Stage.CURRENT, Stage.PREVIOUS):
+                try:
+                    user, password = await asyncio.to_thread(login_of, svc, "pg/app", stage)
+                except NotFound:
+                    continue
+                try:
+                    conn = await psycopg.AsyncConnection.connect(
+                        pg_target.dsn(user=user, password=password)
+                    )
+                    await conn.execute("SELECT 1")
+                    await conn.close()
+                    ok = True
+                    stats["fallback"] += stage is Stage.PREVIOUS
+                    break
+                except psycopg.OperationalError:
+                    continue
+            stats["ok" if ok else "failed"] += 1
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        async with Engine(svc, FAST) as engine:
+            clients = [asyncio.create_task(client(stop)) for _ in range(4)]
+            revoker = asyncio.create_task(engine.serve(stop, poll_s=0.1, schedule=False))
+            for _ in range(50):
+                result = await engine.rotate([RotationRequest("pg/app")])
+                assert result.ok, result.to_json()
+            stop.set()
+            await asyncio.gather(*clients, revoker)
+
+    started = time.monotonic()
+    asyncio.run(go())
+    print(f"zero-downtime postgres: {stats} in {time.monotonic() - started:.1f}s")
+    assert stats["failed"] == 0
+    assert stats["ok"] > 200
+    assert len(svc.show("pg/app").versions) == 51
+    previous = login_of(svc, "pg/app", Stage.PREVIOUS)
+    time.sleep(2.2)
+
+    async def revoke() -> None:
+        async with Engine(svc, FAST) as engine:
+            await engine.process_revocations()
+
+    asyncio.run(revoke())
+    assert not can_login(pg_target, *previous), "after the grace the old login is refused"
+    assert can_login(pg_target, *login_of(svc, "pg/app"))
