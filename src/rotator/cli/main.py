@@ -108,6 +108,10 @@ MaxUsesOpt = Annotated[int | None, typer.Option("--max-uses", help="Rotate after
 StdinOpt = Annotated[
     bool, typer.Option("--value-stdin", help="Read the value from standard input.")
 ]
+SinkOpt = Annotated[
+    list[str] | None,
+    typer.Option("--sink", help="After each rotation write the value: file:path=/p,format=dotenv"),
+]
 GenOpt = Annotated[bool, typer.Option("--generate", help="Let the connector generate the value.")]
 
 
@@ -170,6 +174,7 @@ def credential_add(
     verify: Annotated[
         bool, typer.Option("--verify", help="Check the target before storing anything.")
     ] = False,
+    sink: SinkOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a credential. The value comes only from --value-stdin or --generate."""
@@ -180,7 +185,14 @@ def credential_add(
     value = _value(value_stdin, generate)
     with service() as svc:
         cred = svc.add_credential(
-            name, connector, settings=settings, tags=tags, policy=policy, value=value, verify=verify
+            name,
+            connector,
+            settings=settings,
+            tags=tags,
+            policy=policy,
+            value=value,
+            verify=verify,
+            sinks=sink or (),
         )
     if as_json:
         emit_json(credential_view(cred))
@@ -284,6 +296,7 @@ def credential_update(
     max_uses: MaxUsesOpt = None,
     value_stdin: StdinOpt = False,
     generate: GenOpt = False,
+    sink: SinkOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a credential; --set and --tag replace all settings / tags when given."""
@@ -294,7 +307,13 @@ def credential_update(
     value = _value(value_stdin, generate)
     with service() as svc:
         cred = svc.update_credential(
-            name, connector=connector, settings=settings, tags=tags, policy=policy, value=value
+            name,
+            connector=connector,
+            settings=settings,
+            tags=tags,
+            policy=policy,
+            value=value,
+            sinks=sink,
         )
     if as_json:
         emit_json(credential_view(cred))
@@ -375,6 +394,8 @@ def rotate(
         data = result.to_json()
         for f in data["failed"]:
             out.print(f"[red]failed[/red] {f['name']}: {f['error']}")
+        for w in data["warnings"]:
+            out.print(f"[yellow]warning[/yellow] {w['name']}: {w['warning']}")
         out.print(
             f"rotated {len(data['rotated'])}, failed {len(data['failed'])} "
             f"({len(data['rolled_back'])} rolled back) in {data['duration_s']:.2f}s"

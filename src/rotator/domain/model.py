@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from rotator.domain.policy import RotationPolicy
 
@@ -58,6 +59,7 @@ class Credential:
     last_rotated_at: datetime | None = None
     use_count: int = 0
     versions: tuple[Version, ...] = field(default=())
+    sinks: tuple[dict[str, Any], ...] = field(default=())
 
     def version_in(self, stage: Stage) -> Version | None:
         """The newest version carrying ``stage``, or None."""

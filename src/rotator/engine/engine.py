@@ -51,6 +51,7 @@ from rotator.errors import (
 )
 from rotator.policy import next_rotation_at
 from rotator.service.credentials import Principal, RotatorService
+from rotator.sinks import load_sink
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
 
@@ -652,6 +653,7 @@ class Engine:
     async def _after_finish(self, ctx: _Ctx, previous: int | None) -> RotationResult:
         self._leases.discard(ctx.rotation_id)
         self.secrets_for(ctx.tenant.name).forget(ctx.cred.name)
+        warnings = await self._propagate(ctx)
         c = ctx.cred.name
         if ctx.grace_s == 0 and previous is not None:
             revoked = await self.process_revocations(credential_ids=[ctx.cred.id])
@@ -663,8 +665,41 @@ class Engine:
                     ctx.version,
                     error="rotated, but revoking the old value failed; "
                     "it stays queued for revocation",
+                    warnings=warnings,
                 )
-        return RotationResult(c, Outcome.ROTATED, ctx.rotation_id, ctx.version)
+        return RotationResult(c, Outcome.ROTATED, ctx.rotation_id, ctx.version, warnings=warnings)
+
+    async def _propagate(self, ctx: _Ctx) -> tuple[str, ...]:
+        """Write the new CURRENT value to the credential's sinks, with retries. A failure is
+        audited and reported as a warning; the rotation stays done."""
+        warnings: list[str] = []
+        assert ctx.pending is not None
+        value = ctx.pending
+        for stored in ctx.cred.sinks:
+            try:
+                sink = load_sink(dict(stored))
+            except RotatorError as exc:
+                warnings.append(f"sink skipped: {exc}")
+                continue
+            where = sink.describe()
+            try:
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(3),
+                    wait=wait_exponential(multiplier=self.opts.retry_initial_s, max=1.0),
+                    retry=retry_if_exception_type(OSError),
+                    reraise=True,
+                ):
+                    with attempt:
+                        await asyncio.get_running_loop().run_in_executor(
+                            self._threads, sink.write, value
+                        )
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                warnings.append(f"{where}: {reason}")
+                await self._audit(ctx, "sink.failed", sink=where, error=reason, attempts=3)
+            else:
+                await self._audit(ctx, "sink.write", sink=where)
+        return tuple(warnings)
 
     # -- coordinated groups ---------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class RotationResult:
     error: str | None = None
     joined: bool = False
     duration_s: float = 0.0
+    warnings: tuple[str, ...] = ()  # e.g. a sink that could not be written
 
 
 @dataclass
@@ -79,4 +80,5 @@ class BatchResult:
             ],
             "rolled_back": [r.name for r in self.results if r.outcome is Outcome.ROLLED_BACK],
             "duration_s": round(self.duration_s, 3),
+            "warnings": [{"name": r.name, "warning": w} for r in self.results for w in r.warnings],
         }

@@ -7,7 +7,7 @@ audit entry in one transaction, and returns domain objects (never a value, excep
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -34,6 +34,7 @@ from rotator.errors import (
 )
 from rotator.policy import next_rotation_at
 from rotator.service.keyring import KeyRing, create_master, load_keyring, rotate_master
+from rotator.sinks import describe_sink, parse_sink
 from rotator.store import Database
 from rotator.store import credentials as store_creds
 from rotator.store import groups as store_groups
@@ -274,6 +275,7 @@ class RotatorService:
         policy: PolicyInput = PolicyInput(),
         value: ValueInput = ValueInput(),
         verify: bool = False,
+        sinks: Sequence[str] = (),
         principal: Principal = LOCAL_PRINCIPAL,
     ) -> Credential:
         """Register a credential, with a first CURRENT value if one is given or generated.
@@ -288,6 +290,7 @@ class RotatorService:
         cfg = cbase.parse_config(conn_impl, dict(settings or {}))
         pol = policy.apply(None)
         tags = dict(tags or {})
+        sink_specs = [parse_sink(x) for x in sinks]
         tenant = self._tenant(principal.tenant, create=True)
         with self.db.read() as conn:
             if store_creds.credential_id(conn, tenant.id, name) is not None:
@@ -309,6 +312,7 @@ class RotatorService:
                 tags=tags,
                 now=now,
                 next_rotation_at=next_rotation_at(pol, now),
+                sinks=sink_specs,
             )
             if first is not None:
                 self._store_version(conn, tenant, cid, 1, first, Stage.CURRENT, now)
@@ -322,6 +326,7 @@ class RotatorService:
                 tags=tags,
                 policy=pol.to_json(),
                 version=1 if first is not None else None,
+                sinks=[describe_sink(x) for x in sink_specs],
             )
             cred = store_creds.get_credential(conn, tenant.id, name)
         assert cred is not None
@@ -462,6 +467,7 @@ class RotatorService:
         tags: Mapping[str, str] | None = None,
         policy: PolicyInput = PolicyInput(),
         value: ValueInput = ValueInput(),
+        sinks: Sequence[str] | None = None,
         principal: Principal = LOCAL_PRINCIPAL,
     ) -> Credential:
         """Change connector, settings (replaced as a whole), tags (replaced), policy (merged), or
@@ -475,6 +481,7 @@ class RotatorService:
         )
         cfg = cbase.parse_config(impl, new_settings)
         pol = policy.apply(cred.policy)
+        sink_specs = None if sinks is None else [parse_sink(x) for x in sinks]
         tenant = self._tenant(principal.tenant)
         now = self.clock()
         with self.db.write() as conn:
@@ -492,6 +499,7 @@ class RotatorService:
                 set_next_rotation=True,
                 next_rotation_at=next_rotation_at(pol, now if new_value is not None else last),
                 last_rotated_at=now if new_value is not None else None,
+                sinks=sink_specs,
             )
             demoted = None
             if new_value is not None:
@@ -503,6 +511,7 @@ class RotatorService:
                 "tags": tags,
                 "policy": pol.to_json() if pol != cred.policy else None,
                 "version": number if new_value is not None else None,
+                "sinks": None if sink_specs is None else [describe_sink(x) for x in sink_specs],
                 "previous_version": demoted,
             }
             self._audit(

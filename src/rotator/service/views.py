@@ -7,6 +7,7 @@ from typing import Any
 
 from rotator.domain.model import Credential, Version
 from rotator.domain.policy import format_duration
+from rotator.sinks import describe_sink
 
 
 def _ts(d: datetime | None) -> str | None:
@@ -46,5 +47,6 @@ def credential_view(c: Credential) -> dict[str, Any]:
         "last_rotated_at": _ts(c.last_rotated_at),
         "next_rotation_at": _ts(c.next_rotation_at),
         "use_count": c.use_count,
+        "sinks": [describe_sink(dict(x)) for x in c.sinks],
         "versions": [version_view(v) for v in c.versions],
     }

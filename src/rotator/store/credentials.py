@@ -81,6 +81,7 @@ def insert_credential(
     tags: Mapping[str, str],
     now: datetime,
     next_rotation_at: datetime | None,
+    sinks: Sequence[Mapping[str, Any]] = (),
 ) -> int:
     """Insert a credential and its tags; return its id. The unique name is enforced by the DB."""
     res = conn.execute(
@@ -95,6 +96,7 @@ def insert_credential(
             next_rotation_at=next_rotation_at,
             last_rotated_at=None,
             use_count=0,
+            sinks=[dict(x) for x in sinks],
         )
     )
     assert res.inserted_primary_key is not None
@@ -124,8 +126,9 @@ def update_credential(
     set_next_rotation: bool = False,
     last_rotated_at: datetime | None = None,
     use_count: int | None = None,
+    sinks: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
-    """Change the given fields. ``tags`` replaces all tags."""
+    """Change the given fields. ``tags`` and ``sinks`` replace all tags / sinks."""
     values: dict[str, Any] = {"updated_at": now}
     if connector is not None:
         values["connector"] = connector
@@ -139,6 +142,8 @@ def update_credential(
         values["last_rotated_at"] = last_rotated_at
     if use_count is not None:
         values["use_count"] = use_count
+    if sinks is not None:
+        values["sinks"] = [dict(x) for x in sinks]
     conn.execute(_UPDATE_CREDENTIAL, {"b_id": credential_id, **values})
     if tags is not None:
         conn.execute(
@@ -223,6 +228,7 @@ def _credential(r: Any, tags: dict[str, str], vers: list[Version]) -> Credential
         last_rotated_at=r.last_rotated_at,
         use_count=r.use_count,
         versions=tuple(vers),
+        sinks=tuple(r.sinks or ()),
     )
 
 

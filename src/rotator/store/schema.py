@@ -89,6 +89,7 @@ credentials = Table(
     Column("next_rotation_at", UTCDateTime, nullable=True),
     Column("last_rotated_at", UTCDateTime, nullable=True),
     Column("use_count", BigInteger, nullable=False, default=0),
+    Column("sinks", JSON, nullable=False, server_default="[]"),  # migration 0004
     UniqueConstraint("tenant_id", "name", name="uq_credentials_tenant_name"),
     Index("ix_credentials_next_rotation_at", "next_rotation_at"),
 )

@@ -1,0 +1,57 @@
+"""Propagation sinks: after a rotation finishes, write the new CURRENT value where an
+application reads it (a file today). A failed sink is retried and reported; it never
+un-rotates the target, whose new value is already CURRENT.
+
+A sink spec on the command line is ``KIND:KEY=VALUE,KEY=VALUE``, e.g.
+``file:path=/etc/app/db.env,format=dotenv,key=DB_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from rotator.errors import InvalidInput
+from rotator.sinks.file import FileSink
+
+KINDS: dict[str, type[FileSink]] = {"file": FileSink}
+
+
+def parse_sink(spec: str) -> dict[str, Any]:
+    """Validate a ``KIND:KEY=VALUE,...`` spec; returns the stored form (``kind`` + settings)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in KINDS:
+        raise InvalidInput(
+            f"malformed --sink {spec!r}: expected KIND:KEY=VALUE,... with KIND one of "
+            f"{', '.join(KINDS)}"
+        )
+    settings: dict[str, str] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise InvalidInput(f"malformed --sink {spec!r}: {item!r} is not KEY=VALUE")
+        settings[key.strip()] = value
+    return {"kind": kind, **load_sink({"kind": kind, **settings}).model_dump(exclude={"kind"})}
+
+
+def load_sink(stored: dict[str, Any]) -> FileSink:
+    """A sink object from its stored form; InvalidInput naming the problem."""
+    cls = KINDS.get(str(stored.get("kind")))
+    if cls is None:
+        raise InvalidInput(f"unknown sink kind {stored.get('kind')!r}")
+    try:
+        return cls.model_validate({k: v for k, v in stored.items() if k != "kind"})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        raise InvalidInput(f"sink {stored.get('kind')!r}: {msg} {loc!r}") from None
+
+
+def describe_sink(stored: dict[str, Any]) -> str:
+    """A one-line, value-free description (for audit entries and listings)."""
+    return load_sink(stored).describe()
+
+
+__all__ = ["FileSink", "describe_sink", "load_sink", "parse_sink"]
