@@ -30,6 +30,12 @@ def test_migrations_create_exactly_the_schema(svc: RotatorService, raw_db: Engin
     assert diff == []
 
 
+def test_head_revision_constant_matches_the_migration_scripts() -> None:
+    from rotator.store.db import HEAD_REVISION, Database
+
+    assert Database.script_head() == HEAD_REVISION
+
+
 def test_add_show_list_with_tags_and_due(svc: RotatorService) -> None:
     clock = Clock()
     svc.clock = clock

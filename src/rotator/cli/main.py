@@ -54,7 +54,8 @@ app.add_typer(credential_app, name="credential")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns (tables stay readable in logs and pipes).
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 BAD_INPUT = (
     InvalidInput,
     NotFound,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from rotator.errors import PolicyError
 
@@ -20,6 +20,10 @@ _UNITS = {
     "d": timedelta(days=1),
     "w": timedelta(weeks=1),
 }
+# Longer than any sane policy and far enough from datetime.max that `now + it` cannot overflow.
+MAX_DURATION = timedelta(days=36500)
+# A fixed start to check that a cron expression fires at all (policy code takes no clock).
+_CRON_PROBE_START = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def parse_duration(text: str, what: str = "duration") -> timedelta:
@@ -30,10 +34,15 @@ def parse_duration(text: str, what: str = "duration") -> timedelta:
     for m in _DURATION.finditer(s):
         if m.start() != pos:
             break
-        total += int(m.group(1)) * _UNITS[m.group(2)]
+        try:
+            total += int(m.group(1)) * _UNITS[m.group(2)]
+        except (OverflowError, ValueError):  # beyond timedelta, or past int()'s digit limit
+            total = MAX_DURATION + _UNITS["d"]
         pos = m.end()
     if not s or pos != len(s):
         raise PolicyError(f"malformed {what} {text!r}: expected e.g. 30d, 12h, 2h30m, 90s")
+    if total > MAX_DURATION:
+        raise PolicyError(f"{what} {text[:40]!r} is too long: at most 36500d")
     return total
 
 
@@ -78,10 +87,15 @@ class RotationPolicy:
             raise PolicyError(
                 f"malformed --cron {self.cron!r}: expected five fields like '0 3 * * 0'"
             )
+        if self.cron is not None:
+            try:
+                croniter(self.cron, _CRON_PROBE_START).get_next(datetime)
+            except CroniterBadDateError:
+                raise PolicyError(f"--cron {self.cron!r} never fires") from None
         if self.grace < timedelta(0):
             raise PolicyError("--grace cannot be negative")
-        if self.max_uses is not None and self.max_uses < 1:
-            raise PolicyError("--max-uses must be at least 1")
+        if self.max_uses is not None and not 1 <= self.max_uses <= 2**62:
+            raise PolicyError("--max-uses must be between 1 and 2**62")
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -7,15 +7,12 @@ driver exceptions. URLs are shown with the password hidden.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -35,6 +32,9 @@ from rotator.errors import (
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The newest migration. Kept here so ordinary commands need not import alembic (a quarter
+# second per CLI call); tests/integration/test_store.py checks it matches the scripts.
+HEAD_REVISION = "0004"
 
 
 def normalize_url(url: str) -> str:
@@ -61,10 +61,11 @@ class Database:
         self.safe_url = parsed.render_as_string(hide_password=True)
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {}
+        self.sqlite_path: Path | None = None
         if self.dialect == "sqlite":
             db = parsed.database
             if db and db != ":memory:":
-                Path(db).parent.mkdir(parents=True, exist_ok=True)
+                self.sqlite_path = Path(db)
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         elif self.dialect == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 5}
@@ -121,35 +122,46 @@ class Database:
 
     # -- schema ---------------------------------------------------------------------------
 
-    def _alembic_config(self, conn: Connection) -> Config:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.attributes["connection"] = conn
-        return cfg
+    @staticmethod
+    def script_head() -> str:
+        """The head revision according to the migration scripts (imports alembic)."""
+        from alembic.script import ScriptDirectory
 
-    def head_revision(self) -> str:
-        script = ScriptDirectory(str(MIGRATIONS))
-        head = script.get_current_head()
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
         assert head is not None
         return head
 
     def current_revision(self) -> str | None:
+        """The schema's migration revision, or None when there is no rotator schema."""
+        if self.sqlite_path is not None and not self.sqlite_path.exists():
+            return None  # do not create an empty file just to look
         with self.read() as conn:
             if not inspect(conn).has_table("alembic_version"):
                 return None
-            return MigrationContext.configure(conn).get_current_revision()
+            value = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return None if value is None else str(value)
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration. Idempotent."""
+        """Bring the schema to the newest migration. Idempotent. A new SQLite file is created
+        readable by its owner only (it holds wrapped keys and, in passphrase mode, the salt)."""
+        from alembic import command
+        from alembic.config import Config
+
+        if self.sqlite_path is not None and not self.sqlite_path.exists():
+            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(self.sqlite_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         with self.write() as conn:
-            command.upgrade(self._alembic_config(conn), "head")
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
 
     def check_initialized(self) -> None:
         """Raise NotInitialized if the schema is missing; upgrade it if it is behind."""
         current = self.current_revision()
         if current is None:
             raise NotInitialized(f"no rotator store at {self.safe_url}: run `rotator init` first")
-        if current != self.head_revision():
+        if current != HEAD_REVISION:
             self.migrate()
 
     def dispose(self) -> None:
