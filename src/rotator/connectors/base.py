@@ -53,8 +53,8 @@ class CreateRequest:
     credential: str
     version: int
     config: ConnectorConfig
-    current: Secret | None = None  # the CURRENT value, for connectors that alternate
     secrets: SecretResolver = NO_SECRETS
+    current: Secret | None = None  # the CURRENT value, for connectors that alternate
 
 
 @dataclass(frozen=True, slots=True)

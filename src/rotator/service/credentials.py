@@ -298,6 +298,8 @@ class RotatorService:
         first = self._new_value(conn_impl, cfg, name, 1, value, principal)
         if verify:
             self.verify_target(conn_impl, cfg, name, first, principal, generated=value.generate)
+        if first is not None:
+            self._publish_first(conn_impl, cfg, name, first, principal)
         now = self.clock()
         with self.db.write() as conn:
             if store_creds.credential_id(conn, tenant.id, name) is not None:
@@ -311,7 +313,9 @@ class RotatorService:
                 policy=pol,
                 tags=tags,
                 now=now,
-                next_rotation_at=next_rotation_at(pol, now),
+                next_rotation_at=_earliest(
+                    next_rotation_at(pol, now), _hint(conn_impl, cfg, first)
+                ),
                 sinks=sink_specs,
             )
             if first is not None:
@@ -352,6 +356,29 @@ class RotatorService:
             except ConnectorError as exc:
                 raise VerificationFailed(f"{name}: cannot generate a value: {exc}") from exc
         return None
+
+    def _publish_first(
+        self,
+        impl: cbase.Connector,
+        cfg: cbase.ConnectorConfig,
+        name: str,
+        value: Secret,
+        principal: Principal,
+    ) -> None:
+        """Let the connector publish a first value (a JWK set, a trust bundle) the way it
+        publishes a rotated one, before anything is stored: a failure stores nothing."""
+        req = cbase.FinishRequest(
+            credential=name,
+            version=1,
+            config=cfg,
+            current=value,
+            previous=None,
+            secrets=ServiceSecrets(self, principal),
+        )
+        try:
+            _run(impl.finish(req))
+        except ConnectorError as exc:
+            raise VerificationFailed(f"{name}: cannot publish the first value: {exc}") from exc
 
     def verify_target(
         self,
@@ -630,6 +657,22 @@ class RotatorService:
         """Verify the whole chain. Does not raise on a broken chain: the result says where."""
         with self.db.read() as conn:
             return audit.verify_log(conn)
+
+
+def _earliest(*times: datetime | None) -> datetime | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
+def _hint(
+    impl: cbase.Connector, cfg: cbase.ConnectorConfig, value: Secret | None
+) -> datetime | None:
+    """When the connector says ``value`` must be replaced (a certificate's renewal point)."""
+    hint = getattr(impl, "next_rotation_hint", None)
+    if hint is None or value is None:
+        return None
+    result: datetime | None = hint(cfg, value)
+    return result
 
 
 @dataclass
