@@ -17,6 +17,7 @@ with psycopg.sql. Every method is idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import string
@@ -147,7 +148,11 @@ class PostgresConnector:
         return True
 
     async def _admin(
-        self, cfg: PostgresConfig, secrets_: cb.SecretResolver, current: Secret | None, what: str
+        self,
+        cfg: PostgresConfig,
+        secrets_: cb.SecretResolver,
+        current: Secret | None,
+        what: str,
     ) -> psycopg.AsyncConnection[Any]:
         if cfg.admin:
             login = parse_value(await secrets_.get(cfg.admin), cfg.admin_user)
@@ -162,12 +167,17 @@ class PostgresConnector:
         query: sql.SQL | sql.Composed,
         what: str,
         params: tuple[Any, ...] | None = None,
+        missing: str = "",
     ) -> list[tuple[Any, ...]]:
         try:
             cur = await conn.execute(query, params)
             return await cur.fetchall() if cur.description else []
         except psycopg.errors.InsufficientPrivilege:
             raise cb.PermanentError(f"{what}: permission denied") from None
+        except psycopg.errors.UndefinedObject as exc:
+            if missing:
+                raise cb.PermanentError(f"{what}: {missing}") from None
+            raise cb.PermanentError(f"{what}: postgres error {exc.sqlstate}") from None
         except psycopg.OperationalError:
             raise cb.TransientError(f"{what}: the connection to postgres failed") from None
         except psycopg.Error as exc:
@@ -179,10 +189,10 @@ class PostgresConnector:
     async def _set_password(
         self, conn: psycopg.AsyncConnection[Any], role: str, password: str, what: str
     ) -> None:
-        q = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(scram_sha256_verifier(password))
-        )
-        await self._exec(conn, q, what)
+        # PBKDF2 with 4096 rounds: a few ms of CPU that releases the GIL, so off the event loop.
+        verifier = await asyncio.to_thread(scram_sha256_verifier, password)
+        q = sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier))
+        await self._exec(conn, q, what, missing=f"role {role!r} does not exist")
 
     async def _role_exists(self, conn: psycopg.AsyncConnection[Any], role: str, what: str) -> bool:
         rows = await self._exec(
@@ -232,14 +242,19 @@ class PostgresConnector:
     async def set(self, req: cb.SetRequest) -> None:
         cfg = _cfg(req.config)
         pending = parse_value(req.pending, cfg.role)
-        if await self._can_login(cfg, pending):
-            return  # set happened already (a retried or resumed step)
-        conn = await self._admin(cfg, req.secrets, req.current, "set")
+        # Idempotent without a login attempt first (which costs a full SCRAM handshake and a
+        # backend on the server, and is refused on every fresh rotation): setting the same
+        # password again is harmless. Only a role changing its own password cannot log in
+        # with CURRENT once set has happened; then PENDING does.
+        try:
+            conn = await self._admin(cfg, req.secrets, req.current, "set")
+        except cb.PermanentError:
+            if not cfg.admin and await self._can_login(cfg, pending):
+                return  # set happened already (a retried or resumed step)
+            raise
         async with conn:
             if cfg.mode == "alternating" and pending.username == cfg.clone_name:
                 await self._ensure_clone(conn, cfg)
-            elif not await self._role_exists(conn, pending.username, "set"):
-                raise cb.PermanentError(f"set: role {pending.username!r} does not exist")
             await self._set_password(conn, pending.username, pending.password, "set")
 
     async def test(self, req: cb.TestRequest) -> None:

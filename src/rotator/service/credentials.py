@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -690,7 +691,14 @@ class ServiceSecrets:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    """Run a connector coroutine from this synchronous layer, also when the caller already
+    runs an event loop (an async application embedding rotator): then in a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotator-sync") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 __all__ = ["PolicyInput", "Principal", "RotatorService", "ValueInput"]
