@@ -153,6 +153,14 @@ class Verifiable(Protocol):
     async def verify(self, req: VerifyRequest) -> None: ...
 
 
+class PublishesOnAdd(Protocol):
+    """Optional: ``publish_on_add = True`` makes `credential add` call finish() with the first
+    value (previous=None) before storing it, for targets where rotator itself puts the value
+    (JWK sets, trust bundles, ACL users)."""
+
+    publish_on_add: ClassVar[bool]
+
+
 class HasRotationHint(Protocol):
     """Optional: connectors whose values expire (certificates) say when to rotate next."""
 

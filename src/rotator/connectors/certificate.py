@@ -602,6 +602,8 @@ async def _make_leaf(cfg: CertificateConfig, secrets: SecretResolver) -> bytes:
 class CertificateConnector:
     kind: ClassVar[str] = "certificate"
     strategy: ClassVar[Strategy] = Strategy.DUAL
+    # A value given or generated at `credential add` is made real through finish().
+    publish_on_add: ClassVar[bool] = True
     config_model: ClassVar[type[ConnectorConfig]] = CertificateConfig
 
     def target_key(self, config: ConnectorConfig) -> str:

@@ -356,6 +356,8 @@ def verify_test_token(token: str, public: Key, cfg: JwksConfig) -> None:
 class JwksConnector:
     kind: ClassVar[str] = "jwks"
     strategy: ClassVar[Strategy] = Strategy.DUAL
+    # A value given or generated at `credential add` is made real through finish().
+    publish_on_add: ClassVar[bool] = True
     config_model: ClassVar[type[ConnectorConfig]] = JwksConfig
 
     def target_key(self, config: ConnectorConfig) -> str:

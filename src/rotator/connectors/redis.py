@@ -18,6 +18,12 @@ authenticate, i.e. runs as Redis's ``default`` user), ``admin_user`` (ACL user t
 connection authenticates as; default ``default``), ``db`` (database of the admin connection;
 ACL users are server-wide), ``timeout_s``, ``password_length``, ``tls``.
 
+Starting: ``credential add`` without a value, then a first rotation, creates the user (or
+adds a first password to an existing one). ``credential add`` with a value (given, or
+``--generate``) makes that value valid at once: the service publishes a first value through
+``finish``, which for a first value (no previous one) adds it as ``set`` would; a failure
+stores nothing. A given value that Redis already has changes nothing.
+
 The user's life:
 
 - It does not exist: the first ``set`` creates it ``on`` with the new password and nothing else
@@ -217,6 +223,8 @@ def _code(exc: RedisError) -> str:
 class RedisConnector:
     kind: ClassVar[str] = "redis"
     strategy: ClassVar[cb.Strategy] = cb.Strategy.DUAL
+    # A value given or generated at `credential add` is made real through finish().
+    publish_on_add: ClassVar[bool] = True
     config_model: ClassVar[type[cb.ConnectorConfig]] = RedisConfig
 
     def target_key(self, config: cb.ConnectorConfig) -> str:
@@ -305,6 +313,16 @@ class RedisConnector:
             ) from None
 
     @staticmethod
+    def _own(
+        cfg: RedisConfig, credential: str, resolver: cb.SecretResolver, value: Secret | None
+    ) -> cb.SecretResolver:
+        """A credential that is its own admin (an admin password rotating itself) is not
+        stored yet when it is added: its admin secret is then the value being added."""
+        if cfg.admin == credential and value is not None:
+            return _Own(resolver, credential, value)
+        return resolver
+
+    @staticmethod
     def _admin_name(cfg: RedisConfig) -> str:
         return cfg.admin_user if cfg.admin else DEFAULT_USER
 
@@ -337,9 +355,13 @@ class RedisConnector:
 
     async def set(self, req: cb.SetRequest) -> None:
         """Add the pending password (creating the user ``on`` with it if missing)."""
-        cfg = _cfg(req.config)
-        d = digest(req.pending)
-        async with self._admin(cfg, req.secrets, "set") as client:
+        await self._add(_cfg(req.config), req.secrets, req.pending, "set")
+
+    async def _add(
+        self, cfg: RedisConfig, resolver: cb.SecretResolver, value: Secret, what: str
+    ) -> None:
+        d = digest(value)
+        async with self._admin(cfg, resolver, what) as client:
             user = await self._user(client, cfg.username)
             if user is None:
                 # Created enabled with this one password and no permissions at all.
@@ -380,7 +402,17 @@ class RedisConnector:
             ) from None
 
     async def finish(self, req: cb.FinishRequest) -> None:
-        return None  # both passwords stay valid until the old one is revoked
+        """In a rotation, nothing: ``set`` added the new password and the old one stays valid
+        until it is revoked. For a first value (no previous one: ``credential add`` with a
+        given or generated value, which the service publishes through ``finish``, or a
+        credential's first rotation) make sure it is valid: added like ``set`` does, a no-op
+        when Redis has it already."""
+        if req.previous is not None:
+            return None
+        cfg = _cfg(req.config)
+        await self._add(
+            cfg, self._own(cfg, req.credential, req.secrets, req.current), req.current, "finish"
+        )
 
     async def revoke(self, req: cb.RevokeRequest) -> None:
         await self._remove(_cfg(req.config), req.secrets, req.value, "revoke")
@@ -396,11 +428,7 @@ class RedisConnector:
         """Redis is reachable, the admin secret is accepted, the admin may manage ACL users,
         and the user is missing (it will be created) or usable. Changes nothing."""
         cfg = _cfg(req.config)
-        resolver = req.secrets
-        if cfg.admin == req.credential and req.current is not None:
-            # The credential is its own admin (the admin password rotating itself): it is not
-            # stored yet, so check with the value being added.
-            resolver = _Own(req.secrets, req.credential, req.current)
+        resolver = self._own(cfg, req.credential, req.secrets, req.current)
         try:
             async with self._admin(cfg, resolver, "") as client:
                 user = await self._user(client, cfg.username)

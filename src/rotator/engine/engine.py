@@ -94,6 +94,7 @@ class _Ctx:
     version: int = 0
     pending: Secret | None = None
     touched_target: bool = False
+    deferred: list[Callable[[Connection], None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     secrets: cbase.SecretResolver = cbase.NO_SECRETS
 
@@ -245,6 +246,7 @@ class Engine:
         step: str,
         fn: Callable[[], Awaitable[T]],
         after: Callable[[Connection], None] | None = None,
+        defer: bool = False,
     ) -> T:
         """One connector call with the target's limit, breaker, timeout and retries.
 
@@ -273,7 +275,8 @@ class Engine:
                     try:
                         if step == "set":
                             ctx.touched_target = True
-                        result = await asyncio.wait_for(fn(), timeout=self.opts.step_timeout_s)
+                        async with asyncio.timeout(self.opts.step_timeout_s):
+                            result = await fn()
                     except cbase.TransientError as exc:
                         breaker.record_failure()
                         last_error = str(exc)
@@ -291,19 +294,15 @@ class Engine:
                             f"connector {ctx.impl.kind!r} raised {type(exc).__name__} in {step}"
                         ) from exc
                     breaker.record_success()
-                    ms = round((time.monotonic() - t0) * 1000, 2)
-
-                    await self.writer.run(
-                        partial(
-                            self._record_step,
-                            ctx=ctx,
-                            step=step,
-                            duration_ms=ms,
-                            attempt=n,
-                            after=after,
-                        )
-                    )
-                    return result
+                ms = round((time.monotonic() - t0) * 1000, 2)
+                record = partial(
+                    self._record_step, ctx=ctx, step=step, duration_ms=ms, attempt=n, after=after
+                )
+                if defer:
+                    ctx.deferred.append(record)
+                else:
+                    await self.writer.run(record)
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _record_step(
@@ -570,10 +569,10 @@ class Engine:
         holder = store_rot.try_lock(conn, ctx.cred.id, ctx.rotation_id, now)
         if holder is not None:
             return holder
-        if store_creds.current_number(conn, ctx.cred.id) != ctx.current_version:
+        current, ctx.version = store_creds.version_numbers(conn, ctx.cred.id)
+        if current != ctx.current_version:
             store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
             return _STALE
-        ctx.version = store_creds.next_version_number(conn, ctx.cred.id)
         self.svc.seal_version(conn, ctx.tenant, ctx.cred.id, ctx.version, value, Stage.PENDING, now)
         store_rot.insert_rotation(
             conn,
@@ -627,7 +626,7 @@ class Engine:
                 after=lambda conn: store_rot.set_step(conn, ctx.rotation_id, "tested", self._now()),
             )
 
-    async def _finish_on_target(self, ctx: _Ctx) -> None:
+    async def _finish_on_target(self, ctx: _Ctx, defer: bool = False) -> None:
         assert ctx.pending is not None
         pending = ctx.pending
         await self._call(
@@ -638,13 +637,14 @@ class Engine:
                     ctx.cred.name, ctx.version, ctx.cfg, pending, ctx.current, secrets=ctx.secrets
                 )
             ),
+            defer=defer,
         )
 
     async def _drive(self, ctx: _Ctx, from_step: str) -> RotationResult:
         """Run the remaining steps from the last durable one; roll back if set/test fail."""
         try:
             await self._set_and_test(ctx, from_step)
-            await self._finish_on_target(ctx)
+            await self._finish_on_target(ctx, defer=True)
         except (ConnectorError, RotatorError) as exc:
             return await self._rollback(ctx, exc)
         previous = await self.writer.run(lambda conn: self._finish(conn, ctx))
@@ -655,9 +655,9 @@ class Engine:
         self.secrets_for(ctx.tenant.name).forget(ctx.cred.name)
         warnings = await self._propagate(ctx)
         c = ctx.cred.name
-        if ctx.grace_s == 0 and previous is not None:
+        if ctx.grace_s == 0:
             revoked = await self.process_revocations(credential_ids=[ctx.cred.id])
-            if not revoked.get(ctx.cred.id, False):
+            if not revoked.get(ctx.cred.id, True):
                 return RotationResult(
                     c,
                     Outcome.FAILED,
@@ -806,11 +806,15 @@ class Engine:
 
     def _finish(self, conn: Connection, ctx: _Ctx) -> int | None:
         """Stage move and bookkeeping in one savepoint: PENDING->CURRENT, CURRENT->PREVIOUS."""
+        for record in ctx.deferred:
+            record(conn)
         now = self._now()
         grace = timedelta(seconds=ctx.grace_s)
         previous = store_creds.promote(conn, ctx.cred.id, ctx.version, now=now, grace=grace)
         if previous is not None:
             store_rot.enqueue_revocation(conn, ctx.cred.id, previous, now + grace)
+        if ctx.grace_s == 0:
+            store_rot.revoke_all_now(conn, ctx.cred.id, now)
         store_creds.update_credential(
             conn,
             ctx.cred.id,

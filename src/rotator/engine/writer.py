@@ -114,8 +114,10 @@ class StoreWriter:
         return out
 
     async def aclose(self) -> None:
+        """Commit what is queued, stop the loop and its thread. Idempotent."""
         if self._task is not None:
             await self._queue.put(None)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._executor.shutdown(wait=True)

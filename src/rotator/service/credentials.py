@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from rotator import audit, crypto
 from rotator.audit.chain import AuditEntry, VerifyResult
@@ -366,8 +367,11 @@ class RotatorService:
         value: Secret,
         principal: Principal,
     ) -> None:
-        """Let the connector publish a first value (a JWK set, a trust bundle) the way it
-        publishes a rotated one, before anything is stored: a failure stores nothing."""
+        """Connectors that set ``publish_on_add`` (a JWK set, a trust bundle, a Redis ACL
+        password) make a first value real through finish(), before anything is stored: a
+        failure stores nothing. Others leave the first value as it is on the target."""
+        if not getattr(impl, "publish_on_add", False):
+            return
         req = cbase.FinishRequest(
             credential=name,
             version=1,
@@ -376,8 +380,19 @@ class RotatorService:
             previous=None,
             secrets=ServiceSecrets(self, principal),
         )
+
+        async def publish() -> None:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(5),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                retry=retry_if_exception_type(cbase.TransientError),
+                reraise=True,
+            ):
+                with attempt:
+                    await impl.finish(req)
+
         try:
-            _run(impl.finish(req))
+            _run(publish())
         except ConnectorError as exc:
             raise VerificationFailed(f"{name}: cannot publish the first value: {exc}") from exc
 

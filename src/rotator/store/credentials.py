@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, select, update
 
 from rotator.domain.model import Credential, Stage, Version
 from rotator.domain.policy import RotationPolicy
@@ -43,6 +43,19 @@ _MAX_VERSION = select(func.max(versions.c.number)).where(
 _INSERT_VERSION = insert(versions)
 _CURRENT_NUMBER = select(versions.c.number).where(
     versions.c.credential_id == bindparam("b_cid"), versions.c.stage == Stage.CURRENT.value
+)
+_VERSION_NUMBERS = select(
+    func.max(case((versions.c.stage == Stage.CURRENT.value, versions.c.number))),
+    func.max(versions.c.number),
+).where(versions.c.credential_id == bindparam("b_cid"))
+_DEMOTE_CURRENT = (
+    update(versions)
+    .where(
+        versions.c.credential_id == bindparam("b_cid"),
+        versions.c.stage == Stage.CURRENT.value,
+        versions.c.number != bindparam("b_no"),
+    )
+    .returning(versions.c.number)
 )
 _SET_STAGE = update(versions).where(
     versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
@@ -350,7 +363,44 @@ def current_versions(conn: Connection, credential_ids: list[int]) -> dict[int, S
     return out
 
 
+def version_numbers(conn: Connection, credential_id: int) -> tuple[int | None, int]:
+    """(number of the CURRENT version or None, next free version number) in one query."""
+    cur, top = conn.execute(_VERSION_NUMBERS, {"b_cid": credential_id}).one()
+    return (None if cur is None else int(cur)), int(top or 0) + 1
+
+
 def promote(
+    conn: Connection, credential_id: int, number: int, *, now: datetime, grace: timedelta
+) -> int | None:
+    prev = conn.execute(
+        _DEMOTE_CURRENT,
+        {
+            "b_cid": credential_id,
+            "b_no": number,
+            "stage": Stage.PREVIOUS.value,
+            "staged_at": now,
+            "expires_at": now + grace,
+        },
+    ).scalar_one_or_none()
+    moved = conn.execute(
+        _PENDING_TO_CURRENT,
+        {
+            "b_cid": credential_id,
+            "b_no": number,
+            "stage": Stage.CURRENT.value,
+            "staged_at": now,
+            "expires_at": None,
+        },
+    )
+    if moved.rowcount == 1:
+        return None if prev is None else int(prev)
+    cur = conn.execute(_CURRENT_NUMBER, {"b_cid": credential_id}).scalar_one_or_none()
+    if cur == number and prev is None:
+        return None
+    raise ConcurrentModification(f"version {number} is not PENDING any more")
+
+
+def promote_old(
     conn: Connection, credential_id: int, number: int, *, now: datetime, grace: timedelta
 ) -> int | None:
     """Make version ``number`` CURRENT and the old CURRENT PREVIOUS (expiring after ``grace``).

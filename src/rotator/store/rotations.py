@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
+from sqlalchemy.dialects import postgresql as _pg
+from sqlalchemy.dialects import sqlite as _sqlite
 
 from rotator.domain.model import Stage
+from rotator.errors import ConcurrentModification
 from rotator.store.schema import credential_locks, credentials, revocations, rotations, versions
 
 ACTIVE_STEPS = ("claimed", "created", "set", "tested")
@@ -22,6 +25,14 @@ _LOCK_HOLDER = select(credential_locks.c.rotation_id).where(
     credential_locks.c.credential_id == bindparam("b_cid")
 )
 _INSERT_LOCK = insert(credential_locks)
+_INSERT_LOCK_IF_FREE = {
+    "sqlite": _sqlite.insert(credential_locks)
+    .on_conflict_do_nothing()
+    .returning(credential_locks.c.rotation_id),
+    "postgresql": _pg.insert(credential_locks)
+    .on_conflict_do_nothing()
+    .returning(credential_locks.c.rotation_id),
+}
 _RELEASE_LOCK = delete(credential_locks).where(
     credential_locks.c.credential_id == bindparam("b_cid"),
     credential_locks.c.rotation_id == bindparam("b_rid"),
@@ -65,11 +76,7 @@ def _row(r: object) -> RotationRow:
 
 def lock_holder(conn: Connection, credential_id: int) -> str | None:
     """The rotation id holding the credential's lock, or None."""
-    return conn.execute(
-        select(credential_locks.c.rotation_id).where(
-            credential_locks.c.credential_id == credential_id
-        )
-    ).scalar_one_or_none()
+    return conn.execute(_LOCK_HOLDER, {"b_cid": credential_id}).scalar_one_or_none()
 
 
 def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: datetime) -> str | None:
@@ -78,14 +85,14 @@ def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: dateti
     Callers run this inside a savepoint: on PostgreSQL a concurrent insert blocks until the
     other transaction ends, then fails on the primary key, which the caller treats as held.
     """
-    holder = lock_holder(conn, credential_id)
-    if holder is not None:
-        return holder
-    conn.execute(
-        _INSERT_LOCK,
-        {"credential_id": credential_id, "rotation_id": rotation_id, "acquired_at": now},
-    )
-    return None
+    params = {"credential_id": credential_id, "rotation_id": rotation_id, "acquired_at": now}
+    for _ in range(3):
+        if conn.execute(_INSERT_LOCK_IF_FREE[conn.dialect.name], params).first() is not None:
+            return None
+        holder = lock_holder(conn, credential_id)
+        if holder is not None:
+            return holder
+    raise ConcurrentModification("the credential's lock keeps changing hands")
 
 
 def release_lock(conn: Connection, credential_id: int, rotation_id: str) -> None:
@@ -305,6 +312,21 @@ def due_revocations(
         )
         for r in rows
     ]
+
+
+def revoke_all_now(conn: Connection, credential_id: int, now: datetime) -> None:
+    """Emergency: every PREVIOUS version of the credential expires now and its queued
+    revocation falls due now, not only the one just demoted."""
+    conn.execute(
+        update(versions)
+        .where(versions.c.credential_id == credential_id, versions.c.stage == Stage.PREVIOUS.value)
+        .values(expires_at=now)
+    )
+    conn.execute(
+        update(revocations)
+        .where(revocations.c.credential_id == credential_id, revocations.c.due_at > now)
+        .values(due_at=now)
+    )
 
 
 def last_revocation_due(conn: Connection, credential_id: int) -> datetime | None:
