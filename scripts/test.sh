@@ -77,4 +77,5 @@ echo "==> ruff"
 echo "==> mypy"
 .venv/bin/mypy src
 echo "==> pytest"
-.venv/bin/pytest -q "$@"
+# Two workers: the suite waits on servers and subprocesses as much as it computes.
+.venv/bin/pytest -q -n 2 "$@"
