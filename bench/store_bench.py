@@ -22,6 +22,7 @@ audit-chain verify, and peak RSS.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -484,7 +485,7 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
             ("list by tags team=team07,env=prod", {"team": "team07", "env": "prod"}),
         ):
             med, lo, found = repeat_ms(
-                lambda tags=tags: svc.list_credentials(tags=tags), args.repeat
+                functools.partial(svc.list_credentials, tags=tags), args.repeat
             )
             results.append(
                 Result(
