@@ -167,6 +167,21 @@ class HasRotationHint(Protocol):
     def next_rotation_hint(self, config: ConnectorConfig, value: Secret) -> datetime | None: ...
 
 
+def rotation_hint(
+    connector: Connector, config: ConnectorConfig, value: Secret | None
+) -> datetime | None:
+    """When the connector says ``value`` must be replaced (a certificate's renewal point), if
+    it says so. A hint is advice: a connector error here yields None."""
+    hint = getattr(connector, "next_rotation_hint", None)
+    if hint is None or value is None:
+        return None
+    try:
+        result: datetime | None = hint(config, value)
+    except Exception:
+        return None
+    return result
+
+
 def strategy_of(connector: Connector, config: ConnectorConfig) -> Strategy:
     """The strategy for this configuration (a connector may offer more than one)."""
     per_config = getattr(connector, "strategy_for", None)

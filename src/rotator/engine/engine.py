@@ -49,7 +49,7 @@ from rotator.errors import (
     RotationError,
     RotatorError,
 )
-from rotator.policy import next_rotation_at
+from rotator.policy import earliest, next_rotation_at
 from rotator.service.credentials import Principal, RotatorService
 from rotator.sinks import load_sink
 from rotator.store import credentials as store_creds
@@ -822,7 +822,10 @@ class Engine:
             last_rotated_at=now,
             use_count=0,
             set_next_rotation=True,
-            next_rotation_at=_earliest(next_rotation_at(ctx.cred.policy, now), self._hint(ctx)),
+            next_rotation_at=earliest(
+                next_rotation_at(ctx.cred.policy, now),
+                cbase.rotation_hint(ctx.impl, ctx.cfg, ctx.pending),
+            ),
         )
         store_rot.set_step(conn, ctx.rotation_id, "finished", now)
         store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
@@ -835,18 +838,6 @@ class Engine:
             duration_ms=round((time.monotonic() - ctx.started) * 1000, 2),
         )
         return previous
-
-    def _hint(self, ctx: _Ctx) -> datetime | None:
-        """When the connector says the new value must be replaced (e.g. a certificate's
-        renewal point), if it says so."""
-        hint = getattr(ctx.impl, "next_rotation_hint", None)
-        if hint is None or ctx.pending is None:
-            return None
-        try:
-            value: datetime | None = hint(ctx.cfg, ctx.pending)
-        except Exception:  # a hint is advice: never fail a finished rotation over it
-            return None
-        return value
 
     async def _rollback(self, ctx: _Ctx, cause: Exception) -> RotationResult:
         assert ctx.pending is not None
@@ -1110,11 +1101,6 @@ class Engine:
 
         await self.writer.run(retire)
         return True
-
-
-def _earliest(*times: datetime | None) -> datetime | None:
-    known = [t for t in times if t is not None]
-    return min(known) if known else None
 
 
 def _next_due(conn: Connection) -> datetime | None:

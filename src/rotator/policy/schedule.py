@@ -23,3 +23,9 @@ def next_rotation_at(policy: RotationPolicy, last_rotated_at: datetime) -> datet
         nxt: datetime = it.get_next(datetime)
         return nxt
     return None
+
+
+def earliest(*times: datetime | None) -> datetime | None:
+    """The earliest of the given times, ignoring None; None when all are None."""
+    known = [t for t in times if t is not None]
+    return min(known) if known else None

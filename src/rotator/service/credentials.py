@@ -34,7 +34,7 @@ from rotator.errors import (
     PolicyError,
     VerificationFailed,
 )
-from rotator.policy import next_rotation_at
+from rotator.policy import earliest, next_rotation_at
 from rotator.service.keyring import KeyRing, create_master, load_keyring, rotate_master
 from rotator.sinks import describe_sink, parse_sink
 from rotator.store import Database
@@ -211,7 +211,17 @@ class RotatorService:
         now: datetime,
     ) -> None:
         """Encrypt ``value`` and store it as version ``number`` in ``stage``."""
-        self._store_version(conn, tenant, credential_id, number, value, stage, now)
+        dk = self._active_data_key(conn, tenant)
+        blob = crypto.seal(dk, value, credential_id, number)
+        store_creds.insert_version(
+            conn,
+            credential_id=credential_id,
+            number=number,
+            stage=stage,
+            ciphertext=blob,
+            data_key_id=dk.id,
+            now=now,
+        )
 
     def audit(
         self,
@@ -315,13 +325,13 @@ class RotatorService:
                 policy=pol,
                 tags=tags,
                 now=now,
-                next_rotation_at=_earliest(
-                    next_rotation_at(pol, now), _hint(conn_impl, cfg, first)
+                next_rotation_at=earliest(
+                    next_rotation_at(pol, now), cbase.rotation_hint(conn_impl, cfg, first)
                 ),
                 sinks=sink_specs,
             )
             if first is not None:
-                self._store_version(conn, tenant, cid, 1, first, Stage.CURRENT, now)
+                self.seal_version(conn, tenant, cid, 1, first, Stage.CURRENT, now)
                 store_creds.update_credential(conn, cid, now=now, last_rotated_at=now)
             self._audit(
                 conn,
@@ -425,28 +435,6 @@ class RotatorService:
         except ConnectorError as exc:
             raise VerificationFailed(f"{name}: verification failed: {exc}") from exc
 
-    def _store_version(
-        self,
-        conn: Connection,
-        tenant: Tenant,
-        credential_id: int,
-        number: int,
-        value: Secret,
-        stage: Stage,
-        now: datetime,
-    ) -> None:
-        dk = self._active_data_key(conn, tenant)
-        blob = crypto.seal(dk, value, credential_id, number)
-        store_creds.insert_version(
-            conn,
-            credential_id=credential_id,
-            number=number,
-            stage=stage,
-            ciphertext=blob,
-            data_key_id=dk.id,
-            now=now,
-        )
-
     def list_credentials(
         self,
         *,
@@ -546,7 +534,7 @@ class RotatorService:
             )
             demoted = None
             if new_value is not None:
-                self._store_version(conn, tenant, cred.id, number, new_value, Stage.PENDING, now)
+                self.seal_version(conn, tenant, cred.id, number, new_value, Stage.PENDING, now)
                 demoted = store_creds.promote(conn, cred.id, number, now=now, grace=pol.grace)
             changed = {
                 "connector": kind if connector else None,
@@ -673,22 +661,6 @@ class RotatorService:
         """Verify the whole chain. Does not raise on a broken chain: the result says where."""
         with self.db.read() as conn:
             return audit.verify_log(conn)
-
-
-def _earliest(*times: datetime | None) -> datetime | None:
-    known = [t for t in times if t is not None]
-    return min(known) if known else None
-
-
-def _hint(
-    impl: cbase.Connector, cfg: cbase.ConnectorConfig, value: Secret | None
-) -> datetime | None:
-    """When the connector says ``value`` must be replaced (a certificate's renewal point)."""
-    hint = getattr(impl, "next_rotation_hint", None)
-    if hint is None or value is None:
-        return None
-    result: datetime | None = hint(cfg, value)
-    return result
 
 
 @dataclass
