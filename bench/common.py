@@ -503,3 +503,45 @@ class ThrowawayPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def strip_flags(argv: list[str], flags: set[str]) -> list[str]:
+    """Drop ``--flag value`` and ``--flag=value`` for the given flags."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in flags:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in flags:
+            continue
+        out.append(a)
+    return out
+
+
+def proc_tree_cpu_s(root_pid: int | None) -> float:
+    """CPU seconds of a process, its reaped children and its live children (Linux /proc).
+
+    For the PostgreSQL postmaster that is the whole server: backends, WAL writer, etc.
+    """
+    if root_pid is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid, ppid = int(entry.name), int(fields[1])
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        if pid == root_pid:
+            total += (utime + stime + cutime + cstime) / tick
+        elif ppid == root_pid:
+            total += (utime + stime) / tick
+    return total

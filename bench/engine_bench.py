@@ -57,7 +57,9 @@ from bench.common import (  # noqa: E402
     print_machine_info,
     print_results,
     print_table,
+    proc_tree_cpu_s,
     source_version,
+    strip_flags,
     timed,
 )
 from rotator.config import Settings  # noqa: E402
@@ -107,29 +109,6 @@ def cpu_s() -> float:
 
 def maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def proc_tree_cpu_s(root_pid: int) -> float:
-    """CPU seconds of a process, its live children and its reaped children (Linux /proc).
-
-    For the PostgreSQL postmaster that is the whole server: backends, WAL writer, etc.
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid, ppid = int(entry.name), int(fields[1])
-        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        if pid == root_pid:
-            total += (utime + stime + cutime + cstime) / tick
-        elif ppid == root_pid:
-            total += (utime + stime) / tick
-    return total
 
 
 def thread_cpu_s(thread: threading.Thread) -> float:
@@ -509,23 +488,6 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _strip(argv: list[str], flags: set[str]) -> list[str]:
-    """Drop ``--flag value`` and ``--flag=value`` for the given flags."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in flags:
-            skip = True
-            continue
-        if a.split("=", 1)[0] in flags:
-            continue
-        out.append(a)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="rotations per batch")
@@ -570,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # One child process per database, so each gets its own peak RSS.
     columns: dict[str, list[Result]] = {}
-    passthrough = _strip(list(argv if argv is not None else sys.argv[1:]), {"--db", "--json"})
+    passthrough = strip_flags(list(argv if argv is not None else sys.argv[1:]), {"--db", "--json"})
     with tempfile.TemporaryDirectory(prefix="rotator-bench-engine-") as tmp:
         for kind in ("sqlite", "postgresql"):
             out = Path(tmp) / f"{kind}.json"

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import resource
 import secrets
@@ -64,6 +63,7 @@ from bench.common import (
     print_machine_info,
     print_results,
     print_table,
+    proc_tree_cpu_s,
     source_version,
     timed,
 )
@@ -96,28 +96,6 @@ def new_password() -> str:
 def cpu_s() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
-
-
-def proc_tree_cpu_s(root_pid: int | None) -> float:
-    """CPU seconds of the postmaster, its reaped children and its live children (/proc)."""
-    if root_pid is None:
-        return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid, ppid = int(entry.name), int(fields[1])
-        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        if pid == root_pid:
-            total += (utime + stime + cutime + cstime) / tick
-        elif ppid == root_pid:
-            total += (utime + stime) / tick
-    return total
 
 
 def postmaster_pid(pg: ThrowawayPostgres) -> int | None:

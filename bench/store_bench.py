@@ -50,6 +50,7 @@ from bench.common import (
     repeat_ms,
     rss_note,
     source_version,
+    strip_flags,
     timed,
 )
 from rotator import audit, crypto
@@ -610,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     columns: dict[str, list[Result]] = {}
     sources: dict[str, str] = {}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    passthrough = _strip(passthrough, {"--db", "--json"})
+    passthrough = strip_flags(passthrough, {"--db", "--json"})
     with tempfile.TemporaryDirectory(prefix="rotator-bench-") as tmp:
         for kind in ("sqlite", "postgresql"):
             out = Path(tmp) / f"{kind}.json"
@@ -640,23 +641,6 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({k: [r.to_json() for r in v] for k, v in columns.items()}, indent=1)
         )
     return 0
-
-
-def _strip(argv: list[str], flags: set[str]) -> list[str]:
-    """Drop ``--flag value`` and ``--flag=value`` for the given flags."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in flags:
-            skip = True
-            continue
-        if a.split("=", 1)[0] in flags:
-            continue
-        out.append(a)
-    return out
 
 
 if __name__ == "__main__":
