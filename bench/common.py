@@ -6,6 +6,7 @@ Nothing here is rotator-specific except the defaults; the benchmarks import it a
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -545,3 +546,31 @@ def proc_tree_cpu_s(root_pid: int | None) -> float:
         elif ppid == root_pid:
             total += (utime + stime) / tick
     return total
+
+
+def run_per_database(module: str, argv: list[str], cwd: Path) -> dict[str, dict[str, Any]] | int:
+    """Run ``python -m module ARGV --db KIND`` once per database, each in its own child process
+    (so each gets its own peak RSS); returns each child's JSON output, or the first failing
+    exit code."""
+    passthrough = strip_flags(argv, {"--db", "--json"})
+    found: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="rotator-bench-") as tmp:
+        for kind in ("sqlite", "postgresql"):
+            out = Path(tmp) / f"{kind}.json"
+            cmd = [
+                sys.executable,
+                "-m",
+                module,
+                *passthrough,
+                "--db",
+                kind,
+                "--json",
+                str(out),
+                "--no-machine",
+            ]
+            rc = subprocess.call(cmd, cwd=cwd)
+            if rc != 0:
+                print(f"{module} for {kind} failed (exit {rc})", file=sys.stderr)
+                return rc
+            found[kind] = json.loads(out.read_text())
+    return found

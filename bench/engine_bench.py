@@ -31,7 +31,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,8 +57,8 @@ from bench.common import (  # noqa: E402
     print_results,
     print_table,
     proc_tree_cpu_s,
+    run_per_database,
     source_version,
-    strip_flags,
     timed,
 )
 from rotator.config import Settings  # noqa: E402
@@ -530,29 +529,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
 
-    # One child process per database, so each gets its own peak RSS.
-    columns: dict[str, list[Result]] = {}
-    passthrough = strip_flags(list(argv if argv is not None else sys.argv[1:]), {"--db", "--json"})
-    with tempfile.TemporaryDirectory(prefix="rotator-bench-engine-") as tmp:
-        for kind in ("sqlite", "postgresql"):
-            out = Path(tmp) / f"{kind}.json"
-            cmd = [
-                sys.executable,
-                "-m",
-                "bench.engine_bench",
-                *passthrough,
-                "--db",
-                kind,
-                "--json",
-                str(out),
-                "--no-machine",
-            ]
-            rc = subprocess.call(cmd, cwd=ROOT)
-            if rc != 0:
-                print(f"engine bench for {kind} failed (exit {rc})", file=sys.stderr)
-                return rc
-            data = json.loads(out.read_text())
-            columns[kind] = [Result.from_json(r) for r in data["results"]]
+    runs = run_per_database(
+        "bench.engine_bench", list(argv if argv is not None else sys.argv[1:]), ROOT
+    )
+    if isinstance(runs, int):
+        return runs
+    columns = {k: [Result.from_json(r) for r in d["results"]] for k, d in runs.items()}
     print_comparison(f"engine: {args.n:,} rotations, SQLite vs PostgreSQL", columns)
     if args.json:
         args.json.write_text(

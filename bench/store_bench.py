@@ -27,7 +27,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -49,8 +48,8 @@ from bench.common import (
     print_table,
     repeat_ms,
     rss_note,
+    run_per_database,
     source_version,
-    strip_flags,
     timed,
 )
 from rotator import audit, crypto
@@ -607,32 +606,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
 
-    # One child process per database, so each gets its own peak RSS.
-    columns: dict[str, list[Result]] = {}
-    sources: dict[str, str] = {}
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    passthrough = strip_flags(passthrough, {"--db", "--json"})
-    with tempfile.TemporaryDirectory(prefix="rotator-bench-") as tmp:
-        for kind in ("sqlite", "postgresql"):
-            out = Path(tmp) / f"{kind}.json"
-            cmd = [
-                sys.executable,
-                "-m",
-                "bench.store_bench",
-                *passthrough,
-                "--db",
-                kind,
-                "--json",
-                str(out),
-                "--no-machine",
-            ]
-            rc = subprocess.call(cmd, cwd=ROOT)
-            if rc != 0:
-                print(f"store bench for {kind} failed (exit {rc})", file=sys.stderr)
-                return rc
-            data = json.loads(out.read_text())
-            columns[kind] = [Result.from_json(r) for r in data["results"]]
-            sources[kind] = data["info"].get("rotator source (git)", "?")
+    runs = run_per_database(
+        "bench.store_bench", list(argv if argv is not None else sys.argv[1:]), ROOT
+    )
+    if isinstance(runs, int):
+        return runs
+    columns = {k: [Result.from_json(r) for r in d["results"]] for k, d in runs.items()}
+    sources = {k: d["info"].get("rotator source (git)", "?") for k, d in runs.items()}
     print_comparison(f"store: {args.n:,} credentials, SQLite vs PostgreSQL", columns)
     if len(set(sources.values())) > 1:
         print(f"\nWARNING: the source changed between runs: {sources}")

@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from rotator.errors import ConnectorError
+
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
 
@@ -87,3 +89,14 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def io_error(what: str, path: str, exc: OSError) -> ConnectorError:
+    """A connector error for a failed file operation: a missing directory or a permission
+    problem will not fix itself (permanent); other I/O might (transient, retried)."""
+    from rotator.connectors.base import PermanentError, TransientError
+
+    msg = f"cannot {what} {path}: {exc.strerror or exc}"
+    if isinstance(exc, FileNotFoundError | NotADirectoryError | PermissionError):
+        return PermanentError(msg)
+    return TransientError(msg)

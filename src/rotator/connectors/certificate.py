@@ -502,7 +502,7 @@ def _publish(cfg: CertificateConfig, value: Secret) -> None:
         if _files.read_or_none(cfg.publish) != value.reveal():
             _files.atomic_write(cfg.publish, value.reveal(), _files.parse_mode(cfg.publish_mode))
     except OSError as exc:
-        raise _os_error("write", cfg.publish, exc) from exc
+        raise _files.io_error("write", cfg.publish, exc) from exc
 
 
 def _unpublish_if(cfg: CertificateConfig, value: Secret) -> None:
@@ -529,7 +529,7 @@ class TrustBundle:
         try:
             raw = _files.read_or_none(self.path)
         except OSError as exc:
-            raise _os_error("read", self.path, exc) from exc
+            raise _files.io_error("read", self.path, exc) from exc
         if raw is None:
             return []
         blocks = [m.group(0) for m in _PEM_BLOCK.finditer(raw)]
@@ -567,16 +567,9 @@ class TrustBundle:
                     try:
                         _files.atomic_write(self.path, data, self.mode)
                     except OSError as exc:
-                        raise _os_error("write", self.path, exc) from exc
+                        raise _files.io_error("write", self.path, exc) from exc
         except OSError as exc:
-            raise _os_error("update", self.path, exc) from exc
-
-
-def _os_error(what: str, path: str, exc: OSError) -> PermanentError | TransientError:
-    msg = f"cannot {what} {path}: {exc.strerror or exc}"
-    if isinstance(exc, FileNotFoundError | NotADirectoryError | PermissionError):
-        return PermanentError(msg)
-    return TransientError(msg)
+            raise _files.io_error("update", self.path, exc) from exc
 
 
 def _trust(cfg: CertificateConfig) -> TrustBundle | None:

@@ -51,7 +51,6 @@ from rotator.connectors.base import (
     SetRequest,
     Strategy,
     TestRequest,
-    TransientError,
     VerifyRequest,
 )
 from rotator.domain.secret import Secret
@@ -216,14 +215,6 @@ def _import_public(entry: dict[str, Any]) -> Key:
     return OKPKey.import_key(public)
 
 
-def _os_error(what: str, path: str, exc: OSError) -> PermanentError | TransientError:
-    """A missing directory or a permission problem will not fix itself; other I/O might."""
-    msg = f"cannot {what} JWK Set {path}: {exc.strerror or exc}"
-    if isinstance(exc, FileNotFoundError | NotADirectoryError | PermissionError):
-        return PermanentError(msg)
-    return TransientError(msg)
-
-
 class PublishedSet:
     """The JWK Set file: read, change by kid, write back atomically (only when changed)."""
 
@@ -236,7 +227,7 @@ class PublishedSet:
         try:
             raw = _files.read_or_none(self.path)
         except OSError as exc:
-            raise _os_error("read", self.path, exc) from exc
+            raise _files.io_error("read JWK Set", self.path, exc) from exc
         if raw is None:
             return []
         try:
@@ -257,7 +248,7 @@ class PublishedSet:
         try:
             _files.atomic_write(self.path, data, self.mode)
         except OSError as exc:
-            raise _os_error("write", self.path, exc) from exc
+            raise _files.io_error("write JWK Set", self.path, exc) from exc
 
     def update(self, fn: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
         """Apply ``fn`` to the entries under the file lock; write if anything changed."""
@@ -268,7 +259,7 @@ class PublishedSet:
                 if after != before:
                     self._write(after)
         except OSError as exc:
-            raise _os_error("update", self.path, exc) from exc
+            raise _files.io_error("update JWK Set", self.path, exc) from exc
 
     def find(self, kid: str) -> dict[str, Any] | None:
         return next((k for k in self.read() if k.get("kid") == kid), None)
