@@ -59,8 +59,7 @@ def test_members_of_a_cycle_are_refused_naming_it_and_the_rest_still_ordered() -
 def test_two_member_cycle_with_labels() -> None:
     plan = order([1, 2, 3], {1: [2], 2: [1]}, label={1: "x/one", 2: "x/two"})
     assert plan.refused[1] == (
-        "refused: it is in a reference cycle ('x/one' -> 'x/two' -> 'x/one'); "
-        "rotate those one at a time"
+        "in a reference cycle ('x/one' -> 'x/two' -> 'x/one'): rotate these one at a time"
     )
     assert plan.levels == [[3]]
 

@@ -444,7 +444,7 @@ class Engine:
         for i, r in enumerate(reqs):
             key = (r.tenant, r.name)
             if key in plan.refused:
-                res = RotationResult(r.name, Outcome.FAILED, error=plan.refused[key])
+                res = RotationResult(r.name, Outcome.FAILED, error=f"refused: {plan.refused[key]}")
                 refused_ctx = prepared.pop(key, None)
                 if refused_ctx is not None:
                     await self._audit(refused_ctx, "rotation.failed", step="order", error=res.error)

@@ -68,7 +68,7 @@ def order(
     for component in _cycles(uniq, refs):
         path = " -> ".join(repr(names.get(k, str(k))) for k in _cycle_path(component, refs))
         for k in component:
-            refused[k] = f"refused: it is in a reference cycle ({path}); rotate those one at a time"
+            refused[k] = f"in a reference cycle ({path}): rotate these one at a time"
     live = [k for k in uniq if k not in refused]
     remaining = {k: [r for r in refs[k] if r not in refused] for k in live}
     levels: list[list[K]] = []
