@@ -371,19 +371,29 @@ def rotate(
             if as_json:
                 emit_json({"dry_run": True, "plan": steps})
                 return
-            table = Table("ORDER", "NAME", "CONNECTOR", "TARGET", "STRATEGY", "TRIGGER", "GRACE")
+            table = Table(
+                "ORDER", "LEVEL", "NAME", "CONNECTOR", "TARGET", "STRATEGY", "TRIGGER", "GRACE",
+                "AFTER",
+            )  # fmt: skip
             for p in steps:
                 table.add_row(
                     str(p["order"]),
+                    str(p["level"]) if p.get("level") is not None else "refused",
                     p["name"],
                     p["connector"],
                     p["target"],
                     p["strategy"],
                     p["trigger"],
                     f"{p['grace_s']}s",
+                    ", ".join(p.get("after") or []) or "-",
                 )
             out.print(table)
-            out.print(f"dry run: {len(steps)} credential(s) would rotate; nothing changed")
+            refused = [p for p in steps if p.get("refused")]
+            for p in refused:
+                out.print(f"[red]refused[/red] {p['name']}: {p['refused']}")
+            out.print(
+                f"dry run: {len(steps) - len(refused)} credential(s) would rotate; nothing changed"
+            )
             return
         if group is not None:
             result = rotation.rotate_group(svc, group, emergency=emergency, options=options)

@@ -124,6 +124,18 @@ class PermanentError(ConnectorError):
     """A failure that retrying will not fix (bad config, auth refused)."""
 
 
+class ReferenceRefused(PermanentError):
+    """The target refused the value of a referenced credential (an admin login refused).
+
+    ``reference`` names that credential. The value read may be stale (the credential was
+    rotated by another process since it was read), so the engine waits until that credential
+    is not being rotated, reads it again and retries the step once before giving up."""
+
+    def __init__(self, message: str, reference: str) -> None:
+        super().__init__(message)
+        self.reference = reference
+
+
 @runtime_checkable
 class Connector(Protocol):
     """What every connector implements. Methods must be idempotent; see module docstring."""
@@ -159,6 +171,28 @@ class PublishesOnAdd(Protocol):
     (JWK sets, trust bundles, ACL users)."""
 
     publish_on_add: ClassVar[bool]
+
+
+class HasReferences(Protocol):
+    """Optional: ``references`` lists the names of the connector's settings whose value is the
+    name of another credential in the same tenant, read through ``req.secrets`` (an admin
+    password, an API token, a CA). The engine never rotates a credential while one it
+    references is being rotated: a batch rotates referenced credentials first, dependants
+    after them (see ``engine.ordering``). A connector without the attribute references none.
+    """
+
+    references: ClassVar[tuple[str, ...]]
+
+
+def references_of(connector: Connector, config: ConnectorConfig) -> frozenset[str]:
+    """Names of the credentials ``config`` references, through the connector's declared
+    ``references`` settings; unset or empty settings are left out."""
+    out = set()
+    for setting in getattr(connector, "references", ()):
+        value = getattr(config, setting, None)
+        if isinstance(value, str) and value:
+            out.add(value)
+    return frozenset(out)
 
 
 class HasRotationHint(Protocol):

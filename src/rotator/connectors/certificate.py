@@ -598,6 +598,7 @@ class CertificateConnector:
     # A value given or generated at `credential add` is made real through finish().
     publish_on_add: ClassVar[bool] = True
     config_model: ClassVar[type[ConnectorConfig]] = CertificateConfig
+    references: ClassVar[tuple[str, ...]] = ("ca",)
 
     def target_key(self, config: ConnectorConfig) -> str:
         cfg = _cfg(config)

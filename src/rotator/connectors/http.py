@@ -583,6 +583,7 @@ class HttpConnector:
     kind: ClassVar[str] = "http"
     strategy: ClassVar[Strategy] = Strategy.DUAL
     config_model: ClassVar[type[ConnectorConfig]] = HttpConfig
+    references: ClassVar[tuple[str, ...]] = ("auth", "hmac_key")
 
     def target_key(self, config: ConnectorConfig) -> str:
         assert isinstance(config, HttpConfig)

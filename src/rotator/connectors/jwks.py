@@ -350,6 +350,7 @@ class JwksConnector:
     # A value given or generated at `credential add` is made real through finish().
     publish_on_add: ClassVar[bool] = True
     config_model: ClassVar[type[ConnectorConfig]] = JwksConfig
+    references: ClassVar[tuple[str, ...]] = ()  # names no other credential
 
     def target_key(self, config: ConnectorConfig) -> str:
         return f"jwks:{_cfg(config).publish}"

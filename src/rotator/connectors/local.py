@@ -101,6 +101,7 @@ class LocalConnector:
     kind: ClassVar[str] = "local"
     strategy: ClassVar[Strategy] = Strategy.DUAL
     config_model: ClassVar[type[ConnectorConfig]] = LocalConfig
+    references: ClassVar[tuple[str, ...]] = ()  # names no other credential
 
     def target_key(self, config: ConnectorConfig) -> str:
         return "local"

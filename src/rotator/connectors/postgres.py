@@ -104,6 +104,7 @@ class PostgresConnector:
     kind: ClassVar[str] = "postgres"
     strategy: ClassVar[cb.Strategy] = cb.Strategy.ALTERNATING
     config_model: ClassVar[type[cb.ConnectorConfig]] = PostgresConfig
+    references: ClassVar[tuple[str, ...]] = ("admin",)
 
     def strategy_for(self, config: cb.ConnectorConfig) -> cb.Strategy:
         assert isinstance(config, PostgresConfig)
@@ -156,7 +157,10 @@ class PostgresConnector:
     ) -> psycopg.AsyncConnection[Any]:
         if cfg.admin:
             login = parse_value(await secrets_.get(cfg.admin), cfg.admin_user)
-            return await self._connect(cfg, login, f"{what} (admin {cfg.admin!r})")
+            try:
+                return await self._connect(cfg, login, f"{what} (admin {cfg.admin!r})")
+            except cb.PermanentError as exc:  # _connect's only permanent error: login refused
+                raise cb.ReferenceRefused(str(exc), cfg.admin) from None
         if current is None:
             raise cb.PermanentError(f"{what}: no admin credential and no current value to log in")
         return await self._connect(cfg, parse_value(current, cfg.role), f"{what} (as itself)")

@@ -226,6 +226,7 @@ class RedisConnector:
     # A value given or generated at `credential add` is made real through finish().
     publish_on_add: ClassVar[bool] = True
     config_model: ClassVar[type[cb.ConnectorConfig]] = RedisConfig
+    references: ClassVar[tuple[str, ...]] = ("admin",)
 
     def target_key(self, config: cb.ConnectorConfig) -> str:
         cfg = _cfg(config)
@@ -288,9 +289,10 @@ class RedisConnector:
             raise
         except (AuthenticationError, AuthenticationWrongNumberOfArgsError) as exc:
             if cfg.admin:
-                raise cb.PermanentError(
+                raise cb.ReferenceRefused(
                     f"{_p(what)}admin credential {cfg.admin!r} was refused by redis at "
-                    f"{cfg.where} (user {cfg.admin_user!r})"
+                    f"{cfg.where} (user {cfg.admin_user!r})",
+                    cfg.admin,
                 ) from None
             if _code(exc) == "NOAUTH":
                 raise cb.PermanentError(

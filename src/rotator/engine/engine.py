@@ -39,6 +39,7 @@ from rotator.connectors.registry import get_connector
 from rotator.domain.group import Group
 from rotator.domain.model import Credential, Stage, Tenant
 from rotator.domain.secret import Secret
+from rotator.engine import ordering
 from rotator.engine.breaker import CircuitBreaker, CircuitOpen
 from rotator.engine.types import BatchResult, Outcome, RotationRequest, RotationResult, Trigger
 from rotator.engine.writer import StoreWriter
@@ -254,6 +255,7 @@ class Engine:
         retry is audited. Permanent errors and an open breaker fail at once. On success the
         step's audit entry and ``after`` (its durable bookkeeping) commit together.
         """
+        fn = self._reread_on_refusal(ctx, fn)
         breaker = self.breaker(ctx.target)
         sem = self._target_sem(ctx.target)
         last_error = ""
@@ -416,31 +418,60 @@ class Engine:
     ) -> BatchResult:
         """Rotate every requested credential; highest priority first, bounded concurrency.
 
-        Never raises for one credential's failure: each result says what happened.
+        Credentials that reference others (an admin secret, a CA) rotate in levels: what is
+        referenced first, then its dependants, which read the new value (``engine.ordering``);
+        within a level, priority order and full concurrency. Members of a reference cycle are
+        refused. Never raises for one credential's failure: each result says what happened.
         """
         t0 = time.monotonic()
         batch_id = batch_id or str(uuid.uuid4())
-        queue: asyncio.PriorityQueue[tuple[int, int, RotationRequest]] = asyncio.PriorityQueue()
         reqs = list(requests)
-        for i, r in enumerate(reqs):
-            queue.put_nowait((r.priority, i, r))
         results: list[RotationResult] = []
         prepared: dict[tuple[str, str], _Ctx] = {}
         for i in range(0, len(reqs), 2000):
             chunk = reqs[i : i + 2000]
             prepared.update(await self._read(partial(self._load_many, reqs=chunk)))
-
-        async def worker() -> None:
-            while not queue.empty():
-                _, _, req = queue.get_nowait()
-                ctx = prepared.pop((req.tenant, req.name), None)
-                res = await self.rotate_one(req, batch_id=batch_id, prepared=ctx)
+        plan = ordering.order(
+            [(r.tenant, r.name) for r in reqs],
+            {
+                key: [(key[0], ref) for ref in cbase.references_of(ctx.impl, ctx.cfg)]
+                for key, ctx in prepared.items()
+            },
+            label={(r.tenant, r.name): r.name for r in reqs},
+        )
+        level_of = plan.level_of()
+        levels: list[list[tuple[int, int, RotationRequest]]] = [[] for _ in plan.levels]
+        for i, r in enumerate(reqs):
+            key = (r.tenant, r.name)
+            if key in plan.refused:
+                res = RotationResult(r.name, Outcome.FAILED, error=f"refused: {plan.refused[key]}")
+                refused_ctx = prepared.pop(key, None)
+                if refused_ctx is not None:
+                    await self._audit(refused_ctx, "rotation.failed", step="order", error=res.error)
                 results.append(res)
                 if progress is not None:
                     progress(res)
+            else:
+                levels[level_of[key] - 1].append((r.priority, i, r))
 
-        n = max(1, min(self.opts.concurrency, len(reqs)))
-        await asyncio.gather(*(worker() for _ in range(n)))
+        for level in levels:
+            queue: asyncio.PriorityQueue[tuple[int, int, RotationRequest]] = asyncio.PriorityQueue()
+            for item in level:
+                queue.put_nowait(item)
+
+            async def worker(
+                queue: asyncio.PriorityQueue[tuple[int, int, RotationRequest]],
+            ) -> None:
+                while not queue.empty():
+                    _, _, req = queue.get_nowait()
+                    ctx = prepared.pop((req.tenant, req.name), None)
+                    res = await self.rotate_one(req, batch_id=batch_id, prepared=ctx)
+                    results.append(res)
+                    if progress is not None:
+                        progress(res)
+
+            n = max(1, min(self.opts.concurrency, len(level)))
+            await asyncio.gather(*(worker(queue) for _ in range(n)))
         order = {r.name: i for i, r in enumerate(reqs)}
         results.sort(key=lambda r: order.get(r.name, 0))
         return BatchResult(results=results, duration_s=time.monotonic() - t0)
@@ -448,7 +479,10 @@ class Engine:
     async def rotate_one(
         self, req: RotationRequest, *, batch_id: str | None = None, prepared: _Ctx | None = None
     ) -> RotationResult:
-        """Rotate one credential. Joins a rotation of the same credential already under way."""
+        """Rotate one credential. Joins a rotation of the same credential already under way.
+
+        Does not start while a credential it references is being rotated, here or by another
+        process: waits for that rotation to end (bounded by ``join_timeout_s``; then fails)."""
         key = (req.tenant, req.name)
         if key in self._inflight:
             res = await asyncio.shield(self._inflight[key])
@@ -456,8 +490,15 @@ class Engine:
         fut: asyncio.Future[RotationResult] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            async with self._global:
-                res = await self._rotate(req, batch_id, prepared)
+            if prepared is None:
+                with contextlib.suppress(RotatorError):  # _start prepares again and reports it
+                    prepared = await self._prepare(req)
+            busy = None if prepared is None else await self._await_references(prepared)
+            if busy is not None:
+                res = RotationResult(req.name, Outcome.FAILED, error=busy)
+            else:
+                async with self._global:
+                    res = await self._rotate(req, batch_id, prepared)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved
@@ -466,6 +507,73 @@ class Engine:
             del self._inflight[key]
         fut.set_result(res)
         return res
+
+    async def _references_busy(self, ctx: _Ctx, names: Iterable[str]) -> list[str]:
+        """Which of ``names`` (credentials of ctx's tenant) a live rotation holds now. A lock
+        whose rotation's lease ran out, or whose owner died, is recovery's to resolve: not
+        worth waiting for."""
+
+        def held(conn: Connection) -> list[str]:
+            busy = []
+            for name in sorted(names):
+                cid = store_creds.credential_id(conn, ctx.tenant.id, name)
+                holder = None if cid is None else store_rot.lock_holder(conn, cid)
+                row = None if holder is None else store_rot.get_rotation(conn, holder)
+                if row is None or row.terminal or _owner_dead(row.owner):
+                    continue
+                if row.lease_expires_at is not None and row.lease_expires_at < self._now():
+                    continue
+                busy.append(name)
+            return busy
+
+        return await self._read(held)
+
+    async def _await_references(self, ctx: _Ctx) -> str | None:
+        """Wait until no credential ``ctx`` references is being rotated (by this process or
+        another), polling, at most ``join_timeout_s``; then drop the cached values of those
+        that were, so the new values are read. Returns why it gave up, or None."""
+        names = cbase.references_of(ctx.impl, ctx.cfg) - {ctx.cred.name}
+        if not names:
+            return None
+        deadline = time.monotonic() + self.opts.join_timeout_s
+        delay = 0.02
+        waited: set[str] = set()
+        while busy := await self._references_busy(ctx, names):
+            if not waited:
+                await self._audit(ctx, "rotation.wait_reference", references=busy)
+            waited.update(busy)
+            if time.monotonic() >= deadline:
+                return (
+                    f"not started: {busy[0]!r}, which it references, was still being rotated "
+                    f"after {self.opts.join_timeout_s:g}s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        for name in waited:
+            self.secrets_for(ctx.tenant.name).forget(name)
+        return None
+
+    def _reread_on_refusal(
+        self, ctx: _Ctx, fn: Callable[[], Awaitable[T]]
+    ) -> Callable[[], Awaitable[T]]:
+        """``fn`` once more when the target refused a referenced credential's value (an admin
+        login): that value may be stale (rotated elsewhere since it was read), so wait for its
+        rotation to end, drop the cached copy and read it again. Once: a second refusal is
+        final. Bounded by the step's timeout like the call itself."""
+
+        async def call() -> T:
+            try:
+                return await fn()
+            except cbase.ReferenceRefused as exc:
+                if exc.reference == ctx.cred.name:
+                    raise  # its own value: nothing newer to read
+                while await self._references_busy(ctx, [exc.reference]):
+                    await asyncio.sleep(0.05)
+                self.secrets_for(ctx.tenant.name).forget(exc.reference)
+                await self._audit(ctx, "rotation.reread_reference", reference=exc.reference)
+                return await fn()
+
+        return call
 
     async def _rotate(
         self, req: RotationRequest, batch_id: str | None, prepared: _Ctx | None = None

@@ -28,6 +28,7 @@ from rotator.domain.policy import RotationPolicy, parse_duration
 from rotator.domain.secret import Secret
 from rotator.errors import (
     AlreadyExists,
+    ConcurrentModification,
     ConnectorError,
     InvalidInput,
     NotFound,
@@ -503,6 +504,12 @@ class RotatorService:
     ) -> Credential:
         """Change connector, settings (replaced as a whole), tags (replaced), policy (merged), or
         store a new value: it becomes CURRENT and the old CURRENT becomes PREVIOUS for the grace.
+
+        A generated value is made by the connector before the store transaction opens (it may
+        read other credentials, e.g. a leaf certificate its CA, which are write transactions
+        themselves). The transaction then re-checks that the credential did not change in
+        between (no new version, no other update) and raises ConcurrentModification if it did;
+        nothing is stored then.
         """
         cred = self.show(name, principal)
         kind = connector or cred.connector
@@ -514,10 +521,21 @@ class RotatorService:
         pol = policy.apply(cred.policy)
         sink_specs = None if sinks is None else [parse_sink(x) for x in sinks]
         tenant = self._tenant(principal.tenant)
+        number = max((v.number for v in cred.versions), default=0) + 1
+        # No connector call may run inside a store write transaction: generate first.
+        new_value = self._new_value(impl, cfg, name, number, value, principal)
         now = self.clock()
         with self.db.write() as conn:
-            number = store_creds.next_version_number(conn, cred.id)
-            new_value = self._new_value(impl, cfg, name, number, value)
+            seen = store_creds.get_credential(conn, tenant.id, name, with_versions=False)
+            if (
+                seen is None
+                or seen.id != cred.id
+                or seen.updated_at != cred.updated_at
+                or store_creds.next_version_number(conn, cred.id) != number
+            ):
+                raise ConcurrentModification(
+                    f"credential {name!r} changed while the update was prepared; try again"
+                )
             last = cred.last_rotated_at or cred.created_at
             store_creds.update_credential(
                 conn,
@@ -528,7 +546,10 @@ class RotatorService:
                 policy=pol,
                 tags=tags,
                 set_next_rotation=True,
-                next_rotation_at=next_rotation_at(pol, now if new_value is not None else last),
+                next_rotation_at=earliest(
+                    next_rotation_at(pol, now if new_value is not None else last),
+                    cbase.rotation_hint(impl, cfg, new_value),
+                ),
                 last_rotated_at=now if new_value is not None else None,
                 sinks=sink_specs,
             )

@@ -25,6 +25,7 @@ from rotator.engine import (
     RotationRequest,
     RotationResult,
     Trigger,
+    ordering,
 )
 from rotator.errors import InvalidInput, NotFound
 from rotator.service.credentials import LOCAL_PRINCIPAL, Principal, RotatorService
@@ -99,24 +100,43 @@ def plan(
     emergency: bool = False,
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> list[dict[str, Any]]:
-    """What a rotation would do, in order, without doing it (``--dry-run``)."""
+    """What a rotation would do, in order, without doing it (``--dry-run``).
+
+    Each step has ``order`` (its position), ``level`` (the engine rotates level 1 first, then
+    level 2, ...: credentials referenced by others before those that reference them; see
+    ``engine.ordering``) and ``after`` (the selected credentials it references, rotated in
+    earlier levels). A member of a reference cycle has ``level`` None and ``refused`` saying
+    why; it comes last."""
     out = []
     creds = select(svc, sel, principal)
     creds.sort(key=lambda c: c.name)
-    for i, c in enumerate(creds, 1):
+    parsed = {}
+    for c in creds:
         impl = get_connector(c.connector)
-        cfg = cbase.parse_config(impl, dict(c.config))
-        out.append(
-            {
-                "order": i,
-                "name": c.name,
-                "connector": c.connector,
-                "target": impl.target_key(cfg),
-                "strategy": cbase.strategy_of(impl, cfg).value,
-                "trigger": (Trigger.EMERGENCY if emergency else Trigger.MANUAL).value,
-                "grace_s": 0 if emergency else int(c.policy.grace.total_seconds()),
-            }
-        )
+        parsed[c.name] = (impl, cbase.parse_config(impl, dict(c.config)))
+    batch = ordering.order(
+        [c.name for c in creds],
+        {n: cbase.references_of(impl, cfg) for n, (impl, cfg) in parsed.items()},
+    )
+    level_of = batch.level_of()
+    by_name = {c.name: c for c in creds}
+    ranked = sorted(creds, key=lambda c: (level_of.get(c.name, len(batch.levels) + 1), c.name))
+    for i, c in enumerate(ranked, 1):
+        impl, cfg = parsed[c.name]
+        step: dict[str, Any] = {
+            "order": i,
+            "level": level_of.get(c.name),
+            "name": c.name,
+            "connector": c.connector,
+            "target": impl.target_key(cfg),
+            "strategy": cbase.strategy_of(impl, cfg).value,
+            "trigger": (Trigger.EMERGENCY if emergency else Trigger.MANUAL).value,
+            "grace_s": 0 if emergency else int(by_name[c.name].policy.grace.total_seconds()),
+            "after": batch.after.get(c.name, []),
+        }
+        if c.name in batch.refused:
+            step["refused"] = batch.refused[c.name]
+        out.append(step)
     return out
 
 
@@ -197,6 +217,7 @@ def plan_group(
                 {
                     **steps[n],
                     "order": level_no,
+                    "level": level_no,
                     "trigger": "group" if group.all_or_nothing else steps[n]["trigger"],
                 }
             )
