@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -102,7 +101,7 @@ class Store:
 
 
 @pytest.fixture(params=["key-file", "passphrase"])
-def store(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Store:
     passphrase = f"passphrase-{uuid.uuid4().hex}" if request.param == "passphrase" else None
     settings = Settings(
         home=tmp_path / "home",
@@ -123,7 +122,7 @@ def store(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iterat
                 values[(tenant, name)] = value
     finally:
         svc.close()
-    yield Store(
+    return Store(
         settings=replace(settings, passphrase=None),
         values=values,
         passphrase=passphrase,
@@ -190,14 +189,14 @@ def test_rotate_master_killed_at_every_step_then_rerun_keeps_every_value_readabl
     for target, when in points:
         for call in range(1, 50):
             hook = {"target": target, "call": call, "when": when, "action": "kill"}
-            code, err = finish(store.start(hook), f"{target} {when} #{call}", store)
+            code, _ = finish(store.start(hook), f"{target} {when} #{call}", store)
             if code == 0:  # fewer than `call` calls: this run rotated to the end
                 store.rotated()
                 store.assert_every_value_readable_with_the_final_key()
                 break
             assert code == -signal.SIGKILL, "\n".join(store.runs)
             kills += 1
-            code, err = finish(store.start(), f"rerun after {target} {when} #{call}", store)
+            code, _ = finish(store.start(), f"rerun after {target} {when} #{call}", store)
             assert code == 0, "\n".join(store.runs)
             store.rotated()
             store.assert_every_value_readable_with_the_final_key()
