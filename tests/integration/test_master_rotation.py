@@ -24,6 +24,7 @@ import pytest
 from rotator import crypto
 from rotator.config import Settings
 from rotator.domain.secret import Secret
+from rotator.errors import ConcurrentModification
 from rotator.service import Principal, RotatorService, ValueInput
 from rotator.store import keys as store_keys
 
@@ -203,3 +204,58 @@ def test_rotate_master_killed_at_every_step_then_rerun_keeps_every_value_readabl
         else:
             pytest.fail(f"{target} was called more than 49 times")
     assert kills >= len(points), "some kill points were never reached"
+
+
+def opened(store: Store, *, rotating: bool = False) -> RotatorService:
+    """An in-process service holding the keys the store has now."""
+    settings = store.settings
+    if store.passphrase is not None:
+        assert store.next_passphrase is not None
+        settings = replace(
+            settings,
+            passphrase=Secret(store.passphrase),
+            new_passphrase=Secret(store.next_passphrase) if rotating else None,
+        )
+    return RotatorService.open(settings)
+
+
+def test_process_that_loaded_keys_before_a_master_rotation_cannot_make_a_data_key_under_the_old_key(
+    store: Store,
+) -> None:
+    """Its new tenant's data key would be wrapped by a key the store no longer keeps."""
+    stale = opened(store)
+    try:
+        code, _ = finish(store.start(), "rotate-master", store)
+        assert code == 0, "\n".join(store.runs)
+        store.rotated()
+        with pytest.raises(ConcurrentModification, match="master key was rotated"):
+            stale.add_credential(
+                "late/one", "local", value=ValueInput(value=Secret("late-value")),
+                principal=Principal(tenant="late"),
+            )  # fmt: skip
+    finally:
+        stale.close()
+    store.assert_every_value_readable_with_the_final_key()
+
+
+def test_data_key_made_during_a_master_rotation_is_rewrapped_before_the_swap(
+    store: Store,
+) -> None:
+    stale = opened(store)
+    rotating = opened(store, rotating=True)
+
+    def meanwhile(done: int, total: int) -> None:
+        if done == total:  # every data key known at the start is re-wrapped already
+            stale.add_credential(
+                "late/one", "local", value=ValueInput(value=Secret("late-value")),
+                principal=Principal(tenant="late"),
+            )  # fmt: skip
+
+    try:
+        rotating.rotate_master_key(progress=meanwhile)
+    finally:
+        stale.close()
+        rotating.close()
+    store.values[("late", "late/one")] = "late-value"
+    store.rotated()
+    store.assert_every_value_readable_with_the_final_key()

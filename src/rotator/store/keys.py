@@ -66,8 +66,10 @@ def finish_master_rotation(conn: Connection, expect_master_id: str, expect_next_
 
 def lock_data_keys(conn: Connection) -> None:
     """Block new data keys until this transaction ends (PostgreSQL; SQLite's write
-    transaction does so already), so a check of every data key stays true until commit."""
+    transaction does so already), so a check of every data key stays true until commit.
+    Takes the ``master`` row first, in the order reserve_data_key does (no deadlock)."""
     if conn.dialect.name == "postgresql":
+        get_meta_for_update(conn, "master")
         conn.exec_driver_sql(f"LOCK TABLE {data_keys.name} IN EXCLUSIVE MODE")
 
 
@@ -83,7 +85,23 @@ def insert_tenant(conn: Connection, name: str, now: datetime) -> Tenant:
 
 
 def reserve_data_key(conn: Connection, tenant_id: int, master_key_id: str, now: datetime) -> int:
-    """Insert a data-key row with a placeholder and return its id (the id is part of the AAD)."""
+    """Insert a data-key row with a placeholder and return its id (the id is part of the AAD).
+
+    ConcurrentModification if ``master_key_id`` is neither the store's master key nor the one
+    a rotation is moving to: a process that loaded its keys before a master-key rotation
+    finished must not wrap a new data key under a key the store no longer keeps.
+    """
+    # FOR SHARE: waits for a rotation's final swap (which holds the row FOR UPDATE) and then
+    # sees its result, so no data key slips in under the old key after the swap.
+    master = conn.execute(
+        select(meta.c.value).where(meta.c.key == "master").with_for_update(read=True)
+    ).scalar_one_or_none()
+    nxt = get_meta(conn, "master_next")
+    known = {m["id"] for m in (master, nxt) if m is not None}
+    if master is not None and master_key_id not in known:
+        raise ConcurrentModification(
+            "the master key was rotated since this process loaded it: run the command again"
+        )
     res = conn.execute(
         insert(data_keys).values(
             tenant_id=tenant_id, wrapped=b"", master_key_id=master_key_id, created_at=now
