@@ -20,7 +20,7 @@ every call sleeps ``--latency-ms``), on SQLite and/or a throwaway PostgreSQL 15:
 4. peak RSS (``--db both`` runs each database in its own child process).
 
     python -m bench.engine_bench [--n 1000] [--latency-ms 20] [--db sqlite|postgresql|both]
-        [--only throughput,initiation,overhead] [--profile]
+        [--only throughput,initiation,overhead] [--profile] [--sqlite-synchronous NORMAL|FULL]
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from rotator.domain.secret import Secret  # noqa: E402
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest  # noqa: E402
 from rotator.engine.types import BatchResult, RotationResult  # noqa: E402
 from rotator.service import RotatorService, ValueInput  # noqa: E402
+from rotator.store import db as store_db  # noqa: E402
 
 SEQUENTIAL = EngineOptions(concurrency=1, per_target=1)
 CONCURRENT = EngineOptions(concurrency=64, per_target=64)
@@ -443,6 +444,10 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
             url = pg.create_database("rotator_engine_bench")
             info.update(pg.settings("fsync", "synchronous_commit"))
         svc, _ = RotatorService.init(Settings(home=home, db_url=url))
+        if kind == "sqlite":
+            with svc.db.read() as conn:
+                sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            info["sqlite synchronous"] = {1: "NORMAL", 2: "FULL"}.get(int(sync or 0), str(sync))
         print(f"[{kind}] fill", flush=True)
         with timed() as t:
             sets = fill(svc, args)
@@ -511,7 +516,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-top", type=int, default=20)
     ap.add_argument("--json", type=Path, help="write results as JSON here")
     ap.add_argument("--no-machine", action="store_true", help="do not print machine info")
+    ap.add_argument(
+        "--sqlite-synchronous",
+        choices=["NORMAL", "FULL"],
+        default="FULL",
+        help="SQLite PRAGMA synchronous for the store (rotator uses FULL; NORMAL to compare)",
+    )
     args = ap.parse_args(argv)
+    store_db.SQLITE_SYNCHRONOUS = args.sqlite_synchronous
     unknown = set(args.only) - set(SCENARIOS)
     if unknown:
         ap.error(f"--only: unknown {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")

@@ -61,6 +61,7 @@ from rotator.domain.policy import RotationPolicy
 from rotator.domain.secret import Secret
 from rotator.service import PolicyInput, RotatorService, ValueInput
 from rotator.store import credentials as store_creds
+from rotator.store import db as store_db
 from rotator.store import keys as store_keys
 from rotator.store.schema import audit_head, audit_log, credential_tags, credentials, versions
 
@@ -589,7 +590,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-top", type=int, default=15)
     ap.add_argument("--json", type=Path, help="write results as JSON here")
     ap.add_argument("--no-machine", action="store_true", help="do not print machine info")
+    ap.add_argument(
+        "--sqlite-synchronous",
+        choices=["NORMAL", "FULL"],
+        default="FULL",
+        help="SQLite PRAGMA synchronous for the store (rotator uses FULL; NORMAL to compare)",
+    )
     args = ap.parse_args(argv)
+    store_db.SQLITE_SYNCHRONOUS = args.sqlite_synchronous
     exit_on_sigterm()
     if not args.no_machine:
         print_machine_info()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rotator.domain.secret import Secret
+from rotator.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,13 +18,16 @@ class Settings:
     ``ROTATOR_HOME`` (default ``~/.local/share/rotator``) holds ``rotator.db`` and
     ``master.key``; ``ROTATOR_DB`` overrides the database URL; ``ROTATOR_PASSPHRASE`` replaces
     the key file with a scrypt-derived key; ``ROTATOR_NEW_PASSPHRASE`` is the new passphrase
-    for ``rotator keys rotate-master`` in passphrase mode.
+    for ``rotator keys rotate-master`` in passphrase mode. ``ROTATOR_SCRYPT_N`` (a power of two,
+    2^15 to 2^20) sets the scrypt cost of passphrase parameters made from now on (by ``init``
+    and ``keys rotate-master``); stored parameters keep their own.
     """
 
     home: Path
     db_url: str
     passphrase: Secret | None = None
     new_passphrase: Secret | None = None
+    scrypt_n: int | None = None
 
     @property
     def key_file(self) -> Path:
@@ -45,4 +49,21 @@ class Settings:
             db_url=db_url,
             passphrase=Secret(pw) if pw else None,
             new_passphrase=Secret(new_pw) if new_pw else None,
+            scrypt_n=_scrypt_n(env.get("ROTATOR_SCRYPT_N")),
         )
+
+
+def _scrypt_n(text: str | None) -> int | None:
+    from rotator.crypto.keys import MAX_SCRYPT_N, MIN_SCRYPT_N
+
+    if not text:
+        return None
+    low, high = MIN_SCRYPT_N.bit_length() - 1, MAX_SCRYPT_N.bit_length() - 1
+    bad = ConfigError(f"ROTATOR_SCRYPT_N must be a power of two from 2^{low} to 2^{high}")
+    try:
+        n = int(text) if len(text) <= 20 else 0  # no int() of a million digits
+    except ValueError:
+        raise bad from None
+    if not (MIN_SCRYPT_N <= n <= MAX_SCRYPT_N and n & (n - 1) == 0):
+        raise bad
+    return n

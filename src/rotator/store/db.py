@@ -7,6 +7,8 @@ driver exceptions. URLs are shown with the password hidden.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration. Kept here so ordinary commands need not import alembic (a quarter
 # second per CLI call); tests/integration/test_store.py checks it matches the scripts.
 HEAD_REVISION = "0004"
+# FULL: a commit is on disk (the WAL fsynced) before it returns. A rotation's intent must
+# survive a power loss before the target is touched; with NORMAL the last commits may vanish.
+# Only the benchmarks change this (bench/engine_bench.py --sqlite-synchronous).
+SQLITE_SYNCHRONOUS = "FULL"
 
 
 def normalize_url(url: str) -> str:
@@ -96,6 +102,62 @@ class Database:
         """A read-only (by convention) transaction."""
         with self._translate(), self.engine.connect() as conn, conn.begin():
             yield conn
+
+    @contextlib.contextmanager
+    def exclusive_lock(self, name: str, busy: str) -> Iterator[None]:
+        """Hold the lock ``name`` on this database for the block: one process at a time.
+
+        Never waits: raises ConcurrentModification(``busy``) at once when another process holds
+        it. The lock is released when the block ends or the process dies (also by SIGKILL).
+        SQLite: ``flock`` on ``<database file>.<name>.lock`` (a SQLite store is always local);
+        PostgreSQL: a session-level advisory lock on a connection of its own, kept out of the
+        pool. An in-memory SQLite database has one process by definition: no lock.
+        """
+        if self.dialect == "sqlite":
+            with self._file_lock(name, busy):
+                yield
+            return
+        key = int.from_bytes(
+            hashlib.sha256(f"rotator:{name}".encode()).digest()[:8], "big", signed=True
+        )
+        with self._translate():
+            conn = self.engine.connect()
+        try:
+            with self._translate():
+                got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+                conn.commit()
+            if not got:
+                raise ConcurrentModification(busy)
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+                except SQLAlchemyError:
+                    # The session is gone, and its lock with it; never pool this connection.
+                    conn.invalidate()
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _file_lock(self, name: str, busy: str) -> Iterator[None]:
+        if self.sqlite_path is None:
+            yield
+            return
+        path = self.sqlite_path.with_name(f"{self.sqlite_path.name}.{name}.lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open lock file {path}: {exc.strerror}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConcurrentModification(busy) from None
+            yield  # the file stays: removing it would let two processes lock two inodes
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _translate(self) -> Iterator[None]:
@@ -180,7 +242,7 @@ def _setup_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()

@@ -29,6 +29,50 @@ def delete_meta(conn: Connection, key: str) -> None:
     conn.execute(delete(meta).where(meta.c.key == key))
 
 
+def get_meta_for_update(conn: Connection, key: str) -> Any:
+    """Like get_meta, but the row stays locked until the transaction ends (PostgreSQL; on
+    SQLite the write transaction holds the whole database already)."""
+    return conn.execute(
+        select(meta.c.value).where(meta.c.key == key).with_for_update()
+    ).scalar_one_or_none()
+
+
+def begin_master_rotation(conn: Connection, expect_master_id: str, entry: dict[str, Any]) -> None:
+    """Record ``entry`` as ``master_next``, only if ``master`` is still ``expect_master_id``
+    and no other rotation recorded its own next key: ConcurrentModification otherwise. Never
+    overwrites a stored entry (it may hold the only copy of a passphrase's salt)."""
+    master = get_meta_for_update(conn, "master")
+    if master is None or master.get("id") != expect_master_id:
+        raise ConcurrentModification("the master key changed while this rotation was starting")
+    if get_meta_for_update(conn, "master_next") is not None:
+        raise ConcurrentModification("another master-key rotation recorded its new key")
+    conn.execute(insert(meta).values(key="master_next", value=entry))
+
+
+def finish_master_rotation(conn: Connection, expect_master_id: str, expect_next_id: str) -> None:
+    """Compare-and-swap: make ``master_next`` the ``master``, only if ``master`` is still
+    ``expect_master_id`` and ``master_next`` is ``expect_next_id``; ConcurrentModification
+    otherwise (nothing changed). The old entry is replaced only by a committed new one."""
+    master = get_meta_for_update(conn, "master")
+    nxt = get_meta_for_update(conn, "master_next")
+    if master is None or master.get("id") != expect_master_id:
+        raise ConcurrentModification("the master key changed while this rotation ran")
+    if nxt is None or nxt.get("id") != expect_next_id:
+        raise ConcurrentModification("the master-key rotation in the store is not this one")
+    conn.execute(update(meta).where(meta.c.key == "master").values(value=nxt))
+    if conn.execute(delete(meta).where(meta.c.key == "master_next")).rowcount != 1:
+        raise ConcurrentModification("the master-key rotation in the store is not this one")
+
+
+def lock_data_keys(conn: Connection) -> None:
+    """Block new data keys until this transaction ends (PostgreSQL; SQLite's write
+    transaction does so already), so a check of every data key stays true until commit.
+    Takes the ``master`` row first, in the order reserve_data_key does (no deadlock)."""
+    if conn.dialect.name == "postgresql":
+        get_meta_for_update(conn, "master")
+        conn.exec_driver_sql(f"LOCK TABLE {data_keys.name} IN EXCLUSIVE MODE")
+
+
 def get_tenant(conn: Connection, name: str) -> Tenant | None:
     row = conn.execute(select(tenants).where(tenants.c.name == name)).first()
     return None if row is None else Tenant(id=row.id, name=row.name, created_at=row.created_at)
@@ -41,7 +85,23 @@ def insert_tenant(conn: Connection, name: str, now: datetime) -> Tenant:
 
 
 def reserve_data_key(conn: Connection, tenant_id: int, master_key_id: str, now: datetime) -> int:
-    """Insert a data-key row with a placeholder and return its id (the id is part of the AAD)."""
+    """Insert a data-key row with a placeholder and return its id (the id is part of the AAD).
+
+    ConcurrentModification if ``master_key_id`` is neither the store's master key nor the one
+    a rotation is moving to: a process that loaded its keys before a master-key rotation
+    finished must not wrap a new data key under a key the store no longer keeps.
+    """
+    # FOR SHARE: waits for a rotation's final swap (which holds the row FOR UPDATE) and then
+    # sees its result, so no data key slips in under the old key after the swap.
+    master = conn.execute(
+        select(meta.c.value).where(meta.c.key == "master").with_for_update(read=True)
+    ).scalar_one_or_none()
+    nxt = get_meta(conn, "master_next")
+    known = {m["id"] for m in (master, nxt) if m is not None}
+    if master is not None and master_key_id not in known:
+        raise ConcurrentModification(
+            "the master key was rotated since this process loaded it: run the command again"
+        )
     res = conn.execute(
         insert(data_keys).values(
             tenant_id=tenant_id, wrapped=b"", master_key_id=master_key_id, created_at=now
