@@ -356,3 +356,167 @@ def test_zero_downtime_alternating_under_50_rotations(
     asyncio.run(revoke())
     assert not can_login(pg_target, *previous), "after the grace the old login is refused"
     assert can_login(pg_target, *login_of(svc, "pg/app"))
+
+
+# ------------------------------------------------------------- hostile values and servers
+
+
+def test_first_value_naming_the_superuser_is_refused_at_add(
+    svc: RotatorService, pg_target: PgTarget, role: Role
+) -> None:
+    svc.add_credential("pg/admin", "local", value=ValueInput(value=Secret(pg_target.password)))
+    crafted = json.dumps({"username": pg_target.superuser, "password": pg_target.password})
+    settings = {"host": pg_target.host, "port": str(pg_target.port), "role": role.name}
+    with pytest.raises(InvalidInput, match="names role 'postgres'") as err:
+        svc.add_credential(
+            "pg/app",
+            "postgres",
+            settings={**settings, "admin": "pg/admin"},
+            value=ValueInput(value=Secret(crafted)),
+        )
+    assert pg_target.password not in str(err.value)
+    assert [c.name for c in svc.list_credentials()] == ["pg/admin"]
+
+
+@pytest.mark.parametrize("emergency", [False, True], ids=["manual", "emergency"])
+def test_stored_value_naming_the_superuser_never_changes_its_password(
+    svc: RotatorService, pg_target: PgTarget, role: Role, emergency: bool
+) -> None:
+    """The value got in another way (added under another connector, then switched): the
+    rotation is refused before any login, and the superuser still logs in."""
+    svc.add_credential("pg/admin", "local", value=ValueInput(value=Secret(pg_target.password)))
+    crafted = json.dumps({"username": pg_target.superuser, "password": pg_target.password})
+    svc.add_credential("pg/app", "local", value=ValueInput(value=Secret(crafted)))
+    svc.update_credential(
+        "pg/app",
+        connector="postgres",
+        settings={
+            "host": pg_target.host,
+            "port": str(pg_target.port),
+            "role": role.name,
+            "admin": "pg/admin",
+        },
+    )
+    req = (
+        RotationRequest("pg/app", trigger=Trigger.EMERGENCY, grace_s=0)
+        if emergency
+        else RotationRequest("pg/app")
+    )
+    data = rotate(svc, req).to_json()
+    assert [f["name"] for f in data["failed"]] == ["pg/app"], data
+    assert "names role 'postgres'" in data["failed"][0]["error"]
+    assert pg_target.password not in json.dumps(data)
+    assert can_login(pg_target, pg_target.superuser, pg_target.password)
+    assert can_login(pg_target, role.name, role.password), "the configured role is untouched"
+
+
+@dataclass
+class FakeServer:
+    """What a fake PostgreSQL server on loopback received from one client."""
+
+    port: int
+    received: bytearray
+
+
+SSL_REQUEST, GSSENC_REQUEST = 80877103, 80877104
+AUTH_CLEARTEXT = b"R" + (8).to_bytes(4, "big") + (3).to_bytes(4, "big")
+
+
+async def fake_pg_server(ready: asyncio.Future[FakeServer], done: asyncio.Event) -> None:
+    """Speaks just enough of the PostgreSQL startup protocol to impersonate a server: refuses
+    TLS and GSS encryption, then asks for the password in clear text and records every byte
+    the client sends (until it hangs up)."""
+    received = bytearray()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(4)
+                body = await reader.readexactly(int.from_bytes(head, "big") - 4)
+                received.extend(head + body)
+                if int.from_bytes(body[:4], "big") in (SSL_REQUEST, GSSENC_REQUEST):
+                    writer.write(b"N")
+                    await writer.drain()
+                    continue
+                writer.write(AUTH_CLEARTEXT)  # the startup message: ask for the password
+                await writer.drain()
+                break
+            async with asyncio.timeout(5):
+                while chunk := await reader.read(4096):
+                    received.extend(chunk)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+            done.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        ready.set_result(FakeServer(server.sockets[0].getsockname()[1], received))
+        await asyncio.Event().wait()
+
+
+async def login_to_fake_server(**settings: str) -> tuple[Exception | None, bytes, str]:
+    """The connector's test step against the fake server: (error, bytes received, password)."""
+    password = "never-send-me-" + uuid.uuid4().hex
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[FakeServer] = loop.create_future()
+    done = asyncio.Event()
+    task = asyncio.create_task(fake_pg_server(ready, done))
+    fake = await ready
+    cfg = PostgresConfig(host="127.0.0.1", port=fake.port, role="app", **settings)  # type: ignore[arg-type]
+    pending = Secret(json.dumps({"username": "app", "password": password}))
+    error: Exception | None = None
+    try:
+        await PostgresConnector().test(cb.TestRequest("pg/app", 2, cfg, pending))
+    except Exception as exc:
+        error = exc
+    async with asyncio.timeout(10):
+        await done.wait()
+    task.cancel()
+    return error, bytes(fake.received), password
+
+
+def test_impostor_asking_for_a_cleartext_password_gets_nothing() -> None:
+    error, received, password = asyncio.run(login_to_fake_server())
+    assert isinstance(error, cb.PermanentError), error
+    assert "require_auth" in str(error)
+    assert b"user\x00app\x00" in received, "the fake server saw the startup message"
+    assert password.encode() not in received
+    assert password not in str(error)
+
+
+def test_require_auth_opt_out_is_what_lets_a_cleartext_server_have_the_password() -> None:
+    """The documented opt-out for md5/password-only servers really changes the behaviour (so
+    the default above is what protects)."""
+    _error, received, password = asyncio.run(login_to_fake_server(require_auth="password"))
+    assert password.encode() in received
+
+
+def test_verify_full_refuses_a_server_without_tls_before_sending_anything(
+    tmp_path: Any,
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used: the server never offers TLS\n")
+    error, received, password = asyncio.run(
+        login_to_fake_server(sslmode="verify-full", sslrootcert=str(ca))
+    )
+    assert isinstance(error, cb.PermanentError), error
+    assert "verify-full" in str(error)
+    assert b"user\x00" not in received, "no startup message may go out without TLS"
+    assert password.encode() not in received
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"require_auth": "plaintext"},
+        {"require_auth": "scram-sha-256;md5"},
+        {"sslrootcert": "relative/ca.pem"},
+    ],
+)
+def test_bad_tls_and_auth_settings_are_input_errors(
+    svc: RotatorService, bad: dict[str, str]
+) -> None:
+    with pytest.raises(InvalidInput):
+        svc.add_credential("pg/x", "postgres", settings={"role": "r", **bad})

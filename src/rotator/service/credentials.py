@@ -307,6 +307,8 @@ class RotatorService:
         with self.db.read() as conn:
             if store_creds.credential_id(conn, tenant.id, name) is not None:
                 raise AlreadyExists(f"credential {name!r} exists already")
+        if value.value is not None:
+            cbase.check_value(conn_impl, cfg, value.value)
         first = self._new_value(conn_impl, cfg, name, 1, value, principal)
         if verify:
             self.verify_target(conn_impl, cfg, name, first, principal, generated=value.generate)
@@ -513,6 +515,8 @@ class RotatorService:
         cfg = cbase.parse_config(impl, new_settings)
         pol = policy.apply(cred.policy)
         sink_specs = None if sinks is None else [parse_sink(x) for x in sinks]
+        if value.value is not None:
+            cbase.check_value(impl, cfg, value.value)
         tenant = self._tenant(principal.tenant)
         now = self.clock()
         with self.db.write() as conn:
