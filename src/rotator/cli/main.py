@@ -654,12 +654,13 @@ def main(argv: list[str] | None = None) -> int:
         # The last resort: a defect must not show a user a traceback (whose messages may quote
         # a value). One line here; the stack, without any exception's message, goes to the
         # debug log, which exists only with ROTATOR_DEBUG set.
-        _log_internal_error(exc)
         print(
             f"rotator: error: internal error ({type(exc).__name__}); details in the debug log "
             "(set ROTATOR_DEBUG=1)",
             file=sys.stderr,
+            flush=True,
         )
+        _log_internal_error(exc)
         return 1
     return 0
 

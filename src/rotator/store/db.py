@@ -70,6 +70,13 @@ class Database:
             # ValueError: a malformed port. Neither the URL (it may hold a password) nor the
             # parser's exception (which quotes parts of it) is shown or chained.
             raise InvalidInput(f"ROTATOR_DB is not a database URL: {redact_url(url)!r}") from None
+        if "@" in (parsed.host or "") or not 0 <= (parsed.port or 0) <= 65535:
+            # An unencoded "@" in a password makes the rest of it look like the host name:
+            # refuse before that "host" is shown anywhere.
+            raise InvalidInput(
+                f"ROTATOR_DB is not a database URL: {redact_url(url)!r} (percent-encode "
+                "@, : and / in a user name or password; a port is 0-65535)"
+            )
         self.safe_url = parsed.render_as_string(hide_password=True)
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {}
