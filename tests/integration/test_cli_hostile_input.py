@@ -120,6 +120,31 @@ def test_unusable_value_that_reached_a_postgres_credential_fails_its_rotation_cl
     assert "\ufffd" not in result.out + result.err
 
 
+@pytest.mark.parametrize("command", ["add", "update"])
+def test_sink_onto_rotator_home_is_bad_input(store: Store, command: str) -> None:
+    before = store.snapshot()
+    sink = f"file:path={store.home}/master.key,format=raw"
+    args = (
+        ["credential", "add", "new/one", "-c", "local", "--generate", "--sink", sink]
+        if command == "add"
+        else ["credential", "update", SEEDED, "--sink", sink]
+    )
+    result = run_cli(args, store.env)
+    assert_bad_input(result, "--sink", "master.key", "inside rotator's own")
+    store.assert_unchanged(before)
+
+
+@pytest.mark.parametrize("mode", ["0666", "0620", "0602", "u+rw"])
+def test_sink_mode_that_others_may_write_is_bad_input(
+    store: Store, tmp_path: Path, mode: str
+) -> None:
+    before = store.snapshot()
+    sink = f"file:path={tmp_path}/app.env,format=dotenv,mode={mode}"
+    result = run_cli(["credential", "update", SEEDED, "--sink", sink], store.env)
+    assert_bad_input(result, "mode")
+    store.assert_unchanged(before)
+
+
 # ------------------------------------------------------------------------------ environment
 
 
