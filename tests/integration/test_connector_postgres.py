@@ -456,8 +456,10 @@ async def fake_pg_server(ready: asyncio.Future[FakeServer], done: asyncio.Event)
         await asyncio.Event().wait()
 
 
-async def login_to_fake_server(**settings: str) -> tuple[Exception | None, bytes, str]:
-    """The connector's test step against the fake server: (error, bytes received, password)."""
+async def login_to_fake_server(
+    step: str = "test", **settings: str
+) -> tuple[Exception | None, bytes, str]:
+    """A connector step against the fake server: (error, bytes received, password)."""
     password = "never-send-me-" + uuid.uuid4().hex
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[FakeServer] = loop.create_future()
@@ -468,7 +470,10 @@ async def login_to_fake_server(**settings: str) -> tuple[Exception | None, bytes
     pending = Secret(json.dumps({"username": "app", "password": password}))
     error: Exception | None = None
     try:
-        await PostgresConnector().test(cb.TestRequest("pg/app", 2, cfg, pending))
+        if step == "test":
+            await PostgresConnector().test(cb.TestRequest("pg/app", 2, cfg, pending))
+        else:  # revoke first checks whether the old value still logs in
+            await PostgresConnector().revoke(cb.RevokeRequest("pg/app", 1, cfg, pending))
     except Exception as exc:
         error = exc
     async with asyncio.timeout(10):
@@ -477,8 +482,10 @@ async def login_to_fake_server(**settings: str) -> tuple[Exception | None, bytes
     return error, bytes(fake.received), password
 
 
-def test_impostor_asking_for_a_cleartext_password_gets_nothing() -> None:
-    error, received, password = asyncio.run(login_to_fake_server())
+@pytest.mark.parametrize("step", ["test", "revoke"])
+def test_impostor_asking_for_a_cleartext_password_gets_nothing(step: str) -> None:
+    """Also not taken for "the old value no longer logs in" by revoke: it fails loudly."""
+    error, received, password = asyncio.run(login_to_fake_server(step))
     assert isinstance(error, cb.PermanentError), error
     assert "require_auth" in str(error)
     assert b"user\x00app\x00" in received, "the fake server saw the startup message"

@@ -25,7 +25,9 @@ a position on the network, with the default ``sslmode=prefer``) cannot ask for t
 clear text or as an MD5 challenge, cannot accept the login without authentication, and so
 never receives a password or a verifier. Servers that still use ``md5`` or ``password``
 authentication need the documented opt-out ``require_auth=md5`` (or a libpq list such as
-``scram-sha-256,md5``). Across untrusted networks use ``sslmode=verify-full`` with
+``scram-sha-256,md5``); ``require_auth=`` (empty) accepts whatever the server asks, as libpq
+does by default, and is the only way to run with a libpq older than 16 (otherwise refused).
+Across untrusted networks use ``sslmode=verify-full`` with
 ``sslrootcert`` naming the CA file (or ``system``): then the server's name is checked too.
 
 Passwords reach the server only as SCRAM-SHA-256 verifiers, computed by libpq itself
@@ -52,6 +54,7 @@ from rotator.domain.secret import Secret
 
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_.~"
 AUTH_FAILED = ("28P01", "28000")
+LIBPQ_REQUIRE_AUTH = 160000  # the first libpq with the require_auth connection parameter
 _AUTH_METHOD = r"!?(?:password|md5|gss|sspi|scram-sha-256|none)"
 _REQUIRE_AUTH = re.compile(rf"{_AUTH_METHOD}(?:,{_AUTH_METHOD})*")
 
@@ -61,7 +64,8 @@ class PostgresConfig(cb.ConnectorConfig):
     (default ROLE_clone), ``admin`` (credential holding the admin password; empty: the role
     logs in as itself), ``admin_user``, ``sslmode`` (default prefer), ``sslrootcert`` (CA file
     for verify-ca/verify-full, or ``system``), ``require_auth`` (libpq's; default
-    scram-sha-256, see the module docstring), ``connect_timeout_s``, ``password_length``."""
+    scram-sha-256; empty: any, see the module docstring), ``connect_timeout_s``,
+    ``password_length``."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=5432, ge=1, le=65535)
@@ -81,7 +85,7 @@ class PostgresConfig(cb.ConnectorConfig):
     @classmethod
     def _check_require_auth(cls, v: str) -> str:
         v = v.strip().lower()
-        if not _REQUIRE_AUTH.fullmatch(v):
+        if v and not _REQUIRE_AUTH.fullmatch(v):
             raise ValueError(
                 "require_auth must be libpq auth methods like scram-sha-256 or scram-sha-256,md5"
             )
@@ -108,6 +112,10 @@ class PostgresConfig(cb.ConnectorConfig):
     @property
     def clone_name(self) -> str:
         return self.clone or f"{self.role}_clone"
+
+
+class LoginRefused(cb.PermanentError):
+    """The server refused a login's password (as opposed to failing to authenticate itself)."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +197,15 @@ class PostgresConnector:
     async def _connect(
         self, cfg: PostgresConfig, login: Login, what: str
     ) -> psycopg.AsyncConnection[Any]:
-        tls: dict[str, Any] = {"sslrootcert": cfg.sslrootcert} if cfg.sslrootcert else {}
+        extra: dict[str, Any] = {"sslrootcert": cfg.sslrootcert} if cfg.sslrootcert else {}
+        if cfg.require_auth:
+            if psycopg.pq.version() < LIBPQ_REQUIRE_AUTH:
+                raise cb.PermanentError(
+                    f"{what}: libpq {psycopg.pq.version()} cannot enforce require_auth (needs "
+                    "libpq 16; psycopg[binary] bundles one), and rotator will not log in "
+                    "without it; set require_auth= (empty) to accept any method"
+                )
+            extra["require_auth"] = cfg.require_auth
         try:
             return await psycopg.AsyncConnection.connect(
                 host=cfg.host,
@@ -198,10 +214,9 @@ class PostgresConnector:
                 user=login.username,
                 password=login.password,
                 sslmode=cfg.sslmode,
-                require_auth=cfg.require_auth,
                 connect_timeout=cfg.connect_timeout_s,
                 autocommit=True,
-                **tls,
+                **extra,
             )
         except psycopg.OperationalError as exc:
             text = str(exc)
@@ -220,7 +235,7 @@ class PostgresConnector:
                     f"sslmode={cfg.sslmode}"
                 ) from None
             if exc.sqlstate in AUTH_FAILED or "authentication failed" in text:
-                raise cb.PermanentError(
+                raise LoginRefused(
                     f"{what}: postgres at {cfg.host}:{cfg.port} refused the login of "
                     f"{login.username!r}"
                 ) from None
@@ -229,9 +244,11 @@ class PostgresConnector:
             ) from None
 
     async def _can_login(self, cfg: PostgresConfig, login: Login) -> bool:
+        """Whether the server accepts ``login``. Only a refused password is False: a server
+        that fails require_auth or the TLS check raises (it proves nothing either way)."""
         try:
             conn = await self._connect(cfg, login, "login")
-        except cb.PermanentError:
+        except LoginRefused:
             return False
         await conn.close()
         return True
