@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from psycopg import sql
+from tests.conftest import LOOPBACK, PG_SUPERUSER, PgTarget, _PgCluster, _running
 
 from rotator.connectors import base as cb
 from rotator.connectors.postgres import PostgresConfig, PostgresConnector, parse_value
@@ -21,9 +31,6 @@ from rotator.domain.secret import Secret
 from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest, Trigger
 from rotator.errors import InvalidInput, NotFound, VerificationFailed
 from rotator.service import PolicyInput, RotatorService, ValueInput
-
-if TYPE_CHECKING:
-    from tests.conftest import PgTarget
 
 FAST = EngineOptions(retry_attempts=2, retry_initial_s=0.01, retry_max_s=0.05)
 
@@ -527,3 +534,107 @@ def test_bad_tls_and_auth_settings_are_input_errors(
 ) -> None:
     with pytest.raises(InvalidInput):
         svc.add_credential("pg/x", "postgres", settings={"role": "r", **bad})
+
+
+# --------------------------------------------------------------- TLS with verify-full
+
+
+def _cert(
+    name: str, issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A CA (no issuer) or a server certificate for 127.0.0.1 signed by ``issuer``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer[1].subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+    )
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), False
+        )
+    return key, builder.sign(issuer[0] if issuer else key, hashes.SHA256())
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class _TlsPgCluster(_PgCluster):
+    """A password-checking (SCRAM) cluster that also speaks TLS with the given certificate."""
+
+    def __init__(self, base: Path, password: str, cert_pem: bytes, key_pem: bytes) -> None:
+        super().__init__(base, "scram-sha-256", password)
+        self.tls_files = {"server.crt": (cert_pem, 0o644), "server.key": (key_pem, 0o600)}
+
+    def init(self) -> None:
+        super().init()
+        for name, (data, mode) in self.tls_files.items():
+            path = self.data / name
+            path.write_bytes(data)
+            path.chmod(mode)
+            if self.as_root:
+                shutil.chown(path, user=PG_SUPERUSER, group=None)
+
+    def configure(self, port: int) -> None:
+        super().configure(port)
+        with (self.data / "postgresql.auto.conf").open("a") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+
+
+@dataclass(frozen=True)
+class TlsTarget:
+    target: PgTarget
+    ca_file: str  # the CA that signed the server's certificate
+    other_ca_file: str  # a CA that did not
+
+
+@pytest.fixture(scope="module")
+def tls_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsTarget]:
+    """A PostgreSQL 15 with TLS (a certificate for 127.0.0.1 from a test CA) and SCRAM."""
+    ca = _cert("rotator test CA")
+    server_key, server_cert = _cert("127.0.0.1", issuer=ca)
+    other_ca = _cert("some other CA")
+    files = tmp_path_factory.mktemp("tls")
+    (files / "ca.pem").write_bytes(_pem(ca[1]))
+    (files / "other-ca.pem").write_bytes(_pem(other_ca[1]))
+    password = "pg-admin-" + uuid.uuid4().hex
+    key_pem = server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    base = Path(tempfile.mkdtemp(prefix="rotator-pgtls-"))
+    cluster = _TlsPgCluster(base, password, _pem(server_cert), key_pem)
+    with _running(cluster) as port:
+        target = PgTarget(LOOPBACK, port, PG_SUPERUSER, password)
+        yield TlsTarget(target, str(files / "ca.pem"), str(files / "other-ca.pem"))
+
+
+def test_verify_full_logs_in_over_tls_with_the_right_ca_only(tls_target: TlsTarget) -> None:
+    t = tls_target.target
+    admin = json.dumps({"username": t.superuser, "password": t.password})
+    conn = PostgresConnector()
+
+    def cfg(ca_file: str) -> PostgresConfig:
+        return PostgresConfig(
+            host=t.host,
+            port=t.port,
+            role=t.superuser,
+            mode="single",
+            sslmode="verify-full",
+            sslrootcert=ca_file,
+        )
+
+    async def attempt(ca_file: str) -> None:
+        await conn.test(cb.TestRequest("pg/root", 1, cfg(ca_file), Secret(admin)))
+
+    asyncio.run(attempt(tls_target.ca_file))
+    with pytest.raises(cb.PermanentError, match="failed the TLS check of sslmode=verify-full"):
+        asyncio.run(attempt(tls_target.other_ca_file))
