@@ -159,7 +159,7 @@ def parse_value(value: Secret, cfg: PostgresConfig | str, what: str = "the value
     if login.username not in cfg.roles:
         allowed = " or ".join(repr(r) for r in cfg.roles)
         raise PermanentError(
-            f"{what} names role {login.username!r}; this credential acts only on {allowed}"
+            f"{what} names role {login.username[:63]!r}; this credential acts only on {allowed}"
         )
     return login
 
