@@ -7,7 +7,7 @@ logins go through SCRAM-SHA-256; ``max_connections=400``; default durability) ge
 
 1. **raw**: an asyncio + psycopg loop doing, per role, the work rotator's ``single`` mode must
    do on the target: a fresh admin connection, ``ALTER ROLE r PASSWORD <verifier>`` (SCRAM
-   verifier made client-side with ``rotator.connectors._scram.scram_sha256_verifier``, in the
+   verifier made client-side by libpq, ``PGconn.encrypt_password``, in the
    event loop as the connector does), then a fresh login as ``r`` with the new password and
    ``SELECT 1``.
 2. **raw, same statements**: the raw loop plus what the connector's ``set`` adds: first a
@@ -68,7 +68,6 @@ from bench.common import (
     timed,
 )
 from rotator.config import Settings
-from rotator.connectors._scram import scram_sha256_verifier
 from rotator.connectors.postgres import PASSWORD_ALPHABET, parse_value
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
@@ -219,7 +218,7 @@ async def raw_rotate(
                     raise RuntimeError(f"raw: no role {role}")
             await admin.execute(
                 sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(role), sql.Literal(scram_sha256_verifier(pw))
+                    sql.Identifier(role), sql.Literal(scram_verifier(admin, role, pw))
                 )
             )
         async with await target.connect(role, pw) as conn:
@@ -266,6 +265,11 @@ async def spot_check(
 # ------------------------------------------------------------------------- breakdown
 
 
+def scram_verifier(conn: psycopg.AsyncConnection[object], role: str, password: str) -> str:
+    """The verifier the connector makes: libpq's own (PQencryptPasswordConn), in the loop."""
+    return conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+
+
 async def breakdown(target: Target, role: str, password: str, samples: int) -> list[Result]:
     """Sequential medians of the pieces a rotation is made of (no concurrency)."""
 
@@ -274,9 +278,10 @@ async def breakdown(target: Target, role: str, password: str, samples: int) -> l
 
     verifier, login, refused, alter = [], [], [], []
     for _ in range(samples):
-        t0 = time.perf_counter()
-        v = scram_sha256_verifier(password)
-        verifier.append(time.perf_counter() - t0)
+        async with await target.connect("postgres", target.admin_password) as admin:
+            t0 = time.perf_counter()
+            v = scram_verifier(admin, role, password)
+            verifier.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         assert await target.can_login(role, password)
         login.append(time.perf_counter() - t0)
@@ -292,7 +297,7 @@ async def breakdown(target: Target, role: str, password: str, samples: int) -> l
     n = f"median of {samples}, sequential"
     return [
         Result(
-            "scram_sha256_verifier (PBKDF2-SHA-256, 4096 it.)",
+            "SCRAM verifier, libpq encrypt_password (PBKDF2-SHA-256, 4096 it.)",
             value=med(verifier),
             unit="ms",
             note=f"{n}; client CPU, in the event loop",

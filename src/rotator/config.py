@@ -39,18 +39,31 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the variables. Raises ConfigError (one line, never quoting a passphrase) for a
+        ``ROTATOR_HOME`` that exists but is not a directory, or a passphrase that is not UTF-8
+        text (Python hands undecodable environment bytes over as lone surrogates)."""
         env = os.environ if env is None else env
         home = Path(env.get("ROTATOR_HOME") or Path.home() / ".local/share/rotator").expanduser()
+        if home.exists() and not home.is_dir():
+            raise ConfigError(f"ROTATOR_HOME {str(home)!r} is not a directory")
         db_url = env.get("ROTATOR_DB") or f"sqlite:///{home / 'rotator.db'}"
-        pw = env.get("ROTATOR_PASSPHRASE")
-        new_pw = env.get("ROTATOR_NEW_PASSPHRASE")
         return cls(
             home=home,
             db_url=db_url,
-            passphrase=Secret(pw) if pw else None,
-            new_passphrase=Secret(new_pw) if new_pw else None,
+            passphrase=_passphrase(env, "ROTATOR_PASSPHRASE"),
+            new_passphrase=_passphrase(env, "ROTATOR_NEW_PASSPHRASE"),
             scrypt_n=_scrypt_n(env.get("ROTATOR_SCRYPT_N")),
         )
+
+
+def _passphrase(env: Mapping[str, str], name: str) -> Secret | None:
+    text = env.get(name)
+    if not text:
+        return None
+    try:
+        return Secret(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} is not valid UTF-8 text") from None
 
 
 def _scrypt_n(text: str | None) -> int | None:

@@ -74,6 +74,7 @@ def api() -> Iterator[ApiServer]:
 def http_settings(api: ApiServer, **over: str) -> dict[str, str]:
     s = {
         "base_url": api.url,
+        "allow_insecure_http": "true",  # the test API speaks plain HTTP on loopback
         "auth": "api/admin",
         "set_path": "/keys",
         "set_body": '{"key": "$value", "label": "$credential", "version": "$version"}',
@@ -381,6 +382,7 @@ def test_nothing_listening_is_transient() -> None:
         HttpConnector(),
         {
             "base_url": f"http://127.0.0.1:{port}",
+            "allow_insecure_http": "true",
             "set_path": "/keys",
             "set_body": '{"key": "$value"}',
             "test_path": "/whoami",
@@ -412,6 +414,11 @@ def test_target_key_is_scheme_host_port(api: ApiServer) -> None:
         ("base_url", "ftp://example.com", "http:// or https://"),
         ("base_url", "http://user:pw@example.com", "user or password"),
         ("base_url", "http://example.com/?a=1", "query or fragment"),
+        ("base_url", "https://example.com/v1/../admin", "'.' or '..' path segment"),
+        ("allow_insecure_http", "false", "allow_insecure_http=true"),
+        ("revoke_path", "/keys/../$value", "revoke_path holds a '.' or '..' segment"),
+        ("set_path", "/a/%2e%2e/keys", "set_path holds a '.' or '..' segment"),
+        ("set_headers", '{"X-Rotator-Nonce": "1"}', "is set by hmac_key"),
         ("set_body", '{"key": ', "set_body is not valid JSON"),
         ("set_body", '{"key": "x-$value"}', "must be a whole JSON string value"),
         ("set_body", '{"key": "$valeu"}', "unknown placeholder $valeu"),
@@ -656,3 +663,83 @@ def test_add_with_verify_refuses_a_dead_target_or_wrong_admin_token(
     )
     assert "svc/good" in [c.name for c in svc.list_credentials()]
     assert {r.method for r in api.seen()} == {"GET"}
+
+
+# ------------------------------------------------------------- signing, TLS, path values
+
+
+SIGNED = ("x-rotator-timestamp", "x-rotator-nonce", "x-rotator-signature")
+
+
+def resend(
+    api: ApiServer,
+    captured: Any,
+    method: str | None = None,
+    target: str | None = None,
+    body: bytes | None = None,
+) -> tuple[int, str]:
+    """Send a captured signed request again, changed as asked: (status, the API's error)."""
+    headers = {k: v for k, v in captured.headers.items() if k in SIGNED}
+    headers["authorization"] = captured.headers.get("authorization", "")
+    headers["content-type"] = "application/json"
+    r = httpx.request(
+        method or captured.method,
+        api.url + (target or captured.path),
+        content=captured.body if body is None else body,
+        headers=headers,
+    )
+    return r.status_code, (r.json().get("error", "") if r.content else "")
+
+
+def test_a_captured_signed_request_replayed_as_another_request_is_refused(
+    api: ApiServer,
+) -> None:
+    api.hmac_key = HMAC_KEY.encode()
+    cfg = config(api, hmac_key="api/hmac")
+    run(HttpConnector().set(set_req(cfg, "signed-key", current="x")))
+    [captured] = api.seen("POST")
+    assert captured.status == 201
+    assert all(captured.headers.get(h) for h in SIGNED)
+    other_body = json.dumps({"key": "attacker-key"}).encode()
+    assert resend(api, captured, method="PUT") == (401, "bad signature")
+    assert resend(api, captured, target="/keys?account=other") == (401, "bad signature")
+    assert resend(api, captured, body=other_body) == (401, "bad signature")
+    assert resend(api, captured, method="DELETE", target="/keys/signed-key") == (
+        401,
+        "bad signature",
+    )
+    assert api.valid(ACCOUNT) == {"signed-key"}, "no replay changed anything"
+
+
+def test_the_same_nonce_twice_is_refused_and_each_call_has_its_own(api: ApiServer) -> None:
+    api.hmac_key = HMAC_KEY.encode()
+    api.add_key(ACCOUNT, "key-1")
+    cfg = config(api, hmac_key="api/hmac", test_path="/whoami?from=$credential")
+    run(HttpConnector().test(probe_req(cfg, "key-1")))
+    run(HttpConnector().test(probe_req(cfg, "key-1")))
+    first, second = api.seen("GET")
+    assert (first.status, second.status) == (200, 200), "the query is signed as sent"
+    assert first.headers["x-rotator-nonce"] != second.headers["x-rotator-nonce"]
+    assert resend(api, first) == (401, "nonce replayed")
+
+
+def test_http_base_url_needs_allow_insecure_http(api: ApiServer) -> None:
+    settings = http_settings(api)
+    del settings["allow_insecure_http"]
+    with pytest.raises(InvalidInput, match="allow_insecure_http=true") as err:
+        parse_config(HttpConnector(), settings)
+    assert "\n" not in str(err.value)
+    secure = parse_config(HttpConnector(), {**settings, "base_url": "https://api.example.com"})
+    assert isinstance(secure, HttpConfig)
+    assert not secure.allow_insecure_http
+
+
+@pytest.mark.parametrize("value", [".", "..", "%2e", "%2E%2e", ".%2E", "%252e%252e", "%25252e"])
+def test_a_value_that_would_be_a_dot_segment_in_a_path_is_refused(
+    api: ApiServer, value: str
+) -> None:
+    cfg = config(api, revoke_path="/keys/$value")
+    with pytest.raises(cb.PermanentError, match=r"path segment '\.' or '\.\.'") as err:
+        run(HttpConnector().revoke(revoke_req(cfg, value)))
+    assert "revoke: DELETE " in str(err.value)
+    assert api.seen() == [], "nothing was sent"

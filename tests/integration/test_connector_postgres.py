@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from psycopg import sql
+from tests.conftest import LOOPBACK, PG_SUPERUSER, PgTarget, _PgCluster, _running
 
 from rotator.connectors import base as cb
 from rotator.connectors.postgres import PostgresConfig, PostgresConnector, parse_value
@@ -21,9 +31,6 @@ from rotator.domain.secret import Secret
 from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest, Trigger
 from rotator.errors import InvalidInput, NotFound, VerificationFailed
 from rotator.service import PolicyInput, RotatorService, ValueInput
-
-if TYPE_CHECKING:
-    from tests.conftest import PgTarget
 
 FAST = EngineOptions(retry_attempts=2, retry_initial_s=0.01, retry_max_s=0.05)
 
@@ -356,3 +363,278 @@ def test_zero_downtime_alternating_under_50_rotations(
     asyncio.run(revoke())
     assert not can_login(pg_target, *previous), "after the grace the old login is refused"
     assert can_login(pg_target, *login_of(svc, "pg/app"))
+
+
+# ------------------------------------------------------------- hostile values and servers
+
+
+def test_first_value_naming_the_superuser_is_refused_at_add(
+    svc: RotatorService, pg_target: PgTarget, role: Role
+) -> None:
+    svc.add_credential("pg/admin", "local", value=ValueInput(value=Secret(pg_target.password)))
+    crafted = json.dumps({"username": pg_target.superuser, "password": pg_target.password})
+    settings = {"host": pg_target.host, "port": str(pg_target.port), "role": role.name}
+    with pytest.raises(InvalidInput, match="names role 'postgres'") as err:
+        svc.add_credential(
+            "pg/app",
+            "postgres",
+            settings={**settings, "admin": "pg/admin"},
+            value=ValueInput(value=Secret(crafted)),
+        )
+    assert pg_target.password not in str(err.value)
+    assert [c.name for c in svc.list_credentials()] == ["pg/admin"]
+
+
+@pytest.mark.parametrize("emergency", [False, True], ids=["manual", "emergency"])
+def test_stored_value_naming_the_superuser_never_changes_its_password(
+    svc: RotatorService, pg_target: PgTarget, role: Role, emergency: bool
+) -> None:
+    """The value got in another way (added under another connector, then switched): the
+    rotation is refused before any login, and the superuser still logs in."""
+    svc.add_credential("pg/admin", "local", value=ValueInput(value=Secret(pg_target.password)))
+    crafted = json.dumps({"username": pg_target.superuser, "password": pg_target.password})
+    svc.add_credential("pg/app", "local", value=ValueInput(value=Secret(crafted)))
+    svc.update_credential(
+        "pg/app",
+        connector="postgres",
+        settings={
+            "host": pg_target.host,
+            "port": str(pg_target.port),
+            "role": role.name,
+            "admin": "pg/admin",
+        },
+    )
+    req = (
+        RotationRequest("pg/app", trigger=Trigger.EMERGENCY, grace_s=0)
+        if emergency
+        else RotationRequest("pg/app")
+    )
+    data = rotate(svc, req).to_json()
+    assert [f["name"] for f in data["failed"]] == ["pg/app"], data
+    assert "names role 'postgres'" in data["failed"][0]["error"]
+    assert pg_target.password not in json.dumps(data)
+    assert can_login(pg_target, pg_target.superuser, pg_target.password)
+    assert can_login(pg_target, role.name, role.password), "the configured role is untouched"
+
+
+@dataclass
+class FakeServer:
+    """What a fake PostgreSQL server on loopback received from one client."""
+
+    port: int
+    received: bytearray
+
+
+SSL_REQUEST, GSSENC_REQUEST = 80877103, 80877104
+AUTH_CLEARTEXT = b"R" + (8).to_bytes(4, "big") + (3).to_bytes(4, "big")
+
+
+async def fake_pg_server(ready: asyncio.Future[FakeServer], done: asyncio.Event) -> None:
+    """Speaks just enough of the PostgreSQL startup protocol to impersonate a server: refuses
+    TLS and GSS encryption, then asks for the password in clear text and records every byte
+    the client sends (until it hangs up)."""
+    received = bytearray()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(4)
+                body = await reader.readexactly(int.from_bytes(head, "big") - 4)
+                received.extend(head + body)
+                if int.from_bytes(body[:4], "big") in (SSL_REQUEST, GSSENC_REQUEST):
+                    writer.write(b"N")
+                    await writer.drain()
+                    continue
+                writer.write(AUTH_CLEARTEXT)  # the startup message: ask for the password
+                await writer.drain()
+                break
+            async with asyncio.timeout(5):
+                while chunk := await reader.read(4096):
+                    received.extend(chunk)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+            done.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        ready.set_result(FakeServer(server.sockets[0].getsockname()[1], received))
+        await asyncio.Event().wait()
+
+
+async def login_to_fake_server(
+    step: str = "test", **settings: str
+) -> tuple[Exception | None, bytes, str]:
+    """A connector step against the fake server: (error, bytes received, password)."""
+    password = "never-send-me-" + uuid.uuid4().hex
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[FakeServer] = loop.create_future()
+    done = asyncio.Event()
+    task = asyncio.create_task(fake_pg_server(ready, done))
+    fake = await ready
+    cfg = PostgresConfig(host="127.0.0.1", port=fake.port, role="app", **settings)  # type: ignore[arg-type]
+    pending = Secret(json.dumps({"username": "app", "password": password}))
+    error: Exception | None = None
+    try:
+        if step == "test":
+            await PostgresConnector().test(cb.TestRequest("pg/app", 2, cfg, pending))
+        else:  # revoke first checks whether the old value still logs in
+            await PostgresConnector().revoke(cb.RevokeRequest("pg/app", 1, cfg, pending))
+    except Exception as exc:
+        error = exc
+    async with asyncio.timeout(10):
+        await done.wait()
+    task.cancel()
+    return error, bytes(fake.received), password
+
+
+@pytest.mark.parametrize("step", ["test", "revoke"])
+def test_impostor_asking_for_a_cleartext_password_gets_nothing(step: str) -> None:
+    """Also not taken for "the old value no longer logs in" by revoke: it fails loudly."""
+    error, received, password = asyncio.run(login_to_fake_server(step))
+    assert isinstance(error, cb.PermanentError), error
+    assert "require_auth" in str(error)
+    assert b"user\x00app\x00" in received, "the fake server saw the startup message"
+    assert password.encode() not in received
+    assert password not in str(error)
+
+
+def test_require_auth_opt_out_is_what_lets_a_cleartext_server_have_the_password() -> None:
+    """The documented opt-out for md5/password-only servers really changes the behaviour (so
+    the default above is what protects)."""
+    _error, received, password = asyncio.run(login_to_fake_server(require_auth="password"))
+    assert password.encode() in received
+
+
+def test_verify_full_refuses_a_server_without_tls_before_sending_anything(
+    tmp_path: Any,
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used: the server never offers TLS\n")
+    error, received, password = asyncio.run(
+        login_to_fake_server(sslmode="verify-full", sslrootcert=str(ca))
+    )
+    assert isinstance(error, cb.PermanentError), error
+    assert "verify-full" in str(error)
+    assert b"user\x00" not in received, "no startup message may go out without TLS"
+    assert password.encode() not in received
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"require_auth": "plaintext"},
+        {"require_auth": "scram-sha-256;md5"},
+        {"sslrootcert": "relative/ca.pem"},
+    ],
+)
+def test_bad_tls_and_auth_settings_are_input_errors(
+    svc: RotatorService, bad: dict[str, str]
+) -> None:
+    with pytest.raises(InvalidInput):
+        svc.add_credential("pg/x", "postgres", settings={"role": "r", **bad})
+
+
+# --------------------------------------------------------------- TLS with verify-full
+
+
+def _cert(
+    name: str, issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A CA (no issuer) or a server certificate for 127.0.0.1 signed by ``issuer``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer[1].subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+    )
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), False
+        )
+    return key, builder.sign(issuer[0] if issuer else key, hashes.SHA256())
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class _TlsPgCluster(_PgCluster):
+    """A password-checking (SCRAM) cluster that also speaks TLS with the given certificate."""
+
+    def __init__(self, base: Path, password: str, cert_pem: bytes, key_pem: bytes) -> None:
+        super().__init__(base, "scram-sha-256", password)
+        self.tls_files = {"server.crt": (cert_pem, 0o644), "server.key": (key_pem, 0o600)}
+
+    def init(self) -> None:
+        super().init()
+        for name, (data, mode) in self.tls_files.items():
+            path = self.data / name
+            path.write_bytes(data)
+            path.chmod(mode)
+            if self.as_root:
+                shutil.chown(path, user=PG_SUPERUSER, group=None)
+
+    def configure(self, port: int) -> None:
+        super().configure(port)
+        with (self.data / "postgresql.auto.conf").open("a") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+
+
+@dataclass(frozen=True)
+class TlsTarget:
+    target: PgTarget
+    ca_file: str  # the CA that signed the server's certificate
+    other_ca_file: str  # a CA that did not
+
+
+@pytest.fixture(scope="module")
+def tls_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsTarget]:
+    """A PostgreSQL 15 with TLS (a certificate for 127.0.0.1 from a test CA) and SCRAM."""
+    ca = _cert("rotator test CA")
+    server_key, server_cert = _cert("127.0.0.1", issuer=ca)
+    other_ca = _cert("some other CA")
+    files = tmp_path_factory.mktemp("tls")
+    (files / "ca.pem").write_bytes(_pem(ca[1]))
+    (files / "other-ca.pem").write_bytes(_pem(other_ca[1]))
+    password = "pg-admin-" + uuid.uuid4().hex
+    key_pem = server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    base = Path(tempfile.mkdtemp(prefix="rotator-pgtls-"))
+    cluster = _TlsPgCluster(base, password, _pem(server_cert), key_pem)
+    with _running(cluster) as port:
+        target = PgTarget(LOOPBACK, port, PG_SUPERUSER, password)
+        yield TlsTarget(target, str(files / "ca.pem"), str(files / "other-ca.pem"))
+
+
+def test_verify_full_logs_in_over_tls_with_the_right_ca_only(tls_target: TlsTarget) -> None:
+    t = tls_target.target
+    admin = json.dumps({"username": t.superuser, "password": t.password})
+    conn = PostgresConnector()
+
+    def cfg(ca_file: str) -> PostgresConfig:
+        return PostgresConfig(
+            host=t.host,
+            port=t.port,
+            role=t.superuser,
+            mode="single",
+            sslmode="verify-full",
+            sslrootcert=ca_file,
+        )
+
+    async def attempt(ca_file: str) -> None:
+        await conn.test(cb.TestRequest("pg/root", 1, cfg(ca_file), Secret(admin)))
+
+    asyncio.run(attempt(tls_target.ca_file))
+    with pytest.raises(cb.PermanentError, match="failed the TLS check of sslmode=verify-full"):
+        asyncio.run(attempt(tls_target.other_ca_file))

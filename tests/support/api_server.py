@@ -13,8 +13,11 @@ Endpoints (JSON in and out):
 - ``GET /whoami``: ``Authorization: Bearer <key>``: 200 ``{"account"}`` or 401.
 
 Admin calls need ``Authorization: Bearer <admin token>`` (401 otherwise). With ``hmac_key`` set,
-every request must carry ``X-Rotator-Timestamp`` (unix seconds, within 300 s) and
-``X-Rotator-Signature: sha256=<hex HMAC-SHA256(key, timestamp + "." + body)>`` (401 otherwise).
+every request must carry ``X-Rotator-Timestamp`` (unix seconds, within 300 s),
+``X-Rotator-Nonce`` (not seen before) and ``X-Rotator-Signature: sha256=<hex HMAC-SHA256(key,
+canonical)>`` over method, request target, body hash, timestamp and nonce, as the connector's
+docstring defines it (rotator.connectors.http.signing_string); 401 otherwise, with the body
+``{"error": "bad signature"}`` or ``{"error": "nonce replayed"}`` saying which.
 
 Knobs for failure tests: ``fail_next(n, status)``, ``fail_rate`` (share of requests answered
 503, seeded, at most ``max_consecutive_failures`` in a row), ``delay_s`` (sleep before
@@ -24,6 +27,7 @@ answering), ``whoami_status`` (force an answer to ``GET /whoami``). Every reques
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import random
@@ -64,6 +68,7 @@ class ApiServer:
     keys: dict[str, set[str]] = field(default_factory=dict)  # account -> valid keys
     key_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> POST body
     requests: list[Recorded] = field(default_factory=list)
+    nonces: set[str] = field(default_factory=set)  # nonces of accepted signed requests
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -215,18 +220,38 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- the API ----------------------------------------------------------------------------
 
-    def _signature_ok(self) -> bool:
+    def _signature_problem(self) -> str | None:
+        """None when the request is signed as the connector documents (or no key is set);
+        otherwise what is wrong. Written from the docstring, not from the connector's code,
+        so the test proves the documented canonical string."""
         key = self.api.hmac_key
         if key is None:
-            return True
+            return None
         ts = self._header("X-Rotator-Timestamp")
+        nonce = self._header("X-Rotator-Nonce")
         sig = self._header("X-Rotator-Signature")
-        if ts is None or sig is None or not ts.isdigit():
-            return False
+        if ts is None or nonce is None or sig is None or not ts.isdigit():
+            return "bad signature"
         if abs(time.time() - int(ts)) > MAX_SKEW_S:
-            return False
-        want = "sha256=" + hmac.new(key, ts.encode() + b"." + self._body, "sha256").hexdigest()
-        return hmac.compare_digest(want, sig)
+            return "bad signature"
+        canonical = "\n".join(
+            (
+                "ROTATOR-HMAC-SHA256",
+                self.command,
+                self.path,  # the request target as on the request line
+                hashlib.sha256(self._body).hexdigest(),
+                ts,
+                nonce,
+            )
+        ).encode()
+        want = "sha256=" + hmac.new(key, canonical, "sha256").hexdigest()
+        if not hmac.compare_digest(want, sig):
+            return "bad signature"
+        with self.api.lock:
+            if nonce in self.api.nonces:
+                return "nonce replayed"
+            self.api.nonces.add(nonce)
+        return None
 
     def _admin_account(self) -> str | None:
         token = self._bearer()
@@ -249,8 +274,9 @@ class _Handler(BaseHTTPRequestHandler):
         if status is not None:
             self._reply(status, {"error": "injected failure"})
             return
-        if not self._signature_ok():
-            self._reply(401, {"error": "bad signature"})
+        problem = self._signature_problem()
+        if problem is not None:
+            self._reply(401, {"error": problem})
             return
         path = self.path.split("?", 1)[0]
         if path == "/":

@@ -7,8 +7,11 @@ never a traceback). Only ``credential get`` prints a value.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -66,6 +69,10 @@ BAD_INPUT = (
     StoreUnavailable,
 )
 
+
+# Listing limits above this are bad input (a database integer holds no more; nobody reads more).
+MAX_LIMIT = 1_000_000_000
+log = logging.getLogger("rotator.cli")
 
 # typer vendors click in recent releases; reach its UsageError through the public BadParameter.
 UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -580,7 +587,10 @@ def audit_list(
     credential: Annotated[
         str | None, typer.Option("--credential", help="Only this credential.")
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the newest N.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, max=MAX_LIMIT, help="Only the newest N."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List audit entries, oldest first."""
@@ -650,7 +660,44 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rotator: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # The last resort: a defect must not show a user a traceback (whose messages may quote
+        # a value). One line here; the stack, without any exception's message, goes to the
+        # debug log, which exists only with ROTATOR_DEBUG set.
+        print(
+            f"rotator: error: internal error ({type(exc).__name__}); details in the debug log "
+            "(set ROTATOR_DEBUG=1)",
+            file=sys.stderr,
+            flush=True,
+        )
+        _log_internal_error(exc)
+        return 1
     return 0
+
+
+def _log_internal_error(exc: BaseException) -> None:
+    """Log ``exc``'s stack at debug level: frames and exception types only, never a message
+    (an exception's text may hold a value: a UnicodeDecodeError quotes the bytes it met)."""
+    if not os.environ.get("ROTATOR_DEBUG"):
+        return
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("rotator: debug: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+        log.propagate = False
+    lines: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        lines.append(f"{type(cur).__module__}.{type(cur).__qualname__} (message withheld)")
+        lines.extend(traceback.format_tb(cur.__traceback__))
+        cur = cur.__cause__ or cur.__context__
+    log.debug(
+        "internal error, most recent call last per exception:\n%s",
+        "".join(line if line.endswith("\n") else line + "\n" for line in lines),
+    )
 
 
 def run() -> None:

@@ -195,6 +195,26 @@ def references_of(connector: Connector, config: ConnectorConfig) -> frozenset[st
     return frozenset(out)
 
 
+class ChecksValue(Protocol):
+    """Optional: connectors that can tell, without I/O, that a value given by a user cannot be
+    theirs (not UTF-8, names an account the credential does not own). ``check_value`` raises
+    PermanentError with a one-line message that quotes nothing of the value."""
+
+    def check_value(self, config: ConnectorConfig, value: Secret) -> None: ...
+
+
+def check_value(connector: Connector, config: ConnectorConfig, value: Secret) -> None:
+    """Check a value a user gives (``credential add/update --value-stdin``) with the
+    connector's ``check_value``, if it has one; InvalidInput (one line) if it is refused."""
+    check = getattr(connector, "check_value", None)
+    if check is None:
+        return
+    try:
+        check(config, value)
+    except PermanentError as exc:
+        raise InvalidInput(f"connector {connector.kind!r}: {exc}") from None
+
+
 class HasRotationHint(Protocol):
     """Optional: connectors whose values expire (certificates) say when to rotate next."""
 

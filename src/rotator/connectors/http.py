@@ -21,9 +21,28 @@ operation is about), ``$previous`` (set/rollback: the CURRENT key), ``$credentia
 ``$version``; ``$$`` is a literal ``$``; any other ``$name`` is refused at config time.
 
 ``auth`` names a credential whose value is sent as ``Authorization: Bearer`` on admin calls
-(set/revoke/rollback/verify); ``hmac_key`` names a credential whose value signs every request:
-``X-Rotator-Timestamp: <unix seconds>`` and ``X-Rotator-Signature: sha256=<hex HMAC-SHA256 of
-timestamp + "." + body>``. The config holds no secret value.
+(set/revoke/rollback/verify); ``hmac_key`` names a credential whose value signs every request.
+A signature binds the whole request, so a captured one cannot be replayed with another method,
+path, query or body, nor a second time: each request carries ``X-Rotator-Timestamp: <unix
+seconds>``, ``X-Rotator-Nonce: <32 hex digits, random per request>`` and
+``X-Rotator-Signature: sha256=<hex HMAC-SHA256(key, canonical)>`` where ``canonical`` is these
+six lines joined by ``\n`` (no trailing newline)::
+
+    ROTATOR-HMAC-SHA256
+    <METHOD>                       upper case
+    <path?query>                   the request target exactly as sent (percent-encoded)
+    <hex SHA-256 of the body>      of the empty string when there is no body
+    <timestamp>
+    <nonce>
+
+A server checks the signature, refuses a timestamp too far from its clock and a nonce it has
+seen within that window. The config holds no secret value.
+
+``base_url`` must be ``https://``: every call carries a key (the new one, the old one, the
+admin token). ``allow_insecure_http=true`` permits ``http://`` for a target reached without a
+network in between (a sidecar on loopback, tests). Values substituted into a path are
+percent-encoded; a value that would make a path segment ``.`` or ``..`` (also percent-encoded,
+any number of times) is refused, so no value can move a call to another path.
 
 Other settings: ``timeout_s`` (per request, default 10), ``ca_file`` (a PEM bundle to trust),
 ``generator`` token|hex|password with ``length`` and ``prefix`` (new keys, made by the local
@@ -52,6 +71,7 @@ import json
 import logging
 import os
 import re
+import secrets as secrets_mod
 import ssl
 import time
 import urllib.parse
@@ -92,7 +112,9 @@ AVAILABLE: dict[str, tuple[str, ...]] = {
 ADMIN_OPS = frozenset({"set", "revoke", "rollback", "verify"})
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 TIMESTAMP_HEADER = "X-Rotator-Timestamp"
+NONCE_HEADER = "X-Rotator-Nonce"
 SIGNATURE_HEADER = "X-Rotator-Signature"
+SIGNATURE_SCHEME = "ROTATOR-HMAC-SHA256"
 
 _TOKEN = re.compile(r"\$\$|\$([A-Za-z_][A-Za-z0-9_]*)", re.ASCII)
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -207,7 +229,7 @@ def _compile_headers(text: str, op: str, where: str) -> tuple[dict[str, Parts], 
             raise _bad(f"{where}: {name!r} is not a valid header name")
         if name.lower() in seen:
             raise _bad(f"{where}: header {name!r} appears twice")
-        if name.lower() in (TIMESTAMP_HEADER.lower(), SIGNATURE_HEADER.lower()):
+        if name.lower() in (h.lower() for h in (TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER)):
             raise _bad(f"{where}: header {name!r} is set by hmac_key")
         seen.add(name.lower())
         if not isinstance(value, str):
@@ -225,7 +247,35 @@ def _compile_path(text: str, op: str, where: str) -> Parts:
         raise _bad(f"{where} must start with /")
     if not _PATH_CHARS.fullmatch(text):
         raise _bad(f"{where} holds characters that must be percent-encoded")
+    if _dot_segment(text):
+        raise _bad(f"{where} holds a '.' or '..' segment")
     return _split(text, op, where)
+
+
+def _dot_segment(path: str) -> bool:
+    """Whether a segment of ``path`` (the query aside) is ``.`` or ``..``, also percent-encoded
+    any number of times (a server or proxy that decodes again would still see one)."""
+    for segment in path.split("?", 1)[0].split("/"):
+        decoded, previous = segment, None
+        while decoded != previous:
+            if decoded in (".", ".."):
+                return True
+            previous, decoded = decoded, urllib.parse.unquote(decoded)
+    return False
+
+
+def signing_string(method: str, target: str, body: bytes, timestamp: str, nonce: str) -> bytes:
+    """The canonical string an ``hmac_key`` signs (see the module docstring)."""
+    return "\n".join(
+        (
+            SIGNATURE_SCHEME,
+            method.upper(),
+            target,
+            hashlib.sha256(body).hexdigest(),
+            timestamp,
+            nonce,
+        )
+    ).encode("utf-8")
 
 
 def _parse_statuses(text: str, where: str, *, empty_ok: bool) -> frozenset[int]:
@@ -317,6 +367,7 @@ class HttpConfig(ConnectorConfig):
     """Settings of the ``http`` connector; see the module docstring."""
 
     base_url: str
+    allow_insecure_http: bool = False  # permit http:// (keys and tokens in clear text)
     auth: str = ""  # name of the credential holding the admin API token
     hmac_key: str = ""  # name of the credential holding the HMAC signing key
     timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -375,6 +426,8 @@ class HttpConfig(ConnectorConfig):
             raise _bad("base_url must not hold a user or password (use auth)")
         if parts.query or parts.fragment:
             raise _bad("base_url must not hold a query or fragment")
+        if _dot_segment(parts.path):
+            raise _bad("base_url holds a '.' or '..' path segment")
         try:
             _ = parts.port
         except ValueError:
@@ -395,6 +448,11 @@ class HttpConfig(ConnectorConfig):
 
     @model_validator(mode="after")
     def _compile(self) -> HttpConfig:
+        if self.base_url.lower().startswith("http://") and not self.allow_insecure_http:
+            raise _bad(
+                "base_url is http://: keys and the admin token would cross the network in "
+                "clear text; use https:// (or allow_insecure_http=true for a loopback target)"
+            )
         ops = {op: self._build(op) for op in (*OPERATIONS, "verify")}
         for op in ("set", "test"):
             if "value" not in ops[op].uses:
@@ -681,7 +739,13 @@ class HttpConnector:
             shown = url = cfg.base_url + ("" if has_path else "/")
         else:
             shown = cfg.base_url + op.path_text
-            url = cfg.base_url + _render_str(op.path, values, name, quote=True)
+            path = _render_str(op.path, values, name, quote=True)
+            if _dot_segment(path):
+                raise PermanentError(
+                    f"{name}: {op.method} {shown}: a value would make a path segment '.' or "
+                    "'..' (which moves the call to another path); refused"
+                )
+            url = cfg.base_url + path
         label = f"{name}: {op.method} {shown}"
 
         headers: dict[str, bytes] = {}
@@ -705,8 +769,15 @@ class HttpConnector:
         if cfg.hmac_key:
             key = await self._secret(secrets, cfg.hmac_key, label, "hmac_key")
             ts = str(int(time.time()))
-            mac = hmac.new(key.reveal(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+            nonce = secrets_mod.token_hex(16)
+            try:
+                target = httpx.URL(url).raw_path.decode("ascii")  # what the request line holds
+            except httpx.InvalidURL:
+                raise PermanentError(f"{label}: the URL is not valid") from None
+            message = signing_string(op.method, target, body, ts, nonce)
+            mac = hmac.new(key.reveal(), message, hashlib.sha256).hexdigest()
             headers[TIMESTAMP_HEADER] = ts.encode()
+            headers[NONCE_HEADER] = nonce.encode()
             headers[SIGNATURE_HEADER] = f"sha256={mac}".encode()
 
         status = await self._send(cfg, op.method, url, headers, body, label, shown)
@@ -800,4 +871,4 @@ def _header_bytes(value: Secret, label: str, what: str) -> bytes:
     return raw
 
 
-__all__ = ["HttpConfig", "HttpConnector"]
+__all__ = ["HttpConfig", "HttpConnector", "signing_string"]

@@ -11,14 +11,34 @@ Modes:
 
 Values are JSON: ``{"engine", "host", "port", "dbname", "username", "password"}``; a plain
 string given at ``credential add --value-stdin`` is taken as ROLE's current password.
-Passwords reach the server only as SCRAM-SHA-256 verifiers made here; identifiers are quoted
+
+Which roles it touches: only the configured ``role`` and, in alternating mode, its clone. The
+``username`` inside a value is data that anyone who can give a first value controls, so a value
+naming any other role (the superuser, say) is refused (at ``credential add``/``update`` as bad
+input, at rotation as a permanent error) before any login; a value that is not UTF-8 text is
+refused the same way, without quoting it.
+
+How it logs in (admin and test logins alike): by default only SCRAM-SHA-256 is accepted
+(libpq's ``require_auth=scram-sha-256``, libpq >= 16, which psycopg[binary] bundles). SCRAM
+proves the server knows the role's verifier, so a server that is not the real one (anyone with
+a position on the network, with the default ``sslmode=prefer``) cannot ask for the password in
+clear text or as an MD5 challenge, cannot accept the login without authentication, and so
+never receives a password or a verifier. Servers that still use ``md5`` or ``password``
+authentication need the documented opt-out ``require_auth=md5`` (or a libpq list such as
+``scram-sha-256,md5``); ``require_auth=`` (empty) accepts whatever the server asks, as libpq
+does by default, and is the only way to run with a libpq older than 16 (otherwise refused).
+Across untrusted networks use ``sslmode=verify-full`` with
+``sslrootcert`` naming the CA file (or ``system``): then the server's name is checked too.
+
+Passwords reach the server only as SCRAM-SHA-256 verifiers, computed by libpq itself
+(``PQencryptPasswordConn``, salted and SASLprepped as the server does); identifiers are quoted
 with psycopg.sql. Every method is idempotent.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import re
 import secrets
 import string
 from dataclasses import dataclass
@@ -26,20 +46,26 @@ from typing import Any, ClassVar, Literal
 
 import psycopg
 from psycopg import sql
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rotator.connectors import base as cb
-from rotator.connectors._scram import scram_sha256_verifier
+from rotator.connectors.base import PermanentError
 from rotator.domain.secret import Secret
 
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_.~"
 AUTH_FAILED = ("28P01", "28000")
+LIBPQ_REQUIRE_AUTH = 160000  # the first libpq with the require_auth connection parameter
+_AUTH_METHOD = r"!?(?:password|md5|gss|sspi|scram-sha-256|none)"
+_REQUIRE_AUTH = re.compile(rf"{_AUTH_METHOD}(?:,{_AUTH_METHOD})*")
 
 
 class PostgresConfig(cb.ConnectorConfig):
     """Settings: ``host``, ``port``, ``dbname``, ``role``, ``mode`` single|alternating, ``clone``
     (default ROLE_clone), ``admin`` (credential holding the admin password; empty: the role
-    logs in as itself), ``admin_user``, ``sslmode``, ``connect_timeout_s``, ``password_length``."""
+    logs in as itself), ``admin_user``, ``sslmode`` (default prefer), ``sslrootcert`` (CA file
+    for verify-ca/verify-full, or ``system``), ``require_auth`` (libpq's; default
+    scram-sha-256; empty: any, see the module docstring), ``connect_timeout_s``,
+    ``password_length``."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=5432, ge=1, le=65535)
@@ -50,8 +76,27 @@ class PostgresConfig(cb.ConnectorConfig):
     admin: str = ""
     admin_user: str = "postgres"
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    sslrootcert: str = ""
+    require_auth: str = "scram-sha-256"
     connect_timeout_s: int = Field(default=5, ge=1, le=300)
     password_length: int = Field(default=32, ge=16, le=256)
+
+    @field_validator("require_auth")
+    @classmethod
+    def _check_require_auth(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v and not _REQUIRE_AUTH.fullmatch(v):
+            raise ValueError(
+                "require_auth must be libpq auth methods like scram-sha-256 or scram-sha-256,md5"
+            )
+        return v
+
+    @field_validator("sslrootcert")
+    @classmethod
+    def _check_sslrootcert(cls, v: str) -> str:
+        if v and v != "system" and not v.startswith("/"):
+            raise ValueError("sslrootcert must be an absolute path to a CA file, or system")
+        return v
 
     @model_validator(mode="after")
     def _clone_differs(self) -> PostgresConfig:
@@ -60,8 +105,17 @@ class PostgresConfig(cb.ConnectorConfig):
         return self
 
     @property
+    def roles(self) -> tuple[str, ...]:
+        """The only roles this credential may act on."""
+        return (self.role, self.clone_name) if self.mode == "alternating" else (self.role,)
+
+    @property
     def clone_name(self) -> str:
         return self.clone or f"{self.role}_clone"
+
+
+class LoginRefused(cb.PermanentError):
+    """The server refused a login's password (as opposed to failing to authenticate itself)."""
 
 
 @dataclass(frozen=True)
@@ -73,16 +127,41 @@ class Login:
         return f"Login(username={self.username!r}, password='***')"
 
 
-def parse_value(value: Secret, default_user: str) -> Login:
-    """A stored value as a login: JSON with username/password, or a bare password."""
-    text = value.reveal_text()
+def parse_login(value: Secret, default_user: str, what: str = "the value") -> Login:
+    """A value as a login: JSON with username/password, or a bare password. PermanentError
+    (quoting nothing of the value) when it is not UTF-8 text or holds a NUL."""
+    try:
+        text = value.reveal_text()
+    except UnicodeDecodeError:
+        raise PermanentError(f"{what} is not UTF-8 text") from None
     try:
         data = json.loads(text)
     except ValueError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("password"), str):
-        return Login(str(data.get("username") or default_user), data["password"])
-    return Login(default_user, text)
+        login = Login(str(data.get("username") or default_user), data["password"])
+    else:
+        login = Login(default_user, text)
+    if "\x00" in login.password or "\x00" in login.username:
+        raise PermanentError(f"{what} holds a NUL character, which PostgreSQL cannot take")
+    return login
+
+
+def parse_value(value: Secret, cfg: PostgresConfig | str, what: str = "the value") -> Login:
+    """A value of this credential as a login of one of its roles (``cfg.roles``).
+
+    PermanentError when the value names another role: rotator acts on the configured roles
+    only, whatever a value says. A bare role name (``str``) is accepted for tests and tools
+    that only read a value; it checks nothing but the encoding."""
+    if isinstance(cfg, str):
+        return parse_login(value, cfg, what)
+    login = parse_login(value, cfg.role, what)
+    if login.username not in cfg.roles:
+        allowed = " or ".join(repr(r) for r in cfg.roles)
+        raise PermanentError(
+            f"{what} names role {login.username[:63]!r}; this credential acts only on {allowed}"
+        )
+    return login
 
 
 def _value(cfg: PostgresConfig, login: Login) -> Secret:
@@ -119,6 +198,15 @@ class PostgresConnector:
     async def _connect(
         self, cfg: PostgresConfig, login: Login, what: str
     ) -> psycopg.AsyncConnection[Any]:
+        extra: dict[str, Any] = {"sslrootcert": cfg.sslrootcert} if cfg.sslrootcert else {}
+        if cfg.require_auth:
+            if psycopg.pq.version() < LIBPQ_REQUIRE_AUTH:
+                raise cb.PermanentError(
+                    f"{what}: libpq {psycopg.pq.version()} cannot enforce require_auth (needs "
+                    "libpq 16; psycopg[binary] bundles one), and rotator will not log in "
+                    "without it; set require_auth= (empty) to accept any method"
+                )
+            extra["require_auth"] = cfg.require_auth
         try:
             return await psycopg.AsyncConnection.connect(
                 host=cfg.host,
@@ -129,10 +217,26 @@ class PostgresConnector:
                 sslmode=cfg.sslmode,
                 connect_timeout=cfg.connect_timeout_s,
                 autocommit=True,
+                **extra,
             )
         except psycopg.OperationalError as exc:
-            if exc.sqlstate in AUTH_FAILED or "authentication failed" in str(exc):
+            text = str(exc)
+            if "authentication method requirement" in text or "channel binding" in text:
+                # libpq refused the server's way of authenticating before sending anything.
                 raise cb.PermanentError(
+                    f"{what}: postgres at {cfg.host}:{cfg.port} asked for an authentication "
+                    f"method that require_auth={cfg.require_auth!r} refuses; nothing was sent "
+                    "(see require_auth)"
+                ) from None
+            if cfg.sslmode in ("verify-ca", "verify-full", "require") and (
+                "SSL" in text or "certificate" in text
+            ):
+                raise cb.PermanentError(
+                    f"{what}: postgres at {cfg.host}:{cfg.port} failed the TLS check of "
+                    f"sslmode={cfg.sslmode}"
+                ) from None
+            if exc.sqlstate in AUTH_FAILED or "authentication failed" in text:
+                raise LoginRefused(
                     f"{what}: postgres at {cfg.host}:{cfg.port} refused the login of "
                     f"{login.username!r}"
                 ) from None
@@ -141,9 +245,11 @@ class PostgresConnector:
             ) from None
 
     async def _can_login(self, cfg: PostgresConfig, login: Login) -> bool:
+        """Whether the server accepts ``login``. Only a refused password is False: a server
+        that fails require_auth or the TLS check raises (it proves nothing either way)."""
         try:
             conn = await self._connect(cfg, login, "login")
-        except cb.PermanentError:
+        except LoginRefused:
             return False
         await conn.close()
         return True
@@ -156,14 +262,17 @@ class PostgresConnector:
         what: str,
     ) -> psycopg.AsyncConnection[Any]:
         if cfg.admin:
-            login = parse_value(await secrets_.get(cfg.admin), cfg.admin_user)
+            login = parse_login(
+                await secrets_.get(cfg.admin), cfg.admin_user, f"{what}: admin {cfg.admin!r}"
+            )
             try:
                 return await self._connect(cfg, login, f"{what} (admin {cfg.admin!r})")
-            except cb.PermanentError as exc:  # _connect's only permanent error: login refused
+            except LoginRefused as exc:  # the admin's password, not the server, was refused
                 raise cb.ReferenceRefused(str(exc), cfg.admin) from None
         if current is None:
             raise cb.PermanentError(f"{what}: no admin credential and no current value to log in")
-        return await self._connect(cfg, parse_value(current, cfg.role), f"{what} (as itself)")
+        login = parse_value(current, cfg, f"{what}: CURRENT")
+        return await self._connect(cfg, login, f"{what} (as itself)")
 
     @staticmethod
     async def _exec(
@@ -193,8 +302,15 @@ class PostgresConnector:
     async def _set_password(
         self, conn: psycopg.AsyncConnection[Any], role: str, password: str, what: str
     ) -> None:
-        # PBKDF2 with 4096 rounds: a few ms of CPU that releases the GIL, so off the event loop.
-        verifier = await asyncio.to_thread(scram_sha256_verifier, password)
+        # libpq's own verifier (PQencryptPasswordConn): SASLprep, a random salt and the
+        # server's iteration count, exactly as the server would make it; the algorithm is
+        # named, so libpq asks the server nothing. About 3 ms of CPU (docs in the report).
+        try:
+            verifier = conn.pgconn.encrypt_password(
+                password.encode(), role.encode(), b"scram-sha-256"
+            ).decode("ascii")
+        except psycopg.Error:
+            raise cb.PermanentError(f"{what}: libpq could not make a password verifier") from None
         q = sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier))
         await self._exec(conn, q, what, missing=f"role {role!r} does not exist")
 
@@ -238,14 +354,14 @@ class PostgresConnector:
         cfg = _cfg(req.config)
         username = cfg.role
         if cfg.mode == "alternating" and req.current is not None:
-            current = parse_value(req.current, cfg.role)
+            current = parse_value(req.current, cfg, "create: CURRENT")
             username = cfg.clone_name if current.username == cfg.role else cfg.role
         password = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(cfg.password_length))
         return _value(cfg, Login(username, password))
 
     async def set(self, req: cb.SetRequest) -> None:
         cfg = _cfg(req.config)
-        pending = parse_value(req.pending, cfg.role)
+        pending = parse_value(req.pending, cfg, "set: PENDING")
         # Idempotent without a login attempt first (which costs a full SCRAM handshake and a
         # backend on the server, and is refused on every fresh rotation): setting the same
         # password again is harmless. Only a role changing its own password cannot log in
@@ -263,7 +379,7 @@ class PostgresConnector:
 
     async def test(self, req: cb.TestRequest) -> None:
         cfg = _cfg(req.config)
-        pending = parse_value(req.pending, cfg.role)
+        pending = parse_value(req.pending, cfg, "test: PENDING")
         conn = await self._connect(cfg, pending, "test")
         async with conn:
             await self._exec(conn, sql.SQL("SELECT 1"), "test")
@@ -276,7 +392,7 @@ class PostgresConnector:
         password nobody knows. A role whose password already moved on (it became CURRENT
         again, or the single role changed at set) is left alone."""
         cfg = _cfg(req.config)
-        old = parse_value(req.value, cfg.role)
+        old = parse_value(req.value, cfg, "revoke: the old value")
         if not await self._can_login(cfg, old):
             return
         conn = (
@@ -289,10 +405,12 @@ class PostgresConnector:
 
     async def rollback(self, req: cb.RollbackRequest) -> None:
         cfg = _cfg(req.config)
-        pending = parse_value(req.pending, cfg.role)
+        pending = parse_value(req.pending, cfg, "rollback: PENDING")
         if not await self._can_login(cfg, pending):
             return  # set never took effect, or was undone already
-        current = parse_value(req.current, cfg.role) if req.current is not None else None
+        current = (
+            parse_value(req.current, cfg, "rollback: CURRENT") if req.current is not None else None
+        )
         if cfg.admin:
             conn = await self._admin(cfg, req.secrets, None, "rollback")
         else:
@@ -328,9 +446,14 @@ class PostgresConnector:
                         f"admin {cfg.admin!r} may not change passwords (needs CREATEROLE)"
                     )
         if req.current is not None and not await self._can_login(
-            cfg, parse_value(req.current, cfg.role)
+            cfg, parse_value(req.current, cfg, "the given value")
         ):
             raise cb.PermanentError(f"the given value does not log in as {cfg.role!r}")
+
+    def check_value(self, config: cb.ConnectorConfig, value: Secret) -> None:
+        """A value given at ``credential add``/``update``: UTF-8 text naming one of this
+        credential's roles (or a bare password). PermanentError otherwise; no I/O."""
+        parse_value(value, _cfg(config), "the given value")
 
 
 def _cfg(config: cb.ConnectorConfig) -> PostgresConfig:

@@ -799,7 +799,7 @@ class Engine:
                 ):
                     with attempt:
                         await asyncio.get_running_loop().run_in_executor(
-                            self._threads, sink.write, value
+                            self._threads, sink.write, value, self.svc.protected_paths()
                         )
             except OSError as exc:
                 reason = exc.strerror or type(exc).__name__

@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection
@@ -168,6 +169,15 @@ class RotatorService:
     def close(self) -> None:
         self.db.dispose()
 
+    def protected_paths(self) -> tuple[Path, ...]:
+        """rotator's own files and folders, which no sink may write: ``ROTATOR_HOME`` and the
+        SQLite store with its journal files (wherever ROTATOR_DB puts it)."""
+        paths = [self.settings.home]
+        db = self.db.sqlite_path
+        if db is not None:
+            paths += [db, *(db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal"))]
+        return tuple(paths)
+
     # -- tenants and data keys ------------------------------------------------------------
 
     def _tenant(self, name: str, *, create: bool = False) -> Tenant:
@@ -303,11 +313,13 @@ class RotatorService:
         cfg = cbase.parse_config(conn_impl, dict(settings or {}))
         pol = policy.apply(None)
         tags = dict(tags or {})
-        sink_specs = [parse_sink(x) for x in sinks]
+        sink_specs = [parse_sink(x, self.protected_paths()) for x in sinks]
         tenant = self._tenant(principal.tenant, create=True)
         with self.db.read() as conn:
             if store_creds.credential_id(conn, tenant.id, name) is not None:
                 raise AlreadyExists(f"credential {name!r} exists already")
+        if value.value is not None:
+            cbase.check_value(conn_impl, cfg, value.value)
         first = self._new_value(conn_impl, cfg, name, 1, value, principal)
         if verify:
             self.verify_target(conn_impl, cfg, name, first, principal, generated=value.generate)
@@ -519,7 +531,11 @@ class RotatorService:
         )
         cfg = cbase.parse_config(impl, new_settings)
         pol = policy.apply(cred.policy)
-        sink_specs = None if sinks is None else [parse_sink(x) for x in sinks]
+        sink_specs = (
+            None if sinks is None else [parse_sink(x, self.protected_paths()) for x in sinks]
+        )
+        if value.value is not None:
+            cbase.check_value(impl, cfg, value.value)
         tenant = self._tenant(principal.tenant)
         number = max((v.number for v in cred.versions), default=0) + 1
         # No connector call may run inside a store write transaction: generate first.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from rotator.errors import InvalidInput, NotFound
 from rotator.service.credentials import LOCAL_PRINCIPAL, Principal, RotatorService
 
 MAX_CONCURRENCY = 1024
+MAX_LEASE_S = 86400.0  # a lease is renewed while its owner lives; a day is already absurd
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +69,26 @@ def options_from_env(
         kw["per_target"] = per_target
     lease = os.environ.get("ROTATOR_LEASE_SECONDS")
     if lease:
-        try:
-            kw["lease_s"] = float(lease)
-        except ValueError:
-            raise InvalidInput("ROTATOR_LEASE_SECONDS must be a number") from None
+        kw["lease_s"] = parse_lease(lease)
     return dataclasses.replace(base, **kw)
+
+
+def parse_lease(text: str) -> float:
+    """``ROTATOR_LEASE_SECONDS`` as seconds: a finite number above 0 and at most a day.
+
+    0, negative, NaN and infinite leases are refused (InvalidInput, one line): a lease that
+    never runs out would keep a dead owner's rotation forever, one of 0 or less would let
+    every process take over every rotation at once."""
+    try:
+        lease = float(text)
+    except ValueError:
+        raise InvalidInput("ROTATOR_LEASE_SECONDS must be a number of seconds") from None
+    if not math.isfinite(lease) or not 0 < lease <= MAX_LEASE_S:
+        raise InvalidInput(
+            f"ROTATOR_LEASE_SECONDS must be a number of seconds above 0 and at most "
+            f"{MAX_LEASE_S:g}, not {text.strip()!r}"
+        )
+    return lease
 
 
 def select(

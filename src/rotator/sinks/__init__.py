@@ -8,18 +8,23 @@ A sink spec on the command line is ``KIND:KEY=VALUE,KEY=VALUE``, e.g.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from rotator.errors import InvalidInput
-from rotator.sinks.file import FileSink
+from rotator.sinks.file import FileSink, SinkRefused
 
 KINDS: dict[str, type[FileSink]] = {"file": FileSink}
 
 
-def parse_sink(spec: str) -> dict[str, Any]:
-    """Validate a ``KIND:KEY=VALUE,...`` spec; returns the stored form (``kind`` + settings)."""
+def parse_sink(spec: str, forbidden: Sequence[Path] = ()) -> dict[str, Any]:
+    """Validate a ``KIND:KEY=VALUE,...`` spec; returns the stored form (``kind`` + settings).
+
+    ``forbidden``: rotator's own files and folders (``ROTATOR_HOME``, the SQLite store); a sink
+    whose path is or lies inside one of them (real paths compared) is InvalidInput."""
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in KINDS:
         raise InvalidInput(
@@ -32,7 +37,14 @@ def parse_sink(spec: str) -> dict[str, Any]:
         if not eq or not key.strip():
             raise InvalidInput(f"malformed --sink {spec!r}: {item!r} is not KEY=VALUE")
         settings[key.strip()] = value
-    return {"kind": kind, **load_sink({"kind": kind, **settings}).model_dump(exclude={"kind"})}
+    sink = load_sink({"kind": kind, **settings})
+    inside = sink.inside(forbidden)
+    if inside is not None:
+        raise InvalidInput(
+            f"--sink path {sink.path!r} is inside rotator's own {str(inside)!r}; "
+            "a sink may not overwrite rotator's files"
+        )
+    return {"kind": kind, **sink.model_dump(exclude={"kind"})}
 
 
 def load_sink(stored: dict[str, Any]) -> FileSink:
@@ -54,4 +66,4 @@ def describe_sink(stored: dict[str, Any]) -> str:
     return load_sink(stored).describe()
 
 
-__all__ = ["FileSink", "describe_sink", "load_sink", "parse_sink"]
+__all__ = ["FileSink", "SinkRefused", "describe_sink", "load_sink", "parse_sink"]

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,15 @@ HEAD_REVISION = "0004"
 SQLITE_SYNCHRONOUS = "FULL"
 
 
+_USERINFO_PASSWORD = re.compile(r"(?<=://)([^/@:]*):[^/]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password in its user part replaced by ``***``, without parsing it (for
+    messages about a URL that does not parse)."""
+    return _USERINFO_PASSWORD.sub(r"\1:***@", url)
+
+
 def normalize_url(url: str) -> str:
     """Accept ``postgresql://`` and ``postgres://`` and use psycopg 3 for them."""
     for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
@@ -62,8 +72,17 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 5) -> None:
         try:
             parsed = make_url(normalize_url(url))
-        except ArgumentError as exc:
-            raise InvalidInput(f"ROTATOR_DB is not a database URL: {url!r}") from exc
+        except (ArgumentError, ValueError):
+            # ValueError: a malformed port. Neither the URL (it may hold a password) nor the
+            # parser's exception (which quotes parts of it) is shown or chained.
+            raise InvalidInput(f"ROTATOR_DB is not a database URL: {redact_url(url)!r}") from None
+        if "@" in (parsed.host or "") or not 0 <= (parsed.port or 0) <= 65535:
+            # An unencoded "@" in a password makes the rest of it look like the host name:
+            # refuse before that "host" is shown anywhere.
+            raise InvalidInput(
+                f"ROTATOR_DB is not a database URL: {redact_url(url)!r} (percent-encode "
+                "@, : and / in a user name or password; a port is 0-65535)"
+            )
         self.safe_url = parsed.render_as_string(hide_password=True)
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {}
