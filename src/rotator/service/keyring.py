@@ -42,6 +42,10 @@ class KeyRing:
                 "this data key is wrapped by a master key this process does not hold"
             ) from None
 
+    def held(self) -> list[MasterKey]:
+        """Every master key this ring holds."""
+        return list(self._keys.values())
+
     def with_key(self, key: MasterKey) -> KeyRing:
         """A ring that also holds ``key`` and makes it current."""
         return KeyRing({**self._keys, key.id: key}, key.id)
@@ -121,13 +125,15 @@ def rotate_master(
     settings: Settings,
     ring: KeyRing,
     progress: Callable[[int, int], None] | None = None,
+    finalize: Callable[[Connection, MasterKey, MasterKey], None] | None = None,
 ) -> tuple[str, str, int]:
     """Re-wrap every data key under a new master key; values are not re-encrypted.
 
     Safe to interrupt and run again: the new key is made durable (key file or stored scrypt
     parameters) before the first re-wrap, each data key is re-wrapped in its own transaction,
     and a rerun picks up the same new key. Returns (old id, new id, data keys re-wrapped).
-    In passphrase mode ROTATOR_NEW_PASSPHRASE gives the new passphrase.
+    In passphrase mode ROTATOR_NEW_PASSPHRASE gives the new passphrase. ``finalize(conn,
+    old_key, new_key)`` runs inside the transaction that makes the new key current.
     """
     with db.read() as conn:
         master = store_keys.get_meta(conn, "master")
@@ -147,6 +153,8 @@ def rotate_master(
         entry = store_keys.get_meta(conn, "master_next")
         store_keys.set_meta(conn, "master", entry)
         store_keys.delete_meta(conn, "master_next")
+        if finalize is not None:
+            finalize(conn, ring.get(old_id), new)
     if master.get("kdf") is None and settings.next_key_file.exists():
         crypto.replace_key_file(settings.next_key_file, settings.key_file)
     return old_id, new.id, len(todo)
