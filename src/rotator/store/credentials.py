@@ -165,7 +165,9 @@ def set_stage_mac(conn: Connection, credential_id: int, mac: str) -> None:
 
 
 def all_credential_ids(conn: Connection) -> list[int]:
-    return [int(x) for x in conn.execute(select(credentials.c.id).order_by(credentials.c.id))]
+    return [
+        int(x) for x in conn.execute(select(credentials.c.id).order_by(credentials.c.id)).scalars()
+    ]
 
 
 def insert_credential(

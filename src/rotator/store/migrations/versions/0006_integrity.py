@@ -83,10 +83,12 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log")
         op.execute("DROP FUNCTION IF EXISTS rotator_audit_log_append_only()")
     op.drop_table("audit_keys")
-    with op.batch_alter_table("audit_head") as batch:
+    # "never": on SQLite, recreating a table drops the old one, and with foreign keys on that
+    # cascades into versions; SQLite >= 3.35 drops a column in place.
+    with op.batch_alter_table("audit_head", recreate="never") as batch:
         batch.drop_column("mac")
         batch.drop_column("key_id")
-    with op.batch_alter_table("audit_log") as batch:
+    with op.batch_alter_table("audit_log", recreate="never") as batch:
         batch.drop_column("key_id")
-    with op.batch_alter_table("credentials") as batch:
+    with op.batch_alter_table("credentials", recreate="never") as batch:
         batch.drop_column("stage_mac")
