@@ -318,7 +318,8 @@ def test_cli_expect_head_in_a_bad_format_exits_2_with_one_line(
     out = cli(settings, "audit", "verify", "--expect-head", anchor)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--expect-head" in lines[0], out.stderr
+    assert len(lines) == 1, out.stderr
+    assert "--expect-head" in lines[0], out.stderr
 
 
 def test_expect_head_detects_a_rollback_to_an_older_copy_and_a_rewrite(
@@ -341,13 +342,15 @@ def test_expect_head_detects_a_rollback_to_an_older_copy_and_a_rewrite(
     # ... the anchor kept outside says it was truncated.
     cut = cli(settings, "audit", "verify", "--expect-head", anchor)
     assert cut.returncode == 1
-    assert "truncated" in cut.stderr and len(cut.stderr.strip().splitlines()) == 1
+    assert "truncated" in cut.stderr
+    assert len(cut.stderr.strip().splitlines()) == 1
     # New writes on the rolled-back copy reach seq 11 again, with other content: rewritten.
     filled.get_value("cred-1")
     filled.get_value("cred-1")
     again = cli(settings, "audit", "verify", "--expect-head", anchor)
     assert again.returncode == 1
-    assert "entry 11" in again.stderr and "rewritten" in again.stderr
+    assert "entry 11" in again.stderr
+    assert "rewritten" in again.stderr
 
 
 def test_rotate_master_links_the_chain_to_the_new_audit_key(

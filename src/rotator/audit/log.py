@@ -92,6 +92,8 @@ class AuditBatch:
                 raise AuditChainBroken(0, "the audit head is missing (the log was emptied?)")
             seq, prev, key = 0, GENESIS, self.keys.initial
         else:
+            if row.key_id is None:
+                raise AuditChainBroken(row.seq, "the audit head names no audit key")
             key = self.keys.get(row.key_id)
             if row.mac is None or not key.verify(
                 head_message(row.seq, row.hash, row.key_id), row.mac

@@ -158,6 +158,7 @@ class RotatorService:
                 )
         svc = cls(db=db, settings=settings, ring=load_keyring(db, settings))
         integrity.upgrade(svc, principal)
+        svc.audit_keys  # noqa: B018 - load them now, not inside a later write transaction
         svc._tenant(principal.tenant, create=True)
         return svc, created
 
@@ -696,6 +697,7 @@ class RotatorService:
         old, new, n = rotate_master(self.db, self.settings, self.ring, progress, finalize=link)
         self.ring = load_keyring(self.db, self.settings)
         self._audit_keys = None
+        self.audit_keys  # noqa: B018 - reload them outside the next write transaction
         with self.db.write() as conn:
             self._audit(
                 conn, principal, "keys.rotate_master.done", from_key=old, to_key=new, rewrapped=n

@@ -76,7 +76,7 @@ def stage_message(m: store_creds.StageMap) -> bytes:
     )
 
 
-def _stage_key(svc: RotatorService, conn: Connection, data_key_id: int) -> tuple[int, MacKey]:
+def stage_key(svc: RotatorService, conn: Connection, data_key_id: int) -> tuple[int, MacKey]:
     """(tenant id, MAC key) of a data key; the derived key is cached per data key."""
     hit = svc._stage_keys.get(data_key_id)
     if hit is None:
@@ -92,7 +92,7 @@ def restamp(svc: RotatorService, conn: Connection, credential_id: int) -> None:
     if m is None:
         return
     dk_id = svc._active_data_key_id(conn, m.tenant_id)
-    _, key = _stage_key(svc, conn, dk_id)
+    _, key = stage_key(svc, conn, dk_id)
     store_creds.set_stage_mac(conn, credential_id, f"{dk_id}:{key.mac(stage_message(m))}")
 
 
@@ -103,7 +103,7 @@ def _problem(svc: RotatorService, conn: Connection, m: store_creds.StageMap) -> 
     if not dk_part.isdigit() or len(tag) != 64:
         return "its stage-map MAC is malformed"
     try:
-        tenant_id, key = _stage_key(svc, conn, int(dk_part))
+        tenant_id, key = stage_key(svc, conn, int(dk_part))
     except (RotatorError, SQLAlchemyError):
         return "its stage-map MAC names a data key that does not open"
     if tenant_id != m.tenant_id:
