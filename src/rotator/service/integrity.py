@@ -88,7 +88,7 @@ def stage_key(svc: RotatorService, conn: Connection, data_key_id: int) -> tuple[
 def restamp(svc: RotatorService, conn: Connection, credential_id: int) -> None:
     """Recompute the stage MAC of a credential from its rows, in the caller's transaction.
     Call after a stage move (and :func:`check` before it). No-op for a deleted credential."""
-    m = store_creds.stage_maps(conn, [credential_id]).get(credential_id)
+    m = store_creds.stage_map(conn, credential_id)
     if m is None:
         return
     dk_id = svc._active_data_key_id(conn, m.tenant_id)

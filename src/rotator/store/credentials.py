@@ -84,6 +84,24 @@ _COUNT_USE = (
     .where(credentials.c.id == bindparam("b_id"))
     .values(use_count=credentials.c.use_count + bindparam("b_n"))
 )
+# One credential's stage map in one statement (run at every stage move and value read).
+_STAGE_MAP_ONE = (
+    select(
+        credentials.c.tenant_id,
+        credentials.c.name,
+        credentials.c.stage_mac,
+        versions.c.number,
+        versions.c.stage,
+    )
+    .select_from(credentials.outerjoin(versions, versions.c.credential_id == credentials.c.id))
+    .where(credentials.c.id == bindparam("b_cid"))
+    .order_by(versions.c.number)
+)
+_SET_STAGE_MAC = (
+    update(credentials)
+    .where(credentials.c.id == bindparam("b_id"))
+    .values(stage_mac=bindparam("b_mac"))
+)
 _VERSION_COLS = (
     versions.c.credential_id,
     versions.c.number,
@@ -135,9 +153,22 @@ class StageMap:
     mac: str | None
 
 
+def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
+    """The stage map of one credential (one query), or None if it does not exist."""
+    rows = conn.execute(_STAGE_MAP_ONE, {"b_cid": credential_id}).all()
+    if not rows:
+        return None
+    first = rows[0]
+    stages = tuple((int(r.number), str(r.stage)) for r in rows if r.number is not None)
+    return StageMap(credential_id, first.tenant_id, first.name, stages, first.stage_mac)
+
+
 def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, StageMap]:
     """The stage map of each existing credential among ``credential_ids`` (two queries per
     500 credentials)."""
+    if len(credential_ids) == 1:
+        one = stage_map(conn, credential_ids[0])
+        return {} if one is None else {one.credential_id: one}
     out: dict[int, StageMap] = {}
     for chunk in _chunks(list(credential_ids)):
         heads = conn.execute(
@@ -161,7 +192,7 @@ def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, Sta
 
 
 def set_stage_mac(conn: Connection, credential_id: int, mac: str) -> None:
-    conn.execute(update(credentials).where(credentials.c.id == credential_id).values(stage_mac=mac))
+    conn.execute(_SET_STAGE_MAC, {"b_id": credential_id, "b_mac": mac})
 
 
 def all_credential_ids(conn: Connection) -> list[int]:
