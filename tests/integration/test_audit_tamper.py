@@ -10,6 +10,7 @@ and TRUNCATE by trigger; the tampering here runs as the database superuser with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -431,3 +432,24 @@ def test_postgresql_refuses_update_delete_and_truncate_of_audit_rows(
         c.exec_driver_sql(statement)
     assert filled.audit_verify().ok
     assert len(rows(raw_db)) == 9
+
+
+def test_rotate_master_in_passphrase_mode_links_the_chain(settings: Settings) -> None:
+    first = dataclasses.replace(settings, passphrase=Secret("first passphrase"))
+    svc, _ = RotatorService.init(first)
+    svc.add_credential("a", "local", value=ValueInput(generate=True))
+    svc.close()
+    moving = dataclasses.replace(first, new_passphrase=Secret("second passphrase"))
+    svc = RotatorService.open(moving)
+    svc.rotate_master_key()
+    svc.close()
+    second = RotatorService.open(
+        dataclasses.replace(settings, passphrase=Secret("second passphrase"))
+    )
+    second.get_value("a")
+    result = second.audit_verify()
+    assert result.ok, result.reason
+    actions = [e.action for e in second.audit_entries()]
+    assert actions.count("audit.key_link") == 1
+    assert actions[-1] == "value.read"
+    second.close()
