@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, insert, select, text, update
+from sqlalchemy import bindparam, event, func, insert, select, text, update
 
 from bench.common import (
     Result,
@@ -53,13 +53,13 @@ from bench.common import (
     timed,
 )
 from rotator import audit, crypto
-from rotator.audit.chain import AuditEntry, entry_hash
+from rotator.audit.chain import AuditEntry, entry_mac, head_message
 from rotator.audit.log import format_ts
 from rotator.config import Settings
 from rotator.domain.model import DEFAULT_TENANT, Stage
 from rotator.domain.policy import RotationPolicy
 from rotator.domain.secret import Secret
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import PolicyInput, RotatorService, ValueInput, integrity
 from rotator.store import credentials as store_creds
 from rotator.store import db as store_db
 from rotator.store import keys as store_keys
@@ -169,12 +169,33 @@ def bulk_fill(svc: RotatorService, start: int, count: int, batch: int) -> None:
                     for cid in ids
                 ],
             )
+            _, mac_key = integrity.stage_key(svc, conn, dk.id)
+            conn.execute(
+                update(credentials)
+                .where(credentials.c.id == bindparam("b_id"))
+                .values(stage_mac=bindparam("b_mac")),
+                [
+                    {
+                        "b_id": cid,
+                        "b_mac": f"{dk.id}:"
+                        + mac_key.mac(
+                            integrity.stage_message(
+                                store_creds.StageMap(
+                                    cid, tenant_id, cred_name(i), ((1, "CURRENT"),), None
+                                )
+                            )
+                        ),
+                    }
+                    for i, cid in zip(idx, ids, strict=True)
+                ],
+            )
             head = conn.execute(
-                select(audit_head.c.seq, audit_head.c.hash)
+                select(audit_head.c.seq, audit_head.c.hash, audit_head.c.key_id)
                 .where(audit_head.c.id == 1)
                 .with_for_update()
             ).one()
             seq, prev = head.seq, head.hash
+            audit_key = svc.audit_keys.get(head.key_id)
             entries = []
             ts = format_ts(now)
             for i in idx:
@@ -195,8 +216,9 @@ def bulk_fill(svc: RotatorService, start: int, count: int, batch: int) -> None:
                     None,
                     details,
                     prev,
+                    key_id=audit_key.id,
                 )
-                prev = entry_hash(e)
+                prev = entry_mac(audit_key, e)
                 entries.append(
                     {
                         "seq": seq,
@@ -209,10 +231,17 @@ def bulk_fill(svc: RotatorService, start: int, count: int, batch: int) -> None:
                         "details": json.dumps(details, sort_keys=True),
                         "prev_hash": e.prev_hash,
                         "hash": prev,
+                        "key_id": audit_key.id,
                     }
                 )
             conn.execute(insert(audit_log), entries)
-            conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+            conn.execute(
+                update(audit_head)
+                .where(audit_head.c.id == 1)
+                .values(
+                    seq=seq, hash=prev, mac=audit_key.mac(head_message(seq, prev, audit_key.id))
+                )
+            )
 
 
 def rowfill(svc: RotatorService, start: int, count: int, batch: int) -> None:
@@ -245,6 +274,7 @@ def rowfill(svc: RotatorService, start: int, count: int, batch: int) -> None:
                     now=now,
                 )
                 store_creds.update_credential(conn, cid, now=now, last_rotated_at=now)
+                svc.restamp(conn, cid)
                 audit.append(
                     conn,
                     now=now,
@@ -258,6 +288,7 @@ def rowfill(svc: RotatorService, start: int, count: int, batch: int) -> None:
                         "policy": pol.to_json(),
                         "version": 1,
                     },
+                    keys=svc.audit_keys,
                 )
 
 

@@ -53,6 +53,10 @@ class DecryptionError(CryptoError):
     """Decryption failed: wrong key, or the ciphertext was changed or moved."""
 
 
+class IntegrityError(CryptoError):
+    """Integrity check failed: the stored data was changed outside rotator."""
+
+
 class MasterKeyError(CryptoError):
     """The master key is missing or unusable."""
 
@@ -80,6 +84,11 @@ class AuditChainBroken(AuditError):
         super().__init__(f"audit entry {seq} does not verify: {reason}")
         self.seq = seq
         self.reason = reason
+
+
+class AuditKeyUnavailable(AuditError):
+    """This process does not hold the audit key in use (the master key was rotated since it
+    started): restart it with the current master key."""
 
 
 class PolicyError(InvalidInput):

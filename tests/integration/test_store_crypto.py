@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select, update
 from rotator import crypto
 from rotator.config import Settings
 from rotator.domain.secret import Secret
-from rotator.errors import DecryptionError, MasterKeyError
+from rotator.errors import DecryptionError, IntegrityError, MasterKeyError
 from rotator.service import Principal, RotatorService, ValueInput
 from rotator.store.schema import credentials, data_keys, versions
 
@@ -91,7 +91,7 @@ def test_ciphertext_copied_to_another_tenant_fails_to_open(
             .where(versions.c.id == rows[1].id)
             .values(ciphertext=rows[0].ciphertext, data_key_id=rows[0].data_key_id)
         )
-    with pytest.raises(DecryptionError):
+    with pytest.raises(IntegrityError, match="another tenant"):
         svc.get_value("shared", principal=Principal(tenant="two"))
     assert svc.get_value("shared", principal=Principal(tenant="one")).reveal_text() == "tenant-one"
 

@@ -1,6 +1,17 @@
-"""Tamper-evident audit log: append-only, each entry holds the SHA-256 of the previous one."""
+"""Tamper-evident audit log: append-only, each entry MAC'd (HMAC-SHA-256, audit key derived
+from the master key) over the previous entry's MAC."""
 
-from rotator.audit.chain import AuditEntry, VerifyResult
-from rotator.audit.log import append, entries, verify_log
+from rotator.audit.chain import AuditEntry, AuditKeys, Head, VerifyResult
+from rotator.audit.log import append, entries, read_head, reseal, verify_log
 
-__all__ = ["AuditEntry", "VerifyResult", "append", "entries", "verify_log"]
+__all__ = [
+    "AuditEntry",
+    "AuditKeys",
+    "Head",
+    "VerifyResult",
+    "append",
+    "entries",
+    "read_head",
+    "reseal",
+    "verify_log",
+]

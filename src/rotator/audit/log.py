@@ -4,6 +4,12 @@ Appends made while a transaction carries an :class:`AuditBatch` (the engine's gr
 writer installs one) are chained and written together when the batch is flushed, just before
 the commit: one head read, one multi-row insert and one head update for the whole batch.
 Either way an entry commits or rolls back with the operation it records.
+
+Every append MACs its entries under the audit key the head row names (see
+:mod:`rotator.audit.chain`) and first checks the head's own MAC: a head rewritten behind
+rotator's back (a cut tail) makes every later write fail instead of being chained over. Only
+the ``store.init`` entry may start a log without a head. Rows are never updated or deleted
+(on PostgreSQL a trigger refuses it), except once by the keyed upgrade (:func:`reseal`).
 """
 
 from __future__ import annotations
@@ -16,18 +22,40 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from rotator.audit.chain import GENESIS, AuditEntry, VerifyResult, entry_hash, verify
+from rotator.audit.chain import (
+    GENESIS,
+    INIT_ACTION,
+    AuditEntry,
+    AuditKeys,
+    Head,
+    VerifyResult,
+    entry_hash,
+    entry_mac,
+    head_message,
+    next_key_id,
+    verify,
+    verify_unkeyed,
+)
+from rotator.crypto.integrity import AuditKey
+from rotator.errors import AuditChainBroken
 from rotator.store.schema import audit_head, audit_log
 
 BATCH_KEY = "rotator.audit_batch"
-_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+_HEAD = select(audit_head.c.seq, audit_head.c.hash, audit_head.c.key_id, audit_head.c.mac).where(
+    audit_head.c.id == 1
+)
 _HEAD_LOCKED = _HEAD.with_for_update()
 _INSERT = insert(audit_log)
 _INSERT_HEAD = insert(audit_head)
 _UPDATE_HEAD = (
     update(audit_head)
     .where(audit_head.c.id == 1)
-    .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+    .values(
+        seq=bindparam("head_seq"),
+        hash=bindparam("head_hash"),
+        key_id=bindparam("head_key"),
+        mac=bindparam("head_mac"),
+    )
 )
 
 
@@ -38,9 +66,10 @@ def format_ts(now: datetime) -> str:
 @dataclass
 class AuditBatch:
     """Entries appended in one transaction, not yet chained. ``mark``/``reset`` let the writer
-    drop the entries of an operation that failed."""
+    drop the entries of an operation that failed. ``keys`` comes with the appends."""
 
     pending: list[dict[str, Any]] = field(default_factory=list)
+    keys: AuditKeys | None = None
 
     def mark(self) -> int:
         return len(self.pending)
@@ -49,37 +78,67 @@ class AuditBatch:
         del self.pending[mark:]
 
     def flush(self, conn: Connection) -> int:
-        """Chain and write the collected entries; returns how many were written."""
+        """Chain, MAC and write the collected entries; returns how many were written.
+
+        Raises AuditChainBroken when the head is missing (except for the store's init entry)
+        or its MAC does not verify, AuditKeyUnavailable when the head's key is not held.
+        """
         if not self.pending:
             return 0
-        head = conn.execute(_HEAD_LOCKED).first()
-        seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
+        assert self.keys is not None, "audit entries appended without keys"
+        row = conn.execute(_HEAD_LOCKED).first()
+        if row is None:
+            if self.pending[0]["action"] != INIT_ACTION:
+                raise AuditChainBroken(0, "the audit head is missing (the log was emptied?)")
+            seq, prev, key = 0, GENESIS, self.keys.initial
+        else:
+            if row.key_id is None:
+                raise AuditChainBroken(row.seq, "the audit head names no audit key")
+            key = self.keys.get(row.key_id)
+            if row.mac is None or not key.verify(
+                head_message(row.seq, row.hash, row.key_id), row.mac
+            ):
+                raise AuditChainBroken(
+                    row.seq, "the audit head's MAC does not verify: run `rotator audit verify`"
+                )
+            seq, prev = row.seq, row.hash
         rows = []
         for fields in self.pending:
             seq += 1
-            entry = AuditEntry(seq=seq, prev_hash=prev, **fields)
-            prev = entry_hash(entry)
+            entry = AuditEntry(seq=seq, prev_hash=prev, key_id=key.id, **fields)
+            prev = entry_mac(key, entry)
             rows.append(
                 {
                     **fields,
                     "seq": seq,
                     "prev_hash": entry.prev_hash,
                     "hash": prev,
+                    "key_id": key.id,
                     "details": json.dumps(fields["details"], sort_keys=True),
                 }
             )
+            key = self.keys.get(next_key_id(fields, key.id))
         conn.execute(_INSERT, rows)
-        _store_head(conn, head is None, seq, prev)
+        _store_head(conn, row is None, seq, prev, key)
         n = len(self.pending)
         self.pending.clear()
         return n
 
 
-def _store_head(conn: Connection, first: bool, seq: int, digest: str) -> None:
+def _store_head(conn: Connection, first: bool, seq: int, digest: str, key: AuditKey) -> None:
+    values = {
+        "head_seq": seq,
+        "head_hash": digest,
+        "head_key": key.id,
+        "head_mac": key.mac(head_message(seq, digest, key.id)),
+    }
     if first:
-        conn.execute(_INSERT_HEAD, {"id": 1, "seq": seq, "hash": digest})
+        conn.execute(
+            _INSERT_HEAD,
+            {"id": 1, "seq": seq, "hash": digest, "key_id": key.id, "mac": values["head_mac"]},
+        )
     else:
-        conn.execute(_UPDATE_HEAD, {"head_seq": seq, "head_hash": digest})
+        conn.execute(_UPDATE_HEAD, values)
 
 
 def append(
@@ -92,12 +151,14 @@ def append(
     credential: str | None = None,
     rotation_id: str | None = None,
     details: dict[str, Any] | None = None,
+    keys: AuditKeys,
 ) -> None:
     """Append one entry in the caller's transaction, so it commits with what it records.
 
     Without a batch the head row is locked first (SELECT ... FOR UPDATE on PostgreSQL;
     SQLite's write transaction is exclusive already), which serializes appends across
-    processes. ``details`` must hold metadata only, never a value.
+    processes. ``details`` must hold metadata only, never a value. ``keys`` are the audit
+    keys of the calling process (the service's).
     """
     fields = {
         "ts": format_ts(now),
@@ -110,9 +171,10 @@ def append(
     }
     batch: AuditBatch | None = conn.info.get(BATCH_KEY)
     if batch is not None:
+        batch.keys = keys
         batch.pending.append(fields)
         return
-    AuditBatch([fields]).flush(conn)
+    AuditBatch([fields], keys).flush(conn)
 
 
 def _row_to_entry(r: Any) -> AuditEntry:
@@ -127,6 +189,7 @@ def _row_to_entry(r: Any) -> AuditEntry:
         details=json.loads(r.details),
         prev_hash=r.prev_hash,
         hash=r.hash,
+        key_id=r.key_id,
     )
 
 
@@ -164,7 +227,46 @@ def _iter_all(conn: Connection, batch: int = 5000) -> Iterator[AuditEntry]:
         last = rows[-1].seq
 
 
-def verify_log(conn: Connection) -> VerifyResult:
-    """Verify the whole chain against the head row. Streams; memory does not grow with the log."""
-    head = conn.execute(_HEAD).first()
-    return verify(_iter_all(conn), None if head is None else (head.seq, head.hash))
+def read_head(conn: Connection) -> Head | None:
+    r = conn.execute(_HEAD).first()
+    return None if r is None else Head(r.seq, r.hash, r.key_id, r.mac)
+
+
+def verify_log(
+    conn: Connection, keys: AuditKeys, expect_head: tuple[int, str] | None = None
+) -> VerifyResult:
+    """Verify the whole keyed chain against the head row (and an externally kept head).
+    Streams; memory does not grow with the log."""
+    return verify(_iter_all(conn), read_head(conn), keys, expect_head)
+
+
+def reseal(conn: Connection, key: AuditKey) -> int:
+    """Re-seal a chain written before the keyed chain: verify its unkeyed hashes, then MAC
+    every entry under ``key`` and store a keyed head. Returns the number of entries.
+
+    Raises AuditChainBroken when the unkeyed chain does not verify (nothing is changed then):
+    re-sealing it would make the tampering unprovable.
+    """
+    r = conn.execute(_HEAD).first()
+    result = verify_unkeyed(_iter_all(conn), None if r is None else (r.seq, r.hash))
+    if not result.ok:
+        raise AuditChainBroken(
+            result.first_bad_seq or 0,
+            f"{result.reason}; the existing audit log does not verify, so it is not re-sealed",
+        )
+    prev = GENESIS
+    seq = 0
+    for e in list(_iter_all(conn)):
+        sealed = AuditEntry(**{**e.to_json(), "prev_hash": prev, "hash": "", "key_id": key.id})
+        mac = entry_mac(key, sealed)
+        conn.execute(
+            update(audit_log)
+            .where(audit_log.c.seq == e.seq)
+            .values(prev_hash=prev, hash=mac, key_id=key.id)
+        )
+        prev, seq = mac, e.seq
+    _store_head(conn, r is None, seq, prev, key)
+    return result.entries
+
+
+__all__ = ["AuditBatch", "AuditKeys", "append", "entries", "entry_hash", "verify_log"]

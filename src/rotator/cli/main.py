@@ -33,6 +33,7 @@ from rotator.errors import (
     AlreadyExists,
     ConfigError,
     CryptoError,
+    IntegrityError,
     InvalidInput,
     NotFound,
     NotInitialized,
@@ -615,14 +616,41 @@ def audit_list(
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Verify the hash chain; exit 1 naming the first entry that does not verify."""
+def audit_verify(
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-head",
+            metavar="SEQ:HASH",
+            help="A head printed by `rotator audit head` earlier: it must still be in the log.",
+        ),
+    ] = None,
+) -> None:
+    """Verify the keyed chain; exit 1 naming the first entry that does not verify."""
+    expected = _parse_head(expect_head) if expect_head is not None else None
     with service() as svc:
-        result = svc.audit_verify()
+        result = svc.audit_verify(expected)
     if result.ok:
         out.print(f"audit chain ok: {result.entries} entries")
         return
     fail(f"audit chain broken at entry {result.first_bad_seq}: {result.reason}", code=1)
+
+
+def _parse_head(text: str) -> tuple[int, str]:
+    seq, sep, mac = text.strip().partition(":")
+    if not (sep and seq.isascii() and seq.isdigit() and len(seq) <= 18 and int(seq) >= 1):
+        raise InvalidInput("--expect-head must be SEQ:HASH as printed by `rotator audit head`")
+    if len(mac) != 64 or any(c not in "0123456789abcdef" for c in mac.lower()):
+        raise InvalidInput("--expect-head must be SEQ:HASH with a 64-digit hex HASH")
+    return int(seq), mac.lower()
+
+
+@audit_app.command("head")
+def audit_head() -> None:
+    """Print SEQ:HASH of the newest entry: keep it outside the store for --expect-head."""
+    with service() as svc:
+        seq, mac = svc.audit_head()
+    sys.stdout.write(f"{seq}:{mac}\n")
 
 
 @audit_app.command("export")
@@ -650,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.exit_code)
     except typer.Abort:
         print("rotator: aborted", file=sys.stderr)
+        return 1
+    except IntegrityError as exc:  # tampered data: the operation failed, the input was fine
+        print(f"rotator: error: {exc}", file=sys.stderr)
         return 1
     except BAD_INPUT as exc:
         print(f"rotator: error: {exc}", file=sys.stderr)

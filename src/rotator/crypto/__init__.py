@@ -1,6 +1,7 @@
 """Envelope encryption recipes: ``seal``, ``open_``, ``wrap``, ``unwrap``, ``rewrap``.
 
-AES-256-GCM, 96-bit random nonces; AAD binds tenant + credential id + version. Every failure to
+AES-256-GCM, 96-bit random nonces; AAD binds tenant + credential id + version (the name is bound
+to the id by the stage-map MAC, crypto.integrity). Every failure to
 open raises :class:`rotator.errors.DecryptionError`. Code outside crypto/ uses only this module.
 """
 

@@ -337,6 +337,7 @@ class Engine:
         cred = store_creds.get_credential(conn, tenant.id, req.name, with_versions=False)
         if cred is None:
             raise NotFound(f"no credential {req.name!r}")
+        self.svc.check_stage_map(conn, cred.id)
         sv = store_creds.sealed_version(conn, cred.id, stage=Stage.CURRENT)
         current = self.svc.open_version(conn, sv) if sv is not None else None
         return tenant, cred, current, sv.number if sv is not None else None
@@ -361,9 +362,12 @@ class Engine:
             for i in range(0, len(names), 500):
                 creds = store_creds.list_credentials(conn, tenant.id, names=names[i : i + 500])
                 current = store_creds.current_versions(conn, [c.id for c in creds])
+                tampered = self.svc.stage_map_errors(conn, [c.id for c in creds])
                 for cred in creds:
                     sv = current.get(cred.id)
                     try:
+                        if cred.id in tampered:  # preparing it alone reports the failure
+                            raise tampered[cred.id]
                         value = self.svc.open_version(conn, sv) if sv is not None else None
                         ctx = self._context(
                             wanted[cred.name],
@@ -681,7 +685,9 @@ class Engine:
         if current != ctx.current_version:
             store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
             return _STALE
+        self.svc.check_stage_map(conn, ctx.cred.id)
         self.svc.seal_version(conn, ctx.tenant, ctx.cred.id, ctx.version, value, Stage.PENDING, now)
+        self.svc.restamp(conn, ctx.cred.id)
         store_rot.insert_rotation(
             conn,
             id=ctx.rotation_id,
@@ -918,7 +924,9 @@ class Engine:
             record(conn)
         now = self._now()
         grace = timedelta(seconds=ctx.grace_s)
+        self.svc.check_stage_map(conn, ctx.cred.id)
         previous = store_creds.promote(conn, ctx.cred.id, ctx.version, now=now, grace=grace)
+        self.svc.restamp(conn, ctx.cred.id)
         if previous is not None:
             store_rot.enqueue_revocation(conn, ctx.cred.id, previous, now + grace)
         if ctx.grace_s == 0:
@@ -975,9 +983,11 @@ class Engine:
 
         def record(conn: Connection) -> None:
             now = self._now()
+            self.svc.check_stage_map(conn, ctx.cred.id)
             store_rot.mark_version(
                 conn, ctx.cred.id, ctx.version, Stage.FAILED, now, only_from=(Stage.PENDING,)
             )
+            self.svc.restamp(conn, ctx.cred.id)
             msg = error if rb_error is None else f"{error}; rollback failed: {rb_error}"
             store_rot.set_step(
                 conn, ctx.rotation_id, "rolled_back" if rolled_back else "failed", now, error=msg
@@ -1197,6 +1207,7 @@ class Engine:
             return False
 
         def retire(conn: Connection) -> None:
+            self.svc.check_stage_map(conn, ctx.cred.id)
             store_rot.mark_version(
                 conn,
                 ctx.cred.id,
@@ -1205,6 +1216,7 @@ class Engine:
                 self._now(),
                 only_from=(Stage.PREVIOUS,),
             )
+            self.svc.restamp(conn, ctx.cred.id)
             store_rot.finish_revocation(conn, r.id)
 
         await self.writer.run(retire)

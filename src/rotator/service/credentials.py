@@ -18,10 +18,11 @@ from sqlalchemy import Connection
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from rotator import audit, crypto
-from rotator.audit.chain import AuditEntry, VerifyResult
+from rotator.audit.chain import AuditEntry, AuditKeys, VerifyResult
 from rotator.config import Settings
 from rotator.connectors import base as cbase
 from rotator.connectors.registry import get_connector
+from rotator.crypto.integrity import MacKey, audit_key
 from rotator.domain import names
 from rotator.domain.group import Group
 from rotator.domain.model import DEFAULT_TENANT, Credential, Stage, Tenant
@@ -31,12 +32,14 @@ from rotator.errors import (
     AlreadyExists,
     ConcurrentModification,
     ConnectorError,
+    IntegrityError,
     InvalidInput,
     NotFound,
     PolicyError,
     VerificationFailed,
 )
 from rotator.policy import earliest, next_rotation_at
+from rotator.service import integrity
 from rotator.service.keyring import KeyRing, create_master, load_keyring, rotate_master
 from rotator.sinks import describe_sink, parse_sink
 from rotator.store import Database
@@ -123,6 +126,8 @@ class RotatorService:
     _data_keys: dict[int, crypto.DataKey] = field(default_factory=dict)
     _tenants: dict[str, Tenant] = field(default_factory=dict)
     _active_keys: dict[int, int] = field(default_factory=dict)
+    _stage_keys: dict[int, tuple[int, MacKey]] = field(default_factory=dict)
+    _audit_keys: AuditKeys | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -151,8 +156,11 @@ class RotatorService:
                         "master_key_id": key.id,
                         "mode": "passphrase" if settings.passphrase else "key-file",
                     },
+                    keys=AuditKeys({}, audit_key(key)),
                 )
         svc = cls(db=db, settings=settings, ring=load_keyring(db, settings))
+        integrity.upgrade(svc, principal)
+        svc.audit_keys  # noqa: B018 - load them now, not inside a later write transaction
         svc._tenant(principal.tenant, create=True)
         return svc, created
 
@@ -164,7 +172,10 @@ class RotatorService:
         """
         db = Database(settings.db_url)
         db.check_initialized()
-        return cls(db=db, settings=settings, ring=load_keyring(db, settings), clock=clock)
+        svc = cls(db=db, settings=settings, ring=load_keyring(db, settings), clock=clock)
+        integrity.upgrade(svc, LOCAL_PRINCIPAL)
+        svc.audit_keys  # noqa: B018 - load them now, not inside a later write transaction
+        return svc
 
     def close(self) -> None:
         self.db.dispose()
@@ -205,11 +216,42 @@ class RotatorService:
         """The tenant named ``name``, created with its data key on first use."""
         return self._tenant(name, create=True)
 
+    @property
+    def audit_keys(self) -> AuditKeys:
+        """The audit keys this process holds (loaded once; reloaded after a master rotation)."""
+        if self._audit_keys is None:
+            with self.db.read() as conn:
+                self._audit_keys = integrity.load_audit_keys(conn, self.ring)
+        return self._audit_keys
+
     def open_version(self, conn: Connection, sv: store_creds.SealedVersion) -> Secret:
-        """Decrypt a stored version. Raises DecryptionError if it does not open."""
-        return crypto.open_(
-            self._data_key(conn, sv.data_key_id), sv.ciphertext, sv.credential_id, sv.number
-        )
+        """Decrypt a stored version. Raises DecryptionError if it does not open, IntegrityError
+        if it is sealed under another tenant's data key than its credential's."""
+        dk = self._data_key(conn, sv.data_key_id)
+        if dk.tenant_id != sv.tenant_id:
+            raise IntegrityError(
+                f"integrity check failed: credential {sv.name!r}: "
+                "its value is sealed under another tenant's key"
+            )
+        return crypto.open_(dk, sv.ciphertext, sv.credential_id, sv.number)
+
+    # -- integrity (see service/integrity.py) ----------------------------------------------
+
+    def check_stage_map(self, conn: Connection, credential_id: int) -> None:
+        """Raise IntegrityError unless the credential's stored stage map (tenant, id, name,
+        every version's stage) verifies. Call before using a value and before a stage move."""
+        integrity.check(self, conn, credential_id)
+
+    def stage_map_errors(
+        self, conn: Connection, credential_ids: list[int]
+    ) -> dict[int, IntegrityError]:
+        """:meth:`check_stage_map` for many credentials at once: the failing ones, by id."""
+        return integrity.errors(self, conn, credential_ids)
+
+    def restamp(self, conn: Connection, credential_id: int) -> None:
+        """Recompute the credential's stage MAC in ``conn``'s transaction; call after every
+        stage move (insert of a version, promote, FAILED, RETIRED)."""
+        integrity.restamp(self, conn, credential_id)
 
     def seal_version(
         self,
@@ -255,15 +297,20 @@ class RotatorService:
         return dk
 
     def _active_data_key(self, conn: Connection, tenant: Tenant) -> crypto.DataKey:
+        return self._data_key(conn, self._active_data_key_id(conn, tenant.id, tenant.name))
+
+    def _active_data_key_id(
+        self, conn: Connection, tenant_id: int, tenant_name: str | None = None
+    ) -> int:
         # A tenant's active data key changes only when a new one is made (not yet a feature),
         # so its id is cached for the life of the process.
-        dk_id = self._active_keys.get(tenant.id)
+        dk_id = self._active_keys.get(tenant_id)
         if dk_id is None:
-            found = store_keys.latest_data_key(conn, tenant.id)
+            found = store_keys.latest_data_key(conn, tenant_id)
             if found is None:
-                raise NotFound(f"tenant {tenant.name!r} has no data key")
-            dk_id = self._active_keys[tenant.id] = found[0]
-        return self._data_key(conn, dk_id)
+                raise NotFound(f"tenant {tenant_name or tenant_id!r} has no data key")
+            dk_id = self._active_keys[tenant_id] = found[0]
+        return dk_id
 
     def _audit(
         self,
@@ -284,6 +331,7 @@ class RotatorService:
             credential=credential,
             rotation_id=rotation_id,
             details=details,
+            keys=self.audit_keys,
         )
 
     # -- credentials ----------------------------------------------------------------------
@@ -346,6 +394,7 @@ class RotatorService:
             if first is not None:
                 self.seal_version(conn, tenant, cid, 1, first, Stage.CURRENT, now)
                 store_creds.update_credential(conn, cid, now=now, last_rotated_at=now)
+            self.restamp(conn, cid)
             self._audit(
                 conn,
                 principal,
@@ -492,12 +541,11 @@ class RotatorService:
             cid = store_creds.credential_id(conn, tenant.id, name)
             if cid is None:
                 raise NotFound(f"no credential {name!r}")
+            self.check_stage_map(conn, cid)
             sv = store_creds.sealed_version(conn, cid, stage=stage)
             if sv is None:
                 raise NotFound(f"credential {name!r} has no {stage.value} version")
-            value = crypto.open_(
-                self._data_key(conn, sv.data_key_id), sv.ciphertext, cid, sv.number
-            )
+            value = self.open_version(conn, sv)
             store_creds.count_use(conn, cid)
             self._audit(conn, principal, "value.read", name, version=sv.number, stage=stage.value)
         return value
@@ -571,8 +619,10 @@ class RotatorService:
             )
             demoted = None
             if new_value is not None:
+                self.check_stage_map(conn, cred.id)
                 self.seal_version(conn, tenant, cred.id, number, new_value, Stage.PENDING, now)
                 demoted = store_creds.promote(conn, cred.id, number, now=now, grace=pol.grace)
+                self.restamp(conn, cred.id)
             changed = {
                 "connector": kind if connector else None,
                 "settings": sorted(new_settings) if settings is not None else None,
@@ -672,11 +722,19 @@ class RotatorService:
         progress: Callable[[int, int], None] | None = None,
         principal: Principal = LOCAL_PRINCIPAL,
     ) -> tuple[str, str, int]:
-        """Re-wrap every data key under a new master key (see keyring.rotate_master)."""
+        """Re-wrap every data key under a new master key (see keyring.rotate_master). The
+        audit chain moves to the new master key's audit key in the transaction that makes the
+        new key current (an ``audit.key_link`` entry; see service/integrity.py)."""
         with self.db.write() as conn:
             self._audit(conn, principal, "keys.rotate_master.start", from_key=self.ring.current_id)
-        old, new, n = rotate_master(self.db, self.settings, self.ring, progress)
+
+        def link(conn: Connection, old_key: crypto.MasterKey, new_key: crypto.MasterKey) -> None:
+            integrity.link_audit_key(self, conn, old_key, new_key, principal)
+
+        old, new, n = rotate_master(self.db, self.settings, self.ring, progress, finalize=link)
         self.ring = load_keyring(self.db, self.settings)
+        self._audit_keys = None
+        self.audit_keys  # noqa: B018 - reload them outside the next write transaction
         with self.db.write() as conn:
             self._audit(
                 conn, principal, "keys.rotate_master.done", from_key=old, to_key=new, rewrapped=n
@@ -694,10 +752,22 @@ class RotatorService:
         with self.db.read() as conn:
             return audit.entries(conn, tenant=principal.tenant, credential=credential, limit=limit)
 
-    def audit_verify(self) -> VerifyResult:
-        """Verify the whole chain. Does not raise on a broken chain: the result says where."""
+    def audit_verify(self, expect_head: tuple[int, str] | None = None) -> VerifyResult:
+        """Verify the whole keyed chain (and that it holds ``expect_head``, a (seq, MAC) kept
+        outside the store). Does not raise on a broken chain: the result says where."""
         with self.db.read() as conn:
-            return audit.verify_log(conn)
+            return audit.verify_log(conn, self.audit_keys, expect_head)
+
+    def audit_head(self) -> tuple[int, str]:
+        """(seq, MAC hex) of the newest audit entry, to keep outside the store as an anchor.
+        Raises AuditChainBroken when the head row is missing."""
+        with self.db.read() as conn:
+            head = audit.read_head(conn)
+        if head is None:
+            from rotator.errors import AuditChainBroken
+
+            raise AuditChainBroken(0, "the audit head is missing")
+        return head.seq, head.hash
 
 
 @dataclass

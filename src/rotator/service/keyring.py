@@ -48,6 +48,10 @@ class KeyRing:
                 "this data key is wrapped by a master key this process does not hold"
             ) from None
 
+    def held(self) -> list[MasterKey]:
+        """Every master key this ring holds."""
+        return list(self._keys.values())
+
     def with_key(self, key: MasterKey) -> KeyRing:
         """A ring that also holds ``key`` and makes it current."""
         return KeyRing({**self._keys, key.id: key}, key.id)

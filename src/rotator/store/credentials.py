@@ -28,14 +28,18 @@ from rotator.store.schema import (
 )
 
 # Statements on the rotation hot path, built once (see store/rotations.py).
+_SEALED_COLS = (versions, credentials.c.tenant_id, credentials.c.name)
 _SEALED_BY_STAGE = (
-    select(versions)
+    select(*_SEALED_COLS)
+    .join(credentials, credentials.c.id == versions.c.credential_id)
     .where(versions.c.credential_id == bindparam("b_cid"), versions.c.stage == bindparam("b_stage"))
     .order_by(versions.c.number.desc())
     .limit(1)
 )
-_SEALED_BY_NUMBER = select(versions).where(
-    versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
+_SEALED_BY_NUMBER = (
+    select(*_SEALED_COLS)
+    .join(credentials, credentials.c.id == versions.c.credential_id)
+    .where(versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no"))
 )
 _MAX_VERSION = select(func.max(versions.c.number)).where(
     versions.c.credential_id == bindparam("b_cid")
@@ -80,6 +84,24 @@ _COUNT_USE = (
     .where(credentials.c.id == bindparam("b_id"))
     .values(use_count=credentials.c.use_count + bindparam("b_n"))
 )
+# One credential's stage map in one statement (run at every stage move and value read).
+_STAGE_MAP_ONE = (
+    select(
+        credentials.c.tenant_id,
+        credentials.c.name,
+        credentials.c.stage_mac,
+        versions.c.number,
+        versions.c.stage,
+    )
+    .select_from(credentials.outerjoin(versions, versions.c.credential_id == credentials.c.id))
+    .where(credentials.c.id == bindparam("b_cid"))
+    .order_by(versions.c.number)
+)
+_SET_STAGE_MAC = (
+    update(credentials)
+    .where(credentials.c.id == bindparam("b_id"))
+    .values(stage_mac=bindparam("b_mac"))
+)
 _VERSION_COLS = (
     versions.c.credential_id,
     versions.c.number,
@@ -104,6 +126,79 @@ class SealedVersion:
     stage: Stage
     ciphertext: bytes
     data_key_id: int
+    tenant_id: int  # the credential row's tenant (opening checks the data key's against it)
+    name: str
+
+
+def _sealed(r: Any) -> SealedVersion:
+    return SealedVersion(
+        credential_id=r.credential_id,
+        number=r.number,
+        stage=Stage(r.stage),
+        ciphertext=r.ciphertext,
+        data_key_id=r.data_key_id,
+        tenant_id=r.tenant_id,
+        name=r.name,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StageMap:
+    """What a credential's stage MAC covers, as stored, with the stored MAC."""
+
+    credential_id: int
+    tenant_id: int
+    name: str
+    stages: tuple[tuple[int, str], ...]  # (number, stage) by number
+    mac: str | None
+
+
+def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
+    """The stage map of one credential (one query), or None if it does not exist."""
+    rows = conn.execute(_STAGE_MAP_ONE, {"b_cid": credential_id}).all()
+    if not rows:
+        return None
+    first = rows[0]
+    stages = tuple((int(r.number), str(r.stage)) for r in rows if r.number is not None)
+    return StageMap(credential_id, first.tenant_id, first.name, stages, first.stage_mac)
+
+
+def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, StageMap]:
+    """The stage map of each existing credential among ``credential_ids`` (two queries per
+    500 credentials)."""
+    if len(credential_ids) == 1:
+        one = stage_map(conn, credential_ids[0])
+        return {} if one is None else {one.credential_id: one}
+    out: dict[int, StageMap] = {}
+    for chunk in _chunks(list(credential_ids)):
+        heads = conn.execute(
+            select(
+                credentials.c.id,
+                credentials.c.tenant_id,
+                credentials.c.name,
+                credentials.c.stage_mac,
+            ).where(credentials.c.id.in_(chunk))
+        ).all()
+        stages: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        for r in conn.execute(
+            select(versions.c.credential_id, versions.c.number, versions.c.stage)
+            .where(versions.c.credential_id.in_(chunk))
+            .order_by(versions.c.credential_id, versions.c.number)
+        ):
+            stages[r.credential_id].append((int(r.number), str(r.stage)))
+        for h in heads:
+            out[h.id] = StageMap(h.id, h.tenant_id, h.name, tuple(stages[h.id]), h.stage_mac)
+    return out
+
+
+def set_stage_mac(conn: Connection, credential_id: int, mac: str) -> None:
+    conn.execute(_SET_STAGE_MAC, {"b_id": credential_id, "b_mac": mac})
+
+
+def all_credential_ids(conn: Connection) -> list[int]:
+    return [
+        int(x) for x in conn.execute(select(credentials.c.id).order_by(credentials.c.id)).scalars()
+    ]
 
 
 def insert_credential(
@@ -354,13 +449,7 @@ def sealed_version(
         r = conn.execute(_SEALED_BY_STAGE, {"b_cid": credential_id, "b_stage": stage.value}).first()
     if r is None:
         return None
-    return SealedVersion(
-        credential_id=r.credential_id,
-        number=r.number,
-        stage=Stage(r.stage),
-        ciphertext=r.ciphertext,
-        data_key_id=r.data_key_id,
-    )
+    return _sealed(r)
 
 
 def current_number(conn: Connection, credential_id: int) -> int | None:
@@ -373,17 +462,13 @@ def current_versions(conn: Connection, credential_ids: list[int]) -> dict[int, S
     """The CURRENT version (with ciphertext) of each credential that has one."""
     out: dict[int, SealedVersion] = {}
     for chunk in _chunks(credential_ids):
-        q = select(versions).where(
-            versions.c.credential_id.in_(chunk), versions.c.stage == Stage.CURRENT.value
+        q = (
+            select(*_SEALED_COLS)
+            .join(credentials, credentials.c.id == versions.c.credential_id)
+            .where(versions.c.credential_id.in_(chunk), versions.c.stage == Stage.CURRENT.value)
         )
         for r in conn.execute(q):
-            out[r.credential_id] = SealedVersion(
-                credential_id=r.credential_id,
-                number=r.number,
-                stage=Stage(r.stage),
-                ciphertext=r.ciphertext,
-                data_key_id=r.data_key_id,
-            )
+            out[r.credential_id] = _sealed(r)
     return out
 
 

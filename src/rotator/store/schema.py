@@ -90,6 +90,8 @@ credentials = Table(
     Column("last_rotated_at", UTCDateTime, nullable=True),
     Column("use_count", BigInteger, nullable=False, default=0),
     Column("sinks", JSON, nullable=False, server_default="[]"),  # migration 0004
+    # "<data key id>:<HMAC hex>" over the stage map (migration 0006, see service.integrity).
+    Column("stage_mac", String(96), nullable=True),
     UniqueConstraint("tenant_id", "name", name="uq_credentials_tenant_name"),
     Index("ix_credentials_next_rotation_at", "next_rotation_at"),
 )
@@ -136,6 +138,9 @@ audit_log = Table(
     Column("details", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # The audit key (fingerprint) this entry is MAC'd with; NULL only on a store not yet
+    # through the keyed upgrade of migration 0006.
+    Column("key_id", String(32), nullable=True),
     Index("ix_audit_log_credential", "credential"),
 )
 
@@ -147,6 +152,21 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+    # Migration 0006: the audit key in use and a MAC over (seq, hash, key_id) under it, so a
+    # head copied from an older entry (a truncated tail) does not verify.
+    Column("key_id", String(32), nullable=True),
+    Column("mac", String(64), nullable=True),
+)
+
+# Earlier audit keys (migration 0006), wrapped under the current master key so entries they
+# MAC'd stay verifiable after master-key rotations; re-wrapped by every master-key rotation.
+audit_keys = Table(
+    "audit_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("master_key_id", String(32), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 
 # -- rotations (migration 0002) -----------------------------------------------------------

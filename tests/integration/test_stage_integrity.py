@@ -1,0 +1,259 @@
+"""Values are bound to the credential, tenant and stage they claim (issue 7, item 4).
+
+A real store is made through the CLI (and the service for a second tenant); then one row is
+edited directly in the database (the ``sqlite3`` module, or SQL through psycopg on PostgreSQL),
+as someone with write access to the database but not the master key would. Every read of a
+value of the edited credential must then fail: ``rotator credential get`` exits 1 with one
+stderr line naming an integrity failure and the credential, and prints no value.
+Also: a store written before migration 0006 is sealed by the keyed upgrade when opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, select, update
+
+from rotator.audit.chain import GENESIS, AuditEntry, entry_hash
+from rotator.config import Settings
+from rotator.domain.secret import Secret
+from rotator.errors import AuditChainBroken
+from rotator.service import Principal, RotatorService, ValueInput
+from rotator.store import Database
+from rotator.store.db import MIGRATIONS
+from rotator.store.schema import audit_head, audit_log, credentials
+
+ROTATOR = str(Path(sys.executable).parent / "rotator")
+VALUES = {"alpha": "alpha-value-1f9c", "beta": "beta-value-83d2"}
+
+
+def cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")},
+        "ROTATOR_HOME": str(settings.home),
+        "ROTATOR_DB": settings.db_url,
+    }
+    return subprocess.run(
+        [ROTATOR, *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def sql(settings: Settings, *statements: str) -> None:
+    """Edit the store behind rotator's back: sqlite3 for SQLite, psycopg for PostgreSQL."""
+    url = settings.db_url
+    if url.startswith("sqlite"):
+        db = sqlite3.connect(url.split("///", 1)[1])
+        with db:
+            for s in statements:
+                db.execute(s)
+        db.close()
+        return
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn:
+        for s in statements:
+            conn.execute(s)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(settings: Settings) -> Settings:
+    """Initialized through the CLI: ``alpha`` and ``beta`` with known values; ``theirs`` in a
+    second tenant ``other`` (made through the service: the CLI acts in the default tenant)."""
+    assert cli(settings, "init").returncode == 0
+    for name, value in VALUES.items():
+        out = cli(settings, "credential", "add", name, "-c", "local", "--value-stdin", stdin=value)
+        assert out.returncode == 0, out.stderr
+    svc = RotatorService.open(settings)
+    svc.tenant("other")
+    svc.add_credential(
+        "theirs",
+        "local",
+        value=ValueInput(value=Secret("their-value-5e1a")),
+        principal=Principal(tenant="other"),
+    )
+    svc.close()
+    for name, value in VALUES.items():
+        got = cli(settings, "credential", "get", name)
+        assert (got.returncode, got.stdout) == (0, value + "\n"), got.stderr
+    return settings
+
+
+def assert_integrity_failure(settings: Settings, name: str, *args: str) -> None:
+    out = cli(settings, "credential", "get", name, *args)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "integrity check failed" in lines[0], lines[0]
+    assert repr(name) in lines[0], lines[0]
+    for value in [*VALUES.values(), "their-value-5e1a"]:
+        assert value not in out.stderr
+
+
+def test_swapped_credential_names_fail_integrity(store: Settings) -> None:
+    sql(
+        store,
+        "UPDATE credentials SET name = 'tmp' WHERE name = 'alpha'",
+        "UPDATE credentials SET name = 'alpha' WHERE name = 'beta'",
+        "UPDATE credentials SET name = 'beta' WHERE name = 'tmp'",
+    )
+    assert_integrity_failure(store, "alpha")
+    assert_integrity_failure(store, "beta")
+
+
+def test_credential_moved_from_another_tenant_fails_integrity(store: Settings) -> None:
+    sql(
+        store,
+        "UPDATE credentials SET tenant_id = (SELECT id FROM tenants WHERE name = 'default') "
+        "WHERE name = 'theirs'",
+    )
+    assert_integrity_failure(store, "theirs")
+
+
+def test_previous_version_marked_current_fails_integrity(store: Settings) -> None:
+    out = cli(store, "credential", "update", "alpha", "--value-stdin", stdin="alpha-value-2")
+    assert out.returncode == 0, out.stderr
+    sql(
+        store,
+        "UPDATE versions SET stage = 'RETIRED' WHERE stage = 'CURRENT' AND credential_id = "
+        "(SELECT id FROM credentials WHERE name = 'alpha')",
+        "UPDATE versions SET stage = 'CURRENT' WHERE stage = 'PREVIOUS' AND credential_id = "
+        "(SELECT id FROM credentials WHERE name = 'alpha')",
+    )
+    assert_integrity_failure(store, "alpha")
+    assert_integrity_failure(store, "alpha", "--stage", "PREVIOUS")
+
+
+def test_retired_version_marked_current_fails_integrity(store: Settings) -> None:
+    for i in (2, 3):
+        out = cli(store, "credential", "update", "alpha", "--value-stdin", stdin=f"alpha-{i}")
+        assert out.returncode == 0, out.stderr
+    rotated = cli(store, "rotate", "alpha", "--emergency")  # grace 0: old values RETIRED
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    shown = json.loads(cli(store, "credential", "show", "alpha", "--json").stdout)
+    retired = [v["version"] for v in shown["versions"] if v["stage"] == "RETIRED"]
+    assert retired
+    assert shown["versions"][-1]["stage"] == "CURRENT"
+    sql(
+        store,
+        "UPDATE versions SET stage = 'RETIRED' WHERE stage = 'CURRENT' AND credential_id = "
+        "(SELECT id FROM credentials WHERE name = 'alpha')",
+        f"UPDATE versions SET stage = 'CURRENT' WHERE number = {retired[0]} AND credential_id = "
+        "(SELECT id FROM credentials WHERE name = 'alpha')",
+    )
+    assert_integrity_failure(store, "alpha")
+
+
+def test_missing_stage_mac_is_an_integrity_failure(store: Settings) -> None:
+    sql(store, "UPDATE credentials SET stage_mac = NULL WHERE name = 'beta'")
+    assert_integrity_failure(store, "beta")
+    good = cli(store, "credential", "get", "alpha")
+    assert (good.returncode, good.stdout) == (0, VALUES["alpha"] + "\n")
+
+
+def test_rotating_a_tampered_credential_fails_and_changes_nothing(store: Settings) -> None:
+    sql(
+        store,
+        "UPDATE credentials SET name = 'tmp' WHERE name = 'alpha'",
+        "UPDATE credentials SET name = 'alpha' WHERE name = 'beta'",
+        "UPDATE credentials SET name = 'beta' WHERE name = 'tmp'",
+    )
+    out = cli(store, "rotate", "alpha", "beta", "--json")
+    assert out.returncode == 1
+    result = json.loads(out.stdout)
+    assert result["rotated"] == []
+    assert {f["name"] for f in result["failed"]} == {"alpha", "beta"}
+    assert all("integrity check failed" in f["error"] for f in result["failed"])
+    shown = json.loads(cli(store, "credential", "show", "alpha", "--json").stdout)
+    assert [v["stage"] for v in shown["versions"]] == ["CURRENT"]
+
+
+def test_untouched_store_keeps_verifying_through_rotations(store: Settings) -> None:
+    for _ in range(2):
+        out = cli(store, "rotate", "alpha", "beta")
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert cli(store, "rotate", "alpha", "--emergency").returncode == 0
+    for name in VALUES:
+        got = cli(store, "credential", "get", name)
+        assert got.returncode == 0, got.stderr
+        assert cli(store, "credential", "get", name, "--stage", "PREVIOUS").returncode in (0, 2)
+    assert cli(store, "audit", "verify").returncode == 0
+
+
+# -- stores from before migration 0006 --------------------------------------------------------
+
+
+def make_legacy(settings: Settings, raw_db: Engine, *, break_chain: bool = False) -> None:
+    """Turn a store into what rotator wrote before 0006: schema at 0004, no MACs, the audit
+    chain hashed with unkeyed SHA-256."""
+    db = Database(settings.db_url)
+    with db.write() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    db.dispose()
+    with raw_db.begin() as c:
+        rows = c.execute(
+            select(*[audit_log.c[k] for k in AuditEntry.__slots__ if k != "key_id"]).order_by(
+                audit_log.c.seq
+            )
+        ).all()
+        prev = GENESIS
+        for r in rows:
+            fields = {k: getattr(r, k) for k in AuditEntry.__slots__ if k != "key_id"}
+            e = AuditEntry(**{**fields, "details": json.loads(r.details), "prev_hash": prev})
+            prev = entry_hash(e)
+            c.execute(
+                update(audit_log)
+                .where(audit_log.c.seq == r.seq)
+                .values(prev_hash=e.prev_hash, hash=prev)
+            )
+        c.exec_driver_sql(f"UPDATE audit_head SET seq = {len(rows)}, hash = '{prev}'")
+        if break_chain:  # an edit the unkeyed chain shows (not recomputed)
+            c.execute(update(audit_log).where(audit_log.c.seq == 2).values(actor="mallory"))
+
+
+def test_store_from_before_0006_is_sealed_when_opened(store: Settings, raw_db: Engine) -> None:
+    make_legacy(store, raw_db)
+    got = cli(store, "credential", "get", "alpha")  # opens, migrates, seals
+    assert (got.returncode, got.stdout) == (0, VALUES["alpha"] + "\n"), got.stderr
+    with raw_db.connect() as c:
+        assert c.execute(select(credentials.c.stage_mac)).scalars().all().count(None) == 0
+        assert c.execute(select(audit_log.c.key_id)).scalars().all().count(None) == 0
+        assert c.execute(select(audit_head.c.mac)).scalar_one() is not None
+        actions = c.execute(select(audit_log.c.action).order_by(audit_log.c.seq)).scalars().all()
+    assert actions[-2:] == ["store.integrity_upgrade", "value.read"]
+    assert cli(store, "audit", "verify").returncode == 0
+    # From now on the MACs hold: an edit is an integrity failure.
+    sql(store, "UPDATE credentials SET stage_mac = NULL WHERE name = 'beta'")
+    assert_integrity_failure(store, "beta")
+
+
+def test_store_from_before_0006_with_a_broken_chain_is_not_sealed(
+    store: Settings, raw_db: Engine
+) -> None:
+    make_legacy(store, raw_db, break_chain=True)
+    with pytest.raises(AuditChainBroken, match=r"entry 2 .* not re-sealed"):
+        RotatorService.open(store)
+    out = cli(store, "credential", "get", "alpha")
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert "not re-sealed" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    with raw_db.connect() as c:
+        assert set(c.execute(select(audit_log.c.key_id)).scalars()) == {None}
