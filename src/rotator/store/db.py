@@ -34,7 +34,7 @@ from rotator.errors import (
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration. Kept here so ordinary commands need not import alembic (a quarter
 # second per CLI call); tests/integration/test_store.py checks it matches the scripts.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 def normalize_url(url: str) -> str:

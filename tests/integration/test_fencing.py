@@ -1,0 +1,222 @@
+"""Fencing of rotation ownership with real processes (issue 7, item 1).
+
+A `rotator rotate` is stopped with SIGSTOP while its `set` is under way; its lease runs out; a
+second process takes the rotation over and finishes it; a third rotates again; then the first
+is let go. It must not leave its stale value on the target: it finds it lost the rotation,
+makes the target agree with the store (one repair call, audited) and makes no other call.
+The target is a third-party connector installed through the ``rotator.connectors`` entry point
+(tests/support/fenced_target.py) that logs every call and write with its process and token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import make_url
+from tests.support.fenced_target import fingerprint
+
+from rotator.config import Settings
+from rotator.domain.model import Stage
+from rotator.service import RotatorService
+from rotator.store import normalize_url
+from rotator.store.schema import rotations
+
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+CLI = [sys.executable, "-c", "import sys; from rotator.cli.main import main; sys.exit(main())"]
+LEASE_S = "1"
+
+
+def install_plugin(where: Path) -> Path:
+    """A directory that, on PYTHONPATH, installs ``fenced_target`` as a distribution whose
+    entry point registers the ``fenced`` connector."""
+    where.mkdir()
+    shutil.copy(SUPPORT / "fenced_target.py", where / "fenced_target.py")
+    info = where / "fenced_target-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fenced-target\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[rotator.connectors]\nfenced = fenced_target:FencedConnector\n"
+    )
+    return where
+
+
+def env_for(settings: Settings, plugin: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ROTATOR_HOME": str(settings.home),
+        "ROTATOR_DB": settings.db_url,
+        "ROTATOR_LEASE_SECONDS": LEASE_S,
+        "PYTHONPATH": os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")]),
+        **extra,
+    }
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def target_state(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def holds_db_transaction(db_url: str) -> bool:
+    """True while another process is inside a write transaction on the store (a process
+    stopped there would block every other one, which is not what this test is about)."""
+    url = make_url(normalize_url(db_url))
+    if url.get_backend_name() == "sqlite":
+        conn = sqlite3.connect(str(url.database), timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            conn.close()
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as conn:
+        busy = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state <> 'idle'"
+        ).fetchone()
+    return bool(busy and busy[0])
+
+
+def stop_outside_transaction(proc: subprocess.Popen[str], db_url: str) -> None:
+    for _ in range(200):
+        os.kill(proc.pid, signal.SIGSTOP)
+        if not holds_db_transaction(db_url):
+            return
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.01)
+    pytest.fail("the rotating process never left its store transaction")
+
+
+def wait_for_lease_to_expire(raw: Engine) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with raw.connect() as c:
+            leases = (
+                c.execute(select(rotations.c.lease_expires_at).where(rotations.c.step == "created"))
+                .scalars()
+                .all()
+            )
+        if leases and all(t is not None and t < datetime.now(UTC) for t in leases):
+            return
+        time.sleep(0.1)
+    pytest.fail("the stopped process's lease never ran out")
+
+
+@pytest.mark.parametrize("strategy", ["single", "dual"])
+def test_stalled_owner_resumed_after_takeover_leaves_the_target_holding_the_stores_current(
+    settings: Settings, raw_db: Engine, tmp_path: Path, strategy: str
+) -> None:
+    plugin = install_plugin(tmp_path / "plugin")
+    state = tmp_path / "target.json"
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    env = env_for(settings, plugin)
+    for args in (
+        ("init",),
+        ("credential", "add", "x", "--connector", "fenced", "--set", f"state={state}",
+         "--set", f"strategy={strategy}", "--generate", "--grace", "0s"),
+    ):  # fmt: skip
+        done = cli(env, *args)
+        assert done.returncode == 0, done.stderr
+
+    # 1: rotate, stopped inside set while its lease runs out.
+    stale = subprocess.Popen(
+        [*CLI, "rotate", "x", "--json"],
+        env=env_for(settings, plugin, FENCED_BARRIER=str(barrier)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (barrier / "reached").exists():
+            assert stale.poll() is None, stale.communicate()
+            assert time.monotonic() < deadline, "rotate never reached set"
+            time.sleep(0.02)
+        stop_outside_transaction(stale, settings.db_url)
+        wait_for_lease_to_expire(raw_db)
+        # 2: another process takes the rotation over and finishes it; 3: a new rotation.
+        recovered = cli(env, "recover")
+        assert recovered.returncode == 0, recovered.stderr
+        assert "recovered 1 rotation(s)" in recovered.stdout
+        newer = cli(env, "rotate", "x", "--json")
+        assert newer.returncode == 0, newer.stderr
+        before_resume = len(target_state(state)["log"])
+    except BaseException:
+        stale.kill()
+        raise
+    finally:
+        (barrier / "release").touch()
+        os.kill(stale.pid, signal.SIGCONT)
+    out, err = stale.communicate(timeout=60)
+
+    svc = RotatorService.open(settings)
+    try:
+        stages = {v.number: v.stage for v in svc.show("x").versions}
+        current = svc.get_value("x").reveal()
+    finally:
+        svc.close()
+    data = target_state(state)
+    current_fp = fingerprint(current)
+    assert data["valid"] == [current_fp], "the target must hold exactly the store's CURRENT"
+    assert list(stages) == [1, 2, 3], f"a version was lost or added: {stages}"
+    assert stages[3] is Stage.CURRENT
+    assert list(stages.values()).count(Stage.CURRENT) == 1
+    assert stale.returncode == 1, err
+    failed = json.loads(out)["failed"]
+    assert [f["name"] for f in failed] == ["x"]
+    assert "taken over by another process" in failed[0]["error"]
+
+    log = data["log"]
+    stale_calls = [e for e in log if e["pid"] == stale.pid and e["event"] == "call"]
+    after = [e for e in log[before_resume:] if e["pid"] == stale.pid and e["event"] == "call"]
+    assert len(after) == 1, log  # after it resumed: the repair, nothing else
+    assert [e["op"] for e in stale_calls] == ["set", after[0]["op"]], log
+    repair = after[0]
+    if strategy == "single":  # CURRENT re-asserted
+        assert (repair["op"], repair["fp"]) == ("set", current_fp)
+    else:  # its own stale value removed
+        assert (repair["op"], repair["fp"]) == ("rollback", stale_calls[0]["fp"])
+    # Every ownership had its own token, and the stale one was never accepted again.
+    sets = [e for e in log if e["event"] == "call" and e["op"] == "set"]
+    tokens = [e["fence"] for e in sets[:3]]
+    assert None not in tokens, sets
+    assert len(set(tokens)) == 3, sets
+    assert not [
+        e
+        for e in log[before_resume:]
+        if e["event"] == "write" and e["fp"] == stale_calls[0]["fp"] and not e["drop"]
+    ], "the stale value was written after the newer rotation"
+
+    verified = cli(env, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    listed = cli(env, "audit", "list", "--json")
+    entries = json.loads(listed.stdout)
+    rotation_id = next(e["rotation_id"] for e in entries if e["action"] == "rotation.resume")
+    actions = [e["action"] for e in entries if e["rotation_id"] == rotation_id]
+    assert "rotation.resume" in actions  # the takeover
+    assert actions.count("rotation.lost") == 1
+    assert actions.count("rotation.repair") == 1
+    assert current.decode() not in listed.stdout
+    with raw_db.connect() as c:
+        steps = c.execute(select(rotations.c.step)).scalars().all()
+    assert sorted(steps) == ["finished", "finished"]
