@@ -10,6 +10,7 @@ The target is a third-party connector installed through the ``rotator.connectors
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,20 +19,30 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, select
+import sqlalchemy
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from tests.support import doubles
+from tests.support.doubles import DoubleConfig
 from tests.support.fenced_target import fingerprint
 
 from rotator.config import Settings
+from rotator.connectors import base as cbase
 from rotator.domain.model import Stage
-from rotator.service import RotatorService
+from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
+from rotator.engine.writer import StoreWriter
+from rotator.errors import LostOwnership
+from rotator.service import PolicyInput, RotatorService, ValueInput
 from rotator.store import normalize_url
+from rotator.store import rotations as store_rot
 from rotator.store.schema import rotations
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
@@ -106,7 +117,7 @@ def stop_outside_transaction(proc: subprocess.Popen[str], db_url: str) -> None:
     pytest.fail("the rotating process never left its store transaction")
 
 
-def wait_for_lease_to_expire(raw: Engine) -> None:
+def wait_for_lease_to_expire(raw: sqlalchemy.Engine) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with raw.connect() as c:
@@ -123,7 +134,7 @@ def wait_for_lease_to_expire(raw: Engine) -> None:
 
 @pytest.mark.parametrize("strategy", ["single", "dual"])
 def test_stalled_owner_resumed_after_takeover_leaves_the_target_holding_the_stores_current(
-    settings: Settings, raw_db: Engine, tmp_path: Path, strategy: str
+    settings: Settings, raw_db: sqlalchemy.Engine, tmp_path: Path, strategy: str
 ) -> None:
     plugin = install_plugin(tmp_path / "plugin")
     state = tmp_path / "target.json"
@@ -220,3 +231,203 @@ def test_stalled_owner_resumed_after_takeover_leaves_the_target_holding_the_stor
     with raw_db.connect() as c:
         steps = c.execute(select(rotations.c.step)).scalars().all()
     assert sorted(steps) == ["finished", "finished"]
+
+
+# -- the same rules in one process: store and engine -----------------------------------------
+
+
+@pytest.fixture
+def double() -> Iterator[None]:
+    doubles.install()
+    doubles.CALLS.clear()
+    yield
+    doubles.MemoryTarget.valid.clear()
+
+
+def add_double(svc: RotatorService, name: str, **settings: str) -> int:
+    svc.add_credential(
+        name,
+        "double",
+        settings=settings,
+        policy=PolicyInput(grace="5m"),
+        value=ValueInput(generate=True),
+    )
+    doubles.target_add(DoubleConfig(**settings), name, svc.get_value(name).reveal_text())
+    return svc.show(name).id
+
+
+def insert_rotation(
+    svc: RotatorService, rid: str, credential: str, fence: str, lease_s: float = 30
+) -> None:
+    cred = svc.show(credential)
+    now = svc.clock()
+    with svc.db.write() as c:
+        store_rot.insert_rotation(
+            c,
+            id=rid,
+            credential_id=cred.id,
+            tenant_id=svc.tenant("default").id,
+            credential=credential,
+            batch_id=None,
+            trigger="manual",
+            priority=0,
+            grace_s=0,
+            owner=f"owner-of-{fence}",
+            fence=fence,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            now=now,
+            version=1,
+        )
+
+
+def step_of(svc: RotatorService, rid: str) -> str:
+    with svc.db.read() as c:
+        row = store_rot.get_rotation(c, rid)
+    assert row is not None
+    return row.step
+
+
+def test_write_under_a_stale_token_fails_alone_and_commits_nothing_of_its_transaction(
+    svc: RotatorService, double: None
+) -> None:
+    add_double(svc, "a")
+    b_id = add_double(svc, "b")
+    insert_rotation(svc, "ra", "a", "token-a")
+    insert_rotation(svc, "rb", "b", "token-b")
+    now = svc.clock()
+
+    def good(conn: object) -> None:
+        store_rot.set_step(conn, "ra", "set", now, fence="token-a")  # type: ignore[arg-type]
+
+    def stale(conn: object) -> None:
+        store_rot.mark_version(conn, b_id, 1, Stage.FAILED, now)  # type: ignore[arg-type]
+        store_rot.set_step(conn, "rb", "finished", now, fence="token-of-old-owner")  # type: ignore[arg-type]
+
+    async def go() -> tuple[list[object], int]:
+        writer = StoreWriter(svc.db, ThreadPoolExecutor(max_workers=1))
+        results = await asyncio.gather(writer.run(good), writer.run(stale), return_exceptions=True)
+        await writer.aclose()
+        return list(results), writer.batches
+
+    results, batches = asyncio.run(go())
+    assert batches == 1, "both writes must share one group commit for this test to mean much"
+    assert results[0] is None
+    assert isinstance(results[1], LostOwnership)
+    assert step_of(svc, "ra") == "set"
+    assert step_of(svc, "rb") == "created"
+    assert {v.number: v.stage for v in svc.show("b").versions} == {1: Stage.CURRENT}
+
+
+def test_takeover_gives_a_new_token_and_the_old_owner_can_neither_renew_nor_write(
+    svc: RotatorService, double: None
+) -> None:
+    add_double(svc, "a")
+    insert_rotation(svc, "ra", "a", "old", lease_s=-1)  # its lease ran out
+    now = svc.clock()
+    later = now + timedelta(seconds=30)
+    with svc.db.write() as c:
+        row = store_rot.get_rotation(c, "ra")
+        assert row is not None
+        assert row.fence == "old"
+        assert store_rot.take_over(c, row, "new-owner", "new", later, now)
+    with svc.db.write() as c:
+        assert store_rot.renew_leases(c, {"ra": "old"}, later) == {"ra"}
+        assert store_rot.renew_leases(c, {"ra": "new"}, later) == set()
+        with pytest.raises(LostOwnership):
+            store_rot.set_step(c, "ra", "set", now, fence="old")
+    with svc.db.write() as c:  # the row as read before cannot be claimed a second time
+        assert not store_rot.take_over(c, row, "third", "third", later, later + timedelta(hours=1))
+    with svc.db.write() as c:
+        store_rot.set_step(c, "ra", "finished", now, fence="new")
+        # finished by its owner: still held (not lost), but no longer renewed
+        assert store_rot.renew_leases(c, {"ra": "new"}, later) == set()
+
+
+def test_takeover_is_refused_when_the_owner_renewed_after_the_row_was_read(
+    svc: RotatorService, double: None
+) -> None:
+    add_double(svc, "a")
+    insert_rotation(svc, "ra", "a", "old", lease_s=-1)
+    now = svc.clock()
+    with svc.db.read() as c:
+        row = store_rot.get_rotation(c, "ra")
+    assert row is not None
+    with svc.db.write() as c:  # the owner's heartbeat wins the race
+        assert store_rot.renew_leases(c, {"ra": "old"}, now + timedelta(seconds=30)) == set()
+    with svc.db.write() as c:
+        assert not store_rot.take_over(c, row, "new-owner", "new", now, now)
+        # unless its process is known to be gone
+        assert store_rot.take_over(c, row, "new-owner", "new", now, now, owner_dead=True)
+
+
+def test_call_in_flight_is_cut_when_a_renewal_finds_the_rotation_taken_over(
+    svc: RotatorService, raw_db: sqlalchemy.Engine, tmp_path: Path, double: None
+) -> None:
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    cfg = {"barrier": str(barrier), "barrier_after": "set", "target": "fenced-mem"}
+    add_double(svc, "a", **cfg)
+    opts = EngineOptions(lease_s=0.6, step_timeout_s=60, retry_initial_s=0.001)
+
+    async def go() -> object:
+        async with Engine(svc, opts) as engine:
+            task = asyncio.create_task(engine.rotate_one(RotationRequest("a")))
+            while not list(barrier.glob("set.*.reached")):
+                await asyncio.sleep(0.01)
+            with raw_db.begin() as c:  # another process took it over
+                c.execute(rotations.update().values(owner="elsewhere", fence="theirs"))
+            return await asyncio.wait_for(task, timeout=10)  # not the 60 s step timeout
+
+    result = asyncio.run(go())
+    assert result.outcome is Outcome.FAILED  # type: ignore[attr-defined]
+    assert "taken over by another process" in (result.error or "")  # type: ignore[attr-defined]
+    assert doubles.CALLS["fenced-mem"] == 1, "no call after the set that was cut"
+    actions = [e.action for e in svc.audit_entries(credential="a")]
+    assert "rotation.lost" in actions
+    assert "rotation.repair" in actions  # "none": the new owner drives the version
+    assert step_of(svc, result.rotation_id) == "created"  # type: ignore[attr-defined]
+
+
+def test_half_open_trial_ended_by_permanent_error_or_cancellation_frees_the_breaker(
+    svc: RotatorService, double: None
+) -> None:
+    add_double(svc, "a", target="brk")
+    now = [0.0]
+
+    async def go() -> None:
+        opts = EngineOptions(breaker_threshold=2, breaker_window=2, breaker_reset_s=30)
+        async with Engine(svc, opts) as engine:
+            ctx = await engine._prepare(RotationRequest("a"))
+            breaker = engine.breaker(ctx.target)
+            breaker.clock = lambda: now[0]
+
+            async def permanent() -> None:
+                raise cbase.PermanentError("the target refused")
+
+            async def ok() -> str:
+                return "ok"
+
+            started = asyncio.Event()
+
+            async def hang() -> None:
+                started.set()
+                await asyncio.Event().wait()
+
+            for end in ("permanent", "cancelled"):
+                breaker.record_failure()
+                breaker.record_failure()
+                assert breaker.state == "open"
+                now[0] += 30  # half-open: the next call is the trial
+                if end == "permanent":
+                    with pytest.raises(cbase.PermanentError):
+                        await engine._call(ctx, "test", permanent)
+                else:
+                    trial = asyncio.create_task(engine._call(ctx, "test", hang))
+                    await started.wait()
+                    trial.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await trial
+                assert await engine._call(ctx, "test", ok) == "ok", end
+                assert breaker.state == "closed"
+
+    asyncio.run(go())
