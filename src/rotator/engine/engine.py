@@ -28,7 +28,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -149,7 +149,7 @@ class _Lease:
     fence: str
     valid_until: float  # taken before the claim or renewal was sent, so never late
     lost: bool = False
-    call: asyncio.Timeout | None = None  # the connector call under way, to extend or cut
+    call: asyncio.Timeout | None = None  # the timeout of its last connector call
     step_deadline: float = 0.0  # that call's own step timeout
 
 
@@ -184,6 +184,13 @@ class _Secrets:
 
     def forget(self, name: str) -> None:
         self._cache.pop(name, None)
+
+
+def _reschedule(cm: asyncio.Timeout | None, when: float) -> None:
+    """Move a call's timeout if that call is still under way (else there is nothing to cut)."""
+    if cm is not None and not cm.expired():
+        with contextlib.suppress(RuntimeError):  # the call has ended: its timeout has exited
+            cm.reschedule(when)
 
 
 @functools.cache
@@ -278,8 +285,7 @@ class Engine:
                 self._lose(lease)
             elif not lease.lost:
                 lease.valid_until = max(lease.valid_until, t0 + self.opts.lease_s)
-                if lease.call is not None and not lease.call.expired():
-                    lease.call.reschedule(self._call_deadline(lease))
+                _reschedule(lease.call, self._call_deadline(lease))
 
     def _call_deadline(self, lease: _Lease) -> float:
         return min(lease.step_deadline, lease.valid_until - self.opts.margin_s)
@@ -287,8 +293,7 @@ class Engine:
     def _lose(self, lease: _Lease) -> None:
         """Mark ``lease`` lost and cut the call under way (it sees LostOwnership)."""
         lease.lost = True
-        if lease.call is not None and not lease.call.expired():
-            lease.call.reschedule(asyncio.get_running_loop().time())
+        _reschedule(lease.call, asyncio.get_running_loop().time())
 
     async def _check_lease(self, ctx: _Ctx) -> None:
         """Before a connector call: return only if this process owns the rotation for at
@@ -307,23 +312,16 @@ class Engine:
         if loop.time() >= lease.valid_until - self.opts.margin_s:
             raise RotationError("the rotation's lease could not be renewed in time; no call made")
 
-    @contextlib.asynccontextmanager
-    async def _bounded(self, ctx: _Ctx) -> AsyncIterator[asyncio.Timeout]:
-        """The step timeout, cut short to the lease's deadline (minus the margin) and moved
-        by each renewal (see _renew)."""
-        lease = ctx.lease
+    def _bounded(self, ctx: _Ctx) -> asyncio.Timeout:
+        """The step timeout for one call (enter it at once), cut short to the lease's deadline
+        minus the margin, moved by each renewal and cut by a lost one (see _renew)."""
         step_deadline = asyncio.get_running_loop().time() + self.opts.step_timeout_s
+        lease = ctx.lease
         if lease is None:
-            async with asyncio.timeout_at(step_deadline) as cm:
-                yield cm
-            return
+            return asyncio.timeout_at(step_deadline)
         lease.step_deadline = step_deadline
-        async with asyncio.timeout_at(self._call_deadline(lease)) as cm:
-            lease.call = cm
-            try:
-                yield cm
-            finally:
-                lease.call = None
+        lease.call = asyncio.timeout_at(self._call_deadline(lease))
+        return lease.call
 
     # -- helpers --------------------------------------------------------------------------
 
