@@ -1,4 +1,5 @@
-"""Who owns a rotation: the owner identity and the lease's validation. No store, no clock."""
+"""Who owns a rotation: the owner identity, the lease's validation, and what a process that lost
+its rotation does to the target. No store, no clock."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import sys
 
 import pytest
 
+from rotator.connectors.base import Strategy
+from rotator.domain.model import Stage
 from rotator.engine import EngineOptions
-from rotator.engine.engine import _owner_dead, _owner_id
+from rotator.engine.engine import _owner_dead, _owner_id, _repair_action
 from rotator.errors import InvalidInput
 from rotator.service.rotation import options_from_env
 
@@ -70,3 +73,39 @@ def test_lease_margin_must_stay_below_the_lease() -> None:
     assert EngineOptions(lease_s=8).margin_s == 2
     with pytest.raises(InvalidInput, match="margin"):
         EngineOptions(lease_s=1, lease_margin_s=1)
+
+
+S, D, A = Strategy.SINGLE, Strategy.DUAL, Strategy.ALTERNATING
+
+
+@pytest.mark.parametrize(
+    ("strategy", "last_call", "own_stage", "current", "expected"),
+    [
+        # the new owner is driving our very version: its own steps settle the target
+        (S, "set", Stage.PENDING, 1, "none"),
+        (D, "set", Stage.PENDING, 1, "none"),
+        (A, "rollback", Stage.PENDING, 1, "none"),
+        # single: the target must hold the store's CURRENT
+        (S, "set", Stage.CURRENT, 2, "none"),  # our value became CURRENT: it agrees
+        (S, "set", Stage.PREVIOUS, 3, "assert-current"),  # a newer rotation followed
+        (S, "set", Stage.RETIRED, 3, "assert-current"),
+        (S, "set", Stage.FAILED, 1, "assert-current"),
+        (S, "rollback", Stage.FAILED, 1, "none"),  # the rollback put CURRENT (1) back
+        (S, "rollback", Stage.CURRENT, 2, "assert-current"),  # it put 1 back over CURRENT 2
+        # dual, alternating: our value valid exactly while the store holds it valid
+        (D, "set", Stage.CURRENT, 2, "none"),
+        (D, "set", Stage.PREVIOUS, 3, "none"),
+        (D, "set", Stage.RETIRED, 3, "remove-own"),  # a revoked key must not come back
+        (D, "finish", Stage.FAILED, 1, "remove-own"),
+        (D, "rollback", Stage.CURRENT, 2, "restore-own"),  # it removed the CURRENT value
+        (D, "rollback", Stage.FAILED, 1, "none"),
+        (A, "set", Stage.RETIRED, 3, "remove-own"),
+        (A, "set", Stage.PREVIOUS, 3, "none"),
+        (A, "rollback", Stage.PREVIOUS, 3, "restore-own"),
+    ],
+)
+def test_repair_after_a_lost_rotation_makes_the_target_agree_with_the_store(
+    strategy: Strategy, last_call: str, own_stage: Stage, current: int, expected: str
+) -> None:
+    # our rotation made version 2 while version 1 was CURRENT
+    assert _repair_action(strategy, last_call, own_stage, current, 2, 1) == expected
