@@ -6,7 +6,10 @@ Its target is a JSON file shared by every process: the fingerprints of the value
 (``valid``) and a log of every call started and every write made, each with the process id and
 the owner token it came with. Never a value: fingerprints only. ``strategy`` is ``single`` (set
 replaces the one value) or ``dual`` (set adds one). A process started with ``FENCED_BARRIER``
-(a directory) stops inside ``set``, before writing, until ``release`` exists there.
+(a directory) stops inside ``set``, before writing, until ``release`` exists there. With
+``FENCED_LATE=1`` the write is made by a helper process it starts (a request already sent,
+which the target carries out late): it waits for ``release`` on its own, whatever becomes of
+the process that sent it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import hashlib
 import json
 import os
 import secrets
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,25 +84,7 @@ class FencedConnector:
         """Record a write; ``drop`` removes ``add`` (dual) instead of adding it."""
         assert isinstance(cfg, FencedConfig)
         assert add is not None
-        fp = fingerprint(add.reveal())
-        with locked_state(cfg.state) as data:
-            valid: list[str] = data["valid"]
-            if drop:
-                data["valid"] = [v for v in valid if v != fp]
-            elif cfg.strategy == "single":
-                data["valid"] = [fp]
-            elif fp not in valid:
-                valid.append(fp)
-            data["log"].append(
-                {
-                    "event": "write",
-                    "op": op,
-                    "pid": os.getpid(),
-                    "fence": fence,
-                    "fp": fp,
-                    "drop": drop,
-                }
-            )
+        write(cfg.state, cfg.strategy, op, fence, fingerprint(add.reveal()), drop, os.getpid())
 
     async def create(self, req: cb.CreateRequest) -> Secret:
         return Secret("fnc-" + secrets.token_urlsafe(18))
@@ -104,6 +92,17 @@ class FencedConnector:
     async def set(self, req: cb.SetRequest) -> None:
         self._call(req.config, "set", getattr(req, "fence", None), req.pending)
         barrier = os.environ.get("FENCED_BARRIER")
+        if barrier and os.environ.get("FENCED_LATE") == "1":
+            assert isinstance(req.config, FencedConfig)
+            late = subprocess.Popen(
+                [sys.executable, "-m", "fenced_target", req.config.state, req.config.strategy,
+                 str(getattr(req, "fence", None)), fingerprint(req.pending.reveal()), barrier,
+                 str(os.getpid())],
+            )  # fmt: skip
+            (Path(barrier) / "reached").touch()
+            while late.poll() is None:
+                await asyncio.sleep(0.02)
+            return
         if barrier:
             (Path(barrier) / "reached").touch()
             while not (Path(barrier) / "release").exists():
@@ -135,3 +134,28 @@ class FencedConnector:
             )
         else:
             self._write(req.config, "rollback", getattr(req, "fence", None), req.pending, drop=True)
+
+
+def write(
+    state: str, strategy: str, op: str, fence: str | None, fp: str, drop: bool, pid: int
+) -> None:
+    with locked_state(state) as data:
+        valid: list[str] = data["valid"]
+        if drop:
+            data["valid"] = [v for v in valid if v != fp]
+        elif strategy == "single":
+            data["valid"] = [fp]
+        elif fp not in valid:
+            valid.append(fp)
+        data["log"].append(
+            {"event": "write", "op": op, "pid": pid, "fence": fence, "fp": fp, "drop": drop}
+        )
+
+
+if (
+    __name__ == "__main__"
+):  # the late write: python -m fenced_target STATE STRATEGY FENCE FP DIR PID
+    state, strategy, fence, fp, barrier, pid = sys.argv[1:]
+    while not (Path(barrier) / "release").exists():
+        time.sleep(0.02)
+    write(state, strategy, "set", fence, fp, False, int(pid))
