@@ -35,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from tests.support import doubles
 from tests.support.doubles import DoubleConfig
-from tests.support.fenced_target import fingerprint
+from tests.support.fenced_target import fingerprint, locked_state
 
 from rotator.config import Settings
 from rotator.connectors import base as cbase
@@ -83,8 +83,8 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def target_state(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    with locked_state(str(path)) as data:  # never half a write
+        return json.loads(json.dumps(data))  # type: ignore[no-any-return]
 
 
 def holds_db_transaction(db_url: str) -> bool:
@@ -102,8 +102,8 @@ def holds_db_transaction(db_url: str) -> bool:
         finally:
             conn.close()
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(dsn) as conn:
-        busy = conn.execute(
+    with psycopg.connect(dsn) as pg:
+        busy = pg.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid() AND state <> 'idle'"
         ).fetchone()
@@ -272,7 +272,8 @@ def add_double(svc: RotatorService, name: str, **settings: str) -> int:
         policy=PolicyInput(grace="5m"),
         value=ValueInput(generate=True),
     )
-    doubles.target_add(DoubleConfig(**settings), name, svc.get_value(name).reveal_text())
+    value = svc.get_value(name).reveal_text()
+    doubles.target_add(DoubleConfig.model_validate(settings), name, value)
     return svc.show(name).id
 
 
