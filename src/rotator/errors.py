@@ -109,3 +109,12 @@ class UnknownConnector(InvalidInput):
 
 class RotationError(RotatorError):
     """A rotation failed."""
+
+
+class LostOwnership(RotationError):
+    """This process no longer owns the rotation: its lease ran out and another process took
+    it over (or the rotation is gone). Nothing of the write that found this was committed."""
+
+    def __init__(self, rotation_id: str) -> None:
+        super().__init__(f"rotation {rotation_id} was taken over by another process")
+        self.rotation_id = rotation_id

@@ -3,6 +3,11 @@
 One request dataclass per method, so a new field never breaks a third-party connector. Every
 method must be safe to call again for the same request (a retried or resumed step must do the
 right thing when it already happened).
+
+Every request carries ``fence``: the token of the rotation's current owner (None outside a
+rotation: create, revoke, verify, publishing a first value). It changes whenever another
+process takes the rotation over, so a target that can check it may refuse a call carrying a
+token other than the last one it saw for the credential; rotator itself never needs that.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class CreateRequest:
     config: ConnectorConfig
     secrets: SecretResolver = NO_SECRETS
     current: Secret | None = None  # the CURRENT value, for connectors that alternate
+    fence: str | None = None  # the owner's token; see the module docstring
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,7 @@ class SetRequest:
     pending: Secret
     current: Secret | None
     secrets: SecretResolver = NO_SECRETS
+    fence: str | None = None  # the owner's token; see the module docstring
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,7 @@ class TestRequest:
     config: ConnectorConfig
     pending: Secret
     secrets: SecretResolver = NO_SECRETS
+    fence: str | None = None  # the owner's token; see the module docstring
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +92,7 @@ class FinishRequest:
     current: Secret
     previous: Secret | None
     secrets: SecretResolver = NO_SECRETS
+    fence: str | None = None  # the owner's token; see the module docstring
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +102,7 @@ class RevokeRequest:
     config: ConnectorConfig
     value: Secret
     secrets: SecretResolver = NO_SECRETS
+    fence: str | None = None  # the owner's token; see the module docstring
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +113,7 @@ class RollbackRequest:
     pending: Secret
     current: Secret | None
     secrets: SecretResolver = NO_SECRETS
+    fence: str | None = None  # the owner's token; see the module docstring
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,7 @@ class VerifyRequest:
     current: Secret | None = None
     secrets: SecretResolver = NO_SECRETS
     extra: dict[str, Any] = field(default_factory=dict)
+    fence: str | None = None  # the owner's token; see the module docstring
 
 
 class TransientError(ConnectorError):

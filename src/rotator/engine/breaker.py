@@ -2,7 +2,9 @@
 
 The breaker opens when at least ``threshold`` of the last ``window`` calls failed: then calls
 fail at once with CircuitOpen for ``reset_after`` seconds; after that one call is let through
-(half-open). Its success closes the breaker, its failure opens it again. A rate over a window,
+(half-open). Its success closes the breaker, its failure opens it again; a trial that ends
+without a verdict on the target (a permanent error, a cancellation) must be ended with
+``release_trial()``, which lets the next call through as the new trial. A rate over a window,
 not a run of consecutive failures, so a flaky target (30% transient errors) never trips it
 while a dead one does within ``threshold`` calls. ``clock`` is injected for tests.
 """
@@ -49,8 +51,13 @@ class CircuitBreaker:
             return "half-open"
         return "open"
 
-    def before_call(self) -> None:
-        """Raise CircuitOpen when the call must not go to the target now."""
+    def before_call(self) -> bool:
+        """Raise CircuitOpen when the call must not go to the target now.
+
+        Returns True when this call is the half-open trial: the caller must end it with
+        ``record_success``, ``record_failure`` or ``release_trial`` (on every other exit,
+        cancellation included), or the breaker would stay open for good.
+        """
         state = self.state
         if state == "open" or (state == "half-open" and self._trial_in_flight):
             raise CircuitOpen(
@@ -59,6 +66,13 @@ class CircuitBreaker:
             )
         if state == "half-open":
             self._trial_in_flight = True
+            return True
+        return False
+
+    def release_trial(self) -> None:
+        """End the half-open trial without a verdict: the breaker stays half-open and lets
+        the next call through as the new trial. Harmless when no trial is under way."""
+        self._trial_in_flight = False
 
     def record_success(self) -> None:
         self._recent.append(True)

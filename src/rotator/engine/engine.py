@@ -6,6 +6,14 @@ touches the target. Steps then run with a global and a per-target concurrency li
 with exponential backoff and jitter for transient errors only, and a circuit breaker per
 target. Every step, retry and outcome is audited with the rotation id. A crash at any point
 leaves a rotation row whose lease runs out; ``recover()`` resumes it from its last durable step.
+
+Ownership is fenced. A rotation row carries its owner's token, new on every takeover, and every
+write of its state is conditioned on it (LostOwnership when it no longer matches). The engine
+knows until when each lease it holds is valid (monotonic time of its last renewal + the lease)
+and starts no connector call without that much time left (a safety margin); a call under way
+is cut when the lease runs short or a renewal finds the rotation taken over. An owner that
+finds it lost a rotation after a connector call makes the target agree with the store again
+(``_repair``), audits it, and makes no other call for that rotation.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import math
 import multiprocessing
 import os
 import socket
@@ -23,6 +33,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection
@@ -46,6 +57,8 @@ from rotator.engine.writer import StoreWriter
 from rotator.errors import (
     ConcurrentModification,
     ConnectorError,
+    InvalidInput,
+    LostOwnership,
     NotFound,
     RotationError,
     RotatorError,
@@ -64,11 +77,18 @@ FAILED_SCHEDULE_BACKOFF_S = 300
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
-    """Tuning knobs; the defaults suit a single node talking to a handful of targets."""
+    """Tuning knobs; the defaults suit a single node talking to a handful of targets.
+
+    ``lease_s``: how long a rotation stays owned without a renewal (renewed every third of
+    it). ``lease_margin_s``: no connector call starts, and a call under way is cut, when less
+    than this is left of the lease (default a quarter of it). InvalidInput on a lease that is
+    not a finite number of seconds above 0, or a margin not below the lease.
+    """
 
     concurrency: int = 16
     per_target: int = 16
     lease_s: float = 30.0
+    lease_margin_s: float | None = None
     step_timeout_s: float = 60.0
     retry_attempts: int = 6
     retry_initial_s: float = 0.1
@@ -78,6 +98,19 @@ class EngineOptions:
     breaker_reset_s: float = 30.0
     db_threads: int = 4
     join_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lease_s, int | float) and math.isfinite(self.lease_s)):
+            raise InvalidInput(f"the lease must be a finite number of seconds, not {self.lease_s}")
+        if self.lease_s <= 0:
+            raise InvalidInput(f"the lease must be above 0 seconds, not {self.lease_s:g}")
+        m = self.lease_margin_s
+        if m is not None and not (math.isfinite(m) and 0 <= m < self.lease_s):
+            raise InvalidInput("the lease margin must be at least 0 and below the lease")
+
+    @property
+    def margin_s(self) -> float:
+        return self.lease_s / 4 if self.lease_margin_s is None else self.lease_margin_s
 
 
 @dataclass
@@ -98,9 +131,27 @@ class _Ctx:
     deferred: list[Callable[[Connection], None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     secrets: cbase.SecretResolver = cbase.NO_SECRETS
+    lease: _Lease | None = None  # while this process owns the rotation
+    last_write: str | None = None  # the last call that may change the target: set/finish/rollback
 
     def who(self) -> Principal:
         return Principal(name=ENGINE_PRINCIPAL.name, tenant=self.tenant.name)
+
+    @property
+    def fence(self) -> str | None:
+        return None if self.lease is None else self.lease.fence
+
+
+@dataclass(eq=False)
+class _Lease:
+    """What this process knows of its ownership of one rotation. Times are event-loop
+    (monotonic) times."""
+
+    fence: str
+    valid_until: float  # taken before the claim or renewal was sent, so never late
+    lost: bool = False
+    call: asyncio.Timeout | None = None  # the timeout of its last connector call
+    step_deadline: float = 0.0  # that call's own step timeout
 
 
 class _Secrets:
@@ -136,8 +187,32 @@ class _Secrets:
         self._cache.pop(name, None)
 
 
+def _reschedule(cm: asyncio.Timeout | None, when: float) -> None:
+    """Move a call's timeout if that call is still under way (else there is nothing to cut)."""
+    if cm is not None and not cm.expired():
+        with contextlib.suppress(RuntimeError):  # the call has ended: its timeout has exited
+            cm.reschedule(when)
+
+
+@functools.cache
+def _machine() -> tuple[str, str]:
+    """(boot id, PID-namespace id) of this process; "" where /proc cannot tell."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    try:  # "pid:[4026531836]": the number names the namespace
+        pidns = os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
+    except OSError:
+        pidns = ""
+    return boot, pidns
+
+
 def _owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """``host:pid:boot-id:pid-namespace:random``: enough to tell, on this machine, that the
+    owner's process is gone (see _owner_dead)."""
+    boot, pidns = _machine()
+    return f"{socket.gethostname()}:{os.getpid()}:{boot}:{pidns}:{uuid.uuid4().hex[:8]}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -168,7 +243,7 @@ class Engine:
         self._targets: dict[str, asyncio.Semaphore] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[RotationResult]] = {}
-        self._leases: set[str] = set()
+        self._leases: dict[str, _Lease] = {}  # rotation id -> lease, for those this process owns
         self._heartbeat: asyncio.Task[None] | None = None
         self._secrets: dict[str, _Secrets] = {}
 
@@ -192,16 +267,62 @@ class Engine:
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self.opts.lease_s / 3)
-            ids = list(self._leases)
-            if ids:
-                until = self._now() + timedelta(seconds=self.opts.lease_s)
-                # A failed beat is retried by the next one; a lost lease only lets recovery resume.
-                with contextlib.suppress(RotatorError):
-                    await self.writer.run(
-                        partial(
-                            store_rot.renew_leases, rotation_ids=ids, owner=self.owner, until=until
-                        )
-                    )
+            # A failed beat extends nothing: calls are cut when the lease runs short.
+            with contextlib.suppress(RotatorError):
+                await self._renew(dict(self._leases))
+
+    async def _renew(self, leases: dict[str, _Lease]) -> None:
+        """Renew ``leases`` in one write; cut the calls of rotations found taken over and
+        extend the others' deadlines. Raises the store's error when the write failed."""
+        if not leases:
+            return
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        until = self._now() + timedelta(seconds=self.opts.lease_s)
+        fences = {rid: lease.fence for rid, lease in leases.items()}
+        lost = await self.writer.run(partial(store_rot.renew_leases, fences=fences, until=until))
+        for rid, lease in leases.items():
+            if rid in lost:
+                self._lose(lease)
+            elif not lease.lost:
+                lease.valid_until = max(lease.valid_until, t0 + self.opts.lease_s)
+                _reschedule(lease.call, self._call_deadline(lease))
+
+    def _call_deadline(self, lease: _Lease) -> float:
+        return min(lease.step_deadline, lease.valid_until - self.opts.margin_s)
+
+    def _lose(self, lease: _Lease) -> None:
+        """Mark ``lease`` lost and cut the call under way (it sees LostOwnership)."""
+        lease.lost = True
+        _reschedule(lease.call, asyncio.get_running_loop().time())
+
+    async def _check_lease(self, ctx: _Ctx) -> None:
+        """Before a connector call: return only if this process owns the rotation for at
+        least the safety margin. Renews it now when it runs short; LostOwnership when it was
+        taken over; the store's error when ownership cannot be confirmed (no call is made)."""
+        lease = ctx.lease
+        if lease is None:
+            return
+        loop = asyncio.get_running_loop()
+        if not lease.lost and loop.time() < lease.valid_until - self.opts.margin_s:
+            return
+        if not lease.lost:
+            await self._renew({ctx.rotation_id: lease})
+        if lease.lost:
+            raise LostOwnership(ctx.rotation_id)
+        if loop.time() >= lease.valid_until - self.opts.margin_s:
+            raise RotationError("the rotation's lease could not be renewed in time; no call made")
+
+    def _bounded(self, ctx: _Ctx) -> asyncio.Timeout:
+        """The step timeout for one call (enter it at once), cut short to the lease's deadline
+        minus the margin, moved by each renewal and cut by a lost one (see _renew)."""
+        step_deadline = asyncio.get_running_loop().time() + self.opts.step_timeout_s
+        lease = ctx.lease
+        if lease is None:
+            return asyncio.timeout_at(step_deadline)
+        lease.step_deadline = step_deadline
+        lease.call = asyncio.timeout_at(self._call_deadline(lease))
+        return lease.call
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -254,48 +375,67 @@ class Engine:
         Transient errors (and timeouts) are retried with exponential backoff and jitter; each
         retry is audited. Permanent errors and an open breaker fail at once. On success the
         step's audit entry and ``after`` (its durable bookkeeping) commit together.
+        Fenced: no attempt starts unless the rotation's lease is valid for the safety margin,
+        and a call cut because the lease ran short is retried only if ownership is confirmed;
+        LostOwnership when the rotation was taken over (before, during or after the call).
         """
         fn = self._reread_on_refusal(ctx, fn)
         breaker = self.breaker(ctx.target)
         sem = self._target_sem(ctx.target)
         last_error = ""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.opts.retry_attempts),
-            wait=wait_exponential(multiplier=self.opts.retry_initial_s, max=self.opts.retry_max_s)
-            + wait_random(0, self.opts.retry_initial_s),
-            retry=retry_if_exception_type(cbase.TransientError),
-            reraise=True,
-        )
-        async for attempt in retrying:
+        async for attempt in self._retrying():
             with attempt:
                 n = attempt.retry_state.attempt_number
                 if n > 1:
                     await self._audit(ctx, "rotation.retry", step=step, attempt=n, error=last_error)
-                breaker.before_call()
-                async with sem:
-                    t0 = time.monotonic()
-                    try:
-                        if step == "set":
-                            ctx.touched_target = True
-                        async with asyncio.timeout(self.opts.step_timeout_s):
-                            result = await fn()
-                    except cbase.TransientError as exc:
-                        breaker.record_failure()
-                        last_error = str(exc)
-                        raise
-                    except TimeoutError as exc:
-                        breaker.record_failure()
-                        last_error = f"timed out after {self.opts.step_timeout_s:g}s"
-                        raise cbase.TransientError(f"{step} {last_error}") from exc
-                    except ConnectorError:
-                        raise
-                    except RotatorError:
-                        raise
-                    except Exception as exc:  # a connector bug: never retried, never leaks
-                        raise cbase.PermanentError(
-                            f"connector {ctx.impl.kind!r} raised {type(exc).__name__} in {step}"
-                        ) from exc
-                    breaker.record_success()
+                trial = breaker.before_call()
+                judged = False  # a half-open trial without a verdict must free its slot
+                try:
+                    async with sem:
+                        await self._check_lease(ctx)
+                        t0 = time.monotonic()
+                        cm: asyncio.Timeout | None = None
+                        try:
+                            if step == "set":
+                                ctx.touched_target = True
+                            if step in ("set", "finish", "rollback"):
+                                ctx.last_write = step
+                            async with self._bounded(ctx) as cm:
+                                result = await fn()
+                        except cbase.TransientError as exc:
+                            breaker.record_failure()
+                            judged = True
+                            last_error = str(exc)
+                            raise
+                        except TimeoutError as exc:
+                            lease = ctx.lease
+                            if (
+                                lease is not None
+                                and cm is not None
+                                and cm.expired()
+                                and (lease.lost or (cm.when() or 0.0) < lease.step_deadline)
+                            ):
+                                # Cut by the lease, not by the target: go on only as owner.
+                                await self._check_lease(ctx)
+                                last_error = f"{step} cut short: the lease ran short"
+                                raise cbase.TransientError(last_error) from exc
+                            breaker.record_failure()
+                            judged = True
+                            last_error = f"timed out after {self.opts.step_timeout_s:g}s"
+                            raise cbase.TransientError(f"{step} {last_error}") from exc
+                        except ConnectorError:
+                            raise
+                        except RotatorError:
+                            raise
+                        except Exception as exc:  # a connector bug: never retried, never leaks
+                            raise cbase.PermanentError(
+                                f"connector {ctx.impl.kind!r} raised {type(exc).__name__} in {step}"
+                            ) from exc
+                        breaker.record_success()
+                        judged = True
+                finally:
+                    if trial and not judged:
+                        breaker.release_trial()
                 ms = round((time.monotonic() - t0) * 1000, 2)
                 record = partial(
                     self._record_step, ctx=ctx, step=step, duration_ms=ms, attempt=n, after=after
@@ -306,6 +446,15 @@ class Engine:
                     await self.writer.run(record)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.opts.retry_attempts),
+            wait=wait_exponential(multiplier=self.opts.retry_initial_s, max=self.opts.retry_max_s)
+            + wait_random(0, self.opts.retry_initial_s),
+            retry=retry_if_exception_type(cbase.TransientError),
+            reraise=True,
+        )
 
     def _record_step(
         self,
@@ -575,6 +724,7 @@ class Engine:
                     await asyncio.sleep(0.05)
                 self.secrets_for(ctx.tenant.name).forget(exc.reference)
                 await self._audit(ctx, "rotation.reread_reference", reference=exc.reference)
+                await self._check_lease(ctx)  # a second call: fenced like the first
                 return await fn()
 
         return call
@@ -610,10 +760,13 @@ class Engine:
             await self._audit(ctx, "rotation.failed", step="create", error=str(exc))
             return RotationResult(req.name, Outcome.FAILED, error=f"create: {exc}")
         ctx.rotation_id = str(uuid.uuid4())
+        lease = _Lease(fence=uuid.uuid4().hex, valid_until=0.0)
+        loop = asyncio.get_running_loop()
         for _ in range(3):
             try:
+                lease.valid_until = loop.time() + self.opts.lease_s
                 holder = await self.writer.run(
-                    partial(self._begin, ctx=ctx, value=value, batch_id=batch_id)
+                    partial(self._begin, ctx=ctx, value=value, batch_id=batch_id, fence=lease.fence)
                 )
             except ConcurrentModification:
                 holder = await self._read(partial(store_rot.lock_holder, credential_id=ctx.cred.id))
@@ -637,6 +790,7 @@ class Engine:
                 )
             return _joined(await self._wait_for(holder, ctx), req.name)
         ctx.pending = value
+        ctx.lease = self._leases[ctx.rotation_id] = lease
         return ctx
 
     async def _wait_out_grace(self, ctx: _Ctx) -> None:
@@ -670,7 +824,7 @@ class Engine:
         )
 
     def _begin(
-        self, conn: Connection, ctx: _Ctx, value: Secret, batch_id: str | None
+        self, conn: Connection, ctx: _Ctx, value: Secret, batch_id: str | None, fence: str
     ) -> str | None:
         """The intent: lock, PENDING version, rotation row, audit, in one transaction.
 
@@ -699,6 +853,7 @@ class Engine:
             priority=ctx.req.priority,
             grace_s=ctx.grace_s,
             owner=self.owner,
+            fence=fence,
             lease_expires_at=now + timedelta(seconds=self.opts.lease_s),
             now=now,
             version=ctx.version,
@@ -711,7 +866,6 @@ class Engine:
             target=ctx.target,
             strategy=ctx.impl.strategy.value,
         )
-        self._leases.add(ctx.rotation_id)
         return None
 
     async def _set_and_test(self, ctx: _Ctx, from_step: str) -> None:
@@ -725,20 +879,33 @@ class Engine:
                 "set",
                 lambda: ctx.impl.set(
                     cbase.SetRequest(
-                        c, ctx.version, ctx.cfg, pending, ctx.current, secrets=ctx.secrets
+                        c,
+                        ctx.version,
+                        ctx.cfg,
+                        pending,
+                        ctx.current,
+                        secrets=ctx.secrets,
+                        fence=ctx.fence,
                     )
                 ),
-                after=lambda conn: store_rot.set_step(conn, ctx.rotation_id, "set", self._now()),
+                after=lambda conn: self._step(conn, ctx, "set"),
             )
         if from_step in ("created", "set"):
             await self._call(
                 ctx,
                 "test",
                 lambda: ctx.impl.test(
-                    cbase.TestRequest(c, ctx.version, ctx.cfg, pending, secrets=ctx.secrets)
+                    cbase.TestRequest(
+                        c, ctx.version, ctx.cfg, pending, secrets=ctx.secrets, fence=ctx.fence
+                    )
                 ),
-                after=lambda conn: store_rot.set_step(conn, ctx.rotation_id, "tested", self._now()),
+                after=lambda conn: self._step(conn, ctx, "tested"),
             )
+
+    def _step(self, conn: Connection, ctx: _Ctx, step: str, **kw: Any) -> None:
+        """Record the rotation's step, conditioned on this process's token (LostOwnership)."""
+        assert ctx.fence is not None
+        store_rot.set_step(conn, ctx.rotation_id, step, self._now(), fence=ctx.fence, **kw)
 
     async def _finish_on_target(self, ctx: _Ctx, defer: bool = False) -> None:
         assert ctx.pending is not None
@@ -748,7 +915,13 @@ class Engine:
             "finish",
             lambda: ctx.impl.finish(
                 cbase.FinishRequest(
-                    ctx.cred.name, ctx.version, ctx.cfg, pending, ctx.current, secrets=ctx.secrets
+                    ctx.cred.name,
+                    ctx.version,
+                    ctx.cfg,
+                    pending,
+                    ctx.current,
+                    secrets=ctx.secrets,
+                    fence=ctx.fence,
                 )
             ),
             defer=defer,
@@ -759,13 +932,18 @@ class Engine:
         try:
             await self._set_and_test(ctx, from_step)
             await self._finish_on_target(ctx, defer=True)
+        except LostOwnership as exc:
+            return await self._lost(ctx, exc)
         except (ConnectorError, RotatorError) as exc:
             return await self._rollback(ctx, exc)
-        previous = await self.writer.run(lambda conn: self._finish(conn, ctx))
+        try:
+            previous = await self.writer.run(lambda conn: self._finish(conn, ctx))
+        except LostOwnership as exc:
+            return await self._lost(ctx, exc)
         return await self._after_finish(ctx, previous)
 
     async def _after_finish(self, ctx: _Ctx, previous: int | None) -> RotationResult:
-        self._leases.discard(ctx.rotation_id)
+        self._leases.pop(ctx.rotation_id, None)
         self.secrets_for(ctx.tenant.name).forget(ctx.cred.name)
         warnings = await self._propagate(ctx)
         c = ctx.cred.name
@@ -876,6 +1054,8 @@ class Engine:
                 return started
             try:
                 await self._set_and_test(started, "created")
+            except LostOwnership as exc:
+                return await self._lost(started, exc)
             except (ConnectorError, RotatorError) as exc:
                 return await self._rollback(started, exc)
             return started
@@ -913,7 +1093,16 @@ class Engine:
         def commit(conn: Connection) -> list[int | None]:
             return [self._finish(conn, ctx) for ctx in staged]
 
-        previous = await self.writer.run(commit)
+        try:
+            previous = await self.writer.run(commit)
+        except LostOwnership as exc:
+            # Nothing of the group committed: the lost member repairs, the others roll back.
+            cause = RotationError(f"group {group.name!r} rolled back: {exc}")
+            for ctx in reversed(staged):
+                if ctx.rotation_id == exc.rotation_id and ctx.lease is not None:
+                    ctx.lease.lost = True
+                results[ctx.cred.name] = await self._rollback(ctx, cause)
+            return results
         for ctx, prev in zip(staged, previous, strict=True):
             results[ctx.cred.name] = await self._after_finish(ctx, prev)
         return results
@@ -943,7 +1132,7 @@ class Engine:
                 cbase.rotation_hint(ctx.impl, ctx.cfg, ctx.pending),
             ),
         )
-        store_rot.set_step(conn, ctx.rotation_id, "finished", now)
+        self._step(conn, ctx, "finished")
         store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
         self._audit_in(
             conn,
@@ -974,10 +1163,13 @@ class Engine:
                             pending,
                             ctx.current,
                             secrets=ctx.secrets,
+                            fence=ctx.fence,
                         )
                     ),
                 )
                 rolled_back = True
+            except LostOwnership as exc:
+                return await self._lost(ctx, exc)
             except (ConnectorError, RotatorError) as exc:
                 rb_error = str(exc)
 
@@ -989,9 +1181,7 @@ class Engine:
             )
             self.svc.restamp(conn, ctx.cred.id)
             msg = error if rb_error is None else f"{error}; rollback failed: {rb_error}"
-            store_rot.set_step(
-                conn, ctx.rotation_id, "rolled_back" if rolled_back else "failed", now, error=msg
-            )
+            self._step(conn, ctx, "rolled_back" if rolled_back else "failed", error=msg)
             store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
             self._audit_in(
                 conn,
@@ -1001,8 +1191,11 @@ class Engine:
                 target_touched=ctx.touched_target,
             )
 
-        await self.writer.run(record)
-        self._leases.discard(ctx.rotation_id)
+        try:
+            await self.writer.run(record)
+        except LostOwnership as exc:
+            return await self._lost(ctx, exc)
+        self._leases.pop(ctx.rotation_id, None)
         if rb_error is not None:
             error = f"{error}; rollback failed: {rb_error}"
         return RotationResult(
@@ -1012,6 +1205,134 @@ class Engine:
             ctx.version,
             error,
         )
+
+    # -- lost ownership -------------------------------------------------------------------
+
+    async def _lost(self, ctx: _Ctx, cause: LostOwnership) -> RotationResult:
+        """This process lost the rotation (its lease ran out; another process took it over).
+
+        A call of ours may have reached the target after the new owner's, so when we made a
+        call that can change the target, one repair call makes it agree with the store again
+        (see _repair). Then stop: no other connector call for this rotation. The loss and the
+        repair are audited (no values)."""
+        if ctx.lease is not None:
+            ctx.lease.lost = True
+        self._leases.pop(ctx.rotation_id, None)
+        await self._audit(
+            ctx, "rotation.lost", last_call=ctx.last_write or "none", error=str(cause)
+        )
+        if ctx.last_write is None:
+            note = "this process changed nothing on the target"
+        else:
+            try:
+                note = await self._repair(ctx)
+            except (ConnectorError, RotatorError) as exc:
+                note = f"repairing the target failed: {exc}"
+                await self._audit(ctx, "rotation.repair_failed", error=str(exc))
+        return RotationResult(
+            ctx.cred.name, Outcome.FAILED, ctx.rotation_id, ctx.version, error=f"{cause}; {note}"
+        )
+
+    def _store_view(
+        self, conn: Connection, ctx: _Ctx
+    ) -> tuple[Stage | None, Secret | None, int | None, str | None]:
+        """(stage of our version, CURRENT value, CURRENT number, lock holder), read fresh."""
+        own = store_creds.sealed_version(conn, ctx.cred.id, number=ctx.version)
+        cur = store_creds.sealed_version(conn, ctx.cred.id, stage=Stage.CURRENT)
+        current = self.svc.open_version(conn, cur) if cur is not None else None
+        return (
+            own.stage if own is not None else None,
+            current,
+            cur.number if cur is not None else None,
+            store_rot.lock_holder(conn, ctx.cred.id),
+        )
+
+    async def _repair(self, ctx: _Ctx) -> str:
+        """Make the target agree with the store after this process lost the rotation: one
+        call, chosen by _repair_action from the strategy, our last call and the store read
+        fresh. Waits (up to join_timeout_s) while another rotation holds the credential, so
+        a stale write of ours that landed during it is overwritten after it. Returns what it
+        did; raises the connector's error if the repair call failed."""
+        assert ctx.pending is not None
+        ours = ctx.pending
+        strategy = cbase.strategy_of(ctx.impl, ctx.cfg)
+        deadline = time.monotonic() + self.opts.join_timeout_s
+        delay = 0.05
+        while True:
+            stage, current, current_no, holder = await self._read(
+                partial(self._store_view, ctx=ctx)
+            )
+            if stage is Stage.PENDING or holder is None:
+                break
+            if time.monotonic() > deadline:
+                raise RotationError("another rotation kept the credential busy; not repaired")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        action = _repair_action(
+            strategy, ctx.last_write, stage, current_no, ctx.version, ctx.current_version
+        )
+        left = ours if ctx.last_write in ("set", "finish") else ctx.current
+        c = ctx.cred.name
+        if action == "assert-current" and current is not None and current_no is not None:
+            await self._repair_call(
+                ctx,
+                lambda: ctx.impl.set(
+                    cbase.SetRequest(
+                        c, current_no, ctx.cfg, current, left, ctx.secrets, fence=ctx.fence
+                    )
+                ),
+            )
+        elif action == "remove-own":
+            await self._repair_call(
+                ctx,
+                lambda: ctx.impl.rollback(
+                    cbase.RollbackRequest(
+                        c, ctx.version, ctx.cfg, ours, current, ctx.secrets, fence=ctx.fence
+                    )
+                ),
+            )
+        elif action == "restore-own":
+            await self._repair_call(
+                ctx,
+                lambda: ctx.impl.set(
+                    cbase.SetRequest(
+                        c, ctx.version, ctx.cfg, ours, current, ctx.secrets, fence=ctx.fence
+                    )
+                ),
+            )
+        else:
+            action = "none"
+        await self._audit(
+            ctx,
+            "rotation.repair",
+            repair=action,
+            strategy=strategy.value,
+            last_call=ctx.last_write,
+            version_stage=stage.value if stage is not None else None,
+            current_version=current_no,
+        )
+        return f"target repaired ({action})"
+
+    async def _repair_call(self, ctx: _Ctx, fn: Callable[[], Awaitable[None]]) -> None:
+        """The repair's one call: retried on transient errors and bounded like a step, but
+        neither fenced (the rotation is no longer ours) nor stopped by an open breaker (the
+        target must agree with the store again)."""
+        async for attempt in self._retrying():
+            with attempt:
+                async with self._target_sem(ctx.target):
+                    try:
+                        async with asyncio.timeout(self.opts.step_timeout_s):
+                            await fn()
+                    except TimeoutError as exc:
+                        raise cbase.TransientError(
+                            f"repair timed out after {self.opts.step_timeout_s:g}s"
+                        ) from exc
+                    except (ConnectorError, RotatorError):
+                        raise
+                    except Exception as exc:  # a connector bug: never retried, never leaks
+                        raise cbase.PermanentError(
+                            f"connector {ctx.impl.kind!r} raised {type(exc).__name__} in repair"
+                        ) from exc
 
     async def _wait_for(self, rotation_id: str, ctx: _Ctx) -> RotationResult:
         """Wait for a rotation another process holds; take it over if its owner dies."""
@@ -1057,13 +1378,22 @@ class Engine:
         return [r for r in results if r is not None]
 
     async def _resume_row(self, row: store_rot.RotationRow) -> RotationResult | None:
+        """Take ``row`` over under a new token (its old owner can no longer write it) and
+        drive it on; None when another process claimed it first or its owner renewed."""
         until = self._now() + timedelta(seconds=self.opts.lease_s)
+        lease = _Lease(
+            fence=uuid.uuid4().hex,
+            valid_until=asyncio.get_running_loop().time() + self.opts.lease_s,
+        )
+        dead = _owner_dead(row.owner)
         took = await self.writer.run(
-            lambda c: store_rot.take_over(c, row.id, row.owner, self.owner, until, self._now())
+            lambda c: store_rot.take_over(
+                c, row, self.owner, lease.fence, until, self._now(), owner_dead=dead
+            )
         )
         if not took:
             return None
-        self._leases.add(row.id)
+        self._leases[row.id] = lease
         tenant_name = await self._read(lambda c: _tenant_name(c, row.tenant_id))
         req = RotationRequest(
             name=row.credential,
@@ -1075,24 +1405,28 @@ class Engine:
             ctx = await self._prepare(req)
         except RotatorError as exc:
             msg = str(exc)
-            await self.writer.run(
-                lambda c: store_rot.set_step(c, row.id, "failed", self._now(), error=msg)
-            )
-            self._leases.discard(row.id)
+            # No connector call was made: a lost claim here needs no repair.
+            with contextlib.suppress(LostOwnership):
+                await self.writer.run(
+                    lambda c: store_rot.set_step(
+                        c, row.id, "failed", self._now(), fence=lease.fence, error=msg
+                    )
+                )
+            self._leases.pop(row.id, None)
             return RotationResult(row.credential, Outcome.FAILED, row.id, error=str(exc))
         ctx.rotation_id = row.id
         ctx.grace_s = row.grace_s
+        ctx.lease = lease
         ctx.touched_target = True  # we cannot know: roll back to be safe
         if row.version is None:  # intent never completed: nothing reached the target
 
             def abandon(c: Connection) -> None:
-                store_rot.set_step(
-                    c, row.id, "failed", self._now(), error="abandoned before intent"
-                )
+                self._step(c, ctx, "failed", error="abandoned before intent")
                 store_rot.release_lock(c, ctx.cred.id, row.id)
 
-            await self.writer.run(abandon)
-            self._leases.discard(row.id)
+            with contextlib.suppress(LostOwnership):
+                await self.writer.run(abandon)
+            self._leases.pop(row.id, None)
             return RotationResult(row.credential, Outcome.FAILED, row.id, error="abandoned")
         ctx.version = row.version
         sv = await self._read(
@@ -1241,14 +1575,55 @@ def _tenant_name(conn: Connection, tenant_id: int) -> str:
 
 
 def _owner_dead(owner: str | None) -> bool:
-    """True when ``owner`` is a process on this host that no longer runs."""
+    """True when ``owner`` is a process of this machine, boot and PID namespace that no longer
+    runs. Anything else (another machine or container, an older owner format, no /proc)
+    is not known dead: its lease decides."""
     if not owner:
         return False
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    parts = owner.split(":")
+    if len(parts) != 5:
+        return False
+    host, pid, boot, pidns, _ = parts
+    here = _machine()
+    if "" in here or (host, boot, pidns) != (socket.gethostname(), *here) or not pid.isdigit():
         return False
     return int(pid) != os.getpid() and not _pid_alive(int(pid))
+
+
+def _repair_action(
+    strategy: cbase.Strategy,
+    last_write: str | None,
+    own_stage: Stage | None,
+    current_no: int | None,
+    own_no: int,
+    old_current_no: int | None,
+) -> str:
+    """What makes the target agree with the store after an owner lost its rotation, given
+    the last call it made that can change the target (``last_write``: set, finish or
+    rollback; a stalled one may have landed after the new owner's calls):
+
+    - our version still PENDING: "none": the new owner is driving this very version and its
+      own steps (set is idempotent, test checks) settle the target;
+    - ``single`` (one secret): the target must hold the store's CURRENT: "assert-current"
+      (set CURRENT again) unless our call left exactly CURRENT there;
+    - ``dual`` (several valid secrets) and ``alternating`` (two accounts): our value must be
+      valid on the target exactly while the store holds it CURRENT or PREVIOUS. After a set or
+      finish that is "remove-own" (rollback of our value, which on an alternating target
+      resets its account, or puts CURRENT back when CURRENT's account now holds our value)
+      unless the store still holds it valid; after a rollback (which removed our value) it is
+      "restore-own" (set it again) if the store holds it valid. A PREVIOUS on the other
+      account of an alternating target that our stale write overwrote is not restored: it
+      stays unusable until its revocation (documented limit).
+    """
+    if own_stage is Stage.PENDING:
+        return "none"
+    if strategy is cbase.Strategy.SINGLE:
+        left = own_no if last_write in ("set", "finish") else old_current_no
+        return "none" if left is not None and left == current_no else "assert-current"
+    valid = own_stage in (Stage.CURRENT, Stage.PREVIOUS)
+    if last_write == "rollback":
+        return "restore-own" if valid else "none"
+    return "none" if valid else "remove-own"
 
 
 def _joined(res: RotationResult, name: str) -> RotationResult:

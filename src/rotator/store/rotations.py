@@ -1,10 +1,17 @@
 """Store access for rotations (intents), per-credential locks and the revocation queue.
 
 All functions take the caller's transaction. Terminal steps: finished, rolled_back, failed.
+
+Ownership is fenced: a rotation row carries its owner's token (``fence``), new on every claim
+and takeover. Step updates and lease renewals match the row by id AND token; a step update that
+matches no row raises LostOwnership, which rolls back the caller's transaction, so a stalled
+former owner can never write a rotation's state (nor, in the same transaction, move stages or
+release the lock).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -13,7 +20,7 @@ from sqlalchemy.dialects import postgresql as _pg
 from sqlalchemy.dialects import sqlite as _sqlite
 
 from rotator.domain.model import Stage
-from rotator.errors import ConcurrentModification
+from rotator.errors import ConcurrentModification, LostOwnership
 from rotator.store.schema import credential_locks, credentials, revocations, rotations, versions
 
 ACTIVE_STEPS = ("claimed", "created", "set", "tested")
@@ -38,7 +45,9 @@ _RELEASE_LOCK = delete(credential_locks).where(
     credential_locks.c.rotation_id == bindparam("b_rid"),
 )
 _INSERT_ROTATION = insert(rotations)
-_UPDATE_ROTATION = update(rotations).where(rotations.c.id == bindparam("b_id"))
+_UPDATE_ROTATION = update(rotations).where(
+    rotations.c.id == bindparam("b_id"), rotations.c.fence == bindparam("b_fence")
+)
 _MARK_VERSION = update(versions).where(
     versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
 )
@@ -64,6 +73,7 @@ class RotationRow:
     lease_expires_at: datetime | None
     created_at: datetime
     finished_at: datetime | None
+    fence: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -111,11 +121,13 @@ def insert_rotation(
     priority: int,
     grace_s: int,
     owner: str,
+    fence: str,
     lease_expires_at: datetime,
     now: datetime,
     version: int | None = None,
 ) -> None:
-    """Insert a rotation; with ``version`` its intent is complete (step ``created``)."""
+    """Insert a rotation owned by ``owner`` under the token ``fence``; with ``version`` its
+    intent is complete (step ``created``)."""
     conn.execute(
         _INSERT_ROTATION,
         {
@@ -132,6 +144,7 @@ def insert_rotation(
             "attempts": 0,
             "error": None,
             "owner": owner,
+            "fence": fence,
             "lease_expires_at": lease_expires_at,
             "created_at": now,
             "updated_at": now,
@@ -151,12 +164,23 @@ def set_step(
     step: str,
     now: datetime,
     *,
+    fence: str,
     version: int | None = None,
     error: str | None = None,
     attempts: int | None = None,
     lease_expires_at: datetime | None = None,
 ) -> None:
-    values: dict[str, object] = {"b_id": rotation_id, "step": step, "updated_at": now}
+    """Record the rotation's step, if it is still owned under ``fence``.
+
+    Raises LostOwnership when no row matched (another process took the rotation over, or it
+    is gone): the caller's transaction must then roll back, with whatever else it wrote.
+    """
+    values: dict[str, object] = {
+        "b_id": rotation_id,
+        "b_fence": fence,
+        "step": step,
+        "updated_at": now,
+    }
     if version is not None:
         values["version"] = version
     if error is not None:
@@ -168,20 +192,31 @@ def set_step(
     if step in TERMINAL_STEPS:
         values["finished_at"] = now
         values["lease_expires_at"] = None
-    conn.execute(_UPDATE_ROTATION, values)
+    if conn.execute(_UPDATE_ROTATION, values).rowcount != 1:
+        raise LostOwnership(rotation_id)
 
 
-def renew_leases(conn: Connection, rotation_ids: list[str], owner: str, until: datetime) -> None:
-    if rotation_ids:
-        conn.execute(
-            update(rotations)
-            .where(
-                rotations.c.id.in_(rotation_ids),
-                rotations.c.owner == owner,
-                rotations.c.step.in_(ACTIVE_STEPS),
-            )
-            .values(lease_expires_at=until)
+def renew_leases(conn: Connection, fences: Mapping[str, str], until: datetime) -> set[str]:
+    """Extend to ``until`` the lease of every active rotation still held under its token
+    (``fences``: rotation id -> token). Returns the ids held no longer (taken over, or gone);
+    a rotation its owner already ended is still held, not lost. Never raises LostOwnership:
+    one lost rotation must not stop the others' renewal."""
+    if not fences:
+        return set()
+    ids, tokens = list(fences), list(fences.values())
+    conn.execute(
+        update(rotations)
+        .where(
+            rotations.c.id.in_(ids),
+            rotations.c.fence.in_(tokens),
+            rotations.c.step.in_(ACTIVE_STEPS),
         )
+        .values(lease_expires_at=until)
+    )
+    held = conn.execute(
+        select(rotations.c.id, rotations.c.fence).where(rotations.c.id.in_(ids))
+    ).all()
+    return set(ids) - {rid for rid, fence in held if fence == fences[rid]}
 
 
 def stale_rotations(
@@ -211,21 +246,32 @@ def active_owners(conn: Connection) -> list[str]:
 
 def take_over(
     conn: Connection,
-    rotation_id: str,
-    expected_owner: str | None,
+    row: RotationRow,
     owner: str,
+    fence: str,
     lease_expires_at: datetime,
     now: datetime,
+    *,
+    owner_dead: bool = False,
 ) -> bool:
-    """Claim a stale rotation for ``owner``. False if another process claimed it first."""
+    """Claim the stale rotation ``row`` (as read) for ``owner`` under the new token ``fence``.
+
+    Matches only while the row still has the owner and token that were read, is active, and
+    its lease has run out at ``now`` (unless ``owner_dead``: its process is known to be gone),
+    so an owner that renewed its lease in between keeps it. False if the claim did not match.
+    """
+    cond = [
+        rotations.c.id == row.id,
+        rotations.c.owner == row.owner,
+        rotations.c.fence == row.fence,
+        rotations.c.step.in_(ACTIVE_STEPS),
+    ]
+    if not owner_dead:
+        cond.append(rotations.c.lease_expires_at < now)
     res = conn.execute(
         update(rotations)
-        .where(
-            rotations.c.id == rotation_id,
-            rotations.c.owner == expected_owner,
-            rotations.c.step.in_(ACTIVE_STEPS),
-        )
-        .values(owner=owner, lease_expires_at=lease_expires_at, updated_at=now)
+        .where(*cond)
+        .values(owner=owner, fence=fence, lease_expires_at=lease_expires_at, updated_at=now)
     )
     return res.rowcount == 1
 

@@ -196,6 +196,9 @@ rotations = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
+    # The owner's token (migration 0005): new on every claim and takeover; every write of the
+    # row's state is conditioned on it, so a stalled former owner cannot write.
+    Column("fence", String(64), nullable=True),
     Index("ix_rotations_step_lease", "step", "lease_expires_at"),
     Index("ix_rotations_credential", "credential_id"),
     Index("ix_rotations_batch", "batch_id"),

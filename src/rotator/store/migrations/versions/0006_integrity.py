@@ -1,7 +1,7 @@
 """Integrity: stage-map MACs on credentials, a keyed audit chain, an append-only audit table.
 
 Revision ID: 0006
-Revises: 0004 (the merge relinks this to 0005)
+Revises: 0005
 Create Date: 2026-11-28
 
 Adds ``credentials.stage_mac``, ``audit_log.key_id``, ``audit_head.key_id`` / ``audit_head.mac``
@@ -19,7 +19,7 @@ from alembic import op
 from rotator.store.schema import UTCDateTime
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
