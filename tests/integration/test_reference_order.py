@@ -216,6 +216,7 @@ def test_a_dependant_waits_while_its_admin_is_mid_rotation_in_another_process(
     tenant = svc.tenant("default")
     admin = svc.show("pg/admin")
     rid = str(uuid.uuid4())
+    fence = uuid.uuid4().hex
     now = svc.clock()
     with svc.db.write() as conn:
         assert store_rot.try_lock(conn, admin.id, rid, now) is None
@@ -229,7 +230,8 @@ def test_a_dependant_waits_while_its_admin_is_mid_rotation_in_another_process(
             trigger="manual",
             priority=4,
             grace_s=0,
-            owner=f"{socket.gethostname()}:{os.getpid()}:elsewhere",  # alive: this process
+            owner=f"{socket.gethostname()}:{os.getpid()}:elsewhere",  # not dead: lease decides
+            fence=fence,
             lease_expires_at=now + timedelta(hours=1),
             now=now,
         )
@@ -260,7 +262,7 @@ def test_a_dependant_waits_while_its_admin_is_mid_rotation_in_another_process(
         )
         svc.update_credential("pg/admin", value=ValueInput(value=Secret(new_password)))
         with svc.db.write() as conn:
-            store_rot.set_step(conn, rid, "finished", svc.clock())
+            store_rot.set_step(conn, rid, "finished", svc.clock(), fence=fence)
             store_rot.release_lock(conn, admin.id, rid)
         out, err = proc.communicate(timeout=TIMEOUT_S)
     finally:

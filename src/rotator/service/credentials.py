@@ -160,7 +160,7 @@ class RotatorService:
                 )
         svc = cls(db=db, settings=settings, ring=load_keyring(db, settings))
         integrity.upgrade(svc, principal)
-        svc.audit_keys  # noqa: B018 - load them now, not inside a later write transaction
+        svc.load_audit_keys()  # now, not inside a later write transaction
         svc._tenant(principal.tenant, create=True)
         return svc, created
 
@@ -174,7 +174,7 @@ class RotatorService:
         db.check_initialized()
         svc = cls(db=db, settings=settings, ring=load_keyring(db, settings), clock=clock)
         integrity.upgrade(svc, LOCAL_PRINCIPAL)
-        svc.audit_keys  # noqa: B018 - load them now, not inside a later write transaction
+        svc.load_audit_keys()  # now, not inside a later write transaction
         return svc
 
     def close(self) -> None:
@@ -220,9 +220,14 @@ class RotatorService:
     def audit_keys(self) -> AuditKeys:
         """The audit keys this process holds (loaded once; reloaded after a master rotation)."""
         if self._audit_keys is None:
-            with self.db.read() as conn:
-                self._audit_keys = integrity.load_audit_keys(conn, self.ring)
+            self.load_audit_keys()
+        assert self._audit_keys is not None
         return self._audit_keys
+
+    def load_audit_keys(self) -> None:
+        """(Re)load the audit keys from the store with the master keys this process holds."""
+        with self.db.read() as conn:
+            self._audit_keys = integrity.load_audit_keys(conn, self.ring)
 
     def open_version(self, conn: Connection, sv: store_creds.SealedVersion) -> Secret:
         """Decrypt a stored version. Raises DecryptionError if it does not open, IntegrityError
@@ -733,8 +738,7 @@ class RotatorService:
 
         old, new, n = rotate_master(self.db, self.settings, self.ring, progress, finalize=link)
         self.ring = load_keyring(self.db, self.settings)
-        self._audit_keys = None
-        self.audit_keys  # noqa: B018 - reload them outside the next write transaction
+        self.load_audit_keys()  # outside the next write transaction
         with self.db.write() as conn:
             self._audit(
                 conn, principal, "keys.rotate_master.done", from_key=old, to_key=new, rewrapped=n
