@@ -452,3 +452,122 @@ def test_half_open_trial_ended_by_permanent_error_or_cancellation_frees_the_brea
                 assert breaker.state == "closed"
 
     asyncio.run(go())
+
+
+def test_owner_stalled_in_finish_and_overtaken_reports_the_loss_and_removes_its_late_value(
+    svc: RotatorService,
+    raw_db: sqlalchemy.Engine,
+    double: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stalls inside its finish call; its lease runs out; B takes the rotation over and
+    finishes it, then rotates again in an emergency (grace 0: every older value revoked).
+    A's finish then lands late and publishes its value again. A must find its stage move
+    fenced off before it moves anything, report the loss (not raise for the batch), remove
+    its own value from the target, and leave the credential free."""
+    cfg = DoubleConfig()
+    add_double(svc, "a")
+    stalled: dict[str, asyncio.Event] = {}
+    original = doubles.DoubleConnector.finish
+
+    async def finish(self: doubles.DoubleConnector, req: cbase.FinishRequest) -> None:
+        if not stalled["reached"].is_set():  # A's call only; B's calls go through
+            stalled["reached"].set()
+            await stalled["go"].wait()
+            doubles.target_add(cfg, req.credential, req.current.reveal_text())  # lands late
+            return
+        await original(self, req)
+
+    monkeypatch.setattr(doubles.DoubleConnector, "finish", finish)
+    opts = EngineOptions(lease_s=30, retry_initial_s=0.001)
+
+    async def scenario() -> Any:
+        stalled["reached"], stalled["go"] = asyncio.Event(), asyncio.Event()
+        async with Engine(svc, opts) as a:
+            task = asyncio.create_task(a.rotate([RotationRequest("a")]))
+            await asyncio.wait_for(stalled["reached"].wait(), 30)
+            with raw_db.begin() as c:  # A's lease has run out
+                c.execute(
+                    rotations.update().values(lease_expires_at=svc.clock() - timedelta(seconds=60))
+                )
+            async with Engine(svc, opts) as b:
+                assert [r.outcome for r in await b.recover()] == [Outcome.ROTATED]
+                again = await b.rotate_one(RotationRequest("a", grace_s=0))
+                assert again.outcome is Outcome.ROTATED, again
+            stalled["go"].set()
+            return await asyncio.wait_for(task, 60)
+
+    batch = asyncio.run(scenario())
+    [result] = batch.results
+    assert result.outcome is Outcome.FAILED
+    assert result.error is not None
+    assert "taken over" in result.error
+    assert "repaired" in result.error
+    versions = {v.number: v.stage for v in svc.show("a").versions}
+    assert versions[3] is Stage.CURRENT
+    assert [n for n, s in versions.items() if s is Stage.CURRENT] == [3]
+    assert doubles.target_values(cfg, "a") == {svc.get_value("a").reveal_text()}
+    actions = [e.action for e in svc.audit_entries(credential="a")]
+    assert "rotation.lost" in actions
+    assert "rotation.repair" in actions
+    with svc.db.read() as c:
+        assert store_rot.lock_holder(c, svc.show("a").id) is None
+    assert svc.audit_verify().ok
+
+
+def test_stage_map_edited_mid_rotation_rolls_the_target_back_and_frees_the_credential(
+    svc: RotatorService,
+    raw_db: sqlalchemy.Engine,
+    double: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Someone edits the credential's stage map while its rotation is between set and the
+    stage move. The stage move must refuse (integrity), the target must go back to the old
+    value, the rotation must end and free the credential (no lock kept by a dead rotation),
+    and no stage may move. Once the genuine MAC is back, the credential rotates again."""
+    from rotator.store.schema import credentials
+
+    cfg = DoubleConfig()
+    cid = add_double(svc, "a")
+    old_value = svc.get_value("a").reveal_text()
+    saved: dict[str, str] = {}
+    original = doubles.DoubleConnector.finish
+
+    async def finish(self: doubles.DoubleConnector, req: cbase.FinishRequest) -> None:
+        with raw_db.begin() as c:
+            mac = c.execute(
+                select(credentials.c.stage_mac).where(credentials.c.id == cid)
+            ).scalar_one()
+            saved["genuine"] = mac  # what the map's MAC is now, with version 2 PENDING
+            c.execute(
+                credentials.update()
+                .where(credentials.c.id == cid)
+                .values(stage_mac=mac.split(":")[0] + ":" + "0" * 64)
+            )
+        await original(self, req)
+
+    monkeypatch.setattr(doubles.DoubleConnector, "finish", finish)
+    opts = EngineOptions(lease_s=30, retry_initial_s=0.001)
+
+    async def rotate() -> Any:
+        async with Engine(svc, opts) as engine:
+            return await engine.rotate([RotationRequest("a")])
+
+    [result] = asyncio.run(rotate()).results
+    assert result.outcome is Outcome.ROLLED_BACK, result
+    assert result.error is not None
+    assert "integrity" in result.error
+    assert doubles.target_values(cfg, "a") == {old_value}
+    with svc.db.read() as c:
+        assert store_rot.lock_holder(c, cid) is None
+    with raw_db.begin() as c:  # the operator restores the genuine MAC
+        c.execute(
+            credentials.update().where(credentials.c.id == cid).values(stage_mac=saved["genuine"])
+        )
+    versions = {v.number: v.stage for v in svc.show("a").versions}
+    assert versions == {1: Stage.CURRENT, 2: Stage.PENDING}
+    monkeypatch.setattr(doubles.DoubleConnector, "finish", original)
+    [again] = asyncio.run(rotate()).results
+    assert again.outcome is Outcome.ROTATED, again
+    assert doubles.target_values(cfg, "a") >= {svc.get_value("a").reveal_text()}
+    assert svc.audit_verify().ok

@@ -57,6 +57,7 @@ from rotator.engine.writer import StoreWriter
 from rotator.errors import (
     ConcurrentModification,
     ConnectorError,
+    IntegrityError,
     InvalidInput,
     LostOwnership,
     NotFound,
@@ -618,7 +619,12 @@ class Engine:
                 while not queue.empty():
                     _, _, req = queue.get_nowait()
                     ctx = prepared.pop((req.tenant, req.name), None)
-                    res = await self.rotate_one(req, batch_id=batch_id, prepared=ctx)
+                    try:
+                        res = await self.rotate_one(req, batch_id=batch_id, prepared=ctx)
+                    except RotatorError as exc:
+                        # The store failed under this one rotation (its lease lapses and
+                        # recovery resumes it): the batch goes on and says so.
+                        res = RotationResult(req.name, Outcome.FAILED, error=str(exc))
                     results.append(res)
                     if progress is not None:
                         progress(res)
@@ -928,7 +934,16 @@ class Engine:
         )
 
     async def _drive(self, ctx: _Ctx, from_step: str) -> RotationResult:
-        """Run the remaining steps from the last durable one; roll back if set/test fail."""
+        """Run the remaining steps from the last durable one; roll back if set/test fail or
+        the stage move cannot commit (e.g. the stage map fails its integrity check). The
+        lease is dropped however this ends: an error that escapes (the store unreachable)
+        leaves the rotation to recovery once the lease runs out."""
+        try:
+            return await self._drive_steps(ctx, from_step)
+        finally:
+            self._leases.pop(ctx.rotation_id, None)
+
+    async def _drive_steps(self, ctx: _Ctx, from_step: str) -> RotationResult:
         try:
             await self._set_and_test(ctx, from_step)
             await self._finish_on_target(ctx, defer=True)
@@ -940,6 +955,8 @@ class Engine:
             previous = await self.writer.run(lambda conn: self._finish(conn, ctx))
         except LostOwnership as exc:
             return await self._lost(ctx, exc)
+        except RotatorError as exc:
+            return await self._rollback(ctx, exc)
         return await self._after_finish(ctx, previous)
 
     async def _after_finish(self, ctx: _Ctx, previous: int | None) -> RotationResult:
@@ -1108,7 +1125,10 @@ class Engine:
         return results
 
     def _finish(self, conn: Connection, ctx: _Ctx) -> int | None:
-        """Stage move and bookkeeping in one savepoint: PENDING->CURRENT, CURRENT->PREVIOUS."""
+        """Stage move and bookkeeping in one savepoint: PENDING->CURRENT, CURRENT->PREVIOUS.
+        The fenced step write comes first: a lost rotation raises LostOwnership before any
+        stage moves."""
+        self._step(conn, ctx, "finished")
         for record in ctx.deferred:
             record(conn)
         now = self._now()
@@ -1132,7 +1152,6 @@ class Engine:
                 cbase.rotation_hint(ctx.impl, ctx.cfg, ctx.pending),
             ),
         )
-        self._step(conn, ctx, "finished")
         store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
         self._audit_in(
             conn,
@@ -1175,12 +1194,18 @@ class Engine:
 
         def record(conn: Connection) -> None:
             now = self._now()
-            self.svc.check_stage_map(conn, ctx.cred.id)
-            store_rot.mark_version(
-                conn, ctx.cred.id, ctx.version, Stage.FAILED, now, only_from=(Stage.PENDING,)
-            )
-            self.svc.restamp(conn, ctx.cred.id)
             msg = error if rb_error is None else f"{error}; rollback failed: {rb_error}"
+            try:
+                self.svc.check_stage_map(conn, ctx.cred.id)
+            except IntegrityError as exc:
+                # Stages edited outside rotator: move none (re-stamping would seal the edit),
+                # but end the rotation and free the credential so nothing stays stuck.
+                msg = f"{msg}; version {ctx.version} left as it is: {exc}"
+            else:
+                store_rot.mark_version(
+                    conn, ctx.cred.id, ctx.version, Stage.FAILED, now, only_from=(Stage.PENDING,)
+                )
+                self.svc.restamp(conn, ctx.cred.id)
             self._step(conn, ctx, "rolled_back" if rolled_back else "failed", error=msg)
             store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
             self._audit_in(
@@ -1236,7 +1261,9 @@ class Engine:
     def _store_view(
         self, conn: Connection, ctx: _Ctx
     ) -> tuple[Stage | None, Secret | None, int | None, str | None]:
-        """(stage of our version, CURRENT value, CURRENT number, lock holder), read fresh."""
+        """(stage of our version, CURRENT value, CURRENT number, lock holder), read fresh and
+        through the stage-map check (IntegrityError: no repair from edited stages)."""
+        self.svc.check_stage_map(conn, ctx.cred.id)
         own = store_creds.sealed_version(conn, ctx.cred.id, number=ctx.version)
         cur = store_creds.sealed_version(conn, ctx.cred.id, stage=Stage.CURRENT)
         current = self.svc.open_version(conn, cur) if cur is not None else None
@@ -1251,29 +1278,56 @@ class Engine:
         """Make the target agree with the store after this process lost the rotation: one
         call, chosen by _repair_action from the strategy, our last call and the store read
         fresh. Waits (up to join_timeout_s) while another rotation holds the credential, so
-        a stale write of ours that landed during it is overwritten after it. Returns what it
-        did; raises the connector's error if the repair call failed."""
+        a stale write of ours that landed during it is overwritten after it; while the new
+        owner of ours holds it with our version still PENDING, waits one lease for it to end
+        that version (it may be deciding), then leaves the version to it. A CURRENT asserted
+        again is checked once more after the call: if a rotation started and finished
+        meanwhile, the repair runs again for the new CURRENT (at most three times). Returns
+        what it did; raises the connector's error if the repair call failed."""
+        deadline = time.monotonic() + self.opts.join_timeout_s
+        for _ in range(3):
+            asserted, note = await self._repair_once(ctx, deadline)
+            if asserted is None:
+                return note
+            _, _, now_no, holder = await self._read(partial(self._store_view, ctx=ctx))
+            if now_no == asserted and holder is None:
+                return note
+        return note
+
+    async def _repair_once(self, ctx: _Ctx, deadline: float) -> tuple[int | None, str]:
+        """One repair decision and call; returns (the CURRENT number it asserted, or None;
+        what it did)."""
         assert ctx.pending is not None
         ours = ctx.pending
         strategy = cbase.strategy_of(ctx.impl, ctx.cfg)
-        deadline = time.monotonic() + self.opts.join_timeout_s
         delay = 0.05
+        # Our own version, still PENDING under its new owner: that owner drives it and will
+        # end it (roll back, or finish); give it one lease to do so, then leave it to it.
+        ours_until = time.monotonic() + self.opts.lease_s
         while True:
             stage, current, current_no, holder = await self._read(
                 partial(self._store_view, ctx=ctx)
             )
-            if stage is Stage.PENDING or holder is None:
+            if holder is None:
+                break
+            if (
+                holder == ctx.rotation_id
+                and stage is Stage.PENDING
+                and time.monotonic() > ours_until
+            ):
                 break
             if time.monotonic() > deadline:
                 raise RotationError("another rotation kept the credential busy; not repaired")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+        asserted: int | None = None
         action = _repair_action(
             strategy, ctx.last_write, stage, current_no, ctx.version, ctx.current_version
         )
         left = ours if ctx.last_write in ("set", "finish") else ctx.current
         c = ctx.cred.name
         if action == "assert-current" and current is not None and current_no is not None:
+            asserted = current_no
             await self._repair_call(
                 ctx,
                 lambda: ctx.impl.set(
@@ -1311,7 +1365,7 @@ class Engine:
             version_stage=stage.value if stage is not None else None,
             current_version=current_no,
         )
-        return f"target repaired ({action})"
+        return asserted, f"target repaired ({action})"
 
     async def _repair_call(self, ctx: _Ctx, fn: Callable[[], Awaitable[None]]) -> None:
         """The repair's one call: retried on transient errors and bounded like a step, but
@@ -1404,14 +1458,18 @@ class Engine:
         try:
             ctx = await self._prepare(req)
         except RotatorError as exc:
-            msg = str(exc)
-            # No connector call was made: a lost claim here needs no repair.
+            msg = f"{exc}; not resumed, so the target may still hold version {row.version}"
+
+            def give_up(c: Connection) -> None:
+                # The credential cannot be loaded (e.g. its stages were edited outside
+                # rotator): touch nothing on the target, but end the rotation and free the
+                # credential, so a repaired store can rotate it again.
+                store_rot.set_step(c, row.id, "failed", self._now(), fence=lease.fence, error=msg)
+                store_rot.release_lock(c, row.credential_id, row.id)
+
+            # This process made no call: a claim lost meanwhile needs no repair.
             with contextlib.suppress(LostOwnership):
-                await self.writer.run(
-                    lambda c: store_rot.set_step(
-                        c, row.id, "failed", self._now(), fence=lease.fence, error=msg
-                    )
-                )
+                await self.writer.run(give_up)
             self._leases.pop(row.id, None)
             return RotationResult(row.credential, Outcome.FAILED, row.id, error=str(exc))
         ctx.rotation_id = row.id
