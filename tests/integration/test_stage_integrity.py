@@ -15,6 +15,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psycopg
@@ -257,3 +258,63 @@ def test_store_from_before_0006_with_a_broken_chain_is_not_sealed(
     assert len(out.stderr.strip().splitlines()) == 1
     with raw_db.connect() as c:
         assert set(c.execute(select(audit_log.c.key_id)).scalars()) == {None}
+
+
+def test_two_processes_opening_a_store_from_before_0006_at_once_both_work(
+    store: Settings, raw_db: Engine
+) -> None:
+    """Both run the migration and the keyed upgrade at the same moment: one does each, the
+    other finds it done; both read the value, and the chain verifies with one upgrade."""
+    make_legacy(store, raw_db)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")},
+        "ROTATOR_HOME": str(store.home),
+        "ROTATOR_DB": store.db_url,
+    }
+    procs = [
+        subprocess.Popen(
+            [ROTATOR, "credential", "get", "alpha"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [(p.returncode, out) for p, (out, _) in zip(procs, outs, strict=True)] == [
+        (0, VALUES["alpha"] + "\n")
+    ] * 2, [err for _, err in outs]
+    with raw_db.connect() as c:
+        actions = c.execute(select(audit_log.c.action)).scalars().all()
+    assert actions.count("store.integrity_upgrade") == 1
+    assert cli(store, "audit", "verify").returncode == 0
+
+
+def test_two_services_running_the_keyed_upgrade_at_once_seal_the_store_once(
+    store: Settings, raw_db: Engine
+) -> None:
+    make_legacy(store, raw_db)
+    db = Database(store.db_url)
+    db.migrate()  # 0004 -> 0006: the store is marked for the keyed upgrade
+    db.dispose()
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        barrier.wait()
+        try:
+            RotatorService.open(store).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with raw_db.connect() as c:
+        actions = c.execute(select(audit_log.c.action)).scalars().all()
+    assert actions.count("store.integrity_upgrade") == 1
+    assert cli(store, "audit", "verify").returncode == 0

@@ -216,7 +216,8 @@ def upgrade(svc: RotatorService, who: Principal) -> bool:
         if store_keys.get_meta(conn, UPGRADE_MARKER) is None:
             return False
     with svc.db.write() as conn:
-        if store_keys.get_meta(conn, UPGRADE_MARKER) is None:
+        # Locked: two processes opening the store at once must not both re-seal it.
+        if store_keys.get_meta_for_update(conn, UPGRADE_MARKER) is None:
             return False  # another process did it
         keyed = (
             conn.execute(select(audit_keys_table.c.id).limit(1)).first()

@@ -42,6 +42,8 @@ HEAD_REVISION = "0006"
 # survive a power loss before the target is touched; with NORMAL the last commits may vanish.
 # Only the benchmarks change this (bench/engine_bench.py --sqlite-synchronous).
 SQLITE_SYNCHRONOUS = "FULL"
+# The PostgreSQL advisory lock key that serializes schema migrations ("rotator" in ASCII).
+_MIGRATION_LOCK = 0x726F7461746F72
 
 
 _USERINFO_PASSWORD = re.compile(r"(?<=://)([^/@:]*):[^/]*@")
@@ -232,6 +234,10 @@ class Database:
             self.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.close(os.open(self.sqlite_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         with self.write() as conn:
+            if self.dialect == "postgresql":
+                # Two processes upgrading at once would both run the same DDL; SQLite's
+                # BEGIN IMMEDIATE serializes them already. Released at commit.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             cfg = Config()
             cfg.set_main_option("script_location", str(MIGRATIONS))
             cfg.attributes["connection"] = conn
