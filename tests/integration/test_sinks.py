@@ -93,6 +93,8 @@ def test_failing_sink_is_reported_and_does_not_unrotate(
         "file:path=/x,mode=999",
         "file:path=/x,mode=rw",
         "file:path=/x,mode=0660",
+        "file:path=/x,mode=0644",
+        "file:path=/x,mode=0604",
         "file:path=/x,mode=0602",
         "file:path=/x,mode=0666",
         "file:path=/x,mode=0777",

@@ -31,7 +31,9 @@ from rotator.connectors._files import atomic_write, parse_mode
 from rotator.domain.secret import Secret
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-WRITABLE_BY_OTHERS = 0o022
+# A secret file may be readable by its group (the application's), never by everyone, and
+# writable by its owner only.
+REFUSED_MODE_BITS = 0o027
 
 
 class SinkRefused(OSError):
@@ -69,8 +71,11 @@ class FileSink(BaseModel):
     @field_validator("mode")
     @classmethod
     def _mode(cls, v: str) -> str:
-        if parse_mode(v) & WRITABLE_BY_OTHERS:
-            raise ValueError(f"mode {v} lets the group or others write the file; use e.g. 0600")
+        if parse_mode(v) & REFUSED_MODE_BITS:
+            raise ValueError(
+                f"mode {v} lets others read or the group or others write the file; "
+                "use e.g. 0600 or 0640"
+            )
         return v
 
     def describe(self) -> str:
