@@ -181,7 +181,14 @@ def bulk_fill(svc: RotatorService, start: int, count: int, batch: int) -> None:
                         + mac_key.mac(
                             integrity.stage_message(
                                 store_creds.StageMap(
-                                    cid, tenant_id, cred_name(i), ((1, "CURRENT"),), None
+                                    cid,
+                                    tenant_id,
+                                    cred_name(i),
+                                    ((1, "CURRENT"),),
+                                    None,
+                                    connector="local",
+                                    config={},
+                                    sinks=[],  # the column's default
                                 )
                             )
                         ),

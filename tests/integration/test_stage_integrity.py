@@ -318,3 +318,27 @@ def test_two_services_running_the_keyed_upgrade_at_once_seal_the_store_once(
         actions = c.execute(select(audit_log.c.action)).scalars().all()
     assert actions.count("store.integrity_upgrade") == 1
     assert cli(store, "audit", "verify").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("config", '{"length": "12", "alphabet": "attacker"}'),
+        ("connector", "double"),
+        ("sinks", '[{"path": "/tmp/exfiltrated", "format": "raw", "mode": "0600"}]'),
+    ],
+)
+def test_connector_settings_or_sinks_edited_in_the_database_fail_integrity(
+    store: Settings, column: str, value: str
+) -> None:
+    """Where a value goes (connector, its settings: a target host, an admin reference; the
+    sinks) is covered by the MAC too: an edit could send the next value elsewhere."""
+    sql(store, f"UPDATE credentials SET {column} = '{value}' WHERE name = 'alpha'")
+    assert_integrity_failure(store, "alpha")
+
+
+def test_updating_settings_through_rotator_keeps_the_credential_readable(store: Settings) -> None:
+    out = cli(store, "credential", "update", "alpha", "--tag", "team=payments")
+    assert out.returncode == 0, out.stderr
+    got = cli(store, "credential", "get", "alpha")
+    assert (got.returncode, got.stdout) == (0, VALUES["alpha"] + "\n"), got.stderr

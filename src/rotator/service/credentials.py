@@ -605,6 +605,9 @@ class RotatorService:
                 raise ConcurrentModification(
                     f"credential {name!r} changed while the update was prepared; try again"
                 )
+            # The MAC covers connector, settings and sinks too: check it before they change
+            # (an edit made outside rotator must not be sealed), re-stamp it after.
+            self.check_stage_map(conn, cred.id)
             last = cred.last_rotated_at or cred.created_at
             store_creds.update_credential(
                 conn,
@@ -624,10 +627,9 @@ class RotatorService:
             )
             demoted = None
             if new_value is not None:
-                self.check_stage_map(conn, cred.id)
                 self.seal_version(conn, tenant, cred.id, number, new_value, Stage.PENDING, now)
                 demoted = store_creds.promote(conn, cred.id, number, now=now, grace=pol.grace)
-                self.restamp(conn, cred.id)
+            self.restamp(conn, cred.id)
             changed = {
                 "connector": kind if connector else None,
                 "settings": sorted(new_settings) if settings is not None else None,

@@ -69,9 +69,18 @@ UPGRADE_ACTION = "store.integrity_upgrade"
 
 
 def stage_message(m: store_creds.StageMap) -> bytes:
-    body = {"t": m.tenant_id, "c": m.credential_id, "n": m.name, "v": [list(v) for v in m.stages]}
+    body = {
+        "t": m.tenant_id,
+        "c": m.credential_id,
+        "n": m.name,
+        "v": [list(v) for v in m.stages],
+        # Where the values go: edited, they could send a value to another host.
+        "k": m.connector,
+        "s": m.config,
+        "o": m.sinks,
+    }
     return (
-        b"rotator/stage-map/v1|"
+        b"rotator/stage-map/v2|"
         + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
     )
 
@@ -109,7 +118,10 @@ def _problem(svc: RotatorService, conn: Connection, m: store_creds.StageMap) -> 
     if tenant_id != m.tenant_id:
         return "it was moved from another tenant"
     if not key.verify(stage_message(m), tag):
-        return "its name, tenant or version stages were changed outside rotator"
+        return (
+            "its name, tenant, version stages, connector settings or sinks were changed "
+            "outside rotator"
+        )
     return None
 
 

@@ -89,6 +89,9 @@ _STAGE_MAP_ONE = (
     select(
         credentials.c.tenant_id,
         credentials.c.name,
+        credentials.c.connector,
+        credentials.c.config,
+        credentials.c.sinks,
         credentials.c.stage_mac,
         versions.c.number,
         versions.c.stage,
@@ -151,6 +154,10 @@ class StageMap:
     name: str
     stages: tuple[tuple[int, str], ...]  # (number, stage) by number
     mac: str | None
+    # Where values go: a connector and settings (its target, its admin reference) and sinks.
+    connector: str = ""
+    config: Any = None
+    sinks: Any = None
 
 
 def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
@@ -160,7 +167,16 @@ def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
         return None
     first = rows[0]
     stages = tuple((int(r.number), str(r.stage)) for r in rows if r.number is not None)
-    return StageMap(credential_id, first.tenant_id, first.name, stages, first.stage_mac)
+    return StageMap(
+        credential_id,
+        first.tenant_id,
+        first.name,
+        stages,
+        first.stage_mac,
+        first.connector,
+        first.config,
+        first.sinks,
+    )
 
 
 def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, StageMap]:
@@ -177,6 +193,9 @@ def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, Sta
                 credentials.c.tenant_id,
                 credentials.c.name,
                 credentials.c.stage_mac,
+                credentials.c.connector,
+                credentials.c.config,
+                credentials.c.sinks,
             ).where(credentials.c.id.in_(chunk))
         ).all()
         stages: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -187,7 +206,16 @@ def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, Sta
         ):
             stages[r.credential_id].append((int(r.number), str(r.stage)))
         for h in heads:
-            out[h.id] = StageMap(h.id, h.tenant_id, h.name, tuple(stages[h.id]), h.stage_mac)
+            out[h.id] = StageMap(
+                h.id,
+                h.tenant_id,
+                h.name,
+                tuple(stages[h.id]),
+                h.stage_mac,
+                h.connector,
+                h.config,
+                h.sinks,
+            )
     return out
 
 
