@@ -69,8 +69,11 @@ def base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")}
 
 
-def run_cli(args: Sequence[str], env: Mapping[str, str], stdin: bytes = b"") -> Run:
-    """Run the installed console script; bounded, output decoded as UTF-8."""
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str] | Mapping[bytes, bytes], stdin: bytes = b""
+) -> Run:
+    """Run the installed console script; bounded, output decoded as UTF-8. ``env`` may be
+    bytes, to pass what is not UTF-8."""
     proc = subprocess.run(
         [str(CLI), *args],
         env=dict(env),

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -34,24 +34,6 @@ from test_cli_bad_input import (  # fixtures are used by name below
 __all__ = ["new_db_url", "passphrase_store", "store"]  # fixtures, imported for pytest
 
 SECRET_TAIL = "value-tail-" + uuid.uuid4().hex  # readable part of a non-UTF-8 value
-
-
-def run_cli_bytes(args: Sequence[str], env: Mapping[bytes, bytes], stdin: bytes = b"") -> Run:
-    """Like run_cli, with an environment of bytes (to pass what is not UTF-8)."""
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "rotator"), *args],
-        env=dict(env),
-        input=stdin,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
-    return Run(
-        tuple(args),
-        proc.returncode,
-        proc.stdout.decode("utf-8", "replace"),
-        proc.stderr.decode("utf-8", "replace"),
-    )
 
 
 def env_bytes(env: Mapping[str, str]) -> dict[bytes, bytes]:
@@ -163,7 +145,7 @@ def test_non_utf8_passphrase_is_bad_input_and_not_echoed(
     before = passphrase_store.snapshot()
     env = env_bytes(passphrase_store.env)
     env[b"ROTATOR_PASSPHRASE"] = b"\xff\xfe" + SECRET_TAIL.encode()
-    result = run_cli_bytes(command, env)
+    result = run_cli(command, env)
     line = assert_bad_input(result, "ROTATOR_PASSPHRASE", "UTF-8")
     assert SECRET_TAIL not in line
     assert "\ufffd" not in line
