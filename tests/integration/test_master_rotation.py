@@ -77,6 +77,20 @@ class Store:
             self.passphrase = self.next_passphrase
             self.next_passphrase = f"passphrase-{uuid.uuid4().hex}"
 
+    def audit_actions(self) -> list[str]:
+        """Every audit entry's action, read with the key that opens the store now."""
+        final = replace(
+            self.settings,
+            passphrase=None if self.passphrase is None else Secret(self.passphrase),
+            new_passphrase=None,
+        )
+        svc = RotatorService.open(final)
+        try:
+            assert svc.audit_verify().ok
+            return [e.action for e in svc.audit_entries()]
+        finally:
+            svc.close()
+
     def assert_every_value_readable_with_the_final_key(self) -> None:
         final = replace(
             self.settings,
@@ -163,6 +177,10 @@ def test_two_concurrent_rotate_master_runs_keep_every_value_readable(
     assert loser == f"rotator: error: {BUSY}\n", "\n".join(store.runs)
     store.rotated()
     store.assert_every_value_readable_with_the_final_key()
+    actions = store.audit_actions()
+    # The refused run never started: its audit trail shows one rotation, begun and done.
+    assert actions.count("keys.rotate_master.start") == 1
+    assert actions.count("keys.rotate_master.done") == 1
 
 
 # (target, when): every transaction boundary, the uncommitted inside of the first and the last

@@ -732,13 +732,16 @@ class RotatorService:
         """Re-wrap every data key under a new master key (see keyring.rotate_master). The
         audit chain moves to the new master key's audit key in the transaction that makes the
         new key current (an ``audit.key_link`` entry; see service/integrity.py)."""
-        with self.db.write() as conn:
-            self._audit(conn, principal, "keys.rotate_master.start", from_key=self.ring.current_id)
+        def start(old_id: str) -> None:  # under the rotation's lock: a refused run writes none
+            with self.db.write() as conn:
+                self._audit(conn, principal, "keys.rotate_master.start", from_key=old_id)
 
         def link(conn: Connection, old_key: crypto.MasterKey, new_key: crypto.MasterKey) -> None:
             integrity.link_audit_key(self, conn, old_key, new_key, principal)
 
-        old, new, n = rotate_master(self.db, self.settings, self.ring, progress, finalize=link)
+        old, new, n = rotate_master(
+            self.db, self.settings, self.ring, progress, finalize=link, started=start
+        )
         self.ring = load_keyring(self.db, self.settings)
         self.load_audit_keys()  # outside the next write transaction
         with self.db.write() as conn:

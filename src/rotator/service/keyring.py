@@ -139,6 +139,7 @@ def rotate_master(
     ring: KeyRing,
     progress: Callable[[int, int], None] | None = None,
     finalize: Finalize | None = None,
+    started: Callable[[str], None] | None = None,
 ) -> tuple[str, str, int]:
     """Re-wrap every data key under a new master key; values are not re-encrypted.
 
@@ -150,10 +151,11 @@ def rotate_master(
     re-wrapped in its own transaction, a rerun picks up the same new key, and the last step is
     a compare-and-swap (``master`` still the old id and ``master_next`` the new one, else
     ConcurrentModification) that also re-wraps data keys made meanwhile under the old key.
-    ``finalize(conn, old_key, new_key)`` runs inside that last transaction (its error undoes
-    the swap). ``ring`` is reloaded under the lock (another run may have finished meanwhile).
-    Returns (old id, new id, data keys re-wrapped). In passphrase mode ROTATOR_NEW_PASSPHRASE
-    gives the new passphrase.
+    ``started(old_id)`` runs once the lock is held, before anything changes (a run refused
+    by the lock never calls it); ``finalize(conn, old_key, new_key)`` runs inside that last
+    transaction (its error undoes the swap). ``ring`` is reloaded under the lock (another run
+    may have finished meanwhile). Returns (old id, new id, data keys re-wrapped). In
+    passphrase mode ROTATOR_NEW_PASSPHRASE gives the new passphrase.
     """
     del ring  # what it holds may be stale by the time the lock is ours
     with db.exclusive_lock(MASTER_ROTATION_LOCK, MASTER_ROTATION_BUSY):
@@ -162,6 +164,8 @@ def rotate_master(
             master = store_keys.get_meta(conn, "master")
             nxt = store_keys.get_meta(conn, "master_next")
         old_id = master["id"]
+        if started is not None:
+            started(old_id)
         new = _prepare_next(db, settings, master, nxt)
         ring = ring.with_key(new)
         with db.read() as conn:
