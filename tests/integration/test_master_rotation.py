@@ -77,14 +77,17 @@ class Store:
             self.passphrase = self.next_passphrase
             self.next_passphrase = f"passphrase-{uuid.uuid4().hex}"
 
-    def audit_actions(self) -> list[str]:
-        """Every audit entry's action, read with the key that opens the store now."""
-        final = replace(
+    def final_settings(self) -> Settings:
+        """Settings with the key that opens the store now."""
+        return replace(
             self.settings,
             passphrase=None if self.passphrase is None else Secret(self.passphrase),
             new_passphrase=None,
         )
-        svc = RotatorService.open(final)
+
+    def audit_actions(self) -> list[str]:
+        """Every audit entry's action, read with the key that opens the store now."""
+        svc = RotatorService.open(self.final_settings())
         try:
             assert svc.audit_verify().ok
             return [e.action for e in svc.audit_entries()]
@@ -92,11 +95,7 @@ class Store:
             svc.close()
 
     def assert_every_value_readable_with_the_final_key(self) -> None:
-        final = replace(
-            self.settings,
-            passphrase=None if self.passphrase is None else Secret(self.passphrase),
-            new_passphrase=None,
-        )
+        final = self.final_settings()
         svc = RotatorService.open(final)
         try:
             got = {

@@ -23,9 +23,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 import pytest
 from psycopg import sql
+from tests.integration.test_connector_postgres import admin_exec, can_login
 
 from rotator.config import Settings
 from rotator.connectors.postgres import parse_value
@@ -54,20 +54,6 @@ class Roles:
     def all_names(self) -> list[str]:
         names = [self.superuser, *self.roles]
         return names + [f"{r}_clone" for r in self.roles]
-
-
-def admin_exec(target: PgTarget, query: sql.Composable) -> None:
-    with psycopg.connect(target.dsn(), autocommit=True) as conn:
-        conn.execute(query)
-
-
-def can_login(target: PgTarget, user: str, password: str) -> bool:
-    try:
-        with psycopg.connect(target.dsn(user=user, password=password)) as conn:
-            conn.execute("SELECT 1")
-        return True
-    except psycopg.OperationalError:
-        return False
 
 
 @pytest.fixture
