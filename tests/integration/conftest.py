@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 from rotator.config import Settings
-from rotator.service import RotatorService
+from rotator.service import BlockingService
 from rotator.store import normalize_url
 
 
@@ -19,8 +19,8 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
 
 
 @pytest.fixture
-def svc(settings: Settings) -> Iterator[RotatorService]:
-    service, created = RotatorService.init(settings)
+def svc(settings: Settings) -> Iterator[BlockingService]:
+    service, created = BlockingService.init(settings)
     assert created
     yield service
     service.close()

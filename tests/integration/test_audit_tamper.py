@@ -32,7 +32,7 @@ from rotator.config import Settings
 from rotator.crypto.integrity import audit_key
 from rotator.domain.secret import Secret
 from rotator.errors import AuditChainBroken, AuditKeyUnavailable
-from rotator.service import RotatorService, ValueInput
+from rotator.service import BlockingService, ValueInput
 from rotator.store.schema import audit_head, audit_log
 
 ROTATOR = str(Path(sys.executable).parent / "rotator")
@@ -59,7 +59,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def filled(svc: RotatorService) -> RotatorService:
+def filled(svc: BlockingService) -> BlockingService:
     for i in range(5):
         svc.add_credential(f"cred-{i}", "local", value=ValueInput(generate=True))
     svc.get_value("cred-1")
@@ -104,7 +104,7 @@ def rewrite_chain(
 
 
 def test_untouched_chain_is_keyed_under_the_master_keys_audit_key(
-    filled: RotatorService, settings: Settings
+    filled: BlockingService, settings: Settings
 ) -> None:
     key = audit_key(crypto.read_key_file(settings.key_file))
     entries = filled.audit_entries()
@@ -118,7 +118,7 @@ def test_untouched_chain_is_keyed_under_the_master_keys_audit_key(
         assert entry_hash(e) != e.hash, "the unkeyed SHA-256 must not be the entry's MAC"
 
 
-def test_updated_row_is_named(filled: RotatorService, raw_db: Engine) -> None:
+def test_updated_row_is_named(filled: BlockingService, raw_db: Engine) -> None:
     with tamper(raw_db) as c:
         c.execute(update(audit_log).where(audit_log.c.seq == 4).values(actor="mallory"))
     result = filled.audit_verify()
@@ -126,7 +126,7 @@ def test_updated_row_is_named(filled: RotatorService, raw_db: Engine) -> None:
 
 
 def test_updated_details_with_a_recomputed_unkeyed_hash_is_named(
-    filled: RotatorService, raw_db: Engine
+    filled: BlockingService, raw_db: Engine
 ) -> None:
     r = rows(raw_db)[2]
     forged = as_entry(r, details={"forged": True})
@@ -140,21 +140,21 @@ def test_updated_details_with_a_recomputed_unkeyed_hash_is_named(
     assert (result.ok, result.first_bad_seq) == (False, 3)
 
 
-def test_deleted_row_is_named(filled: RotatorService, raw_db: Engine) -> None:
+def test_deleted_row_is_named(filled: BlockingService, raw_db: Engine) -> None:
     with tamper(raw_db) as c:
         c.execute(delete(audit_log).where(audit_log.c.seq == 5))
     result = filled.audit_verify()
     assert (result.ok, result.first_bad_seq) == (False, 5)
 
 
-def test_deleted_tail_is_named(filled: RotatorService, raw_db: Engine) -> None:
+def test_deleted_tail_is_named(filled: BlockingService, raw_db: Engine) -> None:
     with tamper(raw_db) as c:
         c.execute(delete(audit_log).where(audit_log.c.seq >= 7))
     result = filled.audit_verify()
     assert (result.ok, result.first_bad_seq) == (False, 7)
 
 
-def test_reordered_rows_are_named(filled: RotatorService, raw_db: Engine) -> None:
+def test_reordered_rows_are_named(filled: BlockingService, raw_db: Engine) -> None:
     with tamper(raw_db) as c:
         c.execute(update(audit_log).where(audit_log.c.seq == 3).values(seq=-3))
         c.execute(update(audit_log).where(audit_log.c.seq == 6).values(seq=3))
@@ -163,7 +163,7 @@ def test_reordered_rows_are_named(filled: RotatorService, raw_db: Engine) -> Non
     assert (result.ok, result.first_bad_seq) == (False, 3)
 
 
-def test_inserted_row_is_named(filled: RotatorService, raw_db: Engine) -> None:
+def test_inserted_row_is_named(filled: BlockingService, raw_db: Engine) -> None:
     all_rows = rows(raw_db)
     with tamper(raw_db) as c:
         # Shift entries 4.. up by one and slip a forged entry in at 4.
@@ -190,7 +190,7 @@ def test_inserted_row_is_named(filled: RotatorService, raw_db: Engine) -> None:
 
 
 def test_removing_every_value_read_and_recomputing_with_sha256_fails(
-    filled: RotatorService, raw_db: Engine
+    filled: BlockingService, raw_db: Engine
 ) -> None:
     keep = [as_entry(r) for r in rows(raw_db) if r.action != "value.read"]
     assert len(keep) == 7
@@ -211,7 +211,7 @@ def test_removing_every_value_read_and_recomputing_with_sha256_fails(
 
 
 def test_removing_every_value_read_and_recomputing_with_a_guessed_key_fails(
-    filled: RotatorService, raw_db: Engine
+    filled: BlockingService, raw_db: Engine
 ) -> None:
     keep = [as_entry(r) for r in rows(raw_db) if r.action != "value.read"]
     guess = hashlib.sha256(b"a guessed audit key").digest()
@@ -228,7 +228,7 @@ def test_removing_every_value_read_and_recomputing_with_a_guessed_key_fails(
 
 
 def test_cut_tail_with_a_consistent_head_fails_and_refuses_later_writes(
-    filled: RotatorService, raw_db: Engine
+    filled: BlockingService, raw_db: Engine
 ) -> None:
     all_rows = rows(raw_db)
     last_kept = all_rows[5]  # drop entries 7..9
@@ -249,7 +249,7 @@ def test_cut_tail_with_a_consistent_head_fails_and_refuses_later_writes(
     assert len(rows(raw_db)) == 6
 
 
-def test_emptied_log_fails(filled: RotatorService, raw_db: Engine) -> None:
+def test_emptied_log_fails(filled: BlockingService, raw_db: Engine) -> None:
     with tamper(raw_db) as c:
         c.execute(delete(audit_log))
     result = filled.audit_verify()
@@ -257,7 +257,7 @@ def test_emptied_log_fails(filled: RotatorService, raw_db: Engine) -> None:
     assert result.first_bad_seq == 1
 
 
-def test_emptied_log_with_its_head_deleted_fails(filled: RotatorService, raw_db: Engine) -> None:
+def test_emptied_log_with_its_head_deleted_fails(filled: BlockingService, raw_db: Engine) -> None:
     with tamper(raw_db) as c:
         c.execute(delete(audit_log))
         c.execute(delete(audit_head))
@@ -268,7 +268,7 @@ def test_emptied_log_with_its_head_deleted_fails(filled: RotatorService, raw_db:
         filled.get_value("cred-0")
 
 
-def test_deleted_head_fails(filled: RotatorService, raw_db: Engine) -> None:
+def test_deleted_head_fails(filled: BlockingService, raw_db: Engine) -> None:
     with tamper(raw_db) as c:
         c.execute(delete(audit_head))
     result = filled.audit_verify()
@@ -276,7 +276,7 @@ def test_deleted_head_fails(filled: RotatorService, raw_db: Engine) -> None:
     assert "head is missing" in (result.reason or "")
 
 
-def test_log_not_starting_with_store_init_fails(filled: RotatorService, raw_db: Engine) -> None:
+def test_log_not_starting_with_store_init_fails(filled: BlockingService, raw_db: Engine) -> None:
     with tamper(raw_db) as c:
         c.execute(update(audit_log).where(audit_log.c.seq == 1).values(action="credential.add"))
     result = filled.audit_verify()
@@ -285,7 +285,7 @@ def test_log_not_starting_with_store_init_fails(filled: RotatorService, raw_db: 
 
 
 def test_cli_audit_verify_exits_1_naming_the_entry(
-    filled: RotatorService, raw_db: Engine, settings: Settings
+    filled: BlockingService, raw_db: Engine, settings: Settings
 ) -> None:
     ok = cli(settings, "audit", "verify")
     assert ok.returncode == 0, ok.stderr
@@ -300,7 +300,7 @@ def test_cli_audit_verify_exits_1_naming_the_entry(
 
 
 def test_cli_audit_head_prints_seq_and_mac_of_the_last_entry(
-    filled: RotatorService, raw_db: Engine, settings: Settings
+    filled: BlockingService, raw_db: Engine, settings: Settings
 ) -> None:
     out = cli(settings, "audit", "head")
     assert out.returncode == 0, out.stderr
@@ -314,7 +314,7 @@ def test_cli_audit_head_prints_seq_and_mac_of_the_last_entry(
     "anchor", ["9", "x:" + "0" * 64, "9:abc", "0:" + "0" * 64, "9:" + "g" * 64, ""]
 )
 def test_cli_expect_head_in_a_bad_format_exits_2_with_one_line(
-    filled: RotatorService, settings: Settings, anchor: str
+    filled: BlockingService, settings: Settings, anchor: str
 ) -> None:
     out = cli(settings, "audit", "verify", "--expect-head", anchor)
     assert out.returncode == 2
@@ -324,7 +324,7 @@ def test_cli_expect_head_in_a_bad_format_exits_2_with_one_line(
 
 
 def test_expect_head_detects_a_rollback_to_an_older_copy_and_a_rewrite(
-    filled: RotatorService, raw_db: Engine, settings: Settings
+    filled: BlockingService, raw_db: Engine, settings: Settings
 ) -> None:
     # An older copy of the log and head (a consistent keyed state, e.g. from a backup).
     with raw_db.connect() as c:
@@ -355,7 +355,7 @@ def test_expect_head_detects_a_rollback_to_an_older_copy_and_a_rewrite(
 
 
 def test_rotate_master_links_the_chain_to_the_new_audit_key(
-    filled: RotatorService, settings: Settings, raw_db: Engine
+    filled: BlockingService, settings: Settings, raw_db: Engine
 ) -> None:
     old = audit_key(crypto.read_key_file(settings.key_file))
     filled.rotate_master_key()
@@ -371,7 +371,7 @@ def test_rotate_master_links_the_chain_to_the_new_audit_key(
     assert entries[-1].action == "value.read"
     # A fresh process holding only the new key verifies the whole log, old entries included.
     assert cli(settings, "audit", "verify").returncode == 0
-    reopened = RotatorService.open(settings)
+    reopened = BlockingService.open(settings)
     assert reopened.audit_verify().ok
     reopened.close()
     # The old audit key is kept, wrapped under the new master key (never stored in clear).
@@ -381,7 +381,7 @@ def test_rotate_master_links_the_chain_to_the_new_audit_key(
 
 
 def test_two_master_rotations_keep_the_oldest_entries_verifiable(
-    filled: RotatorService, settings: Settings
+    filled: BlockingService, settings: Settings
 ) -> None:
     filled.rotate_master_key()
     filled.get_value("cred-0")
@@ -393,9 +393,9 @@ def test_two_master_rotations_keep_the_oldest_entries_verifiable(
 
 
 def test_a_process_started_before_a_master_rotation_cannot_write_after_it(
-    filled: RotatorService, settings: Settings, raw_db: Engine
+    filled: BlockingService, settings: Settings, raw_db: Engine
 ) -> None:
-    stale = RotatorService.open(settings)
+    stale = BlockingService.open(settings)
     stale.get_value("cred-0")
     filled.rotate_master_key()
     n = len(rows(raw_db))
@@ -405,7 +405,7 @@ def test_a_process_started_before_a_master_rotation_cannot_write_after_it(
     stale.close()
 
 
-def test_audit_never_holds_a_value(svc: RotatorService, raw_db: Engine) -> None:
+def test_audit_never_holds_a_value(svc: BlockingService, raw_db: Engine) -> None:
     value = "audit-canary-7f3e9b"
     svc.add_credential("x", "local", value=ValueInput(value=Secret(value)))
     svc.update_credential("x", value=ValueInput(value=Secret(value + "-2")))
@@ -424,7 +424,7 @@ def test_audit_never_holds_a_value(svc: RotatorService, raw_db: Engine) -> None:
     ],
 )
 def test_postgresql_refuses_update_delete_and_truncate_of_audit_rows(
-    filled: RotatorService, raw_db: Engine, statement: str
+    filled: BlockingService, raw_db: Engine, statement: str
 ) -> None:
     if raw_db.dialect.name != "postgresql":
         pytest.skip("the append-only trigger exists on PostgreSQL only")
@@ -436,14 +436,14 @@ def test_postgresql_refuses_update_delete_and_truncate_of_audit_rows(
 
 def test_rotate_master_in_passphrase_mode_links_the_chain(settings: Settings) -> None:
     first = dataclasses.replace(settings, passphrase=Secret("first passphrase"))
-    svc, _ = RotatorService.init(first)
+    svc, _ = BlockingService.init(first)
     svc.add_credential("a", "local", value=ValueInput(generate=True))
     svc.close()
     moving = dataclasses.replace(first, new_passphrase=Secret("second passphrase"))
-    svc = RotatorService.open(moving)
+    svc = BlockingService.open(moving)
     svc.rotate_master_key()
     svc.close()
-    second = RotatorService.open(
+    second = BlockingService.open(
         dataclasses.replace(settings, passphrase=Secret("second passphrase"))
     )
     second.get_value("a")

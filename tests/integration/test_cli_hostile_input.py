@@ -192,12 +192,12 @@ CRASHING_CLI = textwrap.dedent(
     """
     import sys
     from rotator.cli.main import main
-    from rotator.service import RotatorService
+    from rotator.service import BlockingService
 
     def crash(*args, **kwargs):
         raise RuntimeError("message-with-a-secret-" + sys.argv[1])
 
-    RotatorService.list_credentials = crash
+    BlockingService.list_credentials = crash
     sys.exit(main(sys.argv[2:]))
     """
 )

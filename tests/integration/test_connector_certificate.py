@@ -25,7 +25,7 @@ from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
 from rotator.errors import InvalidInput, VerificationFailed
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import BlockingService, PolicyInput, ValueInput
 
 T = TypeVar("T")
 FAST = EngineOptions(retry_initial_s=0.001, retry_max_s=0.01, retry_attempts=2)
@@ -368,15 +368,15 @@ def test_offload_only_for_the_ca_and_picklable() -> None:
 # -- through the engine (both databases) -----------------------------------------------------
 
 
-def rotate(svc: RotatorService, names: list[str]) -> Any:
+def rotate(svc: BlockingService, names: list[str]) -> Any:
     async def go() -> Any:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             return await engine.rotate([RotationRequest(n) for n in names])
 
     return run(go())
 
 
-def add_ca(svc: RotatorService, name: str = "pki/ca", **settings: str) -> None:
+def add_ca(svc: BlockingService, name: str = "pki/ca", **settings: str) -> None:
     svc.add_credential(
         name,
         "certificate",
@@ -386,7 +386,7 @@ def add_ca(svc: RotatorService, name: str = "pki/ca", **settings: str) -> None:
     )
 
 
-def add_leaf(svc: RotatorService, name: str = "svc/tls", **settings: str) -> None:
+def add_leaf(svc: BlockingService, name: str = "svc/tls", **settings: str) -> None:
     svc.add_credential(
         name,
         "certificate",
@@ -401,7 +401,7 @@ def cert_of(value: Secret) -> x509.Certificate:
 
 
 def test_leaf_rotates_chained_to_the_ca_with_next_rotation_from_the_hint(
-    svc: RotatorService,
+    svc: BlockingService,
 ) -> None:
     add_ca(svc)
     add_leaf(svc)
@@ -426,7 +426,7 @@ def test_leaf_rotates_chained_to_the_ca_with_next_rotation_from_the_hint(
 
 
 def test_ca_rotates_in_the_process_pool_and_new_leaves_chain_to_it(
-    svc: RotatorService, tmp_path: Path
+    svc: BlockingService, tmp_path: Path
 ) -> None:
     add_ca(svc, key_type="rsa", rsa_bits="2048")
     path = tmp_path / "tls.pem"
@@ -442,7 +442,7 @@ def test_ca_rotates_in_the_process_pool_and_new_leaves_chain_to_it(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_expired_ca_is_refused_at_add_with_verify(svc: RotatorService) -> None:
+def test_expired_ca_is_refused_at_add_with_verify(svc: BlockingService) -> None:
     expired = certs.self_signed_ca_pem("Old CA", now() - DAY * 400, now() - DAY * 35)
     with pytest.raises(VerificationFailed, match="CA 'pki/old' expired on"):
         svc.add_credential(
@@ -471,7 +471,7 @@ def test_expired_ca_is_refused_at_add_with_verify(svc: RotatorService) -> None:
     assert names == ["pki/old"]
 
 
-def test_rotation_with_an_expired_ca_fails_and_keeps_the_old_leaf(svc: RotatorService) -> None:
+def test_rotation_with_an_expired_ca_fails_and_keeps_the_old_leaf(svc: BlockingService) -> None:
     add_ca(svc)
     add_leaf(svc)
     old = svc.get_value("svc/tls")
@@ -503,7 +503,7 @@ def tls_accepts(trust: Path, leaf_value: Secret, at: datetime) -> bool:
 
 
 def test_ca_rotation_keeps_old_leaves_trusted_for_the_grace(
-    svc: RotatorService, tmp_path: Path
+    svc: BlockingService, tmp_path: Path
 ) -> None:
     trust = tmp_path / "trust.pem"
     svc.add_credential(
@@ -523,10 +523,10 @@ def test_ca_rotation_keeps_old_leaves_trusted_for_the_grace(
     assert tls_accepts(trust, new_leaf, t)
 
     later = svc.clock() + timedelta(hours=1, minutes=1)
-    svc.clock = lambda: later
+    svc.kernel.clock = lambda: later
 
     async def revoke() -> dict[int, bool]:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             return await engine.process_revocations()
 
     revoked = run(revoke())

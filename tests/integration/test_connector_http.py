@@ -28,7 +28,7 @@ from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, RotationRequest
 from rotator.errors import InvalidInput, VerificationFailed
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import BlockingService, PolicyInput, ValueInput
 
 T = TypeVar("T")
 ACCOUNT = "acme"
@@ -517,29 +517,29 @@ def test_verify_names_what_is_wrong(api: ApiServer) -> None:
 # ---------------------------------------------------------------- through the engine
 
 
-def rotate(svc: RotatorService, names: list[str], opts: EngineOptions = FAST) -> Any:
+def rotate(svc: BlockingService, names: list[str], opts: EngineOptions = FAST) -> Any:
     async def go() -> Any:
-        async with Engine(svc, opts) as engine:
+        async with Engine(svc.kernel, opts) as engine:
             return await engine.rotate([RotationRequest(n) for n in names])
 
     return asyncio.run(go())
 
 
-def revoke_due(svc: RotatorService) -> dict[int, bool]:
+def revoke_due(svc: BlockingService) -> dict[int, bool]:
     async def go() -> dict[int, bool]:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             return await engine.process_revocations()
 
     return asyncio.run(go())
 
 
-def add_admin_secrets(svc: RotatorService) -> None:
+def add_admin_secrets(svc: BlockingService) -> None:
     svc.add_credential("api/admin", "local", value=ValueInput(value=Secret(ADMIN)))
     svc.add_credential("api/hmac", "local", value=ValueInput(value=Secret(HMAC_KEY)))
 
 
 def add_http(
-    svc: RotatorService, api: ApiServer, name: str, first: str, grace: str = "10m", **over: str
+    svc: BlockingService, api: ApiServer, name: str, first: str, grace: str = "10m", **over: str
 ) -> None:
     api.add_key(ACCOUNT, first)
     svc.add_credential(
@@ -557,7 +557,7 @@ def works(api: ApiServer, key: str) -> bool:
 
 
 def test_engine_rotation_adds_a_key_keeps_both_during_grace_then_revokes(
-    svc: RotatorService, api: ApiServer
+    svc: BlockingService, api: ApiServer
 ) -> None:
     api.hmac_key = HMAC_KEY.encode()
     add_admin_secrets(svc)
@@ -577,7 +577,7 @@ def test_engine_rotation_adds_a_key_keeps_both_during_grace_then_revokes(
     assert revoke_due(svc) == {}  # grace not over yet
     assert api.valid(ACCOUNT) == {"first-key-0001", new}
     later = svc.clock() + timedelta(minutes=11)
-    svc.clock = lambda: later
+    svc.kernel.clock = lambda: later
     assert list(revoke_due(svc).values()) == [True]
     assert api.valid(ACCOUNT) == {new}
     stages = {v.number: v.stage for v in svc.show("svc/api").versions}
@@ -587,7 +587,7 @@ def test_engine_rotation_adds_a_key_keeps_both_during_grace_then_revokes(
 
 
 def test_engine_failing_test_step_rolls_back_and_the_old_key_still_works(
-    svc: RotatorService, api: ApiServer
+    svc: BlockingService, api: ApiServer
 ) -> None:
     add_admin_secrets(svc)
     add_http(svc, api, "svc/api", "first-key-0001")
@@ -604,7 +604,7 @@ def test_engine_failing_test_step_rolls_back_and_the_old_key_still_works(
     assert stages == {1: Stage.CURRENT, 2: Stage.FAILED}
 
 
-def test_engine_rotates_through_a_flaky_server(svc: RotatorService, api: ApiServer) -> None:
+def test_engine_rotates_through_a_flaky_server(svc: BlockingService, api: ApiServer) -> None:
     add_admin_secrets(svc)
     names = [f"svc/api{i}" for i in range(8)]
     for i, n in enumerate(names):
@@ -620,13 +620,13 @@ def test_engine_rotates_through_a_flaky_server(svc: RotatorService, api: ApiServ
     api.fail_rate = 0
     current = {svc.get_value(n).reveal_text() for n in names}
     later = svc.clock() + timedelta(seconds=1)
-    svc.clock = lambda: later
+    svc.kernel.clock = lambda: later
     revoke_due(svc)
     assert api.valid(ACCOUNT) == current
 
 
 def test_add_with_verify_refuses_a_dead_target_or_wrong_admin_token(
-    svc: RotatorService, api: ApiServer
+    svc: BlockingService, api: ApiServer
 ) -> None:
     add_admin_secrets(svc)
     svc.add_credential(

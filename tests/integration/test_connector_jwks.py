@@ -28,7 +28,7 @@ from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest, Trigger
 from rotator.errors import InvalidInput, VerificationFailed
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import BlockingService, PolicyInput, ValueInput
 
 T = TypeVar("T")
 FAST = EngineOptions(retry_initial_s=0.001, retry_max_s=0.01, retry_attempts=2)
@@ -325,24 +325,24 @@ def test_concurrent_publishers_to_one_file_lose_nothing(tmp_path: Path) -> None:
 # -- through the engine (both databases) -----------------------------------------------------
 
 
-def rotate(svc: RotatorService, reqs: list[RotationRequest]) -> Any:
+def rotate(svc: BlockingService, reqs: list[RotationRequest]) -> Any:
     async def go() -> Any:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             return await engine.rotate(reqs)
 
     return run(go())
 
 
-def revoke_due(svc: RotatorService) -> dict[int, bool]:
+def revoke_due(svc: BlockingService) -> dict[int, bool]:
     async def go() -> dict[int, bool]:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             return await engine.process_revocations()
 
     return run(go())
 
 
 def add_jwks(
-    svc: RotatorService, name: str, path: Path, grace: str = "10m", **settings: Any
+    svc: BlockingService, name: str, path: Path, grace: str = "10m", **settings: Any
 ) -> None:
     cfg = {"publish": str(path), **{k: str(v) for k, v in settings.items()}}
     if cfg.get("alg") == "RS256":
@@ -354,7 +354,7 @@ def add_jwks(
 
 @pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")
 def test_rotation_publishes_current_and_previous_until_grace_ends(
-    svc: RotatorService, tmp_path: Path
+    svc: BlockingService, tmp_path: Path
 ) -> None:
     path = tmp_path / "jwks.json"
     add_jwks(svc, "auth/signing", path, grace="10m")
@@ -369,7 +369,7 @@ def test_rotation_publishes_current_and_previous_until_grace_ends(
 
     assert revoke_due(svc) == {}, "nothing is revoked before the grace ends"
     later = svc.clock() + timedelta(minutes=11)
-    svc.clock = lambda: later
+    svc.kernel.clock = lambda: later
     assert list(revoke_due(svc).values()) == [True]
     assert kids(path) == {jwks.kid_of(new)}
     assert not verifier_accepts(path, old_token, "ES256"), "old tokens fail after the grace"
@@ -379,7 +379,7 @@ def test_rotation_publishes_current_and_previous_until_grace_ends(
 
 
 @pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")
-def test_every_alg_rotates_into_one_shared_set(svc: RotatorService, tmp_path: Path) -> None:
+def test_every_alg_rotates_into_one_shared_set(svc: BlockingService, tmp_path: Path) -> None:
     path = tmp_path / "jwks.json"
     for alg in ALGS:
         add_jwks(svc, f"sig/{alg.lower()}", path, alg=alg, publish_pending=True)
@@ -398,7 +398,7 @@ def test_every_alg_rotates_into_one_shared_set(svc: RotatorService, tmp_path: Pa
 
 
 def test_publish_pending_publishes_before_finish(
-    svc: RotatorService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    svc: BlockingService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "jwks.json"
     add_jwks(svc, "a", path, publish_pending=True)
@@ -419,7 +419,7 @@ def test_publish_pending_publishes_before_finish(
 
 
 def test_tampered_file_fails_rotation_and_keeps_current(
-    svc: RotatorService, tmp_path: Path
+    svc: BlockingService, tmp_path: Path
 ) -> None:
     path = tmp_path / "jwks.json"
     add_jwks(svc, "a", path, publish_pending=True)
@@ -436,7 +436,7 @@ def test_tampered_file_fails_rotation_and_keeps_current(
 
 
 def test_wrong_alg_value_fails_rotation_test_and_rolls_back(
-    svc: RotatorService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    svc: BlockingService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "jwks.json"
     add_jwks(svc, "a", path, alg="ES256")
@@ -457,7 +457,7 @@ def test_wrong_alg_value_fails_rotation_test_and_rolls_back(
 
 
 def test_emergency_rotation_unpublishes_the_old_key_at_once(
-    svc: RotatorService, tmp_path: Path
+    svc: BlockingService, tmp_path: Path
 ) -> None:
     path = tmp_path / "jwks.json"
     add_jwks(svc, "a", path, grace="1h")
@@ -468,7 +468,7 @@ def test_emergency_rotation_unpublishes_the_old_key_at_once(
 
 
 def test_add_with_verify_refuses_an_unwritable_publish_path(
-    svc: RotatorService, tmp_path: Path
+    svc: BlockingService, tmp_path: Path
 ) -> None:
     with pytest.raises(VerificationFailed, match="does not exist"):
         svc.add_credential(

@@ -24,13 +24,14 @@ from cryptography.x509.oid import NameOID
 from psycopg import sql
 from tests.conftest import LOOPBACK, PG_SUPERUSER, PgTarget, _PgCluster, _running
 
+from rotator import scheduler
 from rotator.connectors import base as cb
 from rotator.connectors.postgres import PostgresConfig, PostgresConnector, parse_value
 from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest, Trigger
 from rotator.errors import InvalidInput, NotFound, VerificationFailed
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import BlockingService, PolicyInput, ValueInput
 
 FAST = EngineOptions(retry_attempts=2, retry_initial_s=0.01, retry_max_s=0.05)
 
@@ -77,7 +78,7 @@ def role(pg_target: PgTarget) -> Iterator[Role]:
 
 
 def add_pg(
-    svc: RotatorService,
+    svc: BlockingService,
     target: PgTarget,
     name: str,
     role: Role,
@@ -110,23 +111,23 @@ def add_pg(
     )
 
 
-def login_of(svc: RotatorService, name: str, stage: Stage = Stage.CURRENT) -> tuple[str, str]:
+def login_of(svc: BlockingService, name: str, stage: Stage = Stage.CURRENT) -> tuple[str, str]:
     """(username, password) of a stage, as an application reads it (JSON, or the plain
     password first given for the configured role)."""
     login = parse_value(svc.get_value(name, stage), svc.show(name).config["role"])
     return login.username, login.password
 
 
-def rotate(svc: RotatorService, *reqs: RotationRequest) -> BatchResult:
+def rotate(svc: BlockingService, *reqs: RotationRequest) -> BatchResult:
     async def go() -> BatchResult:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             return await engine.rotate(list(reqs))
 
     return asyncio.run(go())
 
 
 def test_alternating_rotation_uses_the_clone_and_keeps_the_old_login(
-    svc: RotatorService, pg_target: PgTarget, role: Role
+    svc: BlockingService, pg_target: PgTarget, role: Role
 ) -> None:
     add_pg(svc, pg_target, "pg/app", role, grace="1s")
     assert rotate(svc, RotationRequest("pg/app")).ok
@@ -146,7 +147,7 @@ def test_alternating_rotation_uses_the_clone_and_keeps_the_old_login(
 
 
 def test_single_mode_and_emergency_revoke_at_once(
-    svc: RotatorService, pg_target: PgTarget, role: Role
+    svc: BlockingService, pg_target: PgTarget, role: Role
 ) -> None:
     add_pg(svc, pg_target, "pg/single", role, mode="single", grace="1h")
     result = rotate(svc, RotationRequest("pg/single", trigger=Trigger.EMERGENCY, grace_s=0))
@@ -160,7 +161,7 @@ def test_single_mode_and_emergency_revoke_at_once(
 
 
 def test_emergency_alternating_old_login_refused_when_rotate_returns(
-    svc: RotatorService, pg_target: PgTarget, role: Role
+    svc: BlockingService, pg_target: PgTarget, role: Role
 ) -> None:
     add_pg(svc, pg_target, "pg/app", role, grace="1h")
     result = rotate(svc, RotationRequest("pg/app", trigger=Trigger.EMERGENCY, grace_s=0))
@@ -170,7 +171,7 @@ def test_emergency_alternating_old_login_refused_when_rotate_returns(
 
 
 def test_rotate_root_the_admin_secret_itself(
-    svc: RotatorService, pg_target: PgTarget, role: Role
+    svc: BlockingService, pg_target: PgTarget, role: Role
 ) -> None:
     root = Role(f"root_{uuid.uuid4().hex[:8]}", "root-" + uuid.uuid4().hex)
     admin_exec(
@@ -227,7 +228,7 @@ def test_rotate_root_the_admin_secret_itself(
     ],
 )
 def test_bad_configuration_is_refused_at_add_with_verify(
-    svc: RotatorService,
+    svc: BlockingService,
     pg_target: PgTarget,
     role: Role,
     bad: dict[str, str],
@@ -255,7 +256,7 @@ def test_bad_configuration_is_refused_at_add_with_verify(
     assert [c.name for c in svc.list_credentials()] == ["pg/admin"]
 
 
-def test_invalid_settings_are_input_errors(svc: RotatorService) -> None:
+def test_invalid_settings_are_input_errors(svc: BlockingService) -> None:
     for bad in (
         {"role": "r", "mode": "bogus"},
         {"role": ""},
@@ -268,7 +269,7 @@ def test_invalid_settings_are_input_errors(svc: RotatorService) -> None:
 
 
 def test_wrong_admin_secret_at_rotation_fails_and_old_login_works(
-    svc: RotatorService, pg_target: PgTarget, role: Role
+    svc: BlockingService, pg_target: PgTarget, role: Role
 ) -> None:
     add_pg(svc, pg_target, "pg/app", role)
     svc.update_credential("pg/admin", value=ValueInput(value=Secret("not-the-password")))
@@ -310,7 +311,7 @@ def test_quotes_spaces_and_unicode_in_role_names_and_passwords(pg_target: PgTarg
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_zero_downtime_alternating_under_50_rotations(
-    svc: RotatorService, pg_target: PgTarget, role: Role
+    svc: BlockingService, pg_target: PgTarget, role: Role
 ) -> None:
     add_pg(svc, pg_target, "pg/app", role, grace="2s")
     stats = {"ok": 0, "failed": 0, "fallback": 0}
@@ -338,9 +339,9 @@ def test_zero_downtime_alternating_under_50_rotations(
 
     async def go() -> None:
         stop = asyncio.Event()
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             clients = [asyncio.create_task(client(stop)) for _ in range(4)]
-            revoker = asyncio.create_task(engine.serve(stop, poll_s=0.1, schedule=False))
+            revoker = asyncio.create_task(scheduler.run(engine, stop, poll_s=0.1, schedule=False))
             for _ in range(50):
                 result = await engine.rotate([RotationRequest("pg/app")])
                 assert result.ok, result.to_json()
@@ -357,7 +358,7 @@ def test_zero_downtime_alternating_under_50_rotations(
     time.sleep(2.2)
 
     async def revoke() -> None:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             await engine.process_revocations()
 
     asyncio.run(revoke())
@@ -369,7 +370,7 @@ def test_zero_downtime_alternating_under_50_rotations(
 
 
 def test_first_value_naming_the_superuser_is_refused_at_add(
-    svc: RotatorService, pg_target: PgTarget, role: Role
+    svc: BlockingService, pg_target: PgTarget, role: Role
 ) -> None:
     svc.add_credential("pg/admin", "local", value=ValueInput(value=Secret(pg_target.password)))
     crafted = json.dumps({"username": pg_target.superuser, "password": pg_target.password})
@@ -387,7 +388,7 @@ def test_first_value_naming_the_superuser_is_refused_at_add(
 
 @pytest.mark.parametrize("emergency", [False, True], ids=["manual", "emergency"])
 def test_stored_value_naming_the_superuser_never_changes_its_password(
-    svc: RotatorService, pg_target: PgTarget, role: Role, emergency: bool
+    svc: BlockingService, pg_target: PgTarget, role: Role, emergency: bool
 ) -> None:
     """The value got in another way (added under another connector, then switched): the
     rotation is refused before any login, and the superuser still logs in."""
@@ -530,7 +531,7 @@ def test_verify_full_refuses_a_server_without_tls_before_sending_anything(
     ],
 )
 def test_bad_tls_and_auth_settings_are_input_errors(
-    svc: RotatorService, bad: dict[str, str]
+    svc: BlockingService, bad: dict[str, str]
 ) -> None:
     with pytest.raises(InvalidInput):
         svc.add_credential("pg/x", "postgres", settings={"role": "r", **bad})

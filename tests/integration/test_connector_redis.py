@@ -30,13 +30,14 @@ from redis.driver_info import DriverInfo
 from redis.retry import Retry as SyncRetry
 from tests.conftest import RedisServer
 
+from rotator import scheduler
 from rotator.connectors import base as cb
 from rotator.connectors.redis import RedisConfig, RedisConnector, digest, generate
 from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest, Trigger
 from rotator.errors import ConnectorError, InvalidInput, NotFound, VerificationFailed
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import BlockingService, PolicyInput, ValueInput
 
 pytestmark = pytest.mark.redis
 
@@ -535,7 +536,7 @@ def test_no_value_in_messages_logs_or_reprs(acl: Acl, caplog: pytest.LogCaptureF
 # ------------------------------------------------------------------------------ engine
 
 
-def add_admin(svc: RotatorService, acl: Acl) -> str:
+def add_admin(svc: BlockingService, acl: Acl) -> str:
     """An admin ACL user whose password is the rotator credential ``redis/admin``."""
     admin, password = acl.admin()
     svc.add_credential("redis/admin", "local", value=ValueInput(value=Secret(password)))
@@ -554,20 +555,20 @@ def app_settings(server: RedisServer, user: str, admin: str, **kw: Any) -> dict[
     return out
 
 
-def run(svc: RotatorService, reqs: list[RotationRequest], opts: EngineOptions = FAST) -> Any:
+def run(svc: BlockingService, reqs: list[RotationRequest], opts: EngineOptions = FAST) -> Any:
     async def go() -> Any:
-        async with Engine(svc, opts) as engine:
+        async with Engine(svc.kernel, opts) as engine:
             return await engine.rotate(reqs)
 
     return asyncio.run(go())
 
 
-def stages(svc: RotatorService, name: str) -> dict[int, Stage]:
+def stages(svc: BlockingService, name: str) -> dict[int, Stage]:
     return {v.number: v.stage for v in svc.show(name).versions}
 
 
 def test_rotation_keeps_old_value_valid_until_grace_then_revokes(
-    svc: RotatorService, acl: Acl
+    svc: BlockingService, acl: Acl
 ) -> None:
     admin = add_admin(svc, acl)
     user = acl.name("app")
@@ -602,10 +603,10 @@ def test_rotation_keeps_old_value_valid_until_grace_then_revokes(
     ]
 
     later = svc.clock() + timedelta(minutes=11)
-    svc.clock = lambda: later
+    svc.kernel.clock = lambda: later
 
     async def revoke_due() -> dict[int, bool]:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             return await engine.process_revocations()
 
     assert list(asyncio.run(revoke_due()).values()) == [True]
@@ -615,7 +616,7 @@ def test_rotation_keeps_old_value_valid_until_grace_then_revokes(
     assert stages(svc, "redis/app") == {1: Stage.RETIRED, 2: Stage.CURRENT}
 
 
-def test_a_value_given_or_generated_at_add_is_valid_at_once(svc: RotatorService, acl: Acl) -> None:
+def test_a_value_given_or_generated_at_add_is_valid_at_once(svc: BlockingService, acl: Acl) -> None:
     """The service publishes a first value through ``finish``: the redis connector adds it
     (creating the user), so ``--generate`` and ``--value-stdin`` work without a rotation."""
     admin = add_admin(svc, acl)
@@ -651,7 +652,7 @@ def test_a_value_given_or_generated_at_add_is_valid_at_once(svc: RotatorService,
 
 
 def test_emergency_rotation_refuses_old_value_when_rotate_returns(
-    svc: RotatorService, acl: Acl
+    svc: BlockingService, acl: Acl
 ) -> None:
     admin = add_admin(svc, acl)
     user = acl.name("app")
@@ -672,7 +673,7 @@ def test_emergency_rotation_refuses_old_value_when_rotate_returns(
     assert stages(svc, "redis/app") == {1: Stage.RETIRED, 2: Stage.CURRENT}
 
 
-def test_the_admin_credential_rotates_itself(svc: RotatorService, acl: Acl) -> None:
+def test_the_admin_credential_rotates_itself(svc: BlockingService, acl: Acl) -> None:
     """The admin password is a credential like any other: the redis connector rotates it,
     authenticating with its own CURRENT value, and the app keeps rotating afterwards (in the
     same engine, whose admin-secret cache must not serve the revoked value)."""
@@ -688,7 +689,7 @@ def test_the_admin_credential_rotates_itself(svc: RotatorService, acl: Acl) -> N
     svc.add_credential("redis/app", "redis", settings=app_settings(acl.server, user, admin))
 
     async def go() -> list[Any]:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             return [
                 await engine.rotate([RotationRequest("redis/app")]),
                 await engine.rotate(
@@ -710,7 +711,7 @@ def test_the_admin_credential_rotates_itself(svc: RotatorService, acl: Acl) -> N
     assert acl.digests(user) == {digest(svc.get_value("redis/app"))}
 
 
-def test_emergency_rotation_revokes_every_older_value(svc: RotatorService, acl: Acl) -> None:
+def test_emergency_rotation_revokes_every_older_value(svc: BlockingService, acl: Acl) -> None:
     admin = add_admin(svc, acl)
     user = acl.name("app")
     svc.add_credential(
@@ -730,7 +731,7 @@ def test_emergency_rotation_revokes_every_older_value(svc: RotatorService, acl: 
 PACE_S = 0.02  # between a client's attempts: load without starving the store's writer
 
 
-def test_zero_downtime_under_50_rotations(svc: RotatorService, acl: Acl) -> None:
+def test_zero_downtime_under_50_rotations(svc: BlockingService, acl: Acl) -> None:
     """4 clients authenticate in a loop (new connection + AUTH each time) with the CURRENT
     value read through rotator (PREVIOUS if CURRENT is refused) while 50 rotations run one
     after another with a 2 s grace and ``serve`` revokes expired values in the background."""
@@ -787,9 +788,9 @@ def test_zero_downtime_under_50_rotations(svc: RotatorService, acl: Acl) -> None
                 failures.append(f"{type(exc).__name__}: {exc}")
 
     async def go() -> float:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             stop, done = asyncio.Event(), asyncio.Event()
-            server = asyncio.create_task(engine.serve(stop, poll_s=0.1, schedule=False))
+            server = asyncio.create_task(scheduler.run(engine, stop, poll_s=0.1, schedule=False))
             clients = [asyncio.create_task(client_loop(done)) for _ in range(4)]
             t0 = time.monotonic()
             for i in range(50):
@@ -836,7 +837,7 @@ def test_zero_downtime_under_50_rotations(svc: RotatorService, acl: Acl) -> None
     "problem", ["unknown admin", "wrong admin secret", "unreachable", "no +acl"]
 )
 def test_bad_configuration_at_add_time_stores_nothing(
-    svc: RotatorService, acl: Acl, problem: str, verify: bool
+    svc: BlockingService, acl: Acl, problem: str, verify: bool
 ) -> None:
     """``--verify`` checks first; without it, publishing the first value fails the same way."""
     admin, password = acl.admin("+ping") if problem == "no +acl" else acl.admin()
@@ -877,7 +878,7 @@ def test_bad_configuration_at_add_time_stores_nothing(
 
 @pytest.mark.parametrize("problem", ["wrong admin secret", "unknown admin", "unreachable"])
 def test_bad_configuration_at_rotation_time_keeps_the_old_value(
-    svc: RotatorService, acl: Acl, problem: str
+    svc: BlockingService, acl: Acl, problem: str
 ) -> None:
     admin = add_admin(svc, acl)
     user = acl.name("app")

@@ -12,9 +12,10 @@ import pytest
 from tests.support import doubles
 from tests.support.doubles import DoubleConfig
 
+from rotator import scheduler
 from rotator.domain.model import Stage
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest, Trigger
-from rotator.service import PolicyInput, RotatorService, ValueInput, rotation
+from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.service.rotation import Selection
 
 
@@ -31,7 +32,7 @@ def double_connector() -> Iterator[None]:
 FAST = EngineOptions(retry_initial_s=0.001, retry_max_s=0.01)
 
 
-def add_double(svc: RotatorService, name: str, *, grace: str = "5m", **settings: Any) -> None:
+def add_double(svc: BlockingService, name: str, *, grace: str = "5m", **settings: Any) -> None:
     """A credential on the double target with a first value the target accepts."""
     cfg = {k: str(v) for k, v in settings.items()}
     svc.add_credential(
@@ -45,20 +46,20 @@ def add_double(svc: RotatorService, name: str, *, grace: str = "5m", **settings:
     doubles.target_add(DoubleConfig(**settings), name, value)
 
 
-def valid(svc: RotatorService, name: str, **settings: Any) -> set[str]:
+def valid(svc: BlockingService, name: str, **settings: Any) -> set[str]:
     return doubles.target_values(DoubleConfig(**settings), name)
 
 
-def run(svc: RotatorService, reqs: list[RotationRequest], opts: EngineOptions = FAST) -> Any:
+def run(svc: BlockingService, reqs: list[RotationRequest], opts: EngineOptions = FAST) -> Any:
     async def go() -> Any:
-        async with Engine(svc, opts) as engine:
+        async with Engine(svc.kernel, opts) as engine:
             return await engine.rotate(reqs)
 
     return asyncio.run(go())
 
 
 def test_rotation_makes_new_value_current_and_keeps_old_valid_for_grace(
-    svc: RotatorService,
+    svc: BlockingService,
 ) -> None:
     add_double(svc, "a", grace="10m")
     old = svc.get_value("a").reveal_text()
@@ -84,7 +85,7 @@ def test_rotation_makes_new_value_current_and_keeps_old_valid_for_grace(
             assert e.details["trigger"] == "manual"
 
 
-def test_failing_test_step_rolls_back_and_keeps_old_value_current(svc: RotatorService) -> None:
+def test_failing_test_step_rolls_back_and_keeps_old_value_current(svc: BlockingService) -> None:
     add_double(svc, "a", fail_test=True)
     old = svc.get_value("a").reveal_text()
     result = run(svc, [RotationRequest("a")])
@@ -99,7 +100,7 @@ def test_failing_test_step_rolls_back_and_keeps_old_value_current(svc: RotatorSe
     assert "rotation.rollback" in [e.action for e in svc.audit_entries(credential="a")]
 
 
-def test_flaky_target_batch_of_500_all_rotate_with_retries_audited(svc: RotatorService) -> None:
+def test_flaky_target_batch_of_500_all_rotate_with_retries_audited(svc: BlockingService) -> None:
     for i in range(500):
         add_double(svc, f"c{i:03d}", fail_rate=0.3, seed=7)
     result = run(
@@ -120,7 +121,7 @@ def test_flaky_target_batch_of_500_all_rotate_with_retries_audited(svc: RotatorS
         assert svc.get_value(name).reveal_text() in valid(svc, name, fail_rate=0.3, seed=7)
 
 
-def test_dead_target_fails_fast_once_breaker_opens_others_succeed(svc: RotatorService) -> None:
+def test_dead_target_fails_fast_once_breaker_opens_others_succeed(svc: BlockingService) -> None:
     for i in range(20):
         add_double(svc, f"up{i}", target="up")
         add_double(svc, f"down{i}", target="down", down=True)
@@ -145,7 +146,7 @@ def test_dead_target_fails_fast_once_breaker_opens_others_succeed(svc: RotatorSe
         assert svc.get_value(name).reveal_text() == value
 
 
-def test_emergency_revokes_old_value_before_returning(svc: RotatorService) -> None:
+def test_emergency_revokes_old_value_before_returning(svc: BlockingService) -> None:
     add_double(svc, "a", grace="1h")
     old = svc.get_value("a").reveal_text()
     result = run(svc, [RotationRequest("a", trigger=Trigger.EMERGENCY, grace_s=0)])
@@ -159,17 +160,17 @@ def test_emergency_revokes_old_value_before_returning(svc: RotatorService) -> No
     }
 
 
-def test_revocation_queue_survives_restart(svc: RotatorService, settings: Any) -> None:
+def test_revocation_queue_survives_restart(svc: BlockingService, settings: Any) -> None:
     add_double(svc, "a", grace="10m")
     old = svc.get_value("a").reveal_text()
     run(svc, [RotationRequest("a")])
     svc.close()
-    restarted = RotatorService.open(settings)
+    restarted = BlockingService.open(settings)
     later = restarted.clock() + timedelta(minutes=11)
-    restarted.clock = lambda: later
+    restarted.kernel.clock = lambda: later
 
     async def revoke() -> dict[int, bool]:
-        async with Engine(restarted, FAST) as engine:
+        async with Engine(restarted.kernel, FAST) as engine:
             return await engine.process_revocations()
 
     assert list(asyncio.run(revoke()).values()) == [True]
@@ -180,7 +181,7 @@ def test_revocation_queue_survives_restart(svc: RotatorService, settings: Any) -
     restarted.close()
 
 
-def test_same_credential_twice_in_a_batch_rotates_once(svc: RotatorService) -> None:
+def test_same_credential_twice_in_a_batch_rotates_once(svc: BlockingService) -> None:
     add_double(svc, "a", latency_ms=50)
     result = run(svc, [RotationRequest("a"), RotationRequest("a")])
     assert [r.outcome for r in result.results] == [Outcome.ROTATED, Outcome.ROTATED]
@@ -188,7 +189,7 @@ def test_same_credential_twice_in_a_batch_rotates_once(svc: RotatorService) -> N
     assert len(svc.show("a").versions) == 2
 
 
-def test_priorities_emergency_before_manual(svc: RotatorService) -> None:
+def test_priorities_emergency_before_manual(svc: BlockingService) -> None:
     for i in range(6):
         add_double(svc, f"m{i}")
     add_double(svc, "urgent")
@@ -199,7 +200,7 @@ def test_priorities_emergency_before_manual(svc: RotatorService) -> None:
     assert creates[0] == "urgent"
 
 
-def test_key_pairs_are_generated_in_the_process_pool(svc: RotatorService) -> None:
+def test_key_pairs_are_generated_in_the_process_pool(svc: BlockingService) -> None:
     svc.add_credential("k", "local", settings={"generator": "ed25519"})
     svc.add_credential("r", "local", settings={"generator": "rsa", "bits": "2048"})
     assert run(svc, [RotationRequest("k"), RotationRequest("r")]).ok
@@ -207,29 +208,30 @@ def test_key_pairs_are_generated_in_the_process_pool(svc: RotatorService) -> Non
         assert svc.get_value(name).reveal_text().startswith("-----BEGIN PRIVATE KEY-----")
 
 
-def test_service_rotate_by_tag_and_dry_run_changes_nothing(svc: RotatorService) -> None:
+def test_service_rotate_by_tag_and_dry_run_changes_nothing(svc: BlockingService) -> None:
     svc.add_credential("p1", "local", tags={"env": "prod"}, value=ValueInput(generate=True))
     svc.add_credential("p2", "local", tags={"env": "prod"}, value=ValueInput(generate=True))
     svc.add_credential("d1", "local", tags={"env": "dev"}, value=ValueInput(generate=True))
     audit_before = len(svc.audit_entries())
-    steps = rotation.plan(svc, Selection(tags={"env": "prod"}))
+    steps = svc.plan(Selection(tags={"env": "prod"}))
     assert [(s["order"], s["name"], s["strategy"]) for s in steps] == [
         (1, "p1", "dual"),
         (2, "p2", "dual"),
     ]
     assert len(svc.audit_entries()) == audit_before
-    result = rotation.rotate(svc, Selection(tags={"env": "prod"}), options=FAST)
+    with BlockingService.open(svc.settings, options=FAST) as fast:
+        result = fast.rotate(Selection(tags={"env": "prod"}))
     assert sorted(result.to_json()["rotated"]) == ["p1", "p2"]
     assert len(svc.show("d1").versions) == 1
 
 
-def test_rotation_of_credential_without_value_creates_first_version(svc: RotatorService) -> None:
+def test_rotation_of_credential_without_value_creates_first_version(svc: BlockingService) -> None:
     svc.add_credential("empty", "local")
     assert run(svc, [RotationRequest("empty")]).ok
     assert [(v.number, v.stage) for v in svc.show("empty").versions] == [(1, Stage.CURRENT)]
 
 
-def test_unknown_credential_in_batch_fails_alone(svc: RotatorService, tmp_path: Path) -> None:
+def test_unknown_credential_in_batch_fails_alone(svc: BlockingService, tmp_path: Path) -> None:
     add_double(svc, "a")
     result = run(svc, [RotationRequest("a"), RotationRequest("ghost")])
     data = result.to_json()
@@ -237,7 +239,7 @@ def test_unknown_credential_in_batch_fails_alone(svc: RotatorService, tmp_path: 
     assert data["failed"] == [{"name": "ghost", "error": "no credential 'ghost'"}]
 
 
-def test_serve_rotates_due_credentials_and_revokes_after_grace(svc: RotatorService) -> None:
+def test_serve_rotates_due_credentials_and_revokes_after_grace(svc: BlockingService) -> None:
     svc.add_credential(
         "due", "double", policy=PolicyInput(every="1s", grace="1s"), value=ValueInput(generate=True)
     )
@@ -249,8 +251,8 @@ def test_serve_rotates_due_credentials_and_revokes_after_grace(svc: RotatorServi
 
     async def go() -> None:
         stop = asyncio.Event()
-        async with Engine(svc, FAST) as engine:
-            task = asyncio.create_task(engine.serve(stop, poll_s=0.1))
+        async with Engine(svc.kernel, FAST) as engine:
+            task = asyncio.create_task(scheduler.run(engine, stop, poll_s=0.1))
             await asyncio.sleep(3.5)
             stop.set()
             await task
@@ -267,3 +269,39 @@ def test_serve_rotates_due_credentials_and_revokes_after_grace(svc: RotatorServi
     }
     assert triggers == {"schedule"}
     assert len(svc.show("later").versions) == 1
+
+
+def test_an_interactive_rotation_is_admitted_ahead_of_queued_batch_work(
+    svc: BlockingService, tmp_path: Path
+) -> None:
+    """With one rotation at a time, a batch holds the only slot; a rotation a person asks
+    for meanwhile takes the next free slot, before the batch's queued credentials."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    add_double(svc, "b0", barrier=str(gate), barrier_after="set")
+    for name in ("b1", "b2", "b3", "z"):
+        add_double(svc, name)
+    opts = EngineOptions(concurrency=1, retry_initial_s=0.001, retry_max_s=0.01)
+
+    async def go() -> tuple[Any, Any]:
+        async with Engine(svc.kernel, opts) as engine:
+            batch = asyncio.create_task(
+                engine.rotate(
+                    [RotationRequest(n, trigger=Trigger.SCHEDULE) for n in ("b0", "b1", "b2", "b3")]
+                )
+            )
+            while not (gate / "set.b0.reached").exists():  # b0 holds the only slot
+                await asyncio.sleep(0.01)
+            person = asyncio.create_task(
+                engine.rotate_one(RotationRequest("z", trigger=Trigger.MANUAL, interactive=True))
+            )
+            while engine.runtime.admission.waiting < 1:  # z waits for the slot
+                await asyncio.sleep(0.01)
+            (gate / "release").touch()
+            return await batch, await person
+
+    batch, person = asyncio.run(go())
+    assert batch.ok
+    assert person.outcome is Outcome.ROTATED
+    creates = [e.credential for e in svc.audit_entries() if e.action == "rotation.create"]
+    assert creates == ["b0", "z", "b1", "b2", "b3"]

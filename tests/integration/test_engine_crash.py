@@ -20,7 +20,7 @@ from tests.support.doubles import DoubleConfig
 
 from rotator.config import Settings
 from rotator.domain.model import Stage
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.store.schema import rotations
 
 RUN_CLI = Path(__file__).resolve().parents[1] / "support" / "run_cli.py"
@@ -59,7 +59,7 @@ def target(tmp_path: Path) -> dict[str, str]:
 
 
 def setup_store(settings: Settings, cfg: dict[str, str]) -> dict[str, str]:
-    svc, _ = RotatorService.init(settings)
+    svc, _ = BlockingService.init(settings)
     initial = {}
     for name in NAMES:
         svc.add_credential(
@@ -100,7 +100,7 @@ def start_and_kill_at_barrier(settings: Settings, cfg: dict[str, str], step: str
 def assert_consistent(
     settings: Settings, cfg: dict[str, str], initial: dict[str, str], raw: Engine
 ) -> None:
-    svc = RotatorService.open(settings)
+    svc = BlockingService.open(settings)
     try:
         for name in NAMES:
             cred = svc.show(name)
@@ -150,7 +150,7 @@ def test_rotation_owned_by_another_host_waits_for_its_lease(
     cfg = {**target, "barrier_after": "set"}
     initial = setup_store(settings, cfg)
     start_and_kill_at_barrier(settings, cfg, "set")
-    far = RotatorService.open(settings)
+    far = BlockingService.open(settings)
     future = far.clock().replace(year=2100)
     far.close()
     with raw_db.begin() as c:  # as if the dead owner ran on another machine: pid unknowable
@@ -174,7 +174,7 @@ def test_rotate_after_crash_recovers_first_then_rotates_again(
     result = cli(settings, "rotate", *NAMES, "--json")
     assert result.returncode == 0, result.stderr
     assert sorted(json.loads(result.stdout)["rotated"]) == NAMES
-    svc = RotatorService.open(settings)
+    svc = BlockingService.open(settings)
     for name in NAMES:
         stages = {v.number: v.stage for v in svc.show(name).versions}
         assert stages == {1: Stage.PREVIOUS, 2: Stage.PREVIOUS, 3: Stage.CURRENT}
@@ -186,7 +186,7 @@ def test_two_concurrent_rotate_processes_make_exactly_one_version(
     settings: Settings, target: dict[str, str]
 ) -> None:
     cfg = {"state": target["state"], "latency_ms": "400"}
-    svc, _ = RotatorService.init(settings)
+    svc, _ = BlockingService.init(settings)
     svc.add_credential("x", "double", settings=cfg, value=ValueInput(generate=True))
     doubles.target_add(DoubleConfig(**cfg), "x", svc.get_value("x").reveal_text())
     svc.close()
@@ -204,7 +204,7 @@ def test_two_concurrent_rotate_processes_make_exactly_one_version(
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert json.loads(out)["rotated"] == ["x"]
-    svc = RotatorService.open(settings)
+    svc = BlockingService.open(settings)
     versions = svc.show("x").versions
     assert [(v.number, v.stage) for v in versions] == [(1, Stage.PREVIOUS), (2, Stage.CURRENT)]
     creates = [e for e in svc.audit_entries() if e.action == "rotation.create"]
@@ -217,7 +217,7 @@ def test_all_or_nothing_group_killed_midway_is_rolled_back_on_recovery(
 ) -> None:
     plain = {"state": target["state"]}
     stop = {**plain, "barrier": target["barrier"], "barrier_after": "set"}
-    svc, _ = RotatorService.init(settings)
+    svc, _ = BlockingService.init(settings)
     initial = {}
     for name, cfg in (("db", plain), ("app", stop)):
         svc.add_credential(name, "double", settings=cfg, value=ValueInput(generate=True))
@@ -248,7 +248,7 @@ def test_all_or_nothing_group_killed_midway_is_rolled_back_on_recovery(
     result = cli(settings, "recover")
     assert result.returncode == 0, result.stderr
     assert "recovered 2 rotation(s)" in result.stdout
-    svc = RotatorService.open(settings)
+    svc = BlockingService.open(settings)
     for name in ("db", "app"):
         assert svc.get_value(name).reveal_text() == initial[name]
         stages = {v.number: v.stage for v in svc.show(name).versions}

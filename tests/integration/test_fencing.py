@@ -43,7 +43,7 @@ from rotator.domain.model import Stage
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
 from rotator.engine.writer import StoreWriter
 from rotator.errors import LostOwnership
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.store import normalize_url
 from rotator.store import rotations as store_rot
 from rotator.store.schema import rotations
@@ -194,7 +194,7 @@ def test_stalled_owner_resumed_after_takeover_leaves_the_target_holding_the_stor
         os.kill(stale.pid, signal.SIGCONT)
     out, err = stale.communicate(timeout=60)
 
-    svc = RotatorService.open(settings)
+    svc = BlockingService.open(settings)
     try:
         stages = {v.number: v.stage for v in svc.show("x").versions}
         current = svc.get_value("x").reveal()
@@ -264,7 +264,7 @@ def double() -> Iterator[None]:
     doubles.MemoryTarget.valid.clear()
 
 
-def add_double(svc: RotatorService, name: str, **settings: str) -> int:
+def add_double(svc: BlockingService, name: str, **settings: str) -> int:
     svc.add_credential(
         name,
         "double",
@@ -278,7 +278,7 @@ def add_double(svc: RotatorService, name: str, **settings: str) -> int:
 
 
 def insert_rotation(
-    svc: RotatorService, rid: str, credential: str, fence: str, lease_s: float = 30
+    svc: BlockingService, rid: str, credential: str, fence: str, lease_s: float = 30
 ) -> None:
     cred = svc.show(credential)
     now = svc.clock()
@@ -301,7 +301,7 @@ def insert_rotation(
         )
 
 
-def step_of(svc: RotatorService, rid: str) -> str:
+def step_of(svc: BlockingService, rid: str) -> str:
     with svc.db.read() as c:
         row = store_rot.get_rotation(c, rid)
     assert row is not None
@@ -309,7 +309,7 @@ def step_of(svc: RotatorService, rid: str) -> str:
 
 
 def test_write_under_a_stale_token_fails_alone_and_commits_nothing_of_its_transaction(
-    svc: RotatorService, double: None
+    svc: BlockingService, double: None
 ) -> None:
     add_double(svc, "a")
     b_id = add_double(svc, "b")
@@ -340,7 +340,7 @@ def test_write_under_a_stale_token_fails_alone_and_commits_nothing_of_its_transa
 
 
 def test_takeover_gives_a_new_token_and_the_old_owner_can_neither_renew_nor_write(
-    svc: RotatorService, double: None
+    svc: BlockingService, double: None
 ) -> None:
     add_double(svc, "a")
     insert_rotation(svc, "ra", "a", "old", lease_s=-1)  # its lease ran out
@@ -365,7 +365,7 @@ def test_takeover_gives_a_new_token_and_the_old_owner_can_neither_renew_nor_writ
 
 
 def test_takeover_is_refused_when_the_owner_renewed_after_the_row_was_read(
-    svc: RotatorService, double: None
+    svc: BlockingService, double: None
 ) -> None:
     add_double(svc, "a")
     insert_rotation(svc, "ra", "a", "old", lease_s=-1)
@@ -382,7 +382,7 @@ def test_takeover_is_refused_when_the_owner_renewed_after_the_row_was_read(
 
 
 def test_call_in_flight_is_cut_when_a_renewal_finds_the_rotation_taken_over(
-    svc: RotatorService, raw_db: sqlalchemy.Engine, tmp_path: Path, double: None
+    svc: BlockingService, raw_db: sqlalchemy.Engine, tmp_path: Path, double: None
 ) -> None:
     barrier = tmp_path / "barrier"
     barrier.mkdir()
@@ -391,7 +391,7 @@ def test_call_in_flight_is_cut_when_a_renewal_finds_the_rotation_taken_over(
     opts = EngineOptions(lease_s=0.6, step_timeout_s=60, retry_initial_s=0.001)
 
     async def go() -> object:
-        async with Engine(svc, opts) as engine:
+        async with Engine(svc.kernel, opts) as engine:
             task = asyncio.create_task(engine.rotate_one(RotationRequest("a")))
             while not list(barrier.glob("set.*.reached")):
                 await asyncio.sleep(0.01)
@@ -410,15 +410,15 @@ def test_call_in_flight_is_cut_when_a_renewal_finds_the_rotation_taken_over(
 
 
 def test_half_open_trial_ended_by_permanent_error_or_cancellation_frees_the_breaker(
-    svc: RotatorService, double: None
+    svc: BlockingService, double: None
 ) -> None:
     add_double(svc, "a", target="brk")
     now = [0.0]
 
     async def go() -> None:
         opts = EngineOptions(breaker_threshold=2, breaker_window=2, breaker_reset_s=30)
-        async with Engine(svc, opts) as engine:
-            ctx = await engine._prepare(RotationRequest("a"))
+        async with Engine(svc.kernel, opts) as engine:
+            ctx = await engine.loader.prepare(RotationRequest("a"))
             breaker = engine.breaker(ctx.target)
             breaker.clock = lambda: now[0]
 
@@ -441,21 +441,21 @@ def test_half_open_trial_ended_by_permanent_error_or_cancellation_frees_the_brea
                 now[0] += 30  # half-open: the next call is the trial
                 if end == "permanent":
                     with pytest.raises(cbase.PermanentError):
-                        await engine._call(ctx, "test", permanent)
+                        await engine.steps.call(ctx, "test", permanent)
                 else:
-                    trial = asyncio.create_task(engine._call(ctx, "test", hang))
+                    trial = asyncio.create_task(engine.steps.call(ctx, "test", hang))
                     await started.wait()
                     trial.cancel()
                     with pytest.raises(asyncio.CancelledError):
                         await trial
-                assert await engine._call(ctx, "test", ok) == "ok", end
+                assert await engine.steps.call(ctx, "test", ok) == "ok", end
                 assert breaker.state == "closed"
 
     asyncio.run(go())
 
 
 def test_owner_stalled_in_finish_and_overtaken_reports_the_loss_and_removes_its_late_value(
-    svc: RotatorService,
+    svc: BlockingService,
     raw_db: sqlalchemy.Engine,
     double: None,
     monkeypatch: pytest.MonkeyPatch,
@@ -483,14 +483,14 @@ def test_owner_stalled_in_finish_and_overtaken_reports_the_loss_and_removes_its_
 
     async def scenario() -> Any:
         stalled["reached"], stalled["go"] = asyncio.Event(), asyncio.Event()
-        async with Engine(svc, opts) as a:
+        async with Engine(svc.kernel, opts) as a:
             task = asyncio.create_task(a.rotate([RotationRequest("a")]))
             await asyncio.wait_for(stalled["reached"].wait(), 30)
             with raw_db.begin() as c:  # A's lease has run out
                 c.execute(
                     rotations.update().values(lease_expires_at=svc.clock() - timedelta(seconds=60))
                 )
-            async with Engine(svc, opts) as b:
+            async with Engine(svc.kernel, opts) as b:
                 assert [r.outcome for r in await b.recover()] == [Outcome.ROTATED]
                 again = await b.rotate_one(RotationRequest("a", grace_s=0))
                 assert again.outcome is Outcome.ROTATED, again
@@ -516,7 +516,7 @@ def test_owner_stalled_in_finish_and_overtaken_reports_the_loss_and_removes_its_
 
 
 def test_stage_map_edited_mid_rotation_rolls_the_target_back_and_frees_the_credential(
-    svc: RotatorService,
+    svc: BlockingService,
     raw_db: sqlalchemy.Engine,
     double: None,
     monkeypatch: pytest.MonkeyPatch,
@@ -550,7 +550,7 @@ def test_stage_map_edited_mid_rotation_rolls_the_target_back_and_frees_the_crede
     opts = EngineOptions(lease_s=30, retry_initial_s=0.001)
 
     async def rotate() -> Any:
-        async with Engine(svc, opts) as engine:
+        async with Engine(svc.kernel, opts) as engine:
             return await engine.rotate([RotationRequest("a")])
 
     [result] = asyncio.run(rotate()).results

@@ -15,7 +15,7 @@ from rotator.domain.group import Group, GroupMember, parse_order
 from rotator.domain.model import Stage
 from rotator.engine import BatchResult, Engine, EngineOptions
 from rotator.errors import InvalidInput, NotFound
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import BlockingService, PolicyInput, ValueInput
 
 FAST = EngineOptions(retry_initial_s=0.001, retry_max_s=0.01)
 
@@ -27,7 +27,7 @@ def _double() -> Iterator[None]:
     doubles.MemoryTarget.valid.clear()
 
 
-def add(svc: RotatorService, name: str, **settings: Any) -> str:
+def add(svc: BlockingService, name: str, **settings: Any) -> str:
     svc.add_credential(
         name,
         "double",
@@ -40,20 +40,20 @@ def add(svc: RotatorService, name: str, **settings: Any) -> str:
     return value
 
 
-def rotate_group(svc: RotatorService, group: Group) -> BatchResult:
+def rotate_group(svc: BlockingService, group: Group) -> BatchResult:
     async def go() -> BatchResult:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             return await engine.rotate_group(group)
 
     return asyncio.run(go())
 
 
-def ts(svc: RotatorService, action: str, name: str) -> datetime:
+def ts(svc: BlockingService, action: str, name: str) -> datetime:
     [entry] = [e for e in svc.audit_entries(credential=name) if e.action == action]
     return datetime.fromisoformat(entry.ts.replace("Z", "+00:00"))
 
 
-def test_members_rotate_in_dependency_order_with_offset(svc: RotatorService) -> None:
+def test_members_rotate_in_dependency_order_with_offset(svc: BlockingService) -> None:
     for n in ("db", "app", "worker"):
         add(svc, n)
     group = Group(
@@ -69,7 +69,7 @@ def test_members_rotate_in_dependency_order_with_offset(svc: RotatorService) -> 
     assert gap2 >= timedelta(milliseconds=300)
 
 
-def test_failure_stops_dependents_but_keeps_earlier_members(svc: RotatorService) -> None:
+def test_failure_stops_dependents_but_keeps_earlier_members(svc: BlockingService) -> None:
     add(svc, "a")
     old_b = add(svc, "b", fail_test=True)
     old_c = add(svc, "c")
@@ -84,7 +84,7 @@ def test_failure_stops_dependents_but_keeps_earlier_members(svc: RotatorService)
     assert len(svc.show("a").versions) == 2
 
 
-def test_all_or_nothing_failure_rolls_back_every_member(svc: RotatorService) -> None:
+def test_all_or_nothing_failure_rolls_back_every_member(svc: BlockingService) -> None:
     old = {"a": add(svc, "a"), "b": add(svc, "b"), "c": add(svc, "c", fail_test=True)}
     group = Group("g", parse_order(["a", "b", "c"], []), all_or_nothing=True)
     data = rotate_group(svc, group).to_json()
@@ -100,7 +100,7 @@ def test_all_or_nothing_failure_rolls_back_every_member(svc: RotatorService) -> 
     assert "group 'g' rolled back: 'c' failed" in errors["a"]
 
 
-def test_all_or_nothing_success_moves_every_member(svc: RotatorService) -> None:
+def test_all_or_nothing_success_moves_every_member(svc: BlockingService) -> None:
     old = {n: add(svc, n) for n in ("a", "b", "c", "d")}
     members = parse_order(["a", "b", "c", "d"], ["a:c", "b:c", "c:d"])
     group = Group("g", members, all_or_nothing=True)
@@ -131,7 +131,7 @@ def test_invalid_groups_are_refused(members: list[str], order: list[str], messag
         Group("g", parse_order(members, order))
 
 
-def test_group_members_must_exist_and_removal_is_guarded(svc: RotatorService) -> None:
+def test_group_members_must_exist_and_removal_is_guarded(svc: BlockingService) -> None:
     add(svc, "a")
     with pytest.raises(NotFound, match="'ghost'"):
         svc.add_group(Group("g", (GroupMember("a"), GroupMember("ghost", ("a",)))))

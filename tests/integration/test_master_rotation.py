@@ -25,7 +25,7 @@ from rotator import crypto
 from rotator.config import Settings
 from rotator.domain.secret import Secret
 from rotator.errors import ConcurrentModification
-from rotator.service import Principal, RotatorService, ValueInput
+from rotator.service import BlockingService, Principal, ValueInput
 from rotator.store import keys as store_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ class Store:
 
     def audit_actions(self) -> list[str]:
         """Every audit entry's action, read with the key that opens the store now."""
-        svc = RotatorService.open(self.final_settings())
+        svc = BlockingService.open(self.final_settings())
         try:
             assert svc.audit_verify().ok
             return [e.action for e in svc.audit_entries()]
@@ -96,7 +96,7 @@ class Store:
 
     def assert_every_value_readable_with_the_final_key(self) -> None:
         final = self.final_settings()
-        svc = RotatorService.open(final)
+        svc = BlockingService.open(final)
         try:
             got = {
                 (t, n): svc.get_value(n, principal=Principal(tenant=t)).reveal_text()
@@ -123,7 +123,7 @@ def store(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Store:
         passphrase=None if passphrase is None else Secret(passphrase),
         scrypt_n=FAST_SCRYPT_N,
     )
-    svc, _ = RotatorService.init(settings)
+    svc, _ = BlockingService.init(settings)
     values = {}
     try:
         for tenant in TENANTS:
@@ -223,7 +223,7 @@ def test_rotate_master_killed_at_every_step_then_rerun_keeps_every_value_readabl
     assert kills >= len(points), "some kill points were never reached"
 
 
-def opened(store: Store, *, rotating: bool = False) -> RotatorService:
+def opened(store: Store, *, rotating: bool = False) -> BlockingService:
     """An in-process service holding the keys the store has now."""
     settings = store.settings
     if store.passphrase is not None:
@@ -233,7 +233,7 @@ def opened(store: Store, *, rotating: bool = False) -> RotatorService:
             passphrase=Secret(store.passphrase),
             new_passphrase=Secret(store.next_passphrase) if rotating else None,
         )
-    return RotatorService.open(settings)
+    return BlockingService.open(settings)
 
 
 def test_process_that_loaded_keys_before_a_master_rotation_cannot_make_a_data_key_under_the_old_key(

@@ -31,7 +31,7 @@ from rotator.config import Settings
 from rotator.connectors.postgres import parse_value
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
-from rotator.service import PolicyInput, RotatorService, ValueInput, rotation
+from rotator.service import BlockingService, PolicyInput, ValueInput, rotation
 from rotator.store import rotations as store_rot
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def roles(pg_target: PgTarget) -> Iterator[Roles]:
         admin_exec(pg_target, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def register(svc: RotatorService, target: PgTarget, roles: Roles) -> list[str]:
+def register(svc: BlockingService, target: PgTarget, roles: Roles) -> list[str]:
     """pg/admin (the superuser rotating itself) and pg/appNN using it as admin; their names."""
     where = {"host": target.host, "port": str(target.port)}
     svc.add_credential(
@@ -112,14 +112,14 @@ def cli(args: Sequence[str], settings: Settings) -> subprocess.CompletedProcess[
     )
 
 
-def login(svc: RotatorService, name: str) -> tuple[str, str]:
+def login(svc: BlockingService, name: str) -> tuple[str, str]:
     cred = svc.show(name)
     value = parse_value(svc.get_value(name), cred.config["role"])
     return value.username, value.password
 
 
 def test_rotate_all_rotates_an_admin_and_its_20_dependants_and_every_current_logs_in(
-    svc: RotatorService, settings: Settings, pg_target: PgTarget, roles: Roles
+    svc: BlockingService, settings: Settings, pg_target: PgTarget, roles: Roles
 ) -> None:
     names = register(svc, pg_target, roles)
 
@@ -164,7 +164,7 @@ def test_rotate_all_rotates_an_admin_and_its_20_dependants_and_every_current_log
 
 
 def test_a_dependant_whose_cached_admin_value_went_stale_rereads_it_once_and_succeeds(
-    svc: RotatorService, pg_target: PgTarget, roles: Roles
+    svc: BlockingService, pg_target: PgTarget, roles: Roles
 ) -> None:
     """Two engines stand for two processes: ``stale`` read the admin password, then
     ``other`` rotated it. ``stale``'s set is refused with the cached value; it re-reads the
@@ -172,8 +172,8 @@ def test_a_dependant_whose_cached_admin_value_went_stale_rereads_it_once_and_suc
     register(svc, pg_target, roles)
 
     async def go() -> Any:
-        async with Engine(svc, FAST) as stale, Engine(svc, FAST) as other:
-            await stale.secrets_for("default").get("pg/admin")
+        async with Engine(svc.kernel, FAST) as stale, Engine(svc.kernel, FAST) as other:
+            await stale.values.resolver("default").get("pg/admin")
             assert (await other.rotate([RotationRequest("pg/admin")])).ok
             return await stale.rotate([RotationRequest("pg/app00")])
 
@@ -193,7 +193,7 @@ def test_a_dependant_whose_cached_admin_value_went_stale_rereads_it_once_and_suc
 
 
 def test_a_dependant_waits_while_its_admin_is_mid_rotation_in_another_process(
-    svc: RotatorService, settings: Settings, pg_target: PgTarget, roles: Roles
+    svc: BlockingService, settings: Settings, pg_target: PgTarget, roles: Roles
 ) -> None:
     """Another process holds pg/admin's rotation lock (a live owner, lease valid) and changes
     the superuser's password. `rotator rotate pg/app00` must not log in with the old admin
@@ -263,7 +263,7 @@ def test_a_dependant_waits_while_its_admin_is_mid_rotation_in_another_process(
 
 
 def test_members_of_a_reference_cycle_are_refused_and_the_rest_of_the_batch_rotates(
-    svc: RotatorService,
+    svc: BlockingService,
 ) -> None:
     """pg/a's admin is pg/b and pg/b's admin is pg/a: no order is safe, so neither rotates
     (one line naming the cycle, audited, nothing stored); an unrelated credential does."""
@@ -272,12 +272,13 @@ def test_members_of_a_reference_cycle_are_refused_and_the_rest_of_the_batch_rota
             name, "postgres", settings={"role": name.replace("/", "_"), "admin": admin}
         )
     svc.add_credential("plain", "local", value=ValueInput(generate=True))
-    steps = {s["name"]: s for s in rotation.plan(svc, rotation.Selection(all=True))}
+    steps = {s["name"]: s for s in svc.plan(rotation.Selection(all=True))}
     assert steps["plain"]["level"] == 1
     assert steps["pg/a"]["level"] is None
     assert "reference cycle ('pg/a' -> 'pg/b' -> 'pg/a')" in steps["pg/a"]["refused"]
 
-    result = rotation.rotate(svc, rotation.Selection(all=True), options=FAST)
+    with BlockingService.open(svc.settings, options=FAST) as fast:
+        result = fast.rotate(rotation.Selection(all=True))
     data = result.to_json()
     assert data["rotated"] == ["plain"]
     errors = {f["name"]: f["error"] for f in data["failed"]}

@@ -16,21 +16,21 @@ import pytest
 from rotator.domain.secret import Secret
 from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest
 from rotator.errors import InvalidInput
-from rotator.service import RotatorService, ValueInput
+from rotator.service import BlockingService, ValueInput
 from rotator.sinks import FileSink, SinkRefused
 
 FAST = EngineOptions(retry_initial_s=0.001)
 
 
-def rotate(svc: RotatorService, name: str) -> BatchResult:
+def rotate(svc: BlockingService, name: str) -> BatchResult:
     async def go() -> BatchResult:
-        async with Engine(svc, FAST) as engine:
+        async with Engine(svc.kernel, FAST) as engine:
             return await engine.rotate([RotationRequest(name)])
 
     return asyncio.run(go())
 
 
-def test_file_sinks_receive_the_new_value(svc: RotatorService, tmp_path: Path) -> None:
+def test_file_sinks_receive_the_new_value(svc: BlockingService, tmp_path: Path) -> None:
     raw, env, js = tmp_path / "raw.txt", tmp_path / "app.env", tmp_path / "app.json"
     svc.add_credential(
         "app/key",
@@ -57,7 +57,7 @@ def test_file_sinks_receive_the_new_value(svc: RotatorService, tmp_path: Path) -
 
 
 def test_failing_sink_is_reported_and_does_not_unrotate(
-    svc: RotatorService, tmp_path: Path
+    svc: BlockingService, tmp_path: Path
 ) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
@@ -101,13 +101,13 @@ def test_failing_sink_is_reported_and_does_not_unrotate(
         "file:path=/x,key=1BAD",
     ],
 )
-def test_bad_sink_specs_are_refused(svc: RotatorService, spec: str) -> None:
+def test_bad_sink_specs_are_refused(svc: BlockingService, spec: str) -> None:
     with pytest.raises(InvalidInput):
         svc.add_credential("app/key", "local", sinks=[spec])
     assert svc.list_credentials() == []
 
 
-def test_update_replaces_sinks(svc: RotatorService, tmp_path: Path) -> None:
+def test_update_replaces_sinks(svc: BlockingService, tmp_path: Path) -> None:
     svc.add_credential("k", "local", sinks=[f"file:path={tmp_path}/a"])
     cred = svc.update_credential("k", sinks=[f"file:path={tmp_path}/b,format=dotenv"])
     assert [s["path"] for s in cred.sinks] == [f"{tmp_path}/b"]
@@ -116,7 +116,7 @@ def test_update_replaces_sinks(svc: RotatorService, tmp_path: Path) -> None:
 # ------------------------------------------------------------------- hostile paths and values
 
 
-def home_files(svc: RotatorService) -> dict[str, bytes]:
+def home_files(svc: BlockingService) -> dict[str, bytes]:
     home = svc.settings.home
     return {str(p.relative_to(home)): p.read_bytes() for p in home.rglob("*") if p.is_file()}
 
@@ -132,7 +132,7 @@ def home_files(svc: RotatorService) -> dict[str, bytes]:
     ],
 )
 def test_sink_paths_inside_rotator_home_or_the_store_are_refused(
-    svc: RotatorService, tmp_path: Path, where: str
+    svc: BlockingService, tmp_path: Path, where: str
 ) -> None:
     home = svc.settings.home
     (tmp_path / "link-to-home").symlink_to(home)
@@ -150,7 +150,7 @@ def test_sink_paths_inside_rotator_home_or_the_store_are_refused(
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
 def test_sink_paths_onto_a_sqlite_store_outside_rotator_home_are_refused(
-    svc: RotatorService, suffix: str
+    svc: BlockingService, suffix: str
 ) -> None:
     assert svc.db.sqlite_path is not None
     assert svc.settings.home not in svc.db.sqlite_path.parents, "the store is outside the home"
@@ -164,7 +164,7 @@ def test_sink_paths_onto_a_sqlite_store_outside_rotator_home_are_refused(
 
 
 def test_sink_redirected_into_rotator_home_after_add_is_refused_at_write(
-    svc: RotatorService, tmp_path: Path
+    svc: BlockingService, tmp_path: Path
 ) -> None:
     """A symlink planted after the sink was accepted: the write is refused (a warning and a
     sink.failed entry), rotator's own files stay as they were, the rotation stands."""

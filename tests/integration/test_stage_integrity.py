@@ -28,7 +28,7 @@ from rotator.audit.chain import GENESIS, AuditEntry, entry_hash
 from rotator.config import Settings
 from rotator.domain.secret import Secret
 from rotator.errors import AuditChainBroken
-from rotator.service import Principal, RotatorService, ValueInput
+from rotator.service import BlockingService, Principal, ValueInput
 from rotator.store import Database
 from rotator.store.db import MIGRATIONS
 from rotator.store.schema import audit_head, audit_log, credentials
@@ -78,7 +78,7 @@ def store(settings: Settings) -> Settings:
     for name, value in VALUES.items():
         out = cli(settings, "credential", "add", name, "-c", "local", "--value-stdin", stdin=value)
         assert out.returncode == 0, out.stderr
-    svc = RotatorService.open(settings)
+    svc = BlockingService.open(settings)
     svc.tenant("other")
     svc.add_credential(
         "theirs",
@@ -250,7 +250,7 @@ def test_store_from_before_0006_with_a_broken_chain_is_not_sealed(
 ) -> None:
     make_legacy(store, raw_db, break_chain=True)
     with pytest.raises(AuditChainBroken, match=r"entry 2 .* not re-sealed"):
-        RotatorService.open(store)
+        BlockingService.open(store)
     out = cli(store, "credential", "get", "alpha")
     assert out.returncode == 1
     assert out.stdout == ""
@@ -304,7 +304,7 @@ def test_two_services_running_the_keyed_upgrade_at_once_seal_the_store_once(
     def open_store() -> None:
         barrier.wait()
         try:
-            RotatorService.open(store).close()
+            BlockingService.open(store).close()
         except BaseException as exc:
             errors.append(exc)
 

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.errors import AlreadyExists, InvalidInput, NotFound, PolicyError, UnknownConnector
-from rotator.service import PolicyInput, RotatorService, ValueInput
+from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.store.schema import audit_log, credentials, metadata, versions
 
 
@@ -24,7 +24,7 @@ class Clock:
         return self.now
 
 
-def test_migrations_create_exactly_the_schema(svc: RotatorService, raw_db: Engine) -> None:
+def test_migrations_create_exactly_the_schema(svc: BlockingService, raw_db: Engine) -> None:
     with raw_db.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
@@ -36,9 +36,9 @@ def test_head_revision_constant_matches_the_migration_scripts() -> None:
     assert Database.script_head() == HEAD_REVISION
 
 
-def test_add_show_list_with_tags_and_due(svc: RotatorService) -> None:
+def test_add_show_list_with_tags_and_due(svc: BlockingService) -> None:
     clock = Clock()
-    svc.clock = clock
+    svc.kernel.clock = clock
     svc.add_credential(
         "prod/a",
         "local",
@@ -66,7 +66,7 @@ def test_add_show_list_with_tags_and_due(svc: RotatorService) -> None:
     assert [c.name for c in svc.list_credentials(due=True)] == ["dev/c", "prod/a"]
 
 
-def test_bad_input_changes_nothing(svc: RotatorService, raw_db: Engine) -> None:
+def test_bad_input_changes_nothing(svc: BlockingService, raw_db: Engine) -> None:
     svc.add_credential("a", "local", value=ValueInput(generate=True))
 
     def counts() -> tuple[int, int, int]:
@@ -95,9 +95,9 @@ def test_bad_input_changes_nothing(svc: RotatorService, raw_db: Engine) -> None:
     assert counts() == before
 
 
-def test_update_value_moves_stages_in_one_step(svc: RotatorService) -> None:
+def test_update_value_moves_stages_in_one_step(svc: BlockingService) -> None:
     clock = Clock()
-    svc.clock = clock
+    svc.kernel.clock = clock
     svc.add_credential(
         "a", "local", policy=PolicyInput(grace="10m"), value=ValueInput(value=Secret("one"))
     )
@@ -113,7 +113,7 @@ def test_update_value_moves_stages_in_one_step(svc: RotatorService) -> None:
     assert svc.show("a").use_count == 2
 
 
-def test_update_settings_tags_and_policy(svc: RotatorService) -> None:
+def test_update_settings_tags_and_policy(svc: BlockingService) -> None:
     svc.add_credential(
         "a",
         "local",
@@ -134,7 +134,7 @@ def test_update_settings_tags_and_policy(svc: RotatorService) -> None:
     assert all(ch in "0123456789abcdef" for ch in svc.get_value("a").reveal_text())
 
 
-def test_remove_deletes_versions_and_keeps_audit(svc: RotatorService, raw_db: Engine) -> None:
+def test_remove_deletes_versions_and_keeps_audit(svc: BlockingService, raw_db: Engine) -> None:
     svc.add_credential("a", "local", value=ValueInput(generate=True))
     svc.remove_credential("a")
     with pytest.raises(NotFound):
@@ -148,7 +148,7 @@ def test_remove_deletes_versions_and_keeps_audit(svc: RotatorService, raw_db: En
     svc.add_credential("a", "local")  # the name is free again
 
 
-def test_generated_passwords_follow_the_policy(svc: RotatorService) -> None:
+def test_generated_passwords_follow_the_policy(svc: BlockingService) -> None:
     svc.add_credential(
         "p",
         "local",

@@ -15,11 +15,11 @@ from rotator import crypto
 from rotator.config import Settings
 from rotator.domain.secret import Secret
 from rotator.errors import DecryptionError, IntegrityError, MasterKeyError
-from rotator.service import Principal, RotatorService, ValueInput
+from rotator.service import BlockingService, Principal, ValueInput
 from rotator.store.schema import credentials, data_keys, versions
 
 
-def add(svc: RotatorService, name: str, value: str, tenant: str = "default") -> None:
+def add(svc: BlockingService, name: str, value: str, tenant: str = "default") -> None:
     svc.add_credential(
         name, "local", value=ValueInput(value=Secret(value)), principal=Principal(tenant=tenant)
     )
@@ -40,7 +40,7 @@ def set_ciphertext(raw_db: Engine, version_row_id: int, blob: bytes) -> None:
         c.execute(update(versions).where(versions.c.id == version_row_id).values(ciphertext=blob))
 
 
-def test_values_round_trip_through_the_store(svc: RotatorService) -> None:
+def test_values_round_trip_through_the_store(svc: BlockingService) -> None:
     add(svc, "a", "value-a")
     add(svc, "b", "välue 'b' \"quoted\"")
     assert svc.get_value("a").reveal_text() == "value-a"
@@ -48,7 +48,7 @@ def test_values_round_trip_through_the_store(svc: RotatorService) -> None:
 
 
 def test_one_flipped_bit_in_a_stored_ciphertext_fails_to_open(
-    svc: RotatorService, raw_db: Engine
+    svc: BlockingService, raw_db: Engine
 ) -> None:
     add(svc, "a", "value-a")
     row_id, blob = ciphertext_of(raw_db, "a")
@@ -60,7 +60,7 @@ def test_one_flipped_bit_in_a_stored_ciphertext_fails_to_open(
 
 
 def test_two_credentials_ciphertexts_swapped_fail_to_open(
-    svc: RotatorService, raw_db: Engine
+    svc: BlockingService, raw_db: Engine
 ) -> None:
     add(svc, "a", "value-a")
     add(svc, "b", "value-b")
@@ -74,7 +74,7 @@ def test_two_credentials_ciphertexts_swapped_fail_to_open(
 
 
 def test_ciphertext_copied_to_another_tenant_fails_to_open(
-    svc: RotatorService, raw_db: Engine
+    svc: BlockingService, raw_db: Engine
 ) -> None:
     add(svc, "shared", "tenant-one", tenant="one")
     add(svc, "shared", "tenant-two", tenant="two")
@@ -96,39 +96,39 @@ def test_ciphertext_copied_to_another_tenant_fails_to_open(
     assert svc.get_value("shared", principal=Principal(tenant="one")).reveal_text() == "tenant-one"
 
 
-def test_wrong_key_file_does_not_open_the_store(svc: RotatorService, settings: Settings) -> None:
+def test_wrong_key_file_does_not_open_the_store(svc: BlockingService, settings: Settings) -> None:
     add(svc, "a", "value-a")
     svc.close()
     settings.key_file.unlink()
     crypto.write_key_file(settings.key_file, crypto.MasterKey.generate())
     with pytest.raises(DecryptionError, match="does not open this store"):
-        RotatorService.open(settings)
+        BlockingService.open(settings)
 
 
 def test_wrong_passphrase_does_not_open_the_store(settings: Settings) -> None:
     right = dataclasses.replace(settings, passphrase=Secret("correct horse battery"))
-    svc, _ = RotatorService.init(right)
+    svc, _ = BlockingService.init(right)
     add(svc, "a", "value-a")
     svc.close()
     with pytest.raises(DecryptionError, match="ROTATOR_PASSPHRASE"):
-        RotatorService.open(dataclasses.replace(settings, passphrase=Secret("wrong horse")))
+        BlockingService.open(dataclasses.replace(settings, passphrase=Secret("wrong horse")))
     with pytest.raises(MasterKeyError, match="ROTATOR_PASSPHRASE"):
-        RotatorService.open(settings)
-    again = RotatorService.open(right)
+        BlockingService.open(settings)
+    again = BlockingService.open(right)
     assert again.get_value("a").reveal_text() == "value-a"
     again.close()
     assert not settings.key_file.exists()
 
 
-def test_init_is_idempotent(svc: RotatorService, settings: Settings) -> None:
+def test_init_is_idempotent(svc: BlockingService, settings: Settings) -> None:
     add(svc, "a", "value-a")
-    again, created = RotatorService.init(settings)
+    again, created = BlockingService.init(settings)
     assert not created
     assert again.get_value("a").reveal_text() == "value-a"
     again.close()
 
 
-def _all_values(svc: RotatorService, tenants: list[str]) -> dict[tuple[str, str], str]:
+def _all_values(svc: BlockingService, tenants: list[str]) -> dict[tuple[str, str], str]:
     out = {}
     for t in tenants:
         for c in svc.list_credentials(principal=Principal(tenant=t)):
@@ -148,7 +148,7 @@ def _assert_old_key_opens_nothing(raw_db: Engine, old: crypto.MasterKey) -> None
 TENANTS = ["default", "t1", "t2", "t3"]
 
 
-def _fill(svc: RotatorService) -> dict[tuple[str, str], str]:
+def _fill(svc: BlockingService) -> dict[tuple[str, str], str]:
     for i, t in enumerate(TENANTS):
         for j in range(3):
             add(svc, f"cred-{j}", f"value-{i}-{j}", tenant=t)
@@ -156,7 +156,7 @@ def _fill(svc: RotatorService) -> dict[tuple[str, str], str]:
 
 
 def test_rotate_master_rewraps_data_keys_and_retires_old_key(
-    svc: RotatorService, settings: Settings, raw_db: Engine
+    svc: BlockingService, settings: Settings, raw_db: Engine
 ) -> None:
     before = _fill(svc)
     old = crypto.read_key_file(settings.key_file)
@@ -168,7 +168,7 @@ def test_rotate_master_rewraps_data_keys_and_retires_old_key(
     assert n == len(TENANTS)
     assert crypto.read_key_file(settings.key_file).id == new_id != old.id
     assert not settings.next_key_file.exists()
-    reopened = RotatorService.open(settings)
+    reopened = BlockingService.open(settings)
     assert _all_values(reopened, TENANTS) == before
     reopened.close()
     with raw_db.connect() as c:
@@ -182,7 +182,7 @@ class Interrupted(Exception):
 
 
 def test_rotate_master_interrupted_then_resumed(
-    svc: RotatorService, settings: Settings, raw_db: Engine
+    svc: BlockingService, settings: Settings, raw_db: Engine
 ) -> None:
     before = _fill(svc)
     old = crypto.read_key_file(settings.key_file)
@@ -195,25 +195,25 @@ def test_rotate_master_interrupted_then_resumed(
         svc.rotate_master_key(progress=stop_after_two)
     assert settings.next_key_file.exists()
     # Half re-wrapped: every value still opens (the ring holds both keys) ...
-    mid = RotatorService.open(settings)
+    mid = BlockingService.open(settings)
     assert _all_values(mid, TENANTS) == before
     # ... and new tenants made in between get a data key under the new key.
     add(mid, "late", "late-value", tenant="late")
     mid.rotate_master_key()
     mid.close()
     assert not settings.next_key_file.exists()
-    done = RotatorService.open(settings)
+    done = BlockingService.open(settings)
     assert _all_values(done, [*TENANTS, "late"]) == {**before, ("late", "late"): "late-value"}
     done.close()
     _assert_old_key_opens_nothing(raw_db, old)
 
 
 def test_rotate_master_stopped_before_key_file_moved(
-    svc: RotatorService, settings: Settings, raw_db: Engine, monkeypatch: pytest.MonkeyPatch
+    svc: BlockingService, settings: Settings, raw_db: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = _fill(svc)
     old = crypto.read_key_file(settings.key_file)
-    from rotator.service import keyring
+    from rotator.kernel import keyring
 
     def crash(src: Path, dst: Path) -> None:
         raise Interrupted
@@ -224,7 +224,7 @@ def test_rotate_master_stopped_before_key_file_moved(
     monkeypatch.undo()
     assert settings.next_key_file.exists()
     # The store already names the new key; opening finishes the file move.
-    reopened = RotatorService.open(settings)
+    reopened = BlockingService.open(settings)
     assert not settings.next_key_file.exists()
     assert _all_values(reopened, TENANTS) == before
     reopened.close()
@@ -233,13 +233,13 @@ def test_rotate_master_stopped_before_key_file_moved(
 
 def test_rotate_master_with_passphrases(settings: Settings, raw_db: Engine) -> None:
     first = dataclasses.replace(settings, passphrase=Secret("first passphrase"))
-    svc, _ = RotatorService.init(first)
+    svc, _ = BlockingService.init(first)
     before = _fill(svc)
     with pytest.raises(MasterKeyError, match="ROTATOR_NEW_PASSPHRASE"):
         svc.rotate_master_key()
     svc.close()
     moving = dataclasses.replace(first, new_passphrase=Secret("second passphrase"))
-    svc = RotatorService.open(moving)
+    svc = BlockingService.open(moving)
 
     def stop(done: int, total: int) -> None:
         if done == 1:
@@ -250,13 +250,13 @@ def test_rotate_master_with_passphrases(settings: Settings, raw_db: Engine) -> N
     svc.close()
     wrong_new = dataclasses.replace(first, new_passphrase=Secret("third"))
     with pytest.raises(DecryptionError, match="interrupted"):
-        RotatorService.open(wrong_new).rotate_master_key()
-    resumed = RotatorService.open(moving)
+        BlockingService.open(wrong_new).rotate_master_key()
+    resumed = BlockingService.open(moving)
     resumed.rotate_master_key()
     resumed.close()
     second = dataclasses.replace(settings, passphrase=Secret("second passphrase"))
-    done = RotatorService.open(second)
+    done = BlockingService.open(second)
     assert _all_values(done, TENANTS) == before
     done.close()
     with pytest.raises(DecryptionError):
-        RotatorService.open(first)
+        BlockingService.open(first)

@@ -22,7 +22,7 @@ from rotator.config import Settings
 from rotator.connectors import certificate as certs
 from rotator.domain.model import Stage
 from rotator.errors import ConcurrentModification
-from rotator.service import RotatorService, ValueInput
+from rotator.service import BlockingService, ValueInput
 
 CLI = Path(sys.executable).parent / "rotator"
 # Far above a healthy run (a second or two) and above SQLite's 30 s busy timeout, so the old
@@ -82,21 +82,22 @@ def test_update_fails_when_the_credential_changed_while_its_value_was_generated(
 ) -> None:
     """The value is generated outside any transaction; if another writer stored a version
     or changed the credential in between, the update refuses instead of overwriting it."""
-    svc, _ = RotatorService.init(Settings(home=tmp_path / "home", db_url=db_url))
+    svc, _ = BlockingService.init(Settings(home=tmp_path / "home", db_url=db_url))
     try:
         svc.add_credential("app/key", "local", value=ValueInput(generate=True))
         before = svc.show("app/key")
-        real = svc._new_value
+        service = svc.service
+        real = service._new_value
         raced: list[bool] = []
 
-        def racing(*args: Any, **kwargs: Any) -> Any:
-            value = real(*args, **kwargs)
+        async def racing(*args: Any, **kwargs: Any) -> Any:
+            value = await real(*args, **kwargs)
             if not raced:  # another writer stores a version while this one generates
                 raced.append(True)
-                svc.update_credential("app/key", value=ValueInput(generate=True))
+                await service.update_credential("app/key", value=ValueInput(generate=True))
             return value
 
-        monkeypatch.setattr(svc, "_new_value", racing)
+        monkeypatch.setattr(service, "_new_value", racing)
         with pytest.raises(ConcurrentModification):
             svc.update_credential("app/key", value=ValueInput(generate=True))
         monkeypatch.undo()

@@ -13,7 +13,9 @@ import pytest
 from rotator.connectors.base import Strategy
 from rotator.domain.model import Stage
 from rotator.engine import EngineOptions
-from rotator.engine.engine import _owner_dead, _owner_id, _repair_action
+from rotator.engine.ownership import owner_dead as _owner_dead
+from rotator.engine.ownership import owner_id as _owner_id
+from rotator.engine.recovery import repair_action as _repair_action
 from rotator.errors import InvalidInput
 from rotator.service.rotation import options_from_env
 

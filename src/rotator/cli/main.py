@@ -28,7 +28,6 @@ from rotator.domain.group import Group, parse_order
 from rotator.domain.model import Stage
 from rotator.domain.policy import format_duration, parse_duration
 from rotator.domain.secret import Secret
-from rotator.engine import BatchResult, EngineOptions, Outcome, RotationResult
 from rotator.errors import (
     AlreadyExists,
     ConfigError,
@@ -40,7 +39,16 @@ from rotator.errors import (
     RotatorError,
     StoreUnavailable,
 )
-from rotator.service import PolicyInput, RotatorService, ValueInput, rotation
+from rotator.service import (
+    BatchResult,
+    BlockingService,
+    EngineOptions,
+    Outcome,
+    PolicyInput,
+    RotationResult,
+    ValueInput,
+    rotation,
+)
 from rotator.service.rotation import Selection
 from rotator.service.views import credential_view
 
@@ -90,8 +98,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 @contextmanager
-def service() -> Iterator[RotatorService]:
-    svc = RotatorService.open(Settings.from_env())
+def service(options: EngineOptions | None = None) -> Iterator[BlockingService]:
+    svc = BlockingService.open(Settings.from_env(), options=options)
     try:
         yield svc
     finally:
@@ -151,7 +159,7 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
 def init() -> None:
     """Create the store and the master key (idempotent)."""
     settings = Settings.from_env()
-    svc, created = RotatorService.init(settings)
+    svc, created = BlockingService.init(settings)
     try:
         where = svc.db.safe_url
         if created:
@@ -369,12 +377,12 @@ def rotate(
     else:
         sel.check()
     options = rotation.options_from_env(concurrency, per_target)
-    with service() as svc:
+    with service(options) as svc:
         if dry_run:
             steps = (
-                rotation.plan_group(svc, group, emergency=emergency)
+                svc.plan_group(group, emergency=emergency)
                 if group is not None
-                else rotation.plan(svc, sel, emergency=emergency)
+                else svc.plan(sel, emergency=emergency)
             )
             if as_json:
                 emit_json({"dry_run": True, "plan": steps})
@@ -404,9 +412,9 @@ def rotate(
             )
             return
         if group is not None:
-            result = rotation.rotate_group(svc, group, emergency=emergency, options=options)
+            result = svc.rotate_group(group, emergency=emergency)
         else:
-            result = _rotate_with_progress(svc, sel, emergency, options, show=not as_json)
+            result = _rotate_with_progress(svc, sel, emergency, show=not as_json)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -424,11 +432,11 @@ def rotate(
 
 
 def _rotate_with_progress(
-    svc: RotatorService, sel: Selection, emergency: bool, options: EngineOptions, *, show: bool
+    svc: BlockingService, sel: Selection, emergency: bool, *, show: bool
 ) -> BatchResult:
     err = Console(stderr=True)
     if not (show and err.is_terminal):
-        return rotation.rotate(svc, sel, emergency=emergency, options=options)
+        return svc.rotate(sel, emergency=emergency)
     columns = (
         TextColumn("rotating"),
         BarColumn(),
@@ -452,11 +460,9 @@ def _rotate_with_progress(
                 task, advance=1, failed=failed, rate=done / max(time.monotonic() - started, 1e-6)
             )
 
-        return rotation.rotate(
-            svc,
+        return svc.rotate(
             sel,
             emergency=emergency,
-            options=options,
             progress=on_result,
             on_selected=on_selected,
         )
@@ -556,20 +562,15 @@ def worker(
 ) -> None:
     """Run the engine and scheduler until interrupted: rotate what is due, revoke expired
     values, resume rotations whose process died. Run several on one PostgreSQL to scale."""
-    with service() as svc:
-        rotation.serve(
-            svc,
-            rotation.options_from_env(),
-            poll_s=poll,
-            on_batch=lambda r: out.print(json.dumps(r.to_json())),
-        )
+    with service(rotation.options_from_env()) as svc:
+        svc.serve(poll_s=poll, on_batch=lambda r: out.print(json.dumps(r.to_json())))
 
 
 @app.command()
 def recover() -> None:
     """Resume or roll back rotations whose process died; revoke values whose grace ended."""
-    with service() as svc:
-        results = rotation.recover(svc, rotation.options_from_env())
+    with service(rotation.options_from_env()) as svc:
+        results = svc.recover()
     for r in results:
         out.print(f"{r.outcome.value} {r.name}" + (f": {r.error}" if r.error else ""))
     out.print(f"recovered {len(results)} rotation(s)")

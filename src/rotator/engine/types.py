@@ -29,16 +29,27 @@ PRIORITY = {
 @dataclass(frozen=True, slots=True)
 class RotationRequest:
     """Rotate one credential (by name, in a tenant). ``grace_s`` overrides the policy's grace;
-    emergency rotations use 0 and revoke the old value before returning."""
+    emergency rotations use 0 and revoke the old value before returning. ``interactive``: a
+    person (or a client on their behalf) waits for this one rotation, so it is admitted ahead
+    of queued batch work (see :attr:`rank`)."""
 
     name: str
     tenant: str = "default"
     trigger: Trigger = Trigger.MANUAL
     grace_s: int | None = None
+    interactive: bool = False
 
     @property
     def priority(self) -> int:
         return PRIORITY[self.trigger]
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Admission order into the engine's limits, lowest first: emergencies, then
+        interactive requests, then batch work by trigger priority."""
+        if self.trigger is Trigger.EMERGENCY:
+            return (0, 0)
+        return (1, self.priority) if self.interactive else (2, self.priority)
 
 
 class Outcome(enum.StrEnum):
@@ -57,6 +68,18 @@ class RotationResult:
     joined: bool = False
     duration_s: float = 0.0
     warnings: tuple[str, ...] = ()  # e.g. a sink that could not be written
+
+    def joined_as(self, name: str) -> RotationResult:
+        """This result, reported to a request for ``name`` that joined the rotation."""
+        return RotationResult(
+            name,
+            self.outcome,
+            self.rotation_id,
+            self.version,
+            self.error,
+            joined=True,
+            duration_s=self.duration_s,
+        )
 
 
 @dataclass

@@ -22,7 +22,7 @@ from rotator.audit.log import BATCH_KEY, AuditBatch
 from rotator.store import Database
 
 T = TypeVar("T")
-_Item = tuple[Callable[[Connection], Any], "asyncio.Future[Any]"]
+_Item = tuple[Callable[[Connection], Any], "asyncio.Future[Any]", bool]
 
 
 class StoreWriter:
@@ -42,11 +42,14 @@ class StoreWriter:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="store-writer")
 
-    async def run(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in a write transaction; return its result after the commit."""
+    async def run(self, fn: Callable[[Connection], T], *, durable: bool = True) -> T:
+        """Run ``fn`` in a write transaction; return its result after the commit.
+
+        ``durable=False``: the commit may be relaxed (see ``Database.write``) when every
+        operation of its batch allows it; a batch holding any durable operation is durable."""
         self.start()
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put((fn, fut))
+        await self._queue.put((fn, fut, durable))
         return await fut
 
     async def _loop(self) -> None:
@@ -66,13 +69,13 @@ class StoreWriter:
             try:
                 results = await loop.run_in_executor(self._executor, self._commit, batch)
             except BaseException as exc:  # the commit itself failed: every caller learns it
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
                 if not isinstance(exc, Exception):
                     raise
             else:
-                for (_, fut), (ok, value) in zip(batch, results, strict=True):
+                for (_, fut, _), (ok, value) in zip(batch, results, strict=True):
                     if fut.done():
                         continue
                     if ok:
@@ -89,21 +92,22 @@ class StoreWriter:
         # Operations rarely fail; when one does, the batch is rolled back as a whole and every
         # operation is run again alone, so only the failing one fails. (Cheaper than a
         # savepoint around each operation, which costs two statements each.)
+        relaxed = not any(durable for _, _, durable in batch)
         try:
-            return [(True, value) for value in self._run_batch([fn for fn, _ in batch])]
+            return [(True, value) for value in self._run_batch([fn for fn, _, _ in batch], relaxed)]
         except Exception:
             if len(batch) == 1:
                 raise
         results: list[tuple[bool, Any]] = []
-        for fn, _ in batch:
+        for fn, _, durable in batch:
             try:
-                results.append((True, self._run_batch([fn])[0]))
+                results.append((True, self._run_batch([fn], not durable)[0]))
             except Exception as exc:
                 results.append((False, self._db.translate_error(exc)))
         return results
 
-    def _run_batch(self, fns: list[Callable[[Connection], Any]]) -> list[Any]:
-        with self._db.write() as conn:
+    def _run_batch(self, fns: list[Callable[[Connection], Any]], relaxed: bool) -> list[Any]:
+        with self._db.write(relaxed=relaxed) as conn:
             audit_batch = AuditBatch()
             conn.info[BATCH_KEY] = audit_batch
             try:

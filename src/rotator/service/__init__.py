@@ -1,5 +1,22 @@
-"""The service layer: the use cases every interface calls."""
+"""The service layer: the use cases every interface calls, and the result types they return."""
 
-from rotator.service.credentials import PolicyInput, Principal, RotatorService, ValueInput
+from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
+from rotator.engine.options import EngineOptions
+from rotator.engine.types import BatchResult, Outcome, RotationResult, Trigger
+from rotator.service.blocking import BlockingService
+from rotator.service.credentials import RotatorService
+from rotator.service.inputs import PolicyInput, ValueInput
 
-__all__ = ["PolicyInput", "Principal", "RotatorService", "ValueInput"]
+__all__ = [
+    "LOCAL_PRINCIPAL",
+    "BatchResult",
+    "BlockingService",
+    "EngineOptions",
+    "Outcome",
+    "PolicyInput",
+    "Principal",
+    "RotationResult",
+    "RotatorService",
+    "Trigger",
+    "ValueInput",
+]

@@ -1,8 +1,5 @@
-"""Rotation use cases: select credentials, plan, rotate (through the engine), recover.
-
-Kept apart from ``service.credentials`` because it depends on the engine, which itself uses
-the credential service.
-"""
+"""Rotation use cases: select credentials, plan, rotate (through the service's engine),
+recover, and the scheduler loop of ``rotator worker``."""
 
 from __future__ import annotations
 
@@ -10,26 +7,17 @@ import asyncio
 import dataclasses
 import math
 import os
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rotator.connectors import base as cbase
-from rotator.connectors.registry import get_connector
+from rotator import scheduler
 from rotator.domain import names as names_mod
 from rotator.domain.model import Credential
-from rotator.engine import (
-    BatchResult,
-    Engine,
-    EngineOptions,
-    RotationRequest,
-    RotationResult,
-    Trigger,
-    ordering,
-)
+from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
+from rotator.engine import BatchResult, EngineOptions, RotationRequest, RotationResult, Trigger
 from rotator.errors import InvalidInput, NotFound
-from rotator.service.credentials import LOCAL_PRINCIPAL, Principal, RotatorService
+from rotator.service.credentials import RotatorService
 
 MAX_CONCURRENCY = 1024
 MAX_LEASE_S = 86400.0  # a lease is renewed while its owner lives; a day is already absurd
@@ -91,14 +79,15 @@ def parse_lease(text: str) -> float:
     return lease
 
 
-def select(
+async def select(
     svc: RotatorService, sel: Selection, principal: Principal = LOCAL_PRINCIPAL
 ) -> list[Credential]:
     """The credentials a selection names; NotFound naming the first unknown name."""
     sel.check()
     if sel.names:
+        wanted = set(sel.names)
         found = {
-            c.name: c for c in svc.list_credentials(principal=principal) if c.name in set(sel.names)
+            c.name: c for c in await svc.list_credentials(principal=principal) if c.name in wanted
         }
         missing = [n for n in sel.names if n not in found]
         if missing:
@@ -107,109 +96,70 @@ def select(
         if sel.tags:
             chosen = [c for c in chosen if all(c.tags.get(k) == v for k, v in sel.tags.items())]
         return chosen
-    return svc.list_credentials(tags=sel.tags, principal=principal)
+    return await svc.list_credentials(tags=sel.tags, principal=principal)
 
 
-def plan(
+async def plan(
     svc: RotatorService,
     sel: Selection,
     *,
     emergency: bool = False,
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> list[dict[str, Any]]:
-    """What a rotation would do, in order, without doing it (``--dry-run``).
-
-    Each step has ``order`` (its position), ``level`` (the engine rotates level 1 first, then
-    level 2, ...: credentials referenced by others before those that reference them; see
-    ``engine.ordering``) and ``after`` (the selected credentials it references, rotated in
-    earlier levels). A member of a reference cycle has ``level`` None and ``refused`` saying
-    why; it comes last."""
-    out = []
-    creds = select(svc, sel, principal)
-    creds.sort(key=lambda c: c.name)
-    parsed = {}
-    for c in creds:
-        impl = get_connector(c.connector)
-        parsed[c.name] = (impl, cbase.parse_config(impl, dict(c.config)))
-    batch = ordering.order(
-        [c.name for c in creds],
-        {n: cbase.references_of(impl, cfg) for n, (impl, cfg) in parsed.items()},
-    )
-    level_of = batch.level_of()
-    by_name = {c.name: c for c in creds}
-    ranked = sorted(creds, key=lambda c: (level_of.get(c.name, len(batch.levels) + 1), c.name))
-    for i, c in enumerate(ranked, 1):
-        impl, cfg = parsed[c.name]
-        step: dict[str, Any] = {
-            "order": i,
-            "level": level_of.get(c.name),
-            "name": c.name,
-            "connector": c.connector,
-            "target": impl.target_key(cfg),
-            "strategy": cbase.strategy_of(impl, cfg).value,
-            "trigger": (Trigger.EMERGENCY if emergency else Trigger.MANUAL).value,
-            "grace_s": 0 if emergency else int(by_name[c.name].policy.grace.total_seconds()),
-            "after": batch.after.get(c.name, []),
-        }
-        if c.name in batch.refused:
-            step["refused"] = batch.refused[c.name]
-        out.append(step)
-    return out
+    """What a rotation would do, in order, without doing it (``--dry-run``); see
+    :meth:`rotator.engine.Engine.plan` for the fields of each step."""
+    return svc.engine.plan(await select(svc, sel, principal), emergency=emergency)
 
 
-def rotate(
+async def rotate(
     svc: RotatorService,
     sel: Selection,
     *,
     emergency: bool = False,
-    options: EngineOptions | None = None,
     progress: Callable[[RotationResult], None] | None = None,
     on_selected: Callable[[int], None] | None = None,
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> BatchResult:
     """Rotate the selected credentials now. Emergency: highest priority, grace 0, old value
     revoked before this returns. First resumes rotations whose process died and revokes
-    values whose grace ended. Never raises for a single credential's failure."""
-    creds = select(svc, sel, principal)
+    values whose grace ended. Never raises for a single credential's failure.
+
+    Credentials named one by one (``rotator rotate NAME``) are interactive: the engine admits
+    them ahead of queued batch work; a selection by tag or ``--all`` is batch work."""
+    creds = await select(svc, sel, principal)
     if on_selected is not None:
         on_selected(len(creds))
     trigger = Trigger.EMERGENCY if emergency else Trigger.MANUAL
+    interactive = bool(sel.names)
     reqs = [
-        RotationRequest(c.name, principal.tenant, trigger, 0 if emergency else None) for c in creds
+        RotationRequest(
+            c.name, principal.tenant, trigger, 0 if emergency else None, interactive=interactive
+        )
+        for c in creds
     ]
-
-    async def run() -> BatchResult:
-        async with Engine(svc, options) as engine:
-            await engine.recover()
-            await engine.process_revocations()
-            result = await engine.rotate(reqs, progress=progress)
-            await engine.process_revocations()
-            return result
-
-    return asyncio.run(run())
+    engine = svc.engine
+    await engine.recover()
+    await engine.process_revocations()
+    result = await engine.rotate(reqs, progress=progress)
+    await engine.process_revocations()
+    return result
 
 
-def rotate_group(
+async def rotate_group(
     svc: RotatorService,
     name: str,
     *,
     emergency: bool = False,
-    options: EngineOptions | None = None,
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> BatchResult:
     """Rotate a coordinated group now (see Engine.rotate_group)."""
-    group = svc.get_group(name, principal)
-
-    async def run() -> BatchResult:
-        async with Engine(svc, options) as engine:
-            await engine.recover()
-            await engine.process_revocations()
-            return await engine.rotate_group(group, principal.tenant, emergency=emergency)
-
-    return asyncio.run(run())
+    group = await svc.get_group(name, principal)
+    await svc.engine.recover()
+    await svc.engine.process_revocations()
+    return await svc.engine.rotate_group(group, principal.tenant, emergency=emergency)
 
 
-def plan_group(
+async def plan_group(
     svc: RotatorService,
     name: str,
     *,
@@ -217,10 +167,10 @@ def plan_group(
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> list[dict[str, Any]]:
     """The order a group would rotate in (level by level), without doing it."""
-    group = svc.get_group(name, principal)
+    group = await svc.get_group(name, principal)
     steps = {
         s["name"]: s
-        for s in plan(
+        for s in await plan(
             svc,
             Selection(names=[m.name for m in group.members]),
             emergency=emergency,
@@ -241,33 +191,20 @@ def plan_group(
     return out
 
 
-def recover(svc: RotatorService, options: EngineOptions | None = None) -> list[RotationResult]:
+async def recover(svc: RotatorService) -> list[RotationResult]:
     """Resume or roll back rotations whose process died; then process due revocations."""
-
-    async def run() -> list[RotationResult]:
-        async with Engine(svc, options) as engine:
-            results = await engine.recover()
-            await engine.process_revocations()
-            return results
-
-    return asyncio.run(run())
+    results = await svc.engine.recover()
+    await svc.engine.process_revocations()
+    return results
 
 
-def serve(
+async def serve(
     svc: RotatorService,
-    options: EngineOptions | None = None,
+    stop: asyncio.Event,
     *,
     poll_s: float = 5.0,
     on_batch: Callable[[BatchResult], None] | None = None,
 ) -> None:
-    """Run the engine loop (Engine.serve) until SIGINT or SIGTERM."""
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with Engine(svc, options) as engine:
-            await engine.serve(stop, poll_s=poll_s, on_batch=on_batch)
-
-    asyncio.run(run())
+    """Run the scheduler loop (rotator.scheduler.run) on the service's engine until ``stop``
+    is set."""
+    await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch)

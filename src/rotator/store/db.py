@@ -111,11 +111,19 @@ class Database:
             _setup_sqlite(self.engine)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A read-write transaction; commits on success, rolls back on any exception."""
+    def write(self, *, relaxed: bool = False) -> Iterator[Connection]:
+        """A read-write transaction; commits on success, rolls back on any exception.
+
+        ``relaxed``: the commit returns once the transaction is safe from a crash of this
+        process, before it is flushed to disk (SQLite WAL ``synchronous=NORMAL``, PostgreSQL
+        ``synchronous_commit=off``), so an OS crash or power loss of the store's host may lose
+        it; a later full commit flushes it too. Only for records where that trade is
+        documented (value reads: their use count and audit entry)."""
         with self._translate(), self.engine.connect() as conn:
-            conn = conn.execution_options(rotator_immediate=True)
+            conn = conn.execution_options(rotator_immediate=True, rotator_relaxed=relaxed)
             with conn.begin():
+                if relaxed and self.dialect == "postgresql":
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 yield conn
 
     @contextlib.contextmanager
@@ -260,6 +268,9 @@ def _first_line(orig: BaseException | None) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(orig).__name__
 
 
+_SYNC_KEY = "rotator.synchronous"
+
+
 def _setup_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -268,13 +279,22 @@ def _setup_sqlite(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
+        _record.info[_SYNC_KEY] = SQLITE_SYNCHRONOUS
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("rotator_immediate", False)
+        opts = conn.get_execution_options()
+        immediate = opts.get("rotator_immediate", False)
+        if immediate:
+            # The safety level can only change outside a transaction: set it per write
+            # transaction, and only when it differs from the connection's last one.
+            level = "NORMAL" if opts.get("rotator_relaxed", False) else SQLITE_SYNCHRONOUS
+            if conn.info.get(_SYNC_KEY) != level:
+                conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+                conn.info[_SYNC_KEY] = level
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 

@@ -78,6 +78,11 @@ def get_tenant(conn: Connection, name: str) -> Tenant | None:
     return None if row is None else Tenant(id=row.id, name=row.name, created_at=row.created_at)
 
 
+def tenant_name(conn: Connection, tenant_id: int) -> str:
+    """The name of the tenant with id ``tenant_id`` (which must exist)."""
+    return str(conn.execute(select(tenants.c.name).where(tenants.c.id == tenant_id)).scalar_one())
+
+
 def insert_tenant(conn: Connection, name: str, now: datetime) -> Tenant:
     tid = conn.execute(insert(tenants).values(name=name, created_at=now)).inserted_primary_key
     assert tid is not None

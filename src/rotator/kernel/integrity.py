@@ -22,7 +22,7 @@ new key file or passphrase.
 
 **The keyed upgrade.** Migration 0006 cannot seal existing rows (Alembic never holds the master
 key). When it finds audit entries it records the meta row ``integrity_upgrade``; the next
-service that opens the store (:func:`upgrade`, from ``RotatorService.open``/``init``) then, in
+service that opens the store (:func:`upgrade`, from ``Kernel.open``/``init``) then, in
 one transaction: refuses if any keyed state exists already, verifies the old unkeyed chain
 (a broken one is refused, nothing changes), re-MACs every audit entry under the audit key,
 stamps every credential's stage map, appends ``store.integrity_upgrade`` and drops the marker.
@@ -61,8 +61,9 @@ from rotator.store.schema import audit_keys as audit_keys_table
 from rotator.store.schema import audit_log, credentials
 
 if TYPE_CHECKING:
-    from rotator.service.credentials import Principal, RotatorService
-    from rotator.service.keyring import KeyRing
+    from rotator.domain.principal import Principal
+    from rotator.kernel.core import Kernel
+    from rotator.kernel.keyring import KeyRing
 
 UPGRADE_MARKER = "integrity_upgrade"
 UPGRADE_ACTION = "store.integrity_upgrade"
@@ -85,7 +86,7 @@ def stage_message(m: store_creds.StageMap) -> bytes:
     )
 
 
-def stage_key(svc: RotatorService, conn: Connection, data_key_id: int) -> tuple[int, MacKey]:
+def stage_key(svc: Kernel, conn: Connection, data_key_id: int) -> tuple[int, MacKey]:
     """(tenant id, MAC key) of a data key; the derived key is cached per data key."""
     hit = svc._stage_keys.get(data_key_id)
     if hit is None:
@@ -94,7 +95,7 @@ def stage_key(svc: RotatorService, conn: Connection, data_key_id: int) -> tuple[
     return hit
 
 
-def restamp(svc: RotatorService, conn: Connection, credential_id: int) -> None:
+def restamp(svc: Kernel, conn: Connection, credential_id: int) -> None:
     """Recompute the stage MAC of a credential from its rows, in the caller's transaction.
     Call after a stage move (and :func:`check` before it). No-op for a deleted credential."""
     m = store_creds.stage_map(conn, credential_id)
@@ -105,7 +106,7 @@ def restamp(svc: RotatorService, conn: Connection, credential_id: int) -> None:
     store_creds.set_stage_mac(conn, credential_id, f"{dk_id}:{key.mac(stage_message(m))}")
 
 
-def _problem(svc: RotatorService, conn: Connection, m: store_creds.StageMap) -> str | None:
+def _problem(svc: Kernel, conn: Connection, m: store_creds.StageMap) -> str | None:
     if m.mac is None:
         return "its stage map carries no MAC"
     dk_part, _, tag = m.mac.partition(":")
@@ -125,9 +126,7 @@ def _problem(svc: RotatorService, conn: Connection, m: store_creds.StageMap) -> 
     return None
 
 
-def errors(
-    svc: RotatorService, conn: Connection, credential_ids: list[int]
-) -> dict[int, IntegrityError]:
+def errors(svc: Kernel, conn: Connection, credential_ids: list[int]) -> dict[int, IntegrityError]:
     """The integrity error of each credential whose stage map does not verify (none: {})."""
     out: dict[int, IntegrityError] = {}
     for cid, m in store_creds.stage_maps(conn, credential_ids).items():
@@ -137,7 +136,7 @@ def errors(
     return out
 
 
-def check(svc: RotatorService, conn: Connection, credential_id: int) -> None:
+def check(svc: Kernel, conn: Connection, credential_id: int) -> None:
     """Raise IntegrityError unless the credential's stored stage map verifies."""
     found = errors(svc, conn, [credential_id])
     if found:
@@ -169,7 +168,7 @@ def load_audit_keys(conn: Connection, ring: KeyRing) -> AuditKeys:
 
 
 def link_audit_key(
-    svc: RotatorService, conn: Connection, old: MasterKey, new: MasterKey, who: Principal
+    svc: Kernel, conn: Connection, old: MasterKey, new: MasterKey, who: Principal
 ) -> None:
     """The ``finalize`` step of a master-key rotation (inside its final transaction): carry the
     audit chain over to the new master key's audit key. Idempotent within the rotation."""
@@ -218,7 +217,7 @@ def link_audit_key(
 # -- the keyed upgrade ----------------------------------------------------------------------
 
 
-def upgrade(svc: RotatorService, who: Principal) -> bool:
+def upgrade(svc: Kernel, who: Principal) -> bool:
     """Seal a store migrated from before 0006 (see the module docstring). True if it ran.
 
     Raises IntegrityError when keyed state exists already beside the marker, AuditChainBroken

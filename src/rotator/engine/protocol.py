@@ -1,0 +1,463 @@
+"""The rotation protocol for one credential: create -> intent -> set -> test -> finish, with
+rollback, the stage move, sinks and the revocation of a grace-0 rotation.
+
+The intent (the new value, encrypted, as a PENDING version, plus a rotation row and the
+credential's lock) is written in one transaction before anything touches the target. A crash
+at any point leaves a rotation row whose lease runs out; recovery resumes it from its last
+durable step (see ``engine.recovery``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import multiprocessing
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from rotator.connectors import base as cbase
+from rotator.domain.model import Stage
+from rotator.domain.secret import Secret
+from rotator.engine.context import ContextLoader, Ctx
+from rotator.engine.ownership import Lease, Leases
+from rotator.engine.revoker import Revoker
+from rotator.engine.runtime import Runtime
+from rotator.engine.steps import StepRunner
+from rotator.engine.types import Outcome, RotationRequest, RotationResult, Trigger
+from rotator.engine.values import Values
+from rotator.errors import (
+    ConcurrentModification,
+    ConnectorError,
+    IntegrityError,
+    LostOwnership,
+    RotatorError,
+)
+from rotator.policy import earliest, next_rotation_at
+from rotator.sinks import load_sink
+from rotator.store import credentials as store_creds
+from rotator.store import rotations as store_rot
+
+if TYPE_CHECKING:
+    from rotator.engine.recovery import Recovery
+
+_STALE = "stale"  # begin's answer when CURRENT moved after the context was loaded
+
+
+class Protocol:
+    """Drives one rotation through its steps. ``recovery`` is wired in by the engine."""
+
+    recovery: Recovery
+
+    def __init__(
+        self,
+        rt: Runtime,
+        leases: Leases,
+        steps: StepRunner,
+        loader: ContextLoader,
+        values: Values,
+        revoker: Revoker,
+    ) -> None:
+        self.rt = rt
+        self.leases = leases
+        self.steps = steps
+        self.loader = loader
+        self.values = values
+        self.revoker = revoker
+
+    async def rotate(
+        self, req: RotationRequest, batch_id: str | None, prepared: Ctx | None = None
+    ) -> RotationResult:
+        """Start and drive one rotation; joins one of the same credential under way."""
+        t0 = time.monotonic()
+        started = await self.start(req, batch_id, prepared, join=True)
+        if isinstance(started, RotationResult):
+            return started
+        res = await self.drive(started, "created")
+        return dataclasses.replace(res, duration_s=time.monotonic() - t0)
+
+    async def start(
+        self, req: RotationRequest, batch_id: str | None, prepared: Ctx | None, *, join: bool
+    ) -> Ctx | RotationResult:
+        """Load, create the candidate and write the intent. Returns the context of a rotation
+        now holding the lock, or a result: failed, or (``join``) that of the rotation of the
+        same credential already under way."""
+        try:
+            ctx = prepared or await self.loader.prepare(req)
+        except RotatorError as exc:
+            return RotationResult(req.name, Outcome.FAILED, error=str(exc))
+        if (
+            cbase.strategy_of(ctx.impl, ctx.cfg) is cbase.Strategy.ALTERNATING
+            and ctx.req.trigger is not Trigger.EMERGENCY
+        ):
+            await self._wait_out_grace(ctx)
+        try:
+            value = await self._create(ctx)
+        except RotatorError as exc:
+            await self.rt.audit(ctx, "rotation.failed", step="create", error=str(exc))
+            return RotationResult(req.name, Outcome.FAILED, error=f"create: {exc}")
+        ctx.rotation_id = str(uuid.uuid4())
+        lease = Lease(fence=uuid.uuid4().hex, valid_until=0.0)
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            try:
+                lease.valid_until = loop.time() + self.rt.opts.lease_s
+                holder = await self.rt.writer.run(
+                    partial(self._begin, ctx=ctx, value=value, batch_id=batch_id, fence=lease.fence)
+                )
+            except ConcurrentModification:
+                holder = await self.rt.read(
+                    partial(store_rot.lock_holder, credential_id=ctx.cred.id)
+                )
+                if holder is None:
+                    return RotationResult(
+                        req.name, Outcome.FAILED, error="lost a race for the lock"
+                    )
+            if holder != _STALE:
+                break
+            # CURRENT moved since the context was loaded (a rotation finished in between).
+            try:
+                ctx = dataclasses.replace(
+                    await self.loader.prepare(req), rotation_id=ctx.rotation_id
+                )
+            except RotatorError as exc:
+                return RotationResult(req.name, Outcome.FAILED, error=str(exc))
+        else:
+            return RotationResult(req.name, Outcome.FAILED, error="CURRENT kept moving; try again")
+        if holder is not None:
+            if not join:
+                return RotationResult(
+                    req.name, Outcome.FAILED, holder, error="another rotation of it is under way"
+                )
+            return (await self.recovery.wait_for(holder, ctx)).joined_as(req.name)
+        ctx.pending = value
+        ctx.lease = self.leases.held[ctx.rotation_id] = lease
+        return ctx
+
+    async def _wait_out_grace(self, ctx: Ctx) -> None:
+        """Alternating accounts: the idle account is the PREVIOUS one, so it may only change
+        once PREVIOUS's grace has ended and it is revoked. Emergencies do not wait."""
+        due = await self.rt.read(partial(store_rot.last_revocation_due, credential_id=ctx.cred.id))
+        if due is None:
+            return
+        delay = (due - self.rt.now()).total_seconds()
+        if delay > 0:
+            await self.rt.audit(ctx, "rotation.wait_grace", seconds=round(delay, 3))
+            await asyncio.sleep(delay)
+        await self.revoker.process(credential_ids=[ctx.cred.id])
+
+    async def _create(self, ctx: Ctx) -> Secret:
+        offload = getattr(ctx.impl, "offload", None)
+        fn = offload(ctx.cfg) if offload is not None else None
+        if fn is not None:
+            if self.rt.procs is None:
+                self.rt.procs = ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
+            raw: bytes = await asyncio.get_running_loop().run_in_executor(
+                self.rt.procs, fn, ctx.cfg
+            )
+            return Secret(raw)
+        return await ctx.impl.create(
+            cbase.CreateRequest(
+                credential=ctx.cred.name,
+                version=0,
+                config=ctx.cfg,
+                current=ctx.current,
+                secrets=ctx.secrets,
+            )
+        )
+
+    def _begin(
+        self, conn: Connection, ctx: Ctx, value: Secret, batch_id: str | None, fence: str
+    ) -> str | None:
+        """The intent: lock, PENDING version, rotation row, audit, in one transaction.
+
+        Returns None when taken, the holder's rotation id when another rotation holds the
+        credential, or _STALE when CURRENT moved since the context was loaded.
+        """
+        kernel = self.rt.kernel
+        now = self.rt.now()
+        holder = store_rot.try_lock(conn, ctx.cred.id, ctx.rotation_id, now)
+        if holder is not None:
+            return holder
+        current, ctx.version = store_creds.version_numbers(conn, ctx.cred.id)
+        if current != ctx.current_version:
+            store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
+            return _STALE
+        kernel.check_stage_map(conn, ctx.cred.id)
+        kernel.seal_version(conn, ctx.tenant, ctx.cred.id, ctx.version, value, Stage.PENDING, now)
+        kernel.restamp(conn, ctx.cred.id)
+        store_rot.insert_rotation(
+            conn,
+            id=ctx.rotation_id,
+            credential_id=ctx.cred.id,
+            tenant_id=ctx.tenant.id,
+            credential=ctx.cred.name,
+            batch_id=batch_id,
+            trigger=ctx.req.trigger.value,
+            priority=ctx.req.priority,
+            grace_s=ctx.grace_s,
+            owner=self.rt.owner,
+            fence=fence,
+            lease_expires_at=now + timedelta(seconds=self.rt.opts.lease_s),
+            now=now,
+            version=ctx.version,
+        )
+        self.rt.audit_in(
+            conn,
+            ctx,
+            "rotation.create",
+            connector=ctx.impl.kind,
+            target=ctx.target,
+            strategy=ctx.impl.strategy.value,
+        )
+        return None
+
+    async def set_and_test(self, ctx: Ctx, from_step: str) -> None:
+        """Run set and test from the last durable step; raises the step's error."""
+        assert ctx.pending is not None
+        pending = ctx.pending
+        c = ctx.cred.name
+        if from_step == "created":
+            await self.steps.call(
+                ctx,
+                "set",
+                lambda: ctx.impl.set(
+                    cbase.SetRequest(
+                        c,
+                        ctx.version,
+                        ctx.cfg,
+                        pending,
+                        ctx.current,
+                        secrets=ctx.secrets,
+                        fence=ctx.fence,
+                    )
+                ),
+                after=lambda conn: self.rt.step(conn, ctx, "set"),
+            )
+        if from_step in ("created", "set"):
+            await self.steps.call(
+                ctx,
+                "test",
+                lambda: ctx.impl.test(
+                    cbase.TestRequest(
+                        c, ctx.version, ctx.cfg, pending, secrets=ctx.secrets, fence=ctx.fence
+                    )
+                ),
+                after=lambda conn: self.rt.step(conn, ctx, "tested"),
+            )
+
+    async def finish_on_target(self, ctx: Ctx, defer: bool = False) -> None:
+        assert ctx.pending is not None
+        pending = ctx.pending
+        await self.steps.call(
+            ctx,
+            "finish",
+            lambda: ctx.impl.finish(
+                cbase.FinishRequest(
+                    ctx.cred.name,
+                    ctx.version,
+                    ctx.cfg,
+                    pending,
+                    ctx.current,
+                    secrets=ctx.secrets,
+                    fence=ctx.fence,
+                )
+            ),
+            defer=defer,
+        )
+
+    async def drive(self, ctx: Ctx, from_step: str) -> RotationResult:
+        """Run the remaining steps from the last durable one; roll back if set/test fail or
+        the stage move cannot commit (e.g. the stage map fails its integrity check). The
+        lease is dropped however this ends: an error that escapes (the store unreachable)
+        leaves the rotation to recovery once the lease runs out."""
+        try:
+            return await self._drive_steps(ctx, from_step)
+        finally:
+            self.leases.drop(ctx.rotation_id)
+
+    async def _drive_steps(self, ctx: Ctx, from_step: str) -> RotationResult:
+        try:
+            await self.set_and_test(ctx, from_step)
+            await self.finish_on_target(ctx, defer=True)
+        except LostOwnership as exc:
+            return await self.recovery.lost(ctx, exc)
+        except (ConnectorError, RotatorError) as exc:
+            return await self.rollback(ctx, exc)
+        try:
+            previous = await self.rt.writer.run(lambda conn: self.stage_move(conn, ctx))
+        except LostOwnership as exc:
+            return await self.recovery.lost(ctx, exc)
+        except RotatorError as exc:
+            return await self.rollback(ctx, exc)
+        return await self.after_finish(ctx, previous)
+
+    async def after_finish(self, ctx: Ctx, previous: int | None) -> RotationResult:
+        """After the stage move committed: sinks, and a grace-0 rotation's revocation."""
+        self.leases.drop(ctx.rotation_id)
+        self.values.forget(ctx.tenant.name, ctx.cred.name)
+        warnings = await self._propagate(ctx)
+        c = ctx.cred.name
+        if ctx.grace_s == 0:
+            revoked = await self.revoker.process(credential_ids=[ctx.cred.id])
+            if not revoked.get(ctx.cred.id, True):
+                return RotationResult(
+                    c,
+                    Outcome.FAILED,
+                    ctx.rotation_id,
+                    ctx.version,
+                    error="rotated, but revoking the old value failed; "
+                    "it stays queued for revocation",
+                    warnings=warnings,
+                )
+        return RotationResult(c, Outcome.ROTATED, ctx.rotation_id, ctx.version, warnings=warnings)
+
+    async def _propagate(self, ctx: Ctx) -> tuple[str, ...]:
+        """Write the new CURRENT value to the credential's sinks, with retries. A failure is
+        audited and reported as a warning; the rotation stays done."""
+        warnings: list[str] = []
+        assert ctx.pending is not None
+        value = ctx.pending
+        protected = self.rt.kernel.protected_paths()
+        for stored in ctx.cred.sinks:
+            try:
+                sink = load_sink(dict(stored))
+            except RotatorError as exc:
+                warnings.append(f"sink skipped: {exc}")
+                continue
+            where = sink.describe()
+            try:
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(3),
+                    wait=wait_exponential(multiplier=self.rt.opts.retry_initial_s, max=1.0),
+                    retry=retry_if_exception_type(OSError),
+                    reraise=True,
+                ):
+                    with attempt:
+                        await asyncio.get_running_loop().run_in_executor(
+                            self.rt.threads, sink.write, value, protected
+                        )
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                warnings.append(f"{where}: {reason}")
+                await self.rt.audit(ctx, "sink.failed", sink=where, error=reason, attempts=3)
+            else:
+                await self.rt.audit(ctx, "sink.write", sink=where)
+        return tuple(warnings)
+
+    def stage_move(self, conn: Connection, ctx: Ctx) -> int | None:
+        """The stage move and its bookkeeping in the caller's transaction: PENDING->CURRENT,
+        CURRENT->PREVIOUS (queued for revocation after the grace). The fenced step write comes
+        first: a lost rotation raises LostOwnership before any stage moves."""
+        kernel = self.rt.kernel
+        self.rt.step(conn, ctx, "finished")
+        for record in ctx.deferred:
+            record(conn)
+        now = self.rt.now()
+        grace = timedelta(seconds=ctx.grace_s)
+        kernel.check_stage_map(conn, ctx.cred.id)
+        previous = store_creds.promote(conn, ctx.cred.id, ctx.version, now=now, grace=grace)
+        kernel.restamp(conn, ctx.cred.id)
+        if previous is not None:
+            store_rot.enqueue_revocation(conn, ctx.cred.id, previous, now + grace)
+        if ctx.grace_s == 0:
+            store_rot.revoke_all_now(conn, ctx.cred.id, now)
+        store_creds.update_credential(
+            conn,
+            ctx.cred.id,
+            now=now,
+            last_rotated_at=now,
+            use_count=0,
+            set_next_rotation=True,
+            next_rotation_at=earliest(
+                next_rotation_at(ctx.cred.policy, now),
+                cbase.rotation_hint(ctx.impl, ctx.cfg, ctx.pending),
+            ),
+        )
+        store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
+        self.rt.audit_in(
+            conn,
+            ctx,
+            "rotation.complete",
+            previous_version=previous,
+            grace_s=ctx.grace_s,
+            duration_ms=round((time.monotonic() - ctx.started) * 1000, 2),
+        )
+        return previous
+
+    async def rollback(self, ctx: Ctx, cause: Exception) -> RotationResult:
+        """Undo the rotation on the target (if a call may have touched it) and mark its
+        version FAILED; the credential is freed. LostOwnership on the way goes to recovery."""
+        assert ctx.pending is not None
+        pending = ctx.pending
+        error = str(cause)
+        rolled_back = False
+        rb_error = None
+        if ctx.touched_target:
+            try:
+                await self.steps.call(
+                    ctx,
+                    "rollback",
+                    lambda: ctx.impl.rollback(
+                        cbase.RollbackRequest(
+                            ctx.cred.name,
+                            ctx.version,
+                            ctx.cfg,
+                            pending,
+                            ctx.current,
+                            secrets=ctx.secrets,
+                            fence=ctx.fence,
+                        )
+                    ),
+                )
+                rolled_back = True
+            except LostOwnership as exc:
+                return await self.recovery.lost(ctx, exc)
+            except (ConnectorError, RotatorError) as exc:
+                rb_error = str(exc)
+
+        def record(conn: Connection) -> None:
+            kernel = self.rt.kernel
+            now = self.rt.now()
+            msg = error if rb_error is None else f"{error}; rollback failed: {rb_error}"
+            try:
+                kernel.check_stage_map(conn, ctx.cred.id)
+            except IntegrityError as exc:
+                # Stages edited outside rotator: move none (re-stamping would seal the edit),
+                # but end the rotation and free the credential so nothing stays stuck.
+                msg = f"{msg}; version {ctx.version} left as it is: {exc}"
+            else:
+                store_rot.mark_version(
+                    conn, ctx.cred.id, ctx.version, Stage.FAILED, now, only_from=(Stage.PENDING,)
+                )
+                kernel.restamp(conn, ctx.cred.id)
+            self.rt.step(conn, ctx, "rolled_back" if rolled_back else "failed", error=msg)
+            store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
+            self.rt.audit_in(
+                conn,
+                ctx,
+                "rotation.rollback" if rolled_back else "rotation.failed",
+                error=msg,
+                target_touched=ctx.touched_target,
+            )
+
+        try:
+            await self.rt.writer.run(record)
+        except LostOwnership as exc:
+            return await self.recovery.lost(ctx, exc)
+        self.leases.drop(ctx.rotation_id)
+        if rb_error is not None:
+            error = f"{error}; rollback failed: {rb_error}"
+        return RotationResult(
+            ctx.cred.name,
+            Outcome.ROLLED_BACK if rolled_back else Outcome.FAILED,
+            ctx.rotation_id,
+            ctx.version,
+            error,
+        )

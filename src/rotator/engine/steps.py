@@ -1,0 +1,289 @@
+"""The step executor: every connector call the engine makes goes through here.
+
+One retry policy (exponential backoff with jitter, transient errors only), one circuit breaker
+and one priority-admitted concurrency limit per target, one step timeout. Rotation steps are
+also fenced by the rotation's lease and audited; calls outside a rotation (a first value
+generated or published at ``credential add``, ``--verify``) get the same limits, breaker,
+retries and timeout, and are audited by the use case that makes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import TypeVar
+
+from sqlalchemy import Connection
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from rotator.connectors import base as cbase
+from rotator.engine.admission import Rank
+from rotator.engine.context import Ctx
+from rotator.engine.ownership import Leases, owner_dead
+from rotator.engine.runtime import Runtime
+from rotator.engine.values import Values
+from rotator.errors import ConnectorError, RotatorError
+from rotator.store import credentials as store_creds
+from rotator.store import rotations as store_rot
+
+T = TypeVar("T")
+INTERACTIVE: Rank = (1, 0)  # the admission rank of calls a person waits for (see types.rank)
+
+
+class StepRunner:
+    """Runs connector calls under the engine's limits (see the module docstring)."""
+
+    def __init__(self, rt: Runtime, leases: Leases, values: Values) -> None:
+        self.rt = rt
+        self.leases = leases
+        self.values = values
+
+    def retrying(self) -> AsyncRetrying:
+        o = self.rt.opts
+        return AsyncRetrying(
+            stop=stop_after_attempt(o.retry_attempts),
+            wait=wait_exponential(multiplier=o.retry_initial_s, max=o.retry_max_s)
+            + wait_random(0, o.retry_initial_s),
+            retry=retry_if_exception_type(cbase.TransientError),
+            reraise=True,
+        )
+
+    async def _once(
+        self,
+        target: str,
+        kind: str,
+        step: str,
+        fn: Callable[[], Awaitable[T]],
+        rank: Rank,
+        ctx: Ctx | None,
+    ) -> T:
+        """One attempt: the target's breaker and limit, the lease check, the bounded call.
+        Raises TransientError (retry), PermanentError (a connector bug included: it never
+        leaks), CircuitOpen, LostOwnership or the store's error."""
+        breaker = self.rt.breaker(target)
+        trial = breaker.before_call()
+        judged = False  # a half-open trial without a verdict must free its slot
+        try:
+            async with self.rt.target_limit(target).slot(rank):
+                if ctx is not None:
+                    await self.leases.check(ctx)
+                    if step == "set":
+                        ctx.touched_target = True
+                    if step in ("set", "finish", "rollback"):
+                        ctx.last_write = step
+                cm: asyncio.Timeout | None = None
+                try:
+                    async with self.leases.bounded(ctx) as cm:
+                        result = await fn()
+                except cbase.TransientError:
+                    breaker.record_failure()
+                    judged = True
+                    raise
+                except TimeoutError as exc:
+                    if ctx is not None and self.leases.cut_by_lease(ctx, cm):
+                        # Cut by the lease, not by the target: go on only as owner.
+                        await self.leases.check(ctx)
+                        raise cbase.TransientError(
+                            f"{step} cut short: the lease ran short"
+                        ) from exc
+                    breaker.record_failure()
+                    judged = True
+                    raise cbase.TransientError(
+                        f"{step} timed out after {self.rt.opts.step_timeout_s:g}s"
+                    ) from exc
+                except (ConnectorError, RotatorError):
+                    raise
+                except Exception as exc:  # a connector bug: never retried, never leaks
+                    raise cbase.PermanentError(
+                        f"connector {kind!r} raised {type(exc).__name__} in {step}"
+                    ) from exc
+                breaker.record_success()
+                judged = True
+                return result
+        finally:
+            if trial and not judged:
+                breaker.release_trial()
+
+    async def call(
+        self,
+        ctx: Ctx,
+        step: str,
+        fn: Callable[[], Awaitable[T]],
+        after: Callable[[Connection], None] | None = None,
+        defer: bool = False,
+    ) -> T:
+        """One rotation step's connector call, fenced, limited, retried and audited.
+
+        Transient errors (and timeouts) are retried with exponential backoff and jitter; each
+        retry is audited. Permanent errors and an open breaker fail at once. On success the
+        step's audit entry and ``after`` (its durable bookkeeping) commit together, or (``defer``)
+        are kept in ``ctx.deferred`` to commit with the stage move. Fenced: no attempt starts
+        unless the rotation's lease is valid for the safety margin, and a call cut because the
+        lease ran short is retried only if ownership is confirmed; LostOwnership when the
+        rotation was taken over (before, during or after the call).
+        """
+        fn = self._reread_on_refusal(ctx, fn)
+        last_error = ""
+        async for attempt in self.retrying():
+            with attempt:
+                n = attempt.retry_state.attempt_number
+                if n > 1:
+                    await self.rt.audit(
+                        ctx, "rotation.retry", step=step, attempt=n, error=last_error
+                    )
+                t0 = time.monotonic()
+                try:
+                    result = await self._once(
+                        ctx.target, ctx.impl.kind, step, fn, ctx.req.rank, ctx
+                    )
+                except cbase.TransientError as exc:
+                    last_error = str(exc)
+                    raise
+                ms = round((time.monotonic() - t0) * 1000, 2)
+                record = partial(
+                    self._record_step, ctx=ctx, step=step, duration_ms=ms, attempt=n, after=after
+                )
+                if defer:
+                    ctx.deferred.append(record)
+                else:
+                    await self.rt.writer.run(record)
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def call_unowned(
+        self,
+        target: str,
+        kind: str,
+        step: str,
+        fn: Callable[[], Awaitable[T]],
+        rank: Rank = INTERACTIVE,
+    ) -> T:
+        """A connector call outside any rotation (generate, verify, publish a first value):
+        the target's limit, breaker, step timeout and the retry policy, no lease."""
+        async for attempt in self.retrying():
+            with attempt:
+                return await self._once(target, kind, step, fn, rank, None)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def repair_call(self, ctx: Ctx, fn: Callable[[], Awaitable[None]]) -> None:
+        """A lost rotation's one repair call: retried on transient errors and bounded like a
+        step, but neither fenced (the rotation is no longer ours) nor stopped by an open
+        breaker (the target must agree with the store again)."""
+        timeout_s = self.rt.opts.step_timeout_s
+        async for attempt in self.retrying():
+            with attempt:
+                async with self.rt.target_limit(ctx.target).slot(ctx.req.rank):
+                    try:
+                        async with asyncio.timeout(timeout_s):
+                            await fn()
+                    except TimeoutError as exc:
+                        raise cbase.TransientError(
+                            f"repair timed out after {timeout_s:g}s"
+                        ) from exc
+                    except (ConnectorError, RotatorError):
+                        raise
+                    except Exception as exc:  # a connector bug: never retried, never leaks
+                        raise cbase.PermanentError(
+                            f"connector {ctx.impl.kind!r} raised {type(exc).__name__} in repair"
+                        ) from exc
+
+    def _record_step(
+        self,
+        conn: Connection,
+        *,
+        ctx: Ctx,
+        step: str,
+        duration_ms: float,
+        attempt: int,
+        after: Callable[[Connection], None] | None,
+    ) -> None:
+        self.rt.audit_in(
+            conn,
+            ctx,
+            f"rotation.{step}",
+            target=ctx.target,
+            duration_ms=duration_ms,
+            attempt=attempt,
+        )
+        if after is not None:
+            after(conn)
+
+    # -- references ---------------------------------------------------------------------------
+
+    async def references_busy(self, ctx: Ctx, names: Iterable[str]) -> list[str]:
+        """Which of ``names`` (credentials of ctx's tenant) a live rotation holds now. A lock
+        whose rotation's lease ran out, or whose owner died, is recovery's to resolve: not
+        worth waiting for."""
+        now = self.rt.now()
+
+        def held(conn: Connection) -> list[str]:
+            busy = []
+            for name in sorted(names):
+                cid = store_creds.credential_id(conn, ctx.tenant.id, name)
+                holder = None if cid is None else store_rot.lock_holder(conn, cid)
+                row = None if holder is None else store_rot.get_rotation(conn, holder)
+                if row is None or row.terminal or owner_dead(row.owner):
+                    continue
+                if row.lease_expires_at is not None and row.lease_expires_at < now:
+                    continue
+                busy.append(name)
+            return busy
+
+        return await self.rt.read(held)
+
+    async def await_references(self, ctx: Ctx) -> str | None:
+        """Wait until no credential ``ctx`` references is being rotated (by this process or
+        another), polling, at most ``join_timeout_s``; then drop the cached values of those
+        that were, so the new values are read. Returns why it gave up, or None."""
+        names = cbase.references_of(ctx.impl, ctx.cfg) - {ctx.cred.name}
+        if not names:
+            return None
+        join_s = self.rt.opts.join_timeout_s
+        deadline = time.monotonic() + join_s
+        delay = 0.02
+        waited: set[str] = set()
+        while busy := await self.references_busy(ctx, names):
+            if not waited:
+                await self.rt.audit(ctx, "rotation.wait_reference", references=busy)
+            waited.update(busy)
+            if time.monotonic() >= deadline:
+                return (
+                    f"not started: {busy[0]!r}, which it references, was still being rotated "
+                    f"after {join_s:g}s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        for name in waited:
+            self.values.forget(ctx.tenant.name, name)
+        return None
+
+    def _reread_on_refusal(
+        self, ctx: Ctx, fn: Callable[[], Awaitable[T]]
+    ) -> Callable[[], Awaitable[T]]:
+        """``fn`` once more when the target refused a referenced credential's value (an admin
+        login): that value may be stale (rotated elsewhere since it was read), so wait for its
+        rotation to end, drop the cached copy and read it again. Once: a second refusal is
+        final. Bounded by the step's timeout like the call itself."""
+
+        async def call() -> T:
+            try:
+                return await fn()
+            except cbase.ReferenceRefused as exc:
+                if exc.reference == ctx.cred.name:
+                    raise  # its own value: nothing newer to read
+                while await self.references_busy(ctx, [exc.reference]):
+                    await asyncio.sleep(0.05)
+                self.values.forget(ctx.tenant.name, exc.reference)
+                await self.rt.audit(ctx, "rotation.reread_reference", reference=exc.reference)
+                await self.leases.check(ctx)  # a second call: fenced like the first
+                return await fn()
+
+        return call

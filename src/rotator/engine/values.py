@@ -1,0 +1,81 @@
+"""Reading credential values: the one path every read takes (a person's ``credential get``,
+a connector's admin secret), counted and audited through the group-commit writer.
+
+A read returns only after its use count and its ``value.read`` audit entry have committed, so
+a crash of rotator never loses a read it returned; concurrent reads share one write
+transaction. Those commits are relaxed (see ``Database.write``): safe from a crash of the
+process, flushed to disk with the next full commit, so an OS crash or power loss of the
+store's host may lose the newest read records (never a rotation's intent or stage move).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from rotator.connectors import base as cbase
+from rotator.domain.model import Stage
+from rotator.domain.principal import Principal
+from rotator.domain.secret import Secret
+from rotator.engine.runtime import Runtime
+from rotator.errors import NotFound
+
+SECRETS_TTL_S = 30.0
+ENGINE_ACTOR = "engine"  # the actor of every read and step the engine makes
+
+
+class Values:
+    """Counted, audited reads, and the connectors' secret resolvers (one per tenant)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._resolvers: dict[str, TenantSecrets] = {}
+
+    async def read(self, principal: Principal, name: str, stage: Stage = Stage.CURRENT) -> Secret:
+        """See :meth:`rotator.kernel.Kernel.read_value` (same errors)."""
+        return await self.rt.writer.run(
+            partial(self.rt.kernel.read_value, principal=principal, name=name, stage=stage),
+            durable=False,
+        )
+
+    def resolver(self, tenant: str) -> TenantSecrets:
+        """The secret resolver connectors get for credentials of ``tenant``."""
+        found = self._resolvers.get(tenant)
+        if found is None:
+            found = self._resolvers[tenant] = TenantSecrets(self, tenant)
+        return found
+
+    def forget(self, tenant: str, name: str) -> None:
+        """Drop a cached value (after rotating it, or when a target refused it)."""
+        found = self._resolvers.get(tenant)
+        if found is not None:
+            found.forget(name)
+
+
+class TenantSecrets:
+    """Connector access to other credentials' CURRENT values (admin secrets, CA keys).
+
+    Each read is audited and counted as a use, and cached for ``ttl`` seconds so a batch of
+    1,000 rotations against one server reads its admin secret once, not 1,000 times; the
+    engine drops an entry when it rotates that credential itself.
+    """
+
+    def __init__(self, values: Values, tenant: str, ttl: float = SECRETS_TTL_S) -> None:
+        self._values = values
+        self._principal = Principal(name=ENGINE_ACTOR, tenant=tenant)
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, Secret]] = {}
+
+    async def get(self, name: str) -> Secret:
+        hit = self._cache.get(name)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl:
+            return hit[1]
+        try:
+            value = await self._values.read(self._principal, name)
+        except NotFound as exc:
+            raise cbase.PermanentError(f"referenced credential {name!r}: {exc}") from exc
+        self._cache[name] = (time.monotonic(), value)
+        return value
+
+    def forget(self, name: str) -> None:
+        self._cache.pop(name, None)

@@ -1,0 +1,176 @@
+"""A blocking facade over the async service, for synchronous callers (the CLI, scripts,
+tests, applications without an event loop).
+
+Each facade owns one event loop, run on a private thread for the facade's whole life, and the
+service (with its engine) lives in it; every method submits the use case's coroutine to that
+loop and waits for it. So the service's limits, breakers, pooled connector connections and
+group-commit writer are shared by every call made through one facade, and a caller that runs
+its own event loop can use the facade too (it blocks that loop while it waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+
+from rotator.config import Settings
+from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
+from rotator.engine import BatchResult, EngineOptions
+from rotator.kernel import Kernel, utcnow
+from rotator.service import rotation
+from rotator.service.credentials import RotatorService
+from rotator.store import Database
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class _Blocking(Generic[P, R]):
+    """A use case ``fn(service, ...)`` as a blocking method of the facade."""
+
+    def __init__(self, fn: Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]]):
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, facade: BlockingService, owner: type | None = None) -> Callable[P, R]:
+        fn = self.fn
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            return facade.run(fn(facade.service, *args, **kwargs))
+
+        return call
+
+
+class BlockingService:
+    """The service's use cases as blocking calls; see the module docstring. Close it with
+    :meth:`close` (or use ``with``)."""
+
+    def __init__(self, make: Callable[[], Coroutine[Any, Any, RotatorService]]) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="rotator-service", daemon=True
+        )
+        self._thread.start()
+        try:
+            self.service = self.run(make())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+        options: EngineOptions | None = None,
+    ) -> BlockingService:
+        """See :meth:`RotatorService.open`."""
+        return cls(lambda: RotatorService.open(settings, clock, options))
+
+    @classmethod
+    def init(
+        cls,
+        settings: Settings,
+        principal: Principal = LOCAL_PRINCIPAL,
+        options: EngineOptions | None = None,
+    ) -> tuple[BlockingService, bool]:
+        """See :meth:`RotatorService.init`."""
+        created: list[bool] = []
+
+        async def make() -> RotatorService:
+            svc, was_created = await RotatorService.init(settings, principal, options)
+            created.append(was_created)
+            return svc
+
+        return cls(make), created[0]
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the facade's loop and return its result (or raise its error). An
+        interrupt (Ctrl-C) cancels it and waits for it to unwind before re-raising."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result()
+        except KeyboardInterrupt:
+            fut.cancel()
+            with contextlib.suppress(concurrent.futures.CancelledError, Exception):
+                fut.result()  # wait for it to unwind; its outcome no longer matters
+            raise
+
+    def close(self) -> None:
+        """Finish queued writes, close connections, the store and the loop. Idempotent."""
+        if self._loop.is_closed():
+            return
+        try:
+            self.run(self.service.aclose())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> BlockingService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def kernel(self) -> Kernel:
+        return self.service.kernel
+
+    @property
+    def db(self) -> Database:
+        return self.service.db
+
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
+
+    def clock(self) -> datetime:
+        return self.service.clock()
+
+    def serve(
+        self, *, poll_s: float = 5.0, on_batch: Callable[[BatchResult], None] | None = None
+    ) -> None:
+        """Run the scheduler loop until SIGINT or SIGTERM (call from the main thread)."""
+        stop = self.run(_new_event())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._loop.call_soon_threadsafe(stop.set))
+        self.run(rotation.serve(self.service, stop, poll_s=poll_s, on_batch=on_batch))
+
+    # -- the use cases ------------------------------------------------------------------------
+
+    tenant = _Blocking(RotatorService.tenant)
+    add_credential = _Blocking(RotatorService.add_credential)
+    list_credentials = _Blocking(RotatorService.list_credentials)
+    show = _Blocking(RotatorService.show)
+    get_value = _Blocking(RotatorService.get_value)
+    update_credential = _Blocking(RotatorService.update_credential)
+    remove_credential = _Blocking(RotatorService.remove_credential)
+    add_group = _Blocking(RotatorService.add_group)
+    get_group = _Blocking(RotatorService.get_group)
+    list_groups = _Blocking(RotatorService.list_groups)
+    remove_group = _Blocking(RotatorService.remove_group)
+    rotate_master_key = _Blocking(RotatorService.rotate_master_key)
+    audit_entries = _Blocking(RotatorService.audit_entries)
+    audit_verify = _Blocking(RotatorService.audit_verify)
+    audit_head = _Blocking(RotatorService.audit_head)
+    select = _Blocking(rotation.select)
+    plan = _Blocking(rotation.plan)
+    plan_group = _Blocking(rotation.plan_group)
+    rotate = _Blocking(rotation.rotate)
+    rotate_group = _Blocking(rotation.rotate_group)
+    recover = _Blocking(rotation.recover)
+
+
+async def _new_event() -> asyncio.Event:
+    return asyncio.Event()

@@ -1,0 +1,95 @@
+"""Priority admission: a freed slot goes to the best-ranked waiter, arrival order within a rank."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rotator.engine.admission import PriorityLimiter
+
+
+async def admitted_order(limit: int, ranks: list[tuple[int, ...]]) -> list[int]:
+    """Hold every slot, queue one waiter per rank (in list order), free the slots, and return
+    the indexes of the waiters in the order they were admitted."""
+    lim = PriorityLimiter(limit)
+    order: list[int] = []
+    hold = asyncio.Event()
+
+    async def holder(started: asyncio.Event) -> None:
+        async with lim.slot((0,)):
+            started.set()
+            await hold.wait()
+
+    async def waiter(i: int, rank: tuple[int, ...]) -> None:
+        async with lim.slot(rank):
+            order.append(i)
+            await asyncio.sleep(0)
+
+    holders = []
+    for _ in range(limit):
+        started = asyncio.Event()
+        holders.append(asyncio.create_task(holder(started)))
+        await started.wait()
+    waiters = []
+    for i, rank in enumerate(ranks):
+        waiters.append(asyncio.create_task(waiter(i, rank)))
+        await asyncio.sleep(0)  # each one queues before the next
+    assert lim.waiting == len(ranks)
+    hold.set()
+    await asyncio.gather(*holders, *waiters)
+    return order
+
+
+def test_best_rank_first_then_arrival_order() -> None:
+    ranks = [(2, 3), (2, 3), (1, 4), (0, 0), (2, 1), (1, 4)]
+    assert asyncio.run(admitted_order(1, ranks)) == [3, 2, 5, 4, 0, 1]
+
+
+def test_never_more_holders_than_the_limit() -> None:
+    async def go() -> int:
+        lim = PriorityLimiter(3)
+        inside = peak = 0
+
+        async def one(i: int) -> None:
+            nonlocal inside, peak
+            async with lim.slot((i % 4,)):
+                inside += 1
+                peak = max(peak, inside)
+                await asyncio.sleep(0)
+                inside -= 1
+
+        await asyncio.gather(*(one(i) for i in range(50)))
+        return peak
+
+    assert asyncio.run(go()) == 3
+
+
+def test_a_cancelled_waiter_gives_its_turn_to_the_next() -> None:
+    async def go() -> list[str]:
+        lim = PriorityLimiter(1)
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with lim.slot((0,)):
+                await release.wait()
+
+        async def wait(name: str, rank: tuple[int, ...]) -> None:
+            async with lim.slot(rank):
+                order.append(name)
+
+        h = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        first = asyncio.create_task(wait("first", (1,)))
+        second = asyncio.create_task(wait("second", (2,)))
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(h, second)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return order
+
+    assert asyncio.run(go()) == ["second"]

@@ -1,0 +1,63 @@
+"""The layering rules of ../shared/DESIGN.md, checked by import-linter on the real source.
+
+The contracts live in pyproject.toml ([tool.importlinter]). Each test below also plants one
+forbidden import in a copy of the source and checks that its contract then breaks, so a
+contract that can no longer fail (a renamed package, a typo) fails here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def lint(src: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    return subprocess.run(
+        [str(LINT), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_source_keeps_every_layering_contract() -> None:
+    result = lint(ROOT / "src")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "planted", "contract"),
+    [
+        ("engine/protocol.py", "import rotator.service", "the engine never imports the service"),
+        ("kernel/core.py", "import rotator.service.credentials", "the engine never imports the service"),
+        ("connectors/postgres.py", "import rotator.store", "connectors import neither the store nor the engine"),
+        ("connectors/http.py", "import rotator.engine", "connectors import neither the store nor the engine"),
+        ("cli/main.py", "import rotator.engine", "interfaces import only the service"),
+        ("cli/main.py", "import rotator.store", "interfaces import only the service"),
+        ("domain/model.py", "import sqlalchemy", "domain and policy do no I/O"),
+        ("policy/schedule.py", "import httpx", "domain and policy do no I/O"),
+    ],
+)  # fmt: skip
+def test_a_forbidden_import_breaks_its_contract(
+    tmp_path: Path, module: str, planted: str, contract: str
+) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "src" / "rotator", src / "rotator")
+    path = src / "rotator" / module
+    path.write_text(path.read_text() + f"\n{planted}  # planted by the test\n")
+    result = lint(src)
+    assert result.returncode != 0
+    assert f"{contract} BROKEN" in result.stdout, result.stdout
