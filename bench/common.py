@@ -596,8 +596,9 @@ class CredSpec:
     connector: str
     settings: dict[str, str] | None = None
     tags: dict[str, str] | None = None
-    value: str | None = None
+    value: str | bytes | None = None
     grace: str | None = None  # policy grace ("0s", "10m"); None: the default
+    every: str | None = None  # rotation interval ("30d"); None: the default
 
 
 def open_service(home: Path, db_url: str | None = None, *, init: bool = True) -> Any:
@@ -627,7 +628,7 @@ def _add_all(svc: Any, specs: Sequence[CredSpec]) -> None:
             s.connector,
             settings=s.settings,
             tags=s.tags,
-            policy=PolicyInput(grace=s.grace),
+            policy=PolicyInput(grace=s.grace, every=s.every),
             value=value,
         )
 
@@ -726,3 +727,58 @@ async def rotate_selection(svc: Any, *, all_: bool = True, concurrency: int = 16
     opts = rotation.options_from_env(concurrency)
     # Today rotation.rotate runs its own event loop: not in this one.
     return await asyncio.to_thread(rotation.rotate, svc, sel, options=opts)
+
+
+# Synchronous callers (bench.store_bench times single calls outside any event loop): after
+# issue 8 these go through the service's blocking facade.
+
+
+def add_credential_blocking(svc: Any, spec: CredSpec) -> None:
+    _add_all(svc, [spec])
+
+
+def get_value_blocking(svc: Any, name: str) -> Any:
+    return svc.get_value(name)
+
+
+def show_blocking(svc: Any, name: str) -> Any:
+    return svc.show(name)
+
+
+def list_credentials_blocking(svc: Any, **filters: Any) -> list[Any]:
+    """``tags={...}``, ``due=True`` or nothing (all)."""
+    return list(svc.list_credentials(**filters))
+
+
+def audit_verify_blocking(svc: Any) -> Any:
+    """The whole chain's VerifyResult (``.ok``, ``.entries``, ...)."""
+    return svc.audit_verify()
+
+
+# Below the service (the kernel after issue 8), for store_bench's bulk fill, which writes
+# rows straight into the tables.
+
+
+def store_database(svc: Any) -> Any:
+    """The store's Database (``.read()``, ``.write()`` connections)."""
+    return svc.db
+
+
+def master_keyring(svc: Any) -> Any:
+    return svc.ring
+
+
+def audit_keyring(svc: Any) -> Any:
+    return svc.audit_keys
+
+
+def restamp(svc: Any, conn: Any, credential_id: int) -> None:
+    """Re-MAC a credential's stage map after writing its versions directly."""
+    svc.restamp(conn, credential_id)
+
+
+def stage_key(svc: Any, conn: Any, data_key_id: int) -> Any:
+    """(tenant id, MAC key) of the stage maps under a data key."""
+    from rotator.service import integrity
+
+    return integrity.stage_key(svc, conn, data_key_id)
