@@ -11,8 +11,9 @@
    and each process's wall time (start-up, recovery and revocation included).
 
    ``--target http`` (default): the ``http`` connector against tests/support/api_server.py,
-   a real HTTP server in this process (127.0.0.1, plain HTTP, ``ThreadingHTTPServer``) that
-   sleeps ``--latency-ms`` before answering every request; a rotation makes two calls (set =
+   a real HTTP server in this process (127.0.0.1, plain HTTP, ``ThreadingHTTPServer`` with
+   a listen backlog of 511 instead of socketserver's 5) that sleeps ``--latency-ms`` before
+   answering every request; a rotation makes two calls (set =
    ``POST /keys``, test = ``GET /whoami``). The CLI is ``.venv/bin/rotator`` itself, with no
    test code in it, and the target is reached the way a user's would be: through rotator's
    real connector, its HTTP client and connection handling (which issue 8 changes), so the
@@ -38,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import secrets
 import shutil
 import statistics
@@ -52,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # so that tests.support imports
     sys.path.insert(0, str(ROOT))
 
-from tests.support import doubles  # noqa: E402
+from tests.support import api_server, doubles  # noqa: E402
 from tests.support.api_server import ApiServer  # noqa: E402
 
 from bench.common import (  # noqa: E402
@@ -73,6 +75,7 @@ GOAL_RATIO = 20.0
 GOAL_GET_MS = 250.0
 FAST, SLOW = 32, 1
 ACCOUNT = "bench"
+LISTEN_BACKLOG = 511  # nginx's default
 SCENARIOS = ("rotate", "get")
 
 
@@ -96,11 +99,23 @@ def cli_env(home: Path) -> dict[str, str]:
     return env
 
 
+LAST_CPU: dict[str, float] = {}
+
+
+def children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_cli(argv: list[str], home: Path, *, check_json: bool = True) -> tuple[Any, float]:
-    """Run one CLI process; (parsed JSON stdout or raw stdout, wall seconds)."""
+    """Run one CLI process; (parsed JSON stdout or raw stdout, wall seconds). Leaves the CPU
+    seconds of the CLI process and of this one (the bench API's threads) in LAST_CPU."""
+    child0, own0 = children_cpu_s(), time.process_time()
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env=cli_env(home), capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - t0
+    LAST_CPU["cli"] = children_cpu_s() - child0
+    LAST_CPU["bench"] = time.process_time() - own0
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[:4]}... exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
     return (json.loads(proc.stdout) if check_json else proc.stdout), wall
@@ -176,11 +191,14 @@ def rotate_scenario(args: argparse.Namespace, home: Path, info: dict[str, str]) 
                 f"{len(out['rolled_back'])} rolled back"
             )
         print(f"  --concurrency {conc:2}: duration_s {out['duration_s']:.2f}", flush=True)
-        return out, wall
+        return {**out, "cpu": dict(LAST_CPU)}, wall
 
     api: ApiServer | None = None
     try:
         if args.target == "http":
+            # socketserver's listen backlog is 5: 32 clients connecting at once overflow it
+            # and wait a SYN retransmit (1 s). Production servers listen with hundreds.
+            api_server._Server.request_queue_size = LISTEN_BACKLOG
             api = ApiServer(delay_s=args.latency_ms / 1000).start()
             specs = http_specs(api, args.n)
             extra = 1  # api/admin (local) rotates too
@@ -215,14 +233,15 @@ def rotate_scenario(args: argparse.Namespace, home: Path, info: dict[str, str]) 
             slow["duration_s"],
             unit="rot",
             note=f"process wall {slow_wall:.2f} s; ideal {ideal:.1f} s "
-            f"({n} x {calls} x {args.latency_ms:g} ms)",
+            f"({n} x {calls} x {args.latency_ms:g} ms); {cpu_note(slow['cpu'])}",
         ),
         Result(
             f"rotate --all --concurrency {FAST}: duration_s",
             n,
             fast["duration_s"],
             unit="rot",
-            note=f"process wall {fast_wall:.2f} s; ideal {ideal / FAST:.2f} s",
+            note=f"process wall {fast_wall:.2f} s; ideal {ideal / FAST:.2f} s; "
+            f"{cpu_note(fast['cpu'])}",
         ),
         Result(
             f"duration_s ratio, concurrency {SLOW} / {FAST}",
@@ -232,6 +251,10 @@ def rotate_scenario(args: argparse.Namespace, home: Path, info: dict[str, str]) 
             f"{slow_wall / fast_wall:.1f}x; ideal {FAST}x if the engine cost nothing",
         ),
     ]
+
+
+def cpu_note(cpu: dict[str, float]) -> str:
+    return f"CPU: CLI process {cpu['cli']:.2f} s, target in the bench process {cpu['bench']:.2f} s"
 
 
 def get_scenario(args: argparse.Namespace, home: Path, info: dict[str, str]) -> list[Result]:
