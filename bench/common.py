@@ -719,16 +719,6 @@ def not_rotated(label: str, results: Sequence[Any], expected: int) -> None:
         )
 
 
-async def rotate_selection(svc: Any, *, all_: bool = True, concurrency: int = 16) -> Any:
-    """The CLI's use case (``rotator rotate --all --concurrency N``) in-process."""
-    from rotator.service import rotation
-
-    sel = rotation.Selection(all=all_)
-    opts = rotation.options_from_env(concurrency)
-    # Today rotation.rotate runs its own event loop: not in this one.
-    return await asyncio.to_thread(rotation.rotate, svc, sel, options=opts)
-
-
 # Synchronous callers (bench.store_bench times single calls outside any event loop): after
 # issue 8 these go through the service's blocking facade.
 
