@@ -3,7 +3,9 @@
 Crypto first (seconds), then the store benchmark, whose flags (``--n``, ``--db``, ...) are
 passed through unchanged, then the engine benchmark (``--engine-n`` rotations per batch,
 ``--engine-latency-ms`` per target call; it gets ``--db`` too), then the postgres connector
-benchmark (``--pg-roles`` rotations per variant against a password-checking PostgreSQL 15).
+benchmark (``--pg-roles`` rotations per variant against a password-checking PostgreSQL 15),
+then the reads benchmark (``--reads`` get_value calls) and the CLI benchmark (``--cli-n``
+credentials rotated by ``rotator rotate --all``, then ``rotator credential get`` 20 times).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import crypto_bench, engine_bench, postgres_bench, store_bench
+from bench import cli_bench, crypto_bench, engine_bench, postgres_bench, reads_bench, store_bench
 from bench.common import print_machine_info, timed
 
 
@@ -28,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine-latency-ms", type=float, default=20.0, help="engine bench latency")
     ap.add_argument("--skip-postgres", action="store_true", help="skip bench.postgres_bench")
     ap.add_argument("--pg-roles", type=int, default=400, help="postgres bench: roles/rotations")
+    ap.add_argument("--skip-reads", action="store_true", help="skip bench.reads_bench")
+    ap.add_argument("--reads", type=int, default=5000, help="reads bench: get_value calls")
+    ap.add_argument("--skip-cli", action="store_true", help="skip bench.cli_bench")
+    ap.add_argument("--cli-n", type=int, default=200, help="cli bench: credentials rotated")
     args, rest = ap.parse_known_args(argv)
     print_machine_info()
     with timed() as total:
@@ -56,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
                 return rc
         if not args.skip_postgres:
             rc = postgres_bench.main(["--roles", str(args.pg_roles), "--no-machine"])
+            if rc:
+                return rc
+        if not args.skip_reads:
+            rc = reads_bench.main(["--reads", str(args.reads), "--no-machine"])
+            if rc:
+                return rc
+        if not args.skip_cli:
+            rc = cli_bench.main(["--n", str(args.cli_n), "--no-machine"])
             if rc:
                 return rc
     print(f"\nbenchmarks finished in {total.seconds / 60:.1f} min")

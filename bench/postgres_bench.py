@@ -1,38 +1,44 @@
 """The ``postgres`` connector against a real PostgreSQL 15 that checks passwords (scram-sha-256):
-rotator's rotations/s next to a raw psycopg loop doing the same target work.
+rotator's rotations/s next to the physical floor, measured side by side in one run.
 
 A throwaway PostgreSQL 15 (bench.common.ThrowawayPostgres with a superuser password, so TCP
 logins go through SCRAM-SHA-256; ``max_connections=400``; default durability) gets
-``--roles`` login roles ``bench_role_0000``... with random passwords. Then, in one run:
+``--roles`` login roles ``bench_role_0000``... with random passwords. Then, in one process:
 
-1. **raw**: an asyncio + psycopg loop doing, per role, the work rotator's ``single`` mode must
-   do on the target: a fresh admin connection, ``ALTER ROLE r PASSWORD <verifier>`` (SCRAM
-   verifier made client-side by libpq, ``PGconn.encrypt_password``, in the
-   event loop as the connector does), then a fresh login as ``r`` with the new password and
-   ``SELECT 1``.
-2. **raw, same statements**: the raw loop plus what the connector's ``set`` adds: first a
-   login attempt with the new password (its idempotency check; refused on a fresh rotation)
-   and ``SELECT 1 FROM pg_roles WHERE rolname = r`` on the admin connection.
-3. **rotator**: a fresh store (SQLite in a temp dir), credential ``pg/admin`` (``local``,
-   the superuser password) and ``pg/r0000``... (``postgres``, ``mode=single``,
-   ``admin=pg/admin``; first value the role's password), all rotated with one
-   ``Engine.rotate`` call at ``EngineOptions(concurrency=C, per_target=C)``. Every result must
-   be ``rotated``; ``--spot-check`` new CURRENT values must log in.
+1. **floor**: what a skilled engineer would write without rotator: an asyncio + psycopg 3
+   loop with a ``psycopg_pool.AsyncConnectionPool`` of admin connections (opened and filled
+   before the clock starts, ``min_size = max_size = concurrency``), per role ``ALTER ROLE r
+   PASSWORD <verifier>`` on a pooled connection (the SCRAM verifier made client-side by
+   libpq, ``PGconn.encrypt_password``, as the connector does), then a fresh login as ``r``
+   with the new password and ``SELECT 1`` (proving the new password is the point of it).
+2. **rotator single**: a fresh store (SQLite in a temp dir), credential ``pg/admin``
+   (``local``, the superuser password) and ``pg/r0000``... (``postgres``, ``mode=single``,
+   ``admin=pg/admin``; first value the role's password), rotated by one ``Engine.rotate``
+   call at ``concurrency = per_target = C``. Every result must be ``rotated``;
+   ``--spot-check`` new CURRENT values must log in.
+3. **rotator alternating, steady state**: ``--alt-roles`` more roles ``bench_alt_NNNN`` as
+   ``mode=alternating`` credentials; their first rotation (creates ``..._clone`` and GRANTs
+   the role to it) runs once before the final and is reported apart; in the final each
+   round rotates its share twice (once the role, once the clone: both halves of the
+   cycle), with grace 0, so every rotation also revokes the account it replaced, as each
+   steady-state rotation eventually does.
 
-**Sweep**: each concurrency in ``--sweep`` (plus ``--concurrency``) runs all three on the
-first ``--sweep-roles`` roles (a quarter of that at concurrency 1); each variant keeps the
-concurrency of its best rate. **Final**: all ``--roles`` roles per variant, each at its best
-concurrency, split into ``--rounds`` rounds that run raw, raw-same and rotator in turn, so that
-background load on the machine hits all three alike. Then the first ``alternating`` rotation
-of ``--alt-roles`` roles (0: skip) at rotator's best concurrency: creates
-``bench_role_NNNN_clone`` and GRANTs the role to it. Reported: rotations/s, process CPU
+**Sweep**: floor and rotator single at each concurrency in ``--sweep`` (default 1,2,4,8,16,32)
+on the first ``--sweep-roles`` roles (a quarter of that at concurrency 1); each keeps the
+concurrency of its best rate. **Final**: all ``--roles`` roles for floor and single, each at
+its best concurrency, and the alternating roles at single's best, split into ``--rounds``
+rounds that run floor, single, alternating in turn, so background load on the machine hits
+all alike. Reported: rotations/s, rotator/floor ratios (goal: single >= 0.8x), process CPU
 (getrusage: user+sys, all threads) and PostgreSQL's CPU (postmaster and backends, /proc) per
-rotation, and sequential medians of the pieces (PBKDF2 verifier, a login, a refused login,
-admin login + ALTER ROLE). Runtime: ``--roles 400`` took ~5 min on 2 cores shared with
-other work (load average ~7); the final phase grows linearly with ``--roles``.
+rotation, and sequential medians of the pieces (verifier, a login, a refused login, admin
+login + ALTER ROLE, ALTER ROLE on a pooled connection). ``--fresh-admin`` adds the floor
+with a fresh admin login per rotation instead of the pool (rotator's way today).
 
-    python -m bench.postgres_bench [--roles 1000] [--concurrency 32] [--sweep 1,8,16,32,64]
-                                   [--sweep-roles 128] [--rounds 4] [--alt-roles 250]
+    python -m bench.postgres_bench [--roles 1000] [--sweep 1,2,4,8,16,32] [--sweep-roles 128]
+                                   [--rounds 4] [--alt-roles 250] [--fresh-admin]
+
+Every use of rotator's service and engine goes through the adapters at the end of
+bench/common.py.
 """
 
 from __future__ import annotations
@@ -50,38 +56,47 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from bench.common import (
     LOOPBACK,
+    CredSpec,
     Result,
     ThrowawayPostgres,
+    add_credentials,
+    close_service,
+    engine_options,
     exit_on_sigterm,
+    get_value,
+    not_rotated,
+    open_engine,
+    open_service,
     peak_rss_mib,
     print_machine_info,
     print_results,
     print_table,
     proc_tree_cpu_s,
+    rotate_batch,
+    rotation_request,
     source_version,
     timed,
 )
-from rotator.config import Settings
 from rotator.connectors.postgres import PASSWORD_ALPHABET, parse_value
-from rotator.domain.secret import Secret
-from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
-from rotator.service import RotatorService, ValueInput
 
 GOAL_RATIO = 0.8
-RAW = "raw psycopg"
-RAW_SAME = "raw psycopg, same statements"
-ROTATOR = "rotator (single)"
-ALTERNATING = "rotator (alternating, 1st)"
-VARIANTS = (RAW, RAW_SAME, ROTATOR)
+FLOOR = "floor (pooled admin)"
+FRESH = "floor, fresh admin login"
+ROTATOR = "rotator single"
+ALTERNATING = "rotator alternating (steady)"
+ALT_FIRST = "rotator alternating (1st)"
 ROLE_FMT = "bench_role_{:04d}"
+ALT_FMT = "bench_alt_{:04d}"
 PASSWORD_LENGTH = 32  # PostgresConfig.password_length's default
-# The connector's connection parameters (PostgresConfig defaults), used by the raw loop too.
+# The connector's connection parameters (PostgresConfig defaults), used by the floor too.
 SSLMODE = "prefer"
 CONNECT_TIMEOUT_S = 5
 DBNAME = "postgres"
@@ -114,18 +129,21 @@ class Target:
     admin_password: str
     postmaster: int | None
 
-    async def connect(self, user: str, password: str) -> psycopg.AsyncConnection[object]:
+    def conninfo(self, user: str, password: str) -> dict[str, Any]:
         """Exactly the connector's ``_connect`` parameters."""
-        return await psycopg.AsyncConnection.connect(
-            host=self.host,
-            port=self.port,
-            dbname=DBNAME,
-            user=user,
-            password=password,
-            sslmode=SSLMODE,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            autocommit=True,
-        )
+        return {
+            "host": self.host,
+            "port": self.port,
+            "dbname": DBNAME,
+            "user": user,
+            "password": password,
+            "sslmode": SSLMODE,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "autocommit": True,
+        }
+
+    async def connect(self, user: str, password: str) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(**self.conninfo(user, password))
 
     async def can_login(self, user: str, password: str) -> bool:
         try:
@@ -134,6 +152,15 @@ class Target:
             return False
         await conn.close()
         return True
+
+    async def admin_pool(self, size: int) -> AsyncConnectionPool[Any]:
+        """``size`` admin connections, all open before this returns."""
+        kw = self.conninfo("postgres", self.admin_password)
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            "", kwargs=kw, min_size=size, max_size=size, open=False
+        )
+        await pool.open(wait=True, timeout=60)
+        return pool
 
 
 def create_roles(pg: ThrowawayPostgres, n: int, fmt: str = ROLE_FMT) -> dict[str, str]:
@@ -199,65 +226,72 @@ async def workers(conc: int, items: Sequence[str], one: Callable[[str], Awaitabl
     await asyncio.gather(*(worker() for _ in range(max(1, min(conc, len(items))))))
 
 
-async def raw_rotate(
-    target: Target, passwords: dict[str, str], roles: Sequence[str], conc: int, same: bool
+async def floor_rotate(
+    target: Target, passwords: dict[str, str], roles: Sequence[str], conc: int, pooled: bool
 ) -> Run:
-    """The raw loop; ``same``: also the connector's pre-set login attempt and role check.
+    """The floor loop: ALTER ROLE on a pooled admin connection (``pooled``; else on a fresh
+    admin login each time), then a fresh login as the role. Updates ``passwords``."""
+    pool = await target.admin_pool(conc) if pooled else None
 
-    Updates ``passwords`` with the new ones (after checking the last login worked).
-    """
+    async def alter(admin: psycopg.AsyncConnection[Any], role: str, pw: str) -> None:
+        await admin.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(scram_verifier(admin, role, pw))
+            )
+        )
 
     async def one(role: str) -> None:
         pw = new_password()
-        if same and await target.can_login(role, pw):
-            raise RuntimeError(f"raw: {role} accepted a password never set")
-        async with await target.connect("postgres", target.admin_password) as admin:
-            if same:
-                cur = await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-                if not await cur.fetchall():
-                    raise RuntimeError(f"raw: no role {role}")
-            await admin.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(role), sql.Literal(scram_verifier(admin, role, pw))
-                )
-            )
+        if pool is not None:
+            async with pool.connection() as admin:
+                await alter(admin, role, pw)
+        else:
+            async with await target.connect("postgres", target.admin_password) as admin:
+                await alter(admin, role, pw)
         async with await target.connect(role, pw) as conn:
             cur = await conn.execute("SELECT 1")
             await cur.fetchall()
         passwords[role] = pw
 
-    variant = RAW_SAME if same else RAW
-    return await measured(variant, conc, len(roles), target, lambda: workers(conc, roles, one))
+    variant = FLOOR if pooled else FRESH
+    try:
+        return await measured(variant, conc, len(roles), target, lambda: workers(conc, roles, one))
+    finally:
+        if pool is not None:
+            await pool.close()
 
 
 async def rotator_rotate(
-    svc: RotatorService, target: Target, names: Sequence[str], conc: int, variant: str
+    svc: Any,
+    target: Target,
+    names: Sequence[str],
+    conc: int,
+    variant: str,
+    *,
+    times: int = 1,
+    grace_s: int | None = None,
 ) -> Run:
-    reqs = [RotationRequest(n) for n in names]
-    async with Engine(svc, EngineOptions(concurrency=conc, per_target=conc)) as engine:
-        holder: list[object] = []
+    """``times`` batches of ``names`` back to back on one engine, timed together."""
+    reqs = [rotation_request(n, grace_s=grace_s) for n in names]
+    async with open_engine(svc, engine_options(conc)) as engine:
+        holder: list[Any] = []
 
         async def body() -> None:
-            holder.append(await engine.rotate(reqs))
+            for _ in range(times):
+                holder.append(await rotate_batch(engine, reqs))
 
-        run = await measured(variant, conc, len(names), target, body)
-    res = holder[0]
-    results = res.results  # type: ignore[attr-defined]
-    bad = [r for r in results if r.outcome is not Outcome.ROTATED]
-    if bad or len(results) != len(names):
-        raise RuntimeError(
-            f"{variant} @ {conc}: {len(results) - len(bad)}/{len(names)} rotated; "
-            f"first failure: {bad[0] if bad else None}"
-        )
+        run = await measured(variant, conc, len(names) * times, target, body)
+    for res in holder:
+        not_rotated(f"{variant} @ {conc}", res.results, len(names))
     return run
 
 
 async def spot_check(
-    svc: RotatorService, target: Target, names: Sequence[str], roles: dict[str, str], k: int
+    svc: Any, target: Target, names: Sequence[str], roles: dict[str, str], k: int
 ) -> None:
     """The new CURRENT values of ``k`` random credentials log in (as the JSON's username)."""
     for name in random.sample(list(names), min(k, len(names))):
-        login = parse_value(svc.get_value(name), roles[name])
+        login = parse_value(await get_value(svc, name), roles[name])
         if not await target.can_login(login.username, login.password):
             raise RuntimeError(f"spot check: CURRENT of {name} does not log in")
 
@@ -265,7 +299,7 @@ async def spot_check(
 # ------------------------------------------------------------------------- breakdown
 
 
-def scram_verifier(conn: psycopg.AsyncConnection[object], role: str, password: str) -> str:
+def scram_verifier(conn: psycopg.AsyncConnection[Any], role: str, password: str) -> str:
     """The verifier the connector makes: libpq's own (PQencryptPasswordConn), in the loop."""
     return conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
 
@@ -276,24 +310,26 @@ async def breakdown(target: Target, role: str, password: str, samples: int) -> l
     def med(xs: list[float]) -> float:
         return statistics.median(xs) * 1000
 
-    verifier, login, refused, alter = [], [], [], []
-    for _ in range(samples):
-        async with await target.connect("postgres", target.admin_password) as admin:
+    verifier, login, refused, alter, pooled = [], [], [], [], []
+    async with await target.connect("postgres", target.admin_password) as kept:
+        for _ in range(samples):
             t0 = time.perf_counter()
-            v = scram_verifier(admin, role, password)
+            v = scram_verifier(kept, role, password)
             verifier.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        assert await target.can_login(role, password)
-        login.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        assert not await target.can_login(role, password + "x")
-        refused.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        async with await target.connect("postgres", target.admin_password) as admin:
-            await admin.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(v))
-            )
-        alter.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert await target.can_login(role, password)
+            login.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert not await target.can_login(role, password + "x")
+            refused.append(time.perf_counter() - t0)
+            q = sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(v))
+            t0 = time.perf_counter()
+            async with await target.connect("postgres", target.admin_password) as admin:
+                await admin.execute(q)
+            alter.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await kept.execute(q)
+            pooled.append(time.perf_counter() - t0)
     n = f"median of {samples}, sequential"
     return [
         Result(
@@ -320,40 +356,36 @@ async def breakdown(target: Target, role: str, password: str, samples: int) -> l
             unit="ms",
             note=f"{n}; verifier precomputed; includes the commit's WAL flush",
         ),
+        Result(
+            "ALTER ROLE .. PASSWORD <verifier> on a kept admin connection",
+            value=med(pooled),
+            unit="ms",
+            note=f"{n}; what the pool saves is the line above minus this",
+        ),
     ]
 
 
 # ------------------------------------------------------------------------------- main
 
 
-def fill_store(
-    svc: RotatorService, target: Target, passwords: dict[str, str], prefix: str, mode: str
-) -> dict[str, str]:
-    """Credentials ``pg/<prefix>NNNN`` for every role; returns name -> role."""
-    if not svc.list_credentials(tags={"kind": "pg-admin"}):
-        svc.add_credential(
-            "pg/admin",
-            "local",
-            tags={"kind": "pg-admin"},
-            value=ValueInput(value=Secret(target.admin_password)),
-        )
+def specs_for(
+    target: Target, passwords: dict[str, str], prefix: str, mode: str
+) -> tuple[list[CredSpec], dict[str, str]]:
+    """Credentials ``pg/<prefix>NNNN`` for every role; and name -> role."""
+    specs: list[CredSpec] = []
     names: dict[str, str] = {}
     for i, (role, pw) in enumerate(passwords.items()):
         name = f"pg/{prefix}{i:04d}"
-        svc.add_credential(
-            name,
-            "postgres",
-            settings={
-                "host": target.host,
-                "port": str(target.port),
-                "role": role,
-                "admin": "pg/admin",
-                "mode": mode,
-            },
-            value=ValueInput(value=Secret(pw)),
-        )
+        settings = {
+            "host": target.host,
+            "port": str(target.port),
+            "role": role,
+            "admin": "pg/admin",
+            "mode": mode,
+        }
+        specs.append(CredSpec(name, "postgres", settings, value=pw))
         names[name] = role
-    return names
+    return specs, names
 
 
 def combine(runs: Sequence[Run]) -> Run:
@@ -380,115 +412,149 @@ async def run(args: argparse.Namespace, pg: ThrowawayPostgres, home: Path) -> in
         "host auth": "scram-sha-256 (TCP to 127.0.0.1, sslmode=prefer, server without SSL)",
         "store": "SQLite file in a temp dir",
     }
-    print(f"creating {args.roles:,} roles ...", flush=True)
+    print(f"creating {args.roles:,} + {args.alt_roles:,} roles ...", flush=True)
     with timed() as t:
         passwords = create_roles(pg, args.roles)
+        alt_passwords = create_roles(pg, args.alt_roles, ALT_FMT)
         probe = create_roles(pg, 1, "bench_probe_{:d}")  # for the breakdown only
-    info["create roles"] = f"{args.roles:,} in {t.seconds:.1f} s"
+    info["create roles"] = f"{args.roles + args.alt_roles:,} in {t.seconds:.1f} s"
     roles = list(passwords)
+    floors = [FLOOR, FRESH] if args.fresh_admin else [FLOOR]
+    swept = [*floors, ROTATOR]
 
-    svc, _ = RotatorService.init(Settings(home=home, db_url=f"sqlite:///{home / 'rotator.db'}"))
+    svc = open_service(home)
     try:
         print("filling the store ...", flush=True)
         with timed() as t:
-            # add_credential may run connector code with asyncio.run(): not in this loop
-            single = await asyncio.to_thread(fill_store, svc, target, passwords, "r", "single")
-        info["store fill (add_credential, single)"] = f"{len(single):,} in {t.seconds:.1f} s"
+            single_specs, single = specs_for(target, passwords, "r", "single")
+            alt_specs, alt_map = specs_for(target, alt_passwords, "a", "alternating")
+            admin = CredSpec("pg/admin", "local", value=target.admin_password)
+            await add_credentials(svc, [admin, *single_specs, *alt_specs])
+        info["store fill (add_credential)"] = (
+            f"{len(single):,} single + {len(alt_map):,} alternating in {t.seconds:.1f} s"
+        )
         names = list(single)
+        alt_names = list(alt_map)
 
-        async def one_of_each(variants: dict[str, int], k0: int, k1: int) -> list[Run]:
-            """raw, raw-same and rotator, each at its concurrency, on roles[k0:k1]."""
-            out = []
-            for variant, conc in variants.items():
-                if variant == ROTATOR:
-                    r = await rotator_rotate(svc, target, names[k0:k1], conc, ROTATOR)
-                    await spot_check(svc, target, names[k0:k1], single, args.spot_check)
-                else:
-                    sub = roles[k0:k1]
-                    r = await raw_rotate(target, passwords, sub, conc, variant == RAW_SAME)
-                    if not await target.can_login(sub[-1], passwords[sub[-1]]):
-                        raise RuntimeError("raw: the last new password does not log in")
-                print(f"  {r.variant:30} @ {conc:3}: {r.rate:7.1f} rot/s", flush=True)
-                out.append(r)
-            return out
+        async def one(variant: str, conc: int, k0: int, k1: int) -> Run:
+            if variant == ROTATOR:
+                r = await rotator_rotate(svc, target, names[k0:k1], conc, ROTATOR)
+                await spot_check(svc, target, names[k0:k1], single, args.spot_check)
+            elif variant == ALTERNATING:
+                sub = alt_names[k0:k1]
+                r = await rotator_rotate(svc, target, sub, conc, ALTERNATING, times=2, grace_s=0)
+                await spot_check(svc, target, sub, alt_map, args.spot_check)
+            else:
+                sub = roles[k0:k1]
+                r = await floor_rotate(target, passwords, sub, conc, variant == FLOOR)
+                if not await target.can_login(sub[-1], passwords[sub[-1]]):
+                    raise RuntimeError("floor: the last new password does not log in")
+            print(f"  {r.variant:30} @ {conc:3}: {r.rate:7.1f} rot/s", flush=True)
+            return r
 
-        # 1. sweep: every variant at every concurrency, on a subset of the roles
-        sweep = sorted(set(args.sweep) | {args.concurrency})
+        # 1. sweep: floor(s) and rotator single at every concurrency, on a subset of roles
         sweep_runs: list[Run] = []
-        for conc in sweep:
+        for conc in sorted(set(args.sweep)):
             k = min(len(roles), args.sweep_roles if conc > 1 else max(1, args.sweep_roles // 4))
             print(f"sweep, concurrency {conc}: {k:,} rotations per variant", flush=True)
-            sweep_runs += await one_of_each(dict.fromkeys(VARIANTS, conc), 0, k)
+            for variant in swept:
+                sweep_runs.append(await one(variant, conc, 0, k))
         best_conc = {
             v: max((r for r in sweep_runs if r.variant == v), key=lambda r: r.rate).concurrency
-            for v in VARIANTS
+            for v in swept
         }
 
-        # 2. final: all roles at each variant's best concurrency, in interleaved rounds
+        # 2. alternating, first rotation (clone role + GRANT), at rotator's best concurrency
+        alt_first: Run | None = None
+        if alt_names:
+            best_conc[ALTERNATING] = best_conc[ROTATOR]
+            conc = best_conc[ROTATOR]
+            print(f"alternating, first rotation: {len(alt_names):,} at {conc}", flush=True)
+            alt_first = await rotator_rotate(svc, target, alt_names, conc, ALT_FIRST, grace_s=0)
+
+        # 3. final: everything at its best concurrency, in interleaved rounds
         rounds = max(1, min(args.rounds, len(roles)))
         cuts = [len(roles) * i // rounds for i in range(rounds + 1)]
+        alt_cuts = [len(alt_names) * i // rounds for i in range(rounds + 1)]
         print(
-            f"final: {len(roles):,} rotations per variant in {rounds} interleaved rounds "
+            f"final: {len(roles):,} rotations per variant ({2 * len(alt_names):,} alternating) "
+            f"in {rounds} interleaved rounds "
             f"({', '.join(f'{v} @ {c}' for v, c in best_conc.items())})",
             flush=True,
         )
         final_runs: list[Run] = []
         for i in range(rounds):
-            final_runs += await one_of_each(best_conc, cuts[i], cuts[i + 1])
-        final = {v: combine([r for r in final_runs if r.variant == v]) for v in VARIANTS}
-
-        # 3. alternating: the first rotation (clone role + GRANT) of --alt-roles roles
-        alt: Run | None = None
-        if args.alt_roles > 0:
-            k = min(args.alt_roles, len(roles))
-            first_k = dict(list(passwords.items())[:k])
-            alt_map = await asyncio.to_thread(fill_store, svc, target, first_k, "a", "alternating")
-            conc = best_conc[ROTATOR]
-            print(f"alternating, first rotation: {k:,} at concurrency {conc}", flush=True)
-            alt = await rotator_rotate(svc, target, list(alt_map), conc, ALTERNATING)
-            await spot_check(svc, target, list(alt_map), alt_map, args.spot_check)
+            for variant, conc in best_conc.items():
+                if variant == ALTERNATING:
+                    if alt_cuts[i] < alt_cuts[i + 1]:
+                        final_runs.append(await one(variant, conc, alt_cuts[i], alt_cuts[i + 1]))
+                else:
+                    final_runs.append(await one(variant, conc, cuts[i], cuts[i + 1]))
+        final = {
+            v: combine([r for r in final_runs if r.variant == v])
+            for v in best_conc
+            if any(r.variant == v for r in final_runs)
+        }
 
         print("breakdown (sequential) ...", flush=True)
         probe_role, probe_pw = next(iter(probe.items()))
         parts = await breakdown(target, probe_role, probe_pw, args.breakdown_samples)
     finally:
-        svc.close()
+        close_service(svc)
 
     print_table("postgres bench: settings", ["item", "value"], list(info.items()))
     print_results(
         "postgres bench: concurrency sweep (rotations/s; CPU per rotation)",
         [r.result() for r in sweep_runs],
     )
-    raw, same, rot = final[RAW], final[RAW_SAME], final[ROTATOR]
-    ratio = rot.rate / raw.rate
+    floor, rot = final[FLOOR], final[ROTATOR]
+    ratio = rot.rate / floor.rate
     verdict = "meets" if ratio >= GOAL_RATIO else "MISSES"
-    cpu_ratio = cpu_per_rotation_ms(raw) / cpu_per_rotation_ms(rot)
     summary = [
-        raw.result(f"raw psycopg (conc {raw.concurrency})"),
-        same.result(f"raw + set's pre-login & role check (conc {same.concurrency})"),
-        rot.result(f"rotator, single mode (conc {rot.concurrency})"),
-        Result("rotator / raw", value=ratio, unit="x", note=f"{verdict} goal >= {GOAL_RATIO:g}x"),
+        floor.result(f"floor: pooled admin + fresh login (best conc {floor.concurrency})"),
+    ]
+    if FRESH in final:
+        summary.append(
+            final[FRESH].result(f"floor, fresh admin login (best conc {final[FRESH].concurrency})")
+        )
+    summary += [
+        rot.result(f"rotator, single mode (best conc {rot.concurrency})"),
         Result(
-            "rotator / raw with the same statements",
-            value=rot.rate / same.rate,
+            "rotator single / floor",
+            value=ratio,
             unit="x",
-            note="what is left is the engine: store, audit, encryption, scheduling",
-        ),
-        Result(
-            "CPU per rotation, client + server: raw / rotator",
-            value=cpu_ratio,
-            unit="x",
-            note=f"raw {cpu_per_rotation_ms(raw):.1f} ms, raw-same "
-            f"{cpu_per_rotation_ms(same):.1f} ms, rotator {cpu_per_rotation_ms(rot):.1f} ms; "
-            "the ratio a CPU-bound, otherwise idle machine would show",
+            note=f"{verdict} goal >= {GOAL_RATIO:g}x",
         ),
     ]
-    if alt is not None:
-        summary.append(alt.result(f"rotator, alternating, 1st rotation (conc {alt.concurrency})"))
-    summary.append(Result("peak RSS", value=peak_rss_mib(), unit="MiB", note="bench process"))
+    if ALTERNATING in final:
+        alt = final[ALTERNATING]
+        summary += [
+            alt.result(f"rotator, alternating steady state (conc {alt.concurrency})"),
+            Result(
+                "rotator alternating / floor",
+                value=alt.rate / floor.rate,
+                unit="x",
+                note="each steady rotation: set + test + revoke of the replaced account",
+            ),
+        ]
+    if alt_first is not None:
+        summary.append(
+            alt_first.result(f"rotator, alternating, 1st rotation (conc {alt_first.concurrency})")
+        )
+    summary += [
+        Result(
+            "CPU per rotation, client + server: floor / rotator single",
+            value=cpu_per_rotation_ms(floor) / cpu_per_rotation_ms(rot),
+            unit="x",
+            note=f"floor {cpu_per_rotation_ms(floor):.1f} ms, rotator "
+            f"{cpu_per_rotation_ms(rot):.1f} ms; the ratio a CPU-bound, otherwise idle machine "
+            "would show",
+        ),
+        Result("peak RSS", value=peak_rss_mib(), unit="MiB", note="bench process"),
+    ]
     print_results(
-        f"postgres bench: {len(roles):,} rotations each, best concurrency, "
-        f"{rounds} interleaved rounds",
+        f"postgres bench: {len(roles):,} rotations each (alternating {2 * len(alt_names):,}), "
+        f"best concurrency, {rounds} interleaved rounds",
         summary,
     )
     print_results("postgres bench: the pieces of a rotation (sequential, median)", parts)
@@ -499,19 +565,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--roles", type=int, default=1000, help="roles = final rotations/variant")
     ap.add_argument(
-        "--concurrency", type=int, default=32, help="a concurrency to try (added to --sweep)"
-    )
-    ap.add_argument(
         "--sweep",
         type=lambda s: [int(x) for x in s.split(",") if x],
-        default=[1, 8, 16, 32, 64],
+        default=[1, 2, 4, 8, 16, 32],
         help="comma-separated concurrencies to try; each variant keeps its best",
     )
     ap.add_argument(
         "--sweep-roles", type=int, default=128, help="rotations per sweep run (1/4 at conc 1)"
     )
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds of the final")
-    ap.add_argument("--alt-roles", type=int, default=250, help="alternating rotations; 0: skip")
+    ap.add_argument(
+        "--alt-roles", type=int, default=250, help="alternating credentials (each rotated 2x)"
+    )
+    ap.add_argument(
+        "--fresh-admin", action="store_true", help="also the floor with a fresh admin login"
+    )
     ap.add_argument("--spot-check", type=int, default=10, help="CURRENT logins checked per run")
     ap.add_argument("--breakdown-samples", type=int, default=20)
     ap.add_argument("--no-machine", action="store_true", help="do not print machine info")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run all benchmarks (crypto, the store and the engine on SQLite and PostgreSQL 15, the postgres
-# connector) and print the results. Flags go to `python -m bench`, e.g.:
+# connector, reads, the CLI) and print the results. Flags go to `python -m bench`, e.g.:
 #   bench/run.sh --n 20000 --db sqlite
 #
 # --snapshot (first flag): benchmark a `git archive` of HEAD's src/ instead of the working

@@ -37,29 +37,43 @@ from typing import Any
 from sqlalchemy import bindparam, event, func, insert, select, text, update
 
 from bench.common import (
+    CredSpec,
     Result,
     ThrowawayPostgres,
+    add_credential_blocking,
+    audit_keyring,
+    audit_verify_blocking,
+    close_service,
     current_rss_mib,
     exit_on_sigterm,
+    get_value_blocking,
+    list_credentials_blocking,
+    master_keyring,
+    open_service,
     peak_rss_mib,
     print_comparison,
     print_machine_info,
     print_results,
     print_table,
     repeat_ms,
+    restamp,
     rss_note,
     run_per_database,
+    show_blocking,
     source_version,
+    sql_engine,
+    stage_key,
+    store_database,
+    store_dialect,
     timed,
 )
 from rotator import audit, crypto
 from rotator.audit.chain import AuditEntry, entry_mac, head_message
 from rotator.audit.log import format_ts
-from rotator.config import Settings
 from rotator.domain.model import DEFAULT_TENANT, Stage
 from rotator.domain.policy import RotationPolicy
 from rotator.domain.secret import Secret
-from rotator.service import PolicyInput, RotatorService, ValueInput, integrity
+from rotator.service import integrity
 from rotator.store import credentials as store_creds
 from rotator.store import db as store_db
 from rotator.store import keys as store_keys
@@ -109,17 +123,17 @@ def new_value() -> Secret:
 # ------------------------------------------------------------------------------ fills
 
 
-def _tenant_and_key(svc: RotatorService) -> tuple[int, crypto.DataKey]:
-    with svc.db.read() as conn:
+def _tenant_and_key(svc: Any) -> tuple[int, crypto.DataKey]:
+    with store_database(svc).read() as conn:
         tenant = store_keys.get_tenant(conn, DEFAULT_TENANT)
         assert tenant is not None
         found = store_keys.latest_data_key(conn, tenant.id)
         assert found is not None
     dk_id, wrapped, by = found
-    return tenant.id, crypto.unwrap(svc.ring.get(by), wrapped, tenant.id, dk_id)
+    return tenant.id, crypto.unwrap(master_keyring(svc).get(by), wrapped, tenant.id, dk_id)
 
 
-def bulk_fill(svc: RotatorService, start: int, count: int, batch: int) -> None:
+def bulk_fill(svc: Any, start: int, count: int, batch: int) -> None:
     """executemany straight into the tables; values sealed, audit chain kept valid."""
     tenant_id, dk = _tenant_and_key(svc)
     ins_creds = insert(credentials).returning(credentials.c.id, sort_by_parameter_order=True)
@@ -127,7 +141,7 @@ def bulk_fill(svc: RotatorService, start: int, count: int, batch: int) -> None:
         idx = range(lo, min(lo + batch, start + count))
         now = datetime.now(UTC)
         pols = {i: cred_policy(i) for i in idx}
-        with svc.db.write() as conn:
+        with store_database(svc).write() as conn:
             rows = [
                 {
                     "tenant_id": tenant_id,
@@ -169,7 +183,7 @@ def bulk_fill(svc: RotatorService, start: int, count: int, batch: int) -> None:
                     for cid in ids
                 ],
             )
-            _, mac_key = integrity.stage_key(svc, conn, dk.id)
+            _, mac_key = stage_key(svc, conn, dk.id)
             conn.execute(
                 update(credentials)
                 .where(credentials.c.id == bindparam("b_id"))
@@ -202,7 +216,7 @@ def bulk_fill(svc: RotatorService, start: int, count: int, batch: int) -> None:
                 .with_for_update()
             ).one()
             seq, prev = head.seq, head.hash
-            audit_key = svc.audit_keys.get(head.key_id)
+            audit_key = audit_keyring(svc).get(head.key_id)
             entries = []
             ts = format_ts(now)
             for i in idx:
@@ -251,11 +265,11 @@ def bulk_fill(svc: RotatorService, start: int, count: int, batch: int) -> None:
             )
 
 
-def rowfill(svc: RotatorService, start: int, count: int, batch: int) -> None:
+def rowfill(svc: Any, start: int, count: int, batch: int) -> None:
     """The store functions one statement at a time, like the service, in big transactions."""
     tenant_id, dk = _tenant_and_key(svc)
     for lo in range(start, start + count, batch):
-        with svc.db.write() as conn:
+        with store_database(svc).write() as conn:
             for i in range(lo, min(lo + batch, start + count)):
                 now = datetime.now(UTC)
                 name, pol = cred_name(i), cred_policy(i)
@@ -281,7 +295,7 @@ def rowfill(svc: RotatorService, start: int, count: int, batch: int) -> None:
                     now=now,
                 )
                 store_creds.update_credential(conn, cid, now=now, last_rotated_at=now)
-                svc.restamp(conn, cid)
+                restamp(svc, conn, cid)
                 audit.append(
                     conn,
                     now=now,
@@ -295,23 +309,24 @@ def rowfill(svc: RotatorService, start: int, count: int, batch: int) -> None:
                         "policy": pol.to_json(),
                         "version": 1,
                     },
-                    keys=svc.audit_keys,
+                    keys=audit_keyring(svc),
                 )
 
 
-def service_fill(svc: RotatorService, start: int, count: int) -> list[float]:
+def service_fill(svc: Any, start: int, count: int) -> list[float]:
     """RotatorService.add_credential per credential; returns per-call seconds."""
     lat: list[float] = []
     for i in range(start, start + count):
         pol = cred_policy(i)
+        spec = CredSpec(
+            cred_name(i),
+            "local",
+            tags=cred_tags(i),
+            value=new_value().reveal(),
+            every="30d" if pol.every is not None else None,
+        )
         with timed() as t:
-            svc.add_credential(
-                cred_name(i),
-                "local",
-                tags=cred_tags(i),
-                policy=PolicyInput(every="30d") if pol.every is not None else PolicyInput(),
-                value=ValueInput(value=new_value()),
-            )
+            add_credential_blocking(svc, spec)
         lat.append(t.seconds)
     return lat
 
@@ -329,42 +344,42 @@ def lat_note(lat: list[float]) -> str:
     return f"p50 {pct(ms, 50):.2f} ms, p99 {pct(ms, 99):.2f} ms"
 
 
-def capture_sql(svc: RotatorService, fn: Callable[[], Any]) -> list[tuple[str, Any]]:
+def capture_sql(svc: Any, fn: Callable[[], Any]) -> list[tuple[str, Any]]:
     """Statements (and parameters) ``fn`` sends to the driver."""
     seen: list[tuple[str, Any]] = []
 
     def listener(_c: Any, _cur: Any, statement: str, params: Any, _ctx: Any, _many: bool) -> None:
         seen.append((statement, params))
 
-    event.listen(svc.db.engine, "before_cursor_execute", listener)
+    event.listen(sql_engine(svc), "before_cursor_execute", listener)
     try:
         fn()
     finally:
-        event.remove(svc.db.engine, "before_cursor_execute", listener)
+        event.remove(sql_engine(svc), "before_cursor_execute", listener)
     return seen
 
 
-def explain(svc: RotatorService, statement: str, params: Any) -> list[str]:
-    prefix = "EXPLAIN QUERY PLAN " if svc.db.dialect == "sqlite" else "EXPLAIN "
-    with svc.db.read() as conn:
+def explain(svc: Any, statement: str, params: Any) -> list[str]:
+    prefix = "EXPLAIN QUERY PLAN " if store_dialect(svc) == "sqlite" else "EXPLAIN "
+    with store_database(svc).read() as conn:
         rows = conn.exec_driver_sql(prefix + statement, params).all()
-    if svc.db.dialect == "sqlite":
+    if store_dialect(svc) == "sqlite":
         return [str(r[-1]) for r in rows]
     return [str(r[0]) for r in rows]
 
 
-def db_size_mib(svc: RotatorService, sqlite_path: Path | None) -> float:
+def db_size_mib(svc: Any, sqlite_path: Path | None) -> float:
     if sqlite_path is not None:
         files = [sqlite_path, Path(f"{sqlite_path}-wal")]
         return sum(f.stat().st_size for f in files if f.exists()) / 2**20
-    with svc.db.read() as conn:
+    with store_database(svc).read() as conn:
         return (
             float(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
             / 2**20
         )
 
 
-def profile_service(svc: RotatorService, n: int, rng: random.Random, top: int) -> None:
+def profile_service(svc: Any, n: int, rng: random.Random, top: int) -> None:
     """cProfile 500 adds, 1,000 get_value, 1,000 show and 3 due queries; print hotspots."""
     import cProfile
     import pstats
@@ -373,12 +388,15 @@ def profile_service(svc: RotatorService, n: int, rng: random.Random, top: int) -
         ("add_credential x500", lambda: service_fill(svc, n + 1_000_000, 500)),
         (
             "get_value x1000",
-            lambda: [svc.get_value(cred_name(rng.randrange(n))) for _ in range(1000)],
+            lambda: [get_value_blocking(svc, cred_name(rng.randrange(n))) for _ in range(1000)],
         ),
-        ("show x1000", lambda: [svc.show(cred_name(rng.randrange(n))) for _ in range(1000)]),
+        (
+            "show x1000",
+            lambda: [show_blocking(svc, cred_name(rng.randrange(n))) for _ in range(1000)],
+        ),
         (
             "list_credentials(due=True) x3",
-            lambda: [svc.list_credentials(due=True) for _ in range(3)],
+            lambda: [list_credentials_blocking(svc, due=True) for _ in range(3)],
         ),
     ]
     for label, fn in calls:
@@ -386,7 +404,7 @@ def profile_service(svc: RotatorService, n: int, rng: random.Random, top: int) -
         prof.enable()
         fn()
         prof.disable()
-        print(f"\n--- profile: {svc.db.dialect} {label} ---")
+        print(f"\n--- profile: {store_dialect(svc)} {label} ---")
         stats = pstats.Stats(prof, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(top)
         stats.sort_stats("cumulative").print_stats(r"rotator/", top)
@@ -406,7 +424,7 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
     pg: ThrowawayPostgres | None = None
     home = Path(tempfile.mkdtemp(prefix=f"rotator-bench-{kind}-"))
     sqlite_path: Path | None = None
-    svc: RotatorService | None = None
+    svc: Any = None
     try:
         if kind == "sqlite":
             sqlite_path = home / "rotator.db"
@@ -417,10 +435,10 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
             url = pg.create_database("rotator_bench")
             info.update(pg.settings("fsync", "synchronous_commit", "shared_buffers"))
         with timed() as t:
-            svc, _ = RotatorService.init(Settings(home=home, db_url=url))
+            svc = open_service(home, url)
         results.append(Result("init (schema + master key)", value=t.seconds * 1000, unit="ms"))
         if kind == "sqlite":
-            with svc.db.read() as conn:
+            with store_database(svc).read() as conn:
                 info["journal_mode"] = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
                 sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
                 info["synchronous"] = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
@@ -470,12 +488,12 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
                     note=f"1 txn each; {lat_note(lat)}",
                 )
             )
-        with svc.db.read() as conn:
+        with store_database(svc).read() as conn:
             count = conn.execute(select(func.count()).select_from(credentials)).scalar_one()
         assert count == n, (count, n)
         if pg is not None:
             # Autovacuum would do this eventually; without it the planner has no row counts.
-            with svc.db.write() as conn:
+            with store_database(svc).write() as conn:
                 conn.exec_driver_sql("ANALYZE")
         results.append(
             Result("peak RSS after fill", value=peak_rss_mib(), unit="MiB", note=rss_note())
@@ -487,7 +505,7 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
         with timed() as t:
             for name in names:
                 with timed() as one:
-                    v = svc.get_value(name)
+                    v = get_value_blocking(svc, name)
                 lat.append(one.seconds)
                 assert len(v) == VALUE_BYTES
         results.append(
@@ -506,7 +524,7 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
         with timed() as t:
             for name in names:
                 with timed() as one:
-                    svc.show(name)
+                    show_blocking(svc, name)
                 lat.append(one.seconds)
         results.append(
             Result(
@@ -524,7 +542,7 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
             ("list by tags team=team07,env=prod", {"team": "team07", "env": "prod"}),
         ):
             med, lo, found = repeat_ms(
-                functools.partial(svc.list_credentials, tags=tags), args.repeat
+                functools.partial(list_credentials_blocking, svc, tags=tags), args.repeat
             )
             results.append(
                 Result(
@@ -535,7 +553,7 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
                 )
             )
 
-        med, lo, due = repeat_ms(lambda: svc.list_credentials(due=True), args.repeat)
+        med, lo, due = repeat_ms(lambda: list_credentials_blocking(svc, due=True), args.repeat)
         results.append(
             Result(
                 "list_credentials(due=True)",
@@ -544,7 +562,7 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
                 note=f"{len(due):,} due rows; median of {args.repeat}, min {lo:.1f} ms",
             )
         )
-        stmts = capture_sql(svc, lambda: svc.list_credentials(due=True))
+        stmts = capture_sql(svc, lambda: list_credentials_blocking(svc, due=True))
         main_q = next(s for s in stmts if "next_rotation_at <=" in s[0])
         plan = explain(svc, *main_q)
         uses = any("ix_credentials_next_rotation_at" in line for line in plan)
@@ -555,7 +573,7 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
         print(f"[{kind}] full list + audit verify", flush=True)
         rss0 = current_rss_mib()
         with timed() as t:
-            everything = svc.list_credentials()
+            everything = list_credentials_blocking(svc)
         rss1 = current_rss_mib()
         results.append(
             Result(
@@ -567,7 +585,7 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
         )
         del everything
         with timed() as t:
-            vr = svc.audit_verify()
+            vr = audit_verify_blocking(svc)
         assert vr.ok, vr
         results.append(
             Result(
@@ -586,7 +604,7 @@ def run_db(kind: str, args: argparse.Namespace) -> tuple[list[Result], dict[str,
         return results, info
     finally:
         if svc is not None:
-            svc.close()
+            close_service(svc)
         if pg is not None:
             pg.stop()
         shutil.rmtree(home, ignore_errors=True)
