@@ -601,73 +601,100 @@ class CredSpec:
     every: str | None = None  # rotation interval ("30d"); None: the default
 
 
-def open_service(home: Path, db_url: str | None = None, *, init: bool = True) -> Any:
+class BenchService:
+    """What the benches hold: the service's blocking facade (for code outside an event loop)
+    and, per event loop, the async service over the same kernel (opened on first use in that
+    loop), so async benches measure the coroutines themselves, not a thread hop."""
+
+    def __init__(self, blocking: Any) -> None:
+        self.blocking = blocking
+        self.kernel = blocking.kernel
+        self._service: Any = None
+        self._loop: Any = None
+
+    async def service(self) -> Any:
+        from rotator.service import RotatorService
+
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._service = await RotatorService(self.kernel).start()
+            self._loop = loop
+        return self._service
+
+
+def open_service(home: Path, db_url: str | None = None, *, init: bool = True) -> BenchService:
     """A service on ``db_url`` (default: the SQLite file in ``home``) with a key-file master
     key in ``home``; ``init`` creates the store (idempotent), else it must exist."""
     from rotator.config import Settings
-    from rotator.service import RotatorService
+    from rotator.service import BlockingService
 
     settings = Settings(home=home, db_url=db_url or f"sqlite:///{home / 'rotator.db'}")
     if init:
-        return RotatorService.init(settings)[0]
-    return RotatorService.open(settings)
+        return BenchService(BlockingService.init(settings)[0])
+    return BenchService(BlockingService.open(settings))
 
 
-def close_service(svc: Any) -> None:
-    svc.close()
+def close_service(svc: BenchService) -> None:
+    svc.blocking.close()
 
 
-def _add_all(svc: Any, specs: Sequence[CredSpec]) -> None:
+def _value_input(s: CredSpec) -> Any:
     from rotator.domain.secret import Secret
-    from rotator.service import PolicyInput, ValueInput
+    from rotator.service import ValueInput
 
+    return ValueInput(generate=True) if s.value is None else ValueInput(value=Secret(s.value))
+
+
+def _policy(s: CredSpec) -> Any:
+    from rotator.service import PolicyInput
+
+    return PolicyInput(grace=s.grace, every=s.every)
+
+
+async def add_credentials(svc: BenchService, specs: Sequence[CredSpec]) -> None:
+    """Add each credential through the service (validation, encryption, audit, a commit each)."""
+    service = await svc.service()
     for s in specs:
-        value = ValueInput(generate=True) if s.value is None else ValueInput(value=Secret(s.value))
-        svc.add_credential(
+        await service.add_credential(
             s.name,
             s.connector,
             settings=s.settings,
             tags=s.tags,
-            policy=PolicyInput(grace=s.grace, every=s.every),
-            value=value,
+            policy=_policy(s),
+            value=_value_input(s),
         )
 
 
-async def add_credentials(svc: Any, specs: Sequence[CredSpec]) -> None:
-    """Add each credential through the service (validation, encryption, audit, a commit each)."""
-    # Today add_credential may run connector code under asyncio.run(): not in this loop.
-    await asyncio.to_thread(_add_all, svc, list(specs))
-
-
-async def get_value(svc: Any, name: str) -> Any:
+async def get_value(svc: BenchService, name: str) -> Any:
     """The CURRENT value (a Secret); counted as one use and audited as ``value.read``."""
-    return svc.get_value(name)
+    return await (await svc.service()).get_value(name)
 
 
-async def use_count(svc: Any, name: str) -> int:
-    return int(svc.show(name).use_count)
+async def use_count(svc: BenchService, name: str) -> int:
+    return int((await (await svc.service()).show(name)).use_count)
 
 
-async def audit_actions(svc: Any, credential: str) -> list[str]:
+async def audit_actions(svc: BenchService, credential: str) -> list[str]:
     """The action of every audit entry about ``credential``, oldest first."""
-    return [e.action for e in svc.audit_entries(credential=credential)]
+    entries = await (await svc.service()).audit_entries(credential=credential)
+    return [e.action for e in entries]
 
 
-async def audit_chain_ok(svc: Any) -> bool:
-    return bool(svc.audit_verify().ok)
+async def audit_chain_ok(svc: BenchService) -> bool:
+    return bool((await (await svc.service()).audit_verify()).ok)
 
 
-def sql_engine(svc: Any) -> Any:
+def sql_engine(svc: BenchService) -> Any:
     """The store's SQLAlchemy engine (to count the statements sent to the driver)."""
-    return svc.db.engine
+    return svc.kernel.db.engine
 
 
-def store_dialect(svc: Any) -> str:
-    return str(svc.db.dialect)
+def store_dialect(svc: BenchService) -> str:
+    return str(svc.kernel.db.dialect)
 
 
-def sqlite_synchronous(svc: Any) -> str:
-    with svc.db.read() as conn:
+def sqlite_synchronous(svc: BenchService) -> str:
+    with svc.kernel.db.read() as conn:
         sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
     return {1: "NORMAL", 2: "FULL"}.get(int(sync or 0), str(sync))
 
@@ -678,19 +705,21 @@ def engine_options(concurrency: int, per_target: int | None = None) -> Any:
     return EngineOptions(concurrency=concurrency, per_target=per_target or concurrency)
 
 
-def open_engine(svc: Any, options: Any) -> Any:
-    """An Engine over the service's store; use as ``async with open_engine(...) as engine``."""
+def open_engine(svc: BenchService, options: Any) -> Any:
+    """An Engine over the service's kernel; use as ``async with open_engine(...) as engine``."""
     from rotator.engine import Engine
 
-    return Engine(svc, options)
+    return Engine(svc.kernel, options)
 
 
-def rotation_request(name: str, trigger: str = "manual", grace_s: int | None = None) -> Any:
+def rotation_request(
+    name: str, trigger: str = "manual", grace_s: int | None = None, interactive: bool = False
+) -> Any:
     """A request to rotate ``name``; ``trigger`` is a Trigger value (manual, schedule,
-    emergency, ...), which sets its priority."""
+    emergency, ...), which sets its priority; ``interactive``: a person waits for it."""
     from rotator.engine import RotationRequest, Trigger
 
-    return RotationRequest(name, trigger=Trigger(trigger), grace_s=grace_s)
+    return RotationRequest(name, trigger=Trigger(trigger), grace_s=grace_s, interactive=interactive)
 
 
 async def rotate_batch(engine: Any, requests: Sequence[Any]) -> Any:
@@ -719,56 +748,62 @@ def not_rotated(label: str, results: Sequence[Any], expected: int) -> None:
         )
 
 
-# Synchronous callers (bench.store_bench times single calls outside any event loop): after
-# issue 8 these go through the service's blocking facade.
+# Synchronous callers (bench.store_bench times single calls outside any event loop): the
+# service's blocking facade.
 
 
-def add_credential_blocking(svc: Any, spec: CredSpec) -> None:
-    _add_all(svc, [spec])
+def add_credential_blocking(svc: BenchService, spec: CredSpec) -> None:
+    svc.blocking.add_credential(
+        spec.name,
+        spec.connector,
+        settings=spec.settings,
+        tags=spec.tags,
+        policy=_policy(spec),
+        value=_value_input(spec),
+    )
 
 
-def get_value_blocking(svc: Any, name: str) -> Any:
-    return svc.get_value(name)
+def get_value_blocking(svc: BenchService, name: str) -> Any:
+    return svc.blocking.get_value(name)
 
 
-def show_blocking(svc: Any, name: str) -> Any:
-    return svc.show(name)
+def show_blocking(svc: BenchService, name: str) -> Any:
+    return svc.blocking.show(name)
 
 
-def list_credentials_blocking(svc: Any, **filters: Any) -> list[Any]:
+def list_credentials_blocking(svc: BenchService, **filters: Any) -> list[Any]:
     """``tags={...}``, ``due=True`` or nothing (all)."""
-    return list(svc.list_credentials(**filters))
+    return list(svc.blocking.list_credentials(**filters))
 
 
-def audit_verify_blocking(svc: Any) -> Any:
+def audit_verify_blocking(svc: BenchService) -> Any:
     """The whole chain's VerifyResult (``.ok``, ``.entries``, ...)."""
-    return svc.audit_verify()
+    return svc.blocking.audit_verify()
 
 
-# Below the service (the kernel after issue 8), for store_bench's bulk fill, which writes
-# rows straight into the tables.
+# The kernel, for store_bench's bulk fill, which writes rows straight into the tables.
 
 
-def store_database(svc: Any) -> Any:
+def store_database(svc: BenchService) -> Any:
     """The store's Database (``.read()``, ``.write()`` connections)."""
-    return svc.db
+    return svc.kernel.db
 
 
-def master_keyring(svc: Any) -> Any:
-    return svc.ring
+def master_keyring(svc: BenchService) -> Any:
+    return svc.kernel.ring
 
 
-def audit_keyring(svc: Any) -> Any:
-    return svc.audit_keys
+def audit_keyring(svc: BenchService) -> Any:
+    return svc.kernel.audit_keys
 
 
-def restamp(svc: Any, conn: Any, credential_id: int) -> None:
+def restamp(svc: BenchService, conn: Any, credential_id: int) -> None:
     """Re-MAC a credential's stage map after writing its versions directly."""
-    svc.restamp(conn, credential_id)
+    svc.kernel.restamp(conn, credential_id)
 
 
-def stage_key(svc: Any, conn: Any, data_key_id: int) -> Any:
+def stage_key(svc: BenchService, conn: Any, data_key_id: int) -> Any:
     """(tenant id, MAC key) of the stage maps under a data key."""
-    from rotator.service import integrity
+    from rotator.kernel import integrity
 
-    return integrity.stage_key(svc, conn, data_key_id)
+    return integrity.stage_key(svc.kernel, conn, data_key_id)

@@ -256,7 +256,7 @@ async def initiation(
         for name in singles:
             entered.pop(name, None)
             t0 = time.perf_counter()
-            res = await rotate_one(engine, rotation_request(name, "manual"))
+            res = await rotate_one(engine, rotation_request(name, "manual", interactive=True))
             check_rotated("idle single", [res], 1)
             idle_ms.append((entered[name] - t0) * 1000)
     results += lat_result("initiation, idle engine", idle_ms, "one after another")
@@ -294,7 +294,7 @@ async def initiation_under_batch(
             return res, t.seconds
 
         async def single(name: str, submitted: float) -> None:
-            res = await rotate_one(engine, rotation_request(name, trigger))
+            res = await rotate_one(engine, rotation_request(name, trigger, interactive=True))
             check_rotated(f"{trigger} single", [res], 1)
             took_ms.append((time.perf_counter() - submitted) * 1000)
             load_ms.append((entered[name] - submitted) * 1000)

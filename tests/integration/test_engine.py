@@ -15,6 +15,7 @@ from tests.support.doubles import DoubleConfig
 from rotator import scheduler
 from rotator.domain.model import Stage
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest, Trigger
+from rotator.errors import VerificationFailed
 from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.service.rotation import Selection
 
@@ -305,3 +306,28 @@ def test_an_interactive_rotation_is_admitted_ahead_of_queued_batch_work(
     assert person.outcome is Outcome.ROTATED
     creates = [e.credential for e in svc.audit_entries() if e.action == "rotation.create"]
     assert creates == ["b0", "z", "b1", "b2", "b3"]
+
+
+def test_add_with_verify_goes_through_the_engines_breaker_for_its_target(
+    svc: BlockingService, settings: Any
+) -> None:
+    """One breaker per target for every connector call: once rotations found the target
+    down and opened its breaker, ``credential add --verify`` on that target fails at once
+    without calling it, and a target that is up is still verified."""
+    opts = EngineOptions(
+        retry_attempts=1, breaker_threshold=3, breaker_window=3, breaker_reset_s=3600
+    )
+    with BlockingService.open(settings, options=opts) as one:
+        for i in range(3):
+            one.add_credential(f"d{i}", "double", settings={"target": "t-down", "down": "true"})
+        result = one.rotate(Selection(names=[f"d{i}" for i in range(3)]))
+        assert not result.ok
+        calls = doubles.CALLS["t-down"]
+        with pytest.raises(VerificationFailed, match="circuit breaker for target t-down is open"):
+            one.add_credential(
+                "late", "double", settings={"target": "t-down", "down": "true"}, verify=True
+            )
+        assert doubles.CALLS["t-down"] == calls  # refused by the breaker, not by the target
+        one.add_credential("fine", "double", settings={"target": "t-up"}, verify=True)
+        assert doubles.CALLS["t-up"] == 1
+    assert "late" not in [c.name for c in svc.list_credentials()]

@@ -128,6 +128,10 @@ class DoubleConnector:
     async def create(self, req: cb.CreateRequest) -> Secret:
         return Secret("dbl-" + secrets.token_urlsafe(18))
 
+    async def verify(self, req: cb.VerifyRequest) -> None:
+        assert isinstance(req.config, DoubleConfig)
+        await self._io(req.config, "verify", req.credential)
+
     async def set(self, req: cb.SetRequest) -> None:
         assert isinstance(req.config, DoubleConfig)
         await self._io(req.config, "set", req.credential)
