@@ -577,12 +577,6 @@ def sealed_version(
     return _sealed(r)
 
 
-def current_number(conn: Connection, credential_id: int) -> int | None:
-    """The number of the CURRENT version, or None."""
-    n = conn.execute(_CURRENT_NUMBER, {"b_cid": credential_id}).scalar_one_or_none()
-    return None if n is None else int(n)
-
-
 def current_versions(conn: Connection, credential_ids: list[int]) -> dict[int, SealedVersion]:
     """The CURRENT version (with ciphertext) of each credential that has one."""
     out: dict[int, SealedVersion] = {}
@@ -614,6 +608,13 @@ def version_numbers(conn: Connection, credential_id: int) -> tuple[int | None, i
 def promote(
     conn: Connection, credential_id: int, number: int, *, now: datetime, grace: timedelta
 ) -> int | None:
+    """Make version ``number`` CURRENT and the old CURRENT PREVIOUS (expiring after ``grace``).
+
+    One transaction (the caller's). An older PREVIOUS still inside its grace stays PREVIOUS
+    until the engine revokes it. Returns the number of the demoted version, or None.
+    Idempotent: promoting the version that is already CURRENT changes nothing.
+    Raises ConcurrentModification when ``number`` is not PENDING.
+    """
     prev = conn.execute(
         _DEMOTE_CURRENT,
         {
@@ -644,62 +645,6 @@ def promote(
     if cur == number and prev is None:
         return None
     raise ConcurrentModification(f"version {number} is not PENDING any more")
-
-
-def promote_old(
-    conn: Connection, credential_id: int, number: int, *, now: datetime, grace: timedelta
-) -> int | None:
-    """Make version ``number`` CURRENT and the old CURRENT PREVIOUS (expiring after ``grace``).
-
-    One transaction (the caller's). An older PREVIOUS still inside its grace stays PREVIOUS
-    until the engine revokes it. Returns the number of the demoted version, or None.
-    Idempotent: promoting the version that is already CURRENT changes nothing.
-    Raises ConcurrentModification when ``number`` is not PENDING.
-    """
-    cur = conn.execute(_CURRENT_NUMBER, {"b_cid": credential_id}).scalar_one_or_none()
-    if cur == number:
-        return None
-    moved = conn.execute(
-        _PENDING_TO_CURRENT,
-        {
-            "b_cid": credential_id,
-            "b_no": number,
-            "stage": Stage.CURRENT.value,
-            "staged_at": now,
-            "expires_at": None,
-        },
-    )
-    if moved.rowcount != 1:
-        raise ConcurrentModification(f"version {number} is not PENDING any more")
-    if cur is None:
-        return None
-    conn.execute(
-        _SET_STAGE,
-        {
-            "b_cid": credential_id,
-            "b_no": cur,
-            "stage": Stage.PREVIOUS.value,
-            "staged_at": now,
-            "expires_at": now + grace,
-        },
-    )
-    return int(cur)
-
-
-def all_sealed_versions(conn: Connection) -> list[tuple[int, int, int, bytes, int]]:
-    """(tenant_id, credential_id, number, ciphertext, data_key_id) of every version (for checks)."""
-    rows = conn.execute(
-        select(
-            credentials.c.tenant_id,
-            versions.c.credential_id,
-            versions.c.number,
-            versions.c.ciphertext,
-            versions.c.data_key_id,
-        )
-        .join(credentials, credentials.c.id == versions.c.credential_id)
-        .order_by(versions.c.id)
-    ).all()
-    return [(r.tenant_id, r.credential_id, r.number, r.ciphertext, r.data_key_id) for r in rows]
 
 
 __all__ = ["ConcurrentModification", "SealedVersion"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -49,7 +49,6 @@ TERMINAL_STEPS = ("finished", "rolled_back", "failed")
 _LOCK_HOLDER = select(credential_locks.c.rotation_id).where(
     credential_locks.c.credential_id == bindparam("b_cid")
 )
-_INSERT_LOCK = insert(credential_locks)
 _INSERT_LOCK_IF_FREE = {
     "sqlite": _sqlite.insert(credential_locks)
     .on_conflict_do_nothing()
@@ -158,8 +157,10 @@ def lock_holder(conn: Connection, credential_id: int) -> str | None:
 def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: datetime) -> str | None:
     """Take the credential's lock for ``rotation_id``; return the holder's id if already held.
 
-    Callers run this inside a savepoint: on PostgreSQL a concurrent insert blocks until the
-    other transaction ends, then fails on the primary key, which the caller treats as held.
+    No savepoint needed: the insert skips a held lock (ON CONFLICT DO NOTHING; on PostgreSQL
+    it first waits for a concurrent insert of the same lock to commit or roll back), and a
+    lock freed between the insert and the read of its holder is tried again (three times,
+    then ConcurrentModification).
     """
     params = {"credential_id": credential_id, "rotation_id": rotation_id, "acquired_at": now}
     for _ in range(3):
@@ -389,15 +390,6 @@ def mark_version(
     return moved
 
 
-def pending_version(conn: Connection, credential_id: int) -> int | None:
-    return conn.execute(
-        select(versions.c.number)
-        .where(versions.c.credential_id == credential_id, versions.c.stage == Stage.PENDING.value)
-        .order_by(versions.c.number.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-
-
 def enqueue_revocation(
     conn: Connection, credential_id: int, version: int, due_at: datetime
 ) -> None:
@@ -493,7 +485,3 @@ def retry_revocation(conn: Connection, revocation_id: int, error: str, due_at: d
         .where(revocations.c.id == revocation_id)
         .values(attempts=revocations.c.attempts + 1, last_error=error, due_at=due_at)
     )
-
-
-def grace_delta(grace_s: int) -> timedelta:
-    return timedelta(seconds=grace_s)
