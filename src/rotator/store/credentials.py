@@ -13,7 +13,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    update,
+)
 
 from rotator.domain.model import Credential, Stage, Version
 from rotator.domain.policy import RotationPolicy
@@ -54,19 +66,27 @@ _VERSION_NUMBERS = select(
     func.max(case((versions.c.stage == Stage.CURRENT.value, versions.c.number))),
     func.max(versions.c.number),
 ).where(versions.c.credential_id == bindparam("b_cid"))
-_DEMOTE_CURRENT = (
+# promote in one statement: PENDING ``b_no`` -> CURRENT and any other CURRENT -> PREVIOUS.
+_IS_PROMOTED = versions.c.number == bindparam("b_no")
+_PROMOTE = (
     update(versions)
     .where(
         versions.c.credential_id == bindparam("b_cid"),
-        versions.c.stage == Stage.CURRENT.value,
-        versions.c.number != bindparam("b_no"),
+        or_(
+            and_(_IS_PROMOTED, versions.c.stage == Stage.PENDING.value),
+            and_(~_IS_PROMOTED, versions.c.stage == Stage.CURRENT.value),
+        ),
+    )
+    .values(
+        stage=case((_IS_PROMOTED, Stage.CURRENT.value), else_=Stage.PREVIOUS.value),
+        staged_at=bindparam("b_now", type_=versions.c.staged_at.type),
+        expires_at=case(
+            (_IS_PROMOTED, null()),
+            else_=bindparam("b_expires", type_=versions.c.expires_at.type),
+        ),
     )
     .returning(versions.c.number)
 )
-_SET_STAGE = update(versions).where(
-    versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
-)
-_PENDING_TO_CURRENT = _SET_STAGE.where(versions.c.stage == Stage.PENDING.value)
 _UPDATE_CREDENTIAL = update(credentials).where(credentials.c.id == bindparam("b_id"))
 _CREDENTIAL_BY_NAME = (
     select(credentials, tenants.c.name.label("tenant_name"))
@@ -615,32 +635,18 @@ def promote(
     Idempotent: promoting the version that is already CURRENT changes nothing.
     Raises ConcurrentModification when ``number`` is not PENDING.
     """
-    prev = conn.execute(
-        _DEMOTE_CURRENT,
-        {
-            "b_cid": credential_id,
-            "b_no": number,
-            "stage": Stage.PREVIOUS.value,
-            "staged_at": now,
-            "expires_at": now + grace,
-        },
-    ).scalar_one_or_none()
-    moved = conn.execute(
-        _PENDING_TO_CURRENT,
-        {
-            "b_cid": credential_id,
-            "b_no": number,
-            "stage": Stage.CURRENT.value,
-            "staged_at": now,
-            "expires_at": None,
-        },
-    )
-    if moved.rowcount == 1:
+    params = {"b_cid": credential_id, "b_no": number, "b_now": now, "b_expires": now + grace}
+    changed = [int(n) for n in conn.execute(_PROMOTE, params).scalars()]
+    demoted = [n for n in changed if n != number]
+    if len(demoted) > 1:
+        raise ConcurrentModification(f"credential {credential_id} had several CURRENT versions")
+    prev = demoted[0] if demoted else None
+    if number in changed:
         moves = {number: Stage.CURRENT.value}
         if prev is not None:
-            moves[int(prev)] = Stage.PREVIOUS.value
+            moves[prev] = Stage.PREVIOUS.value
         cached_stage_moves(conn, credential_id, moves)
-        return None if prev is None else int(prev)
+        return prev
     cur = conn.execute(_CURRENT_NUMBER, {"b_cid": credential_id}).scalar_one_or_none()
     if cur == number and prev is None:
         return None

@@ -118,6 +118,49 @@ _MARK_VERSION = update(versions).where(
 )
 _MARK_VERSION_FROM = _MARK_VERSION.where(versions.c.stage.in_(bindparam("b_from", expanding=True)))
 _INSERT_REVOCATION = insert(revocations)
+_DUE_REVOCATIONS = (
+    select(revocations, credentials.c.tenant_id, credentials.c.name)
+    .join(credentials, credentials.c.id == revocations.c.credential_id)
+    .where(revocations.c.due_at <= bindparam("b_now"))
+    .order_by(revocations.c.due_at)
+    .limit(bindparam("b_limit"))
+)
+_DUE_REVOCATIONS_OF = _DUE_REVOCATIONS.where(
+    revocations.c.credential_id.in_(bindparam("b_cids", expanding=True))
+)
+_EXPIRE_PREVIOUS = (
+    update(versions)
+    .where(
+        versions.c.credential_id == bindparam("b_cid"),
+        versions.c.stage == Stage.PREVIOUS.value,
+    )
+    .values(expires_at=bindparam("b_now"))
+)
+_REVOCATIONS_DUE_NOW = (
+    update(revocations)
+    .where(
+        revocations.c.credential_id == bindparam("b_cid"),
+        revocations.c.due_at > bindparam("b_now"),
+    )
+    .values(due_at=bindparam("b_now"))
+)
+_LAST_REVOCATION_DUE = (
+    select(revocations.c.due_at)
+    .where(revocations.c.credential_id == bindparam("b_cid"))
+    .order_by(revocations.c.due_at.desc())
+    .limit(1)
+)
+_NEXT_REVOCATION_DUE = select(revocations.c.due_at).order_by(revocations.c.due_at).limit(1)
+_FINISH_REVOCATION = delete(revocations).where(revocations.c.id == bindparam("b_id"))
+_RETRY_REVOCATION = (
+    update(revocations)
+    .where(revocations.c.id == bindparam("b_id"))
+    .values(
+        attempts=revocations.c.attempts + 1,
+        last_error=bindparam("b_error"),
+        due_at=bindparam("b_due"),
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,14 +464,11 @@ class RevocationRow:
 def due_revocations(
     conn: Connection, now: datetime, limit: int = 500, credential_ids: list[int] | None = None
 ) -> list[RevocationRow]:
-    q = (
-        select(revocations, credentials.c.tenant_id, credentials.c.name)
-        .join(credentials, credentials.c.id == revocations.c.credential_id)
-        .where(revocations.c.due_at <= now)
-    )
-    if credential_ids is not None:
-        q = q.where(revocations.c.credential_id.in_(credential_ids))
-    rows = conn.execute(q.order_by(revocations.c.due_at).limit(limit)).all()
+    params: dict[str, Any] = {"b_now": now, "b_limit": limit}
+    if credential_ids is None:
+        rows = conn.execute(_DUE_REVOCATIONS, params).all()
+    else:
+        rows = conn.execute(_DUE_REVOCATIONS_OF, {**params, "b_cids": credential_ids}).all()
     return [
         RevocationRow(
             id=r.id,
@@ -446,42 +486,27 @@ def due_revocations(
 def revoke_all_now(conn: Connection, credential_id: int, now: datetime) -> None:
     """Emergency: every PREVIOUS version of the credential expires now and its queued
     revocation falls due now, not only the one just demoted."""
-    conn.execute(
-        update(versions)
-        .where(versions.c.credential_id == credential_id, versions.c.stage == Stage.PREVIOUS.value)
-        .values(expires_at=now)
-    )
-    conn.execute(
-        update(revocations)
-        .where(revocations.c.credential_id == credential_id, revocations.c.due_at > now)
-        .values(due_at=now)
-    )
+    params = {"b_cid": credential_id, "b_now": now}
+    conn.execute(_EXPIRE_PREVIOUS, params)
+    conn.execute(_REVOCATIONS_DUE_NOW, params)
 
 
 def last_revocation_due(conn: Connection, credential_id: int) -> datetime | None:
     """When the last queued revocation of a credential falls due, or None."""
     value: datetime | None = conn.execute(
-        select(revocations.c.due_at)
-        .where(revocations.c.credential_id == credential_id)
-        .order_by(revocations.c.due_at.desc())
-        .limit(1)
+        _LAST_REVOCATION_DUE, {"b_cid": credential_id}
     ).scalar_one_or_none()
     return value
 
 
 def next_revocation_due(conn: Connection) -> datetime | None:
-    return conn.execute(
-        select(revocations.c.due_at).order_by(revocations.c.due_at).limit(1)
-    ).scalar_one_or_none()
+    value: datetime | None = conn.execute(_NEXT_REVOCATION_DUE).scalar_one_or_none()
+    return value
 
 
 def finish_revocation(conn: Connection, revocation_id: int) -> None:
-    conn.execute(delete(revocations).where(revocations.c.id == revocation_id))
+    conn.execute(_FINISH_REVOCATION, {"b_id": revocation_id})
 
 
 def retry_revocation(conn: Connection, revocation_id: int, error: str, due_at: datetime) -> None:
-    conn.execute(
-        update(revocations)
-        .where(revocations.c.id == revocation_id)
-        .values(attempts=revocations.c.attempts + 1, last_error=error, due_at=due_at)
-    )
+    conn.execute(_RETRY_REVOCATION, {"b_id": revocation_id, "b_error": error, "b_due": due_at})
