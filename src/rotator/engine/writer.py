@@ -91,10 +91,11 @@ class StoreWriter:
                 return
 
     def _commit(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
-        # Optimistic: the whole batch in one transaction, audit entries chained at the end.
-        # Operations rarely fail; when one does, the batch is rolled back as a whole and every
-        # operation is run again alone, so only the failing one fails. (Cheaper than a
-        # savepoint around each operation, which costs two statements each.)
+        # Optimistic: the whole batch in one transaction; audit entries chained, step writes
+        # and stage MACs sent at the end. Operations rarely fail; when one does (a lost fence
+        # found at the end included), the batch is rolled back as a whole and every operation
+        # is run again alone, so only the failing one fails. (Cheaper than a savepoint around
+        # each operation, which costs two statements each.)
         try:
             return [(True, value) for value in self._run_batch([fn for fn, _ in batch])]
         except Exception:
