@@ -33,10 +33,6 @@ class AlreadyExists(RotatorError):
     """The object exists already."""
 
 
-class PermissionDenied(RotatorError):
-    """The principal may not do this."""
-
-
 class NotInitialized(RotatorError):
     """rotator is not initialized here: run `rotator init` first."""
 

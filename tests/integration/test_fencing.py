@@ -42,7 +42,7 @@ from rotator.connectors import base as cbase
 from rotator.domain.model import Stage
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
 from rotator.engine.writer import StoreWriter
-from rotator.errors import LostOwnership
+from rotator.errors import ConcurrentModification, LostOwnership
 from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.store import normalize_url
 from rotator.store import rotations as store_rot
@@ -337,6 +337,134 @@ def test_write_under_a_stale_token_fails_alone_and_commits_nothing_of_its_transa
     assert step_of(svc, "ra") == "set"
     assert step_of(svc, "rb") == "created"
     assert {v.number: v.stage for v in svc.show("b").versions} == {1: Stage.CURRENT}
+
+
+def run_in_one_group_commit(
+    svc: BlockingService, ops: list[Any]
+) -> tuple[list[object], int, list[tuple[str, bool]]]:
+    """Run ``ops`` through one StoreWriter, all queued before its first batch. Returns each
+    one's result (or exception), the number of group commits and the SQL sent (statement,
+    executemany?)."""
+    sent: list[tuple[str, bool]] = []
+
+    def listen(_c: object, _cur: object, stmt: str, _p: object, _x: object, many: bool) -> None:
+        sent.append((" ".join(stmt.split()), many))
+
+    async def go() -> tuple[list[object], int]:
+        writer = StoreWriter(svc.db, ThreadPoolExecutor(max_workers=1))
+        results = await asyncio.gather(*(writer.run(op) for op in ops), return_exceptions=True)
+        await writer.aclose()
+        return list(results), writer.batches
+
+    sqlalchemy.event.listen(svc.db.engine, "before_cursor_execute", listen)
+    try:
+        results, batches = asyncio.run(go())
+    finally:
+        sqlalchemy.event.remove(svc.db.engine, "before_cursor_execute", listen)
+    return results, batches, sent
+
+
+def set_step_op(rid: str, step: str, fence: str, now: datetime) -> Any:
+    return lambda conn: store_rot.set_step(conn, rid, step, now, fence=fence)
+
+
+def test_a_lost_fence_among_many_operations_of_one_group_commit_fails_that_operation_only(
+    svc: BlockingService, double: None, raw_db: sqlalchemy.Engine
+) -> None:
+    ids = {f"c{i}": add_double(svc, f"c{i}") for i in range(12)}
+    for i in range(12):
+        insert_rotation(svc, f"r{i}", f"c{i}", f"token-{i}")
+    with raw_db.begin() as c:  # another process took r7 over
+        c.execute(rotations.update().where(rotations.c.id == "r7").values(fence="newer"))
+    now = svc.clock()
+
+    def stage_move_then_step(i: int) -> Any:
+        def op(conn: Any) -> None:
+            store_rot.mark_version(conn, ids[f"c{i}"], 1, Stage.FAILED, now)
+            svc.kernel.restamp(conn, ids[f"c{i}"])
+            store_rot.set_step(conn, f"r{i}", "failed", now, fence=f"token-{i}")
+
+        return op
+
+    ops = [set_step_op(f"r{i}", "set", f"token-{i}", now) for i in range(6)]
+    ops += [stage_move_then_step(i) for i in range(6, 12)]
+    results, batches, _ = run_in_one_group_commit(svc, ops)
+
+    assert batches == 1, "all the writes must share one group commit for this test to mean much"
+    lost = results.pop(7)
+    assert isinstance(lost, LostOwnership)
+    assert lost.rotation_id == "r7"
+    assert results == [None] * 11
+    assert [step_of(svc, f"r{i}") for i in range(12)] == ["set"] * 6 + ["failed"] + ["created"] + [
+        "failed"
+    ] * 4
+    assert {v.number: v.stage for v in svc.show("c7").versions} == {1: Stage.CURRENT}
+    for i in (6, 8, 9, 10, 11):  # moved and re-stamped: the stage maps still verify
+        assert {v.number: v.stage for v in svc.show(f"c{i}").versions} == {1: Stage.FAILED}
+    with svc.db.read() as conn:
+        assert svc.stage_map_errors(conn, list(ids.values())) == {}
+
+
+def test_step_writes_of_one_group_commit_go_to_the_database_as_one_statement(
+    svc: BlockingService, double: None
+) -> None:
+    for i in range(8):
+        add_double(svc, f"c{i}")
+        insert_rotation(svc, f"r{i}", f"c{i}", f"token-{i}")
+    now = svc.clock()
+    steps = ["set", "tested", "finished", "failed"] * 2
+    ops = [set_step_op(f"r{i}", steps[i], f"token-{i}", now) for i in range(8)]
+
+    results, batches, sent = run_in_one_group_commit(svc, ops)
+
+    assert (results, batches) == ([None] * 8, 1)
+    updates = [many for stmt, many in sent if stmt.startswith("UPDATE rotations")]
+    assert updates == [True]
+    assert [step_of(svc, f"r{i}") for i in range(8)] == steps
+    with svc.db.read() as conn:
+        rows = {r.id: r for r in conn.execute(select(rotations))}
+    assert all(rows[f"r{i}"].finished_at is not None for i in (2, 3, 6, 7))
+    assert all(rows[f"r{i}"].lease_expires_at is None for i in (2, 3, 6, 7))
+    assert all(rows[f"r{i}"].finished_at is None for i in (0, 1, 4, 5))
+    assert all(rows[f"r{i}"].lease_expires_at is not None for i in (0, 1, 4, 5))
+
+
+def test_one_operation_writing_many_steps_names_the_rotation_it_lost_and_commits_nothing(
+    svc: BlockingService, double: None, raw_db: sqlalchemy.Engine
+) -> None:
+    for i in range(5):
+        add_double(svc, f"c{i}")
+        insert_rotation(svc, f"r{i}", f"c{i}", f"token-{i}")
+    with raw_db.begin() as c:
+        c.execute(rotations.update().where(rotations.c.id == "r3").values(fence="newer"))
+    now = svc.clock()
+
+    def group(conn: Any) -> None:  # as a group's stage move writes every member's step
+        for i in range(5):
+            store_rot.set_step(conn, f"r{i}", "finished", now, fence=f"token-{i}")
+
+    (result,), _, _ = run_in_one_group_commit(svc, [group])
+
+    assert isinstance(result, LostOwnership)
+    assert result.rotation_id == "r3"
+    assert [step_of(svc, f"r{i}") for i in range(5)] == ["created"] * 5
+
+
+def test_an_operation_failing_after_a_lost_step_write_reports_the_lost_ownership(
+    svc: BlockingService, double: None
+) -> None:
+    add_double(svc, "a")
+    insert_rotation(svc, "ra", "a", "token-a")
+    now = svc.clock()
+
+    def op(conn: Any) -> None:
+        store_rot.set_step(conn, "ra", "set", now, fence="token-of-old-owner")
+        raise ConcurrentModification("something later in the same operation failed")
+
+    (result,), _, _ = run_in_one_group_commit(svc, [op])
+
+    assert isinstance(result, LostOwnership)
+    assert step_of(svc, "ra") == "created"
 
 
 def test_takeover_gives_a_new_token_and_the_old_owner_can_neither_renew_nor_write(

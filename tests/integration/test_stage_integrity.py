@@ -10,28 +10,36 @@ Also: a store written before migration 0006 is sealed by the keyed upgrade when 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, event, select, update
 
 from rotator.audit.chain import GENESIS, AuditEntry, entry_hash
 from rotator.config import Settings
+from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
-from rotator.errors import AuditChainBroken
+from rotator.engine.writer import StoreWriter
+from rotator.errors import AuditChainBroken, IntegrityError
 from rotator.service import BlockingService, Principal, ValueInput
 from rotator.store import Database
+from rotator.store import credentials as store_creds
+from rotator.store import rotations as store_rot
 from rotator.store.db import MIGRATIONS
-from rotator.store.schema import audit_head, audit_log, credentials
+from rotator.store.schema import audit_head, audit_log, credentials, versions
 
 ROTATOR = str(Path(sys.executable).parent / "rotator")
 VALUES = {"alpha": "alpha-value-1f9c", "beta": "beta-value-83d2"}
@@ -342,3 +350,86 @@ def test_updating_settings_through_rotator_keeps_the_credential_readable(store: 
     assert out.returncode == 0, out.stderr
     got = cli(store, "credential", "get", "alpha")
     assert (got.returncode, got.stdout) == (0, VALUES["alpha"] + "\n"), got.stderr
+
+
+def test_stage_moves_in_one_group_commit_read_each_map_once_and_stamp_maps_that_verify(
+    svc: BlockingService, raw_db: Engine
+) -> None:
+    """The engine's writer checks and re-stamps stage maps from one read per credential per
+    group commit, also when several operations move the same credential's stages; a map
+    edited before the group commit is still refused, and only its operation fails."""
+    ids = {}
+    for name in ("a", "b", "c"):
+        svc.add_credential(name, "local", value=ValueInput(generate=True))
+        ids[name] = svc.show(name).id
+    tenant = svc.tenant("default")
+    with raw_db.begin() as conn:  # c's version 1 relabelled behind rotator's back
+        conn.execute(
+            update(versions).where(versions.c.credential_id == ids["c"]).values(stage="PREVIOUS")
+        )
+    now = svc.clock()
+
+    def add_pending(name: str) -> Callable[[Connection], None]:
+        def op(conn: Connection) -> None:
+            _, number = store_creds.version_numbers(conn, ids[name])
+            svc.check_stage_map(conn, ids[name])
+            svc.seal_version(conn, tenant, ids[name], number, Secret(b"v2"), Stage.PENDING, now)
+            svc.kernel.restamp(conn, ids[name])
+
+        return op
+
+    def fail_pending(name: str) -> Callable[[Connection], None]:
+        def op(conn: Connection) -> None:
+            svc.check_stage_map(conn, ids[name])
+            store_rot.mark_version(conn, ids[name], 2, Stage.FAILED, now)
+            svc.kernel.restamp(conn, ids[name])
+
+        return op
+
+    maps_read: list[str] = []
+
+    def listen(_c: object, _cur: object, stmt: str, *_: object) -> None:
+        if "credentials.stage_mac, versions.number" in " ".join(stmt.split()):
+            maps_read.append(stmt)
+
+    def group_commit(*ops: Callable[[Connection], None]) -> list[object]:
+        async def go() -> tuple[list[object], int]:
+            writer = StoreWriter(svc.db, ThreadPoolExecutor(max_workers=1))
+            out = await asyncio.gather(*(writer.run(op) for op in ops), return_exceptions=True)
+            await writer.aclose()
+            return list(out), writer.batches
+
+        maps_read.clear()
+        event.listen(svc.db.engine, "before_cursor_execute", listen)
+        try:
+            results, batches = asyncio.run(go())
+        finally:
+            event.remove(svc.db.engine, "before_cursor_execute", listen)
+        assert batches == 1
+        return results
+
+    assert group_commit(add_pending("a"), fail_pending("a"), add_pending("b")) == [None] * 3
+    assert len(maps_read) == 2  # a's and b's, once each
+    assert {v.number: v.stage for v in svc.show("a").versions} == {
+        1: Stage.CURRENT,
+        2: Stage.FAILED,
+    }
+    assert {v.number: v.stage for v in svc.show("b").versions} == {
+        1: Stage.CURRENT,
+        2: Stage.PENDING,
+    }
+    with svc.db.read() as conn:
+        assert svc.stage_map_errors(conn, list(ids.values())) == {ids["c"]: mock.ANY}
+    assert svc.get_value("a").reveal_text()
+
+    tampered, moved = group_commit(add_pending("c"), fail_pending("b"))
+    assert isinstance(tampered, IntegrityError)
+    assert moved is None
+    assert {v.number: v.stage for v in svc.show("c").versions} == {1: Stage.PREVIOUS}
+    assert {v.number: v.stage for v in svc.show("b").versions} == {
+        1: Stage.CURRENT,
+        2: Stage.FAILED,
+    }
+    with svc.db.read() as conn:
+        assert set(svc.stage_map_errors(conn, list(ids.values()))) == {ids["c"]}
+    assert svc.get_value("b").reveal_text()

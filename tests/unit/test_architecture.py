@@ -38,19 +38,25 @@ def test_the_source_keeps_every_layering_contract() -> None:
     assert "4 kept, 0 broken" in result.stdout
 
 
+ENGINE = "the engine never imports the service"
+CONNECTORS = "connectors import neither the store nor the engine"
+INTERFACES = "interfaces import only the service"
+PURE = "domain and policy do no I/O"
+
+
 @pytest.mark.parametrize(
     ("module", "planted", "contract"),
     [
-        ("engine/protocol.py", "import rotator.service", "the engine never imports the service"),
-        ("kernel/core.py", "import rotator.service.credentials", "the engine never imports the service"),
-        ("connectors/postgres.py", "import rotator.store", "connectors import neither the store nor the engine"),
-        ("connectors/http.py", "import rotator.engine", "connectors import neither the store nor the engine"),
-        ("cli/main.py", "import rotator.engine", "interfaces import only the service"),
-        ("cli/main.py", "import rotator.store", "interfaces import only the service"),
-        ("domain/model.py", "import sqlalchemy", "domain and policy do no I/O"),
-        ("policy/schedule.py", "import httpx", "domain and policy do no I/O"),
+        ("engine/protocol.py", "import rotator.service", ENGINE),
+        ("kernel/core.py", "import rotator.service.credentials", ENGINE),
+        ("connectors/postgres.py", "import rotator.store", CONNECTORS),
+        ("connectors/http.py", "import rotator.engine", CONNECTORS),
+        ("cli/main.py", "import rotator.engine", INTERFACES),
+        ("cli/main.py", "import rotator.store", INTERFACES),
+        ("domain/model.py", "import sqlalchemy", PURE),
+        ("policy/schedule.py", "import httpx", PURE),
     ],
-)  # fmt: skip
+)
 def test_a_forbidden_import_breaks_its_contract(
     tmp_path: Path, module: str, planted: str, contract: str
 ) -> None:

@@ -65,17 +65,11 @@ def format_ts(now: datetime) -> str:
 
 @dataclass
 class AuditBatch:
-    """Entries appended in one transaction, not yet chained. ``mark``/``reset`` let the writer
-    drop the entries of an operation that failed. ``keys`` comes with the appends."""
+    """Entries appended in one transaction, not yet chained. ``keys`` comes with the
+    appends."""
 
     pending: list[dict[str, Any]] = field(default_factory=list)
     keys: AuditKeys | None = None
-
-    def mark(self) -> int:
-        return len(self.pending)
-
-    def reset(self, mark: int) -> None:
-        del self.pending[mark:]
 
     def flush(self, conn: Connection) -> int:
         """Chain, MAC and write the collected entries; returns how many were written.

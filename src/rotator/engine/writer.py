@@ -4,6 +4,9 @@ Each ``await writer.run(fn)`` runs ``fn(conn)`` in a shared transaction and retu
 transaction has committed, so callers get durability without paying one commit each. A failing
 ``fn`` raises to its caller only; the others still commit. ``fn`` may run twice (see
 ``_commit``), so it must not have effects outside the transaction that matter twice.
+In the shared transaction audit appends, fenced step writes (store/rotations.py) and stage-map
+reads (store/credentials.py) are batched: audit entries are chained and step writes sent once
+per batch, just before the commit, and a credential's stage map is read at most once.
 On SQLite (one writer at a time anyway) this turns thousands of tiny transactions into a few
 large ones; on PostgreSQL it cuts round trips the same way.
 """
@@ -19,7 +22,10 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 
 from rotator.audit.log import BATCH_KEY, AuditBatch
+from rotator.errors import LostOwnership
 from rotator.store import Database
+from rotator.store.credentials import stage_cache
+from rotator.store.rotations import STEP_BATCH_KEY, StepBatch
 
 T = TypeVar("T")
 _Item = tuple[Callable[[Connection], Any], "asyncio.Future[Any]", bool]
@@ -88,10 +94,11 @@ class StoreWriter:
                 return
 
     def _commit(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
-        # Optimistic: the whole batch in one transaction, audit entries chained at the end.
-        # Operations rarely fail; when one does, the batch is rolled back as a whole and every
-        # operation is run again alone, so only the failing one fails. (Cheaper than a
-        # savepoint around each operation, which costs two statements each.)
+        # Optimistic: the whole batch in one transaction; audit entries chained, step writes
+        # and stage MACs sent at the end. Operations rarely fail; when one does (a lost fence
+        # found at the end included), the batch is rolled back as a whole and every operation
+        # is run again alone, so only the failing one fails. (Cheaper than a savepoint around
+        # each operation, which costs two statements each.)
         relaxed = not any(durable for _, _, durable in batch)
         try:
             return [(True, value) for value in self._run_batch([fn for fn, _, _ in batch], relaxed)]
@@ -107,14 +114,32 @@ class StoreWriter:
         return results
 
     def _run_batch(self, fns: list[Callable[[Connection], Any]], relaxed: bool) -> list[Any]:
-        with self._db.write(relaxed=relaxed) as conn:
+        with self._db.write(relaxed=relaxed) as conn, stage_cache(conn):
             audit_batch = AuditBatch()
+            steps = StepBatch()
             conn.info[BATCH_KEY] = audit_batch
+            conn.info[STEP_BATCH_KEY] = steps
             try:
-                out = [fn(conn) for fn in fns]
+                try:
+                    out = [fn(conn) for fn in fns]
+                except Exception as exc:
+                    # A step write made before the failure would have raised LostOwnership
+                    # first, had it been sent at once: it still does. (Anything else the
+                    # flush raises, e.g. on an aborted PostgreSQL transaction, is dropped.)
+                    lost: LostOwnership | None = None
+                    with contextlib.suppress(Exception):
+                        try:
+                            steps.flush(conn)
+                        except LostOwnership as found:
+                            lost = found
+                    if lost is not None:
+                        raise lost from exc
+                    raise
+                steps.flush(conn)
                 audit_batch.flush(conn)
             finally:
                 conn.info.pop(BATCH_KEY, None)
+                conn.info.pop(STEP_BATCH_KEY, None)
         return out
 
     async def aclose(self) -> None:

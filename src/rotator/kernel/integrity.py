@@ -97,7 +97,9 @@ def stage_key(svc: Kernel, conn: Connection, data_key_id: int) -> tuple[int, Mac
 
 def restamp(svc: Kernel, conn: Connection, credential_id: int) -> None:
     """Recompute the stage MAC of a credential from its rows, in the caller's transaction.
-    Call after a stage move (and :func:`check` before it). No-op for a deleted credential."""
+    Call after a stage move (and :func:`check` before it). No-op for a deleted credential.
+    In a transaction with a stage cache (store/credentials.py; the engine's writer) the rows
+    are those the check read plus the moves made since, and the MAC is written at its end."""
     m = store_creds.stage_map(conn, credential_id)
     if m is None:
         return
@@ -137,7 +139,8 @@ def errors(svc: Kernel, conn: Connection, credential_ids: list[int]) -> dict[int
 
 
 def check(svc: Kernel, conn: Connection, credential_id: int) -> None:
-    """Raise IntegrityError unless the credential's stored stage map verifies."""
+    """Raise IntegrityError unless the credential's stored stage map verifies (with a stage
+    cache: as first read in this transaction)."""
     found = errors(svc, conn, [credential_id])
     if found:
         raise found[credential_id]

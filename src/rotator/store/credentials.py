@@ -5,13 +5,27 @@ Values appear here only as ciphertext; sealing and opening happen in the service
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    update,
+)
 
 from rotator.domain.model import Credential, Stage, Version
 from rotator.domain.policy import RotationPolicy
@@ -52,19 +66,27 @@ _VERSION_NUMBERS = select(
     func.max(case((versions.c.stage == Stage.CURRENT.value, versions.c.number))),
     func.max(versions.c.number),
 ).where(versions.c.credential_id == bindparam("b_cid"))
-_DEMOTE_CURRENT = (
+# promote in one statement: PENDING ``b_no`` -> CURRENT and any other CURRENT -> PREVIOUS.
+_IS_PROMOTED = versions.c.number == bindparam("b_no")
+_PROMOTE = (
     update(versions)
     .where(
         versions.c.credential_id == bindparam("b_cid"),
-        versions.c.stage == Stage.CURRENT.value,
-        versions.c.number != bindparam("b_no"),
+        or_(
+            and_(_IS_PROMOTED, versions.c.stage == Stage.PENDING.value),
+            and_(~_IS_PROMOTED, versions.c.stage == Stage.CURRENT.value),
+        ),
+    )
+    .values(
+        stage=case((_IS_PROMOTED, Stage.CURRENT.value), else_=Stage.PREVIOUS.value),
+        staged_at=bindparam("b_now", type_=versions.c.staged_at.type),
+        expires_at=case(
+            (_IS_PROMOTED, null()),
+            else_=bindparam("b_expires", type_=versions.c.expires_at.type),
+        ),
     )
     .returning(versions.c.number)
 )
-_SET_STAGE = update(versions).where(
-    versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
-)
-_PENDING_TO_CURRENT = _SET_STAGE.where(versions.c.stage == Stage.PENDING.value)
 _UPDATE_CREDENTIAL = update(credentials).where(credentials.c.id == bindparam("b_id"))
 _CREDENTIAL_BY_NAME = (
     select(credentials, tenants.c.name.label("tenant_name"))
@@ -160,14 +182,87 @@ class StageMap:
     sinks: Any = None
 
 
+# -- the stage-map cache of a write transaction ---------------------------------------------
+#
+# A stage move is checked (the map read and verified), made, and re-stamped (the MAC of the new
+# map written) in one transaction. A transaction that carries a cache (see :func:`stage_cache`;
+# the engine's group-commit writer holds one per batch) reads each credential's map at most
+# once: later reads are served from the cache, which the stage moves of this module and of
+# store/rotations.py keep equal to the rows they write (a version inserted, promote,
+# mark_version), and its new MACs are written together when the block ends. A write here that
+# changes what a map covers in another way (connector, settings, sinks, a deletion) drops the
+# credential's entry, so the next read goes to the database. Any new statement that writes
+# ``versions.stage``/``number`` or the covered ``credentials`` columns must do the same.
+STAGE_CACHE_KEY = "rotator.stage_maps"
+
+
+@dataclass
+class StageCache:
+    """Stage maps read in one transaction, and MACs to write before it commits."""
+
+    maps: dict[int, StageMap] = field(default_factory=dict)
+    macs: dict[int, str] = field(default_factory=dict)
+
+    def flush(self, conn: Connection) -> None:
+        """Write the new stage MACs (one executemany)."""
+        if self.macs:
+            conn.execute(_SET_STAGE_MAC, [{"b_id": c, "b_mac": m} for c, m in self.macs.items()])
+            self.macs.clear()
+
+
+@contextlib.contextmanager
+def stage_cache(conn: Connection) -> Iterator[StageCache]:
+    """Cache stage maps and hold back MAC writes for the block, which must end inside
+    ``conn``'s transaction; the MACs are written when it ends without an error."""
+    cache = conn.info[STAGE_CACHE_KEY] = StageCache()
+    try:
+        yield cache
+        cache.flush(conn)
+    finally:
+        conn.info.pop(STAGE_CACHE_KEY, None)
+
+
+def _cache(conn: Connection) -> StageCache | None:
+    cache: StageCache | None = conn.info.get(STAGE_CACHE_KEY)
+    return cache
+
+
+def cached_stage_moves(conn: Connection, credential_id: int, moves: Mapping[int, str]) -> None:
+    """Apply the stage moves ``moves`` (number -> stage, new numbers too) to a cached map."""
+    cache = _cache(conn)
+    m = None if cache is None else cache.maps.get(credential_id)
+    if cache is None or m is None:
+        return
+    stages = dict(m.stages)
+    stages.update(moves)
+    cache.maps[credential_id] = dataclasses.replace(m, stages=tuple(sorted(stages.items())))
+
+
+def _forget_stage_map(conn: Connection, credential_id: int, *, deleted: bool = False) -> None:
+    cache = _cache(conn)
+    if cache is not None:
+        cache.maps.pop(credential_id, None)
+        if deleted:
+            cache.macs.pop(credential_id, None)
+
+
+def _with_pending_mac(cache: StageCache | None, m: StageMap) -> StageMap:
+    mac = None if cache is None else cache.macs.get(m.credential_id)
+    return m if mac is None else dataclasses.replace(m, mac=mac)
+
+
 def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
-    """The stage map of one credential (one query), or None if it does not exist."""
+    """The stage map of one credential (one query, or none when the transaction's stage
+    cache holds it), or None if it does not exist."""
+    cache = _cache(conn)
+    if cache is not None and credential_id in cache.maps:
+        return cache.maps[credential_id]
     rows = conn.execute(_STAGE_MAP_ONE, {"b_cid": credential_id}).all()
     if not rows:
         return None
     first = rows[0]
     stages = tuple((int(r.number), str(r.stage)) for r in rows if r.number is not None)
-    return StageMap(
+    m = StageMap(
         credential_id,
         first.tenant_id,
         first.name,
@@ -177,6 +272,9 @@ def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
         first.config,
         first.sinks,
     )
+    if cache is not None:
+        m = cache.maps[credential_id] = _with_pending_mac(cache, m)
+    return m
 
 
 def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, StageMap]:
@@ -185,7 +283,11 @@ def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, Sta
     if len(credential_ids) == 1:
         one = stage_map(conn, credential_ids[0])
         return {} if one is None else {one.credential_id: one}
+    cache = _cache(conn)
     out: dict[int, StageMap] = {}
+    if cache is not None:
+        out = {c: cache.maps[c] for c in credential_ids if c in cache.maps}
+        credential_ids = [c for c in credential_ids if c not in out]
     for chunk in _chunks(list(credential_ids)):
         heads = conn.execute(
             select(
@@ -206,21 +308,32 @@ def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, Sta
         ):
             stages[r.credential_id].append((int(r.number), str(r.stage)))
         for h in heads:
-            out[h.id] = StageMap(
-                h.id,
-                h.tenant_id,
-                h.name,
-                tuple(stages[h.id]),
-                h.stage_mac,
-                h.connector,
-                h.config,
-                h.sinks,
+            out[h.id] = _with_pending_mac(
+                cache,
+                StageMap(
+                    h.id,
+                    h.tenant_id,
+                    h.name,
+                    tuple(stages[h.id]),
+                    h.stage_mac,
+                    h.connector,
+                    h.config,
+                    h.sinks,
+                ),
             )
     return out
 
 
 def set_stage_mac(conn: Connection, credential_id: int, mac: str) -> None:
-    conn.execute(_SET_STAGE_MAC, {"b_id": credential_id, "b_mac": mac})
+    """Store a credential's stage MAC (with a stage cache: when its block ends)."""
+    cache = _cache(conn)
+    if cache is None:
+        conn.execute(_SET_STAGE_MAC, {"b_id": credential_id, "b_mac": mac})
+        return
+    cache.macs[credential_id] = mac
+    m = cache.maps.get(credential_id)
+    if m is not None:
+        cache.maps[credential_id] = dataclasses.replace(m, mac=mac)
 
 
 def all_credential_ids(conn: Connection) -> list[int]:
@@ -305,6 +418,8 @@ def update_credential(
     if sinks is not None:
         values["sinks"] = [dict(x) for x in sinks]
     conn.execute(_UPDATE_CREDENTIAL, {"b_id": credential_id, **values})
+    if connector is not None or config is not None or sinks is not None:
+        _forget_stage_map(conn, credential_id)
     if tags is not None:
         conn.execute(
             delete(credential_tags).where(credential_tags.c.credential_id == credential_id)
@@ -318,6 +433,7 @@ def delete_credential(conn: Connection, credential_id: int) -> None:
         conn.execute(delete(table).where(table.c.credential_id == credential_id))
     conn.execute(delete(credential_tags).where(credential_tags.c.credential_id == credential_id))
     conn.execute(delete(credentials).where(credentials.c.id == credential_id))
+    _forget_stage_map(conn, credential_id, deleted=True)
 
 
 def credential_id(conn: Connection, tenant_id: int, name: str) -> int | None:
@@ -462,6 +578,7 @@ def insert_version(
             "expires_at": None,
         },
     )
+    cached_stage_moves(conn, credential_id, {number: stage.value})
 
 
 def sealed_version(
@@ -480,12 +597,6 @@ def sealed_version(
     return _sealed(r)
 
 
-def current_number(conn: Connection, credential_id: int) -> int | None:
-    """The number of the CURRENT version, or None."""
-    n = conn.execute(_CURRENT_NUMBER, {"b_cid": credential_id}).scalar_one_or_none()
-    return None if n is None else int(n)
-
-
 def current_versions(conn: Connection, credential_ids: list[int]) -> dict[int, SealedVersion]:
     """The CURRENT version (with ciphertext) of each credential that has one."""
     out: dict[int, SealedVersion] = {}
@@ -501,43 +612,20 @@ def current_versions(conn: Connection, credential_ids: list[int]) -> dict[int, S
 
 
 def version_numbers(conn: Connection, credential_id: int) -> tuple[int | None, int]:
-    """(number of the CURRENT version or None, next free version number) in one query."""
+    """(number of the CURRENT version or None, next free version number) in one query.
+
+    With a stage cache (a stage move follows: its check then reads no more) the query reads
+    the whole stage map."""
+    if _cache(conn) is not None:
+        m = stage_map(conn, credential_id)
+        stages = () if m is None else m.stages
+        current = [n for n, st in stages if st == Stage.CURRENT.value]
+        return (max(current) if current else None), max((n for n, _ in stages), default=0) + 1
     cur, top = conn.execute(_VERSION_NUMBERS, {"b_cid": credential_id}).one()
     return (None if cur is None else int(cur)), int(top or 0) + 1
 
 
 def promote(
-    conn: Connection, credential_id: int, number: int, *, now: datetime, grace: timedelta
-) -> int | None:
-    prev = conn.execute(
-        _DEMOTE_CURRENT,
-        {
-            "b_cid": credential_id,
-            "b_no": number,
-            "stage": Stage.PREVIOUS.value,
-            "staged_at": now,
-            "expires_at": now + grace,
-        },
-    ).scalar_one_or_none()
-    moved = conn.execute(
-        _PENDING_TO_CURRENT,
-        {
-            "b_cid": credential_id,
-            "b_no": number,
-            "stage": Stage.CURRENT.value,
-            "staged_at": now,
-            "expires_at": None,
-        },
-    )
-    if moved.rowcount == 1:
-        return None if prev is None else int(prev)
-    cur = conn.execute(_CURRENT_NUMBER, {"b_cid": credential_id}).scalar_one_or_none()
-    if cur == number and prev is None:
-        return None
-    raise ConcurrentModification(f"version {number} is not PENDING any more")
-
-
-def promote_old(
     conn: Connection, credential_id: int, number: int, *, now: datetime, grace: timedelta
 ) -> int | None:
     """Make version ``number`` CURRENT and the old CURRENT PREVIOUS (expiring after ``grace``).
@@ -547,50 +635,22 @@ def promote_old(
     Idempotent: promoting the version that is already CURRENT changes nothing.
     Raises ConcurrentModification when ``number`` is not PENDING.
     """
+    params = {"b_cid": credential_id, "b_no": number, "b_now": now, "b_expires": now + grace}
+    changed = [int(n) for n in conn.execute(_PROMOTE, params).scalars()]
+    demoted = [n for n in changed if n != number]
+    if len(demoted) > 1:
+        raise ConcurrentModification(f"credential {credential_id} had several CURRENT versions")
+    prev = demoted[0] if demoted else None
+    if number in changed:
+        moves = {number: Stage.CURRENT.value}
+        if prev is not None:
+            moves[prev] = Stage.PREVIOUS.value
+        cached_stage_moves(conn, credential_id, moves)
+        return prev
     cur = conn.execute(_CURRENT_NUMBER, {"b_cid": credential_id}).scalar_one_or_none()
-    if cur == number:
+    if cur == number and prev is None:
         return None
-    moved = conn.execute(
-        _PENDING_TO_CURRENT,
-        {
-            "b_cid": credential_id,
-            "b_no": number,
-            "stage": Stage.CURRENT.value,
-            "staged_at": now,
-            "expires_at": None,
-        },
-    )
-    if moved.rowcount != 1:
-        raise ConcurrentModification(f"version {number} is not PENDING any more")
-    if cur is None:
-        return None
-    conn.execute(
-        _SET_STAGE,
-        {
-            "b_cid": credential_id,
-            "b_no": cur,
-            "stage": Stage.PREVIOUS.value,
-            "staged_at": now,
-            "expires_at": now + grace,
-        },
-    )
-    return int(cur)
-
-
-def all_sealed_versions(conn: Connection) -> list[tuple[int, int, int, bytes, int]]:
-    """(tenant_id, credential_id, number, ciphertext, data_key_id) of every version (for checks)."""
-    rows = conn.execute(
-        select(
-            credentials.c.tenant_id,
-            versions.c.credential_id,
-            versions.c.number,
-            versions.c.ciphertext,
-            versions.c.data_key_id,
-        )
-        .join(credentials, credentials.c.id == versions.c.credential_id)
-        .order_by(versions.c.id)
-    ).all()
-    return [(r.tenant_id, r.credential_id, r.number, r.ciphertext, r.data_key_id) for r in rows]
+    raise ConcurrentModification(f"version {number} is not PENDING any more")
 
 
 __all__ = ["ConcurrentModification", "SealedVersion"]

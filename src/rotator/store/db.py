@@ -213,15 +213,6 @@ class Database:
 
     # -- schema ---------------------------------------------------------------------------
 
-    @staticmethod
-    def script_head() -> str:
-        """The head revision according to the migration scripts (imports alembic)."""
-        from alembic.script import ScriptDirectory
-
-        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
-        assert head is not None
-        return head
-
     def current_revision(self) -> str | None:
         """The schema's migration revision, or None when there is no rotator schema."""
         if self.sqlite_path is not None and not self.sqlite_path.exists():

@@ -6,21 +6,39 @@ Ownership is fenced: a rotation row carries its owner's token (``fence``), new o
 and takeover. Step updates and lease renewals match the row by id AND token; a step update that
 matches no row raises LostOwnership, which rolls back the caller's transaction, so a stalled
 former owner can never write a rotation's state (nor, in the same transaction, move stages or
-release the lock).
+release the lock). In a transaction that carries a :class:`StepBatch` (the engine's
+group-commit writer installs one) step updates are sent together when it is flushed, before
+the commit; LostOwnership then names the first rotation whose update matched no row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Integer,
+    Text,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql as _pg
 from sqlalchemy.dialects import sqlite as _sqlite
 
 from rotator.domain.model import Stage
 from rotator.errors import ConcurrentModification, LostOwnership
+from rotator.store.credentials import cached_stage_moves
 from rotator.store.schema import credential_locks, credentials, revocations, rotations, versions
 
 ACTIVE_STEPS = ("claimed", "created", "set", "tested")
@@ -31,7 +49,6 @@ TERMINAL_STEPS = ("finished", "rolled_back", "failed")
 _LOCK_HOLDER = select(credential_locks.c.rotation_id).where(
     credential_locks.c.credential_id == bindparam("b_cid")
 )
-_INSERT_LOCK = insert(credential_locks)
 _INSERT_LOCK_IF_FREE = {
     "sqlite": _sqlite.insert(credential_locks)
     .on_conflict_do_nothing()
@@ -45,14 +62,105 @@ _RELEASE_LOCK = delete(credential_locks).where(
     credential_locks.c.rotation_id == bindparam("b_rid"),
 )
 _INSERT_ROTATION = insert(rotations)
-_UPDATE_ROTATION = update(rotations).where(
-    rotations.c.id == bindparam("b_id"), rotations.c.fence == bindparam("b_fence")
+_ROTATION = select(rotations).where(rotations.c.id == bindparam("b_id"))
+# Every step write has this one shape (a NULL parameter keeps the column as it is), so the step
+# writes of a group commit go to the database as one executemany.
+_TERMINAL = bindparam("b_terminal", type_=Boolean)
+_NOW = bindparam("b_now", type_=rotations.c.updated_at.type)
+_SET_STEP = (
+    update(rotations)
+    .where(rotations.c.id == bindparam("b_id"), rotations.c.fence == bindparam("b_fence"))
+    .values(
+        step=bindparam("b_step", type_=rotations.c.step.type),
+        updated_at=_NOW,
+        version=func.coalesce(bindparam("b_version", type_=Integer), rotations.c.version),
+        error=func.coalesce(bindparam("b_error", type_=Text), rotations.c.error),
+        attempts=func.coalesce(bindparam("b_attempts", type_=Integer), rotations.c.attempts),
+        lease_expires_at=case(
+            (_TERMINAL, null()),
+            else_=func.coalesce(
+                bindparam("b_lease", type_=rotations.c.lease_expires_at.type),
+                rotations.c.lease_expires_at,
+            ),
+        ),
+        finished_at=case((_TERMINAL, _NOW), else_=rotations.c.finished_at),
+    )
 )
+_FENCES = select(rotations.c.id, rotations.c.fence).where(
+    rotations.c.id.in_(bindparam("b_ids", expanding=True))
+)
+_RENEW = (
+    update(rotations)
+    .where(
+        rotations.c.id.in_(bindparam("b_ids", expanding=True)),
+        rotations.c.fence.in_(bindparam("b_fences", expanding=True)),
+        rotations.c.step.in_(ACTIVE_STEPS),
+    )
+    .values(lease_expires_at=bindparam("b_until"))
+)
+_TAKE_OVER_COND = (
+    rotations.c.id == bindparam("b_id"),
+    # IS: a row from before fencing (migration 0005) has no token.
+    rotations.c.owner.is_not_distinct_from(bindparam("b_owner")),
+    rotations.c.fence.is_not_distinct_from(bindparam("b_fence")),
+    rotations.c.step.in_(ACTIVE_STEPS),
+)
+_TAKE_OVER_VALUES: dict[str, Any] = {
+    "owner": bindparam("b_new_owner"),
+    "fence": bindparam("b_new_fence"),
+    "lease_expires_at": bindparam("b_lease"),
+    "updated_at": bindparam("b_now"),
+}
+_TAKE_OVER_DEAD = update(rotations).where(*_TAKE_OVER_COND).values(**_TAKE_OVER_VALUES)
+_TAKE_OVER = _TAKE_OVER_DEAD.where(rotations.c.lease_expires_at < bindparam("b_now"))
 _MARK_VERSION = update(versions).where(
     versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
 )
 _MARK_VERSION_FROM = _MARK_VERSION.where(versions.c.stage.in_(bindparam("b_from", expanding=True)))
 _INSERT_REVOCATION = insert(revocations)
+_DUE_REVOCATIONS = (
+    select(revocations, credentials.c.tenant_id, credentials.c.name)
+    .join(credentials, credentials.c.id == revocations.c.credential_id)
+    .where(revocations.c.due_at <= bindparam("b_now"))
+    .order_by(revocations.c.due_at)
+    .limit(bindparam("b_limit"))
+)
+_DUE_REVOCATIONS_OF = _DUE_REVOCATIONS.where(
+    revocations.c.credential_id.in_(bindparam("b_cids", expanding=True))
+)
+_EXPIRE_PREVIOUS = (
+    update(versions)
+    .where(
+        versions.c.credential_id == bindparam("b_cid"),
+        versions.c.stage == Stage.PREVIOUS.value,
+    )
+    .values(expires_at=bindparam("b_now"))
+)
+_REVOCATIONS_DUE_NOW = (
+    update(revocations)
+    .where(
+        revocations.c.credential_id == bindparam("b_cid"),
+        revocations.c.due_at > bindparam("b_now"),
+    )
+    .values(due_at=bindparam("b_now"))
+)
+_LAST_REVOCATION_DUE = (
+    select(revocations.c.due_at)
+    .where(revocations.c.credential_id == bindparam("b_cid"))
+    .order_by(revocations.c.due_at.desc())
+    .limit(1)
+)
+_NEXT_REVOCATION_DUE = select(revocations.c.due_at).order_by(revocations.c.due_at).limit(1)
+_FINISH_REVOCATION = delete(revocations).where(revocations.c.id == bindparam("b_id"))
+_RETRY_REVOCATION = (
+    update(revocations)
+    .where(revocations.c.id == bindparam("b_id"))
+    .values(
+        attempts=revocations.c.attempts + 1,
+        last_error=bindparam("b_error"),
+        due_at=bindparam("b_due"),
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +200,10 @@ def lock_holder(conn: Connection, credential_id: int) -> str | None:
 def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: datetime) -> str | None:
     """Take the credential's lock for ``rotation_id``; return the holder's id if already held.
 
-    Callers run this inside a savepoint: on PostgreSQL a concurrent insert blocks until the
-    other transaction ends, then fails on the primary key, which the caller treats as held.
+    No savepoint needed: the insert skips a held lock (ON CONFLICT DO NOTHING; on PostgreSQL
+    it first waits for a concurrent insert of the same lock to commit or roll back), and a
+    lock freed between the insert and the read of its holder is tried again (three times,
+    then ConcurrentModification).
     """
     params = {"credential_id": credential_id, "rotation_id": rotation_id, "acquired_at": now}
     for _ in range(3):
@@ -154,8 +264,43 @@ def insert_rotation(
 
 
 def get_rotation(conn: Connection, rotation_id: str) -> RotationRow | None:
-    r = conn.execute(select(rotations).where(rotations.c.id == rotation_id)).first()
+    r = conn.execute(_ROTATION, {"b_id": rotation_id}).first()
     return None if r is None else _row(r)
+
+
+STEP_BATCH_KEY = "rotator.step_batch"
+
+
+@dataclass
+class StepBatch:
+    """The step writes of one transaction, not yet sent; :func:`set_step` adds to it while
+    ``conn.info[STEP_BATCH_KEY]`` holds it. Flush it before the commit."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def flush(self, conn: Connection) -> None:
+        """Send the collected step writes (one executemany). Raises LostOwnership naming the
+        first rotation, in the order written, whose write matched no row: the transaction
+        must then roll back. Empty afterwards, whatever happened."""
+        rows, self.rows = self.rows, []
+        if not rows:
+            return
+        if len(rows) > 1 and conn.dialect.supports_sane_multi_rowcount:
+            matched = conn.execute(_SET_STEP, rows).rowcount
+        else:
+            matched = sum(conn.execute(_SET_STEP, r).rowcount for r in rows)
+        if matched == len(rows):
+            return
+        # Only some matched: find which. A row this transaction updated is locked until it
+        # ends and no token ever comes back, so what is read here is what the update found.
+        ids = list(dict.fromkeys(r["b_id"] for r in rows))
+        held: dict[str, str | None] = {}
+        for i in range(0, len(ids), 500):
+            held.update((r.id, r.fence) for r in conn.execute(_FENCES, {"b_ids": ids[i : i + 500]}))
+        for r in rows:
+            if held.get(r["b_id"]) != r["b_fence"]:
+                raise LostOwnership(r["b_id"])
+        raise ConcurrentModification(f"{len(rows) - matched} of {len(rows)} step writes were lost")
 
 
 def set_step(
@@ -173,26 +318,25 @@ def set_step(
     """Record the rotation's step, if it is still owned under ``fence``.
 
     Raises LostOwnership when no row matched (another process took the rotation over, or it
-    is gone): the caller's transaction must then roll back, with whatever else it wrote.
+    is gone): the caller's transaction must then roll back, with whatever else it wrote. With
+    a :class:`StepBatch` in the transaction the write (and the LostOwnership) comes when the
+    batch is flushed, before the commit.
     """
-    values: dict[str, object] = {
+    params: dict[str, Any] = {
         "b_id": rotation_id,
         "b_fence": fence,
-        "step": step,
-        "updated_at": now,
+        "b_step": step,
+        "b_now": now,
+        "b_version": version,
+        "b_error": error,
+        "b_attempts": attempts,
+        "b_lease": lease_expires_at,
+        "b_terminal": step in TERMINAL_STEPS,
     }
-    if version is not None:
-        values["version"] = version
-    if error is not None:
-        values["error"] = error
-    if attempts is not None:
-        values["attempts"] = attempts
-    if lease_expires_at is not None:
-        values["lease_expires_at"] = lease_expires_at
-    if step in TERMINAL_STEPS:
-        values["finished_at"] = now
-        values["lease_expires_at"] = None
-    if conn.execute(_UPDATE_ROTATION, values).rowcount != 1:
+    batch: StepBatch | None = conn.info.get(STEP_BATCH_KEY)
+    if batch is not None:
+        batch.rows.append(params)
+    elif conn.execute(_SET_STEP, params).rowcount != 1:
         raise LostOwnership(rotation_id)
 
 
@@ -204,18 +348,8 @@ def renew_leases(conn: Connection, fences: Mapping[str, str], until: datetime) -
     if not fences:
         return set()
     ids, tokens = list(fences), list(fences.values())
-    conn.execute(
-        update(rotations)
-        .where(
-            rotations.c.id.in_(ids),
-            rotations.c.fence.in_(tokens),
-            rotations.c.step.in_(ACTIVE_STEPS),
-        )
-        .values(lease_expires_at=until)
-    )
-    held = conn.execute(
-        select(rotations.c.id, rotations.c.fence).where(rotations.c.id.in_(ids))
-    ).all()
+    conn.execute(_RENEW, {"b_ids": ids, "b_fences": tokens, "b_until": until})
+    held = conn.execute(_FENCES, {"b_ids": ids}).all()
     return set(ids) - {rid for rid, fence in held if fence == fences[rid]}
 
 
@@ -260,19 +394,16 @@ def take_over(
     its lease has run out at ``now`` (unless ``owner_dead``: its process is known to be gone),
     so an owner that renewed its lease in between keeps it. False if the claim did not match.
     """
-    cond = [
-        rotations.c.id == row.id,
-        rotations.c.owner == row.owner,
-        rotations.c.fence == row.fence,
-        rotations.c.step.in_(ACTIVE_STEPS),
-    ]
-    if not owner_dead:
-        cond.append(rotations.c.lease_expires_at < now)
-    res = conn.execute(
-        update(rotations)
-        .where(*cond)
-        .values(owner=owner, fence=fence, lease_expires_at=lease_expires_at, updated_at=now)
-    )
+    params = {
+        "b_id": row.id,
+        "b_owner": row.owner,
+        "b_fence": row.fence,
+        "b_new_owner": owner,
+        "b_new_fence": fence,
+        "b_lease": lease_expires_at,
+        "b_now": now,
+    }
+    res = conn.execute(_TAKE_OVER_DEAD if owner_dead else _TAKE_OVER, params)
     return res.rowcount == 1
 
 
@@ -293,18 +424,13 @@ def mark_version(
         "staged_at": now,
     }
     if only_from is None:
-        return conn.execute(_MARK_VERSION, params).rowcount == 1
-    params["b_from"] = [s.value for s in only_from]
-    return conn.execute(_MARK_VERSION_FROM, params).rowcount == 1
-
-
-def pending_version(conn: Connection, credential_id: int) -> int | None:
-    return conn.execute(
-        select(versions.c.number)
-        .where(versions.c.credential_id == credential_id, versions.c.stage == Stage.PENDING.value)
-        .order_by(versions.c.number.desc())
-        .limit(1)
-    ).scalar_one_or_none()
+        moved = conn.execute(_MARK_VERSION, params).rowcount == 1
+    else:
+        params["b_from"] = [s.value for s in only_from]
+        moved = conn.execute(_MARK_VERSION_FROM, params).rowcount == 1
+    if moved:
+        cached_stage_moves(conn, credential_id, {number: stage.value})
+    return moved
 
 
 def enqueue_revocation(
@@ -338,14 +464,11 @@ class RevocationRow:
 def due_revocations(
     conn: Connection, now: datetime, limit: int = 500, credential_ids: list[int] | None = None
 ) -> list[RevocationRow]:
-    q = (
-        select(revocations, credentials.c.tenant_id, credentials.c.name)
-        .join(credentials, credentials.c.id == revocations.c.credential_id)
-        .where(revocations.c.due_at <= now)
-    )
-    if credential_ids is not None:
-        q = q.where(revocations.c.credential_id.in_(credential_ids))
-    rows = conn.execute(q.order_by(revocations.c.due_at).limit(limit)).all()
+    params: dict[str, Any] = {"b_now": now, "b_limit": limit}
+    if credential_ids is None:
+        rows = conn.execute(_DUE_REVOCATIONS, params).all()
+    else:
+        rows = conn.execute(_DUE_REVOCATIONS_OF, {**params, "b_cids": credential_ids}).all()
     return [
         RevocationRow(
             id=r.id,
@@ -363,46 +486,27 @@ def due_revocations(
 def revoke_all_now(conn: Connection, credential_id: int, now: datetime) -> None:
     """Emergency: every PREVIOUS version of the credential expires now and its queued
     revocation falls due now, not only the one just demoted."""
-    conn.execute(
-        update(versions)
-        .where(versions.c.credential_id == credential_id, versions.c.stage == Stage.PREVIOUS.value)
-        .values(expires_at=now)
-    )
-    conn.execute(
-        update(revocations)
-        .where(revocations.c.credential_id == credential_id, revocations.c.due_at > now)
-        .values(due_at=now)
-    )
+    params = {"b_cid": credential_id, "b_now": now}
+    conn.execute(_EXPIRE_PREVIOUS, params)
+    conn.execute(_REVOCATIONS_DUE_NOW, params)
 
 
 def last_revocation_due(conn: Connection, credential_id: int) -> datetime | None:
     """When the last queued revocation of a credential falls due, or None."""
     value: datetime | None = conn.execute(
-        select(revocations.c.due_at)
-        .where(revocations.c.credential_id == credential_id)
-        .order_by(revocations.c.due_at.desc())
-        .limit(1)
+        _LAST_REVOCATION_DUE, {"b_cid": credential_id}
     ).scalar_one_or_none()
     return value
 
 
 def next_revocation_due(conn: Connection) -> datetime | None:
-    return conn.execute(
-        select(revocations.c.due_at).order_by(revocations.c.due_at).limit(1)
-    ).scalar_one_or_none()
+    value: datetime | None = conn.execute(_NEXT_REVOCATION_DUE).scalar_one_or_none()
+    return value
 
 
 def finish_revocation(conn: Connection, revocation_id: int) -> None:
-    conn.execute(delete(revocations).where(revocations.c.id == revocation_id))
+    conn.execute(_FINISH_REVOCATION, {"b_id": revocation_id})
 
 
 def retry_revocation(conn: Connection, revocation_id: int, error: str, due_at: datetime) -> None:
-    conn.execute(
-        update(revocations)
-        .where(revocations.c.id == revocation_id)
-        .values(attempts=revocations.c.attempts + 1, last_error=error, due_at=due_at)
-    )
-
-
-def grace_delta(grace_s: int) -> timedelta:
-    return timedelta(seconds=grace_s)
+    conn.execute(_RETRY_REVOCATION, {"b_id": revocation_id, "b_error": error, "b_due": due_at})
