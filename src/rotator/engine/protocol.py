@@ -353,8 +353,9 @@ class Protocol:
 
     def stage_move(self, conn: Connection, ctx: Ctx) -> int | None:
         """The stage move and its bookkeeping in the caller's transaction: PENDING->CURRENT,
-        CURRENT->PREVIOUS (queued for revocation after the grace). The fenced step write comes
-        first: a lost rotation raises LostOwnership before any stage moves."""
+        CURRENT->PREVIOUS (queued for revocation after the grace). The step write is fenced: a
+        lost rotation raises LostOwnership (in the writer's group commit, when its step writes
+        are sent just before the commit) and nothing of the transaction commits."""
         kernel = self.rt.kernel
         self.rt.step(conn, ctx, "finished")
         for record in ctx.deferred:

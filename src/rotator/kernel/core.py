@@ -224,15 +224,15 @@ class Kernel:
             tenant = self.find_tenant(principal.tenant)
         except NotFound:
             raise NotFound(f"no credential {name!r}") from None
-        cid = store_creds.credential_id(conn, tenant.id, name)
-        if cid is None:
+        found = store_creds.value_read(conn, tenant.id, name, stage)
+        if found is None:
             raise NotFound(f"no credential {name!r}")
-        self.check_stage_map(conn, cid)
-        sv = store_creds.sealed_version(conn, cid, stage=stage)
+        stage_map, sv = found
+        integrity.check_map(self, conn, stage_map)
         if sv is None:
             raise NotFound(f"credential {name!r} has no {stage.value} version")
         value = self.open_version(conn, sv)
-        store_creds.count_use(conn, cid)
+        store_creds.count_use(conn, stage_map.credential_id)
         details = {"version": sv.number, "stage": stage.value}
         self.audit(conn, principal, "value.read", name, details=details)
         return value

@@ -138,6 +138,13 @@ def errors(svc: Kernel, conn: Connection, credential_ids: list[int]) -> dict[int
     return out
 
 
+def check_map(svc: Kernel, conn: Connection, m: store_creds.StageMap) -> None:
+    """Raise IntegrityError unless the stage map ``m`` (as read by the caller) verifies."""
+    reason = _problem(svc, conn, m)
+    if reason is not None:
+        raise IntegrityError(f"integrity check failed: credential {m.name!r}: {reason}")
+
+
 def check(svc: Kernel, conn: Connection, credential_id: int) -> None:
     """Raise IntegrityError unless the credential's stored stage map verifies (with a stage
     cache: as first read in this transaction)."""

@@ -122,6 +122,26 @@ _STAGE_MAP_ONE = (
     .where(credentials.c.id == bindparam("b_cid"))
     .order_by(versions.c.number)
 )
+# A value read: the credential's stage map and, for the one stage asked for, the sealed
+# versions, in one query by (tenant, name).
+_VALUE_READ = (
+    select(
+        credentials.c.id.label("cid"),
+        credentials.c.tenant_id,
+        credentials.c.name,
+        credentials.c.connector,
+        credentials.c.config,
+        credentials.c.sinks,
+        credentials.c.stage_mac,
+        versions.c.number,
+        versions.c.stage,
+        case((versions.c.stage == bindparam("b_stage"), versions.c.ciphertext)).label("sealed"),
+        versions.c.data_key_id,
+    )
+    .select_from(credentials.outerjoin(versions, versions.c.credential_id == credentials.c.id))
+    .where(credentials.c.tenant_id == bindparam("b_tid"), credentials.c.name == bindparam("b_name"))
+    .order_by(versions.c.number)
+)
 _SET_STAGE_MAC = (
     update(credentials)
     .where(credentials.c.id == bindparam("b_id"))
@@ -275,6 +295,49 @@ def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
     if cache is not None:
         m = cache.maps[credential_id] = _with_pending_mac(cache, m)
     return m
+
+
+def value_read(
+    conn: Connection, tenant_id: int, name: str, stage: Stage
+) -> tuple[StageMap, SealedVersion | None] | None:
+    """For reading a value: the stage map of credential ``name`` and its newest version in
+    ``stage`` with the ciphertext (None if it has none), in one query; None if there is no
+    such credential. In a transaction with a stage cache that holds the credential's map
+    (an earlier operation of the group commit moved its stages), that map is returned: its
+    new MAC is written only at the end of the transaction."""
+    rows = conn.execute(
+        _VALUE_READ, {"b_tid": tenant_id, "b_name": name, "b_stage": stage.value}
+    ).all()
+    if not rows:
+        return None
+    first = rows[0]
+    stages = tuple((int(r.number), str(r.stage)) for r in rows if r.number is not None)
+    m = StageMap(
+        first.cid,
+        first.tenant_id,
+        first.name,
+        stages,
+        first.stage_mac,
+        first.connector,
+        first.config,
+        first.sinks,
+    )
+    cache = _cache(conn)
+    if cache is not None and m.credential_id in cache.maps:
+        m = cache.maps[m.credential_id]
+    hit = next((r for r in reversed(rows) if r.sealed is not None), None)
+    sealed = None
+    if hit is not None:
+        sealed = SealedVersion(
+            credential_id=first.cid,
+            number=hit.number,
+            stage=Stage(hit.stage),
+            ciphertext=hit.sealed,
+            data_key_id=hit.data_key_id,
+            tenant_id=first.tenant_id,
+            name=first.name,
+        )
+    return m, sealed
 
 
 def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, StageMap]:
