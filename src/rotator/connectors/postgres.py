@@ -597,16 +597,22 @@ class _Session:
 class _AdminConnection(psycopg.AsyncConnection[Any]):
     """A pooled admin connection. The pool logs in in a background task, where a failure
     would only make the waiting calls time out; this reports it to its ``_AdminPool``
-    (passed in the ``rotator_report`` parameter), which fails them at once."""
+    (passed in the ``rotator_pool`` parameter), which fails them at once."""
 
     @classmethod
     async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
-        report: Callable[[psycopg.Error], ConnectorError] = kwargs.pop("rotator_report")
+        pool: _AdminPool = kwargs.pop("rotator_pool")
         try:
             return await super().connect(conninfo, **kwargs)
         except psycopg.Error as exc:
             # The pool logs what it catches: our message, which quotes nothing of the server.
-            raise report(exc) from None
+            raise pool.failed(exc) from None
+        except asyncio.CancelledError:
+            # psycopg_pool's workers survive a cancellation of what they run and stop only
+            # when their pool closes: a loop ending (asyncio.run) while this login is under
+            # way would wait for this worker forever. Close the pool from another task.
+            pool.abandon()
+            raise
 
 
 class _AdminPool:
@@ -630,7 +636,7 @@ class _AdminPool:
         self._translate, self._drop = translate, drop
         self._dropping: set[asyncio.Task[None]] = set()
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            kwargs={**params, "rotator_report": self._report},
+            kwargs={**params, "rotator_pool": self},
             connection_class=_AdminConnection,
             min_size=0,
             max_size=size,
@@ -649,13 +655,18 @@ class _AdminPool:
     async def close(self) -> None:
         await self.pool.close()
 
-    def _report(self, exc: psycopg.Error) -> ConnectorError:
+    def failed(self, exc: psycopg.Error) -> ConnectorError:
+        """A login of the pool failed: record it, drop the pool, and the error to raise."""
         self.failure = exc
-        # Runs in one of the pool's own tasks, which close() waits for: drop it from another.
+        self.abandon()
+        return self._translate(exc)
+
+    def abandon(self) -> None:
+        """Drop (and close) the pool soon. Called from one of the pool's own tasks, which
+        close() waits for, so it runs in another task."""
         task = asyncio.get_running_loop().create_task(self._drop())
         self._dropping.add(task)
         task.add_done_callback(self._dropping.discard)
-        return self._translate(exc)
 
 
 def _cfg(config: cb.ConnectorConfig) -> PostgresConfig:
