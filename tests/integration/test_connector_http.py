@@ -763,7 +763,8 @@ def test_calls_on_one_target_share_one_kept_alive_connection(api: ApiServer) -> 
     run(go())
     assert len(api.seen()) == 30
     assert api.valid(ACCOUNT) == set()
-    assert api.connections == 1
+    connections = api.connections
+    assert connections == 1
 
 
 def test_a_call_after_aclose_opens_a_new_connection_and_aclose_is_idempotent(
@@ -774,11 +775,14 @@ def test_a_call_after_aclose_opens_a_new_connection_and_aclose_is_idempotent(
 
     async def go() -> None:
         await conn.set(set_req(cfg, "key-before-close-0123456789"))
+        await conn.test(probe_req(cfg, "key-before-close-0123456789"))
         await conn.aclose()
         await conn.aclose()
+        await conn.test(probe_req(cfg, "key-before-close-0123456789"))
         await conn.test(probe_req(cfg, "key-before-close-0123456789"))
         await conn.aclose()
 
     run(go())
-    assert [r.status for r in api.seen()] == [201, 200]
-    assert api.connections == 2
+    assert [r.status for r in api.seen()] == [201, 200, 200, 200]
+    connections = api.connections
+    assert connections == 2, "one connection before aclose, one after"

@@ -51,11 +51,13 @@ role that changes its own password (no ``admin``: its value changes at every rot
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import secrets
 import string
-from collections.abc import Awaitable, Callable, Coroutine
+import weakref
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Self
 
@@ -345,8 +347,9 @@ class PostgresConnector:
             async def make() -> _AdminPool:
                 made = _AdminPool(
                     params,
-                    lambda exc: self._refused(exc, cfg, login.username, "admin pool"),
-                    lambda: self._pools.drop(slot, made),
+                    functools.partial(self._refused, cfg=cfg, username=login.username),
+                    self._pools,
+                    slot,
                     size=self._pool_size,
                     timeout_s=wait_s,
                     name=f"postgres admin {cfg.admin!r} at {cfg.host}:{cfg.port}/{cfg.dbname}",
@@ -625,18 +628,22 @@ class _AdminPool:
     def __init__(
         self,
         params: dict[str, Any],
-        translate: Callable[[psycopg.Error], ConnectorError],
-        drop: Callable[[], Coroutine[Any, Any, None]],
+        translate: Callable[..., ConnectorError],
+        owner: Resources[_AdminPool],
+        slot: Hashable,
         *,
         size: int,
         timeout_s: float,
         name: str,
     ) -> None:
         self.failure: psycopg.Error | None = None
-        self._translate, self._drop = translate, drop
+        # Weak references only: with no cycle through the connector, a connector instance
+        # nobody closes (a one-shot use) frees its pool, and its sessions, when dropped.
+        self._translate = translate
+        self._owner, self._slot = weakref.ref(owner), slot
         self._dropping: set[asyncio.Task[None]] = set()
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            kwargs={**params, "rotator_pool": self},
+            kwargs={**params, "rotator_pool": weakref.proxy(self)},
             connection_class=_AdminConnection,
             min_size=0,
             max_size=size,
@@ -659,12 +666,14 @@ class _AdminPool:
         """A login of the pool failed: record it, drop the pool, and the error to raise."""
         self.failure = exc
         self.abandon()
-        return self._translate(exc)
+        return self._translate(exc, what="admin pool")
 
     def abandon(self) -> None:
         """Drop (and close) the pool soon. Called from one of the pool's own tasks, which
         close() waits for, so it runs in another task."""
-        task = asyncio.get_running_loop().create_task(self._drop())
+        owner = self._owner()
+        drop = owner.drop(self._slot, self) if owner is not None else self.close()
+        task = asyncio.get_running_loop().create_task(drop)
         self._dropping.add(task)
         task.add_done_callback(self._dropping.discard)
 
