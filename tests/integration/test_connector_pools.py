@@ -360,6 +360,7 @@ def test_connector_set_gives_one_instance_per_kind_and_refuses_an_unknown_kind()
     assert registry.get_connector("postgres") is not connectors.get("postgres")
     with pytest.raises(UnknownConnector, match="unknown connector 'nope'"):
         connectors.get("nope")
+    asyncio.run(cb.aclose(connectors.get("local")))  # no resources, no aclose: a no-op
 
 
 def test_connector_set_aclose_closes_every_instance_even_when_one_fails(
