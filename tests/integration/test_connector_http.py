@@ -743,3 +743,46 @@ def test_a_value_that_would_be_a_dot_segment_in_a_path_is_refused(
         run(HttpConnector().revoke(revoke_req(cfg, value)))
     assert "revoke: DELETE " in str(err.value)
     assert api.seen() == [], "nothing was sent"
+
+
+# ----------------------------------------------------------------------- pooled connections
+
+
+def test_calls_on_one_target_share_one_kept_alive_connection(api: ApiServer) -> None:
+    cfg = config(api)
+    conn = HttpConnector()
+    keys = [f"key-{i:02d}-0123456789abcdef" for i in range(10)]
+
+    async def go() -> None:
+        for key in keys:
+            await conn.set(set_req(cfg, key))
+            await conn.test(probe_req(cfg, key))
+            await conn.revoke(revoke_req(cfg, key))
+        await conn.aclose()
+
+    run(go())
+    assert len(api.seen()) == 30
+    assert api.valid(ACCOUNT) == set()
+    connections = api.connections
+    assert connections == 1
+
+
+def test_a_call_after_aclose_opens_a_new_connection_and_aclose_is_idempotent(
+    api: ApiServer,
+) -> None:
+    cfg = config(api)
+    conn = HttpConnector()
+
+    async def go() -> None:
+        await conn.set(set_req(cfg, "key-before-close-0123456789"))
+        await conn.test(probe_req(cfg, "key-before-close-0123456789"))
+        await conn.aclose()
+        await conn.aclose()
+        await conn.test(probe_req(cfg, "key-before-close-0123456789"))
+        await conn.test(probe_req(cfg, "key-before-close-0123456789"))
+        await conn.aclose()
+
+    run(go())
+    assert [r.status for r in api.seen()] == [201, 200, 200, 200]
+    connections = api.connections
+    assert connections == 2, "one connection before aclose, one after"

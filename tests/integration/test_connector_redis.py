@@ -911,3 +911,93 @@ def test_bad_configuration_at_rotation_time_keeps_the_old_value(
     assert can_auth(acl.server, user, old), "the old value keeps working"
     assert acl.digests(user) == {digest(old)}
     assert stages(svc, "redis/app") == {1: Stage.CURRENT, 2: Stage.FAILED}
+
+
+# ----------------------------------------------------------------------- pooled connections
+
+
+def connections_received(acl: Acl) -> int:
+    info = acl.client.info("stats")
+    return int(info["total_connections_received"])
+
+
+def clients_of(acl: Acl, user: str) -> list[str]:
+    """Connections now open as ``user`` (CLIENT LIST lines)."""
+    listing = acl.client.execute_command("CLIENT", "LIST")
+    return [line for line in str(listing).splitlines() if f" user={user} " in f" {line} "]
+
+
+def test_admin_operations_share_pooled_connections_and_test_connects_afresh(acl: Acl) -> None:
+    user = acl.name()
+    cfg, res = admin_config(acl, user)
+    admin_user = cfg.admin_user
+    conn = RedisConnector()
+    values = [new_value() for _ in range(10)]
+    seen: dict[str, int] = {}
+
+    async def go() -> None:
+        before = connections_received(acl)
+        for value in values:  # 20 admin operations (ACL GETUSER + SETUSER each)
+            await conn.set(cb.SetRequest("redis/app", 2, cfg, value, None, secrets=res))
+            await conn.revoke(cb.RevokeRequest("redis/app", 1, cfg, value, secrets=res))
+        seen["admin"] = connections_received(acl) - before
+        seen["pooled"] = len(clients_of(acl, admin_user))
+        await conn.set(cb.SetRequest("redis/app", 2, cfg, values[0], None, secrets=res))
+        before = connections_received(acl)
+        for _ in range(5):
+            await conn.test(cb.TestRequest("redis/app", 2, cfg, values[0]))
+        seen["tests"] = connections_received(acl) - before
+        await conn.aclose()
+        await conn.aclose()
+
+    asyncio.run(go())
+    assert seen == {"admin": 1, "pooled": 1, "tests": 5}
+    assert clients_of(acl, admin_user) == []
+    assert acl.digests(user) == {digest(values[0])}
+
+
+def test_a_changed_admin_value_gets_a_new_pool_and_the_old_one_is_closed(acl: Acl) -> None:
+    user = acl.name()
+    cfg, res = admin_config(acl, user)
+    admin_user = cfg.admin_user
+    conn = RedisConnector()
+    rotated = Secret(f"adm-{uuid.uuid4().hex}")
+    ids: list[set[str]] = []
+
+    def client_ids() -> set[str]:
+        return {line.split(" ", 1)[0] for line in clients_of(acl, admin_user)}
+
+    async def go() -> None:
+        await conn.set(cb.SetRequest("redis/app", 2, cfg, new_value(), None, secrets=res))
+        ids.append(client_ids())
+        # The admin password rotates: the server takes the new one, the old one is removed.
+        acl.setuser(admin_user, "resetpass", ">" + rotated.reveal_text())
+        res.values["redis/admin"] = rotated
+        await conn.set(cb.SetRequest("redis/app", 2, cfg, new_value(), None, secrets=res))
+        ids.append(client_ids())
+        await conn.aclose()
+
+    asyncio.run(go())
+    assert len(ids[0]) == 1
+    assert len(ids[1]) == 1
+    assert ids[0] != ids[1], "the old pool's connection was closed, a new one made"
+
+
+def test_a_refused_admin_value_is_reference_refused_and_its_pool_is_not_kept(acl: Acl) -> None:
+    user = acl.name()
+    cfg, res = admin_config(acl, user)
+    right = res.values["redis/admin"]
+    conn = RedisConnector()
+
+    async def go() -> None:
+        res.values["redis/admin"] = Secret("wrong-" + uuid.uuid4().hex)
+        with pytest.raises(cb.ReferenceRefused) as refused:
+            await conn.set(cb.SetRequest("redis/app", 2, cfg, new_value(), None, secrets=res))
+        assert refused.value.reference == "redis/admin"
+        assert res.values["redis/admin"].reveal_text() not in str(refused.value)
+        assert repr(conn) == "RedisConnector(0 admin pools)"
+        res.values["redis/admin"] = right
+        await conn.set(cb.SetRequest("redis/app", 2, cfg, new_value(), None, secrets=res))
+        await conn.aclose()
+
+    asyncio.run(go())

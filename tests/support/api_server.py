@@ -22,7 +22,8 @@ docstring defines it (rotator.connectors.http.signing_string); 401 otherwise, wi
 Knobs for failure tests: ``fail_next(n, status)``, ``fail_rate`` (share of requests answered
 503, seeded, at most ``max_consecutive_failures`` in a row), ``delay_s`` (sleep before
 answering), ``whoami_status`` (force an answer to ``GET /whoami``). Every request is recorded
-(method, raw path, headers as sent, raw body, status) in ``requests``.
+(method, raw path, headers as sent, raw body, status) in ``requests``; ``connections`` counts
+the TCP connections accepted (keep-alive: several requests may share one).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class ApiServer:
     key_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> POST body
     requests: list[Recorded] = field(default_factory=list)
     nonces: set[str] = field(default_factory=set)  # nonces of accepted signed requests
+    connections: int = 0  # TCP connections accepted
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -166,6 +168,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return None
+
+    def setup(self) -> None:  # once per accepted connection
+        super().setup()
+        with self.api.lock:
+            self.api.connections += 1
 
     # -- plumbing -------------------------------------------------------------------------
 

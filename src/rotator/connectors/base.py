@@ -4,6 +4,13 @@ One request dataclass per method, so a new field never breaks a third-party conn
 method must be safe to call again for the same request (a retried or resumed step must do the
 right thing when it already happened).
 
+Lifetime: a connector instance is long-lived. The engine holds ONE instance per kind for its
+whole life (``registry.ConnectorSet``) and shares it between concurrent rotations on many
+targets, so an instance keeps no per-call state; what it may keep are per-target resources
+(connection pools, HTTP clients), keyed by target inside the instance, made lazily on first use
+and released by the optional ``aclose()`` (see ``Closable``). A one-shot user
+(``registry.get_connector``) calls ``aclose()`` when done.
+
 Every request carries ``fence``: the token of the rotation's current owner (None outside a
 rotation: create, revoke, verify, publishing a first value). It changes whenever another
 process takes the rotation over, so a target that can check it may refuse a call carrying a
@@ -166,6 +173,36 @@ class Connector(Protocol):
     async def finish(self, req: FinishRequest) -> None: ...
     async def revoke(self, req: RevokeRequest) -> None: ...
     async def rollback(self, req: RollbackRequest) -> None: ...
+
+
+class Closable(Protocol):
+    """Optional: connectors that hold per-target resources (pools, clients) between calls.
+
+    The contract connector authors rely on and must keep:
+
+    - Resources are made lazily, on the first call that needs them, and keyed by target (and
+      by whatever else makes them differ: TLS settings, the admin credential and a fingerprint
+      of its value) inside the instance; concurrent calls on many targets share the instance.
+    - ``aclose()`` releases every resource the instance holds (closes pools and clients; a
+      connection still in use by a call is closed when that call returns it). It is
+      idempotent, and a call made after it opens what it needs again, lazily.
+    - Resources belong to the event loop that made them: an instance used from another loop
+      (one ``asyncio.run`` after another) makes new ones and forgets the old ones, whose loop
+      is gone.
+    - A step that must prove a value (``test``) never uses a pooled connection: it logs in
+      afresh with the value under test. Pools serve the admin side only.
+    - No secret, nor anything derived from one (a fingerprint), appears in a resource's key
+      as shown in a repr, a log line or an error message.
+    """
+
+    async def aclose(self) -> None: ...
+
+
+async def aclose(connector: object) -> None:
+    """Close ``connector``'s resources if it has any (``Closable``); a no-op otherwise."""
+    close = getattr(connector, "aclose", None)
+    if close is not None:
+        await close()
 
 
 class Verifiable(Protocol):

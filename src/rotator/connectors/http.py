@@ -51,6 +51,10 @@ connector's generator), and ``verify_method``/``verify_path``/``verify_expect`` 
 base_url that passes unless refused or failing). No redirect is followed, so the admin token
 never goes to another host.
 
+Connections: one ``httpx.AsyncClient`` per target (scheme, host, port) and TLS trust (``ca_file``
+as read), kept by the connector instance with keep-alive and reused by every call on that
+target; ``aclose()`` closes them (see ``base.Closable``). Each request carries its own timeout.
+
 Errors: connection failures, timeouts, 408, 429 and 5xx are TransientError (the engine
 retries); other statuses are PermanentError. Messages name the operation, the method, the URL
 *template* (a value placed in a path never shows) and the status; response bodies are never
@@ -61,6 +65,7 @@ way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -82,6 +87,7 @@ import httpx
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from rotator.connectors._resources import Resources
 from rotator.connectors.base import (
     ConnectorConfig,
     CreateRequest,
@@ -121,6 +127,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_HEADER_CHARS = re.compile(r"[\r\n\x00]")
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]*", re.ASCII)
 _STATUS_ITEM = re.compile(r"([1-5])xx|([1-5][0-9][0-9])")
+# Per target client: httpx's defaults (keep-alive 5 s, the expiry most servers use too, so a
+# connection is rarely reused just as the server closes it).
+DRAIN_LIMIT = 64 * 1024  # bytes of a response body read (and dropped) to keep its connection
+LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
 
 
 # ----------------------------------------------------------------------------- templates
@@ -643,6 +653,28 @@ class HttpConnector:
     config_model: ClassVar[type[ConnectorConfig]] = HttpConfig
     references: ClassVar[tuple[str, ...]] = ("auth", "hmac_key")
 
+    def __init__(self) -> None:
+        self._clients: Resources[httpx.AsyncClient] = Resources(_close_client)
+
+    def __repr__(self) -> str:
+        return f"HttpConnector({len(self._clients)} clients)"
+
+    async def aclose(self) -> None:
+        """Close every client and its kept-alive connections (see ``base.Closable``).
+        Idempotent; a later call opens a client again."""
+        await self._clients.aclose()
+
+    async def _client(self, cfg: HttpConfig, verify: ssl.SSLContext) -> httpx.AsyncClient:
+        """The target's client; a changed trust (ca_file rewritten) replaces it."""
+
+        async def make() -> httpx.AsyncClient:
+            return httpx.AsyncClient(follow_redirects=False, verify=verify, limits=LIMITS)
+
+        slot = (self.target_key(cfg), cfg.ca_file)
+        # The context is cached per (ca_file, mtime) and kept alive by the client using it,
+        # so its id names the trust the client was made with.
+        return await self._clients.get(slot, str(id(verify)).encode(), make)
+
     def target_key(self, config: ConnectorConfig) -> str:
         assert isinstance(config, HttpConfig)
         parts = urllib.parse.urlsplit(config.base_url)
@@ -823,29 +855,26 @@ class HttpConnector:
         """One request; the response body is never read. Raises Transient/PermanentError
         outside any ``except`` block, so no httpx exception (whose text or request may hold
         a value) rides along as a cause or context."""
-        verify = _tls(cfg)
+        client = await self._client(cfg, _tls(cfg))
         token = _CALL.set(shown)
         problem: str | None = None
         transient = True
         status = 0
         try:
-            async with (
-                httpx.AsyncClient(
-                    timeout=httpx.Timeout(cfg.timeout_s),
-                    follow_redirects=False,
-                    verify=verify,
-                ) as client,
-                asyncio.timeout(cfg.timeout_s),
-            ):
+            async with asyncio.timeout(cfg.timeout_s):
                 request = client.build_request(
                     method,
                     url,
                     headers=[(k.encode("ascii"), v) for k, v in headers.items()],
                     content=body,
+                    timeout=httpx.Timeout(cfg.timeout_s),
                 )
                 response = await client.send(request, stream=True)
                 status = response.status_code
-                await response.aclose()
+                try:
+                    await _drain(response)
+                finally:
+                    await response.aclose()
         except (httpx.TimeoutException, TimeoutError):
             problem = f"timed out after {cfg.timeout_s:g}s"
         except httpx.ConnectError as exc:
@@ -862,6 +891,22 @@ class HttpConnector:
         if problem is not None:
             raise (TransientError if transient else PermanentError)(f"{label} {problem}")
         return status
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read and discard a short body of a declared length, so the connection is kept alive
+    (one whose body is left unread is closed). Any other body is left unread and its
+    connection closes instead; a failure while reading changes nothing (the status is in)."""
+    length = response.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > DRAIN_LIMIT:
+        return
+    with contextlib.suppress(httpx.HTTPError):
+        async for _ in response.aiter_raw():
+            pass
+
+
+async def _close_client(client: httpx.AsyncClient) -> None:
+    await client.aclose()
 
 
 def _header_bytes(value: Secret, label: str, what: str) -> bytes:

@@ -33,30 +33,56 @@ Across untrusted networks use ``sslmode=verify-full`` with
 Passwords reach the server only as SCRAM-SHA-256 verifiers, computed by libpq itself
 (``PQencryptPasswordConn``, salted and SASLprepped as the server does); identifiers are quoted
 with psycopg.sql. Every method is idempotent.
+
+Admin sessions are pooled (``psycopg_pool.AsyncConnectionPool``): one pool per target (host,
+port, dbname and every TLS/auth setting), admin credential and admin value, the value known
+only by an HMAC fingerprint under a key random per connector instance. A changed admin value
+(rotated) gets a new pool and the old one is closed (sessions it lent out close when they come
+back). A pool grows on demand to ``ADMIN_POOL_SIZE`` sessions (idle ones close after
+``ADMIN_POOL_MAX_IDLE_S``); a session is checked before each use, and one found broken (the
+server restarted or ended it) makes its pool be replaced. A login refused while a pool grows
+fails the calls waiting for it at once, with the same errors as an unpooled login
+(``ReferenceRefused`` naming the admin credential), and the pool is dropped, so a value read
+again makes a new one. ``aclose()`` closes every pool. What is never pooled: ``test`` and the
+checks that a value logs in (each a fresh login with that value: that is their point), and a
+role that changes its own password (no ``admin``: its value changes at every rotation).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
 import secrets
 import string
+import weakref
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from pydantic import Field, field_validator, model_validator
 
 from rotator.connectors import base as cb
+from rotator.connectors._resources import Fingerprints, Resources
 from rotator.connectors.base import PermanentError
 from rotator.domain.secret import Secret
+from rotator.errors import ConnectorError
 
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_.~"
 AUTH_FAILED = ("28P01", "28000")
 LIBPQ_REQUIRE_AUTH = 160000  # the first libpq with the require_auth connection parameter
 _AUTH_METHOD = r"!?(?:password|md5|gss|sspi|scram-sha-256|none)"
 _REQUIRE_AUTH = re.compile(rf"{_AUTH_METHOD}(?:,{_AUTH_METHOD})*")
+# Admin sessions per pool: the engine's default per-target limit (16) runs at most that many
+# calls on a target at once, so a call never waits for a session while every one it could
+# wait for is a backend process on the server; most admin work is one short ALTER ROLE, so a
+# pool rarely grows that far (see docs in the report of issue 8).
+ADMIN_POOL_SIZE = 16
+ADMIN_POOL_MAX_IDLE_S = 60.0  # an idle session above the minimum (0) closes after this
 
 
 class PostgresConfig(cb.ConnectorConfig):
@@ -195,9 +221,25 @@ class PostgresConnector:
 
     # -- connections ----------------------------------------------------------------------
 
-    async def _connect(
-        self, cfg: PostgresConfig, login: Login, what: str
-    ) -> psycopg.AsyncConnection[Any]:
+    def __init__(self, admin_pool_size: int = ADMIN_POOL_SIZE) -> None:
+        if admin_pool_size < 1:
+            raise ValueError("admin_pool_size must be at least 1")
+        self._pool_size = admin_pool_size
+        self._fingerprints = Fingerprints()
+        self._pools: Resources[_AdminPool] = Resources(_AdminPool.close)
+
+    def __repr__(self) -> str:
+        return f"PostgresConnector({len(self._pools)} admin pools)"
+
+    async def aclose(self) -> None:
+        """Close every admin pool (see ``base.Closable``): idle sessions at once, sessions in
+        use when their call returns them. Idempotent; a later call opens a pool again."""
+        await self._pools.aclose()
+
+    @staticmethod
+    def _params(cfg: PostgresConfig, login: Login, what: str) -> dict[str, Any]:
+        """libpq connection parameters for ``login``; PermanentError if this libpq cannot
+        enforce ``require_auth``."""
         extra: dict[str, Any] = {"sslrootcert": cfg.sslrootcert} if cfg.sslrootcert else {}
         if cfg.require_auth:
             if psycopg.pq.version() < LIBPQ_REQUIRE_AUTH:
@@ -207,42 +249,53 @@ class PostgresConnector:
                     "without it; set require_auth= (empty) to accept any method"
                 )
             extra["require_auth"] = cfg.require_auth
-        try:
-            return await psycopg.AsyncConnection.connect(
-                host=cfg.host,
-                port=cfg.port,
-                dbname=cfg.dbname,
-                user=login.username,
-                password=login.password,
-                sslmode=cfg.sslmode,
-                connect_timeout=cfg.connect_timeout_s,
-                autocommit=True,
-                **extra,
+        return {
+            "host": cfg.host,
+            "port": cfg.port,
+            "dbname": cfg.dbname,
+            "user": login.username,
+            "password": login.password,
+            "sslmode": cfg.sslmode,
+            "connect_timeout": cfg.connect_timeout_s,
+            "autocommit": True,
+            **extra,
+        }
+
+    @staticmethod
+    def _refused(
+        exc: psycopg.Error, cfg: PostgresConfig, username: str, what: str
+    ) -> ConnectorError:
+        """A failed login as a connector error that quotes nothing of the server's text."""
+        text = str(exc)
+        if "authentication method requirement" in text or "channel binding" in text:
+            # libpq refused the server's way of authenticating before sending anything.
+            return cb.PermanentError(
+                f"{what}: postgres at {cfg.host}:{cfg.port} asked for an authentication "
+                f"method that require_auth={cfg.require_auth!r} refuses; nothing was sent "
+                "(see require_auth)"
             )
+        if cfg.sslmode in ("verify-ca", "verify-full", "require") and (
+            "SSL" in text or "certificate" in text
+        ):
+            return cb.PermanentError(
+                f"{what}: postgres at {cfg.host}:{cfg.port} failed the TLS check of "
+                f"sslmode={cfg.sslmode}"
+            )
+        if exc.sqlstate in AUTH_FAILED or "authentication failed" in text:
+            return LoginRefused(
+                f"{what}: postgres at {cfg.host}:{cfg.port} refused the login of {username!r}"
+            )
+        return cb.TransientError(f"{what}: cannot reach postgres at {cfg.host}:{cfg.port}")
+
+    async def _connect(
+        self, cfg: PostgresConfig, login: Login, what: str
+    ) -> psycopg.AsyncConnection[Any]:
+        """A fresh login (never pooled)."""
+        params = self._params(cfg, login, what)
+        try:
+            return await psycopg.AsyncConnection.connect(**params)
         except psycopg.OperationalError as exc:
-            text = str(exc)
-            if "authentication method requirement" in text or "channel binding" in text:
-                # libpq refused the server's way of authenticating before sending anything.
-                raise cb.PermanentError(
-                    f"{what}: postgres at {cfg.host}:{cfg.port} asked for an authentication "
-                    f"method that require_auth={cfg.require_auth!r} refuses; nothing was sent "
-                    "(see require_auth)"
-                ) from None
-            if cfg.sslmode in ("verify-ca", "verify-full", "require") and (
-                "SSL" in text or "certificate" in text
-            ):
-                raise cb.PermanentError(
-                    f"{what}: postgres at {cfg.host}:{cfg.port} failed the TLS check of "
-                    f"sslmode={cfg.sslmode}"
-                ) from None
-            if exc.sqlstate in AUTH_FAILED or "authentication failed" in text:
-                raise LoginRefused(
-                    f"{what}: postgres at {cfg.host}:{cfg.port} refused the login of "
-                    f"{login.username!r}"
-                ) from None
-            raise cb.TransientError(
-                f"{what}: cannot reach postgres at {cfg.host}:{cfg.port}"
-            ) from None
+            raise self._refused(exc, cfg, login.username, what) from None
 
     async def _can_login(self, cfg: PostgresConfig, login: Login) -> bool:
         """Whether the server accepts ``login``. Only a refused password is False: a server
@@ -260,19 +313,82 @@ class PostgresConnector:
         secrets_: cb.SecretResolver,
         current: Secret | None,
         what: str,
-    ) -> psycopg.AsyncConnection[Any]:
+    ) -> _Session:
+        """An admin session: pooled with an ``admin`` credential, else a fresh login as the
+        role itself with CURRENT. Use it as ``async with session as conn``."""
         if cfg.admin:
-            login = parse_login(
-                await secrets_.get(cfg.admin), cfg.admin_user, f"{what}: admin {cfg.admin!r}"
-            )
-            try:
-                return await self._connect(cfg, login, f"{what} (admin {cfg.admin!r})")
-            except LoginRefused as exc:  # the admin's password, not the server, was refused
-                raise cb.ReferenceRefused(str(exc), cfg.admin) from None
+            value = await secrets_.get(cfg.admin)
+            login = parse_login(value, cfg.admin_user, f"{what}: admin {cfg.admin!r}")
+            return await self._pooled(cfg, login, value, f"{what} (admin {cfg.admin!r})")
         if current is None:
             raise cb.PermanentError(f"{what}: no admin credential and no current value to log in")
         login = parse_value(current, cfg, f"{what}: CURRENT")
-        return await self._connect(cfg, login, f"{what} (as itself)")
+        return _Session.fresh(await self._connect(cfg, login, f"{what} (as itself)"))
+
+    async def _pooled(
+        self, cfg: PostgresConfig, login: Login, value: Secret, what: str
+    ) -> _Session:
+        """A session from the admin pool of (target, admin credential, admin value)."""
+        params = self._params(cfg, login, what)
+        slot = (
+            cfg.host,
+            cfg.port,
+            cfg.dbname,
+            cfg.sslmode,
+            cfg.sslrootcert,
+            cfg.require_auth,
+            cfg.connect_timeout_s,
+            cfg.admin,
+            login.username,
+        )
+        wait_s = 2.0 * cfg.connect_timeout_s
+        for _ in range(3):
+
+            async def make() -> _AdminPool:
+                made = _AdminPool(
+                    params,
+                    functools.partial(self._refused, cfg=cfg, username=login.username),
+                    self._pools,
+                    slot,
+                    size=self._pool_size,
+                    timeout_s=wait_s,
+                    name=f"postgres admin {cfg.admin!r} at {cfg.host}:{cfg.port}/{cfg.dbname}",
+                )
+                await made.open()
+                return made
+
+            pool = await self._pools.get(slot, self._fingerprints.of(value), make)
+            try:
+                conn = await pool.pool.getconn()
+            except (PoolClosed, PoolTimeout) as exc:
+                failure = pool.failure
+                await self._pools.drop(slot, pool)
+                if failure is not None:
+                    error = self._refused(failure, cfg, login.username, what)
+                    if isinstance(error, LoginRefused):  # the admin's password was refused
+                        raise cb.ReferenceRefused(str(error), cfg.admin) from None
+                    raise error from None
+                if isinstance(exc, PoolTimeout):
+                    raise cb.TransientError(
+                        f"{what}: no admin session with postgres at {cfg.host}:{cfg.port} "
+                        f"within {wait_s:g}s"
+                    ) from None
+                continue  # closed under us (its admin value was replaced): take the new one
+            try:
+                await AsyncConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                # Broken while idle (the server restarted or ended it): the others are likely
+                # broken too, so the whole pool is replaced rather than tried one by one.
+                await conn.close()
+                await self._pools.drop(slot, pool)
+                continue
+            except BaseException:
+                await pool.pool.putconn(conn)
+                raise
+            return _Session(conn, pool.pool.putconn)
+        raise cb.TransientError(
+            f"{what}: no working admin session with postgres at {cfg.host}:{cfg.port}"
+        )
 
     @staticmethod
     async def _exec(
@@ -367,12 +483,12 @@ class PostgresConnector:
         # password again is harmless. Only a role changing its own password cannot log in
         # with CURRENT once set has happened; then PENDING does.
         try:
-            conn = await self._admin(cfg, req.secrets, req.current, "set")
+            session = await self._admin(cfg, req.secrets, req.current, "set")
         except cb.PermanentError:
             if not cfg.admin and await self._can_login(cfg, pending):
                 return  # set happened already (a retried or resumed step)
             raise
-        async with conn:
+        async with session as conn:
             if cfg.mode == "alternating" and pending.username == cfg.clone_name:
                 await self._ensure_clone(conn, cfg)
             await self._set_password(conn, pending.username, pending.password, "set")
@@ -395,12 +511,12 @@ class PostgresConnector:
         old = parse_value(req.value, cfg, "revoke: the old value")
         if not await self._can_login(cfg, old):
             return
-        conn = (
-            await self._connect(cfg, old, "revoke")
+        session = (
+            _Session.fresh(await self._connect(cfg, old, "revoke"))
             if not cfg.admin
             else await self._admin(cfg, req.secrets, None, "revoke")
         )
-        async with conn:
+        async with session as conn:
             await self._set_password(conn, old.username, secrets.token_urlsafe(48), "revoke")
 
     async def rollback(self, req: cb.RollbackRequest) -> None:
@@ -412,10 +528,10 @@ class PostgresConnector:
             parse_value(req.current, cfg, "rollback: CURRENT") if req.current is not None else None
         )
         if cfg.admin:
-            conn = await self._admin(cfg, req.secrets, None, "rollback")
-        else:
-            conn = await self._connect(cfg, pending, "rollback")  # the role is on pending now
-        async with conn:
+            session = await self._admin(cfg, req.secrets, None, "rollback")
+        else:  # the role is on pending now
+            session = _Session.fresh(await self._connect(cfg, pending, "rollback"))
+        async with session as conn:
             if current is not None and current.username == pending.username:
                 # single mode: put the old password back so CURRENT works again
                 await self._set_password(conn, pending.username, current.password, "rollback")
@@ -426,8 +542,8 @@ class PostgresConnector:
 
     async def verify(self, req: cb.VerifyRequest) -> None:
         cfg = _cfg(req.config)
-        conn = await self._admin(cfg, req.secrets, req.current, "verify")
-        async with conn:
+        session = await self._admin(cfg, req.secrets, req.current, "verify")
+        async with session as conn:
             if not await self._role_exists(conn, cfg.role, "verify"):
                 raise cb.PermanentError(
                     f"role {cfg.role!r} does not exist on {cfg.host}:{cfg.port}"
@@ -454,6 +570,112 @@ class PostgresConnector:
         """A value given at ``credential add``/``update``: UTF-8 text naming one of this
         credential's roles (or a bare password). PermanentError otherwise; no I/O."""
         parse_value(value, _cfg(config), "the given value")
+
+
+class _Session:
+    """An admin connection for one call: ``async with session as conn``; on exit it goes back
+    to its pool (or, not pooled, is closed)."""
+
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        release: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
+    ) -> None:
+        self._conn, self._release = conn, release
+
+    @classmethod
+    def fresh(cls, conn: psycopg.AsyncConnection[Any]) -> _Session:
+        async def close(c: psycopg.AsyncConnection[Any]) -> None:
+            await c.close()
+
+        return cls(conn, close)
+
+    async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._release(self._conn)
+
+
+class _AdminConnection(psycopg.AsyncConnection[Any]):
+    """A pooled admin connection. The pool logs in in a background task, where a failure
+    would only make the waiting calls time out; this reports it to its ``_AdminPool``
+    (passed in the ``rotator_pool`` parameter), which fails them at once."""
+
+    @classmethod
+    async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        pool: _AdminPool = kwargs.pop("rotator_pool")
+        try:
+            return await super().connect(conninfo, **kwargs)
+        except psycopg.Error as exc:
+            # The pool logs what it catches: our message, which quotes nothing of the server.
+            raise pool.failed(exc) from None
+        except asyncio.CancelledError:
+            # psycopg_pool's workers survive a cancellation of what they run and stop only
+            # when their pool closes: a loop ending (asyncio.run) while this login is under
+            # way would wait for this worker forever. Close the pool from another task.
+            pool.abandon()
+            raise
+
+
+class _AdminPool:
+    """The admin sessions for one (target, admin credential, admin value).
+
+    ``failure`` holds the error of the last login the pool tried and failed; it then closes
+    itself (through ``drop``), so the calls waiting in it get PoolClosed and raise that
+    error instead. Holds the login in its connection parameters; shows none of it."""
+
+    def __init__(
+        self,
+        params: dict[str, Any],
+        translate: Callable[..., ConnectorError],
+        owner: Resources[_AdminPool],
+        slot: Hashable,
+        *,
+        size: int,
+        timeout_s: float,
+        name: str,
+    ) -> None:
+        self.failure: psycopg.Error | None = None
+        # Weak references only: with no cycle through the connector, a connector instance
+        # nobody closes (a one-shot use) frees its pool, and its sessions, when dropped.
+        self._translate = translate
+        self._owner, self._slot = weakref.ref(owner), slot
+        self._dropping: set[asyncio.Task[None]] = set()
+        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            kwargs={**params, "rotator_pool": weakref.proxy(self)},
+            connection_class=_AdminConnection,
+            min_size=0,
+            max_size=size,
+            open=False,
+            name=name,
+            timeout=timeout_s,
+            max_idle=ADMIN_POOL_MAX_IDLE_S,
+        )
+
+    def __repr__(self) -> str:
+        return f"_AdminPool({self.pool.name!r})"
+
+    async def open(self) -> None:
+        await self.pool.open()
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    def failed(self, exc: psycopg.Error) -> ConnectorError:
+        """A login of the pool failed: record it, drop the pool, and the error to raise."""
+        self.failure = exc
+        self.abandon()
+        return self._translate(exc, what="admin pool")
+
+    def abandon(self) -> None:
+        """Drop (and close) the pool soon. Called from one of the pool's own tasks, which
+        close() waits for, so it runs in another task."""
+        owner = self._owner()
+        drop = owner.drop(self._slot, self) if owner is not None else self.close()
+        task = asyncio.get_running_loop().create_task(drop)
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
 
 
 def _cfg(config: cb.ConnectorConfig) -> PostgresConfig:

@@ -18,6 +18,13 @@ authenticate, i.e. runs as Redis's ``default`` user), ``admin_user`` (ACL user t
 connection authenticates as; default ``default``), ``db`` (database of the admin connection;
 ACL users are server-wide), ``timeout_s``, ``password_length``, ``tls``.
 
+Connections: the admin side is pooled, one ``redis.asyncio`` connection pool (at most
+``ADMIN_POOL_SIZE`` connections, each authenticated when made) per target (host, port, db,
+tls, timeout), admin credential and admin value, the value known only by an HMAC fingerprint
+under a key random per connector instance; a changed admin value gets a new pool and the old
+one is closed, and a refused admin login drops its pool. ``test`` never uses it: it connects
+afresh with the value under test. ``aclose()`` closes every pool (see ``base.Closable``).
+
 Starting: ``credential add`` without a value, then a first rotation, creates the user (or
 adds a first password to an existing one). ``credential add`` with a value (given, or
 ``--generate``) makes that value valid at once: the service publishes a first value through
@@ -69,6 +76,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rotator import __version__
 from rotator.connectors import base as cb
+from rotator.connectors._resources import Fingerprints, Resources
 from rotator.domain.secret import Secret
 
 try:  # redis-py 7+: CLIENT SETINFO metadata, made once (else each client reads package metadata)
@@ -81,6 +89,9 @@ except ImportError:  # pragma: no cover - older redis-py
     _DRIVER = {}
 
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_"
+# Admin connections per pool: the engine's default per-target limit, so a call at that limit
+# never waits for one (a call above it waits up to timeout_s for one to come back).
+ADMIN_POOL_SIZE = 16
 DEFAULT_USER = "default"
 # Redis rejects usernames holding any of these (C isspace() and NUL): "Usernames can't
 # contain spaces or null characters". Anything else (quotes, unicode, ':'...) is accepted.
@@ -228,6 +239,18 @@ class RedisConnector:
     config_model: ClassVar[type[cb.ConnectorConfig]] = RedisConfig
     references: ClassVar[tuple[str, ...]] = ("admin",)
 
+    def __init__(self) -> None:
+        self._fingerprints = Fingerprints()
+        self._pools: Resources[aioredis.Redis] = Resources(_close_pool)
+
+    def __repr__(self) -> str:
+        return f"RedisConnector({len(self._pools)} admin pools)"
+
+    async def aclose(self) -> None:
+        """Close every admin pool (see ``base.Closable``). Idempotent; a later call opens
+        a pool again."""
+        await self._pools.aclose()
+
     def target_key(self, config: cb.ConnectorConfig) -> str:
         cfg = _cfg(config)
         return f"redis://{cfg.host}:{cfg.port}"
@@ -259,6 +282,31 @@ class RedisConnector:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
+    async def _admin_client(
+        self, cfg: RedisConfig, login: _Login | None, version: bytes
+    ) -> tuple[tuple[Any, ...], aioredis.Redis]:
+        """The pooled admin client of (target, admin credential, admin value), and its slot.
+        Connections are made (and authenticated) on first use, as ``_client`` makes one."""
+        slot = (cfg.host, cfg.port, cfg.db, cfg.tls, cfg.timeout_s, cfg.admin, cfg.admin_user)
+
+        async def make() -> aioredis.Redis:
+            pool = aioredis.BlockingConnectionPool(
+                connection_class=aioredis.SSLConnection if cfg.tls else aioredis.Connection,
+                max_connections=ADMIN_POOL_SIZE,
+                timeout=cfg.timeout_s,
+                host=cfg.host,
+                port=cfg.port,
+                db=cfg.db,
+                credential_provider=login,
+                socket_timeout=cfg.timeout_s,
+                socket_connect_timeout=cfg.timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                **_DRIVER,
+            )
+            return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+        return slot, await self._pools.get(slot, version, make)
+
     @staticmethod
     def _unreachable(cfg: RedisConfig, exc: BaseException, what: str) -> cb.TransientError:
         if isinstance(exc, RedisTimeoutError | TimeoutError):
@@ -272,7 +320,7 @@ class RedisConnector:
         self, cfg: RedisConfig, resolver: cb.SecretResolver, what: str
     ) -> AsyncIterator[aioredis.Redis]:
         """An admin connection; every Redis failure inside becomes a connector error."""
-        login = None
+        login, version = None, b""
         if cfg.admin:
             try:
                 password = await resolver.get(cfg.admin)
@@ -282,12 +330,16 @@ class RedisConnector:
                     f"{_p(what)}admin credential {cfg.admin!r} cannot be read: {detail}"
                 ) from None
             login = _Login(cfg.admin_user, password)
+            version = self._fingerprints.of(password)
+        slot, client = await self._admin_client(cfg, login, version)
         try:
-            async with self._client(cfg, login, db=cfg.db) as client:
-                yield client
+            yield client
         except (cb.TransientError, cb.PermanentError):
             raise
         except (AuthenticationError, AuthenticationWrongNumberOfArgsError) as exc:
+            # A value refused now may be read again (or fixed on the server): no pool keeps
+            # a refused login around.
+            await self._pools.drop(slot, client)
             if cfg.admin:
                 raise cb.ReferenceRefused(
                     f"{_p(what)}admin credential {cfg.admin!r} was refused by redis at "
@@ -453,6 +505,10 @@ class RedisConnector:
             raise cb.PermanentError(
                 f"redis user {self._admin_name(cfg)!r} may not run ACL SETUSER (it needs +acl)"
             )
+
+
+async def _close_pool(client: aioredis.Redis) -> None:
+    await client.aclose(close_connection_pool=True)
 
 
 __all__ = ["RedisConfig", "RedisConnector", "UserInfo", "digest", "generate"]

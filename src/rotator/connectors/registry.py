@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import logging
 from importlib.metadata import entry_points
 
 from rotator.connectors.base import Connector
 from rotator.errors import UnknownConnector
 
 ENTRY_POINT_GROUP = "rotator.connectors"
+
+log = logging.getLogger(__name__)
 
 
 # Built-in connectors, imported on first use so one kind's imports never slow another.
@@ -48,12 +51,58 @@ def _load(kind: str) -> type[Connector]:
 
 
 def get_connector(kind: str) -> Connector:
-    """A connector instance for ``kind``; UnknownConnector naming the installed kinds otherwise."""
+    """A new connector instance for ``kind``, for one-shot use; UnknownConnector naming the
+    installed kinds otherwise. A caller that makes calls through it closes it after
+    (``base.aclose``): a connector may keep pools open between calls. Long-lived users (the
+    engine) hold a ``ConnectorSet`` instead."""
     if kind not in _kinds():
         raise UnknownConnector(
             f"unknown connector {kind!r}: installed are {', '.join(available())}"
         )
     return _load(kind)()
+
+
+class ConnectorSet:
+    """One connector instance per kind, made on first use and shared by every caller for the
+    set's whole life (the engine holds one), so pools and clients a connector keeps per
+    target are reused across rotations. ``aclose()`` closes every instance made so far.
+
+    Not thread-safe; use it from one event loop (the connectors' resources belong to it).
+    """
+
+    def __init__(self) -> None:
+        self._instances: dict[str, Connector] = {}
+
+    def __repr__(self) -> str:
+        return f"ConnectorSet({sorted(self._instances)})"
+
+    def get(self, kind: str) -> Connector:
+        """The instance for ``kind`` (the same one on every call until ``aclose``, and after
+        it too: a closed connector opens again on its next call); UnknownConnector as
+        ``get_connector``."""
+        found = self._instances.get(kind)
+        if found is None:
+            found = self._instances[kind] = get_connector(kind)
+        return found
+
+    async def aclose(self) -> None:
+        """Close every instance that has ``aclose`` (see ``base.Closable``). A failure of one
+        is logged (its kind and the error's type, never its text, which may name a target's
+        details) and does not stop the others; nothing is raised. Idempotent."""
+        for kind, instance in list(self._instances.items()):
+            close = getattr(instance, "aclose", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception as exc:
+                log.warning("closing connector %r failed: %s", kind, type(exc).__name__)
+
+    async def __aenter__(self) -> ConnectorSet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def register(cls: type[Connector]) -> None:
