@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import logging
@@ -110,28 +109,3 @@ def register(cls: type[Connector]) -> None:
     _kinds()[cls.kind] = cls
     _load.cache_clear()
 
-
-class ConnectorSet:
-    """One long-lived instance per connector kind, shared by every call an engine makes, so
-    a connector can keep per-target resources (pooled connections) between calls. Close it
-    once with :meth:`aclose`."""
-
-    def __init__(self) -> None:
-        self._instances: dict[str, Connector] = {}
-
-    def get(self, kind: str) -> Connector:
-        """The instance for ``kind``; UnknownConnector naming the installed kinds otherwise."""
-        found = self._instances.get(kind)
-        if found is None:
-            found = self._instances[kind] = get_connector(kind)
-        return found
-
-    async def aclose(self) -> None:
-        """Close every instance that holds resources (``aclose``); one failing does not stop
-        the others."""
-        instances, self._instances = list(self._instances.values()), {}
-        for impl in instances:
-            close = getattr(impl, "aclose", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
