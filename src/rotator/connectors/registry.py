@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import importlib
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
-from rotator.connectors.base import Connector
 from rotator.errors import UnknownConnector
+
+if TYPE_CHECKING:
+    from rotator.connectors.base import Connector
 
 ENTRY_POINT_GROUP = "rotator.connectors"
 
@@ -36,9 +39,19 @@ def available() -> list[str]:
     return sorted(_kinds())
 
 
+def _ref(kind: str) -> str | type[Connector] | None:
+    # A built-in kind needs no entry-point scan (it reads every installed distribution's
+    # metadata: slow) while nothing was registered (register() fills _kinds): built-ins win
+    # over entry points anyway.
+    if kind in BUILTIN and _kinds.cache_info().currsize == 0:
+        return BUILTIN[kind]
+    return _kinds().get(kind)
+
+
 @functools.cache
 def _load(kind: str) -> type[Connector]:
-    ref = _kinds()[kind]
+    ref = _ref(kind)
+    assert ref is not None  # get_connector checked
     if not isinstance(ref, str):
         return ref
     module, _, attr = ref.partition(":")
@@ -48,7 +61,7 @@ def _load(kind: str) -> type[Connector]:
 
 def get_connector(kind: str) -> Connector:
     """A connector instance for ``kind``; UnknownConnector naming the installed kinds otherwise."""
-    if kind not in _kinds():
+    if _ref(kind) is None:
         raise UnknownConnector(
             f"unknown connector {kind!r}: installed are {', '.join(available())}"
         )

@@ -12,15 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from rotator import audit, crypto
 from rotator.audit.chain import AuditEntry, AuditKeys, VerifyResult
 from rotator.config import Settings
-from rotator.connectors import base as cbase
 from rotator.connectors.registry import get_connector
 from rotator.crypto.integrity import MacKey, audit_key
 from rotator.domain import names
@@ -47,6 +45,9 @@ from rotator.store import credentials as store_creds
 from rotator.store import groups as store_groups
 from rotator.store import keys as store_keys
 from rotator.store import rotations as store_rot
+
+if TYPE_CHECKING:
+    from rotator.connectors import base as cbase
 
 T = TypeVar("T")
 MAX_VALUE_BYTES = 64 * 1024
@@ -361,6 +362,8 @@ class RotatorService:
         Raises InvalidInput (name, settings, policy), UnknownConnector, AlreadyExists.
         Nothing is stored unless everything is valid.
         """
+        from rotator.connectors import base as cbase  # not at start-up: pydantic is slow
+
         names.check_credential_name(name)
         conn_impl = get_connector(connector)
         cfg = cbase.parse_config(conn_impl, dict(settings or {}))
@@ -427,6 +430,8 @@ class RotatorService:
         if value.value is not None:
             return value.value
         if value.generate:
+            from rotator.connectors import base as cbase
+
             req = cbase.CreateRequest(
                 credential=name, version=number, config=cfg, secrets=ServiceSecrets(self, principal)
             )
@@ -449,6 +454,15 @@ class RotatorService:
         failure stores nothing. Others leave the first value as it is on the target."""
         if not getattr(impl, "publish_on_add", False):
             return
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_exponential,
+        )
+
+        from rotator.connectors import base as cbase
+
         req = cbase.FinishRequest(
             credential=name,
             version=1,
@@ -490,6 +504,8 @@ class RotatorService:
         verify = getattr(impl, "verify", None)
         if verify is None:
             return
+        from rotator.connectors import base as cbase
+
         req = cbase.VerifyRequest(
             credential=name,
             config=cfg,
@@ -576,6 +592,8 @@ class RotatorService:
         between (no new version, no other update) and raises ConcurrentModification if it did;
         nothing is stored then.
         """
+        from rotator.connectors import base as cbase
+
         cred = self.show(name, principal)
         kind = connector or cred.connector
         impl = get_connector(kind)
@@ -790,6 +808,8 @@ class ServiceSecrets:
         try:
             return self.svc.get_value(name, principal=self.principal)
         except NotFound as exc:
+            from rotator.connectors import base as cbase
+
             raise cbase.PermanentError(f"referenced credential {name!r}: {exc}") from exc
 
 

@@ -11,13 +11,12 @@ release the lock).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
-from sqlalchemy.dialects import postgresql as _pg
-from sqlalchemy.dialects import sqlite as _sqlite
+from sqlalchemy import Connection, Executable, bindparam, delete, insert, or_, select, update
 
 from rotator.domain.model import Stage
 from rotator.errors import ConcurrentModification, LostOwnership
@@ -32,14 +31,29 @@ _LOCK_HOLDER = select(credential_locks.c.rotation_id).where(
     credential_locks.c.credential_id == bindparam("b_cid")
 )
 _INSERT_LOCK = insert(credential_locks)
-_INSERT_LOCK_IF_FREE = {
-    "sqlite": _sqlite.insert(credential_locks)
-    .on_conflict_do_nothing()
-    .returning(credential_locks.c.rotation_id),
-    "postgresql": _pg.insert(credential_locks)
-    .on_conflict_do_nothing()
-    .returning(credential_locks.c.rotation_id),
-}
+
+
+@functools.cache
+def _insert_lock_if_free(dialect: str) -> Executable:
+    # Built once, for the dialect in use only: importing the PostgreSQL dialect would cost
+    # every SQLite CLI call a noticeable part of its start-up.
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return (
+            pg_insert(credential_locks)
+            .on_conflict_do_nothing()
+            .returning(credential_locks.c.rotation_id)
+        )
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return (
+        sqlite_insert(credential_locks)
+        .on_conflict_do_nothing()
+        .returning(credential_locks.c.rotation_id)
+    )
+
+
 _RELEASE_LOCK = delete(credential_locks).where(
     credential_locks.c.credential_id == bindparam("b_cid"),
     credential_locks.c.rotation_id == bindparam("b_rid"),
@@ -97,7 +111,7 @@ def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: dateti
     """
     params = {"credential_id": credential_id, "rotation_id": rotation_id, "acquired_at": now}
     for _ in range(3):
-        if conn.execute(_INSERT_LOCK_IF_FREE[conn.dialect.name], params).first() is not None:
+        if conn.execute(_insert_lock_if_free(conn.dialect.name), params).first() is not None:
             return None
         holder = lock_holder(conn, credential_id)
         if holder is not None:
