@@ -15,12 +15,9 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from rotator.config import Settings
 from rotator.domain import names
@@ -52,6 +49,11 @@ from rotator.service import (
 from rotator.service.rotation import Selection
 from rotator.service.views import credential_view
 
+# Imported where used, not here: a command pays at start-up only for what it needs (rich
+# tables and progress bars; `credential get` needs neither).
+if TYPE_CHECKING:
+    from rich.console import Console
+
 app = typer.Typer(
     name="rotator",
     help="Credential rotation service.",
@@ -66,8 +68,24 @@ app.add_typer(credential_app, name="credential")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 
-# Piped output is not cut to 80 columns (tables stay readable in logs and pipes).
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+class _Out:
+    """Standard output through a rich Console made at the first print."""
+
+    _console: Console | None = None
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if self._console is None:
+            from rich.console import Console
+
+            # Piped output is not cut to 80 columns (tables stay readable in logs and pipes).
+            self._console = Console(
+                highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200
+            )
+        self._console.print(*objects, **kwargs)
+
+
+out = _Out()
 BAD_INPUT = (
     InvalidInput,
     NotFound,
@@ -235,6 +253,8 @@ def credential_list(
     if as_json:
         emit_json(views)
         return
+    from rich.table import Table
+
     table = Table("NAME", "CONNECTOR", "VERSION", "POLICY", "NEXT ROTATION", "TAGS")
     for c, v in zip(creds, views, strict=True):
         table.add_row(
@@ -272,6 +292,8 @@ def credential_show(name: str, as_json: JsonOpt = False) -> None:
     out.print(f"{'policy':17} {cred.policy.describe()}")
     out.print(f"{'settings':17} {json.dumps(v['settings'])}")
     out.print(f"{'tags':17} {json.dumps(v['tags'])}")
+    from rich.table import Table
+
     table = Table("VERSION", "STAGE", "CREATED", "EXPIRES")
     for ver in v["versions"]:
         table.add_row(
@@ -369,6 +391,7 @@ def rotate(
     as_json: JsonOpt = False,
 ) -> None:
     """Rotate credentials now: create -> set -> test -> finish, rolling back on failure."""
+
     sel = Selection(names=names_ or (), tags=_pairs(tag, "--tag") or None, all=all_)
     if group is not None:
         if names_ or tag or all_:
@@ -387,6 +410,8 @@ def rotate(
             if as_json:
                 emit_json({"dry_run": True, "plan": steps})
                 return
+            from rich.table import Table
+
             table = Table(
                 "ORDER", "LEVEL", "NAME", "CONNECTOR", "TARGET", "STRATEGY", "TRIGGER", "GRACE",
                 "AFTER",
@@ -434,6 +459,16 @@ def rotate(
 def _rotate_with_progress(
     svc: BlockingService, sel: Selection, emergency: bool, *, show: bool
 ) -> BatchResult:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+
     err = Console(stderr=True)
     if not (show and err.is_terminal):
         return svc.rotate(sel, emergency=emergency)
@@ -526,6 +561,8 @@ def group_list(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json([group_view(g) for g in found])
         return
+    from rich.table import Table
+
     table = Table("NAME", "ORDER", "ALL-OR-NOTHING", "OFFSET")
     for g in found:
         table.add_row(
@@ -603,6 +640,8 @@ def audit_list(
     if as_json:
         emit_json([e.to_json() for e in entries])
         return
+    from rich.table import Table
+
     table = Table("SEQ", "TIME", "ACTOR", "ACTION", "CREDENTIAL", "DETAILS")
     for e in entries:
         table.add_row(

@@ -6,9 +6,12 @@ import functools
 import importlib
 import logging
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
-from rotator.connectors.base import Connector
 from rotator.errors import UnknownConnector
+
+if TYPE_CHECKING:
+    from rotator.connectors.base import Connector
 
 ENTRY_POINT_GROUP = "rotator.connectors"
 
@@ -39,9 +42,19 @@ def available() -> list[str]:
     return sorted(_kinds())
 
 
+def _ref(kind: str) -> str | type[Connector] | None:
+    # A built-in kind needs no entry-point scan (it reads every installed distribution's
+    # metadata: slow) while nothing was registered (register() fills _kinds): built-ins win
+    # over entry points anyway.
+    if kind in BUILTIN and _kinds.cache_info().currsize == 0:
+        return BUILTIN[kind]
+    return _kinds().get(kind)
+
+
 @functools.cache
 def _load(kind: str) -> type[Connector]:
-    ref = _kinds()[kind]
+    ref = _ref(kind)
+    assert ref is not None  # get_connector checked
     if not isinstance(ref, str):
         return ref
     module, _, attr = ref.partition(":")
@@ -54,7 +67,7 @@ def get_connector(kind: str) -> Connector:
     installed kinds otherwise. A caller that makes calls through it closes it after
     (``base.aclose``): a connector may keep pools open between calls. Long-lived users (the
     engine) hold a ``ConnectorSet`` instead."""
-    if kind not in _kinds():
+    if _ref(kind) is None:
         raise UnknownConnector(
             f"unknown connector {kind!r}: installed are {', '.join(available())}"
         )

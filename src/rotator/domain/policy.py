@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from croniter import CroniterBadDateError, croniter
-
 from rotator.errors import PolicyError
 
 _DURATION = re.compile(r"(\d+)\s*(ms|s|m|h|d|w)")
@@ -59,6 +57,20 @@ def format_duration(d: timedelta) -> str:
     return "".join(parts)
 
 
+def _check_cron(cron: str) -> None:
+    """PolicyError unless ``cron`` is a valid expression that fires at all."""
+    # Imported here: croniter costs a CLI call that reads no cron policy (credential get)
+    # a noticeable part of its start-up.
+    from croniter import CroniterBadDateError, croniter
+
+    if not croniter.is_valid(cron):
+        raise PolicyError(f"malformed --cron {cron!r}: expected five fields like '0 3 * * 0'")
+    try:
+        croniter(cron, _CRON_PROBE_START).get_next(datetime)
+    except CroniterBadDateError:
+        raise PolicyError(f"--cron {cron!r} never fires") from None
+
+
 @dataclass(frozen=True, slots=True)
 class RotationPolicy:
     """When a credential rotates and how long the old value stays valid.
@@ -83,15 +95,8 @@ class RotationPolicy:
             raise PolicyError("--window needs --cron")
         if self.window is not None and self.window <= timedelta(0):
             raise PolicyError("--window must be longer than zero")
-        if self.cron is not None and not croniter.is_valid(self.cron):
-            raise PolicyError(
-                f"malformed --cron {self.cron!r}: expected five fields like '0 3 * * 0'"
-            )
         if self.cron is not None:
-            try:
-                croniter(self.cron, _CRON_PROBE_START).get_next(datetime)
-            except CroniterBadDateError:
-                raise PolicyError(f"--cron {self.cron!r} never fires") from None
+            _check_cron(self.cron)
         if self.grace < timedelta(0):
             raise PolicyError("--grace cannot be negative")
         if self.max_uses is not None and not 1 <= self.max_uses <= 2**62:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from croniter import croniter
-
 from rotator.domain.policy import RotationPolicy
 
 
@@ -19,6 +17,8 @@ def next_rotation_at(policy: RotationPolicy, last_rotated_at: datetime) -> datet
     if policy.every is not None:
         return last_rotated_at + policy.every
     if policy.cron is not None:
+        from croniter import croniter  # only cron policies pay for it
+
         it = croniter(policy.cron, last_rotated_at)
         nxt: datetime = it.get_next(datetime)
         return nxt

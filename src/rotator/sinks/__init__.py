@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from rotator.errors import InvalidInput
-from rotator.sinks.file import FileSink, SinkRefused
 
-KINDS: dict[str, type[FileSink]] = {"file": FileSink}
+if TYPE_CHECKING:
+    from rotator.sinks.file import FileSink, SinkRefused
+
+KINDS = ("file",)
 
 
 def parse_sink(spec: str, forbidden: Sequence[Path] = ()) -> dict[str, Any]:
@@ -49,11 +49,16 @@ def parse_sink(spec: str, forbidden: Sequence[Path] = ()) -> dict[str, Any]:
 
 def load_sink(stored: dict[str, Any]) -> FileSink:
     """A sink object from its stored form; InvalidInput naming the problem."""
-    cls = KINDS.get(str(stored.get("kind")))
-    if cls is None:
+    if stored.get("kind") not in KINDS:
         raise InvalidInput(f"unknown sink kind {stored.get('kind')!r}")
+    # Imported here, not at start-up: the file sink's pydantic model would cost every CLI
+    # call its import, also those that never touch a sink.
+    from pydantic import ValidationError
+
+    from rotator.sinks.file import FileSink
+
     try:
-        return cls.model_validate({k: v for k, v in stored.items() if k != "kind"})
+        return FileSink.model_validate({k: v for k, v in stored.items() if k != "kind"})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "settings"
@@ -64,6 +69,15 @@ def load_sink(stored: dict[str, Any]) -> FileSink:
 def describe_sink(stored: dict[str, Any]) -> str:
     """A one-line, value-free description (for audit entries and listings)."""
     return load_sink(stored).describe()
+
+
+def __getattr__(name: str) -> Any:
+    # FileSink and SinkRefused stay importable from here without an import at start-up.
+    if name in ("FileSink", "SinkRefused"):
+        from rotator.sinks import file
+
+        return getattr(file, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["FileSink", "SinkRefused", "describe_sink", "load_sink", "parse_sink"]

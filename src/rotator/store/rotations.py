@@ -13,6 +13,7 @@ the commit; LostOwnership then names the first rotation whose update matched no 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +22,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     Connection,
+    Executable,
     Integer,
     Text,
     bindparam,
@@ -33,8 +35,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql as _pg
-from sqlalchemy.dialects import sqlite as _sqlite
 
 from rotator.domain.model import Stage
 from rotator.errors import ConcurrentModification, LostOwnership
@@ -49,14 +49,27 @@ TERMINAL_STEPS = ("finished", "rolled_back", "failed")
 _LOCK_HOLDER = select(credential_locks.c.rotation_id).where(
     credential_locks.c.credential_id == bindparam("b_cid")
 )
-_INSERT_LOCK_IF_FREE = {
-    "sqlite": _sqlite.insert(credential_locks)
-    .on_conflict_do_nothing()
-    .returning(credential_locks.c.rotation_id),
-    "postgresql": _pg.insert(credential_locks)
-    .on_conflict_do_nothing()
-    .returning(credential_locks.c.rotation_id),
-}
+@functools.cache
+def _insert_lock_if_free(dialect: str) -> Executable:
+    # Built once, for the dialect in use only: importing the PostgreSQL dialect would cost
+    # every SQLite CLI call a noticeable part of its start-up.
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return (
+            pg_insert(credential_locks)
+            .on_conflict_do_nothing()
+            .returning(credential_locks.c.rotation_id)
+        )
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return (
+        sqlite_insert(credential_locks)
+        .on_conflict_do_nothing()
+        .returning(credential_locks.c.rotation_id)
+    )
+
+
 _RELEASE_LOCK = delete(credential_locks).where(
     credential_locks.c.credential_id == bindparam("b_cid"),
     credential_locks.c.rotation_id == bindparam("b_rid"),
@@ -207,7 +220,7 @@ def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: dateti
     """
     params = {"credential_id": credential_id, "rotation_id": rotation_id, "acquired_at": now}
     for _ in range(3):
-        if conn.execute(_INSERT_LOCK_IF_FREE[conn.dialect.name], params).first() is not None:
+        if conn.execute(_insert_lock_if_free(conn.dialect.name), params).first() is not None:
             return None
         holder = lock_holder(conn, credential_id)
         if holder is not None:
