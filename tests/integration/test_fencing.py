@@ -402,7 +402,7 @@ def test_a_lost_fence_among_many_operations_of_one_group_commit_fails_that_opera
     for i in (6, 8, 9, 10, 11):  # moved and re-stamped: the stage maps still verify
         assert {v.number: v.stage for v in svc.show(f"c{i}").versions} == {1: Stage.FAILED}
     with svc.db.read() as conn:
-        assert svc.stage_map_errors(conn, list(ids.values())) == {}
+        assert svc.kernel.stage_map_errors(conn, list(ids.values())) == {}
 
 
 def test_step_writes_of_one_group_commit_go_to_the_database_as_one_statement(

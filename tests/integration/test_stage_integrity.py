@@ -372,15 +372,15 @@ def test_stage_moves_in_one_group_commit_read_each_map_once_and_stamp_maps_that_
     def add_pending(name: str) -> Callable[[Connection], None]:
         def op(conn: Connection) -> None:
             _, number = store_creds.version_numbers(conn, ids[name])
-            svc.check_stage_map(conn, ids[name])
-            svc.seal_version(conn, tenant, ids[name], number, Secret(b"v2"), Stage.PENDING, now)
+            svc.kernel.check_stage_map(conn, ids[name])
+            svc.kernel.seal_version(conn, tenant, ids[name], number, Secret(b"v2"), Stage.PENDING, now)
             svc.kernel.restamp(conn, ids[name])
 
         return op
 
     def fail_pending(name: str) -> Callable[[Connection], None]:
         def op(conn: Connection) -> None:
-            svc.check_stage_map(conn, ids[name])
+            svc.kernel.check_stage_map(conn, ids[name])
             store_rot.mark_version(conn, ids[name], 2, Stage.FAILED, now)
             svc.kernel.restamp(conn, ids[name])
 
@@ -419,7 +419,7 @@ def test_stage_moves_in_one_group_commit_read_each_map_once_and_stamp_maps_that_
         2: Stage.PENDING,
     }
     with svc.db.read() as conn:
-        assert svc.stage_map_errors(conn, list(ids.values())) == {ids["c"]: mock.ANY}
+        assert svc.kernel.stage_map_errors(conn, list(ids.values())) == {ids["c"]: mock.ANY}
     assert svc.get_value("a").reveal_text()
 
     tampered, moved = group_commit(add_pending("c"), fail_pending("b"))
@@ -431,5 +431,5 @@ def test_stage_moves_in_one_group_commit_read_each_map_once_and_stamp_maps_that_
         2: Stage.FAILED,
     }
     with svc.db.read() as conn:
-        assert set(svc.stage_map_errors(conn, list(ids.values()))) == {ids["c"]}
+        assert set(svc.kernel.stage_map_errors(conn, list(ids.values()))) == {ids["c"]}
     assert svc.get_value("b").reveal_text()
