@@ -20,7 +20,6 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from rotator.connectors import base as cbase
 from rotator.domain.model import Stage
@@ -324,6 +323,13 @@ class Protocol:
         warnings: list[str] = []
         assert ctx.pending is not None
         value = ctx.pending
+        from tenacity import (  # only when there are sinks
+            AsyncRetrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_exponential,
+        )
+
         protected = self.rt.kernel.protected_paths()
         for stored in ctx.cred.sinks:
             try:

@@ -13,16 +13,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Connection
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
 
 from rotator.connectors import base as cbase
 from rotator.engine.admission import Rank
@@ -33,6 +26,9 @@ from rotator.engine.values import Values
 from rotator.errors import ConnectorError, RotatorError
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
+
+if TYPE_CHECKING:
+    from tenacity import AsyncRetrying
 
 T = TypeVar("T")
 INTERACTIVE: Rank = (1, 0)  # the admission rank of calls a person waits for (see types.rank)
@@ -47,6 +43,15 @@ class StepRunner:
         self.values = values
 
     def retrying(self) -> AsyncRetrying:
+        # Imported on the first connector call: a value read (credential get) makes none.
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_exponential,
+            wait_random,
+        )
+
         o = self.rt.opts
         return AsyncRetrying(
             stop=stop_after_attempt(o.retry_attempts),
