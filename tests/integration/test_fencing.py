@@ -40,6 +40,7 @@ from tests.support.fenced_target import fingerprint, locked_state
 from rotator.config import Settings
 from rotator.connectors import base as cbase
 from rotator.domain.model import Stage
+from rotator.domain.principal import Principal
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
 from rotator.engine.writer import StoreWriter
 from rotator.errors import ConcurrentModification, LostOwnership
@@ -699,3 +700,30 @@ def test_stage_map_edited_mid_rotation_rolls_the_target_back_and_frees_the_crede
     assert again.outcome is Outcome.ROTATED, again
     assert doubles.target_values(cfg, "a") >= {svc.get_value("a").reveal_text()}
     assert svc.audit_verify().ok
+
+
+def test_a_group_commit_locks_the_audit_head_after_every_credential_row(
+    svc: BlockingService, double: None
+) -> None:
+    """Lock order: a group commit writes credential rows (stage MACs, use counts) before it
+    locks the audit head, as a value read does, so two writers on PostgreSQL cannot deadlock
+    on (credential row, audit head) taken in opposite orders."""
+    cid = add_double(svc, "c")
+    kernel = svc.kernel
+    now = kernel.clock()
+
+    def stage_move(conn: Any) -> None:
+        kernel.check_stage_map(conn, cid)
+        store_rot.mark_version(conn, cid, 1, Stage.FAILED, now)
+        kernel.restamp(conn, cid)
+        kernel.audit(conn, Principal(), "test.stage_move", "c")
+
+    results, batches, sent = run_in_one_group_commit(svc, [stage_move])
+    assert results == [None]
+    assert batches == 1
+    statements = [s for s, _ in sent]
+    mac = next(
+        i for i, s in enumerate(statements) if s.startswith("UPDATE credentials SET stage_mac")
+    )
+    head = next(i for i, s in enumerate(statements) if "FROM audit_head" in s)
+    assert mac < head, statements

@@ -114,7 +114,7 @@ class StoreWriter:
         return results
 
     def _run_batch(self, fns: list[Callable[[Connection], Any]], relaxed: bool) -> list[Any]:
-        with self._db.write(relaxed=relaxed) as conn, stage_cache(conn):
+        with self._db.write(relaxed=relaxed) as conn, stage_cache(conn) as stages:
             audit_batch = AuditBatch()
             steps = StepBatch()
             conn.info[BATCH_KEY] = audit_batch
@@ -136,6 +136,10 @@ class StoreWriter:
                         raise lost from exc
                     raise
                 steps.flush(conn)
+                # The audit head is locked last: every writer locks credential rows (use
+                # counts, stage MACs) before the head, never after it, so two writers on
+                # PostgreSQL never wait for each other in opposite orders (a deadlock).
+                stages.flush(conn)
                 audit_batch.flush(conn)
             finally:
                 conn.info.pop(BATCH_KEY, None)
