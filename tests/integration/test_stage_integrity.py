@@ -17,9 +17,12 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import psycopg
@@ -373,7 +376,9 @@ def test_stage_moves_in_one_group_commit_read_each_map_once_and_stamp_maps_that_
         def op(conn: Connection) -> None:
             _, number = store_creds.version_numbers(conn, ids[name])
             svc.kernel.check_stage_map(conn, ids[name])
-            svc.kernel.seal_version(conn, tenant, ids[name], number, Secret(b"v2"), Stage.PENDING, now)
+            svc.kernel.seal_version(
+                conn, tenant, ids[name], number, Secret(b"v2"), Stage.PENDING, now
+            )
             svc.kernel.restamp(conn, ids[name])
 
         return op
@@ -433,3 +438,60 @@ def test_stage_moves_in_one_group_commit_read_each_map_once_and_stamp_maps_that_
     with svc.db.read() as conn:
         assert set(svc.kernel.stage_map_errors(conn, list(ids.values()))) == {ids["c"]}
     assert svc.get_value("b").reveal_text()
+
+
+def test_another_workers_stage_move_waits_for_a_group_commit_that_read_the_map(
+    svc: BlockingService, db_url: str
+) -> None:
+    """PostgreSQL, several workers: a group commit locks a credential's row when it first
+    reads its map, so another worker's retire cannot commit between our check and our
+    re-stamp (our MAC would leave its move out and the credential would fail every read);
+    it waits, then re-stamps over both moves."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serializes writers")
+    svc.add_credential("app/db", "local", value=ValueInput(value=Secret("v1")))
+    svc.update_credential("app/db", value=ValueInput(value=Secret("v2")))  # v1 PREVIOUS
+    kernel = svc.kernel
+    cid = svc.show("app/db").id
+    tenant = svc.tenant("default")
+    now = kernel.clock()
+
+    def other_worker_retires_v1() -> None:  # what Revoker.retire does, in another process
+        with kernel.db.write() as c:
+            kernel.check_stage_map(c, cid)
+            store_rot.mark_version(c, cid, 1, Stage.RETIRED, now, only_from=(Stage.PREVIOUS,))
+            kernel.restamp(c, cid)
+
+    def waiting_on_a_lock() -> bool:
+        with kernel.db.read() as c:
+            n = c.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ).scalar()
+        return bool(n)
+
+    other = threading.Thread(target=other_worker_retires_v1)
+
+    def stage_move(conn: Any) -> None:  # Protocol._begin + stage_move, condensed
+        kernel.check_stage_map(conn, cid)
+        other.start()
+        deadline = time.monotonic() + 30
+        while not waiting_on_a_lock():  # the other worker reached our lock and waits
+            assert other.is_alive(), "it did not wait for our lock"
+            assert time.monotonic() < deadline, "it did not reach our lock"
+            time.sleep(0.01)
+        kernel.seal_version(conn, tenant, cid, 3, Secret("v3"), Stage.PENDING, now)
+        store_creds.promote(conn, cid, 3, now=now, grace=timedelta(minutes=5))
+        kernel.restamp(conn, cid)
+
+    async def go() -> None:
+        writer = StoreWriter(kernel.db, ThreadPoolExecutor(max_workers=1))
+        await writer.run(stage_move)
+        await writer.aclose()
+
+    asyncio.run(go())
+    other.join(30)
+    assert not other.is_alive()
+    assert svc.get_value("app/db").reveal_text() == "v3"
+    stages = {v.number: v.stage for v in svc.show("app/db").versions}
+    assert stages == {1: Stage.RETIRED, 2: Stage.PREVIOUS, 3: Stage.CURRENT}

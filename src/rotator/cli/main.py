@@ -468,7 +468,6 @@ def _rotate_with_progress(
         TimeRemainingColumn,
     )
 
-
     err = Console(stderr=True)
     if not (show and err.is_terminal):
         return svc.rotate(sel, emergency=emergency)

@@ -214,6 +214,14 @@ class Verifiable(Protocol):
     async def verify(self, req: VerifyRequest) -> None: ...
 
 
+class SizesPools(Protocol):
+    """Optional: connectors that pool connections per target take the engine's per-target
+    call limit as their pools' size (pools made later use it), so a call the engine admits
+    never waits for a pooled connection."""
+
+    def set_pool_size(self, size: int) -> None: ...
+
+
 class PublishesOnAdd(Protocol):
     """Optional: ``publish_on_add = True`` makes `credential add` call finish() with the first
     value (previous=None) before storing it, for targets where rotator itself puts the value

@@ -225,6 +225,10 @@ class PostgresConnector:
         if admin_pool_size < 1:
             raise ValueError("admin_pool_size must be at least 1")
         self._pool_size = admin_pool_size
+
+    def set_pool_size(self, size: int) -> None:
+        """Admin pools made from now on hold up to ``size`` sessions (see base.SizesPools)."""
+        self._pool_size = max(1, size)
         self._fingerprints = Fingerprints()
         self._pools: Resources[_AdminPool] = Resources(_AdminPool.close)
 

@@ -242,6 +242,11 @@ class RedisConnector:
     def __init__(self) -> None:
         self._fingerprints = Fingerprints()
         self._pools: Resources[aioredis.Redis] = Resources(_close_pool)
+        self._pool_size = ADMIN_POOL_SIZE
+
+    def set_pool_size(self, size: int) -> None:
+        """Admin pools made from now on hold up to ``size`` connections (base.SizesPools)."""
+        self._pool_size = max(1, size)
 
     def __repr__(self) -> str:
         return f"RedisConnector({len(self._pools)} admin pools)"
@@ -292,7 +297,7 @@ class RedisConnector:
         async def make() -> aioredis.Redis:
             pool = aioredis.BlockingConnectionPool(
                 connection_class=aioredis.SSLConnection if cfg.tls else aioredis.Connection,
-                max_connections=ADMIN_POOL_SIZE,
+                max_connections=self._pool_size,
                 timeout=cfg.timeout_s,
                 host=cfg.host,
                 port=cfg.port,

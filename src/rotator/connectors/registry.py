@@ -82,8 +82,9 @@ class ConnectorSet:
     Not thread-safe; use it from one event loop (the connectors' resources belong to it).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, per_target: int | None = None) -> None:
         self._instances: dict[str, Connector] = {}
+        self._per_target = per_target
 
     def __repr__(self) -> str:
         return f"ConnectorSet({sorted(self._instances)})"
@@ -95,6 +96,11 @@ class ConnectorSet:
         found = self._instances.get(kind)
         if found is None:
             found = self._instances[kind] = get_connector(kind)
+            # Connectors that pool per target size their pools to the engine's per-target
+            # limit (``base.SizesPools``), so a call admitted by it never waits for a session.
+            size = getattr(found, "set_pool_size", None)
+            if size is not None and self._per_target is not None:
+                size(self._per_target)
         return found
 
     async def aclose(self) -> None:
@@ -121,4 +127,3 @@ def register(cls: type[Connector]) -> None:
     """Register a connector class at run time (tests, embedding applications)."""
     _kinds()[cls.kind] = cls
     _load.cache_clear()
-

@@ -27,7 +27,6 @@ from rotator.domain.model import Credential, Stage
 from rotator.domain.principal import Principal
 from rotator.domain.secret import Secret
 from rotator.engine import ordering
-from rotator.engine.admission import Rank
 from rotator.engine.breaker import CircuitBreaker
 from rotator.engine.context import ContextLoader, Ctx
 from rotator.engine.groups import Groups
@@ -37,7 +36,7 @@ from rotator.engine.protocol import Protocol
 from rotator.engine.recovery import Recovery
 from rotator.engine.revoker import Revoker
 from rotator.engine.runtime import Runtime
-from rotator.engine.steps import INTERACTIVE, StepRunner
+from rotator.engine.steps import StepRunner
 from rotator.engine.types import BatchResult, Outcome, RotationRequest, RotationResult, Trigger
 from rotator.engine.values import Values
 from rotator.engine.writer import StoreWriter
@@ -275,19 +274,18 @@ class Engine:
         cfg: cbase.ConnectorConfig,
         credential: str,
         version: int,
-        tenant: str,
-        rank: Rank = INTERACTIVE,
+        principal: Principal,
     ) -> Secret:
-        """A new value made by the connector (``--generate``), under the target's limits."""
+        """A new value made by the connector (``--generate``): local work, so bounded by the
+        step timeout but not by the target's limit or breaker. Referenced credentials (a CA)
+        are read fresh and audited as ``principal``."""
         req = cbase.CreateRequest(
             credential=credential,
             version=version,
             config=cfg,
-            secrets=self.values.resolver(tenant),
+            secrets=self.values.reader(principal),
         )
-        return await self.steps.call_unowned(
-            impl.target_key(cfg), impl.kind, "create", lambda: impl.create(req), rank
-        )
+        return await self.steps.create(impl.kind, lambda: impl.create(req))
 
     async def verify(
         self,
@@ -295,13 +293,14 @@ class Engine:
         cfg: cbase.ConnectorConfig,
         credential: str,
         current: Secret | None,
-        tenant: str,
+        principal: Principal,
         *,
         generated: bool = False,
     ) -> None:
-        """The connector's check of its target (``--verify``), if it has one; PermanentError
-        naming what is wrong. A value rotator just generated is not on the target yet:
-        ``extra["generated"]`` tells the connector not to expect it to work."""
+        """The connector's check of its target (``--verify``), if it has one, through the
+        step executor; PermanentError naming what is wrong. A value rotator just generated is
+        not on the target yet: ``extra["generated"]`` tells the connector not to expect it to
+        work."""
         verify = getattr(impl, "verify", None)
         if verify is None:
             return
@@ -309,7 +308,7 @@ class Engine:
             credential=credential,
             config=cfg,
             current=None if generated else current,
-            secrets=self.values.resolver(tenant),
+            secrets=self.values.reader(principal),
             extra={"generated": generated},
         )
         await self.steps.call_unowned(
@@ -322,10 +321,11 @@ class Engine:
         cfg: cbase.ConnectorConfig,
         credential: str,
         value: Secret,
-        tenant: str,
+        principal: Principal,
     ) -> None:
         """For connectors that set ``publish_on_add`` (a JWK set, a trust bundle, a Redis ACL
-        password): make a first value real through finish(). Others: nothing."""
+        password): make a first value real through finish(), through the step executor.
+        Others: nothing."""
         if not getattr(impl, "publish_on_add", False):
             return
         req = cbase.FinishRequest(
@@ -334,7 +334,7 @@ class Engine:
             config=cfg,
             current=value,
             previous=None,
-            secrets=self.values.resolver(tenant),
+            secrets=self.values.reader(principal),
         )
         await self.steps.call_unowned(
             impl.target_key(cfg), impl.kind, "publish", lambda: impl.finish(req)

@@ -161,15 +161,14 @@ class Protocol:
                 self.rt.procs, fn, ctx.cfg
             )
             return Secret(raw)
-        return await ctx.impl.create(
-            cbase.CreateRequest(
-                credential=ctx.cred.name,
-                version=0,
-                config=ctx.cfg,
-                current=ctx.current,
-                secrets=ctx.secrets,
-            )
+        req = cbase.CreateRequest(
+            credential=ctx.cred.name,
+            version=0,
+            config=ctx.cfg,
+            current=ctx.current,
+            secrets=ctx.secrets,
         )
+        return await self.steps.create(ctx.impl.kind, lambda: ctx.impl.create(req))
 
     def _begin(
         self, conn: Connection, ctx: Ctx, value: Secret, batch_id: str | None, fence: str

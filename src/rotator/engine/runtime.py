@@ -43,7 +43,9 @@ class Runtime:
         self.writer = StoreWriter(
             kernel.db, ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotator-writer")
         )
-        self.connectors = connectors if connectors is not None else ConnectorSet()
+        self.connectors = (
+            connectors if connectors is not None else ConnectorSet(per_target=opts.per_target)
+        )
         self.admission = PriorityLimiter(opts.concurrency)
         self._targets: dict[str, PriorityLimiter] = {}
         self._breakers: dict[str, CircuitBreaker] = {}

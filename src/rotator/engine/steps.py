@@ -1,10 +1,11 @@
 """The step executor: every connector call the engine makes goes through here.
 
-One retry policy (exponential backoff with jitter, transient errors only), one circuit breaker
-and one priority-admitted concurrency limit per target, one step timeout. Rotation steps are
-also fenced by the rotation's lease and audited; calls outside a rotation (a first value
-generated or published at ``credential add``, ``--verify``) get the same limits, breaker,
-retries and timeout, and are audited by the use case that makes them.
+Calls that reach a target get one retry policy (exponential backoff with jitter, transient
+errors only), one circuit breaker and one priority-admitted concurrency limit per target, one
+step timeout. Rotation steps are also fenced by the rotation's lease and audited; calls outside
+a rotation (``--verify``, publishing a first value at ``credential add``) get the same limits,
+breaker, retries and timeout, and are audited by the use case that makes them. ``create``
+(making a value, local work) gets the step timeout and the mapping of connector bugs only.
 """
 
 from __future__ import annotations
@@ -177,6 +178,23 @@ class StepRunner:
             with attempt:
                 return await self._once(target, kind, step, fn, rank, None)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def create(self, kind: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """A connector's ``create`` (making a value is local work): bounded by the step
+        timeout, a connector bug mapped to PermanentError; neither limited nor retried nor
+        counted by the target's breaker, which track the target."""
+        timeout_s = self.rt.opts.step_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await fn()
+        except TimeoutError as exc:
+            raise cbase.PermanentError(f"create timed out after {timeout_s:g}s") from exc
+        except (ConnectorError, RotatorError):
+            raise
+        except Exception as exc:  # a connector bug: never retried, never leaks
+            raise cbase.PermanentError(
+                f"connector {kind!r} raised {type(exc).__name__} in create"
+            ) from exc
 
     async def repair_call(self, ctx: Ctx, fn: Callable[[], Awaitable[None]]) -> None:
         """A lost rotation's one repair call: retried on transient errors and bounded like a

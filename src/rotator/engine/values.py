@@ -3,22 +3,23 @@ a connector's admin secret), counted and audited through the group-commit writer
 
 A read returns only after its use count and its ``value.read`` audit entry have committed, so
 a crash of rotator never loses a read it returned; concurrent reads share one write
-transaction. Those commits are relaxed (see ``Database.write``): safe from a crash of the
-process, flushed to disk with the next full commit, so an OS crash or power loss of the
-store's host may lose the newest read records (never a rotation's intent or stage move).
+transaction. On SQLite those commits are relaxed (see ``Database.write``): safe from a crash
+of the process, flushed to disk with the next full commit, so an OS crash or power loss of the
+machine may lose the newest read records (never a rotation's intent or stage move).
 """
 
 from __future__ import annotations
 
 import time
-from functools import partial
+
+from sqlalchemy import Connection
 
 from rotator.connectors import base as cbase
 from rotator.domain.model import Stage
 from rotator.domain.principal import Principal
 from rotator.domain.secret import Secret
 from rotator.engine.runtime import Runtime
-from rotator.errors import NotFound
+from rotator.errors import NotFound, RotatorError
 
 SECRETS_TTL_S = 30.0
 ENGINE_ACTOR = "engine"  # the actor of every read and step the engine makes
@@ -33,13 +34,28 @@ class Values:
 
     async def read(self, principal: Principal, name: str, stage: Stage = Stage.CURRENT) -> Secret:
         """See :meth:`rotator.kernel.Kernel.read_value` (same errors)."""
-        return await self.rt.writer.run(
-            partial(self.rt.kernel.read_value, principal=principal, name=name, stage=stage),
-            durable=False,
-        )
+        kernel = self.rt.kernel
+
+        def op(conn: Connection) -> Secret | RotatorError:
+            # A refused read (no such credential, an edited stage map) writes nothing and is
+            # returned, not raised: raised, it would roll back and replay its whole batch.
+            try:
+                return kernel.read_value(conn, principal, name, stage)
+            except RotatorError as exc:
+                return exc
+
+        out = await self.rt.writer.run(op, durable=False)
+        if isinstance(out, RotatorError):
+            raise out
+        return out
+
+    def reader(self, principal: Principal) -> CallerSecrets:
+        """A resolver for calls made on behalf of ``principal`` outside a rotation (generate,
+        verify, publish at ``credential add``): every read fresh, audited as that principal."""
+        return CallerSecrets(self, principal)
 
     def resolver(self, tenant: str) -> TenantSecrets:
-        """The secret resolver connectors get for credentials of ``tenant``."""
+        """The secret resolver rotations get for credentials of ``tenant`` (cached reads)."""
         found = self._resolvers.get(tenant)
         if found is None:
             found = self._resolvers[tenant] = TenantSecrets(self, tenant)
@@ -79,3 +95,17 @@ class TenantSecrets:
 
     def forget(self, name: str) -> None:
         self._cache.pop(name, None)
+
+
+class CallerSecrets:
+    """Uncached reads of other credentials' CURRENT values, audited as the caller."""
+
+    def __init__(self, values: Values, principal: Principal) -> None:
+        self._values = values
+        self._principal = principal
+
+    async def get(self, name: str) -> Secret:
+        try:
+            return await self._values.read(self._principal, name)
+        except NotFound as exc:
+            raise cbase.PermanentError(f"referenced credential {name!r}: {exc}") from exc

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 
 from rotator.audit.log import BATCH_KEY, AuditBatch
-from rotator.errors import LostOwnership
+from rotator.errors import LostOwnership, StoreUnavailable
 from rotator.store import Database
 from rotator.store.credentials import stage_cache
 from rotator.store.rotations import STEP_BATCH_KEY, StepBatch
@@ -43,6 +43,7 @@ class StoreWriter:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.operations = 0
+        self._closed = False
 
     def start(self) -> None:
         if self._task is None:
@@ -53,6 +54,8 @@ class StoreWriter:
 
         ``durable=False``: the commit may be relaxed (see ``Database.write``) when every
         operation of its batch allows it; a batch holding any durable operation is durable."""
+        if self._closed:
+            raise StoreUnavailable("the store writer is closed (the service was shut down)")
         self.start()
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._queue.put((fn, fut, durable))
@@ -147,10 +150,16 @@ class StoreWriter:
         return out
 
     async def aclose(self) -> None:
-        """Commit what is queued, stop the loop and its thread. Idempotent."""
+        """Commit what is queued, stop the loop and its thread. Idempotent. Operations queued
+        after it began fail with StoreUnavailable (never wait forever), as do later calls."""
+        self._closed = True
         if self._task is not None:
             await self._queue.put(None)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None and not item[1].done():
+                item[1].set_exception(StoreUnavailable("the store writer is closed"))
         self._executor.shutdown(wait=True)

@@ -11,8 +11,6 @@ its own event loop can use the facade too (it blocks that loop while it waits).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import signal
 import threading
 from collections.abc import Callable, Coroutine
@@ -93,14 +91,28 @@ class BlockingService:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the facade's loop and return its result (or raise its error). An
-        interrupt (Ctrl-C) cancels it and waits for it to unwind before re-raising."""
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        interrupt (Ctrl-C) cancels it and waits until it has unwound (its rollbacks and audit
+        entries written) before re-raising; a second interrupt stops waiting.
+
+        Callbacks a use case is given (``progress``, ``on_batch``) run on the facade's loop
+        thread: they must not call the facade (RuntimeError, instead of a deadlock)."""
+        if threading.get_ident() == self._thread.ident:
+            coro.close()
+            raise RuntimeError("a BlockingService method was called from its own loop thread")
+        unwound = threading.Event()
+
+        async def wrapped() -> T:
+            try:
+                return await coro
+            finally:
+                unwound.set()
+
+        fut = asyncio.run_coroutine_threadsafe(wrapped(), self._loop)
         try:
             return fut.result()
         except KeyboardInterrupt:
             fut.cancel()
-            with contextlib.suppress(concurrent.futures.CancelledError, Exception):
-                fut.result()  # wait for it to unwind; its outcome no longer matters
+            unwound.wait()
             raise
 
     def close(self) -> None:
@@ -143,9 +155,14 @@ class BlockingService:
     ) -> None:
         """Run the scheduler loop until SIGINT or SIGTERM (call from the main thread)."""
         stop = self.run(_new_event())
+        previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self._loop.call_soon_threadsafe(stop.set))
-        self.run(rotation.serve(self.service, stop, poll_s=poll_s, on_batch=on_batch))
+            previous[sig] = signal.signal(sig, lambda *_: self._loop.call_soon_threadsafe(stop.set))
+        try:
+            self.run(rotation.serve(self.service, stop, poll_s=poll_s, on_batch=on_batch))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     # -- the use cases ------------------------------------------------------------------------
 

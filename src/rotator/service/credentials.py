@@ -186,17 +186,17 @@ class RotatorService:
         tenant = await self.tenant(principal.tenant)
         if await self._read(partial(store_creds.credential_id, tenant_id=tenant.id, name=name)):
             raise AlreadyExists(f"credential {name!r} exists already")
-        first = await self._new_value(impl, cfg, name, 1, value, tenant)
+        first = await self._new_value(impl, cfg, name, 1, value, principal)
         try:
             if verify:
                 await self.engine.verify(
-                    impl, cfg, name, first, tenant.name, generated=value.generate
+                    impl, cfg, name, first, principal, generated=value.generate
                 )
         except ConnectorError as exc:
             raise VerificationFailed(f"{name}: verification failed: {exc}") from exc
         try:
             if first is not None:
-                await self.engine.publish_first(impl, cfg, name, first, tenant.name)
+                await self.engine.publish_first(impl, cfg, name, first, principal)
         except ConnectorError as exc:
             raise VerificationFailed(f"{name}: cannot publish the first value: {exc}") from exc
         now = self.clock()
@@ -246,13 +246,13 @@ class RotatorService:
         name: str,
         number: int,
         value: ValueInput,
-        tenant: Tenant,
+        principal: Principal,
     ) -> Secret | None:
         if value.value is not None:
             return value.value
         if value.generate:
             try:
-                return await self.engine.generate(impl, cfg, name, number, tenant.name)
+                return await self.engine.generate(impl, cfg, name, number, principal)
             except ConnectorError as exc:
                 raise VerificationFailed(f"{name}: cannot generate a value: {exc}") from exc
         return None
@@ -339,7 +339,7 @@ class RotatorService:
         tenant = await self.tenant(principal.tenant)
         number = max((v.number for v in cred.versions), default=0) + 1
         # No connector call may run inside a store write transaction: generate first.
-        new_value = await self._new_value(impl, cfg, name, number, value, tenant)
+        new_value = await self._new_value(impl, cfg, name, number, value, principal)
         now = self.clock()
 
         def write(conn: Connection) -> Credential:
@@ -400,7 +400,9 @@ class RotatorService:
             assert out is not None
             return out
 
-        return await self._write(write)
+        out = await self._write(write)
+        self.engine.values.forget(tenant.name, name)  # rotations read the new value
+        return out
 
     async def remove_credential(self, name: str, principal: Principal = LOCAL_PRINCIPAL) -> None:
         """Delete a credential and all its versions. Raises NotFound if it does not exist."""
@@ -425,6 +427,7 @@ class RotatorService:
             )
 
         await self._write(write)
+        self.engine.values.forget(principal.tenant, name)
 
     # -- groups ---------------------------------------------------------------------------
 

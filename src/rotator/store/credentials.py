@@ -1,6 +1,6 @@
 """Store access for credentials, their tags and versions. Callers pass the transaction.
 
-Values appear here only as ciphertext; sealing and opening happen in the service layer.
+Values appear here only as ciphertext; sealing and opening happen in the kernel.
 """
 
 from __future__ import annotations
@@ -142,6 +142,9 @@ _VALUE_READ = (
     .where(credentials.c.tenant_id == bindparam("b_tid"), credentials.c.name == bindparam("b_name"))
     .order_by(versions.c.number)
 )
+_LOCK_CREDENTIAL = (
+    select(credentials.c.id).where(credentials.c.id == bindparam("b_cid")).with_for_update()
+)
 _SET_STAGE_MAC = (
     update(credentials)
     .where(credentials.c.id == bindparam("b_id"))
@@ -266,6 +269,11 @@ def _forget_stage_map(conn: Connection, credential_id: int, *, deleted: bool = F
             cache.macs.pop(credential_id, None)
 
 
+def _writing(conn: Connection, cache: StageCache | None) -> bool:
+    """Whether ``conn`` is a write transaction (Database.write, or a group commit)."""
+    return cache is not None or bool(conn.get_execution_options().get("rotator_immediate"))
+
+
 def _with_pending_mac(cache: StageCache | None, m: StageMap) -> StageMap:
     mac = None if cache is None else cache.macs.get(m.credential_id)
     return m if mac is None else dataclasses.replace(m, mac=mac)
@@ -277,6 +285,15 @@ def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
     cache = _cache(conn)
     if cache is not None and credential_id in cache.maps:
         return cache.maps[credential_id]
+    # In a write transaction the map is about to be checked, moved and re-stamped: lock the
+    # credential row now (PostgreSQL; a SQLite writer holds the database lock), so no other
+    # worker moves its stages between our check and our commit, and our new MAC covers
+    # exactly the rows it commits with.
+    # The lock comes first, in its own statement: a locking join that waited for another
+    # transaction would re-read the locked row but not the joined versions (READ COMMITTED),
+    # and so mix two states; the map is then read in a fresh snapshot.
+    if _writing(conn, cache) and conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_CREDENTIAL, {"b_cid": credential_id})
     rows = conn.execute(_STAGE_MAP_ONE, {"b_cid": credential_id}).all()
     if not rows:
         return None
@@ -302,9 +319,8 @@ def value_read(
 ) -> tuple[StageMap, SealedVersion | None] | None:
     """For reading a value: the stage map of credential ``name`` and its newest version in
     ``stage`` with the ciphertext (None if it has none), in one query; None if there is no
-    such credential. In a transaction with a stage cache that holds the credential's map
-    (an earlier operation of the group commit moved its stages), that map is returned: its
-    new MAC is written only at the end of the transaction."""
+    such credential. In a group commit whose earlier operations moved its stages, the map
+    carries the MAC the transaction will write at its end (the rows already show the moves)."""
     rows = conn.execute(
         _VALUE_READ, {"b_tid": tenant_id, "b_name": name, "b_stage": stage.value}
     ).all()
@@ -322,9 +338,9 @@ def value_read(
         first.config,
         first.sinks,
     )
-    cache = _cache(conn)
-    if cache is not None and m.credential_id in cache.maps:
-        m = cache.maps[m.credential_id]
+    # Verified as read now (a stage edited by another connection since the batch cached the
+    # map fails the check), carrying the MAC this transaction will write for our own moves.
+    m = _with_pending_mac(_cache(conn), m)
     hit = next((r for r in reversed(rows) if r.sealed is not None), None)
     sealed = None
     if hit is not None:
@@ -352,17 +368,23 @@ def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, Sta
         out = {c: cache.maps[c] for c in credential_ids if c in cache.maps}
         credential_ids = [c for c in credential_ids if c not in out]
     for chunk in _chunks(list(credential_ids)):
-        heads = conn.execute(
-            select(
-                credentials.c.id,
-                credentials.c.tenant_id,
-                credentials.c.name,
-                credentials.c.stage_mac,
-                credentials.c.connector,
-                credentials.c.config,
-                credentials.c.sinks,
-            ).where(credentials.c.id.in_(chunk))
-        ).all()
+        heads_q = select(
+            credentials.c.id,
+            credentials.c.tenant_id,
+            credentials.c.name,
+            credentials.c.stage_mac,
+            credentials.c.connector,
+            credentials.c.config,
+            credentials.c.sinks,
+        ).where(credentials.c.id.in_(chunk))
+        if _writing(conn, cache) and conn.dialect.name == "postgresql":  # as in stage_map
+            conn.execute(
+                select(credentials.c.id)
+                .where(credentials.c.id.in_(chunk))
+                .order_by(credentials.c.id)
+                .with_for_update()
+            )
+        heads = conn.execute(heads_q).all()
         stages: dict[int, list[tuple[int, str]]] = defaultdict(list)
         for r in conn.execute(
             select(versions.c.credential_id, versions.c.number, versions.c.stage)

@@ -114,16 +114,17 @@ class Database:
     def write(self, *, relaxed: bool = False) -> Iterator[Connection]:
         """A read-write transaction; commits on success, rolls back on any exception.
 
-        ``relaxed``: the commit returns once the transaction is safe from a crash of this
-        process, before it is flushed to disk (SQLite WAL ``synchronous=NORMAL``, PostgreSQL
-        ``synchronous_commit=off``), so an OS crash or power loss of the store's host may lose
-        it; a later full commit flushes it too. Only for records where that trade is
-        documented (value reads: their use count and audit entry)."""
+        ``relaxed`` (SQLite only; ignored on PostgreSQL): the commit returns once the
+        transaction is in the WAL, safe from a crash of this process, before it is flushed to
+        disk (``synchronous=NORMAL``); an OS crash or power loss may lose it, and the next full
+        commit flushes it too. Only for records where that trade is documented (value reads:
+        their use count and audit entry). On PostgreSQL, ``synchronous_commit=off`` would also
+        lose acknowledged commits when the server itself crashes, so every commit is full."""
         with self._translate(), self.engine.connect() as conn:
-            conn = conn.execution_options(rotator_immediate=True, rotator_relaxed=relaxed)
+            conn = conn.execution_options(
+                rotator_immediate=True, rotator_relaxed=relaxed and self.dialect == "sqlite"
+            )
             with conn.begin():
-                if relaxed and self.dialect == "postgresql":
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 yield conn
 
     @contextlib.contextmanager

@@ -49,6 +49,8 @@ TERMINAL_STEPS = ("finished", "rolled_back", "failed")
 _LOCK_HOLDER = select(credential_locks.c.rotation_id).where(
     credential_locks.c.credential_id == bindparam("b_cid")
 )
+
+
 @functools.cache
 def _insert_lock_if_free(dialect: str) -> Executable:
     # Built once, for the dialect in use only: importing the PostgreSQL dialect would cost

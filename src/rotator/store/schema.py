@@ -90,7 +90,7 @@ credentials = Table(
     Column("last_rotated_at", UTCDateTime, nullable=True),
     Column("use_count", BigInteger, nullable=False, default=0),
     Column("sinks", JSON, nullable=False, server_default="[]"),  # migration 0004
-    # "<data key id>:<HMAC hex>" over the stage map (migration 0006, see service.integrity).
+    # "<data key id>:<HMAC hex>" over the stage map (migration 0006, see kernel.integrity).
     Column("stage_mac", String(96), nullable=True),
     UniqueConstraint("tenant_id", "name", name="uq_credentials_tenant_name"),
     Index("ix_credentials_next_rotation_at", "next_rotation_at"),

@@ -8,7 +8,7 @@ Adds ``credentials.stage_mac``, ``audit_log.key_id``, ``audit_head.key_id`` / ``
 and the ``audit_keys`` table. Sealing existing data needs the master key, which Alembic never
 has: when the store already holds audit entries this migration only records the meta row
 ``integrity_upgrade`` and the service runs the keyed upgrade the next time it opens the store
-(see ``rotator.service.integrity``). On PostgreSQL a trigger makes ``audit_log`` append-only:
+(see ``rotator.kernel.integrity``). On PostgreSQL a trigger makes ``audit_log`` append-only:
 UPDATE and DELETE are refused (an UPDATE that seals a not-yet-keyed row once, as the keyed
 upgrade does, is the one exception), and so is TRUNCATE.
 """
