@@ -37,7 +37,7 @@ def test_reads_queued_while_the_service_closes_finish_or_fail_and_later_calls_fa
         return list(out), after
 
     out, after = asyncio.run(go())
-    assert all(isinstance(r, Secret) or isinstance(r, StoreUnavailable) for r in out), out
+    assert all(isinstance(r, Secret | StoreUnavailable) for r in out), out
     assert sum(isinstance(r, Secret) for r in out) >= 20
     assert isinstance(after, StoreUnavailable)
     # every read returned is recorded
