@@ -225,12 +225,12 @@ class PostgresConnector:
         if admin_pool_size < 1:
             raise ValueError("admin_pool_size must be at least 1")
         self._pool_size = admin_pool_size
+        self._fingerprints = Fingerprints()
+        self._pools: Resources[_AdminPool] = Resources(_AdminPool.close)
 
     def set_pool_size(self, size: int) -> None:
         """Admin pools made from now on hold up to ``size`` sessions (see base.SizesPools)."""
         self._pool_size = max(1, size)
-        self._fingerprints = Fingerprints()
-        self._pools: Resources[_AdminPool] = Resources(_AdminPool.close)
 
     def __repr__(self) -> str:
         return f"PostgresConnector({len(self._pools)} admin pools)"
