@@ -106,19 +106,22 @@ _COUNT_USE = (
     .where(credentials.c.id == bindparam("b_id"))
     .values(use_count=credentials.c.use_count + bindparam("b_n"))
 )
-# One credential's stage map in one statement (run at every stage move and value read).
+# What a stage map is made of: the credential's MAC'd columns and its versions' stages.
+_MAP_COLS = (
+    credentials.c.tenant_id,
+    credentials.c.name,
+    credentials.c.connector,
+    credentials.c.config,
+    credentials.c.sinks,
+    credentials.c.stage_mac,
+    versions.c.number,
+    versions.c.stage,
+)
+_WITH_VERSIONS = credentials.outerjoin(versions, versions.c.credential_id == credentials.c.id)
+# One credential's stage map in one statement (run at every stage move).
 _STAGE_MAP_ONE = (
-    select(
-        credentials.c.tenant_id,
-        credentials.c.name,
-        credentials.c.connector,
-        credentials.c.config,
-        credentials.c.sinks,
-        credentials.c.stage_mac,
-        versions.c.number,
-        versions.c.stage,
-    )
-    .select_from(credentials.outerjoin(versions, versions.c.credential_id == credentials.c.id))
+    select(*_MAP_COLS)
+    .select_from(_WITH_VERSIONS)
     .where(credentials.c.id == bindparam("b_cid"))
     .order_by(versions.c.number)
 )
@@ -127,18 +130,11 @@ _STAGE_MAP_ONE = (
 _VALUE_READ = (
     select(
         credentials.c.id.label("cid"),
-        credentials.c.tenant_id,
-        credentials.c.name,
-        credentials.c.connector,
-        credentials.c.config,
-        credentials.c.sinks,
-        credentials.c.stage_mac,
-        versions.c.number,
-        versions.c.stage,
+        *_MAP_COLS,
         case((versions.c.stage == bindparam("b_stage"), versions.c.ciphertext)).label("sealed"),
         versions.c.data_key_id,
     )
-    .select_from(credentials.outerjoin(versions, versions.c.credential_id == credentials.c.id))
+    .select_from(_WITH_VERSIONS)
     .where(credentials.c.tenant_id == bindparam("b_tid"), credentials.c.name == bindparam("b_name"))
     .order_by(versions.c.number)
 )
