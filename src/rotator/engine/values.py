@@ -37,12 +37,14 @@ class Values:
         kernel = self.rt.kernel
 
         def op(conn: Connection) -> Secret | RotatorError:
-            # A refused read (no such credential, an edited stage map) writes nothing and is
-            # returned, not raised: raised, it would roll back and replay its whole batch.
+            # A refused read (no such credential, an edited stage map) has written nothing:
+            # it is returned, not raised, which would roll back and replay its whole batch.
             try:
-                return kernel.read_value(conn, principal, name, stage)
+                value, credential_id, number = kernel.find_value(conn, principal, name, stage)
             except RotatorError as exc:
                 return exc
+            kernel.record_read(conn, principal, name, credential_id, number, stage)
+            return value
 
         out = await self.rt.writer.run(op, durable=False)
         if isinstance(out, RotatorError):

@@ -214,7 +214,16 @@ class Kernel:
     ) -> Secret:
         """The value of ``name``'s newest version in ``stage`` in the principal's tenant,
         counted as one use and audited (``value.read``) in ``conn``'s transaction, so a read
-        returned to a caller is always recorded.
+        returned to a caller is always recorded. Errors as :meth:`find_value`."""
+        value, credential_id, number = self.find_value(conn, principal, name, stage)
+        self.record_read(conn, principal, name, credential_id, number, stage)
+        return value
+
+    def find_value(
+        self, conn: Connection, principal: Principal, name: str, stage: Stage = Stage.CURRENT
+    ) -> tuple[Secret, int, int]:
+        """(value, credential id, version number) of ``name``'s newest version in ``stage``,
+        through the stage-map check; writes nothing (see :meth:`record_read`).
 
         Raises NotFound (no tenant, credential or version in that stage), IntegrityError (the
         stage map does not verify), DecryptionError (the ciphertext does not open)."""
@@ -231,11 +240,21 @@ class Kernel:
         integrity.check_map(self, conn, stage_map)
         if sv is None:
             raise NotFound(f"credential {name!r} has no {stage.value} version")
-        value = self.open_version(conn, sv)
-        store_creds.count_use(conn, stage_map.credential_id)
-        details = {"version": sv.number, "stage": stage.value}
+        return self.open_version(conn, sv), stage_map.credential_id, sv.number
+
+    def record_read(
+        self,
+        conn: Connection,
+        principal: Principal,
+        name: str,
+        credential_id: int,
+        number: int,
+        stage: Stage,
+    ) -> None:
+        """Count one use of the credential and audit the read, in ``conn``'s transaction."""
+        store_creds.count_use(conn, credential_id)
+        details = {"version": number, "stage": stage.value}
         self.audit(conn, principal, "value.read", name, details=details)
-        return value
 
     # -- integrity (see kernel/integrity.py) ----------------------------------------------
 
