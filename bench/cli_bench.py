@@ -12,8 +12,8 @@
 
    ``--target http`` (default): the ``http`` connector against tests/support/api_server.py,
    a real HTTP server in this process (127.0.0.1, plain HTTP, ``ThreadingHTTPServer`` with
-   a listen backlog of 511 instead of socketserver's 5) that sleeps ``--latency-ms`` before
-   answering every request; a rotation makes two calls (set =
+   a listen backlog of 511 instead of socketserver's 5, and TCP_NODELAY) that sleeps
+   ``--latency-ms`` before answering every request; a rotation makes two calls (set =
    ``POST /keys``, test = ``GET /whoami``). The CLI is ``.venv/bin/rotator`` itself, with no
    test code in it, and the target is reached the way a user's would be: through rotator's
    real connector, its HTTP client and connection handling (which issue 8 changes), so the
@@ -199,6 +199,11 @@ def rotate_scenario(args: argparse.Namespace, home: Path, info: dict[str, str]) 
             # socketserver's listen backlog is 5: 32 clients connecting at once overflow it
             # and wait a SYN retransmit (1 s). Production servers listen with hundreds.
             api_server._Server.request_queue_size = LISTEN_BACKLOG
+            # http.server sends a response's headers and body in two send()s; on a kept-alive
+            # connection (the connector keeps one per target) Nagle holds the body until the
+            # client's delayed ACK, ~40 ms per call on Linux. Production servers set
+            # TCP_NODELAY (nginx, uvicorn, gunicorn); so does the bench's test server.
+            api_server._Handler.disable_nagle_algorithm = True
             api = ApiServer(delay_s=args.latency_ms / 1000).start()
             specs = http_specs(api, args.n)
             extra = 1  # api/admin (local) rotates too
