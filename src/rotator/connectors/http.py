@@ -130,6 +130,7 @@ _STATUS_ITEM = re.compile(r"([1-5])xx|([1-5][0-9][0-9])")
 # Per target client: httpx's defaults (keep-alive 5 s, the expiry most servers use too, so a
 # connection is rarely reused just as the server closes it).
 DRAIN_LIMIT = 64 * 1024  # bytes of a response body read (and dropped) to keep its connection
+CLIENTS_PER_TARGET = 8
 LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
 
 
@@ -655,6 +656,12 @@ class HttpConnector:
 
     def __init__(self) -> None:
         self._clients: Resources[httpx.AsyncClient] = Resources(_close_client)
+        # Up to CLIENTS_PER_TARGET clients per target, each call on the least busy (the
+        # first when idle, so calls one after another share one kept-alive connection):
+        # httpcore's pool checks each of its connections on every request, so one client with
+        # 32 connections spends more CPU choosing a connection than sending (profiled: about
+        # 7 ms a request at 32 concurrent calls).
+        self._busy: dict[tuple[str, str], list[int]] = {}
 
     def __repr__(self) -> str:
         return f"HttpConnector({len(self._clients)} clients)"
@@ -664,13 +671,16 @@ class HttpConnector:
         Idempotent; a later call opens a client again."""
         await self._clients.aclose()
 
-    async def _client(self, cfg: HttpConfig, verify: ssl.SSLContext) -> httpx.AsyncClient:
-        """The target's client; a changed trust (ca_file rewritten) replaces it."""
+    async def _client(
+        self, cfg: HttpConfig, verify: ssl.SSLContext, shard: int
+    ) -> httpx.AsyncClient:
+        """The target's client number ``shard``; a changed trust (ca_file rewritten)
+        replaces it."""
 
         async def make() -> httpx.AsyncClient:
             return httpx.AsyncClient(follow_redirects=False, verify=verify, limits=LIMITS)
 
-        slot = (self.target_key(cfg), cfg.ca_file)
+        slot = (self.target_key(cfg), cfg.ca_file, shard)
         # The context is cached per (ca_file, mtime) and kept alive by the client using it,
         # so its id names the trust the client was made with.
         return await self._clients.get(slot, str(id(verify)).encode(), make)
@@ -855,7 +865,26 @@ class HttpConnector:
         """One request; the response body is never read. Raises Transient/PermanentError
         outside any ``except`` block, so no httpx exception (whose text or request may hold
         a value) rides along as a cause or context."""
-        client = await self._client(cfg, _tls(cfg))
+        busy = self._busy.setdefault((self.target_key(cfg), cfg.ca_file), [0] * CLIENTS_PER_TARGET)
+        shard = busy.index(min(busy))
+        busy[shard] += 1
+        try:
+            return await self._send_on(cfg, shard, method, url, headers, body, label, shown)
+        finally:
+            busy[shard] -= 1
+
+    async def _send_on(
+        self,
+        cfg: HttpConfig,
+        shard: int,
+        method: str,
+        url: str,
+        headers: dict[str, bytes],
+        body: bytes,
+        label: str,
+        shown: str,
+    ) -> int:
+        client = await self._client(cfg, _tls(cfg), shard)
         token = _CALL.set(shown)
         problem: str | None = None
         transient = True
