@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import multiprocessing
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING
@@ -156,6 +154,9 @@ class Protocol:
         fn = offload(ctx.cfg) if offload is not None else None
         if fn is not None:
             if self.rt.procs is None:
+                import multiprocessing  # only for connectors that generate in a process
+                from concurrent.futures import ProcessPoolExecutor
+
                 self.rt.procs = ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
             raw: bytes = await asyncio.get_running_loop().run_in_executor(
                 self.rt.procs, fn, ctx.cfg
