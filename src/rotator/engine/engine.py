@@ -7,8 +7,11 @@ rollback, stage move), ``groups``, ``recovery`` (resuming, lost ownership and re
 ``ownership`` (owner ids, leases), ``revoker``, ``admission`` (priority admission into the
 limits), ``writer`` (group commit). This module wires them and holds the public API: batches
 in dependency and priority order, single rotations, and the connector calls the service makes
-outside a rotation (generate, verify, publish a first value), so one retry policy, one breaker
-and one limit per target, and one secret resolver apply to every call.
+outside a rotation (generate, verify, publish a first value), so every call that reaches a
+target gets one retry policy, one breaker and one limit per target (making a value, local
+work, gets the step timeout only; see ``steps``). Rotations read referenced credentials
+through a per-tenant cached resolver, calls made for a caller read them fresh as that caller
+(``values``).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Every use case validates its whole input before it writes anything, writes the o
 its audit entry in one transaction, and returns domain objects (never a value, except
 ``get_value``). Store work runs on worker threads and writes go through the engine's
 group-commit writer, so an event loop serving many callers is never blocked by the store;
-every connector call (generate, verify, publish a first value, rotate) goes through the
-engine's step executor. Rotation use cases are in ``service.rotation``.
+every connector call (generate, verify, publish a first value, rotate) is made by the engine
+(see ``rotator.engine.steps``). Rotation use cases are in ``service.rotation``.
 """
 
 from __future__ import annotations
