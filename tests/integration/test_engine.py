@@ -331,3 +331,26 @@ def test_add_with_verify_goes_through_the_engines_breaker_for_its_target(
         one.add_credential("fine", "double", settings={"target": "t-up"}, verify=True)
         assert doubles.CALLS["t-up"] == 1
     assert "late" not in [c.name for c in svc.list_credentials()]
+
+
+def test_two_concurrent_revocation_passes_revoke_a_value_once(svc: BlockingService) -> None:
+    """The scheduler's pass and a rotation waiting out a grace can process revocations at the
+    same time in one engine: the second joins the first, so the target is asked once (two
+    at once made PostgreSQL fail with "tuple concurrently updated")."""
+    add_double(svc, "a", grace="10m", target="t-rev")
+    run(svc, [RotationRequest("a")])
+    later = svc.kernel.clock() + timedelta(minutes=11)
+    svc.kernel.clock = lambda: later
+    before = doubles.CALLS["t-rev"]
+
+    async def go() -> list[dict[int, bool]]:
+        async with Engine(svc.kernel, FAST) as engine:
+            return list(
+                await asyncio.gather(engine.process_revocations(), engine.process_revocations())
+            )
+
+    first, second = asyncio.run(go())
+    assert list(first.values()) == [True]
+    assert list(second.values()) == [True]
+    assert doubles.CALLS["t-rev"] == before + 1  # one revoke call on the target
+    assert [v.stage for v in svc.show("a").versions] == [Stage.RETIRED, Stage.CURRENT]

@@ -82,6 +82,9 @@ _REQUIRE_AUTH = re.compile(rf"{_AUTH_METHOD}(?:,{_AUTH_METHOD})*")
 # wait for is a backend process on the server; most admin work is one short ALTER ROLE, so a
 # pool rarely grows that far (see docs in the report of issue 8).
 ADMIN_POOL_SIZE = 16
+# SQLSTATEs of a statement that lost a race with another session on the same catalog rows:
+# XX000 ("tuple concurrently updated" on pg_authid), serialization failure, deadlock.
+CONCURRENT_UPDATE = frozenset({"XX000", "40001", "40P01"})
 ADMIN_POOL_MAX_IDLE_S = 60.0  # an idle session above the minimum (0) closes after this
 
 
@@ -414,6 +417,12 @@ class PostgresConnector:
         except psycopg.OperationalError:
             raise cb.TransientError(f"{what}: the connection to postgres failed") from None
         except psycopg.Error as exc:
+            if exc.sqlstate in CONCURRENT_UPDATE:
+                # Another session changed the same role at once ("tuple concurrently
+                # updated", a deadlock): the statement is idempotent, so trying again is safe.
+                raise cb.TransientError(
+                    f"{what}: postgres error {exc.sqlstate} (a concurrent change of the role)"
+                ) from None
             # The message may quote the statement, and so a verifier: say only what kind.
             raise cb.PermanentError(
                 f"{what}: postgres error {exc.sqlstate or type(exc).__name__}"

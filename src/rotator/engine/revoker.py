@@ -24,6 +24,10 @@ class Revoker:
         self.rt = rt
         self.steps = steps
         self.loader = loader
+        # Revocations under way in this process, by id: a second caller (the scheduler's
+        # pass and a rotation waiting out its grace) joins the first instead of revoking the
+        # same value on the target at the same time.
+        self._inflight: dict[int, asyncio.Future[bool]] = {}
 
     async def process(self, credential_ids: list[int] | None = None) -> dict[int, bool]:
         """Revoke every PREVIOUS version whose grace has ended; RETIRED on success.
@@ -34,11 +38,28 @@ class Revoker:
         rows = await self.rt.read(
             lambda c: store_rot.due_revocations(c, now, credential_ids=credential_ids)
         )
-        done = await asyncio.gather(*(self._revoke(r) for r in rows))
+        done = await asyncio.gather(*(self._once(r) for r in rows))
         out: dict[int, bool] = {}
         for r, ok in zip(rows, done, strict=True):
             out[r.credential_id] = out.get(r.credential_id, True) and ok
         return out
+
+    async def _once(self, r: store_rot.RevocationRow) -> bool:
+        running = self._inflight.get(r.id)
+        if running is not None:
+            return await asyncio.shield(running)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._inflight[r.id] = fut
+        try:
+            ok = await self._revoke(r)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: the joiners, if any, see it
+            raise
+        finally:
+            del self._inflight[r.id]
+        fut.set_result(ok)
+        return ok
 
     async def _revoke(self, r: store_rot.RevocationRow) -> bool:
         rt = self.rt
