@@ -183,40 +183,38 @@ class StepRunner:
         """A connector's ``create`` (making a value is local work): bounded by the step
         timeout, a connector bug mapped to PermanentError; neither limited nor retried nor
         counted by the target's breaker, which track the target."""
+        return await self._timed(kind, "create", fn, cbase.PermanentError)
+
+    async def _timed(
+        self,
+        kind: str,
+        step: str,
+        fn: Callable[[], Awaitable[T]],
+        on_timeout: type[ConnectorError],
+    ) -> T:
+        """``fn()`` within the step timeout (``on_timeout`` when it runs out); a connector bug
+        (an exception that is no rotator error) becomes PermanentError, its text not shown."""
         timeout_s = self.rt.opts.step_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
                 return await fn()
         except TimeoutError as exc:
-            raise cbase.PermanentError(f"create timed out after {timeout_s:g}s") from exc
+            raise on_timeout(f"{step} timed out after {timeout_s:g}s") from exc
         except (ConnectorError, RotatorError):
             raise
         except Exception as exc:  # a connector bug: never retried, never leaks
             raise cbase.PermanentError(
-                f"connector {kind!r} raised {type(exc).__name__} in create"
+                f"connector {kind!r} raised {type(exc).__name__} in {step}"
             ) from exc
 
     async def repair_call(self, ctx: Ctx, fn: Callable[[], Awaitable[None]]) -> None:
         """A lost rotation's one repair call: retried on transient errors and bounded like a
         step, but neither fenced (the rotation is no longer ours) nor stopped by an open
         breaker (the target must agree with the store again)."""
-        timeout_s = self.rt.opts.step_timeout_s
         async for attempt in self.retrying():
             with attempt:
                 async with self.rt.target_limit(ctx.target).slot(ctx.req.rank):
-                    try:
-                        async with asyncio.timeout(timeout_s):
-                            await fn()
-                    except TimeoutError as exc:
-                        raise cbase.TransientError(
-                            f"repair timed out after {timeout_s:g}s"
-                        ) from exc
-                    except (ConnectorError, RotatorError):
-                        raise
-                    except Exception as exc:  # a connector bug: never retried, never leaks
-                        raise cbase.PermanentError(
-                            f"connector {ctx.impl.kind!r} raised {type(exc).__name__} in repair"
-                        ) from exc
+                    await self._timed(ctx.impl.kind, "repair", fn, cbase.TransientError)
 
     def _record_step(
         self,

@@ -293,21 +293,25 @@ def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
     rows = conn.execute(_STAGE_MAP_ONE, {"b_cid": credential_id}).all()
     if not rows:
         return None
+    m = _map_from_rows(credential_id, rows)
+    if cache is not None:
+        m = cache.maps[credential_id] = _with_pending_mac(cache, m)
+    return m
+
+
+def _map_from_rows(credential_id: int, rows: Sequence[Any]) -> StageMap:
+    """A stage map from rows of ``_MAP_COLS`` (one per version, or one with no version)."""
     first = rows[0]
-    stages = tuple((int(r.number), str(r.stage)) for r in rows if r.number is not None)
-    m = StageMap(
+    return StageMap(
         credential_id,
         first.tenant_id,
         first.name,
-        stages,
+        tuple((int(r.number), str(r.stage)) for r in rows if r.number is not None),
         first.stage_mac,
         first.connector,
         first.config,
         first.sinks,
     )
-    if cache is not None:
-        m = cache.maps[credential_id] = _with_pending_mac(cache, m)
-    return m
 
 
 def value_read(
@@ -323,17 +327,7 @@ def value_read(
     if not rows:
         return None
     first = rows[0]
-    stages = tuple((int(r.number), str(r.stage)) for r in rows if r.number is not None)
-    m = StageMap(
-        first.cid,
-        first.tenant_id,
-        first.name,
-        stages,
-        first.stage_mac,
-        first.connector,
-        first.config,
-        first.sinks,
-    )
+    m = _map_from_rows(first.cid, rows)
     # Verified as read now (a stage edited by another connection since the batch cached the
     # map fails the check), carrying the MAC this transaction will write for our own moves.
     m = _with_pending_mac(_cache(conn), m)
