@@ -867,24 +867,8 @@ class HttpConnector:
         a value) rides along as a cause or context."""
         busy = self._busy.setdefault((self.target_key(cfg), cfg.ca_file), [0] * CLIENTS_PER_TARGET)
         shard = busy.index(min(busy))
-        busy[shard] += 1
-        try:
-            return await self._send_on(cfg, shard, method, url, headers, body, label, shown)
-        finally:
-            busy[shard] -= 1
-
-    async def _send_on(
-        self,
-        cfg: HttpConfig,
-        shard: int,
-        method: str,
-        url: str,
-        headers: dict[str, bytes],
-        body: bytes,
-        label: str,
-        shown: str,
-    ) -> int:
         client = await self._client(cfg, _tls(cfg), shard)
+        busy[shard] += 1
         token = _CALL.set(shown)
         problem: str | None = None
         transient = True
@@ -916,6 +900,7 @@ class HttpConnector:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             problem, transient = f"could not send the request ({type(exc).__name__})", False
         finally:
+            busy[shard] -= 1
             _CALL.reset(token)
         if problem is not None:
             raise (TransientError if transient else PermanentError)(f"{label} {problem}")

@@ -129,9 +129,9 @@ _STAGE_MAP_ONE = (
 # versions, in one query by (tenant, name).
 _VALUE_READ = (
     select(
-        credentials.c.id.label("cid"),
+        credentials.c.id.label("credential_id"),
         *_MAP_COLS,
-        case((versions.c.stage == bindparam("b_stage"), versions.c.ciphertext)).label("sealed"),
+        case((versions.c.stage == bindparam("b_stage"), versions.c.ciphertext)).label("ciphertext"),
         versions.c.data_key_id,
     )
     .select_from(_WITH_VERSIONS)
@@ -326,24 +326,12 @@ def value_read(
     ).all()
     if not rows:
         return None
-    first = rows[0]
-    m = _map_from_rows(first.cid, rows)
+    m = _map_from_rows(rows[0].credential_id, rows)
     # Verified as read now (a stage edited by another connection since the batch cached the
     # map fails the check), carrying the MAC this transaction will write for our own moves.
     m = _with_pending_mac(_cache(conn), m)
-    hit = next((r for r in reversed(rows) if r.sealed is not None), None)
-    sealed = None
-    if hit is not None:
-        sealed = SealedVersion(
-            credential_id=first.cid,
-            number=hit.number,
-            stage=Stage(hit.stage),
-            ciphertext=hit.sealed,
-            data_key_id=hit.data_key_id,
-            tenant_id=first.tenant_id,
-            name=first.name,
-        )
-    return m, sealed
+    hit = next((r for r in reversed(rows) if r.ciphertext is not None), None)
+    return m, None if hit is None else _sealed(hit)
 
 
 def stage_maps(conn: Connection, credential_ids: Sequence[int]) -> dict[int, StageMap]:
