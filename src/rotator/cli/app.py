@@ -1,0 +1,155 @@
+"""What every command module shares: the typer apps, output, the service context, common
+options and input helpers. Commands live in one module per group; ``main`` runs them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from rotator.config import Settings
+from rotator.domain import names
+from rotator.domain.secret import Secret
+from rotator.errors import (
+    AlreadyExists,
+    ConfigError,
+    CryptoError,
+    InvalidInput,
+    NotFound,
+    NotInitialized,
+    StoreUnavailable,
+)
+from rotator.service import (
+    BlockingService,
+    EngineOptions,
+    ValueInput,
+)
+
+# Imported where used, not here: a command pays at start-up only for what it needs (rich
+# tables and progress bars; `credential get` needs neither).
+if TYPE_CHECKING:
+    from rich.console import Console
+
+app = typer.Typer(
+    name="rotator",
+    help="Credential rotation service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+credential_app = typer.Typer(help="Manage credentials.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage the master key.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read and verify the audit log.", no_args_is_help=True)
+app.add_typer(credential_app, name="credential")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+group_app = typer.Typer(
+    help="Coordinated groups: rotate members together, in order.", no_args_is_help=True
+)
+app.add_typer(group_app, name="group")
+
+
+class _Out:
+    """Standard output through a rich Console made at the first print."""
+
+    _console: Console | None = None
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if self._console is None:
+            from rich.console import Console
+
+            # Piped output is not cut to 80 columns (tables stay readable in logs and pipes).
+            self._console = Console(
+                highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200
+            )
+        self._console.print(*objects, **kwargs)
+
+
+out = _Out()
+BAD_INPUT = (
+    InvalidInput,
+    NotFound,
+    AlreadyExists,
+    NotInitialized,
+    ConfigError,
+    CryptoError,
+    StoreUnavailable,
+)
+
+
+# Listing limits above this are bad input (a database integer holds no more; nobody reads more).
+MAX_LIMIT = 1_000_000_000
+log = logging.getLogger("rotator.cli")
+
+# typer vendors click in recent releases; reach its UsageError through the public BadParameter.
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+class Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"rotator: error: {message}", file=sys.stderr)
+    raise Exit(code)
+
+
+@contextmanager
+def service(options: EngineOptions | None = None) -> Iterator[BlockingService]:
+    svc = BlockingService.open(Settings.from_env(), options=options)
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+# -- shared options ----------------------------------------------------------------------
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Connector setting KEY=VALUE.")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Tag KEY=VALUE.")]
+EveryOpt = Annotated[str | None, typer.Option("--every", help="Rotate every DURATION (30d, 12h).")]
+CronOpt = Annotated[str | None, typer.Option("--cron", help="Rotate on a cron schedule.")]
+WindowOpt = Annotated[
+    str | None, typer.Option("--window", help="With --cron: start within DURATION.")
+]
+GraceOpt = Annotated[str | None, typer.Option("--grace", help="Keep PREVIOUS valid this long.")]
+MaxUsesOpt = Annotated[int | None, typer.Option("--max-uses", help="Rotate after N uses.")]
+StdinOpt = Annotated[
+    bool, typer.Option("--value-stdin", help="Read the value from standard input.")
+]
+SinkOpt = Annotated[
+    list[str] | None,
+    typer.Option("--sink", help="After each rotation write the value: file:path=/p,format=dotenv"),
+]
+GenOpt = Annotated[bool, typer.Option("--generate", help="Let the connector generate the value.")]
+
+
+def value_input(value_stdin: bool, generate: bool) -> ValueInput:
+    if value_stdin and generate:
+        raise InvalidInput("--value-stdin and --generate exclude each other")
+    if not value_stdin:
+        return ValueInput(generate=generate)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InvalidInput("--value-stdin needs the value on standard input")
+    raw = sys.stdin.buffer.read()
+    if raw.endswith(b"\r\n"):
+        raw = raw[:-2]
+    elif raw.endswith(b"\n"):
+        raw = raw[:-1]
+    return ValueInput(value=Secret(raw))
+
+
+def pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    key_re = names.TAG_KEY if what == "--tag" else names.CONFIG_KEY
+    return names.parse_pairs(items or [], what, key_re)

@@ -1,0 +1,165 @@
+"""``rotator rotate``: rotate a selection or a group now, or print the plan."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from rotator.cli.app import (
+    Exit,
+    JsonOpt,
+    TagOpt,
+    app,
+    emit_json,
+    out,
+    pairs,
+    service,
+)
+from rotator.domain import names
+from rotator.errors import (
+    InvalidInput,
+)
+from rotator.service import (
+    BatchResult,
+    BlockingService,
+    Outcome,
+    RotationResult,
+    rotation,
+)
+from rotator.service.rotation import Selection
+
+
+@app.command()
+def rotate(
+    names_: Annotated[
+        list[str] | None, typer.Argument(metavar="[NAME]...", help="Credentials.")
+    ] = None,
+    tag: TagOpt = None,
+    group: Annotated[str | None, typer.Option("--group", help="A coordinated group.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every credential.")] = False,
+    emergency: Annotated[
+        bool, typer.Option("--emergency", help="Highest priority; revoke the old value at once.")
+    ] = False,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", help="Rotations at once (default 16).")
+    ] = None,
+    per_target: Annotated[
+        int | None, typer.Option("--per-target", help="Rotations at once per target.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rotate credentials now: create -> set -> test -> finish, rolling back on failure."""
+
+    sel = Selection(names=names_ or (), tags=pairs(tag, "--tag") or None, all=all_)
+    if group is not None:
+        if names_ or tag or all_:
+            raise InvalidInput("--group excludes NAMEs, --tag and --all")
+        names.check_credential_name(group)
+    else:
+        sel.check()
+    options = rotation.options_from_env(concurrency, per_target)
+    with service(options) as svc:
+        if dry_run:
+            steps = (
+                svc.plan_group(group, emergency=emergency)
+                if group is not None
+                else svc.plan(sel, emergency=emergency)
+            )
+            if as_json:
+                emit_json({"dry_run": True, "plan": steps})
+                return
+            from rich.table import Table
+
+            table = Table(
+                "ORDER", "LEVEL", "NAME", "CONNECTOR", "TARGET", "STRATEGY", "TRIGGER", "GRACE",
+                "AFTER",
+            )  # fmt: skip
+            for p in steps:
+                table.add_row(
+                    str(p["order"]),
+                    str(p["level"]) if p.get("level") is not None else "refused",
+                    p["name"],
+                    p["connector"],
+                    p["target"],
+                    p["strategy"],
+                    p["trigger"],
+                    f"{p['grace_s']}s",
+                    ", ".join(p.get("after") or []) or "-",
+                )
+            out.print(table)
+            refused = [p for p in steps if p.get("refused")]
+            for p in refused:
+                out.print(f"[red]refused[/red] {p['name']}: {p['refused']}")
+            out.print(
+                f"dry run: {len(steps) - len(refused)} credential(s) would rotate; nothing changed"
+            )
+            return
+        if group is not None:
+            result = svc.rotate_group(group, emergency=emergency)
+        else:
+            result = _rotate_with_progress(svc, sel, emergency, show=not as_json)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        data = result.to_json()
+        for f in data["failed"]:
+            out.print(f"[red]failed[/red] {f['name']}: {f['error']}")
+        for w in data["warnings"]:
+            out.print(f"[yellow]warning[/yellow] {w['name']}: {w['warning']}")
+        out.print(
+            f"rotated {len(data['rotated'])}, failed {len(data['failed'])} "
+            f"({len(data['rolled_back'])} rolled back) in {data['duration_s']:.2f}s"
+        )
+    if not result.ok:
+        raise Exit(1)
+
+
+def _rotate_with_progress(
+    svc: BlockingService, sel: Selection, emergency: bool, *, show: bool
+) -> BatchResult:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    err = Console(stderr=True)
+    if not (show and err.is_terminal):
+        return svc.rotate(sel, emergency=emergency)
+    columns = (
+        TextColumn("rotating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f}/s  failed {task.fields[failed]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("rotate", total=None, rate=0.0, failed=0)
+        started = time.monotonic()
+        failed = 0
+
+        def on_selected(n: int) -> None:
+            bar.update(task, total=n)
+
+        def on_result(r: RotationResult) -> None:
+            nonlocal failed
+            failed += r.outcome is not Outcome.ROTATED
+            done = bar.tasks[0].completed + 1
+            bar.update(
+                task, advance=1, failed=failed, rate=done / max(time.monotonic() - started, 1e-6)
+            )
+
+        return svc.rotate(
+            sel,
+            emergency=emergency,
+            progress=on_result,
+            on_selected=on_selected,
+        )
