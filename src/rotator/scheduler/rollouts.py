@@ -22,6 +22,7 @@ from sqlalchemy import Connection
 
 from rotator.domain.principal import Principal
 from rotator.engine import Engine, Outcome, RotationRequest, RotationResult, Trigger
+from rotator.engine.ownership import owner_dead
 from rotator.engine.values import ENGINE_ACTOR
 from rotator.kernel import Kernel
 from rotator.policy.rollout import HaltRule, starts_allowed
@@ -172,7 +173,13 @@ def _audit(
 
 
 def _settle(conn: Connection, *, kernel: Kernel, now: datetime, rollout_id: str | None) -> None:
-    for row in store.stale_items(conn, now, rollout_id):
+    """Settle the running items whose claimer is gone: its lease ran out, or it was a process
+    on this machine that no longer exists (``owner_dead``: no need to wait out the lease)."""
+    for row in store.running_items(conn, rollout_id):
+        lease = row.lease_expires_at
+        expired = lease is None or lease < now
+        if not (expired or owner_dead(row.claimed_by)):
+            continue
         if row.step in _ROTATED_STEPS:
             record(conn, kernel=kernel, item_id=row.id, ok=True, rotation_id=row.rotation_id,
                    error=None, now=now)  # fmt: skip
@@ -180,6 +187,6 @@ def _settle(conn: Connection, *, kernel: Kernel, now: datetime, rollout_id: str 
             record(conn, kernel=kernel, item_id=row.id, ok=False, rotation_id=row.rotation_id,
                    error=f"rotation {row.step}", now=now)  # fmt: skip
         elif row.step is None:
-            store.release(conn, row.id, now)
+            store.release(conn, row.id, row.claimed_by)
         # Otherwise the rotation is under way, or its owner died: the engine's recovery
         # resumes or rolls it back, and a later call records the outcome.

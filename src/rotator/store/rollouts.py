@@ -362,9 +362,10 @@ def skip_pending(conn: Connection, rollout_id: str, now: datetime) -> int:
     return int(res.rowcount)
 
 
-def stale_items(conn: Connection, now: datetime, rollout_id: str | None = None) -> list[Any]:
-    """Running items whose claim lease ran out (their process died or stalled), with the step
-    of the newest rotation their claim started (None: it never wrote an intent)."""
+def running_items(conn: Connection, rollout_id: str | None = None) -> list[Any]:
+    """Running items (id, rollout_id, credential, claimed_by, lease_expires_at), with the step
+    and id of the newest rotation their rollout started for the credential (None: it never
+    wrote an intent)."""
 
     def newest(col: Any) -> Any:
         return (
@@ -382,25 +383,25 @@ def stale_items(conn: Connection, now: datetime, rollout_id: str | None = None) 
         rollout_items.c.id,
         rollout_items.c.rollout_id,
         rollout_items.c.credential,
+        rollout_items.c.claimed_by,
+        rollout_items.c.lease_expires_at,
         newest(rotations.c.step).label("step"),
         newest(rotations.c.id).label("rotation_id"),
-    ).where(
-        rollout_items.c.status == "running",
-        rollout_items.c.lease_expires_at < now,
-    )
+    ).where(rollout_items.c.status == "running")
     if rollout_id is not None:
         q = q.where(rollout_items.c.rollout_id == rollout_id)
     return list(conn.execute(q))
 
 
-def release(conn: Connection, item_id: int, now: datetime) -> bool:
-    """Put a running item whose claimer died before its rotation began back to pending."""
+def release(conn: Connection, item_id: int, claimed_by: str | None) -> bool:
+    """Put a running item whose claimer died before its rotation began back to pending, if
+    ``claimed_by`` still holds it."""
     res = conn.execute(
         update(rollout_items)
         .where(
             rollout_items.c.id == item_id,
             rollout_items.c.status == "running",
-            rollout_items.c.lease_expires_at < now,
+            rollout_items.c.claimed_by == claimed_by,
         )
         .values(status="pending", claimed_by=None, lease_expires_at=None, started_at=None)
     )
