@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 from rotator.domain.principal import Principal
 from rotator.engine import Engine, Outcome, RotationRequest, RotationResult, Trigger
 from rotator.engine.ownership import owner_dead
+from rotator.engine.runtime import Runtime
 from rotator.engine.values import ENGINE_ACTOR
 from rotator.kernel import Kernel
 from rotator.policy.rollout import HaltRule, starts_allowed
@@ -65,9 +66,11 @@ async def advance(engine: Engine, now: datetime, *, rollout_id: str | None = Non
     for item in claimed:
         by_rollout[item.rollout_id].append(item)
     ids = [i.id for i in claimed]
-    heartbeat = asyncio.create_task(_heartbeat(engine, ids, lease))
+    heartbeat = asyncio.create_task(_heartbeat(engine, ids, now, lease))
     try:
-        await asyncio.gather(*(_run(engine, rid, items) for rid, items in by_rollout.items()))
+        started = await asyncio.gather(
+            *(_run(engine, rid, items, now, lease) for rid, items in by_rollout.items())
+        )
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
             expired = rt.now() - timedelta(milliseconds=1)
@@ -77,7 +80,7 @@ async def advance(engine: Engine, now: datetime, *, rollout_id: str | None = Non
         raise
     finally:
         heartbeat.cancel()
-    return len(claimed)
+    return sum(started)
 
 
 async def next_due(engine: Engine) -> datetime | None:
@@ -85,16 +88,38 @@ async def next_due(engine: Engine) -> datetime | None:
     return await engine.runtime.read(store.next_planned_any)
 
 
-async def _heartbeat(engine: Engine, ids: list[int], lease: timedelta) -> None:
+def _until(rt: Runtime, now: datetime, lease: timedelta) -> datetime:
+    # Leases count from the later of the caller's ``now`` and the engine's clock: a caller
+    # may pass a time ahead of the clock, and a lease must not end before the claim's own.
+    return max(now, rt.now()) + lease
+
+
+async def _heartbeat(engine: Engine, ids: list[int], now: datetime, lease: timedelta) -> None:
     rt = engine.runtime
     while True:
         await asyncio.sleep(lease.total_seconds() / 3)
         await rt.writer.run(
-            partial(store.renew, item_ids=ids, owner=rt.owner, until=rt.now() + lease)
+            partial(store.renew, item_ids=ids, owner=rt.owner, until=_until(rt, now, lease))
         )
 
 
-async def _run(engine: Engine, rollout_id: str, items: list[store.ClaimedItem]) -> None:
+async def _run(
+    engine: Engine, rollout_id: str, items: list[store.ClaimedItem], now: datetime, lease: timedelta
+) -> int:
+    rt = engine.runtime
+    # Confirm the claims right before the rotations start: a process that stalled past its
+    # lease since claiming may have had its items settled and claimed by another.
+    held = await rt.writer.run(
+        partial(
+            store.renew,
+            item_ids=[i.id for i in items],
+            owner=rt.owner,
+            until=_until(rt, now, lease),
+        )
+    )
+    items = [i for i in items if i.id in held]
+    if not items:
+        return 0
     reqs = [RotationRequest(i.credential, i.tenant, Trigger.ROLLOUT) for i in items]
     # Recorded one by one as they end, so a halt stops the next claims as early as it can.
     pending: list[asyncio.Task[None]] = []
@@ -107,6 +132,7 @@ async def _run(engine: Engine, rollout_id: str, items: list[store.ClaimedItem]) 
 
     await engine.rotate(reqs, batch_id=rollout_id, progress=on_result)
     await asyncio.gather(*pending)
+    return len(items)
 
 
 async def _record_result(engine: Engine, item: store.ClaimedItem, res: RotationResult) -> None:

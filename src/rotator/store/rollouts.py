@@ -280,17 +280,29 @@ def started_since(conn: Connection, rollout_id: str, since: datetime) -> int:
     )
 
 
-def renew(conn: Connection, item_ids: Sequence[int], owner: str, until: datetime) -> None:
-    if item_ids:
+def renew(conn: Connection, item_ids: Sequence[int], owner: str, until: datetime) -> set[int]:
+    """Extend ``owner``'s claims on ``item_ids`` to ``until``; returns the ids it still holds
+    (an item settled by another process after this one stalled past its lease is not)."""
+    if not item_ids:
+        return set()
+    conn.execute(
+        update(rollout_items)
+        .where(
+            rollout_items.c.id.in_(list(item_ids)),
+            rollout_items.c.status == "running",
+            rollout_items.c.claimed_by == owner,
+        )
+        .values(lease_expires_at=until)
+    )
+    return set(
         conn.execute(
-            update(rollout_items)
-            .where(
+            select(rollout_items.c.id).where(
                 rollout_items.c.id.in_(list(item_ids)),
                 rollout_items.c.status == "running",
                 rollout_items.c.claimed_by == owner,
             )
-            .values(lease_expires_at=until)
-        )
+        ).scalars()
+    )
 
 
 def finish_item(
