@@ -198,7 +198,7 @@ def rollout_resume(
     with service() as svc:
         v = svc.resume_rollout(rollout_id)
         if not as_json:
-            out.print(f"rollout {v.id} resumed")
+            out.print(f"resuming rollout {v.id}")
             sys.stdout.flush()
         if detach or v.status != "running":
             if as_json:
