@@ -51,11 +51,44 @@ def rotate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
     ] = False,
+    stagger: Annotated[
+        str | None,
+        typer.Option("--stagger", help="A durable rollout: spread the starts over DURATION."),
+    ] = None,
+    max_rate: Annotated[
+        str | None, typer.Option("--max-rate", help="With --stagger: at most N/m (or /s, /h).")
+    ] = None,
+    halt_at: Annotated[
+        str | None,
+        typer.Option(
+            "--halt-at", help="With --stagger: halt above P% failed of the last N (20%/10)."
+        ),
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="With --stagger: create it; a worker runs it.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Rotate credentials now: create -> set -> test -> finish, rolling back on failure."""
+    """Rotate credentials now: create -> set -> test -> finish, rolling back on failure.
+
+    With --stagger: create a durable rollout (see `rotator rollout`) and run it here until it
+    is done or halted (Ctrl-C leaves it resumable), or with --detach only create it."""
 
     sel = Selection(names=names_ or (), tags=pairs(tag, "--tag") or None, all=all_)
+    if stagger is not None or max_rate is not None or halt_at is not None or detach:
+        from rotator.cli.rollouts import start_rollout
+
+        start_rollout(
+            sel,
+            stagger=stagger,
+            max_rate=max_rate,
+            halt_at=halt_at,
+            detach=detach,
+            excluded={"--group": group is not None, "--emergency": emergency, "--dry-run": dry_run},
+            options=rotation.options_from_env(concurrency, per_target),
+            as_json=as_json,
+        )
+        return
     if group is not None:
         if names_ or tag or all_:
             raise InvalidInput("--group excludes NAMEs, --tag and --all")

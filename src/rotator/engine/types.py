@@ -14,6 +14,7 @@ class Trigger(enum.StrEnum):
     SCHEDULE = "schedule"
     MANUAL = "manual"
     GROUP = "group"
+    ROLLOUT = "rollout"  # an item of a staggered rollout (rotator.scheduler.rollouts)
 
 
 PRIORITY = {
@@ -23,6 +24,7 @@ PRIORITY = {
     Trigger.SCHEDULE: 3,
     Trigger.MANUAL: 4,
     Trigger.GROUP: 4,
+    Trigger.ROLLOUT: 3,  # normal priority, like scheduled work
 }
 
 

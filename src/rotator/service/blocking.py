@@ -21,7 +21,7 @@ from rotator.config import Settings
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
-from rotator.service import rotation
+from rotator.service import rollouts, rotation
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
 
@@ -187,6 +187,12 @@ class BlockingService:
     rotate = _Blocking(rotation.rotate)
     rotate_group = _Blocking(rotation.rotate_group)
     recover = _Blocking(rotation.recover)
+    create_rollout = _Blocking(rollouts.create)
+    list_rollouts = _Blocking(rollouts.list_rollouts)
+    rollout_status = _Blocking(rollouts.status)
+    resume_rollout = _Blocking(rollouts.resume)
+    abort_rollout = _Blocking(rollouts.abort)
+    run_rollout = _Blocking(rollouts.run)
 
 
 async def _new_event() -> asyncio.Event:

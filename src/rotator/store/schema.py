@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -255,4 +256,56 @@ group_members = Table(
     ),
     Column("position", Integer, nullable=False),
     Column("after", JSON, nullable=False),
+)
+
+# -- staggered rollouts (migration 0010) ------------------------------------------------------
+
+# One row per rollout: a selection resolved once into items, started over a window under a
+# rate cap. ``status``: running, halted (``halt_reason`` says why), done, aborted.
+# ``finished_count`` numbers the items as they finish; the halt rule looks at the last
+# ``halt_window`` items numbered above ``window_floor`` (set by resume, so the failures that
+# halted a rollout do not halt it again at once).
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("selector", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("stagger_s", Integer, nullable=False),
+    Column("max_per_minute", Float, nullable=False),
+    Column("halt_pct", Integer, nullable=False),
+    Column("halt_window", Integer, nullable=False),
+    Column("halt_reason", Text, nullable=True),
+    Column("finished_count", Integer, nullable=False),
+    Column("window_floor", Integer, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Index("ix_rollouts_status", "status"),
+)
+
+# One row per credential of a rollout. ``status``: pending, running, rotated, failed, skipped.
+# A claimed item holds ``claimed_by`` and a lease; its rotation carries the rollout's id as
+# ``batch_id``, so an item whose claimer died is settled from that rotation's row.
+rollout_items = Table(
+    "rollout_items",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rollout_id", String(36), ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("credential", String(200), nullable=False),
+    Column("planned_at", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("claimed_by", String(200), nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("finish_no", Integer, nullable=True),
+    Column("rotation_id", String(36), nullable=True),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("rollout_id", "credential", name="uq_rollout_items_rollout_credential"),
+    Index("ix_rollout_items_status_planned", "status", "planned_at"),
+    Index("ix_rollout_items_rollout_status", "rollout_id", "status"),
 )
