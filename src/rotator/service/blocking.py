@@ -21,7 +21,7 @@ from rotator.config import Settings
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
-from rotator.service import rotation
+from rotator.service import events, rotation
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
 
@@ -187,6 +187,8 @@ class BlockingService:
     rotate = _Blocking(rotation.rotate)
     rotate_group = _Blocking(rotation.rotate_group)
     recover = _Blocking(rotation.recover)
+    report_event = _Blocking(events.report_event)
+    list_events = _Blocking(events.list_events)
 
 
 async def _new_event() -> asyncio.Event:
