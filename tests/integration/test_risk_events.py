@@ -12,15 +12,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import Engine, func, select
-from tests.integration.test_connector_redis import (  # noqa: F401  (acl is a fixture)
+from tests.conftest import RedisServer
+from tests.integration.test_connector_redis import (
     Acl,
-    acl,
     add_admin,
     app_settings,
     can_auth,
@@ -40,11 +41,20 @@ RUN_CLI = ROOT / "tests" / "support" / "run_cli.py"
 PROD = {"env": "prod"}
 
 
+@pytest.fixture
+def acl(redis_server: RedisServer) -> Iterator[Acl]:
+    """ACL users made by the test on the shared Redis server, deleted afterwards."""
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, decode_responses=True)
+    helper = Acl(redis_server, client)
+    yield helper
+    if helper.made:
+        client.execute_command("ACL", "DELUSER", *helper.made)
+    client.close()
+
+
 def actions(svc: BlockingService, action: str) -> list[dict[str, object]]:
     return [
-        {"credential": e.credential, **e.details}
-        for e in svc.audit_entries()
-        if e.action == action
+        {"credential": e.credential, **e.details} for e in svc.audit_entries() if e.action == action
     ]
 
 
@@ -90,7 +100,8 @@ def test_critical_event_by_tag_emergency_rotates_the_three_matches_and_not_the_o
     assert stages(svc, "dev/d") == {1: Stage.CURRENT}
     assert can_auth(acl.server, users["dev/d"], old["dev/d"])
     [reported] = actions(svc, "risk.reported")
-    assert reported["kind"] == "leak.github" and reported["matched"] == 3
+    assert reported["kind"] == "leak.github"
+    assert reported["matched"] == 3
     decided = actions(svc, "risk.decided")
     assert sorted(str(d["credential"]) for d in decided) == ["prod/a", "prod/b", "prod/c"]
     assert {d["action"] for d in decided} == {"emergency"}
@@ -140,7 +151,8 @@ def test_repeat_within_the_cooldown_does_not_rotate_again_and_after_it_does(
     assert d.reason.startswith("duplicate of event 1")
     other = svc.report_event(EventInput("scanner", "high", credential="prod/a"))
     [d] = other.decisions
-    assert d.action.value == "notify" and d.reason.startswith("cooldown: rotated for a risk")
+    assert d.action.value == "notify"
+    assert d.reason.startswith("cooldown: rotated for a risk")
     assert max(v.number for v in svc.show("prod/a").versions) == 2
     reasons = [str(x["reason"]) for x in actions(svc, "risk.decided")]
     assert [r.split(" ")[0] for r in reasons] == ["default", "duplicate", "cooldown:"]
@@ -251,7 +263,8 @@ def test_critical_event_reports_the_still_valid_old_value_and_exits_1_then_lists
     listed = cli(settings, "event", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     [event] = json.loads(listed.stdout)
-    assert event["kind"] == "leak" and event["selector"] == {"tags": {"env": "prod"}}
+    assert event["kind"] == "leak"
+    assert event["selector"] == {"tags": {"env": "prod"}}
     outcomes = {d["name"]: d["outcome"] for d in event["decisions"]}
     assert outcomes["prod/ok1"] == "rotated"
     # The engine reports a rotation whose revoke failed as failed (the new value is CURRENT).
@@ -285,8 +298,10 @@ def test_bad_event_input_exits_2_with_one_line_and_stores_nothing(
         run = cli(settings, "event", "report", *args)
         assert run.returncode == 2, (args, run.stdout, run.stderr)
         lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], (args, run.stderr)
-        assert "Traceback" not in run.stderr and "s3cr3t" not in run.stderr
+        assert len(lines) == 1, (args, run.stderr)
+        assert message in lines[0], (args, run.stderr)
+        assert "Traceback" not in run.stderr
+        assert "s3cr3t" not in run.stderr
     with raw_db.connect() as conn:
         assert conn.execute(select(func.count()).select_from(risk_events)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(risk_decisions)).scalar_one() == 0

@@ -50,7 +50,9 @@ def test_bad_rules_text_is_one_line_policy_error_naming_the_problem(text: str, n
     with pytest.raises(PolicyError) as exc:
         parse_risk_rules(text)
     msg = str(exc.value)
-    assert names in msg and "\n" not in msg and len(msg) < 200
+    assert names in msg
+    assert "\n" not in msg
+    assert len(msg) < 200
 
 
 def test_default_rules_notify_low_and_medium_rotate_high_and_emergency_critical() -> None:
@@ -71,10 +73,9 @@ def test_a_credentials_rules_replace_the_defaults_only_for_the_severities_they_n
 
 def test_first_event_does_what_the_rule_says() -> None:
     for sev, want in zip(Severity, [N, N, R, E], strict=True):
-        d = decide(
-            None, sev, now=NOW, last_risk_action_at=None, cooldown=HOUR, duplicate_of=None
-        )
-        assert d.action is want and d.duplicate_of is None
+        d = decide(None, sev, now=NOW, last_risk_action_at=None, cooldown=HOUR, duplicate_of=None)
+        assert d.action is want
+        assert d.duplicate_of is None
         assert f"default rule {sev.value}={want.value}" == d.reason
 
 
@@ -87,7 +88,8 @@ def test_same_kind_again_within_the_cooldown_is_a_duplicate_that_only_notifies()
         cooldown=HOUR,
         duplicate_of=PriorDecision(7, R),
     )
-    assert d.action is N and d.duplicate_of == 7
+    assert d.action is N
+    assert d.duplicate_of == 7
     assert d.reason.startswith("duplicate of event 7")
 
 
@@ -100,7 +102,8 @@ def test_duplicate_that_escalates_to_emergency_acts() -> None:
         cooldown=HOUR,
         duplicate_of=PriorDecision(7, R),
     )
-    assert d.action is E and d.duplicate_of is None
+    assert d.action is E
+    assert d.duplicate_of is None
 
 
 def test_duplicate_of_an_event_whose_rotation_failed_rotates_again() -> None:
@@ -165,7 +168,8 @@ def test_notify_rule_is_a_notify_with_or_without_history() -> None:
     d = decide(
         None, Severity.LOW, now=NOW, last_risk_action_at=NOW, cooldown=HOUR, duplicate_of=None
     )
-    assert d.action is N and d.reason == "default rule low=notify"
+    assert d.action is N
+    assert d.reason == "default rule low=notify"
 
 
 def test_policy_risk_fields_round_trip_through_json_and_describe() -> None:
@@ -189,9 +193,11 @@ def test_policy_refuses_bad_risk_rules_and_a_negative_cooldown() -> None:
 
 def test_policy_input_sets_and_keeps_risk_options_on_update() -> None:
     base = PolicyInput(on_risk="high=emergency", risk_cooldown="30m").apply(None)
-    assert base.on_risk == "high=emergency" and base.risk_cooldown == timedelta(minutes=30)
+    assert base.on_risk == "high=emergency"
+    assert base.risk_cooldown == timedelta(minutes=30)
     kept = PolicyInput(grace="1m").apply(base)
-    assert kept.on_risk == "high=emergency" and kept.risk_cooldown == timedelta(minutes=30)
+    assert kept.on_risk == "high=emergency"
+    assert kept.risk_cooldown == timedelta(minutes=30)
     changed = PolicyInput(on_risk="high=notify").apply(base)
     assert changed.on_risk == "high=notify"
     with pytest.raises(PolicyError, match="malformed --risk-cooldown"):
