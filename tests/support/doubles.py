@@ -33,6 +33,7 @@ class DoubleConfig(cb.ConnectorConfig):
     seed: int = 0
     down: bool = False
     fail_test: bool = False
+    fail_revoke: bool = False  # revoke is refused (the old value stays valid on the target)
     barrier: str = ""  # directory; see _barrier
     barrier_after: str = ""  # step name after which to stop
 
@@ -154,6 +155,8 @@ class DoubleConnector:
     async def revoke(self, req: cb.RevokeRequest) -> None:
         assert isinstance(req.config, DoubleConfig)
         await self._io(req.config, "revoke", req.credential)
+        if req.config.fail_revoke:
+            raise cb.PermanentError("revoke: permission denied by the target")
         target_remove(req.config, req.credential, req.value.reveal_text())
 
     async def rollback(self, req: cb.RollbackRequest) -> None:

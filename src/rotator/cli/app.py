@@ -125,6 +125,18 @@ WindowOpt = Annotated[
 ]
 GraceOpt = Annotated[str | None, typer.Option("--grace", help="Keep PREVIOUS valid this long.")]
 MaxUsesOpt = Annotated[int | None, typer.Option("--max-uses", help="Rotate after N uses.")]
+OnRiskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--on-risk",
+        help="Risk rules SEVERITY=ACTION,... (rotate|emergency|notify); "
+        "default low,medium=notify high=rotate critical=emergency.",
+    ),
+]
+RiskCooldownOpt = Annotated[
+    str | None,
+    typer.Option("--risk-cooldown", help="After a risk rotation, only notify this long (1h)."),
+]
 StdinOpt = Annotated[
     bool, typer.Option("--value-stdin", help="Read the value from standard input.")
 ]

@@ -15,6 +15,8 @@ from rotator.cli.app import (
     GraceOpt,
     JsonOpt,
     MaxUsesOpt,
+    OnRiskOpt,
+    RiskCooldownOpt,
     SetOpt,
     SinkOpt,
     StdinOpt,
@@ -72,6 +74,8 @@ def credential_add(
     window: WindowOpt = None,
     grace: GraceOpt = None,
     max_uses: MaxUsesOpt = None,
+    on_risk: OnRiskOpt = None,
+    risk_cooldown: RiskCooldownOpt = None,
     value_stdin: StdinOpt = False,
     generate: GenOpt = False,
     verify: Annotated[
@@ -83,7 +87,15 @@ def credential_add(
     """Add a credential. The value comes only from --value-stdin or --generate."""
     names.check_credential_name(name)
     settings, tags = pairs(set_, "--set"), pairs(tag, "--tag")
-    policy = PolicyInput(every=every, cron=cron, window=window, grace=grace, max_uses=max_uses)
+    policy = PolicyInput(
+        every=every,
+        cron=cron,
+        window=window,
+        grace=grace,
+        max_uses=max_uses,
+        on_risk=on_risk,
+        risk_cooldown=risk_cooldown,
+    )
     policy.apply(None)  # validate before reading stdin
     value = value_input(value_stdin, generate)
     with service() as svc:
@@ -201,6 +213,8 @@ def credential_update(
     window: WindowOpt = None,
     grace: GraceOpt = None,
     max_uses: MaxUsesOpt = None,
+    on_risk: OnRiskOpt = None,
+    risk_cooldown: RiskCooldownOpt = None,
     value_stdin: StdinOpt = False,
     generate: GenOpt = False,
     sink: SinkOpt = None,
@@ -210,7 +224,15 @@ def credential_update(
     names.check_credential_name(name)
     settings = pairs(set_, "--set") if set_ else None
     tags = pairs(tag, "--tag") if tag else None
-    policy = PolicyInput(every=every, cron=cron, window=window, grace=grace, max_uses=max_uses)
+    policy = PolicyInput(
+        every=every,
+        cron=cron,
+        window=window,
+        grace=grace,
+        max_uses=max_uses,
+        on_risk=on_risk,
+        risk_cooldown=risk_cooldown,
+    )
     value = value_input(value_stdin, generate)
     with service() as svc:
         cred = svc.update_credential(

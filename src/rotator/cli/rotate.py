@@ -144,9 +144,19 @@ def rotate(
             out.print(f"[red]failed[/red] {f['name']}: {f['error']}")
         for w in data["warnings"]:
             out.print(f"[yellow]warning[/yellow] {w['name']}: {w['warning']}")
+        for v in data.get("still_valid", ()):
+            out.print(
+                f"[red]still valid[/red] {v['name']} version {v['version']}: "
+                f"revocation failed ({v['error']}); queued for retry"
+            )
         out.print(
             f"rotated {len(data['rotated'])}, failed {len(data['failed'])} "
             f"({len(data['rolled_back'])} rolled back) in {data['duration_s']:.2f}s"
+            + (
+                f"; {len(data['still_valid'])} old value(s) still valid"
+                if data.get("still_valid")
+                else ""
+            )
         )
     if not result.ok:
         raise Exit(1)

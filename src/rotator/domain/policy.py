@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rotator.errors import PolicyError
+
+if TYPE_CHECKING:
+    from rotator.policy.risk import RiskAction, Severity
 
 _DURATION = re.compile(r"(\d+)\s*(ms|s|m|h|d|w)")
 _UNITS = {
@@ -78,6 +81,9 @@ class RotationPolicy:
     ``every`` and ``cron`` exclude each other. ``window`` only goes with ``cron``: the rotation
     may start any time within ``window`` after the cron time. ``grace`` is how long PREVIOUS
     stays valid on the target. ``max_uses`` rotates after that many recorded uses.
+    ``on_risk`` holds the risk rules as their canonical text (``high=rotate,critical=emergency``;
+    see rotator.policy.risk; None: the default rules) and ``risk_cooldown`` the cooldown after
+    a risk rotation (None: rotator.policy.risk.DEFAULT_COOLDOWN, 1h).
     """
 
     every: timedelta | None = None
@@ -85,6 +91,8 @@ class RotationPolicy:
     window: timedelta | None = None
     grace: timedelta = timedelta(minutes=5)
     max_uses: int | None = None
+    on_risk: str | None = None
+    risk_cooldown: timedelta | None = None
 
     def __post_init__(self) -> None:
         if self.every is not None and self.cron is not None:
@@ -101,6 +109,22 @@ class RotationPolicy:
             raise PolicyError("--grace cannot be negative")
         if self.max_uses is not None and not 1 <= self.max_uses <= 2**62:
             raise PolicyError("--max-uses must be between 1 and 2**62")
+        if self.on_risk is not None:
+            # Imported here: rotator.policy imports this module (a cycle at import time).
+            from rotator.policy.risk import format_risk_rules, parse_risk_rules
+
+            object.__setattr__(self, "on_risk", format_risk_rules(parse_risk_rules(self.on_risk)))
+        if self.risk_cooldown is not None and self.risk_cooldown < timedelta(0):
+            raise PolicyError("--risk-cooldown cannot be negative")
+
+    @property
+    def risk_rules(self) -> dict[Severity, RiskAction] | None:
+        """The parsed ``on_risk`` rules ({Severity: RiskAction}), or None for the defaults."""
+        if self.on_risk is None:
+            return None
+        from rotator.policy.risk import parse_risk_rules
+
+        return parse_risk_rules(self.on_risk)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +133,10 @@ class RotationPolicy:
             "window": None if self.window is None else self.window.total_seconds(),
             "grace": self.grace.total_seconds(),
             "max_uses": self.max_uses,
+            "on_risk": self.on_risk,
+            "risk_cooldown": (
+                None if self.risk_cooldown is None else self.risk_cooldown.total_seconds()
+            ),
         }
 
     @classmethod
@@ -122,6 +150,8 @@ class RotationPolicy:
             window=td(data.get("window")),
             grace=td(data.get("grace")) or timedelta(0),
             max_uses=data.get("max_uses"),
+            on_risk=data.get("on_risk"),
+            risk_cooldown=td(data.get("risk_cooldown")),
         )
 
     def describe(self) -> str:
@@ -137,4 +167,8 @@ class RotationPolicy:
         if not parts:
             parts.append("on demand")
         parts.append(f"grace {format_duration(self.grace)}")
+        if self.on_risk is not None:
+            parts.append(f"on risk {self.on_risk}")
+        if self.risk_cooldown is not None:
+            parts.append(f"risk cooldown {format_duration(self.risk_cooldown)}")
         return ", ".join(parts)

@@ -84,18 +84,37 @@ class RotationResult:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class StillValid:
+    """An old value that is still valid on its target after an emergency: its revocation
+    failed (``error``, the connector's message) and stays queued for retry."""
+
+    name: str
+    version: int
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "error": self.error}
+
+
 @dataclass
 class BatchResult:
-    """The contract's JSON: rotated, failed [{name, error}], rolled_back, duration_s."""
+    """The contract's JSON: rotated, failed [{name, error}], rolled_back, duration_s; an
+    emergency adds still_valid [{name, version, error}] (see :class:`StillValid`)."""
 
     results: list[RotationResult] = field(default_factory=list)
     duration_s: float = 0.0
+    still_valid: list[StillValid] | None = None  # None: not an emergency (not looked up)
 
     @property
     def ok(self) -> bool:
-        return all(r.outcome is Outcome.ROTATED for r in self.results)
+        """Every rotation succeeded and, after an emergency, no old value is still valid."""
+        return all(r.outcome is Outcome.ROTATED for r in self.results) and not self.still_valid
 
     def to_json(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.still_valid is not None:
+            extra["still_valid"] = [v.to_json() for v in self.still_valid]
         return {
             "rotated": [r.name for r in self.results if r.outcome is Outcome.ROTATED],
             "failed": [
@@ -106,4 +125,5 @@ class BatchResult:
             "rolled_back": [r.name for r in self.results if r.outcome is Outcome.ROLLED_BACK],
             "duration_s": round(self.duration_s, 3),
             "warnings": [{"name": r.name, "warning": w} for r in self.results for w in r.warnings],
+            **extra,
         }

@@ -5,6 +5,7 @@ from rotator.engine.options import EngineOptions
 from rotator.engine.types import BatchResult, Outcome, RotationResult, Trigger
 from rotator.service.blocking import BlockingService
 from rotator.service.credentials import RotatorService
+from rotator.service.events import EventInput, EventReport
 from rotator.service.inputs import PolicyInput, ValueInput
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "BatchResult",
     "BlockingService",
     "EngineOptions",
+    "EventInput",
+    "EventReport",
     "Outcome",
     "PolicyInput",
     "Principal",

@@ -21,7 +21,7 @@ from rotator.config import Settings
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
-from rotator.service import rollouts, rotation
+from rotator.service import events, rollouts, rotation
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
 
@@ -193,6 +193,8 @@ class BlockingService:
     resume_rollout = _Blocking(rollouts.resume)
     abort_rollout = _Blocking(rollouts.abort)
     run_rollout = _Blocking(rollouts.run)
+    report_event = _Blocking(events.report_event)
+    list_events = _Blocking(events.list_events)
 
 
 async def _new_event() -> asyncio.Event:

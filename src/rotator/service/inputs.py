@@ -20,6 +20,8 @@ class PolicyInput:
     window: str | None = None
     grace: str | None = None
     max_uses: int | None = None
+    on_risk: str | None = None  # risk rules text, e.g. "high=rotate,critical=emergency"
+    risk_cooldown: str | None = None  # a duration
 
     def apply(self, base: RotationPolicy | None) -> RotationPolicy:
         """Merge onto ``base`` (None: a new credential); --every and --cron replace each other."""
@@ -36,7 +38,21 @@ class PolicyInput:
             window = parse_duration(self.window, "--window")
         grace = b.grace if self.grace is None else parse_duration(self.grace, "--grace")
         max_uses = b.max_uses if self.max_uses is None else self.max_uses
-        return RotationPolicy(every=every, cron=cron, window=window, grace=grace, max_uses=max_uses)
+        on_risk = b.on_risk if self.on_risk is None else self.on_risk
+        risk_cooldown = (
+            b.risk_cooldown
+            if self.risk_cooldown is None
+            else parse_duration(self.risk_cooldown, "--risk-cooldown")
+        )
+        return RotationPolicy(
+            every=every,
+            cron=cron,
+            window=window,
+            grace=grace,
+            max_uses=max_uses,
+            on_risk=on_risk,
+            risk_cooldown=risk_cooldown,
+        )
 
 
 @dataclass(frozen=True, slots=True)

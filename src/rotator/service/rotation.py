@@ -16,8 +16,10 @@ from rotator.domain import names as names_mod
 from rotator.domain.model import Credential
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions, RotationRequest, RotationResult, Trigger
+from rotator.engine.types import StillValid
 from rotator.errors import InvalidInput, NotFound
 from rotator.service.credentials import RotatorService
+from rotator.store import rotations as store_rot
 
 MAX_CONCURRENCY = 1024
 MAX_LEASE_S = 86400.0  # a lease is renewed while its owner lives; a day is already absurd
@@ -142,7 +144,17 @@ async def rotate(
     await engine.process_revocations()
     result = await engine.rotate(reqs, progress=progress)
     await engine.process_revocations()
+    if emergency:
+        result.still_valid = await still_valid(svc, [c.id for c in creds])
     return result
+
+
+async def still_valid(svc: RotatorService, credential_ids: list[int]) -> list[StillValid]:
+    """Old values of these credentials that are still valid on their targets: every
+    revocation still queued (after an emergency, whose grace is 0, each one is a revocation
+    that failed and waits for its retry), with the connector's last error."""
+    rows = await svc.engine.runtime.read(lambda c: store_rot.pending_revocations(c, credential_ids))
+    return [StillValid(r.credential, r.version, r.last_error) for r in rows]
 
 
 async def rotate_group(
@@ -156,7 +168,12 @@ async def rotate_group(
     group = await svc.get_group(name, principal)
     await svc.engine.recover()
     await svc.engine.process_revocations()
-    return await svc.engine.rotate_group(group, principal.tenant, emergency=emergency)
+    result = await svc.engine.rotate_group(group, principal.tenant, emergency=emergency)
+    if emergency:
+        members = {m.name for m in group.members}
+        ids = [c.id for c in await svc.list_credentials(principal=principal) if c.name in members]
+        result.still_valid = await still_valid(svc, ids)
+    return result
 
 
 async def plan_group(

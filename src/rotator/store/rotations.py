@@ -525,3 +525,31 @@ def finish_revocation(conn: Connection, revocation_id: int) -> None:
 
 def retry_revocation(conn: Connection, revocation_id: int, error: str, due_at: datetime) -> None:
     conn.execute(_RETRY_REVOCATION, {"b_id": revocation_id, "b_error": error, "b_due": due_at})
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRevocation:
+    """A PREVIOUS value still queued for revocation: still valid on its target."""
+
+    credential: str
+    version: int
+    attempts: int
+    last_error: str | None
+
+
+def pending_revocations(conn: Connection, credential_ids: list[int]) -> list[PendingRevocation]:
+    """Every queued (not yet done) revocation of these credentials, by name and version."""
+    if not credential_ids:
+        return []
+    rows = conn.execute(
+        select(
+            credentials.c.name,
+            revocations.c.version,
+            revocations.c.attempts,
+            revocations.c.last_error,
+        )
+        .join(credentials, credentials.c.id == revocations.c.credential_id)
+        .where(revocations.c.credential_id.in_(credential_ids))
+        .order_by(credentials.c.name, revocations.c.version)
+    ).all()
+    return [PendingRevocation(r.name, r.version, r.attempts, r.last_error) for r in rows]

@@ -258,6 +258,50 @@ group_members = Table(
     Column("after", JSON, nullable=False),
 )
 
+# -- risk events (migration 0009) -----------------------------------------------------------
+
+# One row per reported risk event. ``selector`` is {"credential": NAME} or {"tags": {K: V}};
+# ``detail`` is the reporter's text, at most 1,000 characters (checked by the service).
+risk_events = Table(
+    "risk_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("selector", JSON, nullable=False),
+    Column("detail", Text, nullable=True),
+    Column("reporter", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_risk_events_tenant_created", "tenant_id", "created_at"),
+)
+
+# One row per credential an event matched: the decision (notify, rotate, emergency), its
+# reason, and the outcome of the rotation it started. ``kind`` repeats the event's so the
+# de-duplication and cooldown look-ups read one indexed table.
+risk_decisions = Table(
+    "risk_decisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", Integer, ForeignKey("risk_events.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "credential_id", Integer, ForeignKey("credentials.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("credential", String(200), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("duplicate_of", Integer, nullable=True),
+    # rotated | failed | rolled_back; None: no rotation (notify)
+    Column("outcome", String(16), nullable=True),
+    Column("rotation_id", String(36), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_risk_decisions_credential_created", "credential_id", "created_at"),
+    Index("ix_risk_decisions_event", "event_id"),
+)
+
 # -- staggered rollouts (migration 0010) ------------------------------------------------------
 
 # One row per rollout: a selection resolved once into items, started over a window under a

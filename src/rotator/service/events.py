@@ -1,0 +1,291 @@
+"""Risk events: report one, decide per matched credential (rotator.policy.risk), act, list.
+
+Where decisions live: each event is a row of ``risk_events`` and each credential it matched a
+row of ``risk_decisions`` (action, reason, and the outcome of the rotation it started). The
+de-duplication and cooldown look-ups read that indexed table, not the audit log. Every event
+is audited as ``risk.reported`` and every decision as ``risk.decided``, in the transaction
+that stores them; the rotations are audited by the engine as usual (trigger ``risk`` or
+``emergency``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+
+from rotator.domain import names
+from rotator.domain.model import Credential
+from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
+from rotator.engine import Outcome, RotationRequest, RotationResult, Trigger
+from rotator.engine.types import StillValid
+from rotator.errors import InvalidInput
+from rotator.policy.risk import (
+    DEFAULT_COOLDOWN,
+    Decision,
+    PriorDecision,
+    RiskAction,
+    Severity,
+    decide,
+    parse_severity,
+)
+from rotator.service import rotation
+from rotator.service.credentials import RotatorService
+from rotator.store import events as store_events
+from rotator.store.events import EventRow
+
+MAX_DETAIL = 1000
+MAX_KIND = 64
+_KIND = re.compile(r"[A-Za-z0-9._-]+")
+MAX_LIST = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class EventInput:
+    """A risk event as given on an interface, checked as a whole by :meth:`check` before
+    anything is stored. Exactly one of ``credential`` and ``tags`` selects the credentials."""
+
+    kind: str
+    severity: str
+    credential: str | None = None
+    tags: Mapping[str, str] | None = None
+    detail: str | None = None
+
+    def check(self) -> Severity:
+        """The parsed severity; InvalidInput (one line, never quoting the detail) otherwise."""
+        if not 1 <= len(self.kind) <= MAX_KIND or not _KIND.fullmatch(self.kind):
+            raise InvalidInput(f"--kind must be 1 to {MAX_KIND} letters, digits or '._-'")
+        sev = parse_severity(self.severity)
+        if (self.credential is None) == (not self.tags):
+            raise InvalidInput("name the credential with --credential or select with --tag")
+        if self.credential is not None:
+            names.check_credential_name(self.credential)
+        if self.detail is not None:
+            if len(self.detail) > MAX_DETAIL:
+                raise InvalidInput(f"--detail is longer than {MAX_DETAIL} characters")
+            if any(ord(ch) < 32 and ch not in "\t\n" for ch in self.detail):
+                raise InvalidInput("--detail holds control characters")
+        return sev
+
+    def selector(self) -> dict[str, Any]:
+        if self.credential is not None:
+            return {"credential": self.credential}
+        return {"tags": dict(self.tags or {})}
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialDecision:
+    """One matched credential: the decision, and the outcome of the rotation it started
+    (None when it only notified)."""
+
+    name: str
+    action: RiskAction
+    reason: str
+    duplicate_of: int | None = None
+    outcome: Outcome | None = None
+    version: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "action": self.action.value,
+            "reason": self.reason,
+            "duplicate_of": self.duplicate_of,
+            "outcome": None if self.outcome is None else self.outcome.value,
+            "version": self.version,
+            "error": self.error,
+        }
+
+
+@dataclass
+class EventReport:
+    """What ``event report`` did: the stored event's id and one decision per credential."""
+
+    event_id: int
+    kind: str
+    severity: Severity
+    decisions: list[CredentialDecision] = field(default_factory=list)
+    still_valid: list[StillValid] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every rotation it started succeeded and no old value of an emergency is valid."""
+        return not self.still_valid and all(
+            d.outcome in (None, Outcome.ROTATED) for d in self.decisions
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "kind": self.kind,
+            "severity": self.severity.value,
+            "decisions": [d.to_json() for d in self.decisions],
+            "still_valid": [v.to_json() for v in self.still_valid],
+        }
+
+
+def _prior(rows: list[tuple[int, str, str | None]]) -> PriorDecision | None:
+    """The strongest of earlier decisions, by what each achieved: a rotation that did not
+    succeed achieved only a notification (so a repeat may try again)."""
+    best: PriorDecision | None = None
+    for event_id, action, outcome in rows:
+        act = RiskAction(action)
+        achieved = act if act is RiskAction.NOTIFY or outcome == "rotated" else RiskAction.NOTIFY
+        if best is None or achieved.strength >= best.achieved.strength:
+            best = PriorDecision(event_id, achieved)
+    return best
+
+
+async def report_event(
+    svc: RotatorService, event: EventInput, principal: Principal = LOCAL_PRINCIPAL
+) -> EventReport:
+    """Record a risk event, decide for every credential it selects, and act.
+
+    Input is checked first (InvalidInput, NotFound for an unknown --credential; nothing is
+    stored then). The event, its decisions and their audit entries (``risk.reported``,
+    ``risk.decided``) commit in one transaction before any rotation starts; then ``rotate``
+    decisions run as rotations with trigger ``risk`` and ``emergency`` ones as emergencies
+    (grace 0, old values revoked at once), all in one batch. Each outcome is recorded on its
+    decision. A failed rotation does not raise: it is in the report (``ok`` is False)."""
+    severity = event.check()
+    if event.credential is not None:
+        creds: list[Credential] = [await svc.show(event.credential, principal)]
+    else:
+        creds = await svc.list_credentials(tags=event.tags, principal=principal)
+    tenant = await svc.tenant(principal.tenant)
+    now = svc.clock()
+    kernel = svc.kernel
+
+    def write(conn: Connection) -> tuple[int, list[tuple[int, Credential, Decision]]]:
+        event_id = store_events.insert_event(
+            conn,
+            tenant_id=tenant.id,
+            kind=event.kind,
+            severity=severity.value,
+            selector=event.selector(),
+            detail=event.detail,
+            reporter=principal.name,
+            now=now,
+        )
+        kernel.audit(
+            conn,
+            principal,
+            "risk.reported",
+            None,
+            None,
+            {
+                "event_id": event_id,
+                "kind": event.kind,
+                "severity": severity.value,
+                "selector": event.selector(),
+                "detail": event.detail,
+                "matched": len(creds),
+            },
+        )
+        decided = []
+        for cred in creds:
+            cooldown = cred.policy.risk_cooldown
+            if cooldown is None:
+                cooldown = DEFAULT_COOLDOWN
+            prior = _prior(store_events.prior_decisions(conn, cred.id, event.kind, now - cooldown))
+            d = decide(
+                cred.policy.risk_rules,
+                severity,
+                now=now,
+                last_risk_action_at=store_events.last_risk_rotation(conn, cred.id),
+                cooldown=cooldown,
+                duplicate_of=prior,
+            )
+            decision_id = store_events.insert_decision(
+                conn,
+                event_id=event_id,
+                credential_id=cred.id,
+                credential=cred.name,
+                kind=event.kind,
+                action=d.action.value,
+                reason=d.reason,
+                duplicate_of=d.duplicate_of,
+                now=now,
+            )
+            kernel.audit(
+                conn,
+                principal,
+                "risk.decided",
+                cred.name,
+                None,
+                {
+                    "event_id": event_id,
+                    "kind": event.kind,
+                    "severity": severity.value,
+                    "action": d.action.value,
+                    "reason": d.reason,
+                    "duplicate_of": d.duplicate_of,
+                },
+            )
+            decided.append((decision_id, cred, d))
+        return event_id, decided
+
+    event_id, decided = await svc.engine.writer.run(write)
+    report = EventReport(event_id, event.kind, severity)
+    acting = [(i, c, d) for i, c, d in decided if d.action is not RiskAction.NOTIFY]
+    results: dict[str, RotationResult] = {}
+    if acting:
+        reqs = [
+            RotationRequest(c.name, principal.tenant, Trigger.EMERGENCY, 0)
+            if d.action is RiskAction.EMERGENCY
+            else RotationRequest(c.name, principal.tenant, Trigger.RISK)
+            for _, c, d in acting
+        ]
+        engine = svc.engine
+        await engine.recover()
+        await engine.process_revocations()
+        batch = await engine.rotate(reqs)
+        await engine.process_revocations()
+        results = {r.name: r for r in batch.results}
+
+        def record(conn: Connection) -> None:
+            for decision_id, cred, _ in acting:
+                r = results.get(cred.name)
+                store_events.record_outcome(
+                    conn,
+                    decision_id,
+                    outcome=(r.outcome if r else Outcome.FAILED).value,
+                    rotation_id=r.rotation_id if r else None,
+                    version=r.version if r else None,
+                    error=r.error if r else "no result",
+                )
+
+        await engine.writer.run(record)
+        emergencies = [c.id for _, c, d in acting if d.action is RiskAction.EMERGENCY]
+        if emergencies:
+            report.still_valid = await rotation.still_valid(svc, emergencies)
+    for _, cred, d in decided:
+        r = results.get(cred.name)
+        report.decisions.append(
+            CredentialDecision(
+                cred.name,
+                d.action,
+                d.reason,
+                d.duplicate_of,
+                None if d.action is RiskAction.NOTIFY else (r.outcome if r else Outcome.FAILED),
+                r.version if r else None,
+                r.error if r else None,
+            )
+        )
+    return report
+
+
+async def list_events(
+    svc: RotatorService, limit: int = 50, principal: Principal = LOCAL_PRINCIPAL
+) -> list[EventRow]:
+    """The tenant's newest ``limit`` events, newest first, each with its decisions."""
+    if not 1 <= limit <= MAX_LIST:
+        raise InvalidInput(f"--limit must be between 1 and {MAX_LIST}")
+    tenant = await svc._existing_tenant(principal)
+    if tenant is None:
+        return []
+    return await svc.engine.runtime.read(lambda c: store_events.list_events(c, tenant.id, limit))
