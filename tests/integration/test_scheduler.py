@@ -1,0 +1,434 @@
+"""The scheduler with real `rotator worker` processes: claims before any value is created
+(exactly once across workers, also when one is killed), one worker per SQLite store, NOTIFY
+wake-ups on PostgreSQL, and catch-up after downtime spread over a window.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, func, select, text, update
+from tests.support.api_server import ApiServer, running
+
+from rotator.config import Settings
+from rotator.domain.model import Stage
+from rotator.domain.secret import Secret
+from rotator.service import BlockingService, PolicyInput, ValueInput
+from rotator.store import normalize_url
+from rotator.store.schema import credential_claims, credentials, rotations, versions
+
+RUN_CLI = Path(__file__).resolve().parents[1] / "support" / "run_cli.py"
+ACCOUNT = "acme"
+ADMIN = "admin-token-0123456789abcdef"
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ROTATOR_HOME": str(settings.home),
+        "ROTATOR_DB": settings.db_url,
+        **extra,
+    }
+
+
+@contextmanager
+def workers(
+    settings: Settings, n: int, *args: str, lease_s: str = "2"
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """``n`` `rotator worker` processes (SIGTERM and reaped at the end, killed if stuck)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(RUN_CLI), "worker", *args],
+            env=cli_env(settings, ROTATOR_LEASE_SECONDS=lease_s),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stderr is not None:
+                p.stderr.close()
+
+
+def poll_until(
+    what: str, check: Callable[[], bool], timeout: float, *procs: subprocess.Popen[str]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        for p in procs:
+            if p.poll() is not None and p.returncode != -signal.SIGKILL:
+                err = p.stderr.read() if p.stderr else ""
+                pytest.fail(f"a worker exited with {p.returncode} before {what}: {err}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def raw_engine(url: str) -> Engine:
+    return create_engine(normalize_url(url))
+
+
+# ------------------------------------------------------------- exactly once across workers
+
+
+def http_settings(api: ApiServer) -> dict[str, str]:
+    return {
+        "base_url": api.url,
+        "allow_insecure_http": "true",  # the test API speaks plain HTTP on loopback
+        "auth": "api/admin",
+        "set_path": "/keys",
+        # The target records every set with the credential and the version it is for.
+        "set_body": '{"key": "$value", "label": "$credential", "version": "$version"}',
+        "test_path": "/whoami",
+        "revoke_path": "/keys/$value",
+        "timeout_s": "10",
+    }
+
+
+def seed_http(settings: Settings, api: ApiServer, n: int) -> dict[str, str]:
+    """``n`` http credentials (first values known to the target), all due an hour ago."""
+    api.add_account(ACCOUNT, ADMIN)
+    svc, created = BlockingService.init(settings)
+    assert created
+    first = {}
+    try:
+        svc.add_credential("api/admin", "local", value=ValueInput(value=Secret(ADMIN)))
+        cfg = http_settings(api)
+        for i in range(n):
+            name = f"svc/k{i:05d}"
+            first[name] = f"first-key-{i:05d}-0123456789"
+            api.add_key(ACCOUNT, first[name])
+            svc.add_credential(
+                name,
+                "http",
+                settings=cfg,
+                policy=PolicyInput(every="30d", grace="1h"),
+                value=ValueInput(value=Secret(first[name])),
+            )
+    finally:
+        svc.close()
+    raw = raw_engine(settings.db_url)
+    try:
+        with raw.begin() as c:
+            c.execute(
+                update(credentials)
+                .where(credentials.c.connector == "http")
+                .values(next_rotation_at=datetime.now(UTC) - timedelta(hours=1))
+            )
+    finally:
+        raw.dispose()
+    return first
+
+
+def finished(raw: Engine) -> int:
+    with raw.connect() as c:
+        return int(
+            c.execute(
+                select(func.count()).select_from(rotations).where(rotations.c.step == "finished")
+            ).scalar_one()
+        )
+
+
+def in_flight(raw: Engine) -> int:
+    with raw.connect() as c:
+        return int(
+            c.execute(
+                select(func.count()).select_from(rotations).where(rotations.c.step != "finished")
+            ).scalar_one()
+        )
+
+
+def rotated_count(raw: Engine) -> int:
+    with raw.connect() as c:
+        return int(
+            c.execute(
+                select(func.count())
+                .select_from(versions)
+                .where(versions.c.number == 2, versions.c.stage == Stage.CURRENT.value)
+            ).scalar_one()
+        )
+
+
+def assert_each_rotated_exactly_once(
+    settings: Settings, api: ApiServer, first: dict[str, str], *, resumed_allowed: bool
+) -> None:
+    raw = raw_engine(settings.db_url)
+    try:
+        with raw.connect() as c:
+            vers = c.execute(
+                select(credentials.c.name, versions.c.number, versions.c.stage)
+                .join(credentials, credentials.c.id == versions.c.credential_id)
+                .where(credentials.c.connector == "http")
+            ).all()
+            rots = c.execute(select(rotations.c.credential, rotations.c.step)).all()
+            claims_left = c.execute(select(func.count()).select_from(credential_claims)).scalar()
+    finally:
+        raw.dispose()
+    by_cred: dict[str, dict[int, str]] = defaultdict(dict)
+    for name, number, stage in vers:
+        by_cred[name][number] = stage
+    assert set(by_cred) == set(first)
+    twice = {n: s for n, s in by_cred.items() if s != {1: "PREVIOUS", 2: "CURRENT"}}
+    assert not twice, (
+        f"{len(twice)} credential(s) not rotated exactly once: {list(twice.items())[:3]}"
+    )
+    rot_by_cred: dict[str, list[str]] = defaultdict(list)
+    for name, step in rots:
+        rot_by_cred[name].append(step)
+    assert {n: s for n, s in rot_by_cred.items() if s != ["finished"]} == {}
+    assert set(rot_by_cred) == set(first)
+    assert claims_left == 0
+
+    # The target: one new value per credential, for version 2, whatever was resent.
+    sets: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for r in api.requests:
+        if r.method == "POST" and r.path == "/keys" and r.status in (201, 409):
+            body = json.loads(r.body)
+            sets[body["label"]].append((body["key"], body["version"]))
+    assert set(sets) == set(first)
+    distinct = {n: set(s) for n, s in sets.items() if len(set(s)) != 1}
+    assert distinct == {}, f"values created twice on the target: {list(distinct.items())[:3]}"
+    assert {v for s in sets.values() for _, v in s} == {2}
+    if not resumed_allowed:
+        assert {n: len(s) for n, s in sets.items() if len(s) != 1} == {}
+
+    # The target agrees with the store: the CURRENT value is the one set, and it works there.
+    svc = BlockingService.open(settings)
+    try:
+        for name in first:
+            current = svc.get_value(name).reveal_text()
+            assert current == sets[name][0][0], f"{name}: store and target disagree"
+            assert current in api.keys[ACCOUNT]
+    finally:
+        svc.close()
+
+
+N_EXACTLY_ONCE = 2000
+WORKER_ARGS = ("--poll", "1", "--max-rate", "1000000/m", "--batch", "64", "--concurrency", "32")
+
+
+@pytest.mark.postgres
+def test_three_workers_rotate_2000_due_credentials_each_exactly_once(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = Settings(home=tmp_path / "home", db_url=pg_database)
+    with running() as api:
+        first = seed_http(settings, api, N_EXACTLY_ONCE)
+        raw = raw_engine(pg_database)
+        try:
+            with workers(settings, 3, *WORKER_ARGS) as procs:
+                poll_until(
+                    "every credential rotated",
+                    lambda: rotated_count(raw) == N_EXACTLY_ONCE,
+                    150,
+                    *procs,
+                )
+        finally:
+            raw.dispose()
+        assert_each_rotated_exactly_once(settings, api, first, resumed_allowed=False)
+
+
+@pytest.mark.postgres
+def test_a_worker_killed_mid_batch_loses_nothing_and_repeats_nothing(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = Settings(home=tmp_path / "home", db_url=pg_database)
+    with running(delay_s=0.005) as api:  # rotations stay in flight long enough to be cut
+        first = seed_http(settings, api, N_EXACTLY_ONCE)
+        raw = raw_engine(pg_database)
+        try:
+            with workers(settings, 3, *WORKER_ARGS) as procs:
+                victim = procs[0]
+
+                def victim_mid_batch() -> bool:
+                    with raw.connect() as c:
+                        mine = c.execute(
+                            select(func.count())
+                            .select_from(credential_claims)
+                            .where(credential_claims.c.worker.like(f"%:{victim.pid}:%"))
+                        ).scalar_one()
+                    return mine > 0 and rotated_count(raw) >= N_EXACTLY_ONCE // 10
+
+                poll_until("the first worker to hold claims", victim_mid_batch, 120, *procs)
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(timeout=30)
+                assert rotated_count(raw) < N_EXACTLY_ONCE, "killed too late to show anything"
+                poll_until(
+                    "every credential rotated after the kill",
+                    lambda: rotated_count(raw) == N_EXACTLY_ONCE,
+                    150,
+                    *procs[1:],
+                )
+                # The dead worker's rotations were resumed by recovery, not started again.
+                poll_until("no rotation left in flight", lambda: in_flight(raw) == 0, 60)
+        finally:
+            raw.dispose()
+        assert_each_rotated_exactly_once(settings, api, first, resumed_allowed=True)
+
+
+# ------------------------------------------------------------------ one worker on SQLite
+
+
+def lock_held(path: Path) -> bool:
+    """Whether another process holds the worker lock file (flock)."""
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_a_second_worker_is_refused_on_sqlite_and_allowed_after_the_first_is_killed(
+    settings: Settings,
+) -> None:
+    svc, _ = BlockingService.init(settings)
+    svc.close()
+    sqlite = settings.db_url.startswith("sqlite")
+    with workers(settings, 1, "--poll", "0.5") as (first,):
+        if sqlite:
+            lock = Path(settings.db_url.removeprefix("sqlite:///") + ".worker.lock")
+            poll_until("the first worker to hold its lock", lambda: lock_held(lock), 60, first)
+        second = (
+            subprocess.run(
+                [sys.executable, str(RUN_CLI), "worker", "--poll", "0.5"],
+                env=cli_env(settings),
+                capture_output=True,
+                text=True,
+                timeout=60 if sqlite else 8,
+                check=False,
+            )
+            if sqlite
+            else None
+        )
+        if not sqlite:
+            # PostgreSQL: workers share the work; a second one runs next to the first.
+            with workers(settings, 1, "--poll", "0.5") as (other,):
+                with pytest.raises(subprocess.TimeoutExpired):
+                    other.wait(timeout=3)
+                assert first.poll() is None
+            return
+        assert second is not None
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1, second.stderr
+        assert "another rotator worker is running on this SQLite store" in lines[0]
+        assert "Traceback" not in second.stderr
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        with workers(settings, 1, "--poll", "0.5") as (again,):
+            poll_until("a new worker to take the lock", lambda: lock_held(lock), 60, again)
+            assert again.poll() is None
+
+
+# ------------------------------------------------------------------------ NOTIFY wake-ups
+
+
+@pytest.mark.postgres
+def test_notify_wakes_an_idle_worker_when_a_due_credential_is_added(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = Settings(home=tmp_path / "home", db_url=pg_database)
+    svc, _ = BlockingService.init(settings)
+    svc.close()
+    raw = raw_engine(pg_database)
+    try:
+        with workers(settings, 1, "--poll", "600") as (worker,):
+
+            def listening() -> bool:
+                with raw.connect() as c:
+                    return bool(
+                        c.execute(
+                            text(
+                                "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE query ILIKE 'LISTEN rotator_work%'"
+                            )
+                        ).scalar()
+                    )
+
+            poll_until("the worker to listen", listening, 60, worker)
+            svc = BlockingService.open(settings)
+            try:  # due in 2 s; the worker sleeps up to 600 s unless the insert's NOTIFY wakes it
+                svc.add_credential(
+                    "app/token",
+                    "local",
+                    policy=PolicyInput(every="2s"),
+                    value=ValueInput(generate=True),
+                )
+            finally:
+                svc.close()
+            poll_until("the idle worker to rotate it", lambda: finished(raw) >= 1, 30, worker)
+    finally:
+        raw.dispose()
+
+
+# ---------------------------------------------------------------------------- catch-up
+
+
+def test_after_downtime_overdue_credentials_are_all_rotated_spread_over_the_window(
+    settings: Settings,
+) -> None:
+    n = 12
+    svc, _ = BlockingService.init(settings)
+    try:
+        for i in range(n):
+            svc.add_credential(
+                f"app/c{i:02d}",
+                "local",
+                policy=PolicyInput(every="1h"),
+                value=ValueInput(generate=True),
+            )
+    finally:
+        svc.close()
+    raw = raw_engine(settings.db_url)
+    try:
+        with raw.begin() as c:  # the service was down for three intervals
+            c.execute(
+                update(credentials).values(next_rotation_at=datetime.now(UTC) - timedelta(hours=3))
+            )
+        # 12 overdue, more than the rate's burst of 10: spread over 3 s, one every 0.25 s.
+        with workers(
+            settings, 1, "--poll", "1", "--catch-up-window", "3s", "--max-rate", "10/s"
+        ) as procs:
+            poll_until(
+                "every overdue credential rotated", lambda: rotated_count(raw) == n, 60, *procs
+            )
+        with raw.connect() as c:
+            starts = sorted(c.execute(select(rotations.c.created_at)).scalars())
+    finally:
+        raw.dispose()
+    assert len(starts) == n
+    spacing = 3.0 / n
+    t0 = starts[0]
+    for i, t in enumerate(starts):
+        # Never earlier than its slot (a slow machine only makes it later). The first start
+        # may trail its claim a little; 0.2 s covers that.
+        assert (t - t0).total_seconds() >= i * spacing - 0.2, (i, [str(s) for s in starts])
