@@ -187,6 +187,11 @@ class Scheduler:
         try:
             await self._rotate_claimed(claimed)
         finally:
+            # Whatever ended the batch (a defect included), no claim outlives it: a claim
+            # still held here would be extended by the heartbeat forever.
+            left = [c.credential_id for c in claimed if c.credential_id in self.held]
+            if left:
+                await asyncio.shield(self._release(left))
             self.wake.set()  # room for more claims
 
     async def _rotate_claimed(self, claimed: list[store_claims.Claim]) -> None:

@@ -64,7 +64,8 @@ def claim_due(
 ) -> list[Claim]:
     """Claim up to ``limit`` credentials due at ``now``, soonest first (indexed on
     ``next_rotation_at``; never a scan of every credential), under a lease to
-    ``lease_until``. Run in a write transaction: the claim is the commit."""
+    ``lease_until``. Run in a write transaction: the claim is the commit. Removes the rows
+    of claims whose lease ended before ``now``."""
     q = (
         select(credentials.c.id, credentials.c.next_rotation_at)
         .where(credentials.c.next_rotation_at <= now)
@@ -73,6 +74,9 @@ def claim_due(
     )
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
+    # Claims whose lease ran out are over (their worker died or lost them): their rows go.
+    # The table holds only claims of rotations under way, so this touches few rows.
+    conn.execute(delete(credential_claims).where(credential_claims.c.lease_until < now))
     rows = conn.execute(q).all()
     if not rows:
         return []
