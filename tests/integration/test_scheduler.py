@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, text, update
+from tests.support import recording
 from tests.support.api_server import ApiServer, running
 
 from rotator.config import Settings
@@ -29,7 +30,7 @@ from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.store import normalize_url
 from rotator.store.schema import credential_claims, credentials, rotations, versions
 
-RUN_CLI = Path(__file__).resolve().parents[1] / "support" / "run_cli.py"
+RUN_CLI = Path(__file__).resolve().parents[1] / "support" / "run_cli_recording.py"
 ACCOUNT = "acme"
 ADMIN = "admin-token-0123456789abcdef"
 
@@ -95,8 +96,9 @@ def raw_engine(url: str) -> Engine:
 # ------------------------------------------------------------- exactly once across workers
 
 
-def http_settings(api: ApiServer) -> dict[str, str]:
+def http_settings(api: ApiServer, record: Path) -> dict[str, str]:
     return {
+        "record": str(record),  # every value created: one line "<pid> <credential>"
         "base_url": api.url,
         "allow_insecure_http": "true",  # the test API speaks plain HTTP on loopback
         "auth": "api/admin",
@@ -109,22 +111,24 @@ def http_settings(api: ApiServer) -> dict[str, str]:
     }
 
 
-def seed_http(settings: Settings, api: ApiServer, n: int) -> dict[str, str]:
-    """``n`` http credentials (first values known to the target), all due an hour ago."""
+def seed_http(settings: Settings, api: ApiServer, n: int, record: Path) -> dict[str, str]:
+    """``n`` http credentials (first values known to the target), all due an hour ago; the
+    values their rotations create are recorded in ``record``."""
+    recording.install()
     api.add_account(ACCOUNT, ADMIN)
     svc, created = BlockingService.init(settings)
     assert created
     first = {}
     try:
         svc.add_credential("api/admin", "local", value=ValueInput(value=Secret(ADMIN)))
-        cfg = http_settings(api)
+        cfg = http_settings(api, record)
         for i in range(n):
             name = f"svc/k{i:05d}"
             first[name] = f"first-key-{i:05d}-0123456789"
             api.add_key(ACCOUNT, first[name])
             svc.add_credential(
                 name,
-                "http",
+                "recording-http",
                 settings=cfg,
                 policy=PolicyInput(every="30d", grace="1h"),
                 value=ValueInput(value=Secret(first[name])),
@@ -136,7 +140,7 @@ def seed_http(settings: Settings, api: ApiServer, n: int) -> dict[str, str]:
         with raw.begin() as c:
             c.execute(
                 update(credentials)
-                .where(credentials.c.connector == "http")
+                .where(credentials.c.connector == "recording-http")
                 .values(next_rotation_at=datetime.now(UTC) - timedelta(hours=1))
             )
     finally:
@@ -179,15 +183,23 @@ def rotated_count(raw: Engine) -> int:
 
 
 def assert_each_rotated_exactly_once(
-    settings: Settings, api: ApiServer, first: dict[str, str]
+    settings: Settings,
+    api: ApiServer,
+    first: dict[str, str],
+    record: Path,
+    killed: int | None = None,
 ) -> None:
+    """Every credential rotated once: one new version in the store, one new value on the
+    target, one value created. Only the ``killed`` worker may have created a value that
+    was never stored (it died between create and the intent): then the one that resumed the
+    credential made the only value that counts."""
     raw = raw_engine(settings.db_url)
     try:
         with raw.connect() as c:
             vers = c.execute(
                 select(credentials.c.name, versions.c.number, versions.c.stage)
                 .join(credentials, credentials.c.id == versions.c.credential_id)
-                .where(credentials.c.connector == "http")
+                .where(credentials.c.connector == "recording-http")
             ).all()
             rots = c.execute(select(rotations.c.credential, rotations.c.step)).all()
             claims_left = c.execute(select(func.count()).select_from(credential_claims)).scalar()
@@ -221,6 +233,18 @@ def assert_each_rotated_exactly_once(
     assert distinct == {}, f"values created twice on the target: {list(distinct.items())[:3]}"
     assert {v for s in sets.values() for _, v in s} == {2}
 
+    # Values created: one per credential, by a live worker.
+    made: dict[str, list[int]] = defaultdict(list)
+    for pid, name in recording.creates(str(record)):
+        made[name].append(pid)
+    assert set(made) == set(first)
+    extra = {
+        n: pids
+        for n, pids in made.items()
+        if len([p for p in pids if p != killed]) != 1 or len(pids) > 2
+    }
+    assert extra == {}, f"values created twice: {list(extra.items())[:3]}"
+
     # The target agrees with the store: the CURRENT value is the one set, and it works there.
     svc = BlockingService.open(settings)
     try:
@@ -242,7 +266,7 @@ def test_three_workers_rotate_2000_due_credentials_each_exactly_once(
 ) -> None:
     settings = Settings(home=tmp_path / "home", db_url=pg_database)
     with running() as api:
-        first = seed_http(settings, api, N_EXACTLY_ONCE)
+        first = seed_http(settings, api, N_EXACTLY_ONCE, tmp_path / "creates.log")
         raw = raw_engine(pg_database)
         try:
             with workers(settings, 3, *WORKER_ARGS) as procs:
@@ -254,7 +278,7 @@ def test_three_workers_rotate_2000_due_credentials_each_exactly_once(
                 )
         finally:
             raw.dispose()
-        assert_each_rotated_exactly_once(settings, api, first)
+        assert_each_rotated_exactly_once(settings, api, first, tmp_path / "creates.log")
 
 
 @pytest.mark.postgres
@@ -263,7 +287,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_repeats_nothing(
 ) -> None:
     settings = Settings(home=tmp_path / "home", db_url=pg_database)
     with running(delay_s=0.005) as api:  # rotations stay in flight long enough to be cut
-        first = seed_http(settings, api, N_EXACTLY_ONCE)
+        first = seed_http(settings, api, N_EXACTLY_ONCE, tmp_path / "creates.log")
         raw = raw_engine(pg_database)
         try:
             with workers(settings, 3, *WORKER_ARGS) as procs:
@@ -318,7 +342,9 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_repeats_nothing(
                 assert not any(f":{victim.pid}:" in owner for _, owner in resumed)
         finally:
             raw.dispose()
-        assert_each_rotated_exactly_once(settings, api, first)
+        assert_each_rotated_exactly_once(
+            settings, api, first, tmp_path / "creates.log", killed=victim.pid
+        )
 
 
 # ------------------------------------------------------------------ one worker on SQLite

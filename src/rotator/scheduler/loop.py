@@ -32,7 +32,7 @@ from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
 
 FAILED_SCHEDULE_BACKOFF_S = 300
-COUNT_CAP = 1_000_000  # overdue credentials counted per tick, at most (sizes the catch-up)
+COUNT_CAP = 1_000_000  # overdue credentials counted to size a catch-up, at most
 LISTEN_RETRY_S = 1.0  # before reconnecting a lost LISTEN connection (the poll covers the gap)
 
 
@@ -137,7 +137,7 @@ class Scheduler:
         room = self.batch - len(self.held)
         now = self.rt.now()
         if room > 0:
-            overdue = await self.rt.read(partial(store_claims.count_due, now=now, cap=COUNT_CAP))
+            overdue = await self._overdue(now)
             n = min(room, self.pacer.allowance(now, overdue))
             if n > 0:
                 await self._claim(n, now)
@@ -152,6 +152,17 @@ class Scheduler:
             return wait  # full: a batch that ends wakes the loop
         nxt = self.pacer.next_start(now)
         return min(wait, 0.0 if nxt is None else (nxt - now).total_seconds())
+
+    async def _overdue(self, now: datetime) -> int:
+        """How many credentials are due, as far as pacing needs it: counted up to the burst
+        (is there more than the rate allows?) on every tick, and in full (up to COUNT_CAP)
+        only once when a catch-up begins, to size it. Counting every due row on every tick
+        would cost as much as the backlog is long."""
+        cap = int(self.pacer.burst) + 1
+        overdue = await self.rt.read(partial(store_claims.count_due, now=now, cap=cap))
+        if overdue >= cap and not self.pacer.catching_up:
+            overdue = await self.rt.read(partial(store_claims.count_due, now=now, cap=COUNT_CAP))
+        return overdue
 
     async def _claim(self, n: int, now: datetime) -> None:
         until = now + timedelta(seconds=self.lease_s)
