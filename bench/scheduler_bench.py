@@ -10,8 +10,8 @@ loop does each time it wakes to schedule: count the overdue work up to the rate'
 transaction (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, then the lease and the
 claim rows), and read the next due time and next revocation for its sleep. Measured at the
 small size, then again after the store has grown 10x (same 1% due): median and p95 ms per
-tick and the ratio large/small (goal: < 50 ms and flat). The rows a tick claimed are made due again after it (untimed), so
-every tick finds as much due work.
+tick and the ratio large/small (goal: < 50 ms and flat). The rows a tick claimed are made
+due again after it (untimed), so every tick finds as much due work.
 
 **RSS**: a real ``rotator worker`` runs for ``--worker-s`` seconds on the large store; its
 peak RSS (VmHWM) is read before it is stopped (goal < 300 MB). Its claims' rotations fail
