@@ -364,36 +364,44 @@ def lock_held(path: Path) -> bool:
     return False
 
 
+def listeners(raw: Engine) -> int:
+    """PostgreSQL sessions listening on rotator_work (one per running worker)."""
+    with raw.connect() as c:
+        return int(
+            c.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN rotator_work%'"
+                )
+            ).scalar_one()
+        )
+
+
 def test_a_second_worker_is_refused_on_sqlite_and_allowed_after_the_first_is_killed(
     settings: Settings,
 ) -> None:
     svc, _ = BlockingService.init(settings)
     svc.close()
-    sqlite = settings.db_url.startswith("sqlite")
+    if not settings.db_url.startswith("sqlite"):
+        # PostgreSQL: workers share the work; a second one runs next to the first.
+        raw = raw_engine(settings.db_url)
+        try:
+            with workers(settings, 2, "--poll", "0.5") as procs:
+                poll_until("both workers to run their loops", lambda: listeners(raw) == 2, 60)
+                assert all(p.poll() is None for p in procs)
+        finally:
+            raw.dispose()
+        return
+    lock = Path(settings.db_url.removeprefix("sqlite:///") + ".worker.lock")
     with workers(settings, 1, "--poll", "0.5") as (first,):
-        if sqlite:
-            lock = Path(settings.db_url.removeprefix("sqlite:///") + ".worker.lock")
-            poll_until("the first worker to hold its lock", lambda: lock_held(lock), 60, first)
-        second = (
-            subprocess.run(
-                [sys.executable, str(RUN_CLI), "worker", "--poll", "0.5"],
-                env=cli_env(settings),
-                capture_output=True,
-                text=True,
-                timeout=60 if sqlite else 8,
-                check=False,
-            )
-            if sqlite
-            else None
+        poll_until("the first worker to hold its lock", lambda: lock_held(lock), 60, first)
+        second = subprocess.run(
+            [sys.executable, str(RUN_CLI), "worker", "--poll", "0.5"],
+            env=cli_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
-        if not sqlite:
-            # PostgreSQL: workers share the work; a second one runs next to the first.
-            with workers(settings, 1, "--poll", "0.5") as (other,):
-                with pytest.raises(subprocess.TimeoutExpired):
-                    other.wait(timeout=3)
-                assert first.poll() is None
-            return
-        assert second is not None
         assert second.returncode == 2, second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1, second.stderr
@@ -404,6 +412,34 @@ def test_a_second_worker_is_refused_on_sqlite_and_allowed_after_the_first_is_kil
         with workers(settings, 1, "--poll", "0.5") as (again,):
             poll_until("a new worker to take the lock", lambda: lock_held(lock), 60, again)
             assert again.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-rate", "lots"], "--max-rate must look like 100/m"),
+        (["--max-rate", "0/m"], "--max-rate must look like 100/m"),
+        (["--catch-up-window", "soon"], "--catch-up-window"),
+        (["--batch", "0"], "--batch must be between 1 and"),
+    ],
+)
+def test_bad_worker_options_exit_2_with_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    home = tmp_path / "home"
+    r = subprocess.run(
+        [sys.executable, str(RUN_CLI), "worker", *args],
+        env={**os.environ, "ROTATOR_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert message in lines[0], r.stderr
+    assert not home.exists() or not any(home.iterdir())  # nothing stored
 
 
 # ------------------------------------------------------------------------ NOTIFY wake-ups
@@ -419,19 +455,7 @@ def test_notify_wakes_an_idle_worker_when_a_due_credential_is_added(
     raw = raw_engine(pg_database)
     try:
         with workers(settings, 1, "--poll", "600") as (worker,):
-
-            def listening() -> bool:
-                with raw.connect() as c:
-                    return bool(
-                        c.execute(
-                            text(
-                                "SELECT count(*) FROM pg_stat_activity "
-                                "WHERE query ILIKE 'LISTEN rotator_work%'"
-                            )
-                        ).scalar()
-                    )
-
-            poll_until("the worker to listen", listening, 60, worker)
+            poll_until("the worker to listen", lambda: listeners(raw) == 1, 60, worker)
             svc = BlockingService.open(settings)
             try:  # due in 2 s; the worker sleeps up to 600 s unless the insert's NOTIFY wakes it
                 svc.add_credential(
