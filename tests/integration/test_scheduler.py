@@ -514,3 +514,74 @@ def test_after_downtime_overdue_credentials_are_all_rotated_spread_over_the_wind
         # Never earlier than its slot (a slow machine only makes it later). The first start
         # may trail its claim a little; 0.2 s covers that.
         assert (t - t0).total_seconds() >= i * spacing - 0.2, (i, [str(s) for s in starts])
+
+
+# --------------------------------------------------------------------- claims in the store
+
+
+def test_claims_take_due_work_once_and_never_move_a_finished_rotations_time_back(
+    svc: BlockingService, raw_db: Engine
+) -> None:
+    from rotator.store import claims as store_claims
+    from rotator.store import credentials as store_creds
+
+    for name in ("app/a", "app/b", "app/c"):
+        svc.add_credential(
+            name, "local", policy=PolicyInput(every="1h"), value=ValueInput(generate=True)
+        )
+    now = datetime.now(UTC)
+    with raw_db.begin() as c:  # due 3, 2 and 1 minutes ago: a, b, c
+        for i, name in enumerate(("app/a", "app/b", "app/c")):
+            c.execute(
+                update(credentials)
+                .where(credentials.c.name == name)
+                .values(next_rotation_at=now - timedelta(minutes=3 - i))
+            )
+    db = svc.db
+    lease = now + timedelta(seconds=30)
+
+    def claim(worker: str, at: datetime, until: datetime, limit: int) -> list[str]:
+        with db.write() as conn:
+            got = store_claims.claim_due(
+                conn, worker=worker, now=at, lease_until=until, limit=limit
+            )
+        return [c.name for c in got]
+
+    def next_time(name: str) -> datetime:
+        with db.read() as conn:
+            t = conn.execute(
+                select(credentials.c.next_rotation_at).where(credentials.c.name == name)
+            ).scalar_one()
+        assert isinstance(t, datetime)
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+    assert claim("w1", now, lease, 2) == ["app/a", "app/b"]  # soonest first
+    assert claim("w2", now, lease, 10) == ["app/c"]  # claimed ones are not due any more
+    assert claim("w3", now, lease, 10) == []
+    with db.read() as conn:
+        ids = {n: i for n, i in conn.execute(select(credentials.c.name, credentials.c.id))}
+    # a's rotation finished: its next time is set; the heartbeat must not move it back.
+    finished_at = now + timedelta(days=30)
+    with db.write() as conn:
+        store_creds.update_credential(
+            conn, ids["app/a"], now=now, set_next_rotation=True, next_rotation_at=finished_at
+        )
+    later = now + timedelta(seconds=60)
+    with db.write() as conn:
+        kept = store_claims.extend(
+            conn, worker="w1", held={ids["app/a"]: lease, ids["app/b"]: lease}, until=later
+        )
+    assert kept == {ids["app/b"]}
+    assert next_time("app/a") == finished_at
+    assert next_time("app/b") == later
+    # b's rotation failed: released with a backoff, its time moves on, its claim row goes.
+    backoff = now + timedelta(minutes=5)
+    with db.write() as conn:
+        store_claims.release(
+            conn, worker="w1", ids=[ids["app/b"]], held={ids["app/b"]: later}, until=backoff
+        )
+    assert next_time("app/b") == backoff
+    # c's worker died: when its lease has run out, c is due again and another worker takes it.
+    assert claim("w3", now + timedelta(seconds=31), lease + timedelta(seconds=60), 10) == ["app/c"]
+    with db.read() as conn:
+        assert store_claims.claims_of(conn) == {ids["app/c"]: "w3"}
