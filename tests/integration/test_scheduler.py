@@ -48,17 +48,24 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
 def workers(
     settings: Settings, n: int, *args: str, lease_s: str = "4"
 ) -> Iterator[list[subprocess.Popen[str]]]:
-    """``n`` `rotator worker` processes (SIGTERM and reaped at the end, killed if stuck)."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(RUN_CLI), "worker", *args],
-            env=cli_env(settings, ROTATOR_LEASE_SECONDS=lease_s),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+    """``n`` `rotator worker` processes (SIGTERM and reaped at the end, killed if stuck).
+    Their stderr goes to files next to ROTATOR_HOME (a pipe nobody reads could fill up and
+    stall a worker); ``stderr_of`` reads it."""
+    procs = []
+    for _ in range(n):
+        log = (
+            settings.home.parent / f"worker-{len(list(settings.home.parent.glob('worker-*')))}.err"
         )
-        for _ in range(n)
-    ]
+        with log.open("w") as err:
+            p = subprocess.Popen(
+                [sys.executable, str(RUN_CLI), "worker", *args],
+                env=cli_env(settings, ROTATOR_LEASE_SECONDS=lease_s),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                text=True,
+            )
+        _LOGS[p.pid] = log
+        procs.append(p)
     try:
         yield procs
     finally:
@@ -71,21 +78,32 @@ def workers(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-            if p.stderr is not None:
-                p.stderr.close()
+
+
+_LOGS: dict[int, Path] = {}
+
+
+def stderr_of(p: subprocess.Popen[str]) -> str:
+    log = _LOGS.get(p.pid)
+    return log.read_text() if log is not None and log.exists() else ""
 
 
 def poll_until(
-    what: str, check: Callable[[], bool], timeout: float, *procs: subprocess.Popen[str]
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    *procs: subprocess.Popen[str],
+    state: Callable[[], object] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         for p in procs:
             if p.poll() is not None and p.returncode != -signal.SIGKILL:
-                err = p.stderr.read() if p.stderr else ""
-                pytest.fail(f"a worker exited with {p.returncode} before {what}: {err}")
+                pytest.fail(f"a worker exited with {p.returncode} before {what}: {stderr_of(p)}")
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
+            seen = "" if state is None else f" ({state()})"
+            errs = " | ".join(stderr_of(p)[-300:] for p in procs)
+            pytest.fail(f"timed out waiting for {what}{seen}; workers' stderr: {errs}")
         time.sleep(0.1)
 
 
@@ -169,6 +187,20 @@ def in_flight(raw: Engine) -> int:
 def claims(raw: Engine) -> int:
     with raw.connect() as c:
         return int(c.execute(select(func.count()).select_from(credential_claims)).scalar_one())
+
+
+def progress(raw: Engine) -> dict[str, object]:
+    """Where the rotations stand, for a timeout's message."""
+    with raw.connect() as c:
+        steps = dict(
+            c.execute(select(rotations.c.step, func.count()).group_by(rotations.c.step)).all()
+        )
+        errors = (
+            c.execute(select(rotations.c.error).where(rotations.c.error.is_not(None)).limit(3))
+            .scalars()
+            .all()
+        )
+    return {"rotated": rotated_count(raw), "steps": steps, "errors": errors}
 
 
 def rotated_count(raw: Engine) -> int:
@@ -258,6 +290,11 @@ def assert_each_rotated_exactly_once(
 
 
 N_EXACTLY_ONCE = 2000
+# Long enough that a worker's event loop, lagging on 2 shared cores under 3 workers, the test
+# API and PostgreSQL, still renews its rotations' leases in time (a rotation that cannot
+# renew fails, correctly, and is tried again only after the backoff); short enough that a
+# killed worker's claims lapse well within the test.
+LEASE_2000 = "10"
 WORKER_ARGS = ("--poll", "1", "--max-rate", "1000000/m", "--batch", "64", "--concurrency", "32")
 
 
@@ -270,12 +307,13 @@ def test_three_workers_rotate_2000_due_credentials_each_exactly_once(
         first = seed_http(settings, api, N_EXACTLY_ONCE, tmp_path / "creates.log")
         raw = raw_engine(pg_database)
         try:
-            with workers(settings, 3, *WORKER_ARGS) as procs:
+            with workers(settings, 3, *WORKER_ARGS, lease_s=LEASE_2000) as procs:
                 poll_until(
                     "every credential rotated",
                     lambda: rotated_count(raw) == N_EXACTLY_ONCE,
                     150,
                     *procs,
+                    state=lambda: progress(raw),
                 )
         finally:
             raw.dispose()
@@ -291,7 +329,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_repeats_nothing(
         first = seed_http(settings, api, N_EXACTLY_ONCE, tmp_path / "creates.log")
         raw = raw_engine(pg_database)
         try:
-            with workers(settings, 3, *WORKER_ARGS) as procs:
+            with workers(settings, 3, *WORKER_ARGS, lease_s=LEASE_2000) as procs:
                 victim = procs[0]
 
                 mine = f"%:{victim.pid}:%"
@@ -330,6 +368,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_repeats_nothing(
                     lambda: rotated_count(raw) == N_EXACTLY_ONCE,
                     150,
                     *procs[1:],
+                    state=lambda: progress(raw),
                 )
                 poll_until("no rotation left in flight", lambda: in_flight(raw) == 0, 60)
                 poll_until("the dead worker's claims to lapse", lambda: claims(raw) == 0, 60)
