@@ -1,21 +1,53 @@
 """The long-running loop of ``rotator worker``: resume dead rotations, revoke values whose
-grace ended, and rotate credentials whose ``next_rotation_at`` has come."""
+grace ended, and rotate credentials whose ``next_rotation_at`` has come.
+
+Several workers may share one PostgreSQL store. A worker claims due credentials (see
+``store.claims``: ``FOR UPDATE SKIP LOCKED`` under a lease) *before* the engine creates any
+value for them, so no two workers rotate the same credential; a heartbeat extends the claims
+of rotations under way. A claimed credential whose rotation is already in flight (its worker
+died mid-rotation) is not rotated again: the engine's recovery resumes that rotation from its
+rotation row once its lease runs out. The loop sleeps until the next due time (indexed), the
+pacing allows the next start (``scheduler.pacing``), or a ``NOTIFY rotator_work`` arrives
+(PostgreSQL: a dedicated ``LISTEN`` connection).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from sqlalchemy import Connection
 
 from rotator.engine import BatchResult, Engine, Outcome, RotationRequest, Trigger
+from rotator.errors import RotatorError
+from rotator.scheduler.pacing import DEFAULT_RATE, DEFAULT_WINDOW, Pacer, Rate
+from rotator.store import claims as store_claims
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
 
 FAILED_SCHEDULE_BACKOFF_S = 300
+COUNT_CAP = 1_000_000  # overdue credentials counted to size a catch-up, at most
+LISTEN_RETRY_S = 1.0  # before reconnecting a lost LISTEN connection (the poll covers the gap)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerOptions:
+    """``batch``: credentials claimed per tick and held at once (0: twice the engine's
+    concurrency). ``max_rate`` and ``catch_up_window``: see ``scheduler.pacing``.
+    ``lease_s``: how long a claim lasts without a heartbeat (None: the engine's lease).
+    ``listen``: on PostgreSQL, wake on ``NOTIFY rotator_work``."""
+
+    batch: int = 0
+    max_rate: Rate = DEFAULT_RATE
+    catch_up_window: timedelta = DEFAULT_WINDOW
+    lease_s: float | None = None
+    listen: bool = True
 
 
 async def run(
@@ -25,45 +57,239 @@ async def run(
     poll_s: float = 1.0,
     schedule: bool = True,
     on_batch: Callable[[BatchResult], None] | None = None,
+    options: SchedulerOptions | None = None,
 ) -> None:
     """Run until ``stop`` is set. Wakes at the next due time (indexed queries; it never scans
-    every credential) or after ``poll_s``. A scheduled rotation that fails is tried again
-    after FAILED_SCHEDULE_BACKOFF_S, not on every wake-up."""
-    rt = engine.runtime
-    while not stop.is_set():
-        await engine.recover()
-        await engine.process_revocations()
+    every credential), on a notification, or after ``poll_s``. A scheduled rotation that fails
+    is tried again after FAILED_SCHEDULE_BACKOFF_S, not on every wake-up. When ``stop`` is
+    set, rotations under way finish and their claims are released before it returns."""
+    await Scheduler(engine, options or SchedulerOptions(), on_batch).run(stop, poll_s, schedule)
+
+
+class Scheduler:
+    """One worker's scheduler over one engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        options: SchedulerOptions,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.rt = engine.runtime
+        self.opts = options
+        self.on_batch = on_batch
+        self.worker = self.rt.owner
+        self.lease_s = options.lease_s or self.rt.opts.lease_s
+        self.batch = options.batch or 2 * self.rt.opts.concurrency
+        self.pacer = Pacer(options.max_rate, options.catch_up_window)
+        self.held: dict[int, datetime] = {}  # credential id -> its claim's lease_until
+        self.claims_lock = asyncio.Lock()  # heartbeat vs. release: one sees the other's leases
+        self.wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._advance = _rollouts_hook()
+
+    async def run(self, stop: asyncio.Event, poll_s: float, schedule: bool) -> None:
+        helpers: list[asyncio.Task[None]] = []
         if schedule:
-            due = await rt.read(partial(store_creds.due_credentials, now=rt.now()))
-            if due:
-                result = await engine.rotate(
-                    [RotationRequest(name, tenant, Trigger.SCHEDULE) for tenant, name in due]
+            helpers.append(asyncio.create_task(self._heartbeat(), name="claims-heartbeat"))
+            if self.opts.listen and self.rt.kernel.db.dialect == "postgresql":
+                helpers.append(asyncio.create_task(self._listen(), name="listen-rotator-work"))
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                await self.engine.recover()
+                await self.engine.process_revocations()
+                if self._advance is not None:
+                    # HOOK (issue 9, rollouts): advance durable rollouts once per tick.
+                    await self._advance(self.engine, self.rt.now())
+                wait = poll_s
+                if schedule:
+                    wait = min(wait, await self._schedule())
+                else:
+                    wait = min(wait, await self._until(_next_revocation))
+                await self._sleep(stop, max(0.0, wait))
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            for t in helpers:
+                t.cancel()
+            for t in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _until(self, fn: Callable[[Connection], datetime | None]) -> float:
+        t = await self.rt.read(fn)
+        return float("inf") if t is None else (t - self.rt.now()).total_seconds()
+
+    # -- claims -------------------------------------------------------------------------------
+
+    async def _schedule(self) -> float:
+        """Claim what is due and may start, hand it to the engine; return how long to sleep."""
+        room = self.batch - len(self.held)
+        now = self.rt.now()
+        if room > 0:
+            overdue = await self._overdue(now)
+            n = min(room, self.pacer.allowance(now, overdue))
+            if n > 0:
+                await self._claim(n, now)
+        wait = await self._until(_next_revocation)
+        due = await self.rt.read(store_creds.next_due_time)
+        if due is None:
+            return wait
+        now = self.rt.now()
+        if due > now:
+            return min(wait, (due - now).total_seconds())
+        if len(self.held) >= self.batch:
+            return wait  # full: a batch that ends wakes the loop
+        nxt = self.pacer.next_start(now)
+        return min(wait, 0.0 if nxt is None else (nxt - now).total_seconds())
+
+    async def _overdue(self, now: datetime) -> int:
+        """How many credentials are due, as far as pacing needs it: counted up to the burst
+        (is there more than the rate allows?) on every tick, and in full (up to COUNT_CAP)
+        only once when a catch-up begins, to size it. Counting every due row on every tick
+        would cost as much as the backlog is long."""
+        cap = int(self.pacer.burst) + 1
+        overdue = await self.rt.read(partial(store_claims.count_due, now=now, cap=cap))
+        if overdue >= cap and not self.pacer.catching_up:
+            overdue = await self.rt.read(partial(store_claims.count_due, now=now, cap=COUNT_CAP))
+        return overdue
+
+    async def _claim(self, n: int, now: datetime) -> None:
+        until = now + timedelta(seconds=self.lease_s)
+        async with self.claims_lock:
+            claimed = await self.rt.writer.run(
+                partial(
+                    store_claims.claim_due,
+                    worker=self.worker,
+                    now=now,
+                    lease_until=until,
+                    limit=n,
                 )
-                failed = [r.name for r in result.results if r.outcome is not Outcome.ROTATED]
-                by_name = dict((n, t) for t, n in due)
-                if failed:
-                    later = rt.now() + timedelta(seconds=FAILED_SCHEDULE_BACKOFF_S)
-                    await rt.writer.run(
-                        partial(
-                            store_creds.postpone,
-                            names=[(by_name[n], n) for n in failed],
-                            until=later,
-                        )
+            )
+            for c in claimed:
+                self.held[c.credential_id] = until
+        # A rotation of it is in flight (its worker died mid-rotation, or `rotator rotate`
+        # runs it): never start a second one. Recovery resumes it once its lease runs out; if
+        # it ends without rotating, the credential is due again when this claim's lease ends.
+        joined = [c.credential_id for c in claimed if c.in_flight]
+        if joined:
+            await self._release(joined)
+        fresh = [c for c in claimed if not c.in_flight]
+        self.pacer.started(len(fresh), now)
+        by_tenant: dict[str, list[store_claims.Claim]] = {}
+        for c in fresh:
+            by_tenant.setdefault(c.tenant, []).append(c)
+        for group in by_tenant.values():
+            task = asyncio.create_task(self._rotate(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _rotate(self, claimed: list[store_claims.Claim]) -> None:
+        try:
+            await self._rotate_claimed(claimed)
+        finally:
+            # Whatever ended the batch (a defect included), no claim outlives it: a claim
+            # still held here would be extended by the heartbeat forever.
+            left = [c.credential_id for c in claimed if c.credential_id in self.held]
+            if left:
+                await asyncio.shield(self._release(left))
+            self.wake.set()  # room for more claims
+
+    async def _rotate_claimed(self, claimed: list[store_claims.Claim]) -> None:
+        ids = {c.name: c.credential_id for c in claimed}
+        try:
+            result = await self.engine.rotate(
+                [RotationRequest(c.name, c.tenant, Trigger.SCHEDULE) for c in claimed]
+            )
+        except RotatorError:
+            # The store failed under the batch: the credentials are due again when their
+            # claims' leases end (rotations it began are resumed by recovery).
+            await self._release(list(ids.values()))
+            return
+        failed = {ids[r.name] for r in result.results if r.outcome is not Outcome.ROTATED}
+        if failed:
+            later = self.rt.now() + timedelta(seconds=FAILED_SCHEDULE_BACKOFF_S)
+            await self._release(sorted(failed), until=later)
+        await self._release([i for i in ids.values() if i not in failed])
+        if self.on_batch is not None:
+            self.on_batch(result)
+
+    async def _release(self, ids: list[int], *, until: datetime | None = None) -> None:
+        if not ids:
+            return
+        async with self.claims_lock:
+            held = {i: self.held[i] for i in ids if i in self.held}
+            # A failed write leaves the claims to run out by themselves.
+            with contextlib.suppress(RotatorError):
+                await self.rt.writer.run(
+                    partial(
+                        store_claims.release, worker=self.worker, ids=ids, held=held, until=until
                     )
-                if on_batch is not None:
-                    on_batch(result)
-        nxt = await rt.read(_next_due)
-        wait = poll_s
-        if nxt is not None:
-            wait = max(0.0, min(poll_s, (nxt - rt.now()).total_seconds()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=wait)
+                )
+            for i in ids:
+                self.held.pop(i, None)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            async with self.claims_lock:
+                if not self.held:
+                    continue
+                until = self.rt.now() + timedelta(seconds=self.lease_s)
+                held = dict(self.held)
+                try:
+                    kept = await self.rt.writer.run(
+                        partial(store_claims.extend, worker=self.worker, held=held, until=until)
+                    )
+                except RotatorError:
+                    continue  # a missed beat: the next one tries again before the lease ends
+                for i in held:
+                    if i in kept:
+                        self.held[i] = until
+                    else:
+                        # Its rotation finished (and set its next time) or it was taken over.
+                        self.held.pop(i, None)
+
+    # -- wake-ups ------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Set ``wake`` on every ``NOTIFY rotator_work``, on a connection of its own
+        (reconnected when lost; the poll covers the gap)."""
+        import psycopg  # PostgreSQL only
+
+        url = self.rt.kernel.db.engine.url.set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {store_claims.WORK_CHANNEL}")
+                    self.wake.set()  # anything sent before LISTEN took effect was missed
+                    async for _ in conn.notifies():
+                        self.wake.set()
+            except (psycopg.Error, OSError):
+                await asyncio.sleep(LISTEN_RETRY_S)
 
 
-def _next_due(conn: Connection) -> datetime | None:
-    times = [
-        t
-        for t in (store_rot.next_revocation_due(conn), store_creds.next_due_time(conn))
-        if t is not None
-    ]
-    return min(times) if times else None
+def _next_revocation(conn: Connection) -> datetime | None:
+    return store_rot.next_revocation_due(conn)
+
+
+def _rollouts_hook() -> Callable[[Engine, datetime], Awaitable[Any]] | None:
+    """``rotator.scheduler.rollouts.advance`` (issue 9, staggered rollouts) when that module
+    is installed: the loop calls it once per tick."""
+    try:
+        mod = importlib.import_module("rotator.scheduler.rollouts")
+    except ModuleNotFoundError:
+        return None
+    fn: Callable[[Engine, datetime], Awaitable[Any]] | None = getattr(mod, "advance", None)
+    return fn

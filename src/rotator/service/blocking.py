@@ -21,6 +21,7 @@ from rotator.config import Settings
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
+from rotator.scheduler import SchedulerOptions
 from rotator.service import events, rollouts, rotation
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
@@ -151,15 +152,24 @@ class BlockingService:
         return self.service.clock()
 
     def serve(
-        self, *, poll_s: float = 5.0, on_batch: Callable[[BatchResult], None] | None = None
+        self,
+        *,
+        poll_s: float = 5.0,
+        on_batch: Callable[[BatchResult], None] | None = None,
+        options: SchedulerOptions | None = None,
     ) -> None:
-        """Run the scheduler loop until SIGINT or SIGTERM (call from the main thread)."""
+        """Run the scheduler loop until SIGINT or SIGTERM (call from the main thread); see
+        rotation.serve (a second worker on a SQLite store is refused)."""
         stop = self.run(_new_event())
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: self._loop.call_soon_threadsafe(stop.set))
         try:
-            self.run(rotation.serve(self.service, stop, poll_s=poll_s, on_batch=on_batch))
+            self.run(
+                rotation.serve(
+                    self.service, stop, poll_s=poll_s, on_batch=on_batch, options=options
+                )
+            )
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

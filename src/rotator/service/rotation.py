@@ -4,20 +4,22 @@ recover, and the scheduler loop of ``rotator worker``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rotator import scheduler
 from rotator.domain import names as names_mod
 from rotator.domain.model import Credential
+from rotator.domain.policy import parse_duration
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions, RotationRequest, RotationResult, Trigger
 from rotator.engine.types import StillValid
-from rotator.errors import InvalidInput, NotFound
+from rotator.errors import ConcurrentModification, InvalidInput, NotFound
 from rotator.service.credentials import RotatorService
 from rotator.store import rotations as store_rot
 
@@ -215,13 +217,63 @@ async def recover(svc: RotatorService) -> list[RotationResult]:
     return results
 
 
+WORKER_LOCK = "worker"
+
+
+def scheduler_options(
+    *,
+    catch_up_window: str | None = None,
+    max_rate: str | None = None,
+    batch: int | None = None,
+    listen: bool = True,
+) -> scheduler.SchedulerOptions:
+    """The worker's scheduler options from its command-line text; InvalidInput (one line)
+    naming a bad one. Defaults: a 1h catch-up window, 600/m (see rotator.scheduler.pacing)."""
+    kw: dict[str, Any] = {"listen": listen}
+    if catch_up_window is not None:
+        window = parse_duration(catch_up_window, "--catch-up-window")
+        if window.total_seconds() < 0:
+            raise InvalidInput("--catch-up-window must not be negative")
+        kw["catch_up_window"] = window
+    if max_rate is not None:
+        kw["max_rate"] = scheduler.parse_rate(max_rate)
+    if batch is not None:
+        if not 1 <= batch <= MAX_CONCURRENCY * 4:
+            raise InvalidInput(f"--batch must be between 1 and {MAX_CONCURRENCY * 4}")
+        kw["batch"] = batch
+    return scheduler.SchedulerOptions(**kw)
+
+
 async def serve(
     svc: RotatorService,
     stop: asyncio.Event,
     *,
     poll_s: float = 5.0,
     on_batch: Callable[[BatchResult], None] | None = None,
+    options: scheduler.SchedulerOptions | None = None,
 ) -> None:
     """Run the scheduler loop (rotator.scheduler.run) on the service's engine until ``stop``
-    is set."""
-    await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch)
+    is set. On SQLite one worker at a time: a second is refused (InvalidInput, one line) while
+    the first runs; the lock (``flock`` on ``<database>.worker.lock``) ends with its process,
+    also when it is killed. On PostgreSQL any number of workers share the work."""
+    with _single_worker(svc):
+        await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options)
+
+
+@contextlib.contextmanager
+def _single_worker(svc: RotatorService) -> Iterator[None]:
+    db = svc.db
+    if db.dialect != "sqlite":
+        yield
+        return
+    busy = (
+        "another rotator worker is running on this SQLite store "
+        f"({db.sqlite_path}); run one worker per SQLite store, or use PostgreSQL to run several"
+    )
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(db.exclusive_lock(WORKER_LOCK, busy))
+    except ConcurrentModification as exc:
+        raise InvalidInput(str(exc)) from None
+    with held:
+        yield

@@ -30,7 +30,9 @@ from sqlalchemy import (
 from rotator.domain.model import Credential, Stage, Version
 from rotator.domain.policy import RotationPolicy
 from rotator.errors import ConcurrentModification
+from rotator.store.claims import notify_work
 from rotator.store.schema import (
+    credential_claims,
     credential_locks,
     credential_tags,
     credentials,
@@ -438,6 +440,8 @@ def insert_credential(
     assert res.inserted_primary_key is not None
     cid = int(res.inserted_primary_key[0])
     _insert_tags(conn, cid, tags)
+    if next_rotation_at is not None:
+        notify_work(conn)  # new scheduled work: wake idle workers (at commit)
     return cid
 
 
@@ -474,6 +478,8 @@ def update_credential(
         values["policy"] = policy.to_json()
     if set_next_rotation:
         values["next_rotation_at"] = next_rotation_at
+        if next_rotation_at is not None:
+            notify_work(conn)  # its time moved: idle workers recompute their sleep
     if last_rotated_at is not None:
         values["last_rotated_at"] = last_rotated_at
     if use_count is not None:
@@ -492,7 +498,14 @@ def update_credential(
 
 def delete_credential(conn: Connection, credential_id: int) -> None:
     """Delete a credential with its tags and versions (ciphertexts are gone for good)."""
-    for table in (group_members, revocations, credential_locks, rotations, versions):
+    for table in (
+        group_members,
+        revocations,
+        credential_locks,
+        credential_claims,
+        rotations,
+        versions,
+    ):
         conn.execute(delete(table).where(table.c.credential_id == credential_id))
     conn.execute(delete(credential_tags).where(credential_tags.c.credential_id == credential_id))
     conn.execute(delete(credentials).where(credentials.c.id == credential_id))
@@ -740,6 +753,7 @@ def postpone(conn: Connection, names: list[tuple[str, str]], until: datetime) ->
             .where(credentials.c.tenant_id == tid, credentials.c.name == name)
             .values(next_rotation_at=until)
         )
+    notify_work(conn)
 
 
 def next_due_time(conn: Connection) -> datetime | None:

@@ -258,6 +258,25 @@ group_members = Table(
     Column("after", JSON, nullable=False),
 )
 
+# -- scheduler claims (migration 0008) ------------------------------------------------------
+
+# A credential claimed by a worker for a scheduled rotation. Claiming moves the credential's
+# next_rotation_at to ``lease_until`` (so no other worker finds it due) and records the claim
+# here; the claimer's heartbeat moves both on together, and only while next_rotation_at still
+# equals ``lease_until`` (a finished rotation has set its next time: the claim is over). A
+# worker that dies stops extending: at ``lease_until`` the credential is due again.
+credential_claims = Table(
+    "credential_claims",
+    metadata,
+    Column(
+        "credential_id", Integer, ForeignKey("credentials.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("worker", String(200), nullable=False),
+    Column("claimed_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime, nullable=False),
+    Index("ix_credential_claims_worker", "worker"),
+)
+
 # -- risk events (migration 0009) -----------------------------------------------------------
 
 # One row per reported risk event. ``selector`` is {"credential": NAME} or {"tags": {K: V}};

@@ -1,0 +1,626 @@
+"""The scheduler with real `rotator worker` processes: claims before any value is created
+(exactly once across workers, also when one is killed), one worker per SQLite store, NOTIFY
+wake-ups on PostgreSQL, and catch-up after downtime spread over a window.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, func, select, text, update
+from tests.support import recording
+from tests.support.api_server import ApiServer, running
+
+from rotator.config import Settings
+from rotator.domain.model import Stage
+from rotator.domain.secret import Secret
+from rotator.service import BlockingService, PolicyInput, ValueInput
+from rotator.store import normalize_url
+from rotator.store.schema import credential_claims, credentials, rotations, versions
+
+RUN_CLI = Path(__file__).resolve().parents[1] / "support" / "run_cli_recording.py"
+ACCOUNT = "acme"
+ADMIN = "admin-token-0123456789abcdef"
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ROTATOR_HOME": str(settings.home),
+        "ROTATOR_DB": settings.db_url,
+        **extra,
+    }
+
+
+@contextmanager
+def workers(
+    settings: Settings, n: int, *args: str, lease_s: str = "4"
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """``n`` `rotator worker` processes (SIGTERM and reaped at the end, killed if stuck).
+    Their stderr goes to files next to ROTATOR_HOME (a pipe nobody reads could fill up and
+    stall a worker); ``stderr_of`` reads it."""
+    procs = []
+    for _ in range(n):
+        log = (
+            settings.home.parent / f"worker-{len(list(settings.home.parent.glob('worker-*')))}.err"
+        )
+        with log.open("w") as err:
+            p = subprocess.Popen(
+                [sys.executable, str(RUN_CLI), "worker", *args],
+                env=cli_env(settings, ROTATOR_LEASE_SECONDS=lease_s),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                text=True,
+            )
+        _LOGS[p.pid] = log
+        procs.append(p)
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+_LOGS: dict[int, Path] = {}
+
+
+def stderr_of(p: subprocess.Popen[str]) -> str:
+    log = _LOGS.get(p.pid)
+    return log.read_text() if log is not None and log.exists() else ""
+
+
+def poll_until(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    *procs: subprocess.Popen[str],
+    state: Callable[[], object] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        for p in procs:
+            if p.poll() is not None and p.returncode != -signal.SIGKILL:
+                pytest.fail(f"a worker exited with {p.returncode} before {what}: {stderr_of(p)}")
+        if time.monotonic() > deadline:
+            seen = "" if state is None else f" ({state()})"
+            errs = " | ".join(stderr_of(p)[-300:] for p in procs)
+            pytest.fail(f"timed out waiting for {what}{seen}; workers' stderr: {errs}")
+        time.sleep(0.1)
+
+
+def raw_engine(url: str) -> Engine:
+    return create_engine(normalize_url(url))
+
+
+# ------------------------------------------------------------- exactly once across workers
+
+
+def http_settings(api: ApiServer, record: Path) -> dict[str, str]:
+    return {
+        "record": str(record),  # every value created: one line "<pid> <credential>"
+        "base_url": api.url,
+        "allow_insecure_http": "true",  # the test API speaks plain HTTP on loopback
+        "auth": "api/admin",
+        "set_path": "/keys",
+        # The target records every set with the credential and the version it is for.
+        "set_body": '{"key": "$value", "label": "$credential", "version": "$version"}',
+        "test_path": "/whoami",
+        "revoke_path": "/keys/$value",
+        "timeout_s": "10",
+    }
+
+
+def seed_http(settings: Settings, api: ApiServer, n: int, record: Path) -> dict[str, str]:
+    """``n`` http credentials (first values known to the target), all due an hour ago; the
+    values their rotations create are recorded in ``record``."""
+    recording.install()
+    api.add_account(ACCOUNT, ADMIN)
+    svc, created = BlockingService.init(settings)
+    assert created
+    first = {}
+    try:
+        svc.add_credential("api/admin", "local", value=ValueInput(value=Secret(ADMIN)))
+        cfg = http_settings(api, record)
+        for i in range(n):
+            name = f"svc/k{i:05d}"
+            first[name] = f"first-key-{i:05d}-0123456789"
+            api.add_key(ACCOUNT, first[name])
+            svc.add_credential(
+                name,
+                "recording-http",
+                settings=cfg,
+                policy=PolicyInput(every="30d", grace="1h"),
+                value=ValueInput(value=Secret(first[name])),
+            )
+    finally:
+        svc.close()
+    raw = raw_engine(settings.db_url)
+    try:
+        with raw.begin() as c:
+            c.execute(
+                update(credentials)
+                .where(credentials.c.connector == "recording-http")
+                .values(next_rotation_at=datetime.now(UTC) - timedelta(hours=1))
+            )
+    finally:
+        raw.dispose()
+    return first
+
+
+def finished(raw: Engine) -> int:
+    with raw.connect() as c:
+        return int(
+            c.execute(
+                select(func.count()).select_from(rotations).where(rotations.c.step == "finished")
+            ).scalar_one()
+        )
+
+
+def in_flight(raw: Engine) -> int:
+    with raw.connect() as c:
+        return int(
+            c.execute(
+                select(func.count()).select_from(rotations).where(rotations.c.step != "finished")
+            ).scalar_one()
+        )
+
+
+def claims(raw: Engine) -> int:
+    with raw.connect() as c:
+        return int(c.execute(select(func.count()).select_from(credential_claims)).scalar_one())
+
+
+def progress(raw: Engine) -> dict[str, object]:
+    """Where the rotations stand, for a timeout's message."""
+    with raw.connect() as c:
+        steps = dict(
+            c.execute(select(rotations.c.step, func.count()).group_by(rotations.c.step)).all()
+        )
+        errors = (
+            c.execute(select(rotations.c.error).where(rotations.c.error.is_not(None)).limit(3))
+            .scalars()
+            .all()
+        )
+    return {"rotated": rotated_count(raw), "steps": steps, "errors": errors}
+
+
+def rotated_count(raw: Engine) -> int:
+    with raw.connect() as c:
+        return int(
+            c.execute(
+                select(func.count())
+                .select_from(versions)
+                .where(versions.c.number == 2, versions.c.stage == Stage.CURRENT.value)
+            ).scalar_one()
+        )
+
+
+def assert_each_rotated_exactly_once(
+    settings: Settings,
+    api: ApiServer,
+    first: dict[str, str],
+    record: Path,
+    killed: int | None = None,
+) -> None:
+    """Every credential rotated once: one new version in the store, one new value on the
+    target, one value created. Only the ``killed`` worker may have created a value that
+    was never stored (it died between create and the intent): then the one that resumed the
+    credential made the only value that counts."""
+    raw = raw_engine(settings.db_url)
+    try:
+        with raw.connect() as c:
+            vers = c.execute(
+                select(credentials.c.name, versions.c.number, versions.c.stage)
+                .join(credentials, credentials.c.id == versions.c.credential_id)
+                .where(credentials.c.connector == "recording-http")
+            ).all()
+            rots = c.execute(select(rotations.c.credential, rotations.c.step)).all()
+            claims_left = c.execute(select(func.count()).select_from(credential_claims)).scalar()
+    finally:
+        raw.dispose()
+    by_cred: dict[str, dict[int, str]] = defaultdict(dict)
+    for name, number, stage in vers:
+        by_cred[name][number] = stage
+    assert set(by_cred) == set(first)
+    twice = {n: s for n, s in by_cred.items() if s != {1: "PREVIOUS", 2: "CURRENT"}}
+    assert not twice, (
+        f"{len(twice)} credential(s) not rotated exactly once: {list(twice.items())[:3]}"
+    )
+    rot_by_cred: dict[str, list[str]] = defaultdict(list)
+    for name, step in rots:
+        rot_by_cred[name].append(step)
+    assert {n: s for n, s in rot_by_cred.items() if s != ["finished"]} == {}
+    assert set(rot_by_cred) == set(first)
+    assert claims_left == 0
+
+    # The target: one new value per credential, for version 2. The same value may be sent
+    # twice (a step retried after a transient error, or resumed after a kill: idempotent,
+    # 409 "already added"); a second value would be another key.
+    sets: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for r in api.requests:
+        if r.method == "POST" and r.path == "/keys" and r.status in (201, 409):
+            body = json.loads(r.body)
+            sets[body["label"]].append((body["key"], body["version"]))
+    assert set(sets) == set(first)
+    distinct = {n: set(s) for n, s in sets.items() if len(set(s)) != 1}
+    assert distinct == {}, f"values created twice on the target: {list(distinct.items())[:3]}"
+    assert {v for s in sets.values() for _, v in s} == {2}
+
+    # Values created: one per credential, by a live worker.
+    made: dict[str, list[int]] = defaultdict(list)
+    for pid, name in recording.creates(str(record)):
+        made[name].append(pid)
+    assert set(made) == set(first)
+    extra = {
+        n: pids
+        for n, pids in made.items()
+        # Two only when the killed worker made the first and died before storing it.
+        if not (len(pids) == 1 or (len(pids) == 2 and pids[0] == killed != pids[1]))
+    }
+    assert extra == {}, f"values created twice: {list(extra.items())[:3]}"
+
+    # The target agrees with the store: the CURRENT value is the one set, and it works there.
+    svc = BlockingService.open(settings)
+    try:
+        for name in first:
+            current = svc.get_value(name).reveal_text()
+            assert current == sets[name][0][0], f"{name}: store and target disagree"
+            assert current in api.keys[ACCOUNT]
+    finally:
+        svc.close()
+
+
+N_EXACTLY_ONCE = 2000
+# Long enough that a worker's event loop, lagging on 2 shared cores under 3 workers, the test
+# API and PostgreSQL, still renews its rotations' leases in time (a rotation that cannot
+# renew fails, correctly, and is tried again only after the backoff); short enough that a
+# killed worker's claims lapse well within the test.
+LEASE_2000 = "10"
+WORKER_ARGS = ("--poll", "1", "--max-rate", "1000000/m", "--batch", "64", "--concurrency", "32")
+
+
+@pytest.mark.postgres
+def test_three_workers_rotate_2000_due_credentials_each_exactly_once(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = Settings(home=tmp_path / "home", db_url=pg_database)
+    with running() as api:
+        first = seed_http(settings, api, N_EXACTLY_ONCE, tmp_path / "creates.log")
+        raw = raw_engine(pg_database)
+        try:
+            with workers(settings, 3, *WORKER_ARGS, lease_s=LEASE_2000) as procs:
+                poll_until(
+                    "every credential rotated",
+                    lambda: rotated_count(raw) == N_EXACTLY_ONCE,
+                    150,
+                    *procs,
+                    state=lambda: progress(raw),
+                )
+        finally:
+            raw.dispose()
+        assert_each_rotated_exactly_once(settings, api, first, tmp_path / "creates.log")
+
+
+@pytest.mark.postgres
+def test_a_worker_killed_mid_batch_loses_nothing_and_repeats_nothing(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = Settings(home=tmp_path / "home", db_url=pg_database)
+    with running(delay_s=0.005) as api:  # rotations stay in flight long enough to be cut
+        first = seed_http(settings, api, N_EXACTLY_ONCE, tmp_path / "creates.log")
+        raw = raw_engine(pg_database)
+        try:
+            with workers(settings, 3, *WORKER_ARGS, lease_s=LEASE_2000) as procs:
+                victim = procs[0]
+
+                mine = f"%:{victim.pid}:%"
+
+                def victim_orphans() -> list[str]:
+                    with raw.connect() as c:
+                        return list(
+                            c.execute(
+                                select(rotations.c.id).where(
+                                    rotations.c.owner.like(mine), rotations.c.step != "finished"
+                                )
+                            ).scalars()
+                        )
+
+                def victim_mid_batch() -> bool:
+                    with raw.connect() as c:
+                        claims = c.execute(
+                            select(func.count())
+                            .select_from(credential_claims)
+                            .where(credential_claims.c.worker.like(mine))
+                        ).scalar_one()
+                    return (
+                        claims > 0
+                        and rotated_count(raw) >= N_EXACTLY_ONCE // 10
+                        and bool(victim_orphans())
+                    )
+
+                poll_until("the first worker to be mid-batch", victim_mid_batch, 120, *procs)
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(timeout=30)
+                orphans = victim_orphans()  # rotations it had begun and not finished
+                assert orphans, "killed between two rotations: nothing in flight to resume"
+                assert rotated_count(raw) < N_EXACTLY_ONCE, "killed too late to show anything"
+                poll_until(
+                    "every credential rotated after the kill",
+                    lambda: rotated_count(raw) == N_EXACTLY_ONCE,
+                    150,
+                    *procs[1:],
+                    state=lambda: progress(raw),
+                )
+                poll_until("no rotation left in flight", lambda: in_flight(raw) == 0, 60)
+                poll_until("the dead worker's claims to lapse", lambda: claims(raw) == 0, 60)
+                with raw.connect() as c:  # resumed by the others from their rows, not redone
+                    resumed = c.execute(
+                        select(rotations.c.step, rotations.c.owner).where(
+                            rotations.c.id.in_(orphans)
+                        )
+                    ).all()
+                assert {step for step, _ in resumed} == {"finished"}
+                assert not any(f":{victim.pid}:" in owner for _, owner in resumed)
+        finally:
+            raw.dispose()
+        assert_each_rotated_exactly_once(
+            settings, api, first, tmp_path / "creates.log", killed=victim.pid
+        )
+
+
+# ------------------------------------------------------------------ one worker on SQLite
+
+
+def lock_held(path: Path) -> bool:
+    """Whether another process holds the worker lock file (flock)."""
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def listeners(raw: Engine) -> int:
+    """PostgreSQL sessions listening on rotator_work (one per running worker)."""
+    with raw.connect() as c:
+        return int(
+            c.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN rotator_work%'"
+                )
+            ).scalar_one()
+        )
+
+
+def test_a_second_worker_is_refused_on_sqlite_and_allowed_after_the_first_is_killed(
+    settings: Settings,
+) -> None:
+    svc, _ = BlockingService.init(settings)
+    svc.close()
+    if not settings.db_url.startswith("sqlite"):
+        # PostgreSQL: workers share the work; a second one runs next to the first.
+        raw = raw_engine(settings.db_url)
+        try:
+            with workers(settings, 2, "--poll", "0.5") as procs:
+                poll_until("both workers to run their loops", lambda: listeners(raw) == 2, 60)
+                assert all(p.poll() is None for p in procs)
+        finally:
+            raw.dispose()
+        return
+    lock = Path(settings.db_url.removeprefix("sqlite:///") + ".worker.lock")
+    with workers(settings, 1, "--poll", "0.5") as (first,):
+        poll_until("the first worker to hold its lock", lambda: lock_held(lock), 60, first)
+        second = subprocess.run(
+            [sys.executable, str(RUN_CLI), "worker", "--poll", "0.5"],
+            env=cli_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1, second.stderr
+        assert "another rotator worker is running on this SQLite store" in lines[0]
+        assert "Traceback" not in second.stderr
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        with workers(settings, 1, "--poll", "0.5") as (again,):
+            poll_until("a new worker to take the lock", lambda: lock_held(lock), 60, again)
+            assert again.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-rate", "lots"], "--max-rate must look like 100/m"),
+        (["--max-rate", "0/m"], "--max-rate must look like 100/m"),
+        (["--catch-up-window", "soon"], "--catch-up-window"),
+        (["--batch", "0"], "--batch must be between 1 and"),
+    ],
+)
+def test_bad_worker_options_exit_2_with_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    home = tmp_path / "home"
+    r = subprocess.run(
+        [sys.executable, str(RUN_CLI), "worker", *args],
+        env={**os.environ, "ROTATOR_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert message in lines[0], r.stderr
+    assert not home.exists() or not any(home.iterdir())  # nothing stored
+
+
+# ------------------------------------------------------------------------ NOTIFY wake-ups
+
+
+@pytest.mark.postgres
+def test_notify_wakes_an_idle_worker_when_a_due_credential_is_added(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = Settings(home=tmp_path / "home", db_url=pg_database)
+    svc, _ = BlockingService.init(settings)
+    svc.close()
+    raw = raw_engine(pg_database)
+    try:
+        with workers(settings, 1, "--poll", "600") as (worker,):
+            poll_until("the worker to listen", lambda: listeners(raw) == 1, 60, worker)
+            svc = BlockingService.open(settings)
+            try:  # due in 2 s; the worker sleeps up to 600 s unless the insert's NOTIFY wakes it
+                svc.add_credential(
+                    "app/token",
+                    "local",
+                    policy=PolicyInput(every="2s"),
+                    value=ValueInput(generate=True),
+                )
+            finally:
+                svc.close()
+            poll_until("the idle worker to rotate it", lambda: finished(raw) >= 1, 30, worker)
+    finally:
+        raw.dispose()
+
+
+# ---------------------------------------------------------------------------- catch-up
+
+
+def test_after_downtime_overdue_credentials_are_all_rotated_spread_over_the_window(
+    settings: Settings,
+) -> None:
+    n = 12
+    svc, _ = BlockingService.init(settings)
+    try:
+        for i in range(n):
+            svc.add_credential(
+                f"app/c{i:02d}",
+                "local",
+                policy=PolicyInput(every="1h"),
+                value=ValueInput(generate=True),
+            )
+    finally:
+        svc.close()
+    raw = raw_engine(settings.db_url)
+    try:
+        with raw.begin() as c:  # the service was down for three intervals
+            c.execute(
+                update(credentials).values(next_rotation_at=datetime.now(UTC) - timedelta(hours=3))
+            )
+        # 12 overdue, more than the rate's burst of 10: spread over 3 s, one every 0.25 s.
+        with workers(
+            settings, 1, "--poll", "1", "--catch-up-window", "3s", "--max-rate", "10/s"
+        ) as procs:
+            poll_until(
+                "every overdue credential rotated", lambda: rotated_count(raw) == n, 60, *procs
+            )
+        with raw.connect() as c:
+            starts = sorted(c.execute(select(rotations.c.created_at)).scalars())
+    finally:
+        raw.dispose()
+    assert len(starts) == n
+    spacing = 3.0 / n
+    t0 = starts[0]
+    for i, t in enumerate(starts):
+        # Never earlier than its slot (a slow machine only makes it later). The first start
+        # may trail its claim a little; 0.2 s covers that.
+        assert (t - t0).total_seconds() >= i * spacing - 0.2, (i, [str(s) for s in starts])
+
+
+# --------------------------------------------------------------------- claims in the store
+
+
+def test_claims_take_due_work_once_and_never_move_a_finished_rotations_time_back(
+    svc: BlockingService, raw_db: Engine
+) -> None:
+    from rotator.store import claims as store_claims
+    from rotator.store import credentials as store_creds
+
+    for name in ("app/a", "app/b", "app/c"):
+        svc.add_credential(
+            name, "local", policy=PolicyInput(every="1h"), value=ValueInput(generate=True)
+        )
+    now = datetime.now(UTC)
+    with raw_db.begin() as c:  # due 3, 2 and 1 minutes ago: a, b, c
+        for i, name in enumerate(("app/a", "app/b", "app/c")):
+            c.execute(
+                update(credentials)
+                .where(credentials.c.name == name)
+                .values(next_rotation_at=now - timedelta(minutes=3 - i))
+            )
+    db = svc.db
+    lease = now + timedelta(seconds=30)
+
+    def claim(worker: str, at: datetime, until: datetime, limit: int) -> list[str]:
+        with db.write() as conn:
+            got = store_claims.claim_due(
+                conn, worker=worker, now=at, lease_until=until, limit=limit
+            )
+        return [c.name for c in got]
+
+    def next_time(name: str) -> datetime:
+        with db.read() as conn:
+            t = conn.execute(
+                select(credentials.c.next_rotation_at).where(credentials.c.name == name)
+            ).scalar_one()
+        assert isinstance(t, datetime)
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+    assert claim("w1", now, lease, 2) == ["app/a", "app/b"]  # soonest first
+    assert claim("w2", now, lease, 10) == ["app/c"]  # claimed ones are not due any more
+    assert claim("w3", now, lease, 10) == []
+    with db.read() as conn:
+        ids = {n: i for n, i in conn.execute(select(credentials.c.name, credentials.c.id))}
+    # a's rotation finished: its next time is set; the heartbeat must not move it back.
+    finished_at = now + timedelta(days=30)
+    with db.write() as conn:
+        store_creds.update_credential(
+            conn, ids["app/a"], now=now, set_next_rotation=True, next_rotation_at=finished_at
+        )
+    later = now + timedelta(seconds=60)
+    with db.write() as conn:
+        kept = store_claims.extend(
+            conn, worker="w1", held={ids["app/a"]: lease, ids["app/b"]: lease}, until=later
+        )
+    assert kept == {ids["app/b"]}
+    assert next_time("app/a") == finished_at
+    assert next_time("app/b") == later
+    # b's rotation failed: released with a backoff, its time moves on, its claim row goes.
+    backoff = now + timedelta(minutes=5)
+    with db.write() as conn:
+        store_claims.release(
+            conn, worker="w1", ids=[ids["app/b"]], held={ids["app/b"]: later}, until=backoff
+        )
+    assert next_time("app/b") == backoff
+    # c's worker died: when its lease has run out, c is due again and another worker takes it.
+    assert claim("w3", now + timedelta(seconds=31), lease + timedelta(seconds=60), 10) == ["app/c"]
+    with db.read() as conn:
+        assert store_claims.claims_of(conn) == {ids["app/c"]: "w3"}
