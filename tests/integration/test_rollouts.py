@@ -436,3 +436,36 @@ def test_ctrl_c_during_a_foreground_rollout_keeps_it_and_resume_finishes_it(
     assert keys_added(api) == Counter({n: 1 for n in names}), "no value created twice"
     for n in names:  # each rotated at most once: at most one new version
         assert max(versions(svc, n)) <= 2
+
+
+def test_a_running_worker_advances_a_detached_rollout_to_the_end(
+    svc: BlockingService, api: ApiServer, settings: Settings
+) -> None:
+    names = add_fleet(svc, api, 6)
+    env = cli_env(settings)
+    created = cli(
+        ["rotate", "--tag", "env=prod", "--stagger", "3s", "--max-rate", "600/m", "--detach",
+         "--json"],
+        env,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    rollout_id = json.loads(created.stdout)["id"]
+    assert keys_added(api) == Counter(), "--detach rotates nothing itself"
+    worker = subprocess.Popen(
+        [str(CLI), "worker", "--poll", "0.5"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: svc.rollout_status(rollout_id).status == "done", "rollout done")
+    finally:
+        worker.send_signal(signal.SIGINT)
+        _, err = worker.communicate(timeout=30)
+    assert "Traceback" not in err
+    final = svc.rollout_status(rollout_id)
+    assert final.counts["rotated"] == 6, final
+    assert keys_added(api) == Counter({n: 1 for n in names})
+    for n in names:
+        assert versions(svc, n) == {1: Stage.PREVIOUS, 2: Stage.CURRENT}

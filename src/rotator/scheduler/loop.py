@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
 
 from sqlalchemy import Connection
 
 from rotator.engine import BatchResult, Engine, Outcome, RotationRequest, Trigger
 from rotator.errors import RotatorError
+from rotator.scheduler import rollouts
 from rotator.scheduler.pacing import DEFAULT_RATE, DEFAULT_WINDOW, Pacer, Rate
 from rotator.store import claims as store_claims
 from rotator.store import credentials as store_creds
@@ -87,7 +86,7 @@ class Scheduler:
         self.claims_lock = asyncio.Lock()  # heartbeat vs. release: one sees the other's leases
         self.wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._advance = _rollouts_hook()
+        self._rollouts: asyncio.Task[int] | None = None
 
     async def run(self, stop: asyncio.Event, poll_s: float, schedule: bool) -> None:
         helpers: list[asyncio.Task[None]] = []
@@ -100,16 +99,16 @@ class Scheduler:
                 self.wake.clear()
                 await self.engine.recover()
                 await self.engine.process_revocations()
-                if self._advance is not None:
-                    # HOOK (issue 9, rollouts): advance durable rollouts once per tick.
-                    await self._advance(self.engine, self.rt.now())
-                wait = poll_s
+                self._advance_rollouts()
+                wait = min(poll_s, await self._rollouts_wait())
                 if schedule:
                     wait = min(wait, await self._schedule())
                 else:
                     wait = min(wait, await self._until(_next_revocation))
                 await self._sleep(stop, max(0.0, wait))
         finally:
+            if self._rollouts is not None:
+                await asyncio.gather(self._rollouts, return_exceptions=True)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             for t in helpers:
@@ -117,6 +116,29 @@ class Scheduler:
             for t in helpers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+
+    def _advance_rollouts(self) -> None:
+        """Start durable rollouts' due items (``scheduler.rollouts.advance``) in a task of
+        their own, one at a time: it waits for its rotations, and the schedule must not wait
+        with it. The task's end wakes the loop for the next items."""
+        if self._rollouts is not None and not self._rollouts.done():
+            return
+        task = asyncio.create_task(rollouts.advance(self.engine, self.rt.now()))
+        task.add_done_callback(self._rollouts_done)
+        self._rollouts = task
+
+    def _rollouts_done(self, task: asyncio.Task[int]) -> None:
+        # A failed pass (the store unavailable) is tried again at the next tick; its items'
+        # claims run out by themselves. Retrieved here so asyncio does not report it as lost.
+        if not task.cancelled():
+            task.exception()
+        self.wake.set()
+
+    async def _rollouts_wait(self) -> float:
+        if self._rollouts is not None and not self._rollouts.done():
+            return float("inf")  # its end wakes the loop
+        nxt = await rollouts.next_due(self.engine)
+        return float("inf") if nxt is None else (nxt - self.rt.now()).total_seconds()
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
@@ -282,14 +304,3 @@ class Scheduler:
 
 def _next_revocation(conn: Connection) -> datetime | None:
     return store_rot.next_revocation_due(conn)
-
-
-def _rollouts_hook() -> Callable[[Engine, datetime], Awaitable[Any]] | None:
-    """``rotator.scheduler.rollouts.advance`` (issue 9, staggered rollouts) when that module
-    is installed: the loop calls it once per tick."""
-    try:
-        mod = importlib.import_module("rotator.scheduler.rollouts")
-    except ModuleNotFoundError:
-        return None
-    fn: Callable[[Engine, datetime], Awaitable[Any]] | None = getattr(mod, "advance", None)
-    return fn
