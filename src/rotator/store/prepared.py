@@ -1,0 +1,169 @@
+"""Hot statements run at driver level: a Core statement compiled once per dialect.
+
+SQLAlchemy Core costs several times the driver's own time per statement (compiling from its
+cache key, building parameters, events, result metadata). The statements the engine runs for
+every rotation and every value read are therefore wrapped in :class:`Prepared`: the Core
+statement stays the one definition of the SQL (schema.py the source of truth), is compiled
+once per dialect, and is then sent with ``Connection.exec_driver_sql`` with its parameters
+converted exactly as Core converts them: the same bind processors (UTCDateTime, JSON, the
+dialect's own DateTime/Boolean handling) are applied to the values, and the same result
+processors to the rows read. So rows written here read back identically through Core, and the
+values MAC'd (stage maps, audit entries) are byte-identical either way.
+
+``exec_driver_sql`` keeps SQLAlchemy's transaction, its ``before_cursor_execute`` events
+(statement counts) and its error wrapping (``Database.translate_error`` still applies).
+
+Not supported (a TypeError when the statement is first compiled): expanding ``IN`` parameters
+(their SQL depends on the values); such statements stay on the Core path.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, CursorResult, Executable
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+_Processor = Callable[[Any], Any] | None
+_REQUIRED = object()  # a parameter the caller must give (no value in the statement)
+
+
+@dataclass
+class _Plan:
+    """One statement compiled for one dialect, and how to convert its values."""
+
+    sql: str
+    positional: bool
+    # (rendered name, bind processor, _REQUIRED or the constant's processed value), in the
+    # order the positional paramstyle needs them (named: each name once).
+    slots: tuple[tuple[str, _Processor, Any], ...]
+    results: tuple[_Processor, ...]
+    convert_results: bool
+    row_type: Any = None  # the named tuple of a row, made from the first result's keys
+
+    @classmethod
+    def build(cls, stmt: ClauseElement, dialect: Dialect, keys: Sequence[str] | None) -> _Plan:
+        # for_executemany: an INSERT gets no implicit RETURNING of its primary key (nothing
+        # here reads it); explicit RETURNING clauses are kept.
+        compiled = stmt.compile(
+            dialect=dialect,
+            column_keys=list(keys) if keys else None,
+            for_executemany=bool(getattr(stmt, "is_insert", False)),
+        )
+        assert isinstance(compiled, SQLCompiler)
+        by_name = {name: bp for bp, name in compiled.bind_names.items()}
+        if compiled.escaped_bind_names:
+            raise TypeError(f"bind names that need escaping are not supported: {compiled}")
+        if compiled.positional:
+            assert compiled.positiontup is not None
+            names: Sequence[str] = compiled.positiontup
+        else:
+            names = list(dict.fromkeys(compiled.bind_names.values()))
+        slots = []
+        for name in names:
+            bp = by_name[name]
+            if bp.expanding:
+                raise TypeError(f"expanding parameter {name!r} cannot be prepared: {compiled}")
+            proc = bp.type.dialect_impl(dialect).bind_processor(dialect)
+            if bp.required or (bp.value is None and bp.callable is None):
+                slots.append((name, proc, _REQUIRED))
+            else:  # a literal of the statement (e.g. a stage name): converted once
+                value = bp.effective_value
+                slots.append((name, None, proc(value) if proc is not None else value))
+        columns = getattr(stmt, "exported_columns", ())
+        results = tuple(
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+        )
+        return cls(
+            sql=compiled.string,
+            positional=bool(compiled.positional),
+            slots=tuple(slots),
+            results=results,
+            convert_results=any(p is not None for p in results),
+        )
+
+    def params(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        out = []
+        for name, proc, const in self.slots:
+            if const is _REQUIRED:
+                v = values[name]  # a KeyError names a parameter the caller did not give
+                out.append(v if proc is None else proc(v))
+            else:
+                out.append(const)
+        if self.positional:
+            return tuple(out)
+        return {s[0]: v for s, v in zip(self.slots, out, strict=True)}
+
+
+class Prepared:
+    """A Core statement run at driver level; see the module docstring.
+
+    ``keys``: for an INSERT or UPDATE whose values come with the parameters, the columns
+    (and other parameter names) every call gives; with ``dynamic=True`` they are taken from
+    each call's parameters instead (one compiled form per distinct set of keys).
+    """
+
+    __slots__ = ("_dynamic", "_keys", "_plans", "stmt")
+
+    def __init__(
+        self, stmt: Executable, *, keys: Sequence[str] | None = None, dynamic: bool = False
+    ) -> None:
+        self.stmt = stmt
+        self._keys = tuple(keys) if keys is not None else None
+        self._dynamic = dynamic
+        self._plans: dict[Any, _Plan] = {}
+
+    def _plan(self, conn: Connection, params: Mapping[str, Any] | None) -> _Plan:
+        dialect = conn.dialect
+        keys = tuple(sorted(params)) if self._dynamic and params is not None else self._keys
+        cache_key = (dialect.name, dialect.driver, keys)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            assert isinstance(self.stmt, ClauseElement)
+            plan = self._plans[cache_key] = _Plan.build(self.stmt, dialect, keys)
+        return plan
+
+    def execute(
+        self, conn: Connection, params: Mapping[str, Any] | None = None
+    ) -> CursorResult[Any]:
+        """Run the statement once; the raw result (rowcount; rows unconverted)."""
+        plan = self._plan(conn, params)
+        return conn.exec_driver_sql(plan.sql, plan.params(params or {}))
+
+    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> CursorResult[Any]:
+        """Run the statement for each of ``rows`` (one executemany)."""
+        plan = self._plan(conn, rows[0])
+        return conn.exec_driver_sql(plan.sql, [plan.params(r) for r in rows])
+
+    def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """Run the statement; its rows, converted as Core converts them, as named tuples
+        (attribute access by column name or label, as on a Core row)."""
+        plan = self._plan(conn, params)
+        res = conn.exec_driver_sql(plan.sql, plan.params(params or {}))
+        raw = res.fetchall()
+        if plan.row_type is None:
+            keys = list(res.keys())
+            if plan.results and len(keys) != len(plan.results):
+                raise TypeError(f"{len(keys)} columns read, {len(plan.results)} expected")
+            plan.row_type = namedtuple("Row", keys, rename=True)  # type: ignore[misc]
+        make = plan.row_type._make
+        if not plan.convert_results:
+            return [make(r) for r in raw]
+        procs = plan.results
+        return [
+            make([v if p is None else p(v) for p, v in zip(procs, r, strict=True)]) for r in raw
+        ]
+
+    def first(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
+        """The first row (see :meth:`rows`), or None."""
+        found = self.rows(conn, params)
+        return found[0] if found else None
+
+    def scalars(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """The first column of every row (converted)."""
+        return [r[0] for r in self.rows(conn, params)]
