@@ -196,9 +196,10 @@ def test_a_rotation_batch_sends_its_writes_at_driver_level_within_its_statement_
     sent: Counter[tuple[bool, str]] = Counter()
 
     def listen(*args: Any) -> None:
-        context = args[4]
+        context = args[4]  # None for a statement sent at driver level
         if threading.current_thread().name.startswith("rotator-writer"):
-            sent[(context.compiled is not None, args[2].split()[0])] += 1
+            compiled = context is not None and context.compiled is not None
+            sent[(compiled, args[2].split()[0])] += 1
 
     async def go() -> Any:
         async with Engine(svc.kernel, FAST) as engine:

@@ -339,9 +339,9 @@ class StepBatch:
         if not rows:
             return
         if len(rows) > 1 and conn.dialect.supports_sane_multi_rowcount:
-            matched = _SET_STEP.many(conn, rows).rowcount
+            matched = _SET_STEP.many(conn, rows)
         else:
-            matched = sum(_SET_STEP.execute(conn, r).rowcount for r in rows)
+            matched = sum(_SET_STEP.execute(conn, r) for r in rows)
         if matched == len(rows):
             return
         # Only some matched: find which. A row this transaction updated is locked until it
@@ -389,7 +389,7 @@ def set_step(
     batch: StepBatch | None = conn.info.get(STEP_BATCH_KEY)
     if batch is not None:
         batch.rows.append(params)
-    elif _SET_STEP.execute(conn, params).rowcount != 1:
+    elif _SET_STEP.execute(conn, params) != 1:
         raise LostOwnership(rotation_id)
 
 
@@ -477,7 +477,7 @@ def mark_version(
         "staged_at": now,
     }
     if only_from is None:
-        moved = _MARK_VERSION.execute(conn, params).rowcount == 1
+        moved = _MARK_VERSION.execute(conn, params) == 1
     else:
         params["b_from"] = [s.value for s in only_from]
         moved = conn.execute(_MARK_VERSION_FROM, params).rowcount == 1
