@@ -17,6 +17,7 @@ from tests.support.doubles import DoubleConfig
 
 from rotator.domain.model import Stage
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
+from rotator.errors import ConcurrentModification
 from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
@@ -216,3 +217,33 @@ def test_a_rotation_batch_sends_its_writes_at_driver_level_within_its_statement_
     budget = 11 if db_url.startswith("sqlite") else 13
     per_rotation = sum(sent.values()) / len(names)
     assert per_rotation <= budget, f"{per_rotation:.2f} statements per rotation: {sent}"
+
+
+def test_a_conflicting_write_at_driver_level_fails_as_a_store_error_and_commits_nothing(
+    svc: BlockingService,
+) -> None:
+    cid = add_double(svc, "app/db")
+    before = svc.show("app/db")
+
+    def conflicting_write() -> None:
+        with svc.db.write() as conn:
+            store_creds.update_credential(conn, cid, now=WHEN, use_count=99)
+            store_creds.insert_version(  # version 1 exists: the unique key refuses it
+                conn,
+                credential_id=cid,
+                number=1,
+                stage=Stage.PENDING,
+                ciphertext=b"x",
+                data_key_id=1,
+                now=WHEN,
+            )
+
+    with pytest.raises(ConcurrentModification):
+        conflicting_write()
+    after = svc.show("app/db")
+    assert (after.use_count, after.updated_at) == (before.use_count, before.updated_at)
+    assert [v.number for v in after.versions] == [1]
+    # The pooled connection is usable again (PostgreSQL: its aborted transaction is gone).
+    with svc.db.write() as conn:
+        store_creds.count_use(conn, cid, 2)
+    assert svc.show("app/db").use_count == before.use_count + 2
