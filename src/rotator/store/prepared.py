@@ -35,6 +35,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 _Processor = Callable[[Any], Any] | None
 _REQUIRED = object()  # a parameter the caller must give (no value in the statement)
+_NOTHING = object()
 
 
 @dataclass
@@ -153,7 +154,8 @@ class Prepared:
 
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Run the statement; its rows, converted as Core converts them, as named tuples
-        (attribute access by column name or label, as on a Core row)."""
+        (attribute access by column name or label, as on a Core row). Read-only: equal
+        values in consecutive rows of a column may be one shared object."""
         plan = self._plan(conn, params)
         cursor = _send(conn, plan.sql, plan.params(params or {}), False)
         try:
@@ -168,10 +170,26 @@ class Prepared:
         make = plan.row_type._make
         if not plan.convert_results:
             return [make(r) for r in raw]
+        # A join repeats the parent's columns on every row (a stage map: the credential's JSON
+        # settings once per version): a value equal to the one above it is not converted
+        # again, so such rows share one converted object (callers never mutate rows).
         procs = plan.results
-        return [
-            make([v if p is None else p(v) for p, v in zip(procs, r, strict=True)]) for r in raw
-        ]
+        last_raw: list[Any] = [_NOTHING] * len(procs)
+        last: list[Any] = [None] * len(procs)
+        out = []
+        for r in raw:
+            values = []
+            for i, p in enumerate(procs):
+                v = r[i]
+                if p is not None:
+                    if v is last_raw[i] or (v is not None and v == last_raw[i]):
+                        v = last[i]
+                    else:
+                        last_raw[i] = v
+                        v = last[i] = p(v)
+                values.append(v)
+            out.append(make(values))
+        return out
 
     def first(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """The first row (see :meth:`rows`), or None."""
