@@ -38,16 +38,19 @@ from rotator.audit.chain import (
 )
 from rotator.crypto.integrity import AuditKey
 from rotator.errors import AuditChainBroken
+from rotator.store.prepared import Prepared
 from rotator.store.schema import audit_head, audit_log
 
 BATCH_KEY = "rotator.audit_batch"
 _HEAD = select(audit_head.c.seq, audit_head.c.hash, audit_head.c.key_id, audit_head.c.mac).where(
     audit_head.c.id == 1
 )
-_HEAD_LOCKED = _HEAD.with_for_update()
-_INSERT = insert(audit_log)
-_INSERT_HEAD = insert(audit_head)
-_UPDATE_HEAD = (
+# The append's statements run for every rotation and read: compiled once per dialect and sent
+# at driver level (store/prepared.py).
+_HEAD_LOCKED = Prepared(_HEAD.with_for_update())
+_INSERT = Prepared(insert(audit_log), keys=tuple(c.key for c in audit_log.c))
+_INSERT_HEAD = Prepared(insert(audit_head), keys=("id", "seq", "hash", "key_id", "mac"))
+_UPDATE_HEAD = Prepared(
     update(audit_head)
     .where(audit_head.c.id == 1)
     .values(
@@ -80,7 +83,7 @@ class AuditBatch:
         if not self.pending:
             return 0
         assert self.keys is not None, "audit entries appended without keys"
-        row = conn.execute(_HEAD_LOCKED).first()
+        row = _HEAD_LOCKED.first(conn)
         if row is None:
             if self.pending[0]["action"] != INIT_ACTION:
                 raise AuditChainBroken(0, "the audit head is missing (the log was emptied?)")
@@ -112,7 +115,7 @@ class AuditBatch:
                 }
             )
             key = self.keys.get(next_key_id(fields, key.id))
-        conn.execute(_INSERT, rows)
+        _INSERT.many(conn, rows)
         _store_head(conn, row is None, seq, prev, key)
         n = len(self.pending)
         self.pending.clear()
@@ -127,12 +130,12 @@ def _store_head(conn: Connection, first: bool, seq: int, digest: str, key: Audit
         "head_mac": key.mac(head_message(seq, digest, key.id)),
     }
     if first:
-        conn.execute(
-            _INSERT_HEAD,
+        _INSERT_HEAD.execute(
+            conn,
             {"id": 1, "seq": seq, "hash": digest, "key_id": key.id, "mac": values["head_mac"]},
         )
     else:
-        conn.execute(_UPDATE_HEAD, values)
+        _UPDATE_HEAD.execute(conn, values)
 
 
 def append(

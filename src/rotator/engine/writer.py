@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from rotator.store.credentials import stage_cache
 from rotator.store.rotations import STEP_BATCH_KEY, StepBatch
 
 T = TypeVar("T")
+_KEEP_IDLE_S = 1.0
 _Item = tuple[Callable[[Connection], Any], "asyncio.Future[Any]", bool]
 
 
@@ -44,6 +46,12 @@ class StoreWriter:
         self.batches = 0
         self.operations = 0
         self._closed = False
+        # One connection for back-to-back batches (used by the executor's thread only, one
+        # batch at a time). Dropped after a failed batch, and after _KEEP_IDLE_S without one,
+        # so a connection the server dropped meanwhile is replaced through the pool (which
+        # pings it) instead of failing the next batch.
+        self._conn: Connection | None = None
+        self._conn_used = 0.0
 
     def start(self) -> None:
         if self._task is None:
@@ -117,7 +125,28 @@ class StoreWriter:
         return results
 
     def _run_batch(self, fns: list[Callable[[Connection], Any]], relaxed: bool) -> list[Any]:
-        with self._db.write(relaxed=relaxed) as conn, stage_cache(conn) as stages:
+        if self._conn is not None and time.monotonic() - self._conn_used > _KEEP_IDLE_S:
+            self._drop_connection()
+        if self._conn is None:
+            self._conn = self._db.connect()
+        try:
+            out = self._run_batch_on(self._conn, fns, relaxed)
+        except BaseException:
+            self._drop_connection()
+            raise
+        self._conn_used = time.monotonic()
+        return out
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _run_batch_on(
+        self, kept: Connection, fns: list[Callable[[Connection], Any]], relaxed: bool
+    ) -> list[Any]:
+        with self._db.write_on(kept, relaxed=relaxed) as conn, stage_cache(conn) as stages:
             audit_batch = AuditBatch()
             steps = StepBatch()
             conn.info[BATCH_KEY] = audit_batch
@@ -163,3 +192,4 @@ class StoreWriter:
             if item is not None and not item[1].done():
                 item[1].set_exception(StoreUnavailable("the store writer is closed"))
         self._executor.shutdown(wait=True)
+        self._drop_connection()

@@ -31,6 +31,7 @@ from rotator.domain.model import Credential, Stage, Version
 from rotator.domain.policy import RotationPolicy
 from rotator.errors import ConcurrentModification
 from rotator.store.claims import notify_work
+from rotator.store.prepared import Prepared
 from rotator.store.schema import (
     credential_claims,
     credential_locks,
@@ -60,9 +61,25 @@ _SEALED_BY_NUMBER = (
 _MAX_VERSION = select(func.max(versions.c.number)).where(
     versions.c.credential_id == bindparam("b_cid")
 )
-_INSERT_VERSION = insert(versions)
-_CURRENT_NUMBER = select(versions.c.number).where(
-    versions.c.credential_id == bindparam("b_cid"), versions.c.stage == Stage.CURRENT.value
+# The hot ones (every rotation, every value read) are also compiled once per dialect and sent
+# at driver level (store/prepared.py).
+_INSERT_VERSION = Prepared(
+    insert(versions),
+    keys=(
+        "credential_id",
+        "number",
+        "stage",
+        "ciphertext",
+        "data_key_id",
+        "created_at",
+        "staged_at",
+        "expires_at",
+    ),
+)
+_CURRENT_NUMBER = Prepared(
+    select(versions.c.number).where(
+        versions.c.credential_id == bindparam("b_cid"), versions.c.stage == Stage.CURRENT.value
+    )
 )
 _VERSION_NUMBERS = select(
     func.max(case((versions.c.stage == Stage.CURRENT.value, versions.c.number))),
@@ -70,7 +87,7 @@ _VERSION_NUMBERS = select(
 ).where(versions.c.credential_id == bindparam("b_cid"))
 # promote in one statement: PENDING ``b_no`` -> CURRENT and any other CURRENT -> PREVIOUS.
 _IS_PROMOTED = versions.c.number == bindparam("b_no")
-_PROMOTE = (
+_PROMOTE = Prepared(
     update(versions)
     .where(
         versions.c.credential_id == bindparam("b_cid"),
@@ -89,7 +106,9 @@ _PROMOTE = (
     )
     .returning(versions.c.number)
 )
-_UPDATE_CREDENTIAL = update(credentials).where(credentials.c.id == bindparam("b_id"))
+_UPDATE_CREDENTIAL = Prepared(
+    update(credentials).where(credentials.c.id == bindparam("b_id")), dynamic=True
+)
 _CREDENTIAL_BY_NAME = (
     select(credentials, tenants.c.name.label("tenant_name"))
     .join(tenants, tenants.c.id == credentials.c.tenant_id)
@@ -103,7 +122,7 @@ _CREDENTIAL_ID = select(credentials.c.id).where(
 )
 _INSERT_CREDENTIAL = insert(credentials)
 _INSERT_TAGS = insert(credential_tags)
-_COUNT_USE = (
+_COUNT_USE = Prepared(
     update(credentials)
     .where(credentials.c.id == bindparam("b_id"))
     .values(use_count=credentials.c.use_count + bindparam("b_n"))
@@ -121,7 +140,7 @@ _MAP_COLS = (
 )
 _WITH_VERSIONS = credentials.outerjoin(versions, versions.c.credential_id == credentials.c.id)
 # One credential's stage map in one statement (run at every stage move).
-_STAGE_MAP_ONE = (
+_STAGE_MAP_ONE = Prepared(
     select(*_MAP_COLS)
     .select_from(_WITH_VERSIONS)
     .where(credentials.c.id == bindparam("b_cid"))
@@ -129,7 +148,7 @@ _STAGE_MAP_ONE = (
 )
 # A value read: the credential's stage map and, for the one stage asked for, the sealed
 # versions, in one query by (tenant, name).
-_VALUE_READ = (
+_VALUE_READ = Prepared(
     select(
         credentials.c.id.label("credential_id"),
         *_MAP_COLS,
@@ -140,10 +159,10 @@ _VALUE_READ = (
     .where(credentials.c.tenant_id == bindparam("b_tid"), credentials.c.name == bindparam("b_name"))
     .order_by(versions.c.number)
 )
-_LOCK_CREDENTIAL = (
+_LOCK_CREDENTIAL = Prepared(
     select(credentials.c.id).where(credentials.c.id == bindparam("b_cid")).with_for_update()
 )
-_SET_STAGE_MAC = (
+_SET_STAGE_MAC = Prepared(
     update(credentials)
     .where(credentials.c.id == bindparam("b_id"))
     .values(stage_mac=bindparam("b_mac"))
@@ -227,7 +246,7 @@ class StageCache:
     def flush(self, conn: Connection) -> None:
         """Write the new stage MACs (one executemany)."""
         if self.macs:
-            conn.execute(_SET_STAGE_MAC, [{"b_id": c, "b_mac": m} for c, m in self.macs.items()])
+            _SET_STAGE_MAC.many(conn, [{"b_id": c, "b_mac": m} for c, m in self.macs.items()])
             self.macs.clear()
 
 
@@ -291,8 +310,8 @@ def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
     # transaction would re-read the locked row but not the joined versions (READ COMMITTED),
     # and so mix two states; the map is then read in a fresh snapshot.
     if _writing(conn, cache) and conn.dialect.name == "postgresql":
-        conn.execute(_LOCK_CREDENTIAL, {"b_cid": credential_id})
-    rows = conn.execute(_STAGE_MAP_ONE, {"b_cid": credential_id}).all()
+        _LOCK_CREDENTIAL.execute(conn, {"b_cid": credential_id})
+    rows = _STAGE_MAP_ONE.rows(conn, {"b_cid": credential_id})
     if not rows:
         return None
     m = _map_from_rows(credential_id, rows)
@@ -323,9 +342,7 @@ def value_read(
     ``stage`` with the ciphertext (None if it has none), in one query; None if there is no
     such credential. In a group commit whose earlier operations moved its stages, the map
     carries the MAC the transaction will write at its end (the rows already show the moves)."""
-    rows = conn.execute(
-        _VALUE_READ, {"b_tid": tenant_id, "b_name": name, "b_stage": stage.value}
-    ).all()
+    rows = _VALUE_READ.rows(conn, {"b_tid": tenant_id, "b_name": name, "b_stage": stage.value})
     if not rows:
         return None
     m = _map_from_rows(rows[0].credential_id, rows)
@@ -393,7 +410,7 @@ def set_stage_mac(conn: Connection, credential_id: int, mac: str) -> None:
     """Store a credential's stage MAC (with a stage cache: when its block ends)."""
     cache = _cache(conn)
     if cache is None:
-        conn.execute(_SET_STAGE_MAC, {"b_id": credential_id, "b_mac": mac})
+        _SET_STAGE_MAC.execute(conn, {"b_id": credential_id, "b_mac": mac})
         return
     cache.macs[credential_id] = mac
     m = cache.maps.get(credential_id)
@@ -478,15 +495,18 @@ def update_credential(
         values["policy"] = policy.to_json()
     if set_next_rotation:
         values["next_rotation_at"] = next_rotation_at
-        if next_rotation_at is not None:
-            notify_work(conn)  # its time moved: idle workers recompute their sleep
+        if next_rotation_at is not None and last_rotated_at is None:
+            # Its time may have moved earlier: idle workers recompute their sleep. A finished
+            # rotation (last_rotated_at given) only moves it later, which no sleeping worker
+            # can miss (each wakes by the earliest time it read), so it sends nothing.
+            notify_work(conn)
     if last_rotated_at is not None:
         values["last_rotated_at"] = last_rotated_at
     if use_count is not None:
         values["use_count"] = use_count
     if sinks is not None:
         values["sinks"] = [dict(x) for x in sinks]
-    conn.execute(_UPDATE_CREDENTIAL, {"b_id": credential_id, **values})
+    _UPDATE_CREDENTIAL.execute(conn, {"b_id": credential_id, **values})
     if connector is not None or config is not None or sinks is not None:
         _forget_stage_map(conn, credential_id)
     if tags is not None:
@@ -641,8 +661,8 @@ def insert_version(
     now: datetime,
 ) -> None:
     """Insert a version. A second insert of the same number fails with ConcurrentModification."""
-    conn.execute(
-        _INSERT_VERSION,
+    _INSERT_VERSION.execute(
+        conn,
         {
             "credential_id": credential_id,
             "number": number,
@@ -712,7 +732,7 @@ def promote(
     Raises ConcurrentModification when ``number`` is not PENDING.
     """
     params = {"b_cid": credential_id, "b_no": number, "b_now": now, "b_expires": now + grace}
-    changed = [int(n) for n in conn.execute(_PROMOTE, params).scalars()]
+    changed = [int(n) for n in _PROMOTE.scalars(conn, params)]
     demoted = [n for n in changed if n != number]
     if len(demoted) > 1:
         raise ConcurrentModification(f"credential {credential_id} had several CURRENT versions")
@@ -723,7 +743,8 @@ def promote(
             moves[prev] = Stage.PREVIOUS.value
         cached_stage_moves(conn, credential_id, moves)
         return prev
-    cur = conn.execute(_CURRENT_NUMBER, {"b_cid": credential_id}).scalar_one_or_none()
+    found = _CURRENT_NUMBER.scalars(conn, {"b_cid": credential_id})
+    cur = found[0] if found else None
     if cur == number and prev is None:
         return None
     raise ConcurrentModification(f"version {number} is not PENDING any more")
@@ -769,4 +790,4 @@ def next_due_time(conn: Connection) -> datetime | None:
 
 def count_use(conn: Connection, credential_id: int, n: int = 1) -> None:
     """Record ``n`` uses of a credential's value (drives usage-based policies)."""
-    conn.execute(_COUNT_USE, {"b_id": credential_id, "b_n": n})
+    _COUNT_USE.execute(conn, {"b_id": credential_id, "b_n": n})

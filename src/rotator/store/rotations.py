@@ -39,20 +39,29 @@ from sqlalchemy import (
 from rotator.domain.model import Stage
 from rotator.errors import ConcurrentModification, LostOwnership
 from rotator.store.credentials import cached_stage_moves
+from rotator.store.prepared import Prepared
 from rotator.store.schema import credential_locks, credentials, revocations, rotations, versions
 
 ACTIVE_STEPS = ("claimed", "created", "set", "tested")
 TERMINAL_STEPS = ("finished", "rolled_back", "failed")
 
 # Statements on the rotation hot path are built once: building Core constructs per call costs
-# more CPU than SQLite spends executing them.
-_LOCK_HOLDER = select(credential_locks.c.rotation_id).where(
-    credential_locks.c.credential_id == bindparam("b_cid")
+# more CPU than SQLite spends executing them. Those run for every rotation are also compiled
+# once per dialect and sent at driver level (store/prepared.py).
+_LOCK_HOLDER = Prepared(
+    select(credential_locks.c.rotation_id).where(
+        credential_locks.c.credential_id == bindparam("b_cid")
+    )
 )
+_LOCK_KEYS = ("credential_id", "rotation_id", "acquired_at")
 
 
 @functools.cache
-def _insert_lock_if_free(dialect: str) -> Executable:
+def _insert_lock_if_free(dialect: str) -> Prepared:
+    return Prepared(_insert_lock_statement(dialect), keys=_LOCK_KEYS)
+
+
+def _insert_lock_statement(dialect: str) -> Executable:
     # Built once, for the dialect in use only: importing the PostgreSQL dialect would cost
     # every SQLite CLI call a noticeable part of its start-up.
     if dialect == "postgresql":
@@ -72,17 +81,39 @@ def _insert_lock_if_free(dialect: str) -> Executable:
     )
 
 
-_RELEASE_LOCK = delete(credential_locks).where(
-    credential_locks.c.credential_id == bindparam("b_cid"),
-    credential_locks.c.rotation_id == bindparam("b_rid"),
+_RELEASE_LOCK = Prepared(
+    delete(credential_locks).where(
+        credential_locks.c.credential_id == bindparam("b_cid"),
+        credential_locks.c.rotation_id == bindparam("b_rid"),
+    )
 )
-_INSERT_ROTATION = insert(rotations)
+_ROTATION_KEYS = (
+    "id",
+    "credential_id",
+    "tenant_id",
+    "credential",
+    "batch_id",
+    "trigger",
+    "priority",
+    "version",
+    "step",
+    "grace_s",
+    "attempts",
+    "error",
+    "owner",
+    "fence",
+    "lease_expires_at",
+    "created_at",
+    "updated_at",
+    "finished_at",
+)
+_INSERT_ROTATION = Prepared(insert(rotations), keys=_ROTATION_KEYS)
 _ROTATION = select(rotations).where(rotations.c.id == bindparam("b_id"))
 # Every step write has this one shape (a NULL parameter keeps the column as it is), so the step
 # writes of a group commit go to the database as one executemany.
 _TERMINAL = bindparam("b_terminal", type_=Boolean)
 _NOW = bindparam("b_now", type_=rotations.c.updated_at.type)
-_SET_STEP = (
+_SET_STEP_CORE = (
     update(rotations)
     .where(rotations.c.id == bindparam("b_id"), rotations.c.fence == bindparam("b_fence"))
     .values(
@@ -101,6 +132,7 @@ _SET_STEP = (
         finished_at=case((_TERMINAL, _NOW), else_=rotations.c.finished_at),
     )
 )
+_SET_STEP = Prepared(_SET_STEP_CORE)
 _FENCES = select(rotations.c.id, rotations.c.fence).where(
     rotations.c.id.in_(bindparam("b_ids", expanding=True))
 )
@@ -128,11 +160,16 @@ _TAKE_OVER_VALUES: dict[str, Any] = {
 }
 _TAKE_OVER_DEAD = update(rotations).where(*_TAKE_OVER_COND).values(**_TAKE_OVER_VALUES)
 _TAKE_OVER = _TAKE_OVER_DEAD.where(rotations.c.lease_expires_at < bindparam("b_now"))
-_MARK_VERSION = update(versions).where(
+_MARK_VERSION_CORE = update(versions).where(
     versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
 )
-_MARK_VERSION_FROM = _MARK_VERSION.where(versions.c.stage.in_(bindparam("b_from", expanding=True)))
-_INSERT_REVOCATION = insert(revocations)
+_MARK_VERSION = Prepared(_MARK_VERSION_CORE, keys=("b_cid", "b_no", "stage", "staged_at"))
+_MARK_VERSION_FROM = _MARK_VERSION_CORE.where(
+    versions.c.stage.in_(bindparam("b_from", expanding=True))
+)
+_INSERT_REVOCATION = Prepared(
+    insert(revocations), keys=("credential_id", "version", "due_at", "attempts", "last_error")
+)
 _DUE_REVOCATIONS = (
     select(revocations, credentials.c.tenant_id, credentials.c.name)
     .join(credentials, credentials.c.id == revocations.c.credential_id)
@@ -143,7 +180,7 @@ _DUE_REVOCATIONS = (
 _DUE_REVOCATIONS_OF = _DUE_REVOCATIONS.where(
     revocations.c.credential_id.in_(bindparam("b_cids", expanding=True))
 )
-_EXPIRE_PREVIOUS = (
+_EXPIRE_PREVIOUS = Prepared(
     update(versions)
     .where(
         versions.c.credential_id == bindparam("b_cid"),
@@ -151,7 +188,7 @@ _EXPIRE_PREVIOUS = (
     )
     .values(expires_at=bindparam("b_now"))
 )
-_REVOCATIONS_DUE_NOW = (
+_REVOCATIONS_DUE_NOW = Prepared(
     update(revocations)
     .where(
         revocations.c.credential_id == bindparam("b_cid"),
@@ -209,7 +246,8 @@ def _row(r: object) -> RotationRow:
 
 def lock_holder(conn: Connection, credential_id: int) -> str | None:
     """The rotation id holding the credential's lock, or None."""
-    return conn.execute(_LOCK_HOLDER, {"b_cid": credential_id}).scalar_one_or_none()
+    row = _LOCK_HOLDER.first(conn, {"b_cid": credential_id})
+    return None if row is None else str(row[0])
 
 
 def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: datetime) -> str | None:
@@ -222,7 +260,7 @@ def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: dateti
     """
     params = {"credential_id": credential_id, "rotation_id": rotation_id, "acquired_at": now}
     for _ in range(3):
-        if conn.execute(_insert_lock_if_free(conn.dialect.name), params).first() is not None:
+        if _insert_lock_if_free(conn.dialect.name).first(conn, params) is not None:
             return None
         holder = lock_holder(conn, credential_id)
         if holder is not None:
@@ -231,7 +269,7 @@ def try_lock(conn: Connection, credential_id: int, rotation_id: str, now: dateti
 
 
 def release_lock(conn: Connection, credential_id: int, rotation_id: str) -> None:
-    conn.execute(_RELEASE_LOCK, {"b_cid": credential_id, "b_rid": rotation_id})
+    _RELEASE_LOCK.execute(conn, {"b_cid": credential_id, "b_rid": rotation_id})
 
 
 def insert_rotation(
@@ -253,8 +291,8 @@ def insert_rotation(
 ) -> None:
     """Insert a rotation owned by ``owner`` under the token ``fence``; with ``version`` its
     intent is complete (step ``created``)."""
-    conn.execute(
-        _INSERT_ROTATION,
+    _INSERT_ROTATION.execute(
+        conn,
         {
             "id": id,
             "credential_id": credential_id,
@@ -301,9 +339,9 @@ class StepBatch:
         if not rows:
             return
         if len(rows) > 1 and conn.dialect.supports_sane_multi_rowcount:
-            matched = conn.execute(_SET_STEP, rows).rowcount
+            matched = _SET_STEP.many(conn, rows)
         else:
-            matched = sum(conn.execute(_SET_STEP, r).rowcount for r in rows)
+            matched = sum(_SET_STEP.execute(conn, r) for r in rows)
         if matched == len(rows):
             return
         # Only some matched: find which. A row this transaction updated is locked until it
@@ -351,7 +389,7 @@ def set_step(
     batch: StepBatch | None = conn.info.get(STEP_BATCH_KEY)
     if batch is not None:
         batch.rows.append(params)
-    elif conn.execute(_SET_STEP, params).rowcount != 1:
+    elif _SET_STEP.execute(conn, params) != 1:
         raise LostOwnership(rotation_id)
 
 
@@ -439,7 +477,7 @@ def mark_version(
         "staged_at": now,
     }
     if only_from is None:
-        moved = conn.execute(_MARK_VERSION, params).rowcount == 1
+        moved = _MARK_VERSION.execute(conn, params) == 1
     else:
         params["b_from"] = [s.value for s in only_from]
         moved = conn.execute(_MARK_VERSION_FROM, params).rowcount == 1
@@ -453,8 +491,8 @@ def enqueue_revocation(
 ) -> None:
     """Queue ``version`` for revocation at ``due_at``. Called once per demoted version (in the
     transaction that demotes it), so the unique key never collides."""
-    conn.execute(
-        _INSERT_REVOCATION,
+    _INSERT_REVOCATION.execute(
+        conn,
         {
             "credential_id": credential_id,
             "version": version,
@@ -502,8 +540,8 @@ def revoke_all_now(conn: Connection, credential_id: int, now: datetime) -> None:
     """Emergency: every PREVIOUS version of the credential expires now and its queued
     revocation falls due now, not only the one just demoted."""
     params = {"b_cid": credential_id, "b_now": now}
-    conn.execute(_EXPIRE_PREVIOUS, params)
-    conn.execute(_REVOCATIONS_DUE_NOW, params)
+    _EXPIRE_PREVIOUS.execute(conn, params)
+    _REVOCATIONS_DUE_NOW.execute(conn, params)
 
 
 def last_revocation_due(conn: Connection, credential_id: int) -> datetime | None:
