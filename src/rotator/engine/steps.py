@@ -11,6 +11,7 @@ breaker, retries and timeout, and are audited by the use case that makes them. `
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
@@ -43,7 +44,11 @@ class StepRunner:
         self.leases = leases
         self.values = values
 
-    def retrying(self) -> AsyncRetrying:
+    def retrying(self, *, after_first: bool = False) -> AsyncRetrying:
+        """The retry policy: exponential backoff with jitter, transient errors only, at most
+        ``retry_attempts`` attempts. ``after_first``: the same policy for the attempts after a
+        first one made outside it (see ``attempts``), numbered from 1 again: one attempt
+        fewer, and each wait the one the full policy would wait after the same attempt."""
         # Imported on the first connector call: a value read (credential get) makes none.
         from tenacity import (
             AsyncRetrying,
@@ -54,13 +59,36 @@ class StepRunner:
         )
 
         o = self.rt.opts
+        shift = 1 if after_first else 0
         return AsyncRetrying(
-            stop=stop_after_attempt(o.retry_attempts),
-            wait=wait_exponential(multiplier=o.retry_initial_s, max=o.retry_max_s)
+            stop=stop_after_attempt(o.retry_attempts - shift),
+            wait=wait_exponential(multiplier=o.retry_initial_s * 2**shift, max=o.retry_max_s)
             + wait_random(0, o.retry_initial_s),
             retry=retry_if_exception_type(cbase.TransientError),
             reraise=True,
         )
+
+    async def attempts(self, call: Callable[[int], Awaitable[T]]) -> T:
+        """``call(n)`` for attempt n = 1, 2, ... under the retry policy (``retrying``).
+
+        The first attempt is made directly and only a transient failure enters tenacity:
+        setting up its loop costs about 35 µs per call, a tenth of the engine's CPU per
+        rotation, and nearly every call succeeds at once. The waits and the attempt count are
+        the policy's either way."""
+        o = self.rt.opts
+        try:
+            return await call(1)
+        except cbase.TransientError:
+            if o.retry_attempts <= 1:
+                raise
+        # The wait the policy makes after attempt 1: exponential's first step plus jitter.
+        await asyncio.sleep(
+            min(o.retry_initial_s, o.retry_max_s) + random.uniform(0, o.retry_initial_s)  # noqa: S311 (jitter, not a secret)
+        )
+        async for attempt in self.retrying(after_first=True):
+            with attempt:
+                return await call(attempt.retry_state.attempt_number + 1)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(
         self,
@@ -138,31 +166,28 @@ class StepRunner:
         """
         fn = self._reread_on_refusal(ctx, fn)
         last_error = ""
-        async for attempt in self.retrying():
-            with attempt:
-                n = attempt.retry_state.attempt_number
-                if n > 1:
-                    await self.rt.audit(
-                        ctx, "rotation.retry", step=step, attempt=n, error=last_error
-                    )
-                t0 = time.monotonic()
-                try:
-                    result = await self._once(
-                        ctx.target, ctx.impl.kind, step, fn, ctx.req.rank, ctx
-                    )
-                except cbase.TransientError as exc:
-                    last_error = str(exc)
-                    raise
-                ms = round((time.monotonic() - t0) * 1000, 2)
-                record = partial(
-                    self._record_step, ctx=ctx, step=step, duration_ms=ms, attempt=n, after=after
-                )
-                if defer:
-                    ctx.deferred.append(record)
-                else:
-                    await self.rt.writer.run(record)
-                return result
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def attempt(n: int) -> T:
+            nonlocal last_error
+            if n > 1:
+                await self.rt.audit(ctx, "rotation.retry", step=step, attempt=n, error=last_error)
+            t0 = time.monotonic()
+            try:
+                result = await self._once(ctx.target, ctx.impl.kind, step, fn, ctx.req.rank, ctx)
+            except cbase.TransientError as exc:
+                last_error = str(exc)
+                raise
+            ms = round((time.monotonic() - t0) * 1000, 2)
+            record = partial(
+                self._record_step, ctx=ctx, step=step, duration_ms=ms, attempt=n, after=after
+            )
+            if defer:
+                ctx.deferred.append(record)
+            else:
+                await self.rt.writer.run(record)
+            return result
+
+        return await self.attempts(attempt)
 
     async def call_unowned(
         self,
@@ -174,10 +199,7 @@ class StepRunner:
     ) -> T:
         """A connector call outside any rotation (generate, verify, publish a first value):
         the target's limit, breaker, step timeout and the retry policy, no lease."""
-        async for attempt in self.retrying():
-            with attempt:
-                return await self._once(target, kind, step, fn, rank, None)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self.attempts(lambda _n: self._once(target, kind, step, fn, rank, None))
 
     async def create(self, kind: str, fn: Callable[[], Awaitable[T]]) -> T:
         """A connector's ``create`` (making a value is local work): bounded by the step
@@ -211,10 +233,12 @@ class StepRunner:
         """A lost rotation's one repair call: retried on transient errors and bounded like a
         step, but neither fenced (the rotation is no longer ours) nor stopped by an open
         breaker (the target must agree with the store again)."""
-        async for attempt in self.retrying():
-            with attempt:
-                async with self.rt.target_limit(ctx.target).slot(ctx.req.rank):
-                    await self._timed(ctx.impl.kind, "repair", fn, cbase.TransientError)
+
+        async def attempt(_n: int) -> None:
+            async with self.rt.target_limit(ctx.target).slot(ctx.req.rank):
+                await self._timed(ctx.impl.kind, "repair", fn, cbase.TransientError)
+
+        await self.attempts(attempt)
 
     def _record_step(
         self,
