@@ -469,3 +469,58 @@ def test_a_running_worker_advances_a_detached_rollout_to_the_end(
     assert keys_added(api) == Counter({n: 1 for n in names})
     for n in names:
         assert versions(svc, n) == {1: Stage.PREVIOUS, 2: Stage.CURRENT}
+
+
+def test_a_process_that_stalls_past_its_items_lease_does_not_rotate_them_again(
+    svc: BlockingService, api: ApiServer, settings: Settings
+) -> None:
+    """Process A claims an item, then stalls before the rotation's intent; its lease runs out,
+    B settles the item (never started) and rotates it. A's rotation, when it wakes, is refused
+    by the item guard: not started, not recorded, one key on the target."""
+    import asyncio
+
+    from rotator.engine import Outcome
+
+    names = add_fleet(svc, api, 1)
+    other = BlockingService.open(settings)
+    try:
+        clock = Clock(svc, other)
+        view = svc.create_rollout(PROD, stagger=timedelta(seconds=1), max_per_minute=60)
+        engine = svc.service.engine
+        real = engine.rotate
+        gates: list[asyncio.Event] = []
+        outcomes: list[Outcome] = []
+
+        async def stalled(reqs, *args, **kw):  # type: ignore[no-untyped-def]
+            gates.append(asyncio.Event())
+            await gates[-1].wait()
+            result = await real(reqs, *args, **kw)
+            outcomes.extend(r.outcome for r in result.results)
+            return result
+
+        engine.rotate = stalled  # type: ignore[method-assign]
+        a_task: list[asyncio.Task[int]] = []
+
+        async def a_starts() -> None:
+            a_task.append(asyncio.create_task(advance(engine, clock.now)))
+            while not gates:  # A has claimed and reached the engine
+                await asyncio.sleep(0)
+
+        svc.run(a_starts())
+        clock.tick(timedelta(hours=1))  # A's lease is long over; B takes the item
+        assert step(other, clock.now) == 1
+        assert keys_added(api) == Counter({names[0]: 1})
+
+        async def a_resumes() -> int:
+            gates[0].set()
+            return await a_task[0]
+
+        svc.run(a_resumes())
+        assert outcomes == [Outcome.SKIPPED]
+        assert keys_added(api) == Counter({names[0]: 1}), "rotated twice"
+        final = svc.rollout_status(view.id)
+        assert final.status == "done"
+        assert final.counts["rotated"] == 1, final
+        assert final.counts["failed"] == 0, final
+    finally:
+        other.close()

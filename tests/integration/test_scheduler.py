@@ -624,3 +624,72 @@ def test_claims_take_due_work_once_and_never_move_a_finished_rotations_time_back
     assert claim("w3", now + timedelta(seconds=31), lease + timedelta(seconds=60), 10) == ["app/c"]
     with db.read() as conn:
         assert store_claims.claims_of(conn) == {ids["app/c"]: "w3"}
+
+
+def test_a_worker_that_stalls_past_its_claims_lease_does_not_rotate_again(
+    svc: BlockingService, settings: Settings, raw_db: Engine
+) -> None:
+    """Worker A claims, then stalls (GC, VM pause) before its rotation starts; its lease runs
+    out, worker B claims and rotates. When A wakes its rotation is refused by the claim guard
+    inside the intent's transaction: SKIPPED, nothing written, no second value."""
+    from rotator.engine import Outcome
+    from rotator.scheduler.loop import Scheduler, SchedulerOptions
+
+    svc.add_credential(
+        "app/a", "local", policy=PolicyInput(every="1d"), value=ValueInput(generate=True)
+    )
+    other = BlockingService.open(settings)
+    t0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    now = [t0]
+    for s in (svc, other):
+        s.kernel.clock = lambda: now[0]
+    with raw_db.begin() as c:
+        c.execute(update(credentials).values(next_rotation_at=t0 - timedelta(minutes=1)))
+    try:
+        a = Scheduler(svc.service.engine, SchedulerOptions(lease_s=30, listen=False))
+        gate_holder: list[object] = []
+        outcomes: list[Outcome] = []
+        real = a.engine.rotate
+
+        async def stalled(reqs, *args, **kw):  # type: ignore[no-untyped-def]
+            import asyncio
+
+            gate = asyncio.Event()
+            gate_holder.append(gate)
+            await gate.wait()
+            result = await real(reqs, *args, **kw)
+            outcomes.extend(r.outcome for r in result.results)
+            return result
+
+        a.engine.rotate = stalled  # type: ignore[method-assign]
+        svc.run(a._claim(1, now[0]))
+        assert len(a.held) == 1
+
+        now[0] = t0 + timedelta(seconds=31)  # A's lease is over; B claims and rotates
+        b = Scheduler(other.service.engine, SchedulerOptions(lease_s=30, listen=False))
+
+        async def b_runs() -> None:
+            import asyncio
+
+            await b._claim(1, now[0])
+            await asyncio.gather(*b._tasks)
+
+        other.run(b_runs())
+        assert [v.number for v in svc.show("app/a").versions] == [1, 2]
+
+        now[0] = t0 + timedelta(seconds=40)
+
+        async def a_resumes() -> None:
+            import asyncio
+
+            gate_holder[0].set()  # type: ignore[attr-defined]
+            await asyncio.gather(*a._tasks)
+
+        svc.run(a_resumes())
+        assert outcomes == [Outcome.SKIPPED]
+        assert [v.number for v in svc.show("app/a").versions] == [1, 2], "rotated twice"
+        with raw_db.connect() as c:
+            assert c.execute(select(func.count()).select_from(rotations)).scalar_one() == 1
+        assert svc.audit_verify().ok
+    finally:
+        other.close()

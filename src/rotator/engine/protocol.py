@@ -47,6 +47,13 @@ if TYPE_CHECKING:
 _STALE = "stale"  # begin's answer when CURRENT moved after the context was loaded
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Refused:
+    """begin's answer when the request's guard refused the rotation."""
+
+    reason: str
+
+
 class Protocol:
     """Drives one rotation through its steps. ``recovery`` is wired in by the engine."""
 
@@ -89,6 +96,14 @@ class Protocol:
             ctx = prepared or await self.loader.prepare(req)
         except RotatorError as exc:
             return RotationResult(req.name, Outcome.FAILED, error=str(exc))
+        guard = req.guard
+        if guard is not None:
+            # Before the value is made: a claim lost already costs nothing (checked again,
+            # under lock, in the intent's transaction).
+            now = self.rt.now()
+            refused = await self.rt.read(lambda conn: guard(conn, now))
+            if refused is not None:
+                return RotationResult(req.name, Outcome.SKIPPED, error=f"not started: {refused}")
         if (
             cbase.strategy_of(ctx.impl, ctx.cfg) is cbase.Strategy.ALTERNATING
             and ctx.req.trigger is not Trigger.EMERGENCY
@@ -116,6 +131,10 @@ class Protocol:
                     return RotationResult(
                         req.name, Outcome.FAILED, error="lost a race for the lock"
                     )
+            if isinstance(holder, _Refused):
+                return RotationResult(
+                    req.name, Outcome.SKIPPED, error=f"not started: {holder.reason}"
+                )
             if holder != _STALE:
                 break
             # CURRENT moved since the context was loaded (a rotation finished in between).
@@ -173,14 +192,19 @@ class Protocol:
 
     def _begin(
         self, conn: Connection, ctx: Ctx, value: Secret, batch_id: str | None, fence: str
-    ) -> str | None:
+    ) -> str | _Refused | None:
         """The intent: lock, PENDING version, rotation row, audit, in one transaction.
 
         Returns None when taken, the holder's rotation id when another rotation holds the
-        credential, or _STALE when CURRENT moved since the context was loaded.
+        credential, _STALE when CURRENT moved since the context was loaded, or _Refused when
+        the request's guard refuses (nothing written).
         """
         kernel = self.rt.kernel
         now = self.rt.now()
+        if ctx.req.guard is not None:
+            refused = ctx.req.guard(conn, now)
+            if refused is not None:
+                return _Refused(refused)
         holder = store_rot.try_lock(conn, ctx.cred.id, ctx.rotation_id, now)
         if holder is not None:
             return holder

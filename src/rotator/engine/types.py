@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+# A check run inside the intent's transaction, before anything is written: None to go on, or
+# why the rotation must not start (e.g. "its claim was taken over"). See RotationRequest.
+Guard = Callable[["Connection", datetime], str | None]
 
 
 class Trigger(enum.StrEnum):
@@ -33,13 +42,20 @@ class RotationRequest:
     """Rotate one credential (by name, in a tenant). ``grace_s`` overrides the policy's grace;
     emergency rotations use 0 and revoke the old value before returning. ``interactive``: a
     person (or a client on their behalf) waits for this one rotation, so it is admitted ahead
-    of queued batch work (see :attr:`rank`)."""
+    of queued batch work (see :attr:`rank`).
+
+    ``guard``: the claim this request runs under (a scheduler's claim, a rollout item's). It is
+    checked before the value is created and again inside the intent's transaction, which it may
+    lock rows in; if it refuses, nothing is written and the result is SKIPPED. So a claimer
+    that stalled past its lease, or lost its claim any other way, never starts the rotation
+    another claimer now owns."""
 
     name: str
     tenant: str = "default"
     trigger: Trigger = Trigger.MANUAL
     grace_s: int | None = None
     interactive: bool = False
+    guard: Guard | None = field(default=None, compare=False)
 
     @property
     def priority(self) -> int:
@@ -58,6 +74,7 @@ class Outcome(enum.StrEnum):
     ROTATED = "rotated"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    SKIPPED = "skipped"  # not started: the request's guard refused it (nothing was written)
 
 
 @dataclass(frozen=True, slots=True)

@@ -231,14 +231,31 @@ class Scheduler:
         ids = {c.name: c.credential_id for c in claimed}
         try:
             result = await self.engine.rotate(
-                [RotationRequest(c.name, c.tenant, Trigger.SCHEDULE) for c in claimed]
+                [
+                    RotationRequest(
+                        c.name,
+                        c.tenant,
+                        Trigger.SCHEDULE,
+                        guard=partial(
+                            store_claims.check_held,
+                            credential_id=c.credential_id,
+                            worker=self.worker,
+                        ),
+                    )
+                    for c in claimed
+                ]
             )
         except RotatorError:
             # The store failed under the batch: the credentials are due again when their
             # claims' leases end (rotations it began are resumed by recovery).
             await self._release(list(ids.values()))
             return
-        failed = {ids[r.name] for r in result.results if r.outcome is not Outcome.ROTATED}
+        # SKIPPED: the claim was lost (another worker has it): nothing to release or delay.
+        failed = {
+            ids[r.name]
+            for r in result.results
+            if r.outcome not in (Outcome.ROTATED, Outcome.SKIPPED)
+        }
         if failed:
             later = self.rt.now() + timedelta(seconds=FAILED_SCHEDULE_BACKOFF_S)
             await self._release(sorted(failed), until=later)

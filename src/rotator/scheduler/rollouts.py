@@ -25,6 +25,7 @@ from rotator.engine import Engine, Outcome, RotationRequest, RotationResult, Tri
 from rotator.engine.ownership import owner_dead
 from rotator.engine.runtime import Runtime
 from rotator.engine.values import ENGINE_ACTOR
+from rotator.errors import RotatorError
 from rotator.kernel import Kernel
 from rotator.policy.rollout import HaltRule, starts_allowed
 from rotator.store import rollouts as store
@@ -98,9 +99,13 @@ async def _heartbeat(engine: Engine, ids: list[int], now: datetime, lease: timed
     rt = engine.runtime
     while True:
         await asyncio.sleep(lease.total_seconds() / 3)
-        await rt.writer.run(
-            partial(store.renew, item_ids=ids, owner=rt.owner, until=_until(rt, now, lease))
-        )
+        # A missed beat (the store unavailable) is tried again at the next one; an item whose
+        # lease ran out meanwhile may be settled by another process, and the rotation's guard
+        # (store.check_held) then keeps this one from starting it.
+        with contextlib.suppress(RotatorError):
+            await rt.writer.run(
+                partial(store.renew, item_ids=ids, owner=rt.owner, until=_until(rt, now, lease))
+            )
 
 
 async def _run(
@@ -120,7 +125,15 @@ async def _run(
     items = [i for i in items if i.id in held]
     if not items:
         return 0
-    reqs = [RotationRequest(i.credential, i.tenant, Trigger.ROLLOUT) for i in items]
+    reqs = [
+        RotationRequest(
+            i.credential,
+            i.tenant,
+            Trigger.ROLLOUT,
+            guard=partial(store.check_held, item_id=i.id, owner=rt.owner),
+        )
+        for i in items
+    ]
     # Recorded one by one as they end, so a halt stops the next claims as early as it can.
     pending: list[asyncio.Task[None]] = []
     by_name = {i.credential: i for i in items}
@@ -137,6 +150,8 @@ async def _run(
 
 async def _record_result(engine: Engine, item: store.ClaimedItem, res: RotationResult) -> None:
     rt = engine.runtime
+    if res.outcome is Outcome.SKIPPED:
+        return  # not started: the item is another process's now, and so is its outcome
     ok = res.outcome is Outcome.ROTATED
     await rt.writer.run(
         partial(

@@ -223,3 +223,23 @@ def claims_of(conn: Connection, worker: str | None = None) -> dict[int, str]:
     if worker is not None:
         q = q.where(credential_claims.c.worker == bindparam("w", worker))
     return {int(r.credential_id): r.worker for r in conn.execute(q)}
+
+
+def check_held(conn: Connection, now: datetime, *, credential_id: int, worker: str) -> str | None:
+    """A rotation's guard (see ``engine.RotationRequest.guard``): None while ``worker`` still
+    holds its claim of the credential, else why not. On PostgreSQL the credential's row is
+    locked first, so a concurrent ``claim_due`` (which skips locked rows) cannot take it
+    between this check and the intent's commit; on SQLite the write transaction excludes it.
+    A claim whose lease ran out but that nobody took yet is still held: whoever claims next
+    finds the rotation in flight and joins it."""
+    del now  # the claim row, not the clock, says who holds it
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            select(credentials.c.id).where(credentials.c.id == credential_id).with_for_update()
+        )
+    holder = conn.execute(
+        select(credential_claims.c.worker).where(credential_claims.c.credential_id == credential_id)
+    ).scalar_one_or_none()
+    if holder == worker:
+        return None
+    return "the scheduler's claim of it was taken over" if holder else "its claim ended"

@@ -305,6 +305,23 @@ def renew(conn: Connection, item_ids: Sequence[int], owner: str, until: datetime
     )
 
 
+def check_held(conn: Connection, now: datetime, *, item_id: int, owner: str) -> str | None:
+    """A rotation's guard (see ``engine.RotationRequest.guard``): None while ``owner`` still
+    holds the running item, else why not. The item's row is locked first on PostgreSQL, so
+    settling it (which updates that row) waits for the intent's commit and then sees the
+    rotation; on SQLite the write transaction excludes it."""
+    del now  # the item row, not the clock, says who holds it
+    q = select(rollout_items.c.status, rollout_items.c.claimed_by).where(
+        rollout_items.c.id == item_id
+    )
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = conn.execute(q).first()
+    if row is not None and row.status == "running" and row.claimed_by == owner:
+        return None
+    return "the rollout item was taken over or settled"
+
+
 def finish_item(
     conn: Connection,
     item_id: int,
