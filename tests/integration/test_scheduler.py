@@ -693,3 +693,52 @@ def test_a_worker_that_stalls_past_its_claims_lease_does_not_rotate_again(
         assert svc.audit_verify().ok
     finally:
         other.close()
+
+
+def test_a_tick_whose_store_call_fails_is_logged_and_the_worker_goes_on(
+    svc: BlockingService, raw_db: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from rotator import scheduler
+    from rotator.errors import StoreUnavailable
+
+    svc.add_credential(
+        "app/a", "local", policy=PolicyInput(every="1d"), value=ValueInput(generate=True)
+    )
+    with raw_db.begin() as c:
+        c.execute(
+            update(credentials).values(next_rotation_at=datetime.now(UTC) - timedelta(minutes=1))
+        )
+    engine = svc.service.engine
+    real = engine.recover
+    calls = {"n": 0}
+
+    async def flaky_recover():  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StoreUnavailable("the store is unavailable: connection refused")
+        return await real()
+
+    engine.recover = flaky_recover  # type: ignore[method-assign]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        async def until_rotated() -> None:
+            for _ in range(1000):  # polls the store for the end state, at most ~20 s
+                n = await engine.runtime.read(
+                    lambda conn: conn.execute(select(func.count()).select_from(versions)).scalar()
+                )
+                if n == 2:
+                    break
+                await asyncio.sleep(0.02)
+            stop.set()
+
+        await asyncio.gather(scheduler.run(engine, stop, poll_s=0.05), until_rotated())
+
+    with caplog.at_level("WARNING", logger="rotator.scheduler.loop"):
+        svc.run(main())
+    assert calls["n"] >= 2, "the loop ticked again after the failure"
+    assert [v.number for v in svc.show("app/a").versions] == [1, 2]
+    assert any("scheduler tick failed (StoreUnavailable)" in r.getMessage() for r in caplog.records)

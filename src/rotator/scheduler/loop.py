@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
 
 FAILED_SCHEDULE_BACKOFF_S = 300
+log = logging.getLogger(__name__)
 COUNT_CAP = 1_000_000  # overdue credentials counted to size a catch-up, at most
 LISTEN_RETRY_S = 1.0  # before reconnecting a lost LISTEN connection (the poll covers the gap)
 
@@ -97,14 +99,13 @@ class Scheduler:
         try:
             while not stop.is_set():
                 self.wake.clear()
-                await self.engine.recover()
-                await self.engine.process_revocations()
-                self._advance_rollouts()
-                wait = min(poll_s, await self._rollouts_wait())
-                if schedule:
-                    wait = min(wait, await self._schedule())
-                else:
-                    wait = min(wait, await self._until(_next_revocation))
+                try:
+                    wait = await self._tick(poll_s, schedule)
+                except RotatorError as exc:
+                    # The store (or a target during recovery) failed under this tick: a worker
+                    # rides it out and tries again after the poll interval, it does not exit.
+                    log.warning("scheduler tick failed (%s): %s", type(exc).__name__, exc)
+                    wait = poll_s
                 await self._sleep(stop, max(0.0, wait))
         finally:
             if self._rollouts is not None:
@@ -116,6 +117,16 @@ class Scheduler:
             for t in helpers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+
+    async def _tick(self, poll_s: float, schedule: bool) -> float:
+        """One pass: recover, revoke, advance rollouts, claim due work; how long to sleep."""
+        await self.engine.recover()
+        await self.engine.process_revocations()
+        self._advance_rollouts()
+        wait = min(poll_s, await self._rollouts_wait())
+        if schedule:
+            return min(wait, await self._schedule())
+        return min(wait, await self._until(_next_revocation))
 
     def _advance_rollouts(self) -> None:
         """Start durable rollouts' due items (``scheduler.rollouts.advance``) in a task of
@@ -130,8 +141,11 @@ class Scheduler:
     def _rollouts_done(self, task: asyncio.Task[int]) -> None:
         # A failed pass (the store unavailable) is tried again at the next tick; its items'
         # claims run out by themselves. Retrieved here so asyncio does not report it as lost.
-        if not task.cancelled():
-            task.exception()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # A defect's text may quote a value (a UnicodeDecodeError quotes its bytes): only
+            # rotator's own errors, whose messages never hold one, are logged with theirs.
+            text = str(exc) if isinstance(exc, RotatorError) else "message withheld"
+            log.warning("rollout pass failed (%s): %s", type(exc).__name__, text)
         self.wake.set()
 
     async def _rollouts_wait(self) -> float:
