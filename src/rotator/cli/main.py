@@ -14,7 +14,7 @@ import traceback
 import typer
 
 # Each module registers its commands on the apps of rotator.cli.app when imported.
-from rotator.cli import audit, credentials, groups, keys, rotate, worker  # noqa: F401
+from rotator.cli import audit, credentials, groups, keys, policy, rotate, worker  # noqa: F401
 from rotator.cli.app import (
     BAD_INPUT,
     Exit,

@@ -21,7 +21,7 @@ from rotator.config import Settings
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
-from rotator.service import rotation
+from rotator.service import policies, rotation
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
 
@@ -172,6 +172,10 @@ class BlockingService:
     show = _Blocking(RotatorService.show)
     get_value = _Blocking(RotatorService.get_value)
     update_credential = _Blocking(RotatorService.update_credential)
+    report_usage = _Blocking(RotatorService.report_usage)
+    set_policy_default = _Blocking(policies.set_default)
+    list_policy_defaults = _Blocking(policies.list_defaults)
+    remove_policy_default = _Blocking(policies.remove_default)
     remove_credential = _Blocking(RotatorService.remove_credential)
     add_group = _Blocking(RotatorService.add_group)
     get_group = _Blocking(RotatorService.get_group)
