@@ -399,10 +399,10 @@ BAD_INPUT = [
     case("blackout-bad-hour", f"{ADD} --blackout 'Fri 25:00-Mon 06:00'", "--blackout", "25:00"),
     case("blackout-empty", f"{ADD} --blackout 'Fri 18:00-Fri 18:00'", "--blackout", "empty"),
     case("tz-unknown", f"{ADD} --cron '0 3 * * *' --tz Mars/Olympus", "--tz", "Mars/Olympus"),
-    case("tz-path", f"{ADD} --cron '0 3 * * *' --tz ../../etc/passwd", "--tz"),
+    case("tz-path", f"{ADD} --cron '0 3 * * *' --tz ../../etc/passwd", "unknown --tz"),
     case("max-age-bad", f"{ADD} --max-age 90", "--max-age", "'90'"),
     case("max-age-zero", f"{ADD} --max-age 0d", "--max-age", "zero"),
-    case("update-max-age-zero", f"credential update {SEEDED} --max-age 0s", "--max-age"),
+    case("update-max-age-zero", f"credential update {SEEDED} --max-age 0s", "--max-age", "zero"),
     # credential used (usage an application reports)
     case("used-count-zero", f"credential used {SEEDED} --count 0", "--count"),
     case("used-count-negative", f"credential used {SEEDED} --count -3", "--count"),

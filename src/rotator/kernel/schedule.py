@@ -34,6 +34,27 @@ def _tenant_defaults(
     return tags, tenant
 
 
+def effective(
+    conn: Connection,
+    *,
+    tenant_id: int,
+    tenant: str,
+    name: str,
+    tags: Mapping[str, str],
+    own: Mapping[str, Any],
+) -> Resolved:
+    """The effective policy a credential with ``tags`` and its own partial policy ``own``
+    would have under the tenant's current defaults (reads only). Raises PolicyError naming
+    the credential when it would not be valid: call before any side effect."""
+    tag_defaults, tenant_default = _tenant_defaults(conn, tenant_id)
+    try:
+        return resolve(
+            own, tags=tags, tag_defaults=tag_defaults, tenant=tenant, tenant_default=tenant_default
+        )
+    except PolicyError as exc:
+        raise PolicyError(f"credential {name!r}: {exc}") from None
+
+
 def reschedule(
     conn: Connection,
     credential_ids: Sequence[int],

@@ -39,6 +39,7 @@ from rotator.errors import (
     VerificationFailed,
 )
 from rotator.kernel import Kernel, integrity, utcnow
+from rotator.kernel import schedule as kernel_schedule
 from rotator.kernel.keyring import rotate_master
 from rotator.service.inputs import PolicyInput, ValueInput
 from rotator.sinks import describe_sink, parse_sink
@@ -189,6 +190,18 @@ class RotatorService:
         tenant = await self.tenant(principal.tenant)
         if await self._read(partial(store_creds.credential_id, tenant_id=tenant.id, name=name)):
             raise AlreadyExists(f"credential {name!r} exists already")
+        # Merged with the defaults it inherits, the policy must be valid before any value is
+        # made or published.
+        await self._read(
+            partial(
+                kernel_schedule.effective,
+                tenant_id=tenant.id,
+                tenant=tenant.name,
+                name=name,
+                tags=tags,
+                own=own,
+            )
+        )
         first = await self._new_value(impl, cfg, name, 1, value, principal)
         try:
             if verify:
@@ -368,6 +381,18 @@ class RotatorService:
         if value.value is not None:
             cbase.check_value(impl, cfg, value.value)
         tenant = await self.tenant(principal.tenant)
+
+        def check(conn: Connection) -> None:
+            kernel_schedule.effective(
+                conn,
+                tenant_id=tenant.id,
+                tenant=tenant.name,
+                name=name,
+                tags=cred.tags if tags is None else tags,
+                own={**store_pol.own_policy(conn, cred.id), **own_patch},
+            )
+
+        await self._read(check)  # before a value is generated
         number = max((v.number for v in cred.versions), default=0) + 1
         # No connector call may run inside a store write transaction: generate first.
         new_value = await self._new_value(impl, cfg, name, number, value, principal)

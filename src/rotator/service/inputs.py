@@ -63,10 +63,6 @@ class PolicyInput:
             raise PolicyError("--window must be longer than zero")
         return out
 
-    @property
-    def given(self) -> bool:
-        return bool(self.partial())
-
     def apply(self, base: RotationPolicy | None) -> RotationPolicy:
         """Merge onto ``base`` (None: a new credential) as a whole policy; --every and --cron
         replace each other. Raises PolicyError."""
