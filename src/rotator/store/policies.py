@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
+from sqlalchemy import BindParameter, Connection, and_, bindparam, delete, insert, select, update
 
 from rotator.domain.policy import RotationPolicy
 from rotator.store.schema import credential_tags, credentials, policy_defaults, tenants
@@ -44,13 +44,38 @@ class ScheduleRow:
     tags: dict[str, str]
 
 
+# Statements on the rotation path (a finish reschedules its credential), built once.
+_DEFAULTS_OF = (
+    select(policy_defaults)
+    .where(policy_defaults.c.tenant_id == bindparam("b_tid"))
+    .order_by(policy_defaults.c.tag_key, policy_defaults.c.tag_value)
+)
+_IDS: BindParameter[int] = bindparam("b_ids", expanding=True)
+_TAGS_OF = select(credential_tags).where(credential_tags.c.credential_id.in_(_IDS))
+_SCHEDULE_ROWS = (
+    select(
+        credentials.c.id,
+        credentials.c.tenant_id,
+        tenants.c.name.label("tenant"),
+        credentials.c.name,
+        credentials.c.connector,
+        credentials.c.policy,
+        credentials.c.policy_own,
+        credentials.c.created_at,
+        credentials.c.last_rotated_at,
+        credentials.c.use_count,
+        credentials.c.next_rotation_at,
+        credentials.c.next_rotation_rule,
+    )
+    .join(tenants, tenants.c.id == credentials.c.tenant_id)
+    .where(credentials.c.id.in_(_IDS))
+    .order_by(credentials.c.id)
+)
+
+
 def defaults(conn: Connection, tenant_id: int) -> list[DefaultRow]:
     """The tenant's defaults, the tenant-wide one first, then by tag key and value."""
-    rows = conn.execute(
-        select(policy_defaults)
-        .where(policy_defaults.c.tenant_id == tenant_id)
-        .order_by(policy_defaults.c.tag_key, policy_defaults.c.tag_value)
-    ).all()
+    rows = conn.execute(_DEFAULTS_OF, {"b_tid": tenant_id}).all()
     return [DefaultRow(r.tag_key, r.tag_value, dict(r.policy), r.updated_at) for r in rows]
 
 
@@ -132,30 +157,9 @@ def schedule_rows(conn: Connection, ids: Sequence[int]) -> list[ScheduleRow]:
     out: list[ScheduleRow] = []
     for chunk in _chunks(list(ids)):
         tags: dict[int, dict[str, str]] = defaultdict(dict)
-        for t in conn.execute(
-            select(credential_tags).where(credential_tags.c.credential_id.in_(chunk))
-        ):
+        for t in conn.execute(_TAGS_OF, {"b_ids": list(chunk)}):
             tags[t.credential_id][t.key] = t.value
-        q = (
-            select(
-                credentials.c.id,
-                credentials.c.tenant_id,
-                tenants.c.name.label("tenant"),
-                credentials.c.name,
-                credentials.c.connector,
-                credentials.c.policy,
-                credentials.c.policy_own,
-                credentials.c.created_at,
-                credentials.c.last_rotated_at,
-                credentials.c.use_count,
-                credentials.c.next_rotation_at,
-                credentials.c.next_rotation_rule,
-            )
-            .join(tenants, tenants.c.id == credentials.c.tenant_id)
-            .where(credentials.c.id.in_(chunk))
-            .order_by(credentials.c.id)
-        )
-        for r in conn.execute(q):
+        for r in conn.execute(_SCHEDULE_ROWS, {"b_ids": list(chunk)}):
             out.append(
                 ScheduleRow(
                     id=r.id,
