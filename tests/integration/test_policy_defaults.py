@@ -18,10 +18,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 
+from rotator.config import Settings
 from rotator.domain.model import Stage
 from rotator.scheduler import loop as scheduler
 from rotator.service import BlockingService, PolicyInput, ValueInput
+from rotator.store.db import MIGRATIONS
 
 CLI = Path(sys.executable).parent / "rotator"
 
@@ -126,6 +130,33 @@ def test_rows_from_before_defaults_keep_every_field_as_their_own(
     assert old.policy.every == timedelta(days=1)
     assert old.policy.grace == timedelta(minutes=5)  # stored in its full policy: its own
     assert old.next_rotation_rule == "every 1d"
+
+
+def test_store_upgraded_from_0006_keeps_each_credential_policy_as_its_own(
+    settings: Settings, raw_db: sa.Engine
+) -> None:
+    svc, _ = BlockingService.init(settings)
+    svc.add_credential("old", "local", tags={"env": "prod"}, policy=PolicyInput(every="1d"))
+    svc.close()
+    with raw_db.begin() as conn:  # back to the schema before migration 0007
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    with raw_db.connect() as conn:
+        assert "policy_defaults" not in sa.inspect(conn).get_table_names()
+
+    svc = BlockingService.open(settings)  # upgrades to 0007 on open
+    try:
+        svc.set_policy_default(tag=("env", "prod"), policy=PolicyInput(every="30d", grace="1h"))
+        old = svc.show("old")
+        assert old.policy.every == timedelta(days=1)
+        assert old.policy.grace == timedelta(minutes=5)
+        assert old.next_rotation_rule == "every 1d"
+        svc.add_credential("new", "local", tags={"env": "prod"})
+        assert svc.show("new").next_rotation_rule == "every 30d from tag env=prod"
+    finally:
+        svc.close()
 
 
 def _scheduler_pass(svc: BlockingService) -> None:
