@@ -25,6 +25,7 @@ from rotator.config import Settings
 from rotator.domain.model import Stage
 from rotator.scheduler import loop as scheduler
 from rotator.service import BlockingService, PolicyInput, ValueInput
+from rotator.store import Database
 from rotator.store.db import MIGRATIONS
 
 CLI = Path(sys.executable).parent / "rotator"
@@ -136,13 +137,22 @@ def test_store_upgraded_from_0006_keeps_each_credential_policy_as_its_own(
     settings: Settings, raw_db: sa.Engine
 ) -> None:
     svc, _ = BlockingService.init(settings)
-    svc.add_credential("old", "local", tags={"env": "prod"}, policy=PolicyInput(every="1d"))
+    svc.add_credential(
+        "old",
+        "local",
+        tags={"env": "prod"},
+        policy=PolicyInput(every="1d"),
+        value=ValueInput(generate=True),
+    )
+    value = svc.get_value("old").reveal()
     svc.close()
-    with raw_db.begin() as conn:  # back to the schema before migration 0007
+    db = Database(settings.db_url)  # rotator's own connections (SQLite foreign keys on)
+    with db.write() as conn:  # back to the schema before migration 0007
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0006")
+    db.dispose()
     with raw_db.connect() as conn:
         assert "policy_defaults" not in sa.inspect(conn).get_table_names()
 
@@ -153,6 +163,7 @@ def test_store_upgraded_from_0006_keeps_each_credential_policy_as_its_own(
         assert old.policy.every == timedelta(days=1)
         assert old.policy.grace == timedelta(minutes=5)
         assert old.next_rotation_rule == "every 1d"
+        assert svc.get_value("old").reveal() == value  # the downgrade kept its versions
         svc.add_credential("new", "local", tags={"env": "prod"})
         assert svc.show("new").next_rotation_rule == "every 30d from tag env=prod"
     finally:

@@ -38,6 +38,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("policy_defaults")
-    with op.batch_alter_table("credentials") as batch:
+    # "never": on SQLite, recreating a table drops the old one, and with foreign keys on that
+    # cascades into versions; SQLite >= 3.35 drops a column in place.
+    with op.batch_alter_table("credentials", recreate="never") as batch:
         batch.drop_column("next_rotation_rule")
         batch.drop_column("policy_own")
