@@ -27,6 +27,7 @@ from rotator.errors import (
 from rotator.service import (
     BlockingService,
     EngineOptions,
+    PolicyInput,
     ValueInput,
 )
 
@@ -52,6 +53,8 @@ group_app = typer.Typer(
     help="Coordinated groups: rotate members together, in order.", no_args_is_help=True
 )
 app.add_typer(group_app, name="group")
+policy_app = typer.Typer(help="Policy defaults by tag and tenant.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 
 
 class _Out:
@@ -137,6 +140,20 @@ RiskCooldownOpt = Annotated[
     str | None,
     typer.Option("--risk-cooldown", help="After a risk rotation, only notify this long (1h)."),
 ]
+JitterOpt = Annotated[
+    str | None,
+    typer.Option("--jitter", help="Move each due time by a stable offset in [0, DURATION)."),
+]
+BlackoutOpt = Annotated[
+    list[str] | None,
+    typer.Option("--blackout", help="No rotation in this weekly span: 'Fri 18:00-Mon 06:00'."),
+]
+TzOpt = Annotated[
+    str | None, typer.Option("--tz", help="Zone of --cron and --blackout (default UTC).")
+]
+MaxAgeOpt = Annotated[
+    str | None, typer.Option("--max-age", help="Never let CURRENT get older than DURATION.")
+]
 StdinOpt = Annotated[
     bool, typer.Option("--value-stdin", help="Read the value from standard input.")
 ]
@@ -165,3 +182,35 @@ def value_input(value_stdin: bool, generate: bool) -> ValueInput:
 def pairs(items: list[str] | None, what: str) -> dict[str, str]:
     key_re = names.TAG_KEY if what == "--tag" else names.CONFIG_KEY
     return names.parse_pairs(items or [], what, key_re)
+
+
+def policy_input(
+    *,
+    every: str | None = None,
+    cron: str | None = None,
+    window: str | None = None,
+    grace: str | None = None,
+    max_uses: int | None = None,
+    jitter: str | None = None,
+    blackout: list[str] | None = None,
+    tz: str | None = None,
+    max_age: str | None = None,
+    on_risk: str | None = None,
+    risk_cooldown: str | None = None,
+) -> PolicyInput:
+    """The policy options of a command, checked (PolicyError names the first bad one)."""
+    policy = PolicyInput(
+        every=every,
+        cron=cron,
+        window=window,
+        grace=grace,
+        max_uses=max_uses,
+        jitter=jitter,
+        blackout=None if not blackout else tuple(blackout),
+        tz=tz,
+        max_age=max_age,
+        on_risk=on_risk,
+        risk_cooldown=risk_cooldown,
+    )
+    policy.partial()
+    return policy

@@ -9,11 +9,14 @@ from typing import Annotated
 import typer
 
 from rotator.cli.app import (
+    BlackoutOpt,
     CronOpt,
     EveryOpt,
     GenOpt,
     GraceOpt,
+    JitterOpt,
     JsonOpt,
+    MaxAgeOpt,
     MaxUsesOpt,
     OnRiskOpt,
     RiskCooldownOpt,
@@ -21,12 +24,14 @@ from rotator.cli.app import (
     SinkOpt,
     StdinOpt,
     TagOpt,
+    TzOpt,
     WindowOpt,
     app,
     credential_app,
     emit_json,
     out,
     pairs,
+    policy_input,
     service,
     value_input,
 )
@@ -36,10 +41,7 @@ from rotator.domain.model import Stage
 from rotator.errors import (
     InvalidInput,
 )
-from rotator.service import (
-    BlockingService,
-    PolicyInput,
-)
+from rotator.service import BlockingService
 from rotator.service.views import credential_view
 
 
@@ -76,6 +78,10 @@ def credential_add(
     max_uses: MaxUsesOpt = None,
     on_risk: OnRiskOpt = None,
     risk_cooldown: RiskCooldownOpt = None,
+    jitter: JitterOpt = None,
+    blackout: BlackoutOpt = None,
+    tz: TzOpt = None,
+    max_age: MaxAgeOpt = None,
     value_stdin: StdinOpt = False,
     generate: GenOpt = False,
     verify: Annotated[
@@ -87,7 +93,7 @@ def credential_add(
     """Add a credential. The value comes only from --value-stdin or --generate."""
     names.check_credential_name(name)
     settings, tags = pairs(set_, "--set"), pairs(tag, "--tag")
-    policy = PolicyInput(
+    policy = policy_input(
         every=every,
         cron=cron,
         window=window,
@@ -95,8 +101,11 @@ def credential_add(
         max_uses=max_uses,
         on_risk=on_risk,
         risk_cooldown=risk_cooldown,
-    )
-    policy.apply(None)  # validate before reading stdin
+        jitter=jitter,
+        blackout=blackout,
+        tz=tz,
+        max_age=max_age,
+    )  # checked before reading stdin
     value = value_input(value_stdin, generate)
     with service() as svc:
         cred = svc.add_credential(
@@ -166,6 +175,7 @@ def credential_show(name: str, as_json: JsonOpt = False) -> None:
         "updated_at",
         "last_rotated_at",
         "next_rotation_at",
+        "next_rotation_rule",
         "use_count",
     ):
         out.print(f"{key:17} {v[key] if v[key] is not None else '-'}")
@@ -215,6 +225,10 @@ def credential_update(
     max_uses: MaxUsesOpt = None,
     on_risk: OnRiskOpt = None,
     risk_cooldown: RiskCooldownOpt = None,
+    jitter: JitterOpt = None,
+    blackout: BlackoutOpt = None,
+    tz: TzOpt = None,
+    max_age: MaxAgeOpt = None,
     value_stdin: StdinOpt = False,
     generate: GenOpt = False,
     sink: SinkOpt = None,
@@ -224,7 +238,7 @@ def credential_update(
     names.check_credential_name(name)
     settings = pairs(set_, "--set") if set_ else None
     tags = pairs(tag, "--tag") if tag else None
-    policy = PolicyInput(
+    policy = policy_input(
         every=every,
         cron=cron,
         window=window,
@@ -232,7 +246,11 @@ def credential_update(
         max_uses=max_uses,
         on_risk=on_risk,
         risk_cooldown=risk_cooldown,
-    )
+        jitter=jitter,
+        blackout=blackout,
+        tz=tz,
+        max_age=max_age,
+    )  # checked before reading stdin
     value = value_input(value_stdin, generate)
     with service() as svc:
         cred = svc.update_credential(
@@ -248,6 +266,23 @@ def credential_update(
         emit_json(credential_view(cred))
     else:
         out.print(f"updated {cred.name}")
+
+
+@credential_app.command("used")
+def credential_used(
+    name: str,
+    count: Annotated[int, typer.Option("--count", help="How many uses to record.")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record uses an application reports (drives --max-uses; audited)."""
+    names.check_credential_name(name)
+    with service() as svc:
+        cred = svc.report_usage(name, count)
+    if as_json:
+        emit_json(credential_view(cred))
+        return
+    due = credential_view(cred)["next_rotation_at"] or "-"
+    out.print(f"{cred.name}: {cred.use_count} use(s); next rotation {due}")
 
 
 @credential_app.command("remove")

@@ -60,6 +60,8 @@ class Credential:
     use_count: int = 0
     versions: tuple[Version, ...] = field(default=())
     sinks: tuple[dict[str, Any], ...] = field(default=())
+    # Which policy rule set next_rotation_at (migration 0007), e.g. "every 30d from tag env=prod".
+    next_rotation_rule: str | None = None
 
     def version_in(self, stage: Stage) -> Version | None:
         """The newest version carrying ``stage``, or None."""

@@ -36,7 +36,6 @@ from rotator.errors import (
     LostOwnership,
     RotatorError,
 )
-from rotator.policy import earliest, next_rotation_at
 from rotator.sinks import load_sink
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
@@ -405,11 +404,14 @@ class Protocol:
             now=now,
             last_rotated_at=now,
             use_count=0,
-            set_next_rotation=True,
-            next_rotation_at=earliest(
-                next_rotation_at(ctx.cred.policy, now),
-                cbase.rotation_hint(ctx.impl, ctx.cfg, ctx.pending),
-            ),
+        )
+        # The next time from the effective policy (defaults by tag and tenant included) and
+        # the connector's hint, with the rule that set it (kernel.schedule).
+        kernel.reschedule(
+            conn,
+            [ctx.cred.id],
+            hints={ctx.cred.id: cbase.rotation_hint(ctx.impl, ctx.cfg, ctx.pending)},
+            strict=False,
         )
         store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
         self.rt.audit_in(

@@ -8,7 +8,7 @@ operation and its audit entry commit or roll back together.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from rotator.domain.model import Stage, Tenant
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.domain.secret import Secret
 from rotator.errors import IntegrityError, InvalidInput, NotFound
-from rotator.kernel import integrity
+from rotator.kernel import integrity, schedule
 from rotator.kernel.keyring import KeyRing, create_master, load_keyring
 from rotator.store import Database
 from rotator.store import credentials as store_creds
@@ -251,10 +251,34 @@ class Kernel:
         number: int,
         stage: Stage,
     ) -> None:
-        """Count one use of the credential and audit the read, in ``conn``'s transaction."""
-        store_creds.count_use(conn, credential_id)
+        """Count one use of the credential and audit the read, in ``conn``'s transaction.
+        Reaching the credential's max uses makes it due now (see kernel.schedule)."""
+        self.count_uses(conn, credential_id, 1)
         details = {"version": number, "stage": stage.value}
         self.audit(conn, principal, "value.read", name, details=details)
+
+    # -- schedule (see kernel/schedule.py) -------------------------------------------------
+
+    def reschedule(
+        self,
+        conn: Connection,
+        credential_ids: Sequence[int],
+        *,
+        own: Mapping[int, Mapping[str, Any]] | None = None,
+        hints: Mapping[int, datetime | None] | None = None,
+        strict: bool = True,
+    ) -> dict[int, tuple[datetime | None, str]]:
+        """Effective policy, next rotation time and its rule of each credential, recomputed
+        now and stored in ``conn``'s transaction; see :func:`rotator.kernel.schedule.reschedule`.
+        Call after anything that changes a credential's policy, tags or last rotation."""
+        return schedule.reschedule(
+            conn, credential_ids, now=self.clock(), own=own, hints=hints, strict=strict
+        )
+
+    def count_uses(self, conn: Connection, credential_id: int, n: int) -> int:
+        """Add ``n`` uses; reaching the max uses makes the credential due now. Returns the
+        new count."""
+        return schedule.count_uses(conn, credential_id, n, self.clock())
 
     # -- integrity (see kernel/integrity.py) ----------------------------------------------
 

@@ -1,28 +1,207 @@
-"""Next rotation time from a policy. Pure."""
+"""Next rotation time from a policy, and the rule that set it. Pure: ``now`` is an argument.
+
+The one entry point is :func:`next_rotation`; it returns ``(time, rule_text)`` where the
+rule text says which policy field decided and where that field came from (``every 30d from
+tag env=prod``, ``cron '0 3 * * 0' + jitter 10m``, ``max age 90d``, ``3 uses reached``,
+``...; blackout until Mon 06:00``).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
-from rotator.domain.policy import RotationPolicy
+from rotator.domain.policy import Blackout, RotationPolicy, format_duration, zone
+
+# Bounds on the searches below: a policy whose every window is blacked out must still
+# answer (it falls back to the end of the blackout) rather than loop.
+_MAX_CRON_TRIES = 400
+_US = timedelta(microseconds=1)
+
+
+def jitter_offset(seed: str, jitter: timedelta) -> timedelta:
+    """A stable pseudo-random offset in [0, jitter) for ``seed`` (a credential's name): the
+    same on every run and every machine, and spread evenly over many credentials."""
+    span = jitter // _US
+    if span <= 0:
+        return timedelta(0)
+    digest = hashlib.sha256(seed.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % span * _US
+
+
+def cron_after(policy: RotationPolicy, after: datetime) -> datetime:
+    """The first cron time strictly after ``after``, read in the policy's zone, in UTC.
+
+    croniter runs with a zone-aware start, so wall-clock times stay put across DST changes
+    (``0 3 * * *`` is 03:00 local in summer and winter). A time inside the spring gap fires
+    at the first instant after the jump. A wall time that occurs twice in autumn fires once:
+    the repeat is skipped unless the hour field is a wildcard (an hourly job runs every hour).
+    """
+    assert policy.cron is not None
+    from croniter import croniter  # only cron policies pay for it
+
+    tz = zone(policy.tz)
+    it = croniter(policy.cron, after.astimezone(tz))
+    hourly = "*" in policy.cron.split()[1]
+    for _ in range(4):
+        nxt: datetime = it.get_next(datetime)
+        local = nxt.astimezone(tz)
+        if hourly or not _is_repeat(local, tz):
+            return nxt.astimezone(UTC)
+    return nxt.astimezone(UTC)
+
+
+def _is_repeat(local: datetime, tz: ZoneInfo) -> bool:
+    """Whether ``local`` (from ``astimezone``, which sets ``fold``) is the second occurrence
+    of a wall time that the autumn change makes occur twice."""
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
+
+
+def blackout_end(policy: RotationPolicy, t: datetime) -> tuple[datetime, str] | None:
+    """If ``t`` falls in one of the policy's blackouts: the instant it ends (following
+    blackouts that touch) and the label of that end; else None."""
+    spans = policy.blackouts
+    if not spans:
+        return None
+    tz = zone(policy.tz)
+    moved: tuple[datetime, str] | None = None
+    for _ in range(len(spans) + 1):
+        local = t.astimezone(tz)
+        minute = (
+            local.weekday() * 1440 + local.hour * 60 + local.minute + local.second / 60
+        ) + local.microsecond / 60e6
+        hit = next((b for b in spans if b.contains(minute)), None)
+        if hit is None:
+            return moved
+        t = _local_next(local, hit.end, tz)
+        moved = (t, Blackout.label(hit.end))
+    return moved
+
+
+def _local_next(local: datetime, minute_of_week: int, tz: ZoneInfo) -> datetime:
+    """The first instant after ``local`` whose wall clock is ``minute_of_week``, in UTC."""
+    day, rest = divmod(minute_of_week, 1440)
+    wall = local.replace(tzinfo=None)
+    date = wall.date() + timedelta(days=(day - wall.weekday()) % 7)
+    candidate = datetime.combine(date, time(rest // 60, rest % 60))
+    if candidate <= wall:
+        candidate += timedelta(days=7)
+    return candidate.replace(tzinfo=tz).astimezone(UTC)
+
+
+def _from(sources: Mapping[str, str], field: str) -> str:
+    src = sources.get(field, "")
+    return f" from {src}" if src and src not in ("default", "credential") else ""
+
+
+def usage_due(
+    policy: RotationPolicy, use_count: int, now: datetime, sources: Mapping[str, str] = {}
+) -> tuple[datetime, str] | None:
+    """When ``use_count`` reached the policy's max uses: (now, or the end of a blackout now
+    is in; the rule). None otherwise."""
+    if policy.max_uses is None or use_count < policy.max_uses:
+        return None
+    return _outside_blackout(
+        policy, now, f"{policy.max_uses} uses reached{_from(sources, 'max_uses')}"
+    )
+
+
+def _outside_blackout(policy: RotationPolicy, t: datetime, rule: str) -> tuple[datetime, str]:
+    moved = blackout_end(policy, t)
+    if moved is None:
+        return t, rule
+    return moved[0], f"{rule}; blackout until {moved[1]}"
+
+
+def _scheduled(
+    policy: RotationPolicy, last: datetime, now: datetime, seed: str
+) -> tuple[datetime, str, str] | None:
+    """(time, rule, deciding field) of the interval or cron schedule, jitter and blackouts
+    applied; None when the policy has neither."""
+    if policy.every is not None:
+        t = last + policy.every
+        rule, field = f"every {format_duration(policy.every)}", "every"
+        if policy.jitter is not None:
+            t += jitter_offset(seed, policy.jitter)
+            rule += f" + jitter {format_duration(policy.jitter)}"
+        t, rule = _outside_blackout(policy, t, rule)
+        return t, rule, field
+    if policy.cron is None:
+        return None
+    rule = f"cron '{policy.cron}'"
+    if policy.window is not None:
+        rule += f" window {format_duration(policy.window)}"
+    offset = timedelta(0)
+    if policy.jitter is not None:
+        # Within the window: a jittered start never leaves the window it belongs to.
+        span = policy.jitter if policy.window is None else min(policy.jitter, policy.window)
+        offset = jitter_offset(seed, span)
+        rule += f" + jitter {format_duration(policy.jitter)}"
+    fire = cron_after(policy, last)
+    if policy.window is not None and fire + policy.window <= now:
+        # That occurrence's window has passed (downtime, a policy change): the next window
+        # that has not ended yet.
+        fire = cron_after(policy, now - policy.window)
+    first: tuple[datetime, str] | None = None
+    for _ in range(_MAX_CRON_TRIES):
+        t, r = _outside_blackout(policy, fire + offset, rule)
+        first = first or (t, r)
+        if policy.window is None or t < fire + policy.window:
+            return t, r, "cron"
+        fire = cron_after(policy, fire)  # window blacked out: the next occurrence
+    assert first is not None
+    return first[0], first[1], "cron"
+
+
+def next_rotation(
+    policy: RotationPolicy,
+    *,
+    now: datetime,
+    last_rotated_at: datetime,
+    use_count: int = 0,
+    seed: str = "",
+    sources: Mapping[str, str] = {},
+) -> tuple[datetime | None, str]:
+    """When a credential is next due, and the rule that says so. None: on demand only.
+
+    - max uses reached: due now;
+    - else the schedule (``every`` from ``last_rotated_at``, or the next cron time after it
+      in the policy's zone), moved by the jitter offset for ``seed``; with a window, a cron
+      occurrence whose window has ended by ``now`` gives way to the next one;
+    - ``max_age``: never later than ``last_rotated_at + max_age``;
+    - any due time inside a blackout moves to the blackout's end (with a window: to the next
+      cron occurrence whose window is not blacked out).
+
+    ``sources`` maps field names to where the effective value came from (see
+    ``rotator.policy.defaults``): the rule text names it (``every 30d from tag env=prod``).
+    """
+    by_use = usage_due(policy, use_count, now, sources)
+    if by_use is not None:
+        return by_use
+    sched = _scheduled(policy, last_rotated_at, now, seed)
+    if policy.max_age is not None:
+        aged = _outside_blackout(
+            policy,
+            last_rotated_at + policy.max_age,
+            f"max age {format_duration(policy.max_age)}{_from(sources, 'max_age')}",
+        )
+        if sched is None or aged[0] < sched[0]:
+            return aged
+    if sched is None:
+        return None, "on demand"
+    t, rule, field = sched
+    if ";" in rule:
+        head, tail = rule.split(";", 1)
+        return t, f"{head}{_from(sources, field)};{tail}"
+    return t, rule + _from(sources, field)
 
 
 def next_rotation_at(policy: RotationPolicy, last_rotated_at: datetime) -> datetime | None:
-    """When a credential last rotated at ``last_rotated_at`` is next due, or None (on demand).
-
-    For ``cron`` the answer is the first cron time after ``last_rotated_at``; the window only
-    bounds how late the rotation may start, so it does not move the due time.
-    Usage-based rotation (``max_uses``) is not time-based and does not set a due time.
-    """
-    if policy.every is not None:
-        return last_rotated_at + policy.every
-    if policy.cron is not None:
-        from croniter import croniter  # only cron policies pay for it
-
-        it = croniter(policy.cron, last_rotated_at)
-        nxt: datetime = it.get_next(datetime)
-        return nxt
-    return None
+    """The due time alone, for a credential last rotated at ``last_rotated_at`` (``now`` taken
+    to be that time; no jitter seed). Prefer :func:`next_rotation`."""
+    return next_rotation(policy, now=last_rotated_at, last_rotated_at=last_rotated_at)[0]
 
 
 def earliest(*times: datetime | None) -> datetime | None:

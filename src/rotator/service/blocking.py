@@ -22,7 +22,7 @@ from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
 from rotator.scheduler import SchedulerOptions
-from rotator.service import events, rollouts, rotation
+from rotator.service import events, policies, rollouts, rotation
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
 
@@ -182,6 +182,10 @@ class BlockingService:
     show = _Blocking(RotatorService.show)
     get_value = _Blocking(RotatorService.get_value)
     update_credential = _Blocking(RotatorService.update_credential)
+    report_usage = _Blocking(RotatorService.report_usage)
+    set_policy_default = _Blocking(policies.set_default)
+    list_policy_defaults = _Blocking(policies.list_defaults)
+    remove_policy_default = _Blocking(policies.remove_default)
     remove_credential = _Blocking(RotatorService.remove_credential)
     add_group = _Blocking(RotatorService.add_group)
     get_group = _Blocking(RotatorService.get_group)

@@ -25,6 +25,7 @@ from rotator.connectors import base as cbase
 from rotator.domain import names
 from rotator.domain.group import Group
 from rotator.domain.model import Credential, Stage, Tenant
+from rotator.domain.policy import RotationPolicy
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions
@@ -38,16 +39,19 @@ from rotator.errors import (
     VerificationFailed,
 )
 from rotator.kernel import Kernel, integrity, utcnow
+from rotator.kernel import schedule as kernel_schedule
 from rotator.kernel.keyring import rotate_master
-from rotator.policy import earliest, next_rotation_at
 from rotator.service.inputs import PolicyInput, ValueInput
 from rotator.sinks import describe_sink, parse_sink
 from rotator.store import Database
 from rotator.store import credentials as store_creds
 from rotator.store import groups as store_groups
+from rotator.store import policies as store_pol
 from rotator.store import rotations as store_rot
 
 T = TypeVar("T")
+# Uses one report may add (a database integer holds far more; no application reports more).
+MAX_REPORTED_USES = 1_000_000_000
 
 
 class RotatorService:
@@ -178,7 +182,7 @@ class RotatorService:
         names.check_credential_name(name)
         impl = self.engine.connector(connector)
         cfg = cbase.parse_config(impl, dict(settings or {}))
-        pol = policy.apply(None)
+        own = policy.partial()
         tags = dict(tags or {})
         sink_specs = [parse_sink(x, self.kernel.protected_paths()) for x in sinks]
         if value.value is not None:
@@ -186,6 +190,18 @@ class RotatorService:
         tenant = await self.tenant(principal.tenant)
         if await self._read(partial(store_creds.credential_id, tenant_id=tenant.id, name=name)):
             raise AlreadyExists(f"credential {name!r} exists already")
+        # Merged with the defaults it inherits, the policy must be valid before any value is
+        # made or published.
+        await self._read(
+            partial(
+                kernel_schedule.effective,
+                tenant_id=tenant.id,
+                tenant=tenant.name,
+                name=name,
+                tags=tags,
+                own=own,
+            )
+        )
         first = await self._new_value(impl, cfg, name, 1, value, principal)
         try:
             if verify:
@@ -210,18 +226,20 @@ class RotatorService:
                 name=name,
                 connector=connector,
                 config=cfg.model_dump(mode="json", exclude_defaults=True),
-                policy=pol,
+                policy=RotationPolicy(),  # the effective one is written by reschedule below
                 tags=tags,
                 now=now,
-                next_rotation_at=earliest(
-                    next_rotation_at(pol, now), cbase.rotation_hint(impl, cfg, first)
-                ),
+                next_rotation_at=None,
                 sinks=sink_specs,
+                policy_own=own,
             )
             if first is not None:
                 self.kernel.seal_version(conn, tenant, cid, 1, first, Stage.CURRENT, now)
                 store_creds.update_credential(conn, cid, now=now, last_rotated_at=now)
             self.kernel.restamp(conn, cid)
+            self.kernel.reschedule(conn, [cid], hints={cid: cbase.rotation_hint(impl, cfg, first)})
+            cred = store_creds.get_credential(conn, tenant.id, name)
+            assert cred is not None
             self._audit(
                 conn,
                 principal,
@@ -229,12 +247,11 @@ class RotatorService:
                 name,
                 connector=connector,
                 tags=tags,
-                policy=pol.to_json(),
+                policy=cred.policy.to_json(),
+                policy_own=own,
                 version=1 if first is not None else None,
                 sinks=[describe_sink(x) for x in sink_specs],
             )
-            cred = store_creds.get_credential(conn, tenant.id, name)
-            assert cred is not None
             return cred
 
         return await self._write(write)
@@ -303,6 +320,33 @@ class RotatorService:
         names.check_credential_name(name)
         return await self.engine.read_value(principal, name, stage)
 
+    async def report_usage(
+        self, name: str, count: int = 1, principal: Principal = LOCAL_PRINCIPAL
+    ) -> Credential:
+        """Record ``count`` uses of the credential that an application reports (besides the
+        reads counted by :meth:`get_value`), audited as ``credential.used``. When the use
+        count reaches the effective max uses, the credential becomes due now in the same
+        transaction (a running worker picks it up). Raises InvalidInput (count not in
+        1..MAX_REPORTED_USES), NotFound."""
+        names.check_credential_name(name)
+        if isinstance(count, bool) or not 1 <= count <= MAX_REPORTED_USES:
+            raise InvalidInput(f"--count must be between 1 and {MAX_REPORTED_USES}")
+        tenant = await self._existing_tenant(principal)
+        if tenant is None:
+            raise NotFound(f"no credential {name!r}")
+
+        def write(conn: Connection) -> Credential:
+            cid = store_creds.credential_id(conn, tenant.id, name)
+            if cid is None:
+                raise NotFound(f"no credential {name!r}")
+            total = self.kernel.count_uses(conn, cid, count)
+            self._audit(conn, principal, "credential.used", name, count=count, use_count=total)
+            cred = store_creds.get_credential(conn, tenant.id, name)
+            assert cred is not None
+            return cred
+
+        return await self._write(write)
+
     async def update_credential(
         self,
         name: str,
@@ -330,13 +374,25 @@ class RotatorService:
             dict(settings) if settings is not None else (cred.config if connector is None else {})
         )
         cfg = cbase.parse_config(impl, new_settings)
-        pol = policy.apply(cred.policy)
+        own_patch = policy.partial()
         sink_specs = (
             None if sinks is None else [parse_sink(x, self.kernel.protected_paths()) for x in sinks]
         )
         if value.value is not None:
             cbase.check_value(impl, cfg, value.value)
         tenant = await self.tenant(principal.tenant)
+
+        def check(conn: Connection) -> None:
+            kernel_schedule.effective(
+                conn,
+                tenant_id=tenant.id,
+                tenant=tenant.name,
+                name=name,
+                tags=cred.tags if tags is None else tags,
+                own={**store_pol.own_policy(conn, cred.id), **own_patch},
+            )
+
+        await self._read(check)  # before a value is generated
         number = max((v.number for v in cred.versions), default=0) + 1
         # No connector call may run inside a store write transaction: generate first.
         new_value = await self._new_value(impl, cfg, name, number, value, principal)
@@ -356,23 +412,25 @@ class RotatorService:
             # The MAC covers connector, settings and sinks too: check it before they change
             # (an edit made outside rotator must not be sealed), re-stamp it after.
             self.kernel.check_stage_map(conn, cred.id)
-            last = cred.last_rotated_at or cred.created_at
             store_creds.update_credential(
                 conn,
                 cred.id,
                 now=now,
                 connector=kind,
                 config=cfg.model_dump(mode="json", exclude_defaults=True),
-                policy=pol,
                 tags=tags,
-                set_next_rotation=True,
-                next_rotation_at=earliest(
-                    next_rotation_at(pol, now if new_value is not None else last),
-                    cbase.rotation_hint(impl, cfg, new_value),
-                ),
                 last_rotated_at=now if new_value is not None else None,
+                use_count=0 if new_value is not None else None,
                 sinks=sink_specs,
             )
+            own = store_pol.own_policy(conn, cred.id)
+            self.kernel.reschedule(
+                conn,
+                [cred.id],
+                own={cred.id: {**own, **own_patch}},
+                hints={cred.id: cbase.rotation_hint(impl, cfg, new_value)},
+            )
+            pol = store_pol.effective_policy(conn, cred.id)
             demoted = None
             if new_value is not None:
                 self.kernel.seal_version(
@@ -385,6 +443,7 @@ class RotatorService:
                 "settings": sorted(new_settings) if settings is not None else None,
                 "tags": tags,
                 "policy": pol.to_json() if pol != cred.policy else None,
+                "policy_own": own_patch or None,
                 "version": number if new_value is not None else None,
                 "sinks": None if sink_specs is None else [describe_sink(x) for x in sink_specs],
                 "previous_version": demoted,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from rotator.domain.policy import RotationPolicy, parse_duration
+from rotator.domain.policy import Blackout, RotationPolicy, parse_duration
 from rotator.domain.secret import Secret
 from rotator.errors import InvalidInput, PolicyError
 
@@ -20,39 +21,58 @@ class PolicyInput:
     window: str | None = None
     grace: str | None = None
     max_uses: int | None = None
+    jitter: str | None = None
+    blackout: tuple[str, ...] | None = None  # replaces all blackouts when given
+    tz: str | None = None
+    max_age: str | None = None
     on_risk: str | None = None  # risk rules text, e.g. "high=rotate,critical=emergency"
     risk_cooldown: str | None = None  # a duration
 
-    def apply(self, base: RotationPolicy | None) -> RotationPolicy:
-        """Merge onto ``base`` (None: a new credential); --every and --cron replace each other."""
-        b = base or RotationPolicy()
-        every, cron, window = b.every, b.cron, b.window
+    def partial(self) -> dict[str, Any]:
+        """The given options as a partial policy (``RotationPolicy.to_json`` keys, only those
+        set; see ``rotator.policy.defaults``). --every sets cron and window to none, --cron
+        sets every and window (unless --window is given) to none, so an own schedule never
+        mixes with an inherited one. Raises PolicyError naming the first bad option."""
+        out: dict[str, Any] = {}
+
+        def secs(text: str, what: str) -> float:
+            return parse_duration(text, what).total_seconds()
+
+        if self.every is not None and self.cron is not None:
+            raise PolicyError("--every and --cron exclude each other")
         if self.every is not None:
-            every, cron, window = parse_duration(self.every, "--every"), None, None
+            out.update(every=secs(self.every, "--every"), cron=None, window=None)
         if self.cron is not None:
-            if self.every is not None:
-                raise PolicyError("--every and --cron exclude each other")
-            cron, every = self.cron, None
-            window = None
+            out.update(cron=self.cron, every=None, window=None)
         if self.window is not None:
-            window = parse_duration(self.window, "--window")
-        grace = b.grace if self.grace is None else parse_duration(self.grace, "--grace")
-        max_uses = b.max_uses if self.max_uses is None else self.max_uses
-        on_risk = b.on_risk if self.on_risk is None else self.on_risk
-        risk_cooldown = (
-            b.risk_cooldown
-            if self.risk_cooldown is None
-            else parse_duration(self.risk_cooldown, "--risk-cooldown")
-        )
-        return RotationPolicy(
-            every=every,
-            cron=cron,
-            window=window,
-            grace=grace,
-            max_uses=max_uses,
-            on_risk=on_risk,
-            risk_cooldown=risk_cooldown,
-        )
+            out["window"] = secs(self.window, "--window")
+        if self.grace is not None:
+            out["grace"] = secs(self.grace, "--grace")
+        if self.max_uses is not None:
+            out["max_uses"] = self.max_uses
+        if self.jitter is not None:
+            out["jitter"] = secs(self.jitter, "--jitter")
+        if self.blackout is not None:
+            out["blackout"] = [str(Blackout.parse(b)) for b in self.blackout]
+        if self.tz is not None:
+            out["tz"] = self.tz
+        if self.max_age is not None:
+            out["max_age"] = secs(self.max_age, "--max-age")
+        if self.on_risk is not None:
+            out["on_risk"] = self.on_risk
+        if self.risk_cooldown is not None:
+            out["risk_cooldown"] = secs(self.risk_cooldown, "--risk-cooldown")
+        # Each value checked alone (the window, which needs a cron, is checked with the policy
+        # it is merged into).
+        RotationPolicy.from_json({k: v for k, v in out.items() if k != "window"})
+        if out.get("window") is not None and out["window"] <= 0:
+            raise PolicyError("--window must be longer than zero")
+        return out
+
+    def apply(self, base: RotationPolicy | None) -> RotationPolicy:
+        """Merge onto ``base`` (None: a new credential) as a whole policy; --every and --cron
+        replace each other. Raises PolicyError."""
+        return RotationPolicy.from_json({**(base or RotationPolicy()).to_json(), **self.partial()})
 
 
 @dataclass(frozen=True, slots=True)

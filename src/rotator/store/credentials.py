@@ -126,6 +126,7 @@ _COUNT_USE = Prepared(
     update(credentials)
     .where(credentials.c.id == bindparam("b_id"))
     .values(use_count=credentials.c.use_count + bindparam("b_n"))
+    .returning(credentials.c.use_count, credentials.c.policy, credentials.c.next_rotation_at)
 )
 # What a stage map is made of: the credential's MAC'd columns and its versions' stages.
 _MAP_COLS = (
@@ -436,8 +437,10 @@ def insert_credential(
     now: datetime,
     next_rotation_at: datetime | None,
     sinks: Sequence[Mapping[str, Any]] = (),
+    policy_own: Mapping[str, Any] | None = None,
 ) -> int:
-    """Insert a credential and its tags; return its id. The unique name is enforced by the DB."""
+    """Insert a credential and its tags; return its id. The unique name is enforced by the DB.
+    ``policy_own``: the policy fields it sets itself (None: all of ``policy``)."""
     res = conn.execute(
         _INSERT_CREDENTIAL,
         {
@@ -452,6 +455,7 @@ def insert_credential(
             "last_rotated_at": None,
             "use_count": 0,
             "sinks": [dict(x) for x in sinks],
+            **({} if policy_own is None else {"policy_own": dict(policy_own)}),
         },
     )
     assert res.inserted_primary_key is not None
@@ -601,6 +605,7 @@ def _credential(r: Any, tags: dict[str, str], vers: list[Version]) -> Credential
         next_rotation_at=r.next_rotation_at,
         last_rotated_at=r.last_rotated_at,
         use_count=r.use_count,
+        next_rotation_rule=r.next_rotation_rule,
         versions=tuple(vers),
         sinks=tuple(r.sinks or ()),
     )
@@ -788,6 +793,13 @@ def next_due_time(conn: Connection) -> datetime | None:
     return value
 
 
-def count_use(conn: Connection, credential_id: int, n: int = 1) -> None:
-    """Record ``n`` uses of a credential's value (drives usage-based policies)."""
-    _COUNT_USE.execute(conn, {"b_id": credential_id, "b_n": n})
+def count_use(
+    conn: Connection, credential_id: int, n: int = 1
+) -> tuple[int, dict[str, Any] | None, datetime | None]:
+    """Record ``n`` uses of a credential's value (drives usage-based policies). Returns the
+    new use count, the effective policy JSON and next_rotation_at (zeros and None if the
+    credential does not exist)."""
+    r = _COUNT_USE.first(conn, {"b_id": credential_id, "b_n": n})
+    if r is None:
+        return 0, None, None
+    return int(r.use_count), r.policy, r.next_rotation_at

@@ -93,6 +93,11 @@ credentials = Table(
     Column("sinks", JSON, nullable=False, server_default="[]"),  # migration 0004
     # "<data key id>:<HMAC hex>" over the stage map (migration 0006, see kernel.integrity).
     Column("stage_mac", String(96), nullable=True),
+    # Migration 0007: the policy fields the credential sets itself (a partial policy; NULL on
+    # rows from before: all of ``policy``), while ``policy`` holds the effective policy merged
+    # with tag and tenant defaults; and the rule that set next_rotation_at.
+    Column("policy_own", JSON, nullable=True),
+    Column("next_rotation_rule", String(300), nullable=True),
     UniqueConstraint("tenant_id", "name", name="uq_credentials_tenant_name"),
     Index("ix_credentials_next_rotation_at", "next_rotation_at"),
 )
@@ -256,6 +261,22 @@ group_members = Table(
     ),
     Column("position", Integer, nullable=False),
     Column("after", JSON, nullable=False),
+)
+
+# -- policy defaults (migration 0007) -------------------------------------------------------
+
+# A partial policy (only the fields it sets) per tenant and scope: a tag pair, or the tenant
+# itself (tag_key and tag_value empty).
+policy_defaults = Table(
+    "policy_defaults",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("tag_key", String(64), nullable=False),
+    Column("tag_value", String(1024), nullable=False),
+    Column("policy", JSON, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("tenant_id", "tag_key", "tag_value", name="uq_policy_defaults_scope"),
 )
 
 # -- scheduler claims (migration 0008) ------------------------------------------------------
