@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import BindParameter, Connection, and_, bindparam, delete, insert, select, update
 
 from rotator.domain.policy import RotationPolicy
+from rotator.store.prepared import Prepared
 from rotator.store.schema import credential_tags, credentials, policy_defaults, tenants
 
 TENANT_SCOPE = ("", "")  # (tag_key, tag_value) of a tenant-wide default
@@ -52,30 +53,41 @@ _DEFAULTS_OF = (
 )
 _IDS: BindParameter[int] = bindparam("b_ids", expanding=True)
 _TAGS_OF = select(credential_tags).where(credential_tags.c.credential_id.in_(_IDS))
+_SCHEDULE_COLS = (
+    credentials.c.id,
+    credentials.c.tenant_id,
+    tenants.c.name.label("tenant"),
+    credentials.c.name,
+    credentials.c.connector,
+    credentials.c.policy,
+    credentials.c.policy_own,
+    credentials.c.created_at,
+    credentials.c.last_rotated_at,
+    credentials.c.use_count,
+    credentials.c.next_rotation_at,
+    credentials.c.next_rotation_rule,
+)
+_SCHEDULE_FROM = credentials.join(tenants, tenants.c.id == credentials.c.tenant_id)
 _SCHEDULE_ROWS = (
-    select(
-        credentials.c.id,
-        credentials.c.tenant_id,
-        tenants.c.name.label("tenant"),
-        credentials.c.name,
-        credentials.c.connector,
-        credentials.c.policy,
-        credentials.c.policy_own,
-        credentials.c.created_at,
-        credentials.c.last_rotated_at,
-        credentials.c.use_count,
-        credentials.c.next_rotation_at,
-        credentials.c.next_rotation_rule,
-    )
-    .join(tenants, tenants.c.id == credentials.c.tenant_id)
+    select(*_SCHEDULE_COLS)
+    .select_from(_SCHEDULE_FROM)
     .where(credentials.c.id.in_(_IDS))
     .order_by(credentials.c.id)
+)
+
+# The same for one credential, sent at driver level (store.prepared): a rotation's finish
+# reschedules one credential inside the group-commit writer, whose hot path stays off Core.
+_DEFAULTS_OF_FAST = Prepared(_DEFAULTS_OF)
+_ID: BindParameter[int] = bindparam("b_id")
+_TAGS_OF_ONE = Prepared(select(credential_tags).where(credential_tags.c.credential_id == _ID))
+_SCHEDULE_ROW_ONE = Prepared(
+    select(*_SCHEDULE_COLS).select_from(_SCHEDULE_FROM).where(credentials.c.id == _ID)
 )
 
 
 def defaults(conn: Connection, tenant_id: int) -> list[DefaultRow]:
     """The tenant's defaults, the tenant-wide one first, then by tag key and value."""
-    rows = conn.execute(_DEFAULTS_OF, {"b_tid": tenant_id}).all()
+    rows = _DEFAULTS_OF_FAST.rows(conn, {"b_tid": tenant_id})
     return [DefaultRow(r.tag_key, r.tag_value, dict(r.policy), r.updated_at) for r in rows]
 
 
@@ -157,9 +169,15 @@ def schedule_rows(conn: Connection, ids: Sequence[int]) -> list[ScheduleRow]:
     out: list[ScheduleRow] = []
     for chunk in _chunks(list(ids)):
         tags: dict[int, dict[str, str]] = defaultdict(dict)
-        for t in conn.execute(_TAGS_OF, {"b_ids": list(chunk)}):
+        if len(chunk) == 1:  # a rotation's finish: at driver level
+            one = {"b_id": chunk[0]}
+            tag_rows, rows = _TAGS_OF_ONE.rows(conn, one), _SCHEDULE_ROW_ONE.rows(conn, one)
+        else:
+            tag_rows = list(conn.execute(_TAGS_OF, {"b_ids": list(chunk)}))
+            rows = list(conn.execute(_SCHEDULE_ROWS, {"b_ids": list(chunk)}))
+        for t in tag_rows:
             tags[t.credential_id][t.key] = t.value
-        for r in conn.execute(_SCHEDULE_ROWS, {"b_ids": list(chunk)}):
+        for r in rows:
             out.append(
                 ScheduleRow(
                     id=r.id,
@@ -192,10 +210,13 @@ _SET_SCHEDULE = (
 )
 
 
+_SET_SCHEDULE_FAST = Prepared(_SET_SCHEDULE)
+
+
 def set_schedules(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Write (b_id, b_policy, b_own, b_next, b_rule) for each row (one executemany)."""
     if rows:
-        conn.execute(_SET_SCHEDULE, [dict(r) for r in rows])
+        _SET_SCHEDULE_FAST.many(conn, [dict(r) for r in rows])
 
 
 def set_due(conn: Connection, credential_id: int, when: datetime, rule: str) -> None:
