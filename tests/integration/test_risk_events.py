@@ -38,6 +38,7 @@ from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.kernel import utcnow
 from rotator.service import BlockingService, EventInput, PolicyInput, ValueInput
+from rotator.service.rotation import Selection
 from rotator.store.schema import credentials, revocations, risk_decisions, risk_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -522,3 +523,24 @@ def test_repeated_critical_event_retries_the_failed_revoke_instead_of_a_third_va
     human = cli(settings, *args)
     assert human.returncode == 1
     assert "still valid prod/stuck version 1: revocation failed" in human.stdout
+
+
+def test_rotate_emergency_joining_a_normal_rotation_under_way_revokes_the_old_value_at_once(
+    svc: BlockingService, settings: Settings, tmp_path: Path
+) -> None:
+    cfg, barrier = paused_credential(svc, tmp_path)
+    normal = start_cli(settings, "rotate", "prod/a", "--json")
+    try:
+        wait_for_file(barrier / "set.prod_a.reached", normal)
+        with release_when_joined(svc, barrier) as joined:
+            result = svc.rotate(Selection(names=["prod/a"]), emergency=True)
+        _, err = normal.communicate(timeout=120)
+    finally:
+        if normal.poll() is None:
+            normal.kill()
+    assert normal.returncode == 0, err
+    assert len(joined) == 1, "the emergency joined the normal rotation"
+    assert [(r.outcome, r.joined) for r in result.results] == [("rotated", True)]
+    assert result.ok, result.to_json()
+    assert target_values(cfg, "prod/a") == {svc.get_value("prod/a").reveal_text()}
+    assert stages(svc, "prod/a") == {1: Stage.RETIRED, 2: Stage.CURRENT}
