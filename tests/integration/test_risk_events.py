@@ -8,17 +8,21 @@ Every test runs on SQLite and PostgreSQL (``db_url``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, select
 from tests.conftest import RedisServer
 from tests.integration.test_connector_redis import (
     Acl,
@@ -34,7 +38,8 @@ from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.kernel import utcnow
 from rotator.service import BlockingService, EventInput, PolicyInput, ValueInput
-from rotator.store.schema import risk_decisions, risk_events
+from rotator.service.rotation import Selection
+from rotator.store.schema import credentials, revocations, risk_decisions, risk_events
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_CLI = ROOT / "tests" / "support" / "run_cli.py"
@@ -308,3 +313,234 @@ def test_bad_event_input_exits_2_with_one_line_and_stores_nothing(
     assert len(svc.audit_entries()) == audit_before
     for name in ("prod/ok1", "prod/ok2", "prod/stuck", "dev/x"):
         assert stages(svc, name) == {1: Stage.CURRENT}
+
+
+# ----------------------------------------- repeats while the first runs; emergency that joins
+
+
+def paused_credential(svc: BlockingService, tmp_path: Path) -> tuple[DoubleConfig, Path]:
+    """prod/a on the file-backed double (grace 1h), whose rotations stop after ``set`` until
+    ``<barrier>/release`` exists. Returns its config and the barrier directory."""
+    install()
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    settings = {
+        "state": str(tmp_path / "target.json"),
+        "barrier": str(barrier),
+        "barrier_after": "set",
+    }
+    svc.add_credential(
+        "prod/a",
+        "double",
+        settings=settings,
+        policy=PolicyInput(grace="1h"),
+        value=ValueInput(value=Secret("first-prod/a")),
+    )
+    cfg = DoubleConfig(**settings)  # type: ignore[arg-type]
+    target_add(cfg, "prod/a", "first-prod/a")
+    return cfg, barrier
+
+
+def start_cli(settings: Settings, *args: str) -> subprocess.Popen[str]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")},
+        "ROTATOR_HOME": str(settings.home),
+        "ROTATOR_DB": settings.db_url,
+    }
+    return subprocess.Popen(
+        [sys.executable, str(RUN_CLI), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[str]) -> None:
+    """Poll until ``path`` exists (the other process reached its barrier)."""
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def release_when_joined(svc: BlockingService, barrier: Path) -> Iterator[list[str]]:
+    """While inside: a rotation of ``svc`` that joins one under way in another process
+    releases that process's barrier (so it can finish) and is recorded in the list."""
+    recovery = svc.service.engine.recovery
+    real = recovery.wait_for
+    joined: list[str] = []
+
+    async def spy(rotation_id: str, ctx: Any) -> Any:
+        joined.append(rotation_id)
+        (barrier / "release").touch()
+        return await real(rotation_id, ctx)
+
+    recovery.wait_for = spy  # type: ignore[method-assign]
+    try:
+        yield joined
+    finally:
+        recovery.wait_for = real  # type: ignore[method-assign]
+
+
+def test_repeat_while_the_first_rotation_is_still_running_notifies_and_does_not_rotate_again(
+    svc: BlockingService, settings: Settings, tmp_path: Path
+) -> None:
+    _, barrier = paused_credential(svc, tmp_path)
+    first = start_cli(settings, "event", "report", "--kind", "leak", "--severity", "high",
+                      "--credential", "prod/a", "--json")  # fmt: skip
+    try:
+        wait_for_file(barrier / "set.prod_a.reached", first)  # rotating; no outcome yet
+        with release_when_joined(svc, barrier) as joined:
+            again = svc.report_event(EventInput("leak", "high", credential="prod/a"))
+            other = svc.report_event(EventInput("scanner", "high", credential="prod/a"))
+        (barrier / "release").touch()
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    [d1] = json.loads(out)["decisions"]
+    assert (d1["action"], d1["outcome"], d1["version"]) == ("rotate", "rotated", 2)
+    [d] = again.decisions
+    assert (d.action.value, d.outcome, d.duplicate_of) == ("notify", None, 1), d.to_json()
+    [d] = other.decisions
+    assert (d.action.value, d.outcome) == ("notify", None), d.to_json()
+    assert d.reason.startswith("cooldown: rotated for a risk")
+    assert joined == [], "no second rotation was started (not even one that joined)"
+    assert stages(svc, "prod/a") == {1: Stage.PREVIOUS, 2: Stage.CURRENT}
+
+
+def test_two_simultaneous_reports_serialize_on_the_credential_and_the_second_notifies(
+    svc: BlockingService, db_url: str, raw_db: Engine
+) -> None:
+    """PostgreSQL: a report holding the credential's row (here a raw transaction that also
+    writes the first report's decision) makes a second report wait, then see that decision."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serializes writers (BEGIN IMMEDIATE)")
+    svc.add_credential("prod/a", "local", policy=PolicyInput(grace="1h"),
+                       value=ValueInput(generate=True))  # fmt: skip
+    cid = svc.show("prod/a").id
+    tid = svc.tenant("default").id
+    now = utcnow()
+    with raw_db.connect() as conn:
+        conn.execute(select(credentials.c.id).where(credentials.c.id == cid).with_for_update())
+        event_id = conn.execute(
+            insert(risk_events).values(
+                tenant_id=tid,
+                kind="leak",
+                severity="high",
+                selector={"credential": "prod/a"},
+                detail=None,
+                reporter="other",
+                created_at=now,
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]
+        conn.execute(
+            insert(risk_decisions).values(
+                event_id=event_id,
+                credential_id=cid,
+                credential="prod/a",
+                kind="leak",
+                action="rotate",
+                reason="default",
+                created_at=now,
+            )
+        )
+        result: list[Any] = []
+        t = threading.Thread(
+            target=lambda: result.append(
+                svc.report_event(EventInput("leak", "high", credential="prod/a"))
+            )
+        )
+        t.start()
+        deadline = time.monotonic() + 60
+        with raw_db.connect() as probe:
+            while (
+                t.is_alive()
+                and not probe.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                ).scalar()
+            ):
+                assert time.monotonic() < deadline, "the report neither waited nor ended"
+                time.sleep(0.05)
+        conn.commit()
+    t.join(60)
+    [report] = result
+    [d] = report.decisions
+    assert (d.action.value, d.duplicate_of) == ("notify", event_id), d.to_json()
+    assert max(v.number for v in svc.show("prod/a").versions) == 1
+
+
+def test_emergency_joining_a_normal_rotation_under_way_revokes_the_old_value_at_once(
+    svc: BlockingService, settings: Settings, tmp_path: Path
+) -> None:
+    cfg, barrier = paused_credential(svc, tmp_path)
+    normal = start_cli(settings, "rotate", "prod/a", "--json")
+    try:
+        wait_for_file(barrier / "set.prod_a.reached", normal)
+        with release_when_joined(svc, barrier) as joined:
+            report = svc.report_event(EventInput("leak", "critical", credential="prod/a"))
+        _, err = normal.communicate(timeout=120)
+    finally:
+        if normal.poll() is None:
+            normal.kill()
+    assert normal.returncode == 0, err
+    assert len(joined) == 1, "the emergency joined the normal rotation"
+    [d] = report.decisions
+    assert (d.action.value, d.outcome, d.version) == ("emergency", "rotated", 2), d.to_json()
+    assert report.ok, report.to_json()
+    assert report.still_valid == []
+    assert target_values(cfg, "prod/a") == {svc.get_value("prod/a").reveal_text()}
+    assert stages(svc, "prod/a") == {1: Stage.RETIRED, 2: Stage.CURRENT}
+
+
+def test_repeated_critical_event_retries_the_failed_revoke_instead_of_a_third_value(
+    svc: BlockingService, settings: Settings, tmp_path: Path, raw_db: Engine
+) -> None:
+    cfgs = double_creds(svc, tmp_path)
+    args = ("event", "report", "--kind", "leak", "--severity", "critical", "--tag", "env=prod")
+    first = cli(settings, *args, "--json")
+    assert first.returncode == 1, first.stderr
+    again = cli(settings, *args, "--json")
+    assert again.returncode == 1, again.stderr
+    data = json.loads(again.stdout)
+    assert {(d["name"], d["action"], d["duplicate_of"]) for d in data["decisions"]} == {
+        (n, "notify", 1) for n in ("prod/ok1", "prod/ok2", "prod/stuck")
+    }
+    assert data["still_valid"] == [
+        {"name": "prod/stuck", "version": 1, "error": "revoke: permission denied by the target"}
+    ]
+    assert stages(svc, "prod/stuck") == {1: Stage.PREVIOUS, 2: Stage.CURRENT}, "no third value"
+    with raw_db.connect() as conn:
+        attempts = conn.execute(select(revocations.c.attempts)).scalars().all()
+    assert attempts == [2], "the repeat retried the revoke"
+    assert "first-prod/stuck" in target_values(cfgs["prod/stuck"], "prod/stuck")
+    human = cli(settings, *args)
+    assert human.returncode == 1
+    assert "still valid prod/stuck version 1: revocation failed" in human.stdout
+
+
+def test_rotate_emergency_joining_a_normal_rotation_under_way_revokes_the_old_value_at_once(
+    svc: BlockingService, settings: Settings, tmp_path: Path
+) -> None:
+    cfg, barrier = paused_credential(svc, tmp_path)
+    normal = start_cli(settings, "rotate", "prod/a", "--json")
+    try:
+        wait_for_file(barrier / "set.prod_a.reached", normal)
+        with release_when_joined(svc, barrier) as joined:
+            result = svc.rotate(Selection(names=["prod/a"]), emergency=True)
+        _, err = normal.communicate(timeout=120)
+    finally:
+        if normal.poll() is None:
+            normal.kill()
+    assert normal.returncode == 0, err
+    assert len(joined) == 1, "the emergency joined the normal rotation"
+    assert [(r.outcome, r.joined) for r in result.results] == [("rotated", True)]
+    assert result.ok, result.to_json()
+    assert target_values(cfg, "prod/a") == {svc.get_value("prod/a").reveal_text()}
+    assert stages(svc, "prod/a") == {1: Stage.RETIRED, 2: Stage.CURRENT}

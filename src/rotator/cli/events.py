@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from rotator.cli.app import Exit, JsonOpt, TagOpt, app, emit_json, out, pairs, service
+from rotator.cli.rotate import print_still_valid
 from rotator.service import EventInput
 
 event_app = typer.Typer(
@@ -27,7 +28,12 @@ def event_report(
     ] = None,
     tag: TagOpt = None,
     detail: Annotated[
-        str | None, typer.Option("--detail", help="Free text, at most 1,000 characters.")
+        str | None,
+        typer.Option(
+            "--detail",
+            help="Free text, at most 1,000 characters. It is kept in the append-only audit "
+            "log, which cannot be edited: never paste a secret or a leaked value here.",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -54,11 +60,7 @@ def event_report(
             else:
                 result = f"{d.outcome.value} (version {d.version})"
             out.print(f"{d.name}: {d.action.value} - {d.reason} -> {result}")
-        for v in report.still_valid:
-            out.print(
-                f"[red]still valid[/red] {v.name} version {v.version}: "
-                f"revocation failed ({v.error}); queued for retry"
-            )
+        print_still_valid(report.still_valid)
         out.print(
             f"event {report.event_id} ({report.kind}, {report.severity.value}): "
             f"{len(report.decisions)} credential(s) matched"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Annotated
 
 import typer
@@ -26,6 +27,7 @@ from rotator.service import (
     BlockingService,
     Outcome,
     RotationResult,
+    StillValid,
     rotation,
 )
 from rotator.service.rotation import Selection
@@ -144,11 +146,7 @@ def rotate(
             out.print(f"[red]failed[/red] {f['name']}: {f['error']}")
         for w in data["warnings"]:
             out.print(f"[yellow]warning[/yellow] {w['name']}: {w['warning']}")
-        for v in data.get("still_valid", ()):
-            out.print(
-                f"[red]still valid[/red] {v['name']} version {v['version']}: "
-                f"revocation failed ({v['error']}); queued for retry"
-            )
+        print_still_valid(result.still_valid or ())
         out.print(
             f"rotated {len(data['rotated'])}, failed {len(data['failed'])} "
             f"({len(data['rolled_back'])} rolled back) in {data['duration_s']:.2f}s"
@@ -160,6 +158,17 @@ def rotate(
         )
     if not result.ok:
         raise Exit(1)
+
+
+def print_still_valid(values: Iterable[StillValid]) -> None:
+    """One line per old value still valid on its target after an emergency: its revocation
+    failed (with the connector's message), or it is queued but was not attempted yet."""
+    for v in values:
+        if v.error is None:
+            why = "not revoked yet; queued for revocation"
+        else:
+            why = f"revocation failed ({v.error}); queued for retry"
+        out.print(f"[red]still valid[/red] {v.name} version {v.version}: {why}")
 
 
 def _rotate_with_progress(

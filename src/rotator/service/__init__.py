@@ -2,7 +2,7 @@
 
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine.options import EngineOptions
-from rotator.engine.types import BatchResult, Outcome, RotationResult, Trigger
+from rotator.engine.types import BatchResult, Outcome, RotationResult, StillValid, Trigger
 from rotator.service.blocking import BlockingService
 from rotator.service.credentials import RotatorService
 from rotator.service.events import EventInput, EventReport
@@ -20,6 +20,7 @@ __all__ = [
     "Principal",
     "RotationResult",
     "RotatorService",
+    "StillValid",
     "Trigger",
     "ValueInput",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection
@@ -20,7 +21,7 @@ from sqlalchemy import Connection
 from rotator.domain import names
 from rotator.domain.model import Credential
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
-from rotator.engine import Outcome, RotationRequest, RotationResult, Trigger
+from rotator.engine import BatchResult, Outcome, RotationRequest, RotationResult, Trigger
 from rotator.engine.types import StillValid
 from rotator.errors import InvalidInput
 from rotator.policy.risk import (
@@ -29,6 +30,7 @@ from rotator.policy.risk import (
     PriorDecision,
     RiskAction,
     Severity,
+    action_for,
     decide,
     parse_severity,
 )
@@ -128,13 +130,15 @@ class EventReport:
         }
 
 
-def _prior(rows: list[tuple[int, str, str | None]]) -> PriorDecision | None:
+def _prior(rows: list[tuple[int, str, bool]]) -> PriorDecision | None:
     """The strongest of earlier decisions, by what each achieved: a rotation that did not
-    succeed achieved only a notification (so a repeat may try again)."""
+    replace the value achieved only a notification (so a repeat may try again); one still
+    running, or one that replaced the value but could not revoke the old one, achieved its
+    action (see store.events.prior_decisions)."""
     best: PriorDecision | None = None
-    for event_id, action, outcome in rows:
+    for event_id, action, done in rows:
         act = RiskAction(action)
-        achieved = act if act is RiskAction.NOTIFY or outcome == "rotated" else RiskAction.NOTIFY
+        achieved = act if done else RiskAction.NOTIFY
         if best is None or achieved.strength >= best.achieved.strength:
             best = PriorDecision(event_id, achieved)
     return best
@@ -150,7 +154,14 @@ async def report_event(
     ``risk.decided``) commit in one transaction before any rotation starts; then ``rotate``
     decisions run as rotations with trigger ``risk`` and ``emergency`` ones as emergencies
     (grace 0, old values revoked at once), all in one batch. Each outcome is recorded on its
-    decision. A failed rotation does not raise: it is in the report (``ok`` is False)."""
+    decision as soon as the batch ends. Then, for every matched credential whose rule for this
+    severity is emergency (de-duplicated ones included), queued revocations are processed now
+    and the old values still valid are reported (``still_valid``). A failed rotation does not
+    raise: it is in the report (``ok`` is False).
+
+    Two reports at once serialize on the matched credentials (see
+    store.events.lock_credentials); a decision without an outcome yet, younger than the
+    engine's lease, is a rotation under way and counts as done for the next one."""
     severity = event.check()
     if event.credential is not None:
         creds: list[Credential] = [await svc.show(event.credential, principal)]
@@ -159,8 +170,14 @@ async def report_event(
     tenant = await svc.tenant(principal.tenant)
     now = svc.clock()
     kernel = svc.kernel
+    # A decision without an outcome younger than a lease is a rotation still running (its
+    # owner renews the lease or dies); it counts as done for de-duplication and cooldown.
+    running_since = now - timedelta(seconds=svc.engine.opts.lease_s)
 
     def write(conn: Connection) -> tuple[int, list[tuple[int, Credential, Decision]]]:
+        # Before reading earlier decisions: a simultaneous report of the same event waits
+        # here until ours commits, then sees our decisions.
+        store_events.lock_credentials(conn, [c.id for c in creds])
         event_id = store_events.insert_event(
             conn,
             tenant_id=tenant.id,
@@ -191,12 +208,16 @@ async def report_event(
             cooldown = cred.policy.risk_cooldown
             if cooldown is None:
                 cooldown = DEFAULT_COOLDOWN
-            prior = _prior(store_events.prior_decisions(conn, cred.id, event.kind, now - cooldown))
+            prior = _prior(
+                store_events.prior_decisions(
+                    conn, cred.id, event.kind, now - cooldown, running_since
+                )
+            )
             d = decide(
                 cred.policy.risk_rules,
                 severity,
                 now=now,
-                last_risk_action_at=store_events.last_risk_rotation(conn, cred.id),
+                last_risk_action_at=store_events.last_risk_rotation(conn, cred.id, running_since),
                 cooldown=cooldown,
                 duplicate_of=prior,
             )
@@ -241,28 +262,38 @@ async def report_event(
             for _, c, d in acting
         ]
         engine = svc.engine
-        await engine.recover()
-        await engine.process_revocations()
-        batch = await engine.rotate(reqs)
-        await engine.process_revocations()
-        results = {r.name: r for r in batch.results}
 
-        def record(conn: Connection) -> None:
-            for decision_id, cred, _ in acting:
-                r = results.get(cred.name)
-                store_events.record_outcome(
-                    conn,
-                    decision_id,
-                    outcome=(r.outcome if r else Outcome.FAILED).value,
-                    rotation_id=r.rotation_id if r else None,
-                    version=r.version if r else None,
-                    error=r.error if r else "no result",
-                )
+        async def record(batch: BatchResult) -> None:
+            results.update((r.name, r) for r in batch.results)
 
-        await engine.writer.run(record)
-        emergencies = [c.id for _, c, d in acting if d.action is RiskAction.EMERGENCY]
-        if emergencies:
-            report.still_valid = await rotation.still_valid(svc, emergencies)
+            def write_outcomes(conn: Connection) -> None:
+                for decision_id, cred, _ in acting:
+                    r = results.get(cred.name)
+                    store_events.record_outcome(
+                        conn,
+                        decision_id,
+                        outcome=(r.outcome if r else Outcome.FAILED).value,
+                        rotation_id=r.rotation_id if r else None,
+                        version=r.version if r else None,
+                        error=r.error if r else "no result",
+                    )
+
+            await engine.writer.run(write_outcomes)
+
+        matched = [c.id for c in creds]
+        await rotation.run_rotations(
+            svc, reqs, {c.name: c.id for c in creds}, sweep=matched, after=record
+        )
+    # Every credential whose rule for this severity is emergency owes no valid old value,
+    # also when this report only repeated an earlier emergency (de-duplicated): an old value
+    # whose revoke failed then is revoked again now rather than replaced by a third value.
+    owed = [
+        c.id for c in creds if action_for(c.policy.risk_rules, severity) is RiskAction.EMERGENCY
+    ]
+    if owed:
+        done = {c.id for _, c, d in acting if d.action is RiskAction.EMERGENCY}
+        await rotation.revoke_now(svc, [i for i in owed if i not in done])
+        report.still_valid = await rotation.still_valid(svc, owed)
     for _, cred, d in decided:
         r = results.get(cred.name)
         report.decisions.append(

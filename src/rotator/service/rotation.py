@@ -8,16 +8,25 @@ import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy import Connection
 
 from rotator import scheduler
 from rotator.domain import names as names_mod
 from rotator.domain.model import Credential
 from rotator.domain.policy import parse_duration
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
-from rotator.engine import BatchResult, EngineOptions, RotationRequest, RotationResult, Trigger
+from rotator.engine import (
+    BatchResult,
+    EngineOptions,
+    Outcome,
+    RotationRequest,
+    RotationResult,
+    Trigger,
+)
 from rotator.engine.types import StillValid
 from rotator.errors import ConcurrentModification, InvalidInput, NotFound
 from rotator.service.credentials import RotatorService
@@ -141,14 +150,61 @@ async def rotate(
         )
         for c in creds
     ]
-    engine = svc.engine
-    await engine.recover()
-    await engine.process_revocations()
-    result = await engine.rotate(reqs, progress=progress)
-    await engine.process_revocations()
+    result = await run_rotations(svc, reqs, {c.name: c.id for c in creds}, progress=progress)
     if emergency:
         result.still_valid = await still_valid(svc, [c.id for c in creds])
     return result
+
+
+async def run_rotations(
+    svc: RotatorService,
+    reqs: list[RotationRequest],
+    ids: Mapping[str, int],
+    *,
+    sweep: list[int] | None = None,
+    progress: Callable[[RotationResult], None] | None = None,
+    after: Callable[[BatchResult], Awaitable[None]] | None = None,
+) -> BatchResult:
+    """Resume rotations whose process died, revoke what is due, rotate ``reqs`` (``ids``: each
+    request's credential id by name), then revoke what is due again.
+
+    ``sweep``: the credentials whose due revocations are processed (None: every one in the
+    store). ``after`` runs as soon as the rotations end, before the last sweep (a caller
+    records outcomes there, so a slow revocation does not delay them). An emergency that
+    joined a rotation already under way got that rotation's grace: its replaced values are
+    revoked at once here too (see :func:`revoke_now`)."""
+    engine = svc.engine
+    await engine.recover()
+    await engine.process_revocations(sweep)
+    result = await engine.rotate(reqs, progress=progress)
+    if after is not None:
+        await after(result)
+    emergencies = {r.name for r in reqs if r.trigger is Trigger.EMERGENCY}
+    joined = [
+        ids[r.name]
+        for r in result.results
+        if r.joined and r.outcome is Outcome.ROTATED and r.name in emergencies
+    ]
+    await revoke_now(svc, joined)
+    await engine.process_revocations(sweep)
+    return result
+
+
+async def revoke_now(svc: RotatorService, credential_ids: list[int]) -> dict[int, bool]:
+    """Emergency: every old (PREVIOUS) value of these credentials expires now and its queued
+    revocation is processed now (a failed one stays queued with its error, see
+    :func:`still_valid`). Returns {credential_id: revoked?} for those that had one queued."""
+    if not credential_ids:
+        return {}
+    engine = svc.engine
+    now = engine.runtime.now()
+
+    def due_now(conn: Connection) -> None:
+        for cid in credential_ids:
+            store_rot.revoke_all_now(conn, cid, now)
+
+    await engine.writer.run(due_now)
+    return await engine.process_revocations(credential_ids)
 
 
 async def still_valid(svc: RotatorService, credential_ids: list[int]) -> list[StillValid]:

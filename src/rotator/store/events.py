@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import ColumnElement, Connection, and_, exists, insert, or_, select, update
 
-from rotator.store.schema import risk_decisions, risk_events
+from rotator.domain.model import Stage
+from rotator.store.schema import credentials, risk_decisions, risk_events, versions
 
-# Decisions whose rotation succeeded: they start a cooldown.
+# Decisions that start a rotation.
 _ACTING = ("rotate", "emergency")
+# Stages of a version that was put in place (CURRENT, then demoted): not PENDING or FAILED.
+_PLACED = (Stage.CURRENT.value, Stage.PREVIOUS.value, Stage.RETIRED.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +113,52 @@ def record_outcome(
     )
 
 
+def lock_credentials(conn: Connection, credential_ids: list[int]) -> None:
+    """Lock these credentials' rows until the transaction ends (SELECT ... FOR UPDATE on
+    PostgreSQL, in id order so two callers never deadlock; SQLite's write transaction
+    serializes writers already): two reports of an event that read the earlier decisions and
+    write theirs in such a transaction run one after the other, the second seeing the first."""
+    if credential_ids:
+        conn.execute(
+            select(credentials.c.id)
+            .where(credentials.c.id.in_(credential_ids))
+            .order_by(credentials.c.id)
+            .with_for_update()
+        ).all()
+
+
+def _replaced() -> ColumnElement[bool]:
+    """The decision's rotation put its new value in place (its version became CURRENT), even
+    if it is recorded ``failed`` because revoking the old value failed afterwards."""
+    return exists().where(
+        versions.c.credential_id == risk_decisions.c.credential_id,
+        versions.c.number == risk_decisions.c.version,
+        versions.c.stage.in_(_PLACED),
+    )
+
+
+def _achieved(running_since: datetime) -> ColumnElement[bool]:
+    """A rotating decision that replaced the value, or one still running: no outcome yet and
+    made at or after ``running_since`` (older ones without an outcome died with their process)."""
+    return or_(
+        risk_decisions.c.outcome == "rotated",
+        and_(risk_decisions.c.outcome.is_(None), risk_decisions.c.created_at >= running_since),
+        and_(risk_decisions.c.outcome == "failed", _replaced()),
+    )
+
+
 def prior_decisions(
-    conn: Connection, credential_id: int, kind: str, since: datetime
-) -> list[tuple[int, str, str | None]]:
-    """(event id, action, outcome) of this credential's decisions for ``kind`` made at or
-    after ``since``, oldest first."""
+    conn: Connection, credential_id: int, kind: str, since: datetime, running_since: datetime
+) -> list[tuple[int, str, bool]]:
+    """(event id, action, achieved) of this credential's decisions for ``kind`` made at or
+    after ``since``, oldest first. ``achieved``: see :func:`_achieved` (a notify achieved
+    what it asked for)."""
     rows = conn.execute(
-        select(risk_decisions.c.event_id, risk_decisions.c.action, risk_decisions.c.outcome)
+        select(
+            risk_decisions.c.event_id,
+            risk_decisions.c.action,
+            or_(risk_decisions.c.action == "notify", _achieved(running_since)).label("achieved"),
+        )
         .where(
             risk_decisions.c.credential_id == credential_id,
             risk_decisions.c.kind == kind,
@@ -124,18 +166,20 @@ def prior_decisions(
         )
         .order_by(risk_decisions.c.id)
     ).all()
-    return [(r.event_id, r.action, r.outcome) for r in rows]
+    return [(r.event_id, r.action, bool(r.achieved)) for r in rows]
 
 
-def last_risk_rotation(conn: Connection, credential_id: int) -> datetime | None:
-    """When the last decision to rotate this credential (rotate or emergency) whose rotation
-    succeeded was made, or None."""
+def last_risk_rotation(
+    conn: Connection, credential_id: int, running_since: datetime
+) -> datetime | None:
+    """When the last decision to rotate this credential (rotate or emergency) that replaced
+    its value, or is still running (see :func:`_achieved`), was made, or None."""
     value: datetime | None = conn.execute(
         select(risk_decisions.c.created_at)
         .where(
             risk_decisions.c.credential_id == credential_id,
             risk_decisions.c.action.in_(_ACTING),
-            risk_decisions.c.outcome == "rotated",
+            _achieved(running_since),
         )
         .order_by(risk_decisions.c.created_at.desc())
         .limit(1)
