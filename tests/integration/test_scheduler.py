@@ -457,8 +457,9 @@ def test_a_second_worker_is_refused_on_sqlite_and_allowed_after_the_first_is_kil
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--max-rate", "lots"], "--max-rate must look like 100/m"),
-        (["--max-rate", "0/m"], "--max-rate must look like 100/m"),
+        (["--max-rate", "lots"], "malformed --max-rate 'lots'"),
+        (["--max-rate", "0/m"], "--max-rate must be above 0"),
+        (["--max-rate", "20000/s"], "--max-rate '20000/s' is too high"),
         (["--catch-up-window", "soon"], "--catch-up-window"),
         (["--batch", "0"], "--batch must be between 1 and"),
     ],
