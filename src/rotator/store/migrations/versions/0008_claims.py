@@ -4,8 +4,7 @@ Revision ID: 0008
 Revises: 0006
 Create Date: 2026-11-28
 
-Adds the ``credential_claims`` table (see store/schema.py and store/claims.py). Chained on 0006
-for now; renumbered when merged with the other migrations of issue 9.
+Adds the ``credential_claims`` table (see store/schema.py and store/claims.py).
 """
 
 import sqlalchemy as sa
