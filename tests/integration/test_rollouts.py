@@ -194,7 +194,9 @@ def test_rollout_halts_when_the_target_starts_failing_and_resume_finishes_it(
     resumed = svc.resume_rollout(view.id)
     assert resumed.status == "running"
     assert resumed.recent_failed == [], "resume starts the failure window afresh"
-    assert step(svc, clock.now) == 7  # all overdue, and 7 is under the 60/m cap
+    # All 7 overdue and under the 60/m cap, but a pass starts at most the 3 failures 20%/10
+    # tolerates (2) plus the one that would trip it: the clock need not move for the rest.
+    assert [step(svc, clock.now) for _ in range(3)] == [3, 3, 1]
     done = svc.rollout_status(view.id)
     assert done.status == "done"
     assert done.counts == {"pending": 0, "running": 0, "rotated": 12, "failed": 3, "skipped": 0}
@@ -220,6 +222,42 @@ def test_rate_cap_holds_when_items_are_overdue_after_downtime(
     assert step(svc, later + timedelta(seconds=30)) == 0
     assert step(svc, later + timedelta(seconds=61)) == 2
     assert svc.rollout_status(view.id).counts["rotated"] == 4
+
+
+@pytest.mark.parametrize("per_minute", [60, 1_000_000])
+def test_a_failing_target_halts_an_overdue_rollout_after_the_thresholds_worth_of_failures(
+    svc: BlockingService, api: ApiServer, per_minute: int
+) -> None:
+    names = add_fleet(svc, api, 15)
+    clock = Clock(svc)
+    view = svc.create_rollout(PROD, stagger=timedelta(minutes=15), max_per_minute=per_minute)
+    api.whoami_status = 403  # the target refuses every new key
+    # Nobody advanced it for an hour: all 15 are overdue and the rate would let them all start.
+    assert step(svc, clock.tick(timedelta(hours=1))) == 3
+    halted = svc.rollout_status(view.id)
+    assert halted.status == "halted"
+    assert halted.counts == {"pending": 12, "running": 0, "rotated": 0, "failed": 3, "skipped": 0}
+    assert halted.halt_reason is not None
+    assert "3 of the last 3 finished rotations failed" in halted.halt_reason
+    assert step(svc, clock.tick(timedelta(hours=1))) == 0
+    assert all(versions(svc, n) == {1: Stage.CURRENT} for n in names[3:]), "never started"
+
+
+def test_a_rate_below_one_a_minute_holds_after_downtime(
+    svc: BlockingService, api: ApiServer, raw_db: sa.Engine
+) -> None:
+    add_fleet(svc, api, 6)
+    clock = Clock(svc)
+    # 30/h: one start every 2 minutes, however overdue the items are.
+    view = svc.create_rollout(PROD, stagger=timedelta(minutes=1), max_per_minute=0.5)
+    later = clock.tick(timedelta(hours=1))
+    assert step(svc, later) == 1
+    assert step(svc, later + timedelta(seconds=61)) == 0
+    assert step(svc, later + timedelta(seconds=119)) == 0
+    assert step(svc, later + timedelta(seconds=120)) == 1
+    assert step(svc, later + timedelta(seconds=200)) == 0
+    starts = sorted(as_utc(r.started_at) for r in item_rows(raw_db, view.id) if r.started_at)
+    assert starts == [later, later + timedelta(seconds=120)]
 
 
 def test_two_concurrent_advance_calls_never_rotate_an_item_twice(
@@ -375,6 +413,10 @@ BAD = [
     (["rotate", "--tag", "env=prod", "--stagger", "0s"], "--stagger must be above 0"),
     (["rotate", "--tag", "env=prod", "--stagger", "2h", "--halt-at", "120%"], "--halt-at"),
     (["rotate", "--tag", "env=prod", "--max-rate", "50/m"], "--max-rate needs --stagger"),
+    (
+        ["rotate", "--tag", "env=prod", "--stagger", "2h", "--max-rate", "2000000/m"],
+        "--max-rate '2000000/m' is too high",
+    ),
     (["rotate", "--tag", "env=prod", "--stagger", "2h", "--emergency"], "excludes --emergency"),
     (["rotate", "--tag", "env=none", "--stagger", "2h"], "matches no credential"),
     (["rollout", "status", "no-such-rollout"], "no rollout"),
@@ -399,6 +441,20 @@ def test_bad_rollout_input_exits_2_with_one_line_and_stores_nothing(
         assert "Traceback" not in r.stderr
     assert counts_of(raw_db) == before
     assert keys_added(api) == Counter()
+
+
+def test_rotate_stagger_takes_every_max_rate_form_the_worker_takes(
+    svc: BlockingService, api: ApiServer, settings: Settings
+) -> None:
+    add_fleet(svc, api, 2)
+    env = cli_env(settings)
+    r = cli(
+        ["rotate", "--tag", "env=prod", "--stagger", "2h", "--max-rate", "50/30s", "--detach",
+         "--json"],
+        env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert svc.rollout_status(json.loads(r.stdout)["id"]).max_per_minute == 100.0
 
 
 def test_ctrl_c_during_a_foreground_rollout_keeps_it_and_resume_finishes_it(

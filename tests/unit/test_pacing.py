@@ -44,11 +44,20 @@ def test_a_rate_is_a_count_per_second_minute_or_hour(text: str, rate: Rate) -> N
     assert parse_rate(text) == rate
 
 
-@pytest.mark.parametrize("text", ["", "100", "0/m", "10/d", "-1/s", "1/0s", "ten/m", "1e3/m"])
+@pytest.mark.parametrize(
+    "text", ["", "100", "0/m", "10/d", "-1/s", "1/0s", "ten/m", "1e3/m", "20000/s"]
+)
 def test_a_malformed_rate_is_refused_in_one_line(text: str) -> None:
-    with pytest.raises(InvalidInput, match="--max-rate must look like 100/m") as err:
+    with pytest.raises(InvalidInput, match="--max-rate") as err:
         parse_rate(text)
     assert "\n" not in str(err.value)
+
+
+def test_the_worker_and_rollouts_parse_max_rate_with_the_same_function() -> None:
+    from rotator.policy import rate
+
+    assert parse_rate is rate.parse_rate
+    assert Rate is rate.Rate
 
 
 def test_work_within_the_burst_starts_at_once() -> None:

@@ -9,6 +9,7 @@ import typer
 
 from rotator.cli.app import Exit, JsonOpt, app, emit_json, out, service
 from rotator.errors import InvalidInput
+from rotator.policy.rate import parse_rate
 from rotator.policy.rollout import (
     DEFAULT_HALT_PCT,
     DEFAULT_HALT_WINDOW,
@@ -16,7 +17,6 @@ from rotator.policy.rollout import (
     HaltRule,
     fits,
     parse_halt,
-    parse_rate,
     parse_stagger,
 )
 from rotator.service import BlockingService, EngineOptions
@@ -96,7 +96,9 @@ def start_rollout(
             raise InvalidInput(f"--stagger excludes {opt}")
     sel.check()
     window = parse_stagger(stagger)
-    per_minute = parse_rate(max_rate) if max_rate is not None else float(MAX_RATE_PER_MINUTE)
+    per_minute = (
+        parse_rate(max_rate).per_minute if max_rate is not None else float(MAX_RATE_PER_MINUTE)
+    )
     halt = parse_halt(halt_at) if halt_at is not None else HaltRule(
         DEFAULT_HALT_PCT, DEFAULT_HALT_WINDOW
     )  # fmt: skip

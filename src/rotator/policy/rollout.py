@@ -19,14 +19,13 @@ from datetime import datetime, timedelta
 
 from rotator.domain.policy import parse_duration
 from rotator.errors import InvalidInput
+from rotator.policy.rate import MAX_PER_MINUTE
 
-MAX_RATE_PER_MINUTE = 1_000_000
+MAX_RATE_PER_MINUTE = MAX_PER_MINUTE
 MAX_ITEMS = 1_000_000
 DEFAULT_HALT_PCT = 20
 DEFAULT_HALT_WINDOW = 10
 MAX_HALT_WINDOW = 10_000
-_RATE = re.compile(r"^\s*(\d{1,9})\s*/\s*(s|m|h)\s*$")
-_RATE_UNIT_PER_MINUTE = {"s": 60.0, "m": 1.0, "h": 1 / 60}
 _HALT = re.compile(r"^\s*(\d{1,3})\s*%\s*(?:/\s*(\d{1,6})\s*)?$")
 
 
@@ -45,22 +44,18 @@ class HaltRule:
         failures = sum(1 for f in recent_failed[: self.window] if f)
         return failures * 100 > self.pct * self.window
 
+    def claims_tolerated(self, recent_failed: Sequence[bool], running: int = 0) -> int:
+        """How many more items may start now so that, should every one of them fail, the
+        rollout halts after no more failures than the rule lets through plus the one that trips
+        it: ``floor(pct * window / 100) + 1``, less the failures already among the last
+        ``window`` and the items still ``running`` (any of which may fail too). At least 1,
+        so a rollout always moves on; with several processes claiming at once each may take
+        that one."""
+        failures = sum(1 for f in recent_failed[: self.window] if f)
+        return max(1, self.pct * self.window // 100 + 1 - failures - running)
+
     def describe(self) -> str:
         return f"{self.pct}%/{self.window}"
-
-
-def parse_rate(text: str) -> float:
-    """``50/m`` (also ``/s`` and ``/h``) as starts per minute; InvalidInput naming ``--max-rate``
-    when malformed or not above 0."""
-    m = _RATE.match(text)
-    if m is None:
-        raise InvalidInput(f"malformed --max-rate {text[:40]!r}: expected e.g. 50/m, 2/s, 300/h")
-    per_minute = int(m.group(1)) * _RATE_UNIT_PER_MINUTE[m.group(2)]
-    if per_minute <= 0:
-        raise InvalidInput(f"--max-rate must be above 0, not {text.strip()!r}")
-    if per_minute > MAX_RATE_PER_MINUTE:
-        raise InvalidInput(f"--max-rate {text.strip()!r} is too high: at most 1000000/m")
-    return per_minute
 
 
 def parse_halt(text: str) -> HaltRule:
@@ -107,8 +102,29 @@ def fits(n: int, window: timedelta, per_minute: float) -> bool:
     return n <= 1 or (n - 1) * spacing_ms(n, window, per_minute) < window.total_seconds() * 1000
 
 
-def starts_allowed(per_minute: float, started_last_minute: int) -> int:
-    """How many more items may start now, given how many started in the last 60 seconds: after
-    downtime the items whose planned time passed are not all started at once. (A cap below
-    1/m allows one start per 60 seconds here.)"""
-    return max(0, max(1, math.floor(per_minute)) - started_last_minute)
+def rate_lookback(per_minute: float) -> timedelta:
+    """How far back starts count against the rate cap: 60 seconds, or longer below one a
+    minute (30/h: 120 s), so that one start per look-back is never more than the rate."""
+    return timedelta(seconds=max(60.0, 60.0 / per_minute))
+
+
+def starts_allowed(per_minute: float, started_in_lookback: int) -> int:
+    """How many more items may start now, given how many started within
+    :func:`rate_lookback`: after downtime the items whose planned time passed are not all
+    started at once. ``floor(per_minute)`` per 60 s, or one per look-back below 1/m."""
+    return max(0, max(1, math.floor(per_minute)) - started_in_lookback)
+
+
+def claims_allowed(
+    per_minute: float,
+    started_in_lookback: int,
+    rule: HaltRule,
+    recent_failed: Sequence[bool],
+    running: int,
+) -> int:
+    """How many due items one pass may claim: the rate cap's allowance
+    (:func:`starts_allowed`), at most what the halt rule still tolerates
+    (:meth:`HaltRule.claims_tolerated`), so a failing target halts the rollout after at most
+    the threshold's worth of failures however overdue it is."""
+    allowed = starts_allowed(per_minute, started_in_lookback)
+    return min(allowed, rule.claims_tolerated(recent_failed, running)) if allowed else 0

@@ -12,49 +12,16 @@ several workers on one PostgreSQL the rates add up.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from rotator.errors import InvalidInput
+from rotator.policy.rate import Rate, parse_rate
+
+__all__ = ["DEFAULT_RATE", "DEFAULT_WINDOW", "Pacer", "Rate", "parse_rate"]
 
 DEFAULT_WINDOW = timedelta(hours=1)
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_RATE = re.compile(r"\s*(\d{1,9})\s*/\s*(\d{0,6})\s*([smh])\s*")
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """``count`` rotations per ``per_s`` seconds."""
-
-    count: int
-    per_s: float
-
-    @property
-    def per_second(self) -> float:
-        return self.count / self.per_s
-
-    def __str__(self) -> str:
-        for unit, s in sorted(_UNITS.items(), key=lambda u: -u[1]):
-            if self.per_s % s == 0:
-                n = int(self.per_s // s)
-                return f"{self.count}/{'' if n == 1 else n}{unit}"
-        return f"{self.count}/{self.per_s:g}s"
-
-
 DEFAULT_RATE = Rate(600, 60.0)
-
-
-def parse_rate(text: str) -> Rate:
-    """``N/s``, ``N/m``, ``N/h`` (or ``N/30s``...): at least 1 per period. InvalidInput (one
-    line) otherwise."""
-    m = _RATE.fullmatch(text)
-    if m is None or int(m.group(1)) < 1 or m.group(2) == "0":
-        raise InvalidInput(
-            f"--max-rate must look like 100/m (a count of at least 1 per s, m or h), not {text!r}"
-        )
-    n = int(m.group(2) or "1")
-    return Rate(int(m.group(1)), n * _UNITS[m.group(3)])
 
 
 @dataclass

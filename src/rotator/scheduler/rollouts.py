@@ -27,7 +27,7 @@ from rotator.engine.runtime import Runtime
 from rotator.engine.values import ENGINE_ACTOR
 from rotator.errors import RotatorError
 from rotator.kernel import Kernel
-from rotator.policy.rollout import HaltRule, starts_allowed
+from rotator.policy.rollout import HaltRule, claims_allowed, rate_lookback
 from rotator.store import rollouts as store
 
 _ROTATED_STEPS = ("finished",)
@@ -35,10 +35,13 @@ _FAILED_STEPS = ("rolled_back", "failed")
 
 
 async def advance(engine: Engine, now: datetime, *, rollout_id: str | None = None) -> int:
-    """Start every rollout item whose planned time is ``now`` or past (all running rollouts,
-    or only ``rollout_id``), at most the rollout's rate in any 60 seconds, as normal-priority
-    rotations (``Trigger.ROLLOUT``) through ``engine``; wait for them and record each outcome.
-    Returns how many items this call started.
+    """Start rollout items whose planned time is ``now`` or past (all running rollouts, or
+    only ``rollout_id``) as normal-priority rotations (``Trigger.ROLLOUT``) through
+    ``engine``; wait for them and record each outcome. Returns how many items this call
+    started. Per rollout, at most its rate allows (``policy.rollout.starts_allowed``) and at
+    most as many as its halt rule still tolerates failing (``HaltRule.claims_tolerated``), so
+    a failing target halts it after the threshold's worth of failures however overdue it is;
+    the other due items wait for the next call.
 
     First settles items whose claimer died (see the module docstring). Halts a rollout (status
     ``halted``, audited ``rollout.halted`` with the reason) when its halt rule trips; marks it
@@ -58,7 +61,8 @@ async def advance(engine: Engine, now: datetime, *, rollout_id: str | None = Non
                 now=now,
                 owner=rt.owner,
                 lease_until=now + lease,
-                cap=starts_allowed,
+                lookback=rate_lookback,
+                cap=_claims_allowed,
             )
         )
     if not claimed:
@@ -82,6 +86,13 @@ async def advance(engine: Engine, now: datetime, *, rollout_id: str | None = Non
     finally:
         heartbeat.cancel()
     return sum(started)
+
+
+def _claims_allowed(
+    ro: store.RolloutRow, started: int, recent_failed: list[bool], running: int
+) -> int:
+    rule = HaltRule(ro.halt_pct, ro.halt_window)
+    return claims_allowed(ro.max_per_minute, started, rule, recent_failed, running)
 
 
 async def next_due(engine: Engine) -> datetime | None:

@@ -20,7 +20,6 @@ from rotator.store.schema import rollout_items, rollouts, rotations, tenants
 
 ITEM_STATES = ("pending", "running", "rotated", "failed", "skipped")
 ROLLOUT_STATES = ("running", "halted", "done", "aborted")
-MINUTE = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +226,14 @@ def claim_due(
     now: datetime,
     owner: str,
     lease_until: datetime,
-    cap: Callable[[float, int], int],
+    lookback: Callable[[float], timedelta],
+    cap: Callable[[RolloutRow, int, list[bool], int], int],
 ) -> list[ClaimedItem]:
     """Move due pending items of a running rollout to ``running``, claimed by ``owner`` until
-    ``lease_until``; returns them (planned order). How many: ``cap(max_per_minute, items
-    started in the last 60 s)``, counted under the rollout's row lock. Rows another
-    transaction holds are skipped, never waited for."""
+    ``lease_until``; returns them (planned order). How many: ``cap(rollout, items started
+    within lookback(max_per_minute) before now, recent outcomes (see recent_outcomes), items
+    running)``, all counted under the rollout's row lock. Rows another transaction holds are
+    skipped, never waited for."""
     ro = conn.execute(
         _rollout_query()
         .where(rollouts.c.id == rollout_id, rollouts.c.status == "running")
@@ -240,7 +241,13 @@ def claim_due(
     ).first()
     if ro is None:  # not running, or another process is claiming for it right now
         return []
-    allowed = cap(float(ro.max_per_minute), started_since(conn, rollout_id, now - MINUTE))
+    row = _row(ro)
+    allowed = cap(
+        row,
+        started_since(conn, rollout_id, now - lookback(row.max_per_minute)),
+        recent_outcomes(conn, row),
+        running_count(conn, rollout_id),
+    )
     if allowed <= 0:
         return []
     picked = conn.execute(
@@ -275,6 +282,17 @@ def started_since(conn: Connection, rollout_id: str, since: datetime) -> int:
             select(func.count()).where(
                 rollout_items.c.rollout_id == rollout_id,
                 rollout_items.c.started_at > since,
+            )
+        ).scalar_one()
+    )
+
+
+def running_count(conn: Connection, rollout_id: str) -> int:
+    """Items of the rollout claimed and not finished."""
+    return int(
+        conn.execute(
+            select(func.count()).where(
+                rollout_items.c.rollout_id == rollout_id, rollout_items.c.status == "running"
             )
         ).scalar_one()
     )

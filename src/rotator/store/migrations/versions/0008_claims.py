@@ -1,11 +1,10 @@
 """Scheduler claims: which worker holds a due credential, and until when.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-28
 
-Adds the ``credential_claims`` table (see store/schema.py and store/claims.py). Chained on 0006
-for now; renumbered when merged with the other migrations of issue 9.
+Adds the ``credential_claims`` table (see store/schema.py and store/claims.py).
 """
 
 import sqlalchemy as sa

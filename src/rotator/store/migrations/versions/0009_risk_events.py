@@ -1,12 +1,8 @@
 """Risk events and the decision taken for each credential they matched.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-11-28
-
-Numbered 0009 to avoid colliding with the migrations other branches of issue 9 add in
-parallel; it is chained on 0006 (the head on main when written) and is renumbered or
-re-chained when those merge.
 """
 
 import sqlalchemy as sa

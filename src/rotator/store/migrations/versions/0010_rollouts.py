@@ -1,11 +1,8 @@
 """Staggered rollouts: the ``rollouts`` and ``rollout_items`` tables.
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0009
 Create Date: 2026-11-28
-
-Chained on 0006 for now: other branches of issue 9 add 0007-0009; this revision is renumbered
-onto the last of them when the branches merge.
 """
 
 import sqlalchemy as sa
