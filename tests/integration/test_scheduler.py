@@ -748,3 +748,35 @@ def test_a_tick_whose_store_call_fails_is_logged_and_the_worker_goes_on(
     assert calls["n"] >= 2, "the loop ticked again after the failure"
     assert [v.number for v in svc.show("app/a").versions] == [1, 2]
     assert any("scheduler tick failed (StoreUnavailable)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_rollout_pass_that_could_start_nothing_is_not_repeated_at_once(
+    svc: BlockingService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Due rollout items that a rate cap (or the halt rule's bound) keeps from starting must
+    not make the worker spin on claim transactions: after a pass that started none, the loop
+    waits ROLLOUT_IDLE_S; after one that started some, it looks again at once."""
+    import asyncio
+
+    from rotator.scheduler import loop as loop_mod
+    from rotator.scheduler.loop import Scheduler, SchedulerOptions
+
+    engine = svc.service.engine
+    past = engine.runtime.now() - timedelta(minutes=5)
+
+    async def due_long_ago(_engine: object) -> datetime:
+        return past
+
+    monkeypatch.setattr(loop_mod.rollouts, "next_due", due_long_ago)
+    sched = Scheduler(engine, SchedulerOptions(listen=False))
+
+    async def wait_after(started: int) -> float:
+        async def a_pass() -> int:
+            return started
+
+        sched._rollouts = asyncio.create_task(a_pass())
+        await sched._rollouts
+        return await sched._rollouts_wait()
+
+    assert svc.run(wait_after(0)) == loop_mod.ROLLOUT_IDLE_S
+    assert svc.run(wait_after(3)) <= 0

@@ -35,6 +35,7 @@ FAILED_SCHEDULE_BACKOFF_S = 300
 log = logging.getLogger(__name__)
 COUNT_CAP = 1_000_000  # overdue credentials counted to size a catch-up, at most
 LISTEN_RETRY_S = 1.0  # before reconnecting a lost LISTEN connection (the poll covers the gap)
+ROLLOUT_IDLE_S = 1.0  # between rollout passes while due items cannot start yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,18 +142,36 @@ class Scheduler:
     def _rollouts_done(self, task: asyncio.Task[int]) -> None:
         # A failed pass (the store unavailable) is tried again at the next tick; its items'
         # claims run out by themselves. Retrieved here so asyncio does not report it as lost.
-        if not task.cancelled() and (exc := task.exception()) is not None:
+        if task.cancelled():
+            return
+        if (exc := task.exception()) is not None:
             # A defect's text may quote a value (a UnicodeDecodeError quotes its bytes): only
             # rotator's own errors, whose messages never hold one, are logged with theirs.
             text = str(exc) if isinstance(exc, RotatorError) else "message withheld"
             log.warning("rollout pass failed (%s): %s", type(exc).__name__, text)
-        self.wake.set()
+        elif task.result() > 0:
+            self.wake.set()  # it started items: the next ones may be due at once
 
     async def _rollouts_wait(self) -> float:
         if self._rollouts is not None and not self._rollouts.done():
-            return float("inf")  # its end wakes the loop
+            return float("inf")  # its end wakes the loop when it started anything
         nxt = await rollouts.next_due(self.engine)
-        return float("inf") if nxt is None else (nxt - self.rt.now()).total_seconds()
+        if nxt is None:
+            return float("inf")
+        wait = (nxt - self.rt.now()).total_seconds()
+        last = self._rollouts
+        idle = (
+            last is not None
+            and not last.cancelled()
+            and last.exception() is None
+            and last.result() == 0
+        )
+        if wait <= 0 and idle:
+            # Items are due but the last pass could start none (a rate cap, a halt rule
+            # bounding claims, another process holding them): do not spin on claim
+            # transactions; look again in a moment.
+            return ROLLOUT_IDLE_S
+        return wait
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
