@@ -8,6 +8,7 @@ tag env=prod``, ``cron '0 3 * * 0' + jitter 10m``, ``max age 90d``, ``3 uses rea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, time, timedelta
@@ -184,6 +185,17 @@ def check_window_open(policy: RotationPolicy) -> None:
     not wholly inside its blackouts, so :func:`next_rotation` can always answer. Costs one
     cron step for a policy whose windows are open; up to a year of occurrences otherwise."""
     assert policy.window is not None
+    _check_window_open(policy.cron, policy.window, policy.blackout, policy.tz)
+
+
+# Cached: every reschedule builds the effective policy again (a rotation's finish included).
+@functools.lru_cache(maxsize=256)
+def _check_window_open(
+    cron: str | None, window: timedelta, blackout: tuple[str, ...], tz: str | None
+) -> None:
+    policy = RotationPolicy(cron=cron, tz=tz)  # built without a window: no check again
+    object.__setattr__(policy, "window", window)
+    object.__setattr__(policy, "blackout", blackout)
     _in_window(policy, cron_after(policy, _PROBE), timedelta(0), "")
 
 
