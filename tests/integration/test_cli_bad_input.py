@@ -386,6 +386,36 @@ BAD_INPUT = [
         "--cron",
         "'0 0 31 2 *'",
     ),
+    case("cron-macro", f"{ADD} --cron @daily", "--cron", "'@daily'", "five fields"),
+    case(
+        "policy-set-cron-macro",
+        "policy set --tag env=prod --cron @daily",
+        "--cron",
+        "'@daily'",
+        "five fields",
+    ),
+    case(
+        "cron-window-always-blacked-out",
+        [
+            *shlex.split(ADD),
+            *("--cron", "0 3 * * 6", "--window", "2h", "--blackout", "Fri 18:00-Mon 06:00"),
+        ],
+        "every --window of --cron falls in a --blackout",
+    ),
+    case(
+        "policy-set-cron-window-always-blacked-out",
+        [
+            *("policy", "set", "--tag", "env=prod", "--cron", "0 3 * * 6", "--window", "2h"),
+            *("--blackout", "Fri 18:00-Mon 06:00"),
+        ],
+        "every --window of --cron falls in a --blackout",
+    ),
+    case(
+        "policy-set-window-without-cron-for-no-credential",
+        "policy set --tag env=qa --window 2h",
+        "tag env=qa",
+        "--window needs --cron",
+    ),
     case("update-every-zero", f"credential update {SEEDED} --every 0s", "--every"),
     case("max-uses-zero", f"{ADD} --max-uses 0", "--max-uses"),
     case("max-uses-negative", f"{ADD} --max-uses -1", "--max-uses"),

@@ -120,20 +120,25 @@ def test_credential_update_overrides_one_field_and_keeps_inheriting_the_others(
     assert x.next_rotation_rule == "every 1d"
 
 
-def test_rows_from_before_defaults_keep_every_field_as_their_own(
+def test_rows_from_before_defaults_inherit_the_fields_left_at_the_built_in_default(
     svc: BlockingService, clock: Clock, raw_db: sa.Engine
 ) -> None:
     svc.add_credential("old", "local", tags={"env": "prod"}, policy=PolicyInput(every="1d"))
+    svc.add_credential("plain", "local", tags={"env": "prod"})
     with raw_db.begin() as conn:  # as migration 0007 leaves a row written before it
-        conn.execute(sa.text("UPDATE credentials SET policy_own = NULL WHERE name = 'old'"))
-    svc.set_policy_default(tag=("env", "prod"), policy=PolicyInput(every="30d", grace="1h"))
-    old = svc.show("old")
-    assert old.policy.every == timedelta(days=1)
-    assert old.policy.grace == timedelta(minutes=5)  # stored in its full policy: its own
+        conn.execute(sa.text("UPDATE credentials SET policy_own = NULL"))
+    d = svc.set_policy_default(tag=("env", "prod"), policy=PolicyInput(every="30d", grace="1h"))
+    assert d.affected == 2
+    old, plain = svc.show("old"), svc.show("plain")
+    assert old.policy.every == timedelta(days=1)  # set on the credential: its own
+    assert old.policy.grace == timedelta(hours=1)  # at the built-in default: inherited
     assert old.next_rotation_rule == "every 1d"
+    assert plain.policy.every == timedelta(days=30)
+    assert plain.next_rotation_at == clock.now + timedelta(days=30)
+    assert plain.next_rotation_rule == "every 30d from tag env=prod"
 
 
-def test_store_upgraded_from_0006_keeps_each_credential_policy_as_its_own(
+def test_store_upgraded_from_0006_keeps_set_fields_as_own_and_inherits_the_rest(
     settings: Settings, raw_db: sa.Engine
 ) -> None:
     svc, _ = BlockingService.init(settings)
@@ -144,6 +149,7 @@ def test_store_upgraded_from_0006_keeps_each_credential_policy_as_its_own(
         policy=PolicyInput(every="1d"),
         value=ValueInput(generate=True),
     )
+    svc.add_credential("plain", "local", tags={"env": "prod"})
     value = svc.get_value("old").reveal()
     svc.close()
     db = Database(settings.db_url)  # rotator's own connections (SQLite foreign keys on)
@@ -161,8 +167,9 @@ def test_store_upgraded_from_0006_keeps_each_credential_policy_as_its_own(
         svc.set_policy_default(tag=("env", "prod"), policy=PolicyInput(every="30d", grace="1h"))
         old = svc.show("old")
         assert old.policy.every == timedelta(days=1)
-        assert old.policy.grace == timedelta(minutes=5)
+        assert old.policy.grace == timedelta(hours=1)
         assert old.next_rotation_rule == "every 1d"
+        assert svc.show("plain").next_rotation_rule == "every 30d from tag env=prod"
         assert svc.get_value("old").reveal() == value  # the downgrade kept its versions
         svc.add_credential("new", "local", tags={"env": "prod"})
         assert svc.show("new").next_rotation_rule == "every 30d from tag env=prod"

@@ -104,6 +104,26 @@ def test_policy_rules() -> None:
         RotationPolicy(every=timedelta(0))
 
 
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "@daily",
+        "@hourly",
+        "@midnight",
+        "@weekly",
+        "@monthly",
+        "@yearly",
+        "@annually",
+        "@reboot",
+        "0 0 3 * * 0",  # a seconds field
+        "0 3 * *",
+    ],
+)
+def test_cron_other_than_five_fields_is_a_policy_error_naming_the_option(cron: str) -> None:
+    with pytest.raises(PolicyError, match=r"^malformed --cron .*five fields"):
+        RotationPolicy(cron=cron)
+
+
 def test_policy_json_round_trip() -> None:
     p = RotationPolicy(
         cron="0 3 * * 0", window=timedelta(hours=2), grace=timedelta(minutes=10), max_uses=100

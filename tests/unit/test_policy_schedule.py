@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from rotator.domain.policy import Blackout, RotationPolicy, parse_duration
 from rotator.errors import PolicyError
 from rotator.policy import next_rotation, resolve
+from rotator.policy.defaults import own_partial
 from rotator.policy.schedule import cron_after, jitter_offset
 from rotator.service.inputs import PolicyInput
 
@@ -114,14 +115,48 @@ def test_jitter_offset_is_always_in_range_and_stable_for_a_name(name: str, jitte
 
 
 @given(name=st.from_regex(r"[a-z0-9][a-z0-9._/-]{0,40}", fullmatch=True))
-def test_jittered_interval_is_due_within_jitter_after_the_interval(name: str) -> None:
+def test_jittered_interval_is_due_at_the_credentials_offset_within_one_interval(
+    name: str,
+) -> None:
     last = utc(2026, 1, 1)
     p = RotationPolicy(every=timedelta(days=30), jitter=timedelta(minutes=10))
     when, rule = next_rotation(p, now=last, last_rotated_at=last, seed=name)
     assert when is not None
-    assert timedelta(0) <= when - (last + timedelta(days=30)) < timedelta(minutes=10)
+    assert last < when <= last + timedelta(days=30)
+    # On the credential's grid: a whole number of intervals plus its offset from a fixed start.
+    phase = (when - utc(2000, 1, 1) - jitter_offset(name, timedelta(minutes=10))) % p.every
+    assert phase == timedelta(0)
     assert rule == "every 30d + jitter 10m"
     assert next_rotation(p, now=last, last_rotated_at=last, seed=name)[0] == when
+
+
+@given(
+    name=st.text(min_size=1, max_size=30),
+    every_s=st.integers(min_value=60, max_value=90 * 86400),
+    jitter_s=st.integers(min_value=1, max_value=180 * 86400),
+    start_s=st.integers(min_value=0, max_value=10 * 365 * 86400),
+    delays=st.lists(st.integers(min_value=0, max_value=59), min_size=20, max_size=60),
+)
+def test_jittered_interval_rotated_when_due_keeps_the_interval_on_average(
+    name: str, every_s: int, jitter_s: int, start_s: int, delays: list[int]
+) -> None:
+    # A credential rotated at each due time (a worker a few seconds late) keeps the period:
+    # the offset is not added once per rotation.
+    every, jitter = timedelta(seconds=every_s), timedelta(seconds=jitter_s)
+    p = RotationPolicy(every=every, jitter=jitter)
+    offset = jitter_offset(name, min(jitter, every))
+    last = utc(2016, 1, 1) + timedelta(seconds=start_s)
+    dues = []
+    for delay in delays:
+        due, _ = next_rotation(p, now=last, last_rotated_at=last, seed=name)
+        assert due is not None
+        if dues:  # the un-jittered time of the last rotation, plus every, plus at most jitter
+            base = dues[-1] - offset + every
+            assert base <= due < base + jitter
+        dues.append(due)
+        last = due + timedelta(seconds=delay)
+    mean = (dues[-1] - dues[0]) / (len(dues) - 1)
+    assert abs(mean - every) < timedelta(seconds=1)
 
 
 def test_jitter_spreads_many_credentials_over_the_whole_span() -> None:
@@ -198,6 +233,43 @@ def test_cron_window_inside_a_blackout_moves_to_the_next_open_occurrence() -> No
     when, rule = next_rotation(p, now=utc(2026, 5, 1, 12), last_rotated_at=utc(2026, 5, 1, 12))
     assert when == utc(2026, 5, 4, 3)  # Monday; Saturday's and Sunday's windows are closed
     assert rule == "cron '0 3 * * *' window 1h"
+
+
+def test_cron_whose_every_window_is_blacked_out_is_refused() -> None:
+    with pytest.raises(PolicyError, match=r"^every --window of --cron falls in a --blackout$"):
+        RotationPolicy(
+            cron="0 3 * * 6",
+            window=timedelta(hours=2),
+            blackout=("Fri 18:00-Mon 06:00",),
+            tz="Europe/Berlin",
+        )
+
+
+def test_cron_window_after_a_long_blackout_stretch_is_found_past_it() -> None:
+    # Every window blacked out for months but one day a year (the 1st of January is open
+    # when it is not a weekend): the search skips whole blackouts, and still answers.
+    p = RotationPolicy(
+        cron="0 3 1 1 *",
+        window=timedelta(hours=1),
+        blackout=("Sat 00:00-Mon 00:00",),
+    )
+    now = utc(2026, 5, 1)  # 2027-01-01 is a Friday
+    assert next_rotation(p, now=now, last_rotated_at=now)[0] == utc(2027, 1, 1, 3)
+
+
+def test_jittered_start_blacked_out_to_the_window_end_takes_the_window_start() -> None:
+    # The window 03:00-05:00 is open 03:00-04:00 only: a credential whose offset falls in
+    # the closed hour still rotates in that window, not a day later.
+    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+    closed = tuple(f"{d} 04:00-{d} 05:00" for d in days)
+    p = RotationPolicy(
+        cron="0 3 * * *", window=timedelta(hours=2), jitter=timedelta(hours=2), blackout=closed
+    )
+    now = utc(2026, 5, 1, 12)
+    for i in range(50):
+        when, _ = next_rotation(p, now=now, last_rotated_at=now, seed=f"c{i}")
+        assert when is not None
+        assert utc(2026, 5, 2, 3) <= when < utc(2026, 5, 2, 4)
 
 
 def test_blackouts_that_touch_are_left_together() -> None:
@@ -343,7 +415,7 @@ def test_two_tags_that_disagree_pick_by_key_then_value_and_say_which() -> None:
 
 def test_every_policy_field_is_inherited_with_no_code_per_field() -> None:
     full = RotationPolicy(
-        cron="0 3 * * 0",
+        cron="0 3 * * 2",  # Tuesday: outside the blackout
         window=timedelta(hours=2),
         grace=timedelta(minutes=7),
         max_uses=9,
@@ -408,3 +480,19 @@ def test_bad_policy_options_are_policy_errors_naming_the_option(
 
 def test_parse_duration_still_reads_days() -> None:
     assert parse_duration("90d") == timedelta(days=90)
+
+
+def test_row_from_before_defaults_owns_only_the_fields_off_the_built_in_default() -> None:
+    # policy_own NULL (migration 0007 on an older row): a field at its built-in default is
+    # inherited; an own schedule still rules out an inherited one, as an option would.
+    cron = RotationPolicy(cron="0 3 * * 2", window=timedelta(hours=2), max_uses=5).to_json()
+    assert own_partial(None, cron) == {
+        "cron": "0 3 * * 2",
+        "every": None,
+        "window": 7200.0,
+        "max_uses": 5,
+    }
+    every = RotationPolicy(every=timedelta(days=1), grace=timedelta(0)).to_json()
+    assert own_partial(None, every) == {"every": 86400.0, "cron": None, "window": None, "grace": 0}
+    assert own_partial(None, RotationPolicy().to_json()) == {}
+    assert own_partial({"grace": 60.0}, every) == {"grace": 60.0}

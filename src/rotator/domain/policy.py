@@ -126,7 +126,9 @@ def _check_cron(cron: str) -> None:
     # a noticeable part of its start-up.
     from croniter import CroniterBadDateError, croniter
 
-    if not croniter.is_valid(cron):
+    # Exactly five fields: croniter also takes `@daily`-style macros and a sixth (seconds)
+    # field, which the schedule (the hour field's DST rule) does not read.
+    if len(cron.split()) != 5 or not croniter.is_valid(cron):
         raise PolicyError(f"malformed --cron {cron!r}: expected five fields like '0 3 * * 0'")
     try:
         croniter(cron, _CRON_PROBE_START).get_next(datetime)
@@ -139,12 +141,14 @@ class RotationPolicy:
     """When a credential rotates and how long the old value stays valid.
 
     ``every`` and ``cron`` exclude each other. ``window`` only goes with ``cron``: the rotation
-    may start any time within ``window`` after the cron time. ``grace`` is how long PREVIOUS
+    may start any time within ``window`` after the cron time; some window must not be wholly
+    blacked out. ``grace`` is how long PREVIOUS
     stays valid on the target. ``max_uses`` rotates after that many recorded uses.
     ``on_risk`` holds the risk rules as their canonical text (``high=rotate,critical=emergency``;
     see rotator.policy.risk; None: the default rules) and ``risk_cooldown`` the cooldown after
     a risk rotation (None: rotator.policy.risk.DEFAULT_COOLDOWN, 1h).
-    ``jitter`` moves a scheduled time by a stable offset in [0, jitter) per credential;
+    ``jitter`` moves a scheduled time by a stable offset in [0, jitter) per credential (with
+    ``every``: a phase in [0, min(jitter, every)), the period staying ``every``);
     ``blackout`` holds weekly spans (canonical ``Blackout`` text) with no rotation, read in
     zone ``tz`` (UTC when None; cron times are read there too); ``max_age`` bounds how old
     CURRENT may get whatever the schedule says. See ``rotator.policy.schedule``.
@@ -188,6 +192,11 @@ class RotationPolicy:
             Blackout.parse(b)
         if self.tz is not None:
             zone(self.tz)
+        if self.window is not None and self.blackout:
+            # Imported here: rotator.policy imports this module (a cycle at import time).
+            from rotator.policy.schedule import check_window_open
+
+            check_window_open(self)
         if self.on_risk is not None:
             # Imported here: rotator.policy imports this module (a cycle at import time).
             from rotator.policy.risk import format_risk_rules, parse_risk_rules

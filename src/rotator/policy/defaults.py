@@ -90,5 +90,16 @@ def resolve(
 
 def own_partial(stored_own: Partial | None, stored_policy: Partial) -> dict[str, Any]:
     """A credential's own partial policy: ``stored_own``, or for a row written before
-    policy defaults existed (no own partial) every field of its stored policy."""
-    return dict(stored_policy if stored_own is None else stored_own)
+    policy defaults existed (no own partial) the fields of its stored policy that differ
+    from the built-in default. A field at its built-in default cannot be told from one never
+    set, so it is inherited (as in a partial of options given); an own ``every`` or ``cron``
+    still sets the other schedule fields to none, as ``PolicyInput.partial`` does."""
+    if stored_own is not None:
+        return dict(stored_own)
+    builtin = RotationPolicy().to_json()
+    own = {k: v for k, v in stored_policy.items() if k in builtin and v != builtin[k]}
+    if own.get("every") is not None:
+        own.update(cron=None, window=None)
+    elif own.get("cron") is not None:
+        own.update(every=None, window=own.get("window"))
+    return own

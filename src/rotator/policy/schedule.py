@@ -8,16 +8,20 @@ tag env=prod``, ``cron '0 3 * * 0' + jitter 10m``, ``max age 90d``, ``3 uses rea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from rotator.domain.policy import Blackout, RotationPolicy, format_duration, zone
+from rotator.errors import PolicyError
 
-# Bounds on the searches below: a policy whose every window is blacked out must still
-# answer (it falls back to the end of the blackout) rather than loop.
-_MAX_CRON_TRIES = 400
+# How far the search for a cron window not wholly blacked out goes: a year covers every
+# weekday of every day-of-month and month field (blackouts repeat weekly).
+_SEARCH = timedelta(weeks=53)
+# A fixed start for checks that take no clock.
+_PROBE = datetime(2000, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
@@ -124,7 +128,13 @@ def _scheduled(
         t = last + policy.every
         rule, field = f"every {format_duration(policy.every)}", "every"
         if policy.jitter is not None:
-            t += jitter_offset(seed, policy.jitter)
+            # Due times sit on a fixed grid, _PROBE + n * every + offset: the next grid point
+            # after ``last``, at most ``every`` later. A rotation at its due time (grid point
+            # n) is next due at grid point n + 1, so the period stays ``every`` on average
+            # (adding the offset to ``last + every`` would add it to every period); any other
+            # rotation (manual, moved by a blackout) is next due at the grid point after it.
+            offset = jitter_offset(seed, min(policy.jitter, policy.every))
+            t -= (last - _PROBE - offset) % policy.every
             rule += f" + jitter {format_duration(policy.jitter)}"
         t, rule = _outside_blackout(policy, t, rule)
         return t, rule, field
@@ -144,15 +154,49 @@ def _scheduled(
         # That occurrence's window has passed (downtime, a policy change): the next window
         # that has not ended yet.
         fire = cron_after(policy, now - policy.window)
-    first: tuple[datetime, str] | None = None
-    for _ in range(_MAX_CRON_TRIES):
+    if policy.window is None:
         t, r = _outside_blackout(policy, fire + offset, rule)
-        first = first or (t, r)
-        if policy.window is None or t < fire + policy.window:
-            return t, r, "cron"
-        fire = cron_after(policy, fire)  # window blacked out: the next occurrence
-    assert first is not None
-    return first[0], first[1], "cron"
+        return t, r, "cron"
+    t, r = _in_window(policy, fire, offset, rule)
+    return t, r, "cron"
+
+
+def _in_window(
+    policy: RotationPolicy, fire: datetime, offset: timedelta, rule: str
+) -> tuple[datetime, str]:
+    """The first cron occurrence from ``fire`` on whose window is not wholly blacked out: its
+    jittered start (``fire + offset``, moved to the end of a blackout it is in) when that is
+    still inside the window, else its first instant outside a blackout. PolicyError when no
+    occurrence within _SEARCH (a year) after ``fire`` has one."""
+    assert policy.window is not None
+    give_up = fire + _SEARCH
+    while fire <= give_up:
+        for start in (fire + offset, fire):
+            t, r = _outside_blackout(policy, start, rule)
+            if t < fire + policy.window:
+                return t, r
+        # [fire, t) is all blackout: skip every occurrence whose window ends before t.
+        fire = cron_after(policy, max(fire, t - policy.window))
+    raise PolicyError("every --window of --cron falls in a --blackout")
+
+
+def check_window_open(policy: RotationPolicy) -> None:
+    """PolicyError unless some cron occurrence of ``policy`` (which has a window) has a window
+    not wholly inside its blackouts, so :func:`next_rotation` can always answer. Costs one
+    cron step for a policy whose windows are open; up to a year of occurrences otherwise."""
+    assert policy.window is not None
+    _check_window_open(policy.cron, policy.window, policy.blackout, policy.tz)
+
+
+# Cached: every reschedule builds the effective policy again (a rotation's finish included).
+@functools.lru_cache(maxsize=256)
+def _check_window_open(
+    cron: str | None, window: timedelta, blackout: tuple[str, ...], tz: str | None
+) -> None:
+    policy = RotationPolicy(cron=cron, tz=tz)  # built without a window: no check again
+    object.__setattr__(policy, "window", window)
+    object.__setattr__(policy, "blackout", blackout)
+    _in_window(policy, cron_after(policy, _PROBE), timedelta(0), "")
 
 
 def next_rotation(
@@ -169,10 +213,13 @@ def next_rotation(
     - max uses reached: due now;
     - else the schedule (``every`` from ``last_rotated_at``, or the next cron time after it
       in the policy's zone), moved by the jitter offset for ``seed``; with a window, a cron
-      occurrence whose window has ended by ``now`` gives way to the next one;
+      occurrence whose window has ended by ``now`` gives way to the next one. ``every`` with
+      jitter: the first time after ``last_rotated_at`` on a grid ``every`` apart whose phase
+      is the offset (in [0, min(jitter, every))), so the period stays ``every``;
     - ``max_age``: never later than ``last_rotated_at + max_age``;
     - any due time inside a blackout moves to the blackout's end (with a window: to the next
-      cron occurrence whose window is not blacked out).
+      cron occurrence whose window is not blacked out; PolicyError if none is within a
+      year, which ``RotationPolicy`` refuses to be built with).
 
     ``sources`` maps field names to where the effective value came from (see
     ``rotator.policy.defaults``): the rule text names it (``every 30d from tag env=prod``).

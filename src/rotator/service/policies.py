@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 
 from rotator.domain import names
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
-from rotator.errors import InvalidInput, NotFound
+from rotator.errors import InvalidInput, NotFound, PolicyError
 from rotator.policy import check_partial
 from rotator.service.credentials import RotatorService
 from rotator.service.inputs import PolicyInput
@@ -67,8 +67,9 @@ async def set_default(
     """Set fields of the default for a tag pair or the principal's tenant (merged onto the
     fields it set before; --every/--cron replace each other as on a credential). Audited as
     ``policy.set``. Raises InvalidInput (no scope or both, no option, a bad option, another
-    tenant), PolicyError (naming a credential whose merged policy would not be valid);
-    nothing is stored then."""
+    tenant), PolicyError (naming a credential whose merged policy would not be valid, or
+    the default when it is not valid on its own over the tenant default); nothing is stored
+    then."""
     scope = _scope(tag, tenant, principal)
     patch = policy.partial()
     if not patch:
@@ -81,8 +82,17 @@ async def set_default(
         check_partial({k: v for k, v in merged.items() if k != "window"})
         store_pol.put_default(conn, t.id, scope, merged, now)
         ids = store_pol.affected(conn, t.id, scope)
-        svc.kernel.reschedule(conn, ids)
+        svc.kernel.reschedule(conn, ids)  # first: its error names a credential it breaks
         out = PolicyDefault(t.name, None if scope == store_pol.TENANT_SCOPE else scope, merged)
+        # Valid on its own too (a credential added later gets it): over the tenant default
+        # for a tag default (e.g. a --window needs a --cron here or there).
+        under = None
+        if scope != store_pol.TENANT_SCOPE:
+            under = store_pol.get_default(conn, t.id, store_pol.TENANT_SCOPE)
+        try:
+            check_partial({**(under or {}), **merged})
+        except PolicyError as exc:
+            raise PolicyError(f"policy default for {out.scope}: {exc}") from None
         svc.kernel.audit(
             conn,
             principal,

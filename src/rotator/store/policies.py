@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import BindParameter, Connection, and_, bindparam, delete, insert, select, update
 
 from rotator.domain.policy import RotationPolicy
+from rotator.policy.defaults import own_partial
 from rotator.store.prepared import Prepared
 from rotator.store.schema import credential_tags, credentials, policy_defaults, tenants
 
@@ -229,8 +230,8 @@ def set_due(conn: Connection, credential_id: int, when: datetime, rule: str) -> 
 
 
 def own_policy(conn: Connection, credential_id: int) -> dict[str, Any]:
-    """A credential's own partial policy (all of its stored policy on rows from before
-    migration 0007); empty if it does not exist."""
+    """A credential's own partial policy (on rows from before migration 0007: see
+    ``rotator.policy.defaults.own_partial``); empty if it does not exist."""
     r = conn.execute(
         select(credentials.c.policy, credentials.c.policy_own).where(
             credentials.c.id == credential_id
@@ -238,7 +239,7 @@ def own_policy(conn: Connection, credential_id: int) -> dict[str, Any]:
     ).first()
     if r is None:
         return {}
-    return dict(r.policy if r.policy_own is None else r.policy_own)
+    return own_partial(r.policy_own, r.policy)
 
 
 def effective_policy(conn: Connection, credential_id: int) -> RotationPolicy:
