@@ -321,6 +321,8 @@ class Scheduler:
             if c.name in skipped and c.credential_id in self.since and not self._mine(c)
         ]
         handed = {c.credential_id for c in again}
+        # Refused ones did not start (those run again were counted once, and still are).
+        self.pacer.not_started(len(skipped) - len(again))
         if failed:
             later = self.rt.now() + timedelta(seconds=FAILED_SCHEDULE_BACKOFF_S)
             await self._release(sorted(failed), until=later)
