@@ -3,10 +3,12 @@
 Claiming a credential moves its ``next_rotation_at`` to the claim's ``lease_until`` (no other
 worker finds it due) and records the claimer in ``credential_claims``. Every later change is
 conditioned on ``next_rotation_at`` still being ``lease_until``: a rotation that finished has
-set the credential's next time, and a heartbeat or release must not move it back. A worker
-that dies stops extending its claims; at ``lease_until`` the credential is due again and
-another worker takes it (a rotation the dead worker had begun is resumed by the engine's
-recovery, from its rotation row).
+set the credential's next time, and a heartbeat or release must not move it back. Each claim
+is named by its ``claimed_at``: a rotation's guard and the heartbeat act only while the claim
+row is still that claim, not a later claim of the same credential (by the same worker or
+another). A worker that dies stops extending its claims; at ``lease_until`` the credential
+is due again and another worker takes it (a rotation the dead worker had begun is resumed by
+the engine's recovery, from its rotation row).
 
 On PostgreSQL the claim is ``SELECT ... FOR UPDATE SKIP LOCKED``, so workers claiming at the
 same moment take different rows without waiting for each other; on SQLite one writer at a time
