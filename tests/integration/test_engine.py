@@ -190,6 +190,25 @@ def test_same_credential_twice_in_a_batch_rotates_once(svc: BlockingService) -> 
     assert len(svc.show("a").versions) == 2
 
 
+def test_a_request_joining_a_rotation_its_guard_refused_rotates_on_its_own(
+    svc: BlockingService,
+) -> None:
+    """A scheduler's request (guarded by its claim) and a manual one for the same credential
+    in one process: the manual one joins the rotation under way. When the claim's guard
+    refuses it (SKIPPED), that says nothing about the manual request: it rotates itself."""
+    add_double(svc, "a", latency_ms=20)
+
+    def lost(conn: Any, now: Any) -> str:
+        return "its claim ended"
+
+    result = run(
+        svc,
+        [RotationRequest("a", trigger=Trigger.SCHEDULE, guard=lost), RotationRequest("a")],
+    )
+    assert [r.outcome for r in result.results] == [Outcome.SKIPPED, Outcome.ROTATED]
+    assert [v.number for v in svc.show("a").versions] == [1, 2]
+
+
 def test_priorities_emergency_before_manual(svc: BlockingService) -> None:
     for i in range(6):
         add_double(svc, f"m{i}")

@@ -512,6 +512,59 @@ def test_notify_wakes_an_idle_worker_when_a_due_credential_is_added(
         raw.dispose()
 
 
+def _idle_worker_wakes(tmp_path: Path, pg_database: str, before, make_due) -> None:  # type: ignore[no-untyped-def]
+    """A worker polling every 600 s, idle, rotates within 30 s what ``make_due`` (one
+    service call, after ``before`` set things up) makes due: only the NOTIFY can wake it."""
+    settings = Settings(home=tmp_path / "home", db_url=pg_database)
+    svc, _ = BlockingService.init(settings)
+    try:
+        before(svc)
+    finally:
+        svc.close()
+    raw = raw_engine(pg_database)
+    try:
+        with workers(settings, 1, "--poll", "600") as (worker,):
+            poll_until("the worker to listen", lambda: listeners(raw) == 1, 60, worker)
+            svc = BlockingService.open(settings)
+            try:
+                make_due(svc)
+            finally:
+                svc.close()
+            poll_until("the idle worker to rotate it", lambda: finished(raw) >= 1, 30, worker)
+    finally:
+        raw.dispose()
+
+
+@pytest.mark.postgres
+def test_notify_wakes_an_idle_worker_when_reported_uses_reach_max_uses(
+    tmp_path: Path, pg_database: str
+) -> None:
+    def add(svc: BlockingService) -> None:
+        svc.add_credential(
+            "app/token",
+            "local",
+            policy=PolicyInput(every="30d", max_uses=3),
+            value=ValueInput(generate=True),
+        )
+
+    _idle_worker_wakes(tmp_path, pg_database, add, lambda svc: svc.report_usage("app/token", 3))
+
+
+@pytest.mark.postgres
+def test_notify_wakes_an_idle_worker_when_a_policy_default_makes_a_credential_due(
+    tmp_path: Path, pg_database: str
+) -> None:
+    def add(svc: BlockingService) -> None:
+        svc.add_credential(
+            "app/token", "local", tags={"env": "prod"}, value=ValueInput(generate=True)
+        )
+
+    def policy(svc: BlockingService) -> None:  # on demand until now; due in 2 s
+        svc.set_policy_default(tag=("env", "prod"), policy=PolicyInput(every="2s"))
+
+    _idle_worker_wakes(tmp_path, pg_database, add, policy)
+
+
 # ---------------------------------------------------------------------------- catch-up
 
 
@@ -614,7 +667,11 @@ def test_claims_take_due_work_once_and_never_move_a_finished_rotations_time_back
     later = now + timedelta(seconds=60)
     with db.write() as conn:
         kept = store_claims.extend(
-            conn, worker="w1", held={ids["app/a"]: lease, ids["app/b"]: lease}, until=later
+            conn,
+            worker="w1",
+            held={ids["app/a"]: lease, ids["app/b"]: lease},
+            claimed={ids["app/a"]: now, ids["app/b"]: now},
+            until=later,
         )
     assert kept == {ids["app/b"]}
     assert next_time("app/a") == finished_at
@@ -780,3 +837,243 @@ def test_a_rollout_pass_that_could_start_nothing_is_not_repeated_at_once(
 
     assert svc.run(wait_after(0)) == loop_mod.ROLLOUT_IDLE_S
     assert svc.run(wait_after(3)) <= 0
+
+
+# ------------------------------------------------ claims tied to one claim, not to a worker
+
+
+def _claimed_time(raw_db: Engine, name: str) -> datetime:
+    with raw_db.connect() as c:
+        t = c.execute(
+            select(credentials.c.next_rotation_at).where(credentials.c.name == name)
+        ).scalar_one()
+    assert isinstance(t, datetime)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def test_a_credential_claimed_again_by_the_same_worker_while_its_request_waits_rotates_once(
+    svc: BlockingService, raw_db: Engine
+) -> None:
+    """Worker A claims a credential; its request waits in the engine; an operator makes it
+    due again and A claims it again. No second request starts, and the waiting one, made
+    under the first claim, does not run under the second: one rotation, not two."""
+    import asyncio
+
+    from rotator.engine import RotationRequest
+    from rotator.scheduler.loop import Scheduler, SchedulerOptions
+
+    svc.add_credential(
+        "app/a", "local", policy=PolicyInput(every="1d"), value=ValueInput(generate=True)
+    )
+    t0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    now = [t0]
+    svc.kernel.clock = lambda: now[0]
+    with raw_db.begin() as c:
+        c.execute(update(credentials).values(next_rotation_at=t0 - timedelta(minutes=1)))
+    a = Scheduler(svc.service.engine, SchedulerOptions(lease_s=30, listen=False))
+    real = a.engine.rotate
+    requests: list[RotationRequest] = []
+    gate: list[asyncio.Event] = []
+
+    async def first_waits(reqs, *args, **kw):  # type: ignore[no-untyped-def]
+        reqs = list(reqs)
+        requests.extend(reqs)
+        if len(requests) == len(reqs):  # the first batch waits, as if queued behind others
+            gate.append(asyncio.Event())
+            await gate[0].wait()
+        return await real(reqs, *args, **kw)
+
+    a.engine.rotate = first_waits  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await a._claim(1, now[0])
+        await asyncio.sleep(0)  # the batch task starts and waits at the gate
+        # An operator makes it due now (as reads past max uses did before): A claims again.
+        with raw_db.begin() as c:
+            c.execute(update(credentials).values(next_rotation_at=t0))
+        now[0] = t0 + timedelta(seconds=1)
+        await a._claim(1, now[0])
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(requests) == 1, "a second request started for a credential already held"
+        gate[0].set()
+        while a._tasks:
+            await asyncio.gather(*list(a._tasks))
+
+    svc.run(scenario())
+    assert [v.number for v in svc.show("app/a").versions] == [1, 2], "rotated twice (or never)"
+    assert len(requests) == 2  # the refused request ran once more, under the second claim
+    with raw_db.connect() as c:
+        assert c.execute(select(func.count()).select_from(credential_claims)).scalar_one() == 0
+        assert c.execute(select(func.count()).select_from(rotations)).scalar_one() == 1
+
+
+def test_a_guard_refuses_a_request_made_under_an_earlier_claim_of_the_same_worker(
+    svc: BlockingService, raw_db: Engine
+) -> None:
+    """Claims name themselves by claimed_at, distinct even when the clock has not moved: the
+    guard of a request made under claim 1 refuses once the same worker holds claim 2."""
+    from rotator.store import claims as store_claims
+
+    svc.add_credential(
+        "app/a", "local", policy=PolicyInput(every="1d"), value=ValueInput(generate=True)
+    )
+    t = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    with raw_db.begin() as c:
+        c.execute(update(credentials).values(next_rotation_at=t))
+    db = svc.db
+    with db.write() as conn:
+        (one,) = store_claims.claim_due(
+            conn, worker="A", now=t, lease_until=t + timedelta(seconds=30), limit=5
+        )
+    with raw_db.begin() as c:
+        c.execute(update(credentials).values(next_rotation_at=t))
+    with db.write() as conn:
+        (two,) = store_claims.claim_due(
+            conn, worker="A", now=t, lease_until=t + timedelta(seconds=30), limit=5
+        )
+        cid = one.credential_id
+        assert (
+            store_claims.check_held(
+                conn, t, credential_id=cid, worker="A", claimed_at=one.claimed_at
+            )
+            == "the scheduler's claim of it was taken over"
+        )
+        assert (
+            store_claims.check_held(
+                conn, t, credential_id=cid, worker="A", claimed_at=two.claimed_at
+            )
+            is None
+        )
+        assert (
+            store_claims.check_held(
+                conn, t, credential_id=cid, worker="B", claimed_at=two.claimed_at
+            )
+            == "the scheduler's claim of it was taken over"
+        )
+
+
+def test_reads_past_max_uses_leave_a_claimed_credential_with_its_claimer(
+    svc: BlockingService, raw_db: Engine
+) -> None:
+    """Max uses reached while a worker holds the claim: further reads must not move its time
+    back from the claim's lease, or another worker would find it due and take it over."""
+    from rotator.store import claims as store_claims
+
+    svc.add_credential(
+        "app/hot",
+        "local",
+        policy=PolicyInput(every="30d", max_uses=2),
+        value=ValueInput(generate=True),
+    )
+    t0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    now = [t0]
+    svc.kernel.clock = lambda: now[0]
+    svc.report_usage("app/hot", 2)
+    assert _claimed_time(raw_db, "app/hot") == t0  # due by uses
+    lease = t0 + timedelta(seconds=30)
+    with svc.db.write() as conn:
+        (mine,) = store_claims.claim_due(conn, worker="A", now=t0, lease_until=lease, limit=5)
+    for i in range(1, 4):
+        now[0] = t0 + timedelta(seconds=i)
+        svc.get_value("app/hot")
+        svc.report_usage("app/hot", 1)
+    assert _claimed_time(raw_db, "app/hot") == lease
+    with svc.db.write() as conn:
+        taken = store_claims.claim_due(
+            conn, worker="B", now=now[0], lease_until=now[0] + timedelta(seconds=30), limit=5
+        )
+        assert taken == []
+        assert (
+            store_claims.check_held(
+                conn,
+                now[0],
+                credential_id=mine.credential_id,
+                worker="A",
+                claimed_at=mine.claimed_at,
+            )
+            is None
+        )
+
+
+def test_a_policy_or_tag_change_leaves_a_claimed_credentials_time_to_its_claim(
+    svc: BlockingService, raw_db: Engine
+) -> None:
+    """Setting a policy default, updating the credential, changing its tags: each recomputes
+    the schedule, but a claimed credential keeps the claim's lease (its rotation's finish
+    reschedules it) while its policy is updated."""
+    from rotator.store import claims as store_claims
+
+    svc.add_credential(
+        "app/a",
+        "local",
+        tags={"env": "prod"},
+        policy=PolicyInput(max_uses=100),
+        value=ValueInput(generate=True),
+    )
+    t0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    svc.kernel.clock = lambda: t0
+    with raw_db.begin() as c:
+        c.execute(update(credentials).values(next_rotation_at=t0 - timedelta(minutes=1)))
+    lease = t0 + timedelta(seconds=30)
+    with svc.db.write() as conn:
+        assert store_claims.claim_due(conn, worker="A", now=t0, lease_until=lease, limit=5)
+    svc.set_policy_default(tag=("env", "prod"), policy=PolicyInput(every="1d"))
+    assert _claimed_time(raw_db, "app/a") == lease
+    assert svc.show("app/a").policy.every == timedelta(days=1)  # the policy itself is set
+    svc.update_credential("app/a", tags={"env": "prod", "team": "x"})
+    assert _claimed_time(raw_db, "app/a") == lease
+    svc.update_credential("app/a", policy=PolicyInput(every="2h"))
+    assert _claimed_time(raw_db, "app/a") == lease
+    with svc.db.write() as conn:
+        taken = store_claims.claim_due(
+            conn, worker="B", now=t0, lease_until=t0 + timedelta(seconds=30), limit=5
+        )
+    assert taken == []
+
+
+def test_a_heartbeat_drops_a_claim_whose_row_a_later_claim_pass_removed(
+    svc: BlockingService, raw_db: Engine
+) -> None:
+    """A's lease on c lapsed; B's claim pass removed c's claim row but took another
+    credential (its limit). A's late heartbeat must not keep c (and must not push its time
+    on): A no longer holds it, and c stays due for whoever claims next."""
+    from rotator.store import claims as store_claims
+
+    for name in ("app/b", "app/c"):
+        svc.add_credential(
+            name, "local", policy=PolicyInput(every="1d"), value=ValueInput(generate=True)
+        )
+    t0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    with raw_db.begin() as c:
+        c.execute(
+            update(credentials)
+            .where(credentials.c.name == "app/c")
+            .values(next_rotation_at=t0 - timedelta(minutes=1))
+        )
+    lease = t0 + timedelta(seconds=30)
+    with svc.db.write() as conn:
+        (c_claim,) = store_claims.claim_due(conn, worker="A", now=t0, lease_until=lease, limit=5)
+    with raw_db.begin() as c:  # b became due before c's lease ran out
+        c.execute(
+            update(credentials)
+            .where(credentials.c.name == "app/b")
+            .values(next_rotation_at=t0 + timedelta(seconds=10))
+        )
+    late = t0 + timedelta(seconds=31)
+    with svc.db.write() as conn:
+        got = store_claims.claim_due(
+            conn, worker="B", now=late, lease_until=late + timedelta(seconds=30), limit=1
+        )
+        assert [g.name for g in got] == ["app/b"]
+        assert c_claim.credential_id not in store_claims.claims_of(conn)
+    with svc.db.write() as conn:
+        kept = store_claims.extend(
+            conn,
+            worker="A",
+            held={c_claim.credential_id: lease},
+            claimed={c_claim.credential_id: c_claim.claimed_at},
+            until=late + timedelta(seconds=30),
+        )
+    assert kept == set()
+    assert _claimed_time(raw_db, "app/c") == lease  # still due: the next claim takes it

@@ -120,3 +120,12 @@ def test_catch_up_ends_when_nothing_is_overdue() -> None:
 def test_a_negative_window_is_refused() -> None:
     with pytest.raises(InvalidInput, match="must not be negative"):
         Pacer(Rate(1, 1), timedelta(seconds=-1))
+
+
+def test_starts_a_guard_refused_are_given_back_to_the_rate() -> None:
+    pacer = Pacer(Rate(10, 60))
+    assert pacer.allowance(at(0), 10) == 10
+    pacer.started(10, at(0))
+    assert pacer.allowance(at(0), 10) == 0
+    pacer.not_started(3)  # three of them were SKIPPED: another worker owns them
+    assert pacer.allowance(at(0), 10) == 3

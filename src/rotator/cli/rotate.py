@@ -144,6 +144,8 @@ def rotate(
         data = result.to_json()
         for f in data["failed"]:
             out.print(f"[red]failed[/red] {f['name']}: {f['error']}")
+        for k in data["skipped"]:
+            out.print(f"skipped {k['name']}: {k['reason']}")
         for w in data["warnings"]:
             out.print(f"[yellow]warning[/yellow] {w['name']}: {w['warning']}")
         print_still_valid(result.still_valid or ())

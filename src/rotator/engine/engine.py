@@ -40,11 +40,20 @@ from rotator.engine.recovery import Recovery
 from rotator.engine.revoker import Revoker
 from rotator.engine.runtime import Runtime
 from rotator.engine.steps import StepRunner
-from rotator.engine.types import BatchResult, Outcome, RotationRequest, RotationResult, Trigger
+from rotator.engine.types import (
+    BatchResult,
+    Guard,
+    Outcome,
+    RotationRequest,
+    RotationResult,
+    Trigger,
+)
 from rotator.engine.values import Values
 from rotator.engine.writer import StoreWriter
 from rotator.errors import RotatorError
 from rotator.kernel import Kernel
+
+_Inflight = tuple[asyncio.Future[RotationResult], Guard | None]
 
 
 class Engine:
@@ -71,7 +80,8 @@ class Engine:
         self.recovery = Recovery(rt, self.leases, self.steps, self.loader, self.protocol)
         self.protocol.recovery = self.recovery
         self.groups = Groups(rt, self.protocol, self.recovery, self.rotate_one)
-        self._inflight: dict[tuple[str, str], asyncio.Future[RotationResult]] = {}
+        # (tenant, name) -> the rotation under way in this process and its request's guard
+        self._inflight: dict[tuple[str, str], _Inflight] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -183,11 +193,16 @@ class Engine:
         rotated, here or by another process: waits for that rotation to end (bounded by
         ``join_timeout_s``; then fails)."""
         key = (req.tenant, req.name)
-        if key in self._inflight:
-            res = await asyncio.shield(self._inflight[key])
-            return res.joined_as(req.name)
-        fut: asyncio.Future[RotationResult] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        while key in self._inflight:
+            fut, guard = self._inflight[key]
+            res = await asyncio.shield(fut)
+            if res.outcome is not Outcome.SKIPPED or req.guard is guard:
+                return res.joined_as(req.name)
+            # The joined request's guard refused it (its claim was lost): that says nothing
+            # about this request, which runs under another guard or none. It starts its own
+            # rotation (or joins one another request started meanwhile).
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = (fut, req.guard)
         try:
             if prepared is None:
                 with contextlib.suppress(RotatorError):  # start prepares again and reports it

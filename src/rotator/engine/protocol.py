@@ -412,6 +412,7 @@ class Protocol:
             [ctx.cred.id],
             hints={ctx.cred.id: cbase.rotation_hint(ctx.impl, ctx.cfg, ctx.pending)},
             strict=False,
+            rotated=True,
         )
         store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
         self.rt.audit_in(

@@ -116,8 +116,10 @@ class StillValid:
 
 @dataclass
 class BatchResult:
-    """The contract's JSON: rotated, failed [{name, error}], rolled_back, duration_s; an
-    emergency adds still_valid [{name, version, error}] (see :class:`StillValid`)."""
+    """The contract's JSON: rotated, failed [{name, error}], rolled_back, skipped
+    [{name, reason}] (not started: the request's guard refused it; not a failure),
+    duration_s; an emergency adds still_valid [{name, version, error}] (see
+    :class:`StillValid`)."""
 
     results: list[RotationResult] = field(default_factory=list)
     duration_s: float = 0.0
@@ -125,8 +127,12 @@ class BatchResult:
 
     @property
     def ok(self) -> bool:
-        """Every rotation succeeded and, after an emergency, no old value is still valid."""
-        return all(r.outcome is Outcome.ROTATED for r in self.results) and not self.still_valid
+        """Every rotation succeeded or was skipped (a guard refused it: another claimer owns
+        it) and, after an emergency, no old value is still valid."""
+        return (
+            all(r.outcome in (Outcome.ROTATED, Outcome.SKIPPED) for r in self.results)
+            and not self.still_valid
+        )
 
     def to_json(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -137,9 +143,14 @@ class BatchResult:
             "failed": [
                 {"name": r.name, "error": r.error}
                 for r in self.results
-                if r.outcome is not Outcome.ROTATED
+                if r.outcome not in (Outcome.ROTATED, Outcome.SKIPPED)
             ],
             "rolled_back": [r.name for r in self.results if r.outcome is Outcome.ROLLED_BACK],
+            "skipped": [
+                {"name": r.name, "reason": r.error}
+                for r in self.results
+                if r.outcome is Outcome.SKIPPED
+            ],
             "duration_s": round(self.duration_s, 3),
             "warnings": [{"name": r.name, "warning": w} for r in self.results for w in r.warnings],
             **extra,

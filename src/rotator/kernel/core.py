@@ -267,12 +267,20 @@ class Kernel:
         own: Mapping[int, Mapping[str, Any]] | None = None,
         hints: Mapping[int, datetime | None] | None = None,
         strict: bool = True,
+        rotated: bool = False,
     ) -> dict[int, tuple[datetime | None, str]]:
         """Effective policy, next rotation time and its rule of each credential, recomputed
         now and stored in ``conn``'s transaction; see :func:`rotator.kernel.schedule.reschedule`.
-        Call after anything that changes a credential's policy, tags or last rotation."""
+        Call after anything that changes a credential's policy, tags or last rotation
+        (``rotated``: from a rotation's finish)."""
         return schedule.reschedule(
-            conn, credential_ids, now=self.clock(), own=own, hints=hints, strict=strict
+            conn,
+            credential_ids,
+            now=self.clock(),
+            own=own,
+            hints=hints,
+            strict=strict,
+            rotated=rotated,
         )
 
     def count_uses(self, conn: Connection, credential_id: int, n: int) -> int:

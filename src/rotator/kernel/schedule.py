@@ -15,6 +15,7 @@ from rotator.domain.policy import RotationPolicy
 from rotator.errors import PolicyError
 from rotator.policy import Resolved, next_rotation, resolve, usage_due
 from rotator.policy.defaults import own_partial
+from rotator.store import claims as store_claims
 from rotator.store import credentials as store_creds
 from rotator.store import policies as store_pol
 
@@ -63,6 +64,7 @@ def reschedule(
     own: Mapping[int, Mapping[str, Any]] | None = None,
     hints: Mapping[int, datetime | None] | None = None,
     strict: bool = True,
+    rotated: bool = False,
 ) -> dict[int, tuple[datetime | None, str]]:
     """Recompute and store, for each credential: its effective policy (``credentials.policy``),
     its own partial policy (``policy_own``; ``own`` replaces it), ``next_rotation_at`` and
@@ -72,8 +74,16 @@ def reschedule(
     earlier; without ``hints`` an earlier hint already stored is kept. ``strict``: raise
     PolicyError naming the credential when its merged policy is not valid (nothing is
     written then, as the caller's transaction rolls back); otherwise keep its stored policy.
+
+    ``rotated``: the caller is a rotation's finish, which ends any scheduler claim of the
+    credential. Otherwise a credential a scheduler has claimed keeps its next_rotation_at
+    (the claim's lease) and rule: the claim's rotation, when it finishes, reschedules it.
+    A new time earlier than the stored one (or none stored) wakes idle workers
+    (``NOTIFY rotator_work``); a finish only moves the time later and sends nothing.
     """
     rows = store_pol.schedule_rows(conn, credential_ids)
+    claimed = set() if rotated else store_claims.claimed_among(conn, [r.id for r in rows])
+    earlier = False
     by_tenant: dict[int, tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any] | None]] = {}
     writes: list[dict[str, Any]] = []
     out: dict[int, tuple[datetime | None, str]] = {}
@@ -109,6 +119,10 @@ def reschedule(
             hint = r.next_rotation_at
         if hint is not None and (when is None or hint < when):
             when, rule = hint, hint_rule
+        if r.id in claimed:
+            when, rule = r.next_rotation_at, r.next_rotation_rule or rule
+        elif when is not None and (r.next_rotation_at is None or when < r.next_rotation_at):
+            earlier = True
         out[r.id] = (when, rule)
         writes.append(
             {
@@ -120,16 +134,24 @@ def reschedule(
             }
         )
     store_pol.set_schedules(conn, writes)
+    if earlier and not rotated:
+        store_claims.notify_work(conn)
     return out
 
 
 def count_uses(conn: Connection, credential_id: int, n: int, now: datetime) -> int:
     """Add ``n`` uses; when that reaches the effective max uses, the credential becomes due
-    now (or at the end of a blackout now is in) in the same transaction. Returns the count."""
+    now (or at the end of a blackout now is in) in the same transaction, and idle workers are
+    woken. Returns the count. A credential a scheduler has claimed is left as it is: its time
+    is the claim's lease, and moving it back would let another worker take it over."""
     count, policy, due = store_creds.count_use(conn, credential_id, n)
     if policy is None or policy.get("max_uses") is None:
         return count
     by_use = usage_due(RotationPolicy.from_json(dict(policy)), count, now)
-    if by_use is not None and (due is None or by_use[0] < due):
+    if (
+        by_use is not None
+        and (due is None or by_use[0] < due)
+        and not store_claims.claimed_among(conn, [credential_id])
+    ):
         store_pol.set_due(conn, credential_id, *by_use)
     return count

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ class Scheduler:
         self.batch = options.batch or 2 * self.rt.opts.concurrency
         self.pacer = Pacer(options.max_rate, options.catch_up_window)
         self.held: dict[int, datetime] = {}  # credential id -> its claim's lease_until
+        self.since: dict[int, datetime] = {}  # credential id -> its claim's claimed_at
         self.claims_lock = asyncio.Lock()  # heartbeat vs. release: one sees the other's leases
         self.wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -231,36 +233,56 @@ class Scheduler:
                     limit=n,
                 )
             )
+            # One already held: claimed again while its request is still queued (an operator
+            # moved its time). This worker now holds the new claim; no second request starts:
+            # the queued one, made under the old claim, is refused by its guard and then runs
+            # again under the new one (_rotate_claimed).
+            again = {c.credential_id for c in claimed if c.credential_id in self.held}
             for c in claimed:
                 self.held[c.credential_id] = until
+                self.since[c.credential_id] = c.claimed_at
         # A rotation of it is in flight (its worker died mid-rotation, or `rotator rotate`
         # runs it): never start a second one. Recovery resumes it once its lease runs out; if
         # it ends without rotating, the credential is due again when this claim's lease ends.
-        joined = [c.credential_id for c in claimed if c.in_flight]
+        joined = [c.credential_id for c in claimed if c.in_flight and c.credential_id not in again]
         if joined:
             await self._release(joined)
-        fresh = [c for c in claimed if not c.in_flight]
+        fresh = [c for c in claimed if not c.in_flight and c.credential_id not in again]
         self.pacer.started(len(fresh), now)
         by_tenant: dict[str, list[store_claims.Claim]] = {}
         for c in fresh:
             by_tenant.setdefault(c.tenant, []).append(c)
         for group in by_tenant.values():
-            task = asyncio.create_task(self._rotate(group))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(group)
+
+    def _spawn(self, group: list[store_claims.Claim]) -> None:
+        task = asyncio.create_task(self._rotate(group))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _mine(self, c: store_claims.Claim) -> bool:
+        """Whether this worker still holds claim ``c`` (not a later claim of its credential)."""
+        return self.since.get(c.credential_id) == c.claimed_at
 
     async def _rotate(self, claimed: list[store_claims.Claim]) -> None:
+        handed: set[int] = set()
         try:
-            await self._rotate_claimed(claimed)
+            handed = await self._rotate_claimed(claimed)
         finally:
             # Whatever ended the batch (a defect included), no claim outlives it: a claim
             # still held here would be extended by the heartbeat forever.
-            left = [c.credential_id for c in claimed if c.credential_id in self.held]
+            left = [
+                c.credential_id
+                for c in claimed
+                if c.credential_id in self.held and c.credential_id not in handed
+            ]
             if left:
                 await asyncio.shield(self._release(left))
             self.wake.set()  # room for more claims
 
-    async def _rotate_claimed(self, claimed: list[store_claims.Claim]) -> None:
+    async def _rotate_claimed(self, claimed: list[store_claims.Claim]) -> set[int]:
+        """Rotate claimed credentials and release their claims; returns the ids handed on to
+        a new batch (claimed again meanwhile, see below), whose claims stay held."""
         ids = {c.name: c.credential_id for c in claimed}
         try:
             result = await self.engine.rotate(
@@ -273,6 +295,7 @@ class Scheduler:
                             store_claims.check_held,
                             credential_id=c.credential_id,
                             worker=self.worker,
+                            claimed_at=c.claimed_at,
                         ),
                     )
                     for c in claimed
@@ -282,19 +305,33 @@ class Scheduler:
             # The store failed under the batch: the credentials are due again when their
             # claims' leases end (rotations it began are resumed by recovery).
             await self._release(list(ids.values()))
-            return
+            return set()
         # SKIPPED: the claim was lost (another worker has it): nothing to release or delay.
         failed = {
             ids[r.name]
             for r in result.results
             if r.outcome not in (Outcome.ROTATED, Outcome.SKIPPED)
         }
+        skipped = {r.name for r in result.results if r.outcome is Outcome.SKIPPED}
+        # Claimed again by this worker while its request was queued (see _claim): the request
+        # made under the old claim was refused; it runs once more under the new one.
+        again = [
+            dataclasses.replace(c, claimed_at=self.since[c.credential_id])
+            for c in claimed
+            if c.name in skipped and c.credential_id in self.since and not self._mine(c)
+        ]
+        handed = {c.credential_id for c in again}
+        # Refused ones did not start (those run again were counted once, and still are).
+        self.pacer.not_started(len(skipped) - len(again))
         if failed:
             later = self.rt.now() + timedelta(seconds=FAILED_SCHEDULE_BACKOFF_S)
             await self._release(sorted(failed), until=later)
-        await self._release([i for i in ids.values() if i not in failed])
+        await self._release([i for i in ids.values() if i not in failed and i not in handed])
+        if again:
+            self._spawn(again)
         if self.on_batch is not None:
             self.on_batch(result)
+        return handed
 
     async def _release(self, ids: list[int], *, until: datetime | None = None) -> None:
         if not ids:
@@ -310,6 +347,7 @@ class Scheduler:
                 )
             for i in ids:
                 self.held.pop(i, None)
+                self.since.pop(i, None)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -321,7 +359,13 @@ class Scheduler:
                 held = dict(self.held)
                 try:
                     kept = await self.rt.writer.run(
-                        partial(store_claims.extend, worker=self.worker, held=held, until=until)
+                        partial(
+                            store_claims.extend,
+                            worker=self.worker,
+                            held=held,
+                            claimed=dict(self.since),
+                            until=until,
+                        )
                     )
                 except RotatorError:
                     continue  # a missed beat: the next one tries again before the lease ends
@@ -331,6 +375,7 @@ class Scheduler:
                     else:
                         # Its rotation finished (and set its next time) or it was taken over.
                         self.held.pop(i, None)
+                        self.since.pop(i, None)
 
     # -- wake-ups ------------------------------------------------------------------------------
 

@@ -78,6 +78,13 @@ class Pacer:
         if self._catch_up is not None:
             self._catch_up.emitted += n
 
+    def not_started(self, n: int) -> None:
+        """Give back ``n`` of the starts recorded by :meth:`started` that did not start after
+        all (a guard refused them: another worker owns them)."""
+        self._tokens = min(self.burst, self._tokens + n)
+        if self._catch_up is not None:
+            self._catch_up.emitted = max(0, self._catch_up.emitted - n)
+
     def next_start(self, now: datetime) -> datetime | None:
         """When the next rotation may start, if not now (None: whenever work is due)."""
         cu = self._catch_up

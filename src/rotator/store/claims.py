@@ -3,10 +3,12 @@
 Claiming a credential moves its ``next_rotation_at`` to the claim's ``lease_until`` (no other
 worker finds it due) and records the claimer in ``credential_claims``. Every later change is
 conditioned on ``next_rotation_at`` still being ``lease_until``: a rotation that finished has
-set the credential's next time, and a heartbeat or release must not move it back. A worker
-that dies stops extending its claims; at ``lease_until`` the credential is due again and
-another worker takes it (a rotation the dead worker had begun is resumed by the engine's
-recovery, from its rotation row).
+set the credential's next time, and a heartbeat or release must not move it back. Each claim
+is named by its ``claimed_at``: a rotation's guard and the heartbeat act only while the claim
+row is still that claim, not a later claim of the same credential (by the same worker or
+another). A worker that dies stops extending its claims; at ``lease_until`` the credential
+is due again and another worker takes it (a rotation the dead worker had begun is resumed by
+the engine's recovery, from its rotation row).
 
 On PostgreSQL the claim is ``SELECT ... FOR UPDATE SKIP LOCKED``, so workers claiming at the
 same moment take different rows without waiting for each other; on SQLite one writer at a time
@@ -18,9 +20,9 @@ available or moves its time sends ``NOTIFY rotator_work`` in the caller's transa
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     ColumnElement,
@@ -38,6 +40,7 @@ from sqlalchemy import (
 from rotator.store.schema import credential_claims, credential_locks, credentials, tenants
 
 WORK_CHANNEL = "rotator_work"
+_TICK = timedelta(microseconds=1)  # the stores' timestamp resolution
 _NOTIFY = text(f"NOTIFY {WORK_CHANNEL}")
 
 
@@ -57,6 +60,7 @@ class Claim:
     name: str
     due_at: datetime  # its next_rotation_at before the claim
     in_flight: bool  # a rotation of it holds the credential's lock (join it, never start one)
+    claimed_at: datetime  # names this claim: a later claim of the credential has another
 
 
 def claim_due(
@@ -65,7 +69,12 @@ def claim_due(
     """Claim up to ``limit`` credentials due at ``now``, soonest first (indexed on
     ``next_rotation_at``; never a scan of every credential), under a lease to
     ``lease_until``. Run in a write transaction: the claim is the commit. Removes the rows
-    of claims whose lease ended before ``now``."""
+    of claims whose lease ended before ``now``.
+
+    Each claim's ``claimed_at`` (``now``, or just after a live claim row of the credential it
+    replaces) differs from every earlier claim of the same credential: guards and heartbeats
+    compare it (see :func:`check_held`), so a request made under an earlier claim by the same
+    worker never runs under this one."""
     q = (
         select(credentials.c.id, credentials.c.next_rotation_at)
         .where(credentials.c.next_rotation_at <= now)
@@ -85,11 +94,26 @@ def claim_due(
     conn.execute(
         update(credentials).where(credentials.c.id.in_(ids)).values(next_rotation_at=lease_until)
     )
+    # A live claim row of a credential taken again (an operator moved its time): the new
+    # claim's claimed_at must differ from it even when the clock has not moved (or went back).
+    since = {i: now for i in ids}
+    for r in conn.execute(
+        select(credential_claims.c.credential_id, credential_claims.c.claimed_at).where(
+            credential_claims.c.credential_id.in_(ids)
+        )
+    ):
+        if r.claimed_at >= now:
+            since[int(r.credential_id)] = r.claimed_at + _TICK
     conn.execute(delete(credential_claims).where(credential_claims.c.credential_id.in_(ids)))
     conn.execute(
         insert(credential_claims),
         [
-            {"credential_id": i, "worker": worker, "claimed_at": now, "lease_until": lease_until}
+            {
+                "credential_id": i,
+                "worker": worker,
+                "claimed_at": since[i],
+                "lease_until": lease_until,
+            }
             for i in ids
         ],
     )
@@ -105,7 +129,15 @@ def claim_due(
         .where(credentials.c.id.in_(ids))
     ).all()
     out = [
-        Claim(int(r.id), r.tenant, r.name, due[int(r.id)], r.rotation_id is not None) for r in info
+        Claim(
+            int(r.id),
+            r.tenant,
+            r.name,
+            due[int(r.id)],
+            r.rotation_id is not None,
+            since[int(r.id)],
+        )
+        for r in info
     ]
     out.sort(key=lambda c: (c.due_at, c.credential_id))
     return out
@@ -154,28 +186,53 @@ def _move_if_still(conn: Connection, held: Mapping[int, datetime], to: datetime)
 
 
 def extend(
-    conn: Connection, *, worker: str, held: Mapping[int, datetime], until: datetime
+    conn: Connection,
+    *,
+    worker: str,
+    held: Mapping[int, datetime],
+    claimed: Mapping[int, datetime],
+    until: datetime,
 ) -> set[int]:
-    """The heartbeat: extend ``worker``'s claims (credential id -> its lease_until) to
-    ``until``. Returns the ids still claimed; a claim whose credential's time was changed
-    meanwhile (its rotation finished, an operator moved it) is over and its row removed."""
+    """The heartbeat: extend ``worker``'s claims (credential id -> its lease_until in
+    ``held``, -> its claimed_at in ``claimed``) to ``until``. Returns the ids still claimed:
+    those whose claim row is still this claim (same worker and claimed_at; ``claim_due``
+    removes rows whose lease ran out, another claim replaces it) and whose credential's time
+    is still the lease. A claim whose credential's time was changed meanwhile (its rotation
+    finished, an operator moved it) is over and its row removed."""
     if not held:
         return set()
-    kept = _move_if_still(conn, held, until)
-    if kept:
+    ids = sorted(held)
+    if conn.dialect.name == "postgresql":
+        # The credentials' rows first, in id order: the lock order of check_held, and
+        # claim_due skips locked rows.
         conn.execute(
-            update(credential_claims)
-            .where(
-                credential_claims.c.credential_id.in_(sorted(kept)),
-                credential_claims.c.worker == worker,
-            )
-            .values(lease_until=until)
+            select(credentials.c.id)
+            .where(credentials.c.id.in_(ids))
+            .order_by(credentials.c.id)
+            .with_for_update()
         )
-    gone = sorted(set(held) - kept)
-    if gone:
+    mine: set[int] = set()
+    for since, group in _by_lease({i: claimed[i] for i in ids if i in claimed}).items():
+        mine.update(
+            int(x)
+            for x in conn.execute(
+                update(credential_claims)
+                .where(
+                    credential_claims.c.credential_id.in_(sorted(group)),
+                    credential_claims.c.worker == worker,
+                    credential_claims.c.claimed_at == since,
+                )
+                .values(lease_until=until)
+                .returning(credential_claims.c.credential_id)
+            ).scalars()
+        )
+    kept = _move_if_still(conn, {i: held[i] for i in mine}, until)
+    for since, group in _by_lease({i: claimed[i] for i in mine - kept}).items():
         conn.execute(
             delete(credential_claims).where(
-                credential_claims.c.credential_id.in_(gone), credential_claims.c.worker == worker
+                credential_claims.c.credential_id.in_(sorted(group)),
+                credential_claims.c.worker == worker,
+                credential_claims.c.claimed_at == since,
             )
         )
     return kept
@@ -225,21 +282,45 @@ def claims_of(conn: Connection, worker: str | None = None) -> dict[int, str]:
     return {int(r.credential_id): r.worker for r in conn.execute(q)}
 
 
-def check_held(conn: Connection, now: datetime, *, credential_id: int, worker: str) -> str | None:
+def claimed_among(conn: Connection, ids: Sequence[int]) -> set[int]:
+    """Which of ``ids`` a scheduler claim holds (a claim row exists; its lapse is not looked
+    at: until another worker takes it, the claim's rotation may still start)."""
+    out: set[int] = set()
+    ordered = sorted(set(ids))
+    for i in range(0, len(ordered), 500):
+        out.update(
+            int(x)
+            for x in conn.execute(
+                select(credential_claims.c.credential_id).where(
+                    credential_claims.c.credential_id.in_(ordered[i : i + 500])
+                )
+            ).scalars()
+        )
+    return out
+
+
+def check_held(
+    conn: Connection, now: datetime, *, credential_id: int, worker: str, claimed_at: datetime
+) -> str | None:
     """A rotation's guard (see ``engine.RotationRequest.guard``): None while ``worker`` still
-    holds its claim of the credential, else why not. On PostgreSQL the credential's row is
-    locked first, so a concurrent ``claim_due`` (which skips locked rows) cannot take it
-    between this check and the intent's commit; on SQLite the write transaction excludes it.
-    A claim whose lease ran out but that nobody took yet is still held: whoever claims next
-    finds the rotation in flight and joins it."""
+    holds the claim of the credential made at ``claimed_at`` (the one the rotation was
+    requested under, not a later claim of the same worker), else why not. On PostgreSQL the
+    credential's row is locked first, so a concurrent ``claim_due`` (which skips locked rows)
+    cannot take it between this check and the intent's commit; on SQLite the write
+    transaction excludes it. A claim whose lease ran out but that nobody took yet is still
+    held: whoever claims next finds the rotation in flight and joins it."""
     del now  # the claim row, not the clock, says who holds it
     if conn.dialect.name == "postgresql":
         conn.execute(
             select(credentials.c.id).where(credentials.c.id == credential_id).with_for_update()
         )
-    holder = conn.execute(
-        select(credential_claims.c.worker).where(credential_claims.c.credential_id == credential_id)
-    ).scalar_one_or_none()
-    if holder == worker:
+    row = conn.execute(
+        select(credential_claims.c.worker, credential_claims.c.claimed_at).where(
+            credential_claims.c.credential_id == credential_id
+        )
+    ).first()
+    if row is None:
+        return "its claim ended"
+    if row.worker == worker and row.claimed_at == claimed_at:
         return None
-    return "the scheduler's claim of it was taken over" if holder else "its claim ended"
+    return "the scheduler's claim of it was taken over"

@@ -13,6 +13,7 @@ from sqlalchemy import BindParameter, Connection, and_, bindparam, delete, inser
 
 from rotator.domain.policy import RotationPolicy
 from rotator.policy.defaults import own_partial
+from rotator.store.claims import notify_work
 from rotator.store.prepared import Prepared
 from rotator.store.schema import credential_tags, credentials, policy_defaults, tenants
 
@@ -221,12 +222,14 @@ def set_schedules(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def set_due(conn: Connection, credential_id: int, when: datetime, rule: str) -> None:
-    """Make a credential due at ``when`` for the reason ``rule``."""
+    """Make a credential due at ``when`` for the reason ``rule`` (earlier than its stored
+    time: callers check) and wake idle workers (``NOTIFY rotator_work``, at commit)."""
     conn.execute(
         update(credentials)
         .where(credentials.c.id == credential_id)
         .values(next_rotation_at=when, next_rotation_rule=rule)
     )
+    notify_work(conn)
 
 
 def own_policy(conn: Connection, credential_id: int) -> dict[str, Any]:
