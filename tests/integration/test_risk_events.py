@@ -544,3 +544,27 @@ def test_rotate_emergency_joining_a_normal_rotation_under_way_revokes_the_old_va
     assert result.ok, result.to_json()
     assert target_values(cfg, "prod/a") == {svc.get_value("prod/a").reveal_text()}
     assert stages(svc, "prod/a") == {1: Stage.RETIRED, 2: Stage.CURRENT}
+
+
+@pytest.mark.redis
+def test_risk_rules_set_as_a_tag_default_decide_for_the_credentials_with_that_tag(
+    svc: BlockingService, acl: Acl, settings: Settings
+) -> None:
+    """`policy set --tag env=prod --on-risk high=emergency`: a high event now emergency-
+    rotates the env=prod credentials (grace 0, old value refused at once), while env=dev keeps
+    the built-in rule (high: rotate)."""
+    users = redis_creds(svc, acl)
+    old_a = svc.get_value("prod/a").reveal().decode()
+    env = {**os.environ, "ROTATOR_HOME": str(settings.home), "ROTATOR_DB": settings.db_url}
+    set_default = subprocess.run(
+        [sys.executable, str(RUN_CLI), "policy", "set", "--tag", "env=prod",
+         "--on-risk", "high=emergency", "--risk-cooldown", "30m"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert set_default.returncode == 0, set_default.stderr
+    report = svc.report_event(EventInput("leak.scan", "high", credential="prod/a"))
+    assert [(d.name, d.action.value) for d in report.decisions] == [("prod/a", "emergency")]
+    assert stages(svc, "prod/a") == {1: Stage.RETIRED, 2: Stage.CURRENT}
+    assert not can_auth(acl.server, users["prod/a"], old_a)
+    dev = svc.report_event(EventInput("leak.scan", "high", credential="dev/d"))
+    assert [(d.name, d.action.value) for d in dev.decisions] == [("dev/d", "rotate")]

@@ -15,6 +15,8 @@ from rotator.cli.app import (
     JsonOpt,
     MaxAgeOpt,
     MaxUsesOpt,
+    OnRiskOpt,
+    RiskCooldownOpt,
     TzOpt,
     WindowOpt,
     emit_json,
@@ -60,6 +62,8 @@ def policy_set(
     max_age: MaxAgeOpt = None,
     grace: GraceOpt = None,
     max_uses: MaxUsesOpt = None,
+    on_risk: OnRiskOpt = None,
+    risk_cooldown: RiskCooldownOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set policy defaults for a tag or the tenant; credentials override them field by field."""
@@ -75,6 +79,8 @@ def policy_set(
         blackout=blackout,
         tz=tz,
         max_age=max_age,
+        on_risk=on_risk,
+        risk_cooldown=risk_cooldown,
     )
     with service() as svc:
         d = svc.set_policy_default(policy=policy, tag=scope, tenant=tenant)
