@@ -33,6 +33,14 @@ class AlreadyExists(RotatorError):
     """The object exists already."""
 
 
+class AuthenticationFailed(RotatorError):
+    """The token is unknown, wrong, expired or revoked (the message never quotes it)."""
+
+
+class PermissionDenied(RotatorError):
+    """The principal may not do this (deny by default; see rotator.domain.principal)."""
+
+
 class NotInitialized(RotatorError):
     """rotator is not initialized here: run `rotator init` first."""
 

@@ -45,7 +45,7 @@ class Ctx:
     last_write: str | None = None  # the last call that may change the target: set/finish/rollback
 
     def who(self) -> Principal:
-        return Principal(name=ENGINE_ACTOR, tenant=self.tenant.name)
+        return Principal(name=ENGINE_ACTOR, tenant=self.tenant.name, owner=True)
 
     @property
     def fence(self) -> str | None:

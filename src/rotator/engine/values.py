@@ -80,7 +80,7 @@ class TenantSecrets:
 
     def __init__(self, values: Values, tenant: str, ttl: float = SECRETS_TTL_S) -> None:
         self._values = values
-        self._principal = Principal(name=ENGINE_ACTOR, tenant=tenant)
+        self._principal = Principal(name=ENGINE_ACTOR, tenant=tenant, owner=True)
         self._ttl = ttl
         self._cache: dict[str, tuple[float, Secret]] = {}
 

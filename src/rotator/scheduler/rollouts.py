@@ -219,7 +219,7 @@ def _audit(
     kernel: Kernel, conn: Connection, ro: store.RolloutRow, action: str, **details: object
 ) -> None:
     kernel.audit(
-        conn, Principal(name=ENGINE_ACTOR, tenant=ro.tenant), action, None, None,
+        conn, Principal(name=ENGINE_ACTOR, tenant=ro.tenant, owner=True), action, None, None,
         {"rollout": ro.id, **details},
     )  # fmt: skip
 
