@@ -40,7 +40,7 @@ from tests.support.fenced_target import fingerprint, locked_state
 from rotator.config import Settings
 from rotator.connectors import base as cbase
 from rotator.domain.model import Stage
-from rotator.domain.principal import Principal
+from rotator.domain.principal import LOCAL_PRINCIPAL
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
 from rotator.engine.writer import StoreWriter
 from rotator.errors import ConcurrentModification, LostOwnership
@@ -716,7 +716,7 @@ def test_a_group_commit_locks_the_audit_head_after_every_credential_row(
         kernel.check_stage_map(conn, cid)
         store_rot.mark_version(conn, cid, 1, Stage.FAILED, now)
         kernel.restamp(conn, cid)
-        kernel.audit(conn, Principal(), "test.stage_move", "c")
+        kernel.audit(conn, LOCAL_PRINCIPAL, "test.stage_move", "c")
 
     results, batches, sent = run_in_one_group_commit(svc, [stage_move])
     assert results == [None]

@@ -25,7 +25,7 @@ from rotator import crypto
 from rotator.config import Settings
 from rotator.domain.secret import Secret
 from rotator.errors import ConcurrentModification
-from rotator.service import BlockingService, Principal, ValueInput
+from rotator.service import LOCAL_PRINCIPAL, BlockingService, ValueInput
 from rotator.store import keys as store_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ class Store:
         svc = BlockingService.open(final)
         try:
             got = {
-                (t, n): svc.get_value(n, principal=Principal(tenant=t)).reveal_text()
+                (t, n): svc.get_value(n, principal=LOCAL_PRINCIPAL.with_tenant(t)).reveal_text()
                 for t, n in self.values
             }
             with svc.db.read() as conn:
@@ -131,7 +131,7 @@ def store(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Store:
                 name, value = f"app/c{i}", f"value-{tenant}-{i}-{uuid.uuid4().hex}"
                 svc.add_credential(
                     name, "local", value=ValueInput(value=Secret(value)),
-                    principal=Principal(tenant=tenant),
+                    principal=LOCAL_PRINCIPAL.with_tenant(tenant),
                 )  # fmt: skip
                 values[(tenant, name)] = value
     finally:
@@ -248,7 +248,7 @@ def test_process_that_loaded_keys_before_a_master_rotation_cannot_make_a_data_ke
         with pytest.raises(ConcurrentModification, match="master key was rotated"):
             stale.add_credential(
                 "late/one", "local", value=ValueInput(value=Secret("late-value")),
-                principal=Principal(tenant="late"),
+                principal=LOCAL_PRINCIPAL.with_tenant("late"),
             )  # fmt: skip
     finally:
         stale.close()
@@ -265,7 +265,7 @@ def test_data_key_made_during_a_master_rotation_is_rewrapped_before_the_swap(
         if done == total:  # every data key known at the start is re-wrapped already
             stale.add_credential(
                 "late/one", "local", value=ValueInput(value=Secret("late-value")),
-                principal=Principal(tenant="late"),
+                principal=LOCAL_PRINCIPAL.with_tenant("late"),
             )  # fmt: skip
 
     try:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from rotator.domain.model import Stage
-from rotator.domain.principal import Principal
+from rotator.domain.principal import LOCAL_PRINCIPAL
 from rotator.domain.secret import Secret
 from rotator.engine import Engine as RotationEngine
 from rotator.engine.writer import StoreWriter
@@ -37,7 +37,7 @@ def test_a_read_after_a_stage_move_in_one_group_commit_sees_the_new_current(
         kernel.restamp(conn, cid)
 
     def read(conn: Any) -> str:
-        return kernel.read_value(conn, Principal(), "app/db").reveal_text()
+        return kernel.read_value(conn, LOCAL_PRINCIPAL, "app/db").reveal_text()
 
     async def go() -> list[Any]:
         writer = StoreWriter(kernel.db, ThreadPoolExecutor(max_workers=1))
@@ -78,7 +78,7 @@ def test_a_read_in_a_group_commit_refuses_a_stage_edited_after_the_batch_read_it
         _tamper(raw_db, cid)  # another connection commits meanwhile
 
     def read(conn: Any) -> str:
-        return kernel.read_value(conn, Principal(), "app/db", Stage.PENDING).reveal_text()
+        return kernel.read_value(conn, LOCAL_PRINCIPAL, "app/db", Stage.PENDING).reveal_text()
 
     async def go() -> list[Any]:
         writer = StoreWriter(kernel.db, ThreadPoolExecutor(max_workers=1))
@@ -105,7 +105,7 @@ def test_a_read_of_a_missing_name_does_not_replay_its_group_commit(
             writer = engine.writer
             names = [f"c{i}" for i in range(50)] + ["missing"]
             out = await asyncio.gather(
-                *(engine.read_value(Principal(), n) for n in names), return_exceptions=True
+                *(engine.read_value(LOCAL_PRINCIPAL, n) for n in names), return_exceptions=True
             )
             return list(out), writer.batches
 

@@ -37,7 +37,7 @@ from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.engine.writer import StoreWriter
 from rotator.errors import AuditChainBroken, IntegrityError
-from rotator.service import BlockingService, Principal, ValueInput
+from rotator.service import LOCAL_PRINCIPAL, BlockingService, ValueInput
 from rotator.store import Database
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
@@ -95,7 +95,7 @@ def store(settings: Settings) -> Settings:
         "theirs",
         "local",
         value=ValueInput(value=Secret("their-value-5e1a")),
-        principal=Principal(tenant="other"),
+        principal=LOCAL_PRINCIPAL.with_tenant("other"),
     )
     svc.close()
     for name, value in VALUES.items():

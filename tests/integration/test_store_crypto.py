@@ -15,13 +15,16 @@ from rotator import crypto
 from rotator.config import Settings
 from rotator.domain.secret import Secret
 from rotator.errors import DecryptionError, IntegrityError, MasterKeyError
-from rotator.service import BlockingService, Principal, ValueInput
+from rotator.service import LOCAL_PRINCIPAL, BlockingService, ValueInput
 from rotator.store.schema import credentials, data_keys, versions
 
 
 def add(svc: BlockingService, name: str, value: str, tenant: str = "default") -> None:
     svc.add_credential(
-        name, "local", value=ValueInput(value=Secret(value)), principal=Principal(tenant=tenant)
+        name,
+        "local",
+        value=ValueInput(value=Secret(value)),
+        principal=LOCAL_PRINCIPAL.with_tenant(tenant),
     )
 
 
@@ -92,8 +95,11 @@ def test_ciphertext_copied_to_another_tenant_fails_to_open(
             .values(ciphertext=rows[0].ciphertext, data_key_id=rows[0].data_key_id)
         )
     with pytest.raises(IntegrityError, match="another tenant"):
-        svc.get_value("shared", principal=Principal(tenant="two"))
-    assert svc.get_value("shared", principal=Principal(tenant="one")).reveal_text() == "tenant-one"
+        svc.get_value("shared", principal=LOCAL_PRINCIPAL.with_tenant("two"))
+    assert (
+        svc.get_value("shared", principal=LOCAL_PRINCIPAL.with_tenant("one")).reveal_text()
+        == "tenant-one"
+    )
 
 
 def test_wrong_key_file_does_not_open_the_store(svc: BlockingService, settings: Settings) -> None:
@@ -131,8 +137,10 @@ def test_init_is_idempotent(svc: BlockingService, settings: Settings) -> None:
 def _all_values(svc: BlockingService, tenants: list[str]) -> dict[tuple[str, str], str]:
     out = {}
     for t in tenants:
-        for c in svc.list_credentials(principal=Principal(tenant=t)):
-            out[(t, c.name)] = svc.get_value(c.name, principal=Principal(tenant=t)).reveal_text()
+        for c in svc.list_credentials(principal=LOCAL_PRINCIPAL.with_tenant(t)):
+            out[(t, c.name)] = svc.get_value(
+                c.name, principal=LOCAL_PRINCIPAL.with_tenant(t)
+            ).reveal_text()
     return out
 
 

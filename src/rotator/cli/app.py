@@ -17,11 +17,13 @@ from rotator.domain import names
 from rotator.domain.secret import Secret
 from rotator.errors import (
     AlreadyExists,
+    AuthenticationFailed,
     ConfigError,
     CryptoError,
     InvalidInput,
     NotFound,
     NotInitialized,
+    PermissionDenied,
     StoreUnavailable,
 )
 from rotator.service import (
@@ -82,6 +84,8 @@ BAD_INPUT = (
     ConfigError,
     CryptoError,
     StoreUnavailable,
+    PermissionDenied,
+    AuthenticationFailed,
 )
 
 

@@ -26,7 +26,7 @@ from rotator.domain import names
 from rotator.domain.group import Group
 from rotator.domain.model import Credential, Stage, Tenant
 from rotator.domain.policy import RotationPolicy
-from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
+from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions
 from rotator.errors import (
@@ -36,6 +36,7 @@ from rotator.errors import (
     ConnectorError,
     InvalidInput,
     NotFound,
+    PermissionDenied,
     VerificationFailed,
 )
 from rotator.kernel import Kernel, integrity, utcnow
@@ -145,6 +146,31 @@ class RotatorService:
             return await self._thread(partial(self.kernel.find_tenant, principal.tenant))
         except NotFound:
             return None
+
+    async def authorize(
+        self, principal: Principal, action: Action, name: str | None = None
+    ) -> None:
+        """Raise PermissionDenied unless ``principal`` may do ``action`` on credential
+        ``name`` in its tenant (None: on the tenant as a whole); see
+        :mod:`rotator.domain.principal`. Every use case calls this first, before it reads
+        anything about ``name`` (so a denial says nothing about whether it exists). A denial
+        is audited (``access.denied``) in its own transaction before it is raised."""
+        if principal.may(action, name):
+            return
+        await self._write(
+            lambda conn: self._audit(
+                conn,
+                principal,
+                "access.denied",
+                name,
+                permission=action.value,
+                token=principal.token_id,
+            )
+        )
+        target = f" on {name!r}" if name is not None else f" in tenant {principal.tenant!r}"
+        raise PermissionDenied(
+            f"permission denied: {principal.name!r} may not {action.value}{target}"
+        )
 
     def _audit(
         self,
