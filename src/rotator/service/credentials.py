@@ -138,14 +138,17 @@ class RotatorService:
         return await asyncio.get_running_loop().run_in_executor(self.engine.runtime.threads, fn)
 
     async def tenant(self, name: str) -> Tenant:
-        """The tenant named ``name``, created with its data key on first use."""
-        return await self._thread(partial(self.kernel.tenant, name))
+        """The tenant named ``name``. Never creates one (only ``init`` and
+        ``access.add_tenant`` do): NotFound naming the command that adds it."""
+        try:
+            return await self._thread(partial(self.kernel.find_tenant, name))
+        except NotFound:
+            raise NotFound(f"no tenant {name!r}: add it with `rotator tenant add {name}`") from None
 
     async def _existing_tenant(self, principal: Principal) -> Tenant | None:
-        try:
-            return await self._thread(partial(self.kernel.find_tenant, principal.tenant))
-        except NotFound:
-            return None
+        # A principal's tenant always exists, except the one the owner names: that one is
+        # reported missing rather than read as empty (and never created).
+        return await self.tenant(principal.tenant)
 
     async def authorize(
         self, principal: Principal, action: Action, name: str | None = None
