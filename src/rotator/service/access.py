@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import re
 import secrets
 from datetime import timedelta
 from functools import partial
+from hmac import compare_digest
 
 from sqlalchemy import Connection
 
@@ -311,7 +311,7 @@ async def authenticate(svc: RotatorService, token: str) -> Principal:
     if token_id is not None:
         record = await svc._read(partial(store_p.find_token, token_id=token_id))
     stored = record.digest if record is not None else _DUMMY_DIGEST
-    matched = hmac.compare_digest(stored, _digest(secret if m else "")) and record is not None
+    matched = compare_digest(stored, _digest(secret if m else "")) and record is not None
     now = svc.clock()
     if record is None or not matched:
         reason = "malformed" if m is None else ("unknown id" if record is None else "wrong secret")
