@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Connection, Engine, func, select, update
+from tests.support.cef import parse_cef
 
 from rotator.audit.chain import canonical
 from rotator.config import Settings
@@ -348,36 +349,6 @@ def test_export_since_seq_prints_only_later_entries_and_cef_lines_parse(
     bad = cli(settings, "audit", "export", "--format", "xml")
     assert bad.returncode == 2
     assert len(bad.stderr.splitlines()) == 1
-
-
-def parse_cef(line: str) -> tuple[list[str], dict[str, str]]:
-    """Split a CEF line: 7 header fields on unescaped pipes, then key=value pairs on
-    unescaped equals signs; values unescaped. Independent of rotator's formatter."""
-    fields: list[str] = []
-    cur = ""
-    i = 0
-    while len(fields) < 7:
-        ch = line[i]
-        if ch == "\\":
-            cur += {"n": "\n", "r": "\r"}.get(line[i + 1], line[i + 1])
-            i += 2
-            continue
-        if ch == "|":
-            fields.append(cur)
-            cur = ""
-        else:
-            cur += ch
-        i += 1
-    rest = line[i:]
-    assert "\n" not in rest
-    assert "\r" not in rest
-    ext: dict[str, str] = {}
-    # Keys start at the line's start or after a space, and end at an unescaped '='.
-    parts = re.split(r"(?:^| )(\w+)=(?<!\\=)", rest)
-    assert parts[0] == ""
-    for key, raw in zip(parts[1::2], parts[2::2], strict=True):
-        ext[key] = re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m[1], m[1]), raw)
-    return fields, ext
 
 
 def test_the_docs_standalone_recipe_verifies_a_copy_and_rejects_an_edited_one(
