@@ -138,7 +138,7 @@ def test_a_copy_with_its_checkpoint_verifies_with_only_the_public_key_in_an_empt
         f"ok: entries 1..{seq} match the checkpoint signed by key {shared.record['key_id']} "
         f"at {shared.record['created_at']}"
     )
-    assert f"entries {int(str(seq)) + 1}..{len(lines)} are not covered" in r.stdout
+    assert r.stdout.rstrip().endswith(f"; entry {len(lines)} is not covered by it")
     assert not (shared.copy.parent / "rotator.db").exists(), "verify-copy must open no store"
 
 
@@ -446,3 +446,43 @@ def test_evidence_not_found_across_tenants_and_for_bad_ids(svc: BlockingService)
         svc.rotation_evidence("0" * 36)
     with pytest.raises(InvalidInput):
         svc.rotation_evidence("not an id")
+
+
+def test_bad_input_to_the_new_commands_exits_2_with_one_line_and_changes_nothing(
+    svc: BlockingService, settings: Settings, raw_db: Engine, tmp_path: Path
+) -> None:
+    fill(svc)
+    shared = share(settings, tmp_path)
+    (tmp_path / "not-json.json").write_text("{nope")
+    (tmp_path / "not-a-key.pem").write_text(
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+    )
+    (tmp_path / "no-key.pem").write_text("hello\n")
+    before = counts(raw_db)
+    verify = ("audit", "verify-copy")
+    cases = {
+        "missing copy": (*verify, "nope.jsonl", "--checkpoint", str(shared.checkpoint),
+                         "--public-key", str(shared.key)),
+        "missing checkpoint": (*verify, str(shared.copy), "--checkpoint", "nope.json",
+                               "--public-key", str(shared.key)),
+        "checkpoint not JSON": (*verify, str(shared.copy), "--checkpoint",
+                                str(tmp_path / "not-json.json"), "--public-key", str(shared.key)),
+        "checkpoint not a record": (*verify, str(shared.copy), "--checkpoint", str(shared.key),
+                                    "--public-key", str(shared.key)),
+        "key not a key": (*verify, str(shared.copy), "--checkpoint", str(shared.checkpoint),
+                          "--public-key", str(tmp_path / "not-a-key.pem")),
+        "key file without a key": (*verify, str(shared.copy), "--checkpoint",
+                                   str(shared.checkpoint), "--public-key",
+                                   str(tmp_path / "no-key.pem")),
+        "export format": ("audit", "export", "--format", "xml"),
+        "export since negative": ("audit", "export", "--since", "-1"),
+        "evidence bad id": ("report", "evidence", "x y"),
+        "evidence unknown id": ("report", "evidence", "0" * 36),
+    }  # fmt: skip
+    for what, args in cases.items():
+        r = cli(settings, *args)
+        assert r.returncode == 2, (what, r.stdout, r.stderr)
+        assert len(r.stderr.splitlines()) == 1, (what, r.stderr)
+        assert r.stderr.startswith("rotator: error: "), (what, r.stderr)
+        assert r.stdout == "", what
+    assert counts(raw_db) == before

@@ -424,7 +424,9 @@ def verify_copy(
         f"ok: entries 1..{checkpoint.seq} match the checkpoint signed by key "
         f"{checkpoint.key_id} at {checkpoint.created_at}"
     )
-    if n > checkpoint.seq:
+    if n == checkpoint.seq + 1:
+        msg += f"; entry {n} is not covered by it"
+    elif n > checkpoint.seq:
         msg += f"; entries {checkpoint.seq + 1}..{n} are not covered by it"
     return CopyResult(True, msg, checkpoint.seq, n - checkpoint.seq)
 

@@ -33,6 +33,7 @@ log = logging.getLogger("rotator.audit")
 Checkpoint = audit_cp.Checkpoint
 CopyResult = audit_cp.CopyResult
 EXPORT_FORMATS = ("jsonl", "cef")
+WORKER = Principal(name="worker", owner=True)  # the actor of periodic checkpoints
 
 
 async def make_checkpoint(
@@ -166,7 +167,7 @@ class PeriodicCheckpoints:
         self.next_at = now + self.every
         try:
             return await self.svc._thread(
-                partial(kernel_cp.make, self.svc.kernel, LOCAL_PRINCIPAL, only_if_new=True)
+                partial(kernel_cp.make, self.svc.kernel, WORKER, only_if_new=True)
             )
         except RotatorError as exc:
             log.warning("periodic audit checkpoint failed (%s): %s", type(exc).__name__, exc)
