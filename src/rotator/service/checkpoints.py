@@ -16,18 +16,16 @@ from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from rotator.audit import checkpoints as audit_cp
 from rotator.audit import formats
-from rotator.audit.chain import AuditEntry
-from rotator.audit.log import _row_to_entry
+from rotator.audit import reads as audit_reads
 from rotator.crypto.signing import load_public_pems, public_pem
 from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.errors import InvalidInput, RotatorError
 from rotator.kernel import checkpoints as kernel_cp
 from rotator.service.credentials import RotatorService
-from rotator.store.schema import audit_log
 
 log = logging.getLogger("rotator.audit")
 Checkpoint = audit_cp.Checkpoint
@@ -97,13 +95,7 @@ async def export(
         raise InvalidInput("--since must not be negative")
     await svc.authorize(principal, Action.AUDIT_READ)
 
-    def read(conn: Connection) -> list[AuditEntry]:
-        rows = conn.execute(
-            select(audit_log).where(audit_log.c.seq > since).order_by(audit_log.c.seq)
-        ).all()
-        return [_row_to_entry(r) for r in rows]
-
-    entries = await svc._read(read)
+    entries = await svc._read(partial(audit_reads.entries_after, since=since))
     lines = []
     for e in entries:
         mine = principal.owner or e.tenant == principal.tenant

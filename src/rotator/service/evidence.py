@@ -18,14 +18,14 @@ from typing import Any
 from sqlalchemy import Connection, and_, select
 
 from rotator.audit import checkpoints as audit_cp
+from rotator.audit import reads as audit_reads
 from rotator.audit.chain import AuditEntry, AuditKeys
-from rotator.audit.log import _row_to_entry
 from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.errors import AuditChainBroken, InvalidInput, NotFound
 from rotator.service.credentials import RotatorService
 from rotator.store import keys as store_keys
 from rotator.store import rotations as store_rot
-from rotator.store.schema import audit_log, revocations
+from rotator.store.schema import revocations
 
 _ROTATION_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 HOW_TO_COVER = "run `rotator audit checkpoint` (a worker also makes one periodically)"
@@ -165,14 +165,7 @@ async def evidence(
     keys = svc.kernel.audit_keys
 
     def read(conn: Connection) -> Evidence:
-        own = [
-            _row_to_entry(r)
-            for r in conn.execute(
-                select(audit_log)
-                .where(and_(audit_log.c.rotation_id == rotation_id, audit_log.c.tenant == tenant))
-                .order_by(audit_log.c.seq)
-            ).all()
-        ]
+        own = audit_reads.rotation_entries(conn, rotation_id, tenant)
         previous = next(
             (e.details.get("previous_version") for e in own if e.action == "rotation.complete"),
             None,
@@ -180,22 +173,9 @@ async def evidence(
         revoke: list[AuditEntry] = []
         due: datetime | None = None
         if isinstance(previous, int) and own:
-            revoke = [
-                _row_to_entry(r)
-                for r in conn.execute(
-                    select(audit_log)
-                    .where(
-                        and_(
-                            audit_log.c.credential == row.credential,
-                            audit_log.c.tenant == tenant,
-                            audit_log.c.seq > own[-1].seq,
-                            audit_log.c.rotation_id.is_(None),
-                            audit_log.c.action == "rotation.revoke",
-                        )
-                    )
-                    .order_by(audit_log.c.seq)
-                ).all()
-            ]
+            revoke = audit_reads.credential_actions_after(
+                conn, tenant, row.credential, "rotation.revoke", own[-1].seq
+            )
             revoke = [e for e in revoke if e.details.get("version") == previous][:1]
             due = conn.execute(
                 select(revocations.c.due_at).where(
