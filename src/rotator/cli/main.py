@@ -14,6 +14,7 @@ import traceback
 import typer
 
 # Each module registers its commands on the apps of rotator.cli.app when imported.
+import rotator.cli.evidence  # noqa: F401
 from rotator.cli import audit, credentials, events, groups, keys, policy, rollouts, rotate, worker  # noqa: F401
 from rotator.cli.app import (
     BAD_INPUT,

@@ -22,7 +22,7 @@ from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
 from rotator.scheduler import SchedulerOptions
-from rotator.service import events, policies, rollouts, rotation
+from rotator.service import checkpoints, events, evidence, policies, rollouts, rotation
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
 
@@ -195,6 +195,11 @@ class BlockingService:
     audit_entries = _Blocking(RotatorService.audit_entries)
     audit_verify = _Blocking(RotatorService.audit_verify)
     audit_head = _Blocking(RotatorService.audit_head)
+    make_checkpoint = _Blocking(checkpoints.make_checkpoint)
+    list_checkpoints = _Blocking(checkpoints.list_checkpoints)
+    audit_public_keys = _Blocking(checkpoints.public_keys)
+    audit_export = _Blocking(checkpoints.export)
+    rotation_evidence = _Blocking(evidence.evidence)
     select = _Blocking(rotation.select)
     plan = _Blocking(rotation.plan)
     plan_group = _Blocking(rotation.plan_group)

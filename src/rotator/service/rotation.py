@@ -29,6 +29,7 @@ from rotator.engine import (
 )
 from rotator.engine.types import StillValid
 from rotator.errors import ConcurrentModification, InvalidInput, NotFound
+from rotator.service.checkpoints import PeriodicCheckpoints
 from rotator.service.credentials import RotatorService
 from rotator.store import rotations as store_rot
 
@@ -313,7 +314,15 @@ async def serve(
     the first runs; the lock (``flock`` on ``<database>.worker.lock``) ends with its process,
     also when it is killed. On PostgreSQL any number of workers share the work."""
     with _single_worker(svc):
-        await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options)
+        # Signed audit checkpoints every ROTATOR_AUDIT_CHECKPOINT_S (service.checkpoints).
+        periodic = PeriodicCheckpoints(svc, svc.settings.audit_checkpoint_s)
+        checkpointing = asyncio.create_task(periodic.run(stop, poll_s), name="audit-checkpoints")
+        try:
+            await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options)
+        finally:
+            checkpointing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpointing
 
 
 @contextlib.contextmanager
