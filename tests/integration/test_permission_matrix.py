@@ -632,3 +632,55 @@ def test_each_use_case_allows_exactly_what_the_matrix_says(
 
 def test_the_owner_alone_may_recover(world: World) -> None:
     assert world.svc.recover(principal=OWNER_A) == []
+
+
+def test_a_credential_may_reference_only_credentials_the_caller_may_manage(
+    svc: BlockingService, raw_db: Engine
+) -> None:
+    """A leaf certificate's ``ca`` (like an admin secret) is used by rotator on a target the
+    caller names: an operator scoped to prod/payments/* may point only at a CA in its scope."""
+    make_tenant(svc, "a")
+    for ca in ("prod/payments/ca", "dev/other/ca"):
+        svc.add_credential(
+            ca,
+            "certificate",
+            settings={"role": "ca", "common_name": "Internal CA", "validity": "365d"},
+            value=ValueInput(generate=True),
+            principal=OWNER_A,
+        )
+    operator = principal("operator", SCOPE)
+
+    def add_leaf(name: str, ca: str) -> None:
+        svc.add_credential(
+            name,
+            "certificate",
+            settings={"ca": ca, "common_name": "api.internal", "validity": "30d"},
+            value=ValueInput(generate=True),
+            principal=operator,
+        )
+
+    before, seq = snapshot(raw_db)
+    with pytest.raises(PermissionDenied):
+        add_leaf("prod/payments/tls", "dev/other/ca")
+    assert snapshot(raw_db)[0] == before, "nothing stored"
+    [denied] = audit_after(raw_db, seq)
+    assert (denied.actor, denied.action, denied.credential) == (
+        "operator-narrow",
+        "access.denied",
+        "dev/other/ca",
+    )
+    with pytest.raises(PermissionDenied):
+        svc.update_credential(
+            "prod/payments/ca",
+            connector="certificate",
+            settings={"ca": "dev/other/ca", "common_name": "api.internal"},
+            principal=operator,
+        )
+    add_leaf("prod/payments/tls", "prod/payments/ca")
+    assert version_of_in(svc, "prod/payments/tls") == 1
+
+
+def version_of_in(svc: BlockingService, name: str) -> int:
+    current = svc.show(name, principal=OWNER_A).version_in(Stage.CURRENT)
+    assert current is not None
+    return current.number

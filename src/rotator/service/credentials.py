@@ -224,12 +224,14 @@ class RotatorService:
         With ``verify`` the connector first checks its target (role exists, admin secret
         works, host reachable) and VerificationFailed says what is wrong.
         Raises InvalidInput (name, settings, policy), UnknownConnector, AlreadyExists.
-        Nothing is stored unless everything is valid. Needs CREDENTIAL_WRITE on ``name``.
+        Nothing is stored unless everything is valid. Needs CREDENTIAL_WRITE on ``name`` and
+        on every credential its settings reference (an admin secret, a CA).
         """
         names.check_credential_name(name)
         await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
         impl = self.engine.connector(connector)
         cfg = cbase.parse_config(impl, dict(settings or {}))
+        await self._authorize_references(principal, impl, cfg)
         own = policy.partial()
         tags = dict(tags or {})
         sink_specs = [parse_sink(x, self.kernel.protected_paths()) for x in sinks]
@@ -303,6 +305,16 @@ class RotatorService:
             return cred
 
         return await self._write(write)
+
+    async def _authorize_references(
+        self, principal: Principal, impl: cbase.Connector, cfg: cbase.ConnectorConfig
+    ) -> None:
+        # The engine uses a referenced credential's value (an admin secret, a CA key) on the
+        # target this config names: pointing at one is managing it, so each needs
+        # CREDENTIAL_WRITE too (a principal scoped to prod/payments/* cannot make rotator use
+        # prod/core's admin secret on a host it picks).
+        for ref in sorted(cbase.references_of(impl, cfg)):
+            await self.authorize(principal, Action.CREDENTIAL_WRITE, ref)
 
     async def _new_value(
         self,
@@ -453,7 +465,8 @@ class RotatorService:
         read other credentials, e.g. a leaf certificate its CA). The transaction then
         re-checks that the credential did not change in between (no new version, no other
         update) and raises ConcurrentModification if it did; nothing is stored then.
-        Needs CREDENTIAL_WRITE on ``name``.
+        Needs CREDENTIAL_WRITE on ``name`` and, when connector or settings change, on every
+        credential the new settings reference.
         """
         names.check_credential_name(name)
         await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
@@ -464,6 +477,8 @@ class RotatorService:
             dict(settings) if settings is not None else (cred.config if connector is None else {})
         )
         cfg = cbase.parse_config(impl, new_settings)
+        if settings is not None or connector is not None:
+            await self._authorize_references(principal, impl, cfg)
         own_patch = policy.partial()
         sink_specs = (
             None if sinks is None else [parse_sink(x, self.kernel.protected_paths()) for x in sinks]
