@@ -134,7 +134,8 @@ async def plan(
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> list[dict[str, Any]]:
     """What a rotation would do, in order, without doing it (``--dry-run``); see
-    :meth:`rotator.engine.Engine.plan` for the fields of each step."""
+    :meth:`rotator.engine.Engine.plan` for the fields of each step. Needs ROTATE, checked as
+    in :func:`select`."""
     return svc.engine.plan(await select(svc, sel, principal), emergency=emergency)
 
 
@@ -152,7 +153,8 @@ async def rotate(
     values whose grace ended. Never raises for a single credential's failure.
 
     Credentials named one by one (``rotator rotate NAME``) are interactive: the engine admits
-    them ahead of queued batch work; a selection by tag or ``--all`` is batch work."""
+    them ahead of queued batch work; a selection by tag or ``--all`` is batch work. Needs
+    ROTATE, checked as in :func:`select` (a named credential denied: nothing runs)."""
     creds = await select(svc, sel, principal)
     if on_selected is not None:
         on_selected(len(creds))
