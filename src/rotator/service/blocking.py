@@ -157,6 +157,7 @@ class BlockingService:
         poll_s: float = 5.0,
         on_batch: Callable[[BatchResult], None] | None = None,
         options: SchedulerOptions | None = None,
+        principal: Principal = LOCAL_PRINCIPAL,
     ) -> None:
         """Run the scheduler loop until SIGINT or SIGTERM (call from the main thread); see
         rotation.serve (a second worker on a SQLite store is refused)."""
@@ -167,7 +168,12 @@ class BlockingService:
         try:
             self.run(
                 rotation.serve(
-                    self.service, stop, poll_s=poll_s, on_batch=on_batch, options=options
+                    self.service,
+                    stop,
+                    poll_s=poll_s,
+                    on_batch=on_batch,
+                    options=options,
+                    principal=principal,
                 )
             )
         finally:
