@@ -28,6 +28,9 @@ class Settings:
     passphrase: Secret | None = None
     new_passphrase: Secret | None = None
     scrypt_n: int | None = None
+    # ROTATOR_AUDIT_CHECKPOINT_S: how often a worker signs an audit checkpoint (when entries
+    # were added since the last one).
+    audit_checkpoint_s: float = 3600.0
 
     @property
     def key_file(self) -> Path:
@@ -53,6 +56,7 @@ class Settings:
             passphrase=_passphrase(env, "ROTATOR_PASSPHRASE"),
             new_passphrase=_passphrase(env, "ROTATOR_NEW_PASSPHRASE"),
             scrypt_n=_scrypt_n(env.get("ROTATOR_SCRYPT_N")),
+            audit_checkpoint_s=_checkpoint_s(env.get("ROTATOR_AUDIT_CHECKPOINT_S")),
         )
 
 
@@ -80,3 +84,21 @@ def _scrypt_n(text: str | None) -> int | None:
     if not (MIN_SCRYPT_N <= n <= MAX_SCRYPT_N and n & (n - 1) == 0):
         raise bad
     return n
+
+
+MAX_CHECKPOINT_S = 7 * 86400.0
+
+
+def _checkpoint_s(text: str | None) -> float:
+    if not text:
+        return 3600.0
+    bad = ConfigError(
+        f"ROTATOR_AUDIT_CHECKPOINT_S must be a number of seconds from 1 to {MAX_CHECKPOINT_S:g}"
+    )
+    try:
+        value = float(text) if len(text) <= 20 else 0.0
+    except ValueError:
+        raise bad from None
+    if not 1.0 <= value <= MAX_CHECKPOINT_S:  # also refuses NaN
+        raise bad
+    return value

@@ -66,6 +66,8 @@ token_app = typer.Typer(help="API tokens of principals.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 tenant_app = typer.Typer(help="Tenants (the store's owner only).", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
+report_app = typer.Typer(help="Compliance reports and evidence records.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
 
 
 class _Out:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +22,7 @@ from rotator.domain import names
 from rotator.errors import (
     InvalidInput,
 )
+from rotator.service.checkpoints import verify_copy
 
 
 @audit_app.command("list")
@@ -96,9 +98,80 @@ def audit_head() -> None:
 
 
 @audit_app.command("export")
-def audit_export() -> None:
-    """Print every audit entry as JSON lines (with hashes), for archiving."""
+def audit_export(
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl (one entry per line, with hashes) or cef.")
+    ] = "jsonl",
+    since: Annotated[
+        int, typer.Option("--since", min=0, max=MAX_LIMIT, help="Only entries after seq SEQ.")
+    ] = 0,
+) -> None:
+    """Print audit entries for archiving or a SIEM: jsonl (verifiable with `audit verify-copy`)
+    or CEF:0 lines."""
+    if fmt not in ("jsonl", "cef"):
+        raise InvalidInput(f"--format must be jsonl or cef, not {fmt!r}")
     with service() as svc:
-        entries = svc.audit_entries()
-    for e in entries:
-        sys.stdout.write(json.dumps(e.to_json(), sort_keys=True) + "\n")
+        lines = svc.audit_export(fmt, since)
+    for line in lines:
+        sys.stdout.write(line + "\n")
+
+
+def _checkpoint_row(cp: Any) -> tuple[str, ...]:
+    return (str(cp.seq), cp.created_at, cp.key_id, cp.digest, cp.created_by)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(as_json: JsonOpt = False) -> None:
+    """Sign a checkpoint of the audit chain now (refused, exit 1, if the chain does not
+    verify). --json prints the whole signed record, for `audit verify-copy --checkpoint`."""
+    with service() as svc:
+        cp = svc.make_checkpoint()
+    if as_json:
+        emit_json(cp.to_json())
+        return
+    out.print(
+        f"checkpoint {cp.seq}: digest {cp.digest} signed by key {cp.key_id} at {cp.created_at}"
+    )
+
+
+@audit_app.command("checkpoints")
+def audit_checkpoints(as_json: JsonOpt = False) -> None:
+    """List the signed checkpoints, oldest first."""
+    with service() as svc:
+        cps = svc.list_checkpoints()
+    if as_json:
+        emit_json([cp.to_json() for cp in cps])
+        return
+    from rich.table import Table
+
+    table = Table("SEQ", "TIME", "KEY", "DIGEST", "BY")
+    for cp in cps:
+        table.add_row(*_checkpoint_row(cp))
+    out.print(table)
+
+
+@audit_app.command("public-key")
+def audit_public_key() -> None:
+    """Print the PEM of every checkpoint signing key, each after a `# key id` line."""
+    with service() as svc:
+        keys = svc.audit_public_keys()
+    for k in keys:
+        sys.stdout.write(f"# rotator audit signing key id {k.id}\n{k.pem}")
+
+
+@audit_app.command("verify-copy")
+def audit_verify_copy(
+    copy: Annotated[Path, typer.Argument(help="A copy of the log (`rotator audit export`).")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="`rotator audit checkpoint --json` output.")
+    ],
+    public_key: Annotated[
+        Path, typer.Option("--public-key", help="`rotator audit public-key` output.")
+    ],
+) -> None:
+    """Verify a copy of the log against a signed checkpoint with only the public key. Opens
+    no store: works anywhere, without ROTATOR_HOME or the master key."""
+    result = verify_copy(copy, checkpoint, public_key)
+    if not result.ok:
+        fail(result.message, code=1)
+    sys.stdout.write(result.message + "\n")

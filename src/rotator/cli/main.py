@@ -14,6 +14,7 @@ import traceback
 import typer
 
 # Each module registers its commands on the apps of rotator.cli.app when imported.
+import rotator.cli.evidence  # noqa: F401
 from rotator.cli import (  # noqa: F401
     access,
     audit,

@@ -121,6 +121,15 @@ class Principal:
             return False
         return any(action in ROLE_ACTIONS[g.role] and g.covers(name) for g in self.grants)
 
+    def may_some(self, action: Action) -> bool:
+        """Whether some grant gives ``action`` at all, whatever its scope: a listing is
+        allowed then and shows only the names :meth:`may` reaches. Deny by default."""
+        if self.owner:
+            return True
+        if action is Action.STORE_ADMIN:
+            return False
+        return any(action in ROLE_ACTIONS[g.role] for g in self.grants)
+
     def with_tenant(self, tenant: str) -> Principal:
         """The owner acting in another tenant. A non-owner keeps its own (use :meth:`may`)."""
         if not self.owner:

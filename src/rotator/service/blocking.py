@@ -23,7 +23,7 @@ from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
 from rotator.scheduler import SchedulerOptions
-from rotator.service import access, events, policies, rollouts, rotation
+from rotator.service import access, checkpoints, events, evidence, policies, rollouts, rotation
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
 
@@ -187,6 +187,7 @@ class BlockingService:
         poll_s: float = 5.0,
         on_batch: Callable[[BatchResult], None] | None = None,
         options: SchedulerOptions | None = None,
+        principal: Principal = LOCAL_PRINCIPAL,
     ) -> None:
         """Run the scheduler loop until SIGINT or SIGTERM (call from the main thread); see
         rotation.serve (a second worker on a SQLite store is refused)."""
@@ -197,7 +198,12 @@ class BlockingService:
         try:
             self.run(
                 rotation.serve(
-                    self.service, stop, poll_s=poll_s, on_batch=on_batch, options=options
+                    self.service,
+                    stop,
+                    poll_s=poll_s,
+                    on_batch=on_batch,
+                    options=options,
+                    principal=principal,
                 )
             )
         finally:
@@ -225,6 +231,11 @@ class BlockingService:
     audit_entries = _Blocking(RotatorService.audit_entries)
     audit_verify = _Blocking(RotatorService.audit_verify)
     audit_head = _Blocking(RotatorService.audit_head)
+    make_checkpoint = _Blocking(checkpoints.make_checkpoint)
+    list_checkpoints = _Blocking(checkpoints.list_checkpoints)
+    audit_public_keys = _Blocking(checkpoints.public_keys)
+    audit_export = _Blocking(checkpoints.export)
+    rotation_evidence = _Blocking(evidence.evidence)
     select = _Blocking(rotation.select)
     plan = _Blocking(rotation.plan)
     plan_group = _Blocking(rotation.plan_group)

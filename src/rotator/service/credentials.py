@@ -146,8 +146,14 @@ class RotatorService:
             raise NotFound(f"no tenant {name!r}: add it with `rotator tenant add {name}`") from None
 
     async def _existing_tenant(self, principal: Principal) -> Tenant | None:
-        # A principal's tenant always exists, except the one the owner names: that one is
-        # reported missing rather than read as empty (and never created).
+        """The principal's tenant for a read: None (read as empty) if it does not exist and
+        the principal is not the owner; NotFound naming `rotator tenant add` for the owner
+        (the one who can name any tenant). Never creates one."""
+        try:
+            return await self._thread(partial(self.kernel.find_tenant, principal.tenant))
+        except NotFound:
+            if not principal.owner:
+                return None
         return await self.tenant(principal.tenant)
 
     async def authorize(
@@ -160,6 +166,26 @@ class RotatorService:
         is audited (``access.denied``) in its own transaction before it is raised."""
         if principal.may(action, name):
             return
+        await self._deny(principal, action, name)
+
+    async def authorize_some(self, principal: Principal, action: Action) -> None:
+        """Raise PermissionDenied (audited like :meth:`authorize`) unless some grant of
+        ``principal`` gives ``action`` at all. A listing calls this, then shows only the names
+        ``principal.may(action, name)`` reaches."""
+        if principal.may_some(action):
+            return
+        await self._deny(principal, action, None)
+
+    async def authorize_group(self, principal: Principal, action: Action, group: Group) -> None:
+        """:meth:`authorize` ``action`` on every member of ``group``. The denial names the
+        group, not the member (its audit entry names the member)."""
+        for m in group.members:
+            if not principal.may(action, m.name):
+                await self._deny(principal, action, m.name, f" on group {group.name!r}")
+
+    async def _deny(
+        self, principal: Principal, action: Action, name: str | None, target: str | None = None
+    ) -> None:
         await self._write(
             lambda conn: self._audit(
                 conn,
@@ -170,7 +196,8 @@ class RotatorService:
                 token=principal.token_id,
             )
         )
-        target = f" on {name!r}" if name is not None else f" in tenant {principal.tenant!r}"
+        if target is None:
+            target = f" on {name!r}" if name is not None else f" in tenant {principal.tenant!r}"
         raise PermissionDenied(
             f"permission denied: {principal.name!r} may not {action.value}{target}"
         )
@@ -206,11 +233,14 @@ class RotatorService:
         With ``verify`` the connector first checks its target (role exists, admin secret
         works, host reachable) and VerificationFailed says what is wrong.
         Raises InvalidInput (name, settings, policy), UnknownConnector, AlreadyExists.
-        Nothing is stored unless everything is valid.
+        Nothing is stored unless everything is valid. Needs CREDENTIAL_WRITE on ``name`` and
+        on every credential its settings reference (an admin secret, a CA).
         """
         names.check_credential_name(name)
+        await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
         impl = self.engine.connector(connector)
         cfg = cbase.parse_config(impl, dict(settings or {}))
+        await self._authorize_references(principal, impl, cfg)
         own = policy.partial()
         tags = dict(tags or {})
         sink_specs = [parse_sink(x, self.kernel.protected_paths()) for x in sinks]
@@ -285,6 +315,16 @@ class RotatorService:
 
         return await self._write(write)
 
+    async def _authorize_references(
+        self, principal: Principal, impl: cbase.Connector, cfg: cbase.ConnectorConfig
+    ) -> None:
+        # The engine uses a referenced credential's value (an admin secret, a CA key) on the
+        # target this config names: pointing at one is managing it, so each needs
+        # CREDENTIAL_WRITE too (a principal scoped to prod/payments/* cannot make rotator use
+        # prod/core's admin secret on a host it picks).
+        for ref in sorted(cbase.references_of(impl, cfg)):
+            await self.authorize(principal, Action.CREDENTIAL_WRITE, ref)
+
     async def _new_value(
         self,
         impl: cbase.Connector,
@@ -310,7 +350,37 @@ class RotatorService:
         due: bool = False,
         principal: Principal = LOCAL_PRINCIPAL,
     ) -> list[Credential]:
-        """Credentials of the principal's tenant, by name; ``due``: next rotation is now or past."""
+        """Credentials of the principal's tenant, by name; ``due``: next rotation is now or past.
+        Only those the principal may CREDENTIAL_READ (PermissionDenied if its role may not
+        read any)."""
+        return await self.permitted_credentials(
+            principal, Action.CREDENTIAL_READ, tags=tags, due=due
+        )
+
+    async def permitted_credentials(
+        self,
+        principal: Principal,
+        action: Action,
+        *,
+        tags: Mapping[str, str] | None = None,
+        due: bool = False,
+    ) -> list[Credential]:
+        """The credentials of the principal's tenant (matching ``tags``, ``due``) on which it
+        may do ``action``; PermissionDenied (audited) if its role may not do it at all. The
+        one check of a use case acting on a selection (list, rotate --tag/--all)."""
+        await self.authorize_some(principal, action)
+        creds = await self.find_credentials(principal, tags=tags, due=due)
+        return [c for c in creds if principal.may(action, c.name)]
+
+    async def find_credentials(
+        self,
+        principal: Principal,
+        *,
+        tags: Mapping[str, str] | None = None,
+        due: bool = False,
+    ) -> list[Credential]:
+        """Credentials of the principal's tenant, unchecked: for use cases that authorized
+        their call already. Creates no tenant."""
         tenant = await self._existing_tenant(principal)
         if tenant is None:
             return []
@@ -322,8 +392,15 @@ class RotatorService:
         )
 
     async def show(self, name: str, principal: Principal = LOCAL_PRINCIPAL) -> Credential:
-        """Metadata and versions (stages, dates) of one credential; never a value."""
+        """Metadata and versions (stages, dates) of one credential; never a value. Needs
+        CREDENTIAL_READ on ``name``; NotFound if the principal's tenant has no such one."""
         names.check_credential_name(name)
+        await self.authorize(principal, Action.CREDENTIAL_READ, name)
+        return await self.find(name, principal)
+
+    async def find(self, name: str, principal: Principal) -> Credential:
+        """Credential ``name`` of the principal's tenant, unchecked (for use cases that
+        authorized their call already); NotFound if there is none."""
         tenant = await self._existing_tenant(principal)
         cred = (
             None
@@ -344,9 +421,10 @@ class RotatorService:
 
         Raises NotFound when the credential or a version in that stage does not exist,
         IntegrityError when its stage map does not verify, DecryptionError when the stored
-        ciphertext does not open.
+        ciphertext does not open. Needs VALUE_READ on ``name``.
         """
         names.check_credential_name(name)
+        await self.authorize(principal, Action.VALUE_READ, name)
         return await self.engine.read_value(principal, name, stage)
 
     async def report_usage(
@@ -356,10 +434,11 @@ class RotatorService:
         reads counted by :meth:`get_value`), audited as ``credential.used``. When the use
         count reaches the effective max uses, the credential becomes due now in the same
         transaction (a running worker picks it up). Raises InvalidInput (count not in
-        1..MAX_REPORTED_USES), NotFound."""
+        1..MAX_REPORTED_USES), NotFound. Needs USAGE_REPORT on ``name``."""
         names.check_credential_name(name)
         if isinstance(count, bool) or not 1 <= count <= MAX_REPORTED_USES:
             raise InvalidInput(f"--count must be between 1 and {MAX_REPORTED_USES}")
+        await self.authorize(principal, Action.USAGE_REPORT, name)
         tenant = await self._existing_tenant(principal)
         if tenant is None:
             raise NotFound(f"no credential {name!r}")
@@ -395,14 +474,20 @@ class RotatorService:
         read other credentials, e.g. a leaf certificate its CA). The transaction then
         re-checks that the credential did not change in between (no new version, no other
         update) and raises ConcurrentModification if it did; nothing is stored then.
+        Needs CREDENTIAL_WRITE on ``name`` and, when connector or settings change, on every
+        credential the new settings reference.
         """
-        cred = await self.show(name, principal)
+        names.check_credential_name(name)
+        await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
+        cred = await self.find(name, principal)
         kind = connector or cred.connector
         impl = self.engine.connector(kind)
         new_settings = (
             dict(settings) if settings is not None else (cred.config if connector is None else {})
         )
         cfg = cbase.parse_config(impl, new_settings)
+        if settings is not None or connector is not None:
+            await self._authorize_references(principal, impl, cfg)
         own_patch = policy.partial()
         sink_specs = (
             None if sinks is None else [parse_sink(x, self.kernel.protected_paths()) for x in sinks]
@@ -493,8 +578,11 @@ class RotatorService:
         return out
 
     async def remove_credential(self, name: str, principal: Principal = LOCAL_PRINCIPAL) -> None:
-        """Delete a credential and all its versions. Raises NotFound if it does not exist."""
-        cred = await self.show(name, principal)
+        """Delete a credential and all its versions. Raises NotFound if it does not exist.
+        Needs CREDENTIAL_WRITE on ``name``."""
+        names.check_credential_name(name)
+        await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
+        cred = await self.find(name, principal)
 
         def write(conn: Connection) -> None:
             in_groups = store_groups.groups_of_credential(conn, cred.id)
@@ -520,8 +608,10 @@ class RotatorService:
     # -- groups ---------------------------------------------------------------------------
 
     async def add_group(self, group: Group, principal: Principal = LOCAL_PRINCIPAL) -> Group:
-        """Store a coordinated group; every member must be an existing credential."""
+        """Store a coordinated group; every member must be an existing credential. Needs
+        GROUP_WRITE on every member."""
         names.check_credential_name(group.name)
+        await self.authorize_group(principal, Action.GROUP_WRITE, group)
         tenant = await self.tenant(principal.tenant)
         now = self.clock()
 
@@ -550,6 +640,21 @@ class RotatorService:
         return group
 
     async def get_group(self, name: str, principal: Principal = LOCAL_PRINCIPAL) -> Group:
+        """Group ``name`` of the principal's tenant; NotFound if none. Needs CREDENTIAL_READ
+        on every member."""
+        return await self.group_for(principal, Action.CREDENTIAL_READ, name)
+
+    async def group_for(self, principal: Principal, action: Action, name: str) -> Group:
+        """Group ``name`` of the principal's tenant once the principal may do ``action`` on
+        every member: the one check of a use case acting on a group. PermissionDenied when
+        its role may not do ``action`` at all (before the group is looked up) or not on
+        some member; NotFound when there is no such group."""
+        await self.authorize_some(principal, action)
+        group = await self._find_group(name, principal)
+        await self.authorize_group(principal, action, group)
+        return group
+
+    async def _find_group(self, name: str, principal: Principal) -> Group:
         tenant = await self._existing_tenant(principal)
         group = (
             None
@@ -561,13 +666,22 @@ class RotatorService:
         return group
 
     async def list_groups(self, principal: Principal = LOCAL_PRINCIPAL) -> list[Group]:
+        """Groups of the principal's tenant whose every member it may CREDENTIAL_READ
+        (PermissionDenied if its role may not read any)."""
+        await self.authorize_some(principal, Action.CREDENTIAL_READ)
         tenant = await self._existing_tenant(principal)
         if tenant is None:
             return []
-        return await self._read(partial(store_groups.list_groups, tenant_id=tenant.id))
+        groups = await self._read(partial(store_groups.list_groups, tenant_id=tenant.id))
+        return [
+            g
+            for g in groups
+            if all(principal.may(Action.CREDENTIAL_READ, m.name) for m in g.members)
+        ]
 
     async def remove_group(self, name: str, principal: Principal = LOCAL_PRINCIPAL) -> None:
-        group = await self.get_group(name, principal)
+        """Delete group ``name`` (its credentials stay). Needs GROUP_WRITE on every member."""
+        group = await self.group_for(principal, Action.GROUP_WRITE, name)
         tenant = await self.tenant(principal.tenant)
 
         def write(conn: Connection) -> None:
@@ -589,7 +703,9 @@ class RotatorService:
         """Re-wrap every data key under a new master key (see keyring.rotate_master). The
         audit chain moves to the new master key's audit key in the transaction that makes the
         new key current (an ``audit.key_link`` entry; see kernel/integrity.py). Runs on a
-        worker thread with its own transactions (it holds the store's rotation lock)."""
+        worker thread with its own transactions (it holds the store's rotation lock).
+        Needs STORE_ADMIN (the store's owner)."""
+        await self.authorize(principal, Action.STORE_ADMIN)
         kernel = self.kernel
 
         def start(old_id: str) -> None:  # under the rotation's lock: a refused run writes none
@@ -625,20 +741,30 @@ class RotatorService:
         limit: int | None = None,
         principal: Principal = LOCAL_PRINCIPAL,
     ) -> list[AuditEntry]:
+        """The entries of the principal's tenant (of ``credential`` if given), in order, the
+        newest ``limit``. Needs AUDIT_READ on ``credential`` (without one: tenant-wide)."""
+        await self.authorize(principal, Action.AUDIT_READ, credential)
         return await self._read(
             partial(audit.entries, tenant=principal.tenant, credential=credential, limit=limit)
         )
 
-    async def audit_verify(self, expect_head: tuple[int, str] | None = None) -> VerifyResult:
+    async def audit_verify(
+        self,
+        expect_head: tuple[int, str] | None = None,
+        principal: Principal = LOCAL_PRINCIPAL,
+    ) -> VerifyResult:
         """Verify the whole keyed chain (and that it holds ``expect_head``, a (seq, MAC) kept
-        outside the store). Does not raise on a broken chain: the result says where."""
+        outside the store). Does not raise on a broken chain: the result says where. Needs
+        AUDIT_READ tenant-wide."""
+        await self.authorize(principal, Action.AUDIT_READ)
         return await self._read(
             partial(audit.verify_log, keys=self.kernel.audit_keys, expect_head=expect_head)
         )
 
-    async def audit_head(self) -> tuple[int, str]:
+    async def audit_head(self, principal: Principal = LOCAL_PRINCIPAL) -> tuple[int, str]:
         """(seq, MAC hex) of the newest audit entry, to keep outside the store as an anchor.
-        Raises AuditChainBroken when the head row is missing."""
+        Raises AuditChainBroken when the head row is missing. Needs AUDIT_READ tenant-wide."""
+        await self.authorize(principal, Action.AUDIT_READ)
         head = await self._read(audit.read_head)
         if head is None:
             raise AuditChainBroken(0, "the audit head is missing")

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 
 from rotator.domain import names
 from rotator.domain.model import Credential
-from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
+from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.engine import BatchResult, Outcome, RotationRequest, RotationResult, Trigger
 from rotator.engine.types import StillValid
 from rotator.errors import InvalidInput
@@ -161,12 +161,16 @@ async def report_event(
 
     Two reports at once serialize on the matched credentials (see
     store.events.lock_credentials); a decision without an outcome yet, younger than the
-    engine's lease, is a rotation under way and counts as done for the next one."""
+    engine's lease, is a rotation under way and counts as done for the next one.
+
+    Needs EVENT_REPORT on ``--credential``; a ``--tag`` selector needs it tenant-wide (the
+    event may rotate any credential of the tenant that carries the tag)."""
     severity = event.check()
+    await svc.authorize(principal, Action.EVENT_REPORT, event.credential)
     if event.credential is not None:
-        creds: list[Credential] = [await svc.show(event.credential, principal)]
+        creds: list[Credential] = [await svc.find(event.credential, principal)]
     else:
-        creds = await svc.list_credentials(tags=event.tags, principal=principal)
+        creds = await svc.find_credentials(principal, tags=event.tags)
     tenant = await svc.tenant(principal.tenant)
     now = svc.clock()
     kernel = svc.kernel
@@ -313,9 +317,11 @@ async def report_event(
 async def list_events(
     svc: RotatorService, limit: int = 50, principal: Principal = LOCAL_PRINCIPAL
 ) -> list[EventRow]:
-    """The tenant's newest ``limit`` events, newest first, each with its decisions."""
+    """The tenant's newest ``limit`` events, newest first, each with its decisions. Needs
+    ROTATION_READ tenant-wide."""
     if not 1 <= limit <= MAX_LIST:
         raise InvalidInput(f"--limit must be between 1 and {MAX_LIST}")
+    await svc.authorize(principal, Action.ROTATION_READ)
     tenant = await svc._existing_tenant(principal)
     if tenant is None:
         return []

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from rotator.domain import names
-from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
+from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.errors import InvalidInput, NotFound, PolicyError
 from rotator.policy import check_partial
 from rotator.service.credentials import RotatorService
@@ -69,7 +69,8 @@ async def set_default(
     ``policy.set``. Raises InvalidInput (no scope or both, no option, a bad option, another
     tenant), PolicyError (naming a credential whose merged policy would not be valid, or
     the default when it is not valid on its own over the tenant default); nothing is stored
-    then."""
+    then. Needs POLICY_WRITE tenant-wide."""
+    await svc.authorize(principal, Action.POLICY_WRITE)
     scope = _scope(tag, tenant, principal)
     patch = policy.partial()
     if not patch:
@@ -113,7 +114,9 @@ def _tag(key: str, value: str) -> tuple[str, str] | None:
 async def list_defaults(
     svc: RotatorService, principal: Principal = LOCAL_PRINCIPAL
 ) -> list[PolicyDefault]:
-    """The defaults of the principal's tenant: the tenant-wide one first, then by tag."""
+    """The defaults of the principal's tenant: the tenant-wide one first, then by tag.
+    Needs POLICY_READ tenant-wide."""
+    await svc.authorize(principal, Action.POLICY_READ)
     t = await svc._existing_tenant(principal)
     if t is None:
         return []
@@ -136,7 +139,9 @@ async def remove_default(
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> PolicyDefault:
     """Remove the default of a scope and recompute the credentials it applied to. Audited as
-    ``policy.remove``. Raises NotFound when the scope has no default."""
+    ``policy.remove``. Raises NotFound when the scope has no default. Needs POLICY_WRITE
+    tenant-wide."""
+    await svc.authorize(principal, Action.POLICY_WRITE)
     scope = _scope(tag, tenant, principal)
     t = await svc.tenant(principal.tenant)
 

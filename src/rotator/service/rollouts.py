@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
+from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.errors import InvalidInput, NotFound
 from rotator.policy.rollout import MAX_ITEMS, HaltRule, fits, plan_starts
 from rotator.scheduler import rollouts as sched
@@ -119,8 +119,9 @@ async def create(
     ``rollout.created`` audit entry, in one transaction. Nothing is rotated here.
 
     Raises InvalidInput (bad selection, or it matches no credential), NotFound (a named
-    credential does not exist); nothing is stored then."""
-    creds = await select(svc, sel, principal)
+    credential does not exist); nothing is stored then. Needs ROTATE on every credential
+    named; a selector takes only those the principal may rotate (see service.rotation.select)."""
+    creds = await select(svc, sel, principal, action=Action.ROTATE)
     if not creds:
         raise InvalidInput("the selection matches no credential: nothing to roll out")
     if len(creds) > MAX_ITEMS:
@@ -174,8 +175,12 @@ async def create(
 async def list_rollouts(
     svc: RotatorService, principal: Principal = LOCAL_PRINCIPAL
 ) -> list[RolloutView]:
-    """The tenant's rollouts, oldest first."""
-    tenant = await svc.tenant(principal.tenant)
+    """The tenant's rollouts, oldest first. Needs ROTATION_READ tenant-wide."""
+    await svc.authorize(principal, Action.ROTATION_READ)
+    # Reading creates no tenant.
+    tenant = await svc._existing_tenant(principal)
+    if tenant is None:
+        return []
 
     def read(conn: Connection) -> list[RolloutView]:
         return [_view(conn, ro) for ro in store.list_rollouts(conn, tenant.id)]
@@ -186,7 +191,13 @@ async def list_rollouts(
 async def status(
     svc: RotatorService, rollout_id: str, principal: Principal = LOCAL_PRINCIPAL
 ) -> RolloutView:
-    """One rollout's state; NotFound if the tenant has no such rollout."""
+    """One rollout's state; NotFound if the tenant has no such rollout. Needs ROTATION_READ
+    tenant-wide."""
+    await svc.authorize(principal, Action.ROTATION_READ)
+    return await _status(svc, rollout_id, principal)
+
+
+async def _status(svc: RotatorService, rollout_id: str, principal: Principal) -> RolloutView:
     return await svc.engine.runtime.read(
         lambda conn: _view(conn, _get(conn, rollout_id, principal.tenant))
     )
@@ -197,7 +208,8 @@ async def resume(
 ) -> RolloutView:
     """Clear a halt (audited ``rollout.resumed``): the rollout runs again and its failure
     window starts afresh. A running rollout is left as it is. InvalidInput for a rollout that
-    is done or aborted; NotFound for an unknown one."""
+    is done or aborted; NotFound for an unknown one. Needs ROTATE tenant-wide."""
+    await svc.authorize(principal, Action.ROTATE)
     now = svc.clock()
 
     def write(conn: Connection) -> RolloutView:
@@ -229,7 +241,8 @@ async def abort(
 ) -> RolloutView:
     """Stop a rollout for good (audited ``rollout.aborted``): its pending items become
     ``skipped``; items under way finish and are recorded. InvalidInput for a rollout that is
-    done or aborted; NotFound for an unknown one."""
+    done or aborted; NotFound for an unknown one. Needs ROTATE tenant-wide."""
+    await svc.authorize(principal, Action.ROTATE)
     now = svc.clock()
 
     def write(conn: Connection) -> RolloutView:
@@ -265,14 +278,15 @@ async def run(
     aborted) and return its final state. Each tick resumes dead rotations, starts the items
     whose time has come (``rotator.scheduler.rollouts.advance``) and sleeps until the next
     planned start (at most ``poll_s``). Interrupted, the rollout stays as it is in the store:
-    ``resume`` (or a worker) carries it on."""
+    ``resume`` (or a worker) carries it on. Needs ROTATE tenant-wide."""
+    await svc.authorize(principal, Action.ROTATE)
     engine = svc.engine
-    view = await status(svc, rollout_id, principal)
+    view = await _status(svc, rollout_id, principal)
     while view.status == "running":
         await engine.recover()
         await engine.process_revocations()
         await sched.advance(engine, svc.clock(), rollout_id=rollout_id)
-        view = await status(svc, rollout_id, principal)
+        view = await _status(svc, rollout_id, principal)
         if on_tick is not None:
             on_tick(view)
         if view.status != "running":

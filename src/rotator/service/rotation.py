@@ -18,7 +18,7 @@ from rotator import scheduler
 from rotator.domain import names as names_mod
 from rotator.domain.model import Credential
 from rotator.domain.policy import parse_duration
-from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
+from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.engine import (
     BatchResult,
     EngineOptions,
@@ -29,6 +29,7 @@ from rotator.engine import (
 )
 from rotator.engine.types import StillValid
 from rotator.errors import ConcurrentModification, InvalidInput, NotFound
+from rotator.service.checkpoints import PeriodicCheckpoints
 from rotator.service.credentials import RotatorService
 from rotator.store import rotations as store_rot
 
@@ -93,23 +94,37 @@ def parse_lease(text: str) -> float:
 
 
 async def select(
-    svc: RotatorService, sel: Selection, principal: Principal = LOCAL_PRINCIPAL
+    svc: RotatorService,
+    sel: Selection,
+    principal: Principal = LOCAL_PRINCIPAL,
+    *,
+    action: Action = Action.ROTATE,
 ) -> list[Credential]:
-    """The credentials a selection names; NotFound naming the first unknown name."""
+    """The credentials a selection names; NotFound naming the first unknown name.
+
+    The one permission check of a use case acting on a selection: each NAME needs
+    ``action`` (one denied: PermissionDenied before anything is looked up); ``--tag`` and
+    ``--all`` select only the credentials the principal may do ``action`` on
+    (PermissionDenied if its role may not do it at all)."""
     sel.check()
     if sel.names:
-        wanted = set(sel.names)
-        found = {
-            c.name: c for c in await svc.list_credentials(principal=principal) if c.name in wanted
-        }
-        missing = [n for n in sel.names if n not in found]
-        if missing:
-            raise NotFound(f"no credential {missing[0]!r}")
-        chosen = [found[n] for n in dict.fromkeys(sel.names)]
-        if sel.tags:
-            chosen = [c for c in chosen if all(c.tags.get(k) == v for k, v in sel.tags.items())]
-        return chosen
-    return await svc.list_credentials(tags=sel.tags, principal=principal)
+        for n in dict.fromkeys(sel.names):
+            await svc.authorize(principal, action, n)
+        return await _named(svc, sel, principal)
+    return await svc.permitted_credentials(principal, action, tags=sel.tags)
+
+
+async def _named(svc: RotatorService, sel: Selection, principal: Principal) -> list[Credential]:
+    """The credentials ``sel.names`` (and ``sel.tags``) select, unchecked."""
+    wanted = set(sel.names)
+    found = {c.name: c for c in await svc.find_credentials(principal) if c.name in wanted}
+    missing = [n for n in sel.names if n not in found]
+    if missing:
+        raise NotFound(f"no credential {missing[0]!r}")
+    chosen = [found[n] for n in dict.fromkeys(sel.names)]
+    if sel.tags:
+        chosen = [c for c in chosen if all(c.tags.get(k) == v for k, v in sel.tags.items())]
+    return chosen
 
 
 async def plan(
@@ -120,7 +135,8 @@ async def plan(
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> list[dict[str, Any]]:
     """What a rotation would do, in order, without doing it (``--dry-run``); see
-    :meth:`rotator.engine.Engine.plan` for the fields of each step."""
+    :meth:`rotator.engine.Engine.plan` for the fields of each step. Needs ROTATE, checked as
+    in :func:`select`."""
     return svc.engine.plan(await select(svc, sel, principal), emergency=emergency)
 
 
@@ -138,7 +154,8 @@ async def rotate(
     values whose grace ended. Never raises for a single credential's failure.
 
     Credentials named one by one (``rotator rotate NAME``) are interactive: the engine admits
-    them ahead of queued batch work; a selection by tag or ``--all`` is batch work."""
+    them ahead of queued batch work; a selection by tag or ``--all`` is batch work. Needs
+    ROTATE, checked as in :func:`select` (a named credential denied: nothing runs)."""
     creds = await select(svc, sel, principal)
     if on_selected is not None:
         on_selected(len(creds))
@@ -222,14 +239,15 @@ async def rotate_group(
     emergency: bool = False,
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> BatchResult:
-    """Rotate a coordinated group now (see Engine.rotate_group)."""
-    group = await svc.get_group(name, principal)
+    """Rotate a coordinated group now (see Engine.rotate_group). Needs ROTATE on every
+    member."""
+    group = await svc.group_for(principal, Action.ROTATE, name)
     await svc.engine.recover()
     await svc.engine.process_revocations()
     result = await svc.engine.rotate_group(group, principal.tenant, emergency=emergency)
     if emergency:
         members = {m.name for m in group.members}
-        ids = [c.id for c in await svc.list_credentials(principal=principal) if c.name in members]
+        ids = [c.id for c in await svc.find_credentials(principal) if c.name in members]
         result.still_valid = await still_valid(svc, ids)
     return result
 
@@ -241,17 +259,11 @@ async def plan_group(
     emergency: bool = False,
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> list[dict[str, Any]]:
-    """The order a group would rotate in (level by level), without doing it."""
-    group = await svc.get_group(name, principal)
-    steps = {
-        s["name"]: s
-        for s in await plan(
-            svc,
-            Selection(names=[m.name for m in group.members]),
-            emergency=emergency,
-            principal=principal,
-        )
-    }
+    """The order a group would rotate in (level by level), without doing it. Needs ROTATE
+    on every member."""
+    group = await svc.group_for(principal, Action.ROTATE, name)
+    members = await _named(svc, Selection(names=[m.name for m in group.members]), principal)
+    steps = {s["name"]: s for s in svc.engine.plan(members, emergency=emergency)}
     out = []
     for level_no, level in enumerate(group.levels(), 1):
         for n in level:
@@ -266,8 +278,12 @@ async def plan_group(
     return out
 
 
-async def recover(svc: RotatorService) -> list[RotationResult]:
-    """Resume or roll back rotations whose process died; then process due revocations."""
+async def recover(
+    svc: RotatorService, principal: Principal = LOCAL_PRINCIPAL
+) -> list[RotationResult]:
+    """Resume or roll back rotations whose process died; then process due revocations.
+    Every tenant's: needs STORE_ADMIN (the store's owner)."""
+    await svc.authorize(principal, Action.STORE_ADMIN)
     results = await svc.engine.recover()
     await svc.engine.process_revocations()
     return results
@@ -307,13 +323,24 @@ async def serve(
     poll_s: float = 5.0,
     on_batch: Callable[[BatchResult], None] | None = None,
     options: scheduler.SchedulerOptions | None = None,
+    principal: Principal = LOCAL_PRINCIPAL,
 ) -> None:
     """Run the scheduler loop (rotator.scheduler.run) on the service's engine until ``stop``
     is set. On SQLite one worker at a time: a second is refused (InvalidInput, one line) while
     the first runs; the lock (``flock`` on ``<database>.worker.lock``) ends with its process,
-    also when it is killed. On PostgreSQL any number of workers share the work."""
+    also when it is killed. On PostgreSQL any number of workers share the work. The loop
+    acts for every tenant: needs STORE_ADMIN (the store's owner)."""
+    await svc.authorize(principal, Action.STORE_ADMIN)
     with _single_worker(svc):
-        await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options)
+        # Signed audit checkpoints every ROTATOR_AUDIT_CHECKPOINT_S (service.checkpoints).
+        periodic = PeriodicCheckpoints(svc, svc.settings.audit_checkpoint_s)
+        checkpointing = asyncio.create_task(periodic.run(stop, poll_s), name="audit-checkpoints")
+        try:
+            await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options)
+        finally:
+            checkpointing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpointing
 
 
 @contextlib.contextmanager

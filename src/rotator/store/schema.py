@@ -438,3 +438,34 @@ tokens = Table(
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("last_used_at", UTCDateTime, nullable=True),
 )
+
+# -- signed audit checkpoints (migration 0012) -------------------------------------------------
+
+# The public half of every Ed25519 key that signed a checkpoint, recorded the first time it
+# signs (the private key is derived from the master key, never stored), so checkpoints signed
+# before a master-key rotation stay verifiable. ``id``: first 16 hex of SHA-256(public_key).
+audit_signing_keys = Table(
+    "audit_signing_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("public_key", LargeBinary, nullable=False),  # raw 32 bytes
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# One signed checkpoint per row: the running digest of entries 1..seq, the MAC of entry seq,
+# the signing key and the Ed25519 signature (hex) over them (see rotator.audit.checkpoints).
+# ``created_at`` is the signed timestamp text (same format as audit_log.ts), kept verbatim.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("digest", String(64), nullable=False),
+    Column("head_hash", String(64), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("signature", String(128), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("created_by", String(200), nullable=False),
+)
+
+# Evidence records read a rotation's audit entries by its id.
+Index("ix_audit_log_rotation_id", audit_log.c.rotation_id)

@@ -1,0 +1,53 @@
+"""``rotator report evidence ROTATION_ID``: one rotation's evidence record."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rotator.cli.app import JsonOpt, emit_json, fail, out, report_app, service
+
+
+@report_app.command("evidence")
+def report_evidence(
+    rotation_id: Annotated[str, typer.Argument(metavar="ROTATION_ID")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Who/what/when, the test result, the revoke and the audit entries of one rotation, with
+    the proof that they verify against the keyed chain and a signed checkpoint. Exit 1 when
+    the chain or the checkpoint does not verify (not yet covered is not a failure)."""
+    with service() as svc:
+        ev = svc.rotation_evidence(rotation_id)
+    if as_json:
+        emit_json(ev.to_json())
+    else:
+        _print(ev)
+    if ev.proof is not None and (
+        not ev.proof.chain_ok or (ev.proof.checkpoint and not ev.proof.ok)
+    ):
+        fail(ev.proof.message, code=1)
+
+
+def _print(ev: object) -> None:
+    data = ev.to_json()  # type: ignore[attr-defined]
+    lines = [
+        f"rotation {data['rotation_id']} of {data['credential']} (tenant {data['tenant']})",
+        f"trigger: {data['trigger']}; started by {data['started_by'] or '-'} at "
+        f"{data['started_at']}; finished at {data['finished_at'] or '-'}",
+        f"result: {data['result']}" + (f" ({data['error']})" if data["error"] else ""),
+        f"test: {data['test']}",
+        f"versions: {data['previous_version'] or '-'} -> {data['version'] or '-'}",
+    ]
+    if data["revoked_at"]:
+        lines.append(f"previous value revoked at {data['revoked_at']}")
+    elif data["revoke_due_at"]:
+        lines.append(f"previous value to be revoked at {data['revoke_due_at']}")
+    elif data["previous_version"] is not None:
+        lines.append("previous value: no revoke recorded")
+    lines.append("audit entries:")
+    lines += [f"  {e['seq']} {e['ts']} {e['action']} {e['hash']}" for e in data["entries"]]
+    if data["proof"] is not None:
+        lines.append(f"proof: {data['proof']['message']}")
+    for line in lines:
+        out.print(line, markup=False)

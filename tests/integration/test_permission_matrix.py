@@ -1,0 +1,686 @@
+"""The permission matrix: every service use case x every role x own/other tenant x in/out of
+scope, on SQLite and PostgreSQL.
+
+The expected allow/deny is the table ``MATRIX`` below, restated from issue 10 (admin:
+everything in its tenant; operator: manage and rotate credentials, read metadata, no values;
+auditor: metadata, audit and reports, never values; reader: values of the credentials its
+grant matches; app: values of its own credentials, usage reports; the store's owner alone:
+master key, recovery, the worker loop). It does not import ``ROLE_ACTIONS``: a change there
+that this table does not share fails here.
+
+Scenarios, for a principal of tenant ``a``:
+
+- ``in``: the target is in the principal's scope (a credential under ``prod/payments/*`` for a
+  principal with that scope; for a tenant-wide use case or a selector, a principal with
+  scope ``*``);
+- ``out``: the same principal scoped to ``prod/payments/*`` names ``dev/other/...`` (a
+  tenant-wide use case: it acts tenant-wide; a listing or selector: it sees only its scope);
+- ``other``: the target exists only in tenant ``b`` (a name under the principal's scope, a
+  group, a rollout id or a policy default of ``b``): NotFound, a denial that reveals
+  nothing; a listing never shows ``b``'s; creating the name in ``a`` makes an unrelated one.
+
+Every PermissionDenied leaves the stored state as it was plus exactly one ``access.denied``
+audit entry naming the principal and the permission; every NotFound leaves it exactly as it
+was (audit included); every allowed case checks the operation really happened, then the
+case restores what it changed so the next shares the store.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import Engine, create_engine, select, text
+
+from rotator.config import Settings
+from rotator.domain.group import Group, GroupMember
+from rotator.domain.model import Stage
+from rotator.domain.principal import LOCAL_PRINCIPAL, Grant, Principal, Role
+from rotator.engine import Outcome
+from rotator.errors import NotFound, PermissionDenied
+from rotator.service import BlockingService, PolicyInput, ValueInput
+from rotator.service.events import EventInput
+from rotator.service.rotation import Selection
+from rotator.store import normalize_url
+from rotator.store.schema import audit_log, metadata
+
+# ------------------------------------------------------------------------------ the table
+
+ROLES = ("admin", "operator", "auditor", "reader", "app")
+
+# use case          permission         kind    other      admin op  aud  read app
+MATRIX = """
+list                credential.read    select  hidden     Y     Y   Y    Y    Y
+show                credential.read    name    notfound   Y     Y   Y    Y    Y
+get                 value.read         name    notfound   Y     N   N    Y    Y
+add                 credential.write   name    created    Y     Y   N    N    N
+update              credential.write   name    notfound   Y     Y   N    N    N
+remove              credential.write   name    notfound   Y     Y   N    N    N
+used                usage.report       name    notfound   Y     Y   N    N    Y
+rotate              rotate             name    notfound   Y     Y   N    N    N
+rotate_tag          rotate             select  hidden     Y     Y   N    N    N
+plan                rotate             name    notfound   Y     Y   N    N    N
+add_group           group.write        name    notfound   Y     Y   N    N    N
+get_group           credential.read    name    notfound   Y     Y   Y    Y    Y
+list_groups         credential.read    select  hidden     Y     Y   Y    Y    Y
+remove_group        group.write        name    notfound   Y     Y   N    N    N
+rotate_group        rotate             name    notfound   Y     Y   N    N    N
+plan_group          rotate             name    notfound   Y     Y   N    N    N
+policy_set          policy.write       tenant  created    Y     Y   N    N    N
+policy_list         policy.read        tenant  hidden     Y     Y   Y    N    N
+policy_remove       policy.write       tenant  notfound   Y     Y   N    N    N
+event_credential    event.report       name    notfound   Y     Y   N    N    N
+event_tag           event.report       tenant  hidden     Y     Y   N    N    N
+events_list         rotation.read      tenant  hidden     Y     Y   Y    N    N
+rollout_create      rotate             name    notfound   Y     Y   N    N    N
+rollout_list        rotation.read      tenant  hidden     Y     Y   Y    N    N
+rollout_status      rotation.read      tenant  notfound   Y     Y   Y    N    N
+rollout_resume      rotate             tenant  notfound   Y     Y   N    N    N
+rollout_abort       rotate             tenant  notfound   Y     Y   N    N    N
+rollout_run         rotate             tenant  notfound   Y     Y   N    N    N
+audit_credential    audit.read         name    hidden     Y     N   Y    N    N
+audit_tenant        audit.read         tenant  hidden     Y     N   Y    N    N
+audit_verify        audit.read         tenant  hidden     Y     N   Y    N    N
+audit_head          audit.read         tenant  hidden     Y     N   Y    N    N
+rotate_master_key   store.admin        tenant  hidden     N     N   N    N    N
+recover             store.admin        tenant  hidden     N     N   N    N    N
+serve               store.admin        tenant  hidden     N     N   N    N    N
+"""
+"""kind: ``name`` acts on named credentials (or a group's members, a named rollout
+selection): ``out`` is denied; ``select`` lists or selects: ``out`` shows only the scope;
+``tenant`` acts on the tenant as a whole: ``out`` (a scoped principal) is denied.
+other: ``notfound`` (b's target is not found in a), ``hidden`` (b's never shows),
+``created`` (the name is made in a, unrelated to b's)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    use_case: str
+    permission: str
+    kind: str
+    other: str
+    allowed: dict[str, bool]
+
+
+def _rows() -> dict[str, Row]:
+    out = {}
+    for line in MATRIX.strip().splitlines():
+        uc, perm, kind, other, *flags = line.split()
+        assert len(flags) == len(ROLES), line
+        out[uc] = Row(
+            uc, perm, kind, other, {r: f == "Y" for r, f in zip(ROLES, flags, strict=True)}
+        )
+    return out
+
+
+ROWS = _rows()
+
+
+def expected(row: Row, role: str, scenario: str) -> str:
+    """allow | denied | notfound for one cell."""
+    if not row.allowed[role]:
+        return "denied"
+    if scenario == "in":
+        return "allow"
+    if scenario == "out":
+        return "allow" if row.kind == "select" else "denied"
+    return "notfound" if row.other == "notfound" else "allow"
+
+
+# ------------------------------------------------------------------------------ the world
+
+IN, IN2, SPARE_IN = "prod/payments/db", "prod/payments/db2", "prod/payments/spare"
+OUT, OUT2, SPARE_OUT = "dev/other/db", "dev/other/db2", "dev/other/spare"
+B_ONLY, B_ONLY2 = "prod/payments/bonly", "prod/payments/bonly2"
+SCOPE = "prod/payments/*"
+SEL = {"sel": "yes"}  # the selector tag: on IN and OUT in a, and B_ONLY in b
+OWNER_A = LOCAL_PRINCIPAL.with_tenant("a")
+OWNER_B = LOCAL_PRINCIPAL.with_tenant("b")
+
+
+def make_tenant(svc: BlockingService, name: str) -> None:
+    """Tenants are explicit: only ``init`` and ``add_tenant`` make one."""
+    svc.add_tenant(name)
+
+
+@dataclass
+class World:
+    svc: BlockingService
+    raw: Engine
+    rollout_a: str = ""
+    rollout_b: str = ""
+    event_b: int = 0
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+
+def _add(svc: BlockingService, name: str, owner: Principal, tags: dict[str, str]) -> None:
+    svc.add_credential(
+        name,
+        "local",
+        tags=tags,
+        policy=PolicyInput(grace="0s"),
+        value=ValueInput(generate=True),
+        principal=owner,
+    )
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ],
+)
+def world(request: pytest.FixtureRequest) -> Iterator[World]:
+    """One store per database for the whole module (the cases restore what they change)."""
+    home = Path(tempfile.mkdtemp(prefix="rotator-matrix-"))
+    dbname = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{home}/rotator.db"
+    else:
+        pg = request.getfixturevalue("pg_server")
+        dbname = f"test_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        url = pg.url(dbname)
+    svc, _ = BlockingService.init(Settings(home=home / "home", db_url=url))
+    raw = create_engine(normalize_url(url))
+    try:
+        make_tenant(svc, "a")
+        make_tenant(svc, "b")
+        for n in (IN, OUT):
+            _add(svc, n, OWNER_A, {**SEL, "env": "prod"})
+        for n in (IN2, SPARE_IN, OUT2, SPARE_OUT):
+            _add(svc, n, OWNER_A, {"env": "prod"})
+        _add(svc, B_ONLY, OWNER_B, {**SEL, "env": "prod"})
+        _add(svc, B_ONLY2, OWNER_B, {"env": "prod"})
+        svc.add_group(_group("g-in", IN, IN2), principal=OWNER_A)
+        svc.add_group(_group("g-out", OUT, OUT2), principal=OWNER_A)
+        svc.add_group(_group("g-b", B_ONLY, B_ONLY2), principal=OWNER_B)
+        svc.set_policy_default(
+            policy=PolicyInput(grace="1m"), tag=("pol", "b-only"), principal=OWNER_B
+        )
+        w = World(svc, raw)
+        w.rollout_a = _rollout(svc, OWNER_A, [IN], timedelta(hours=1))
+        w.rollout_b = _rollout(svc, OWNER_B, [B_ONLY], timedelta(hours=1))
+        w.event_b = svc.report_event(
+            EventInput("leak", "low", credential=B_ONLY), principal=OWNER_B
+        ).event_id
+        yield w
+    finally:
+        svc.close()
+        raw.dispose()
+        if dbname is not None:
+            pg = request.getfixturevalue("pg_server")
+            with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(dbname)
+                    )
+                )
+
+
+def _group(name: str, a: str, b: str) -> Group:
+    return Group(name, (GroupMember(a), GroupMember(b)))
+
+
+def _rollout(svc: BlockingService, owner: Principal, names: list[str], stagger: timedelta) -> str:
+    view = svc.create_rollout(
+        Selection(names=names), stagger=stagger, max_per_minute=600, principal=owner
+    )
+    return view.id
+
+
+def principal(role: str, scope: str) -> Principal:
+    return Principal(
+        name=f"{role}-{'wide' if scope == '*' else 'narrow'}",
+        tenant="a",
+        grants=(Grant(Role(role), scope),),
+    )
+
+
+# ------------------------------------------------------------------------ stored state
+
+
+def snapshot(raw: Engine) -> tuple[list[str], int]:
+    """Every stored row but the audit log's (as sorted text), and the newest audit seq."""
+    rows: list[str] = []
+    with raw.connect() as conn:
+        for table in metadata.sorted_tables:
+            if table.name in ("audit_log", "audit_head"):
+                continue
+            rows += sorted(f"{table.name}:{tuple(r)!r}" for r in conn.execute(select(table)))
+        head = conn.execute(text("SELECT coalesce(max(seq), 0) FROM audit_log")).scalar_one()
+    return rows, int(head)
+
+
+def audit_after(raw: Engine, seq: int) -> list[Any]:
+    with raw.connect() as conn:
+        return list(conn.execute(select(audit_log).where(audit_log.c.seq > seq)))
+
+
+def b_entries(raw: Engine) -> set[int]:
+    """Seqs of tenant b's audit entries (there are some: its setup wrote them)."""
+    with raw.connect() as conn:
+        seqs = set(conn.execute(select(audit_log.c.seq).where(audit_log.c.tenant == "b")).scalars())
+    assert seqs
+    return seqs
+
+
+def version_of(w: World, name: str, owner: Principal = OWNER_A) -> int:
+    cred = w.svc.show(name, principal=owner)
+    current = cred.version_in(Stage.CURRENT)
+    assert current is not None
+    return current.number
+
+
+# ------------------------------------------------------------------------- the use cases
+# Each takes the world, the principal and the scenario, and returns (call, check, restore):
+# call() does the use case; check(result) proves an allowed one really happened; restore()
+# puts back what it changed.
+
+Case = tuple[Callable[[], Any], Callable[[Any], None], Callable[[], None]]
+
+
+def _none(_: Any = None) -> None:
+    return None
+
+
+def _target(scenario: str, inside: str, outside: str, other: str) -> str:
+    return {"in": inside, "out": outside, "other": other}[scenario]
+
+
+def case(w: World, uc: str, p: Principal, scenario: str) -> Case:
+    svc = w.svc
+    name = _target(scenario, IN, OUT, B_ONLY)
+    if uc == "list":
+
+        def check_list(creds: Any) -> None:
+            got = {c.name for c in creds}
+            assert IN in got
+            assert B_ONLY not in got
+            assert (OUT in got) == (p.grants[0].scope == "*")
+            assert {c.tenant for c in creds} == {"a"}
+
+        return (lambda: svc.list_credentials(principal=p)), check_list, _none
+    if uc == "show":
+        return (lambda: svc.show(name, principal=p)), (lambda c: _eq(c.name, IN)), _none
+    if uc == "get":
+        expect = svc.get_value(IN, principal=OWNER_A).reveal_text()
+        return (
+            (lambda: svc.get_value(name, principal=p)),
+            (lambda v: _eq(v.reveal_text(), expect)),
+            _none,
+        )
+    if uc == "add":
+        new = _target(scenario, "prod/payments/new", "dev/other/new", B_ONLY)
+        b_version = version_of(w, B_ONLY, OWNER_B)
+
+        def check_add(cred: Any) -> None:
+            assert cred.name == new
+            assert cred.tenant == "a"
+            assert version_of(w, new) == 1
+            assert version_of(w, B_ONLY, OWNER_B) == b_version, "b's credential untouched"
+
+        return (
+            (lambda: _add(svc, new, p, {"env": "prod"})),
+            lambda _: check_add(svc.show(new, principal=OWNER_A)),
+            lambda: svc.remove_credential(new, principal=OWNER_A),
+        )
+    if uc == "update":
+        grace = f"{ROLES.index(p.grants[0].role.value) + 2}m"
+        return (
+            (lambda: svc.update_credential(name, policy=PolicyInput(grace=grace), principal=p)),
+            lambda c: _eq(c.policy.grace, timedelta(minutes=int(grace[:-1]))),
+            _none,
+        )
+    if uc == "remove":
+        target = _target(scenario, SPARE_IN, SPARE_OUT, B_ONLY)
+
+        def check_removed(_: Any) -> None:
+            assert SPARE_IN not in {c.name for c in svc.list_credentials(principal=OWNER_A)}
+
+        return (
+            (lambda: svc.remove_credential(target, principal=p)),
+            check_removed,
+            lambda: _add(svc, SPARE_IN, OWNER_A, {"env": "prod"}),
+        )
+    if uc == "used":
+        before = svc.show(IN, principal=OWNER_A).use_count
+        return (
+            (lambda: svc.report_usage(name, 3, principal=p)),
+            lambda c: _eq(c.use_count, before + 3),
+            _none,
+        )
+    if uc == "rotate":
+        before = version_of(w, IN)
+
+        def check_rotated(result: Any) -> None:
+            assert [(r.name, r.outcome) for r in result.results] == [(IN, Outcome.ROTATED)]
+            assert version_of(w, IN) == before + 1
+
+        return (lambda: svc.rotate(Selection(names=[name]), principal=p)), check_rotated, _none
+    if uc == "rotate_tag":
+        before = {n: version_of(w, n) for n in (IN, OUT)}
+        b_before = version_of(w, B_ONLY, OWNER_B)
+        wide = p.grants[0].scope == "*"
+
+        def check_tag(result: Any) -> None:
+            want = {IN, OUT} if wide else {IN}
+            assert {r.name for r in result.results if r.outcome is Outcome.ROTATED} == want
+            for n in (IN, OUT):
+                assert version_of(w, n) == before[n] + (n in want)
+            assert version_of(w, B_ONLY, OWNER_B) == b_before, "b's credential untouched"
+
+        return (lambda: svc.rotate(Selection(tags=SEL), principal=p)), check_tag, _none
+    if uc == "plan":
+        return (
+            (lambda: svc.plan(Selection(names=[name]), principal=p)),
+            lambda steps: _eq([s["name"] for s in steps], [IN]),
+            _none,
+        )
+    if uc == "add_group":
+        a, b = {"in": (IN2, SPARE_IN), "out": (OUT2, SPARE_OUT), "other": (B_ONLY, B_ONLY2)}[
+            scenario
+        ]
+        return (
+            (lambda: svc.add_group(_group("g-new", a, b), principal=p)),
+            lambda _: _eq(svc.get_group("g-new", principal=OWNER_A).name, "g-new"),
+            lambda: svc.remove_group("g-new", principal=OWNER_A),
+        )
+    group = _target(scenario, "g-in", "g-out", "g-b")
+    if uc == "get_group":
+        return (lambda: svc.get_group(group, principal=p)), (lambda g: _eq(g.name, "g-in")), _none
+    if uc == "list_groups":
+
+        def check_groups(groups: Any) -> None:
+            want = {"g-in", "g-out"} if p.grants[0].scope == "*" else {"g-in"}
+            assert {g.name for g in groups} == want
+
+        return (lambda: svc.list_groups(principal=p)), check_groups, _none
+    if uc == "remove_group":
+
+        def check_gone(_: Any) -> None:
+            with pytest.raises(NotFound):
+                svc.get_group("g-in", principal=OWNER_A)
+
+        return (
+            (lambda: svc.remove_group(group, principal=p)),
+            check_gone,
+            lambda: svc.add_group(_group("g-in", IN, IN2), principal=OWNER_A),
+        )
+    if uc == "rotate_group":
+        before = {n: version_of(w, n) for n in (IN, IN2)}
+
+        def check_group_rotated(result: Any) -> None:
+            assert {r.name for r in result.results if r.outcome is Outcome.ROTATED} == {IN, IN2}
+            assert {n: version_of(w, n) for n in (IN, IN2)} == {n: v + 1 for n, v in before.items()}
+
+        return (lambda: svc.rotate_group(group, principal=p)), check_group_rotated, _none
+    if uc == "plan_group":
+        return (
+            (lambda: svc.plan_group(group, principal=p)),
+            lambda steps: _eq({s["name"] for s in steps}, {IN, IN2}),
+            _none,
+        )
+    if uc == "policy_set":
+
+        def check_set(d: Any) -> None:
+            assert d.tenant == "a"
+            assert d.tag == ("pol", "x")
+            tags_a = [x.tag for x in svc.list_policy_defaults(principal=OWNER_A)]
+            tags_b = [x.tag for x in svc.list_policy_defaults(principal=OWNER_B)]
+            assert ("pol", "x") in tags_a
+            assert tags_b == [("pol", "b-only")]
+
+        return (
+            (
+                lambda: svc.set_policy_default(
+                    policy=PolicyInput(grace="3m"), tag=("pol", "x"), principal=p
+                )
+            ),
+            check_set,
+            lambda: svc.remove_policy_default(tag=("pol", "x"), principal=OWNER_A),
+        )
+    if uc == "policy_list":
+        svc.set_policy_default(policy=PolicyInput(grace="4m"), tag=("pol", "a"), principal=OWNER_A)
+        return (
+            (lambda: svc.list_policy_defaults(principal=p)),
+            lambda ds: _eq([(d.tenant, d.tag) for d in ds], [("a", ("pol", "a"))]),
+            _none,
+        )
+    if uc == "policy_remove":
+        tag = ("pol", "b-only") if scenario == "other" else ("pol", "a")
+        if scenario != "other":
+            svc.set_policy_default(policy=PolicyInput(grace="4m"), tag=tag, principal=OWNER_A)
+
+        def check_removed_default(_: Any) -> None:
+            assert svc.list_policy_defaults(principal=OWNER_A) == []
+
+        return (
+            (lambda: svc.remove_policy_default(tag=tag, principal=p)),
+            check_removed_default,
+            _none,
+        )
+    if uc == "event_credential":
+        return (
+            (lambda: svc.report_event(EventInput("leak", "low", credential=name), principal=p)),
+            lambda r: _eq([d.name for d in r.decisions], [IN]),
+            _none,
+        )
+    if uc == "event_tag":
+        return (
+            (lambda: svc.report_event(EventInput("leak", "low", tags=SEL), principal=p)),
+            lambda r: _eq(sorted(d.name for d in r.decisions), sorted([IN, OUT])),
+            _none,
+        )
+    if uc == "events_list":
+        svc.report_event(EventInput("seen", "low", credential=IN), principal=OWNER_A)
+
+        def check_events(events: Any) -> None:
+            assert events
+            assert w.event_b not in {e.id for e in events}
+            assert all(d.credential != B_ONLY for e in events for d in e.decisions)
+
+        return (lambda: svc.list_events(principal=p)), check_events, _none
+    rollout = w.rollout_b if scenario == "other" else w.rollout_a
+    if uc == "rollout_create":
+        return (
+            (
+                lambda: svc.create_rollout(
+                    Selection(names=[name]),
+                    stagger=timedelta(hours=1),
+                    max_per_minute=60,
+                    principal=p,
+                )
+            ),
+            lambda v: _eq((v.status, v.total), ("running", 1)),
+            _none,
+        )
+    if uc == "rollout_list":
+        return (
+            (lambda: svc.list_rollouts(principal=p)),
+            lambda vs: _eq(
+                w.rollout_a in {v.id for v in vs} and w.rollout_b not in {v.id for v in vs}, True
+            ),
+            _none,
+        )
+    if uc == "rollout_status":
+        return (
+            (lambda: svc.rollout_status(rollout, principal=p)),
+            lambda v: _eq((v.id, v.status), (w.rollout_a, "running")),
+            _none,
+        )
+    if uc == "rollout_resume":
+        return (
+            (lambda: svc.resume_rollout(rollout, principal=p)),
+            lambda v: _eq((v.id, v.status), (w.rollout_a, "running")),
+            _none,
+        )
+    if uc == "rollout_abort":
+        fresh = rollout if scenario == "other" else _rollout(svc, OWNER_A, [IN], timedelta(hours=1))
+        return (
+            (lambda: svc.abort_rollout(fresh, principal=p)),
+            lambda v: _eq(
+                (v.id, v.status, svc.rollout_status(fresh, principal=OWNER_A).status),
+                (fresh, "aborted", "aborted"),
+            ),
+            _none,
+        )
+    if uc == "rollout_run":
+        fresh = rollout if scenario == "other" else _rollout(svc, OWNER_A, [IN2], timedelta(0))
+        before = version_of(w, IN2)
+
+        def check_run(v: Any) -> None:
+            assert (v.id, v.status, v.counts["rotated"]) == (fresh, "done", 1)
+            assert version_of(w, IN2) == before + 1
+
+        return (lambda: svc.run_rollout(fresh, poll_s=0.05, principal=p)), check_run, _none
+    if uc == "audit_credential":
+
+        def check_audit_credential(entries: Any) -> None:
+            assert all((e.tenant, e.credential) == ("a", name) for e in entries)
+            # b's own entries for B_ONLY never show; a's may (a denial, an add in a).
+            assert entries or scenario != "in"
+
+        return (
+            (lambda: svc.audit_entries(credential=name, principal=p)),
+            check_audit_credential,
+            _none,
+        )
+    if uc == "audit_tenant":
+
+        def check_audit(entries: Any) -> None:
+            assert entries
+            assert {e.tenant for e in entries} == {"a"}
+            assert not {e.seq for e in entries} & b_entries(w.raw), "b's entries never show"
+
+        return (lambda: svc.audit_entries(principal=p)), check_audit, _none
+    if uc == "audit_verify":
+        return (lambda: svc.audit_verify(principal=p)), lambda r: _eq(r.ok, True), _none
+    if uc == "audit_head":
+        return (
+            (lambda: svc.audit_head(principal=p)),
+            lambda h: _eq(h, _head(w.raw)),
+            _none,
+        )
+    if uc == "rotate_master_key":
+        return (lambda: svc.rotate_master_key(principal=p)), _none, _none
+    if uc == "recover":
+        return (lambda: svc.recover(principal=p)), _none, _none
+    if uc == "serve":
+        return (lambda: svc.serve(poll_s=0.05, principal=p)), _none, _none
+    raise AssertionError(f"no case for {uc}")
+
+
+def _eq(got: Any, want: Any) -> None:
+    assert got == want
+
+
+def _head(raw: Engine) -> tuple[int, str]:
+    with raw.connect() as conn:
+        seq, mac = conn.execute(
+            select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
+        ).one()
+    return int(seq), str(mac)
+
+
+# ------------------------------------------------------------------------------ the test
+
+
+@pytest.mark.parametrize("scenario", ["in", "out", "other"])
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("use_case", list(ROWS))
+def test_each_use_case_allows_exactly_what_the_matrix_says(
+    world: World, use_case: str, role: str, scenario: str
+) -> None:
+    row = ROWS[use_case]
+    want = expected(row, role, scenario)
+    wide = row.kind in ("select", "tenant") and scenario != "out"
+    p = principal(role, "*" if wide else SCOPE)
+    call, check, restore = case(world, use_case, p, scenario)
+    before, seq = snapshot(world.raw)
+    if want == "allow":
+        result = call()
+        try:
+            check(result)
+        finally:
+            restore()
+        return
+    error = PermissionDenied if want == "denied" else NotFound
+    with pytest.raises(error):
+        call()
+    after, _ = snapshot(world.raw)
+    assert after == before, "a refused call changed nothing stored"
+    new = audit_after(world.raw, seq)
+    if want == "notfound":
+        assert new == [], "a not-found call writes no audit entry"
+        return
+    assert [(e.tenant, e.actor, e.action, json.loads(e.details)["permission"]) for e in new] == [
+        ("a", p.name, "access.denied", row.permission)
+    ]
+
+
+def test_the_owner_alone_may_recover(world: World) -> None:
+    assert world.svc.recover(principal=OWNER_A) == []
+
+
+def test_a_credential_may_reference_only_credentials_the_caller_may_manage(
+    svc: BlockingService, raw_db: Engine
+) -> None:
+    """A leaf certificate's ``ca`` (like an admin secret) is used by rotator on a target the
+    caller names: an operator scoped to prod/payments/* may point only at a CA in its scope."""
+    make_tenant(svc, "a")
+    for ca in ("prod/payments/ca", "dev/other/ca"):
+        svc.add_credential(
+            ca,
+            "certificate",
+            settings={"role": "ca", "common_name": "Internal CA", "validity": "365d"},
+            value=ValueInput(generate=True),
+            principal=OWNER_A,
+        )
+    operator = principal("operator", SCOPE)
+
+    def add_leaf(name: str, ca: str) -> None:
+        svc.add_credential(
+            name,
+            "certificate",
+            settings={"ca": ca, "common_name": "api.internal", "validity": "30d"},
+            value=ValueInput(generate=True),
+            principal=operator,
+        )
+
+    before, seq = snapshot(raw_db)
+    with pytest.raises(PermissionDenied):
+        add_leaf("prod/payments/tls", "dev/other/ca")
+    assert snapshot(raw_db)[0] == before, "nothing stored"
+    [denied] = audit_after(raw_db, seq)
+    assert (denied.actor, denied.action, denied.credential) == (
+        "operator-narrow",
+        "access.denied",
+        "dev/other/ca",
+    )
+    with pytest.raises(PermissionDenied):
+        svc.update_credential(
+            "prod/payments/ca",
+            connector="certificate",
+            settings={"ca": "dev/other/ca", "common_name": "api.internal"},
+            principal=operator,
+        )
+    add_leaf("prod/payments/tls", "prod/payments/ca")
+    assert version_of_in(svc, "prod/payments/tls") == 1
+
+
+def version_of_in(svc: BlockingService, name: str) -> int:
+    current = svc.show(name, principal=OWNER_A).version_in(Stage.CURRENT)
+    assert current is not None
+    return current.number
