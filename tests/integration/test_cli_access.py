@@ -5,10 +5,6 @@ PostgreSQL (``db_url``).
 The store is made through the service in-process where the test is about something else
 (a CLI process costs about a second); ``test_the_owner_sets_up_tenants_principals_and_tokens``
 does the whole set-up through the CLI.
-
-Tests marked ``needs_enforce`` exercise existing commands (``credential get``) that call
-``authorize`` only once the ``enforce`` branch is merged: they are strict xfails here, so the
-merge turns them into failures until the marker is removed.
 """
 
 from __future__ import annotations
@@ -32,10 +28,6 @@ from rotator.store.schema import audit_log, credentials, principals, tenants, to
 
 ROTATOR = str(Path(sys.executable).parent / "rotator")
 TOKEN_RE = re.compile(r"rtr_[a-z2-7]{12}_[A-Za-z0-9_-]{43}")
-needs_enforce = pytest.mark.xfail(
-    reason="needs the enforce branch: existing use cases do not call authorize yet",
-    strict=True,
-)
 
 
 @dataclass(frozen=True)
@@ -189,7 +181,6 @@ def test_a_reader_gets_a_value_in_its_scope(world: World, raw_db: Engine) -> Non
     assert read[:2] == ("team-a", "reader")
 
 
-@needs_enforce
 def test_a_reader_is_refused_a_value_out_of_its_scope(world: World, raw_db: Engine) -> None:
     run = cli(world.settings, "credential", "get", "staging/db", token=world.tokens["reader"])
     one_line_error(run, "permission denied")
@@ -198,7 +189,6 @@ def test_a_reader_is_refused_a_value_out_of_its_scope(world: World, raw_db: Engi
     assert [(t, who) for t, who, _, _ in denied] == [("team-a", "reader")]
 
 
-@needs_enforce
 def test_an_operator_cannot_get_a_value(world: World, raw_db: Engine) -> None:
     run = cli(
         world.settings, "credential", "get", "prod/payments/db", token=world.tokens["operator"]
@@ -290,3 +280,21 @@ def test_listing_credentials_of_a_missing_tenant_as_the_owner_creates_no_tenant(
     # The owner names an existing tenant the same way.
     listed = cli(world.settings, "credential", "list", "--json", tenant="team-a")
     assert [c["name"] for c in json.loads(listed.out)] == ["prod/payments/db", "staging/db"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("worker",), ("recover",), ("keys", "rotate-master")],
+    ids=["worker", "recover", "rotate-master"],
+)
+def test_a_token_never_runs_the_owners_commands(
+    world: World, raw_db: Engine, args: tuple[str, ...]
+) -> None:
+    """Even an admin's token: the worker loop, recovery and the master key are the owner's
+    (``serve`` is not a plain use case: it takes the bound principal too)."""
+    run = cli(world.settings, *args, token=world.tokens["admin"])
+    one_line_error(run, "may not store.admin")
+    denied = [a for a in audit_actions(raw_db) if a[2] == "access.denied"]
+    assert [(t, who, d["permission"]) for t, who, _, d in denied] == [
+        ("team-a", "admin", "store.admin")
+    ]

@@ -187,10 +187,13 @@ class BlockingService:
         poll_s: float = 5.0,
         on_batch: Callable[[BatchResult], None] | None = None,
         options: SchedulerOptions | None = None,
-        principal: Principal = LOCAL_PRINCIPAL,
+        principal: Principal | None = None,
     ) -> None:
         """Run the scheduler loop until SIGINT or SIGTERM (call from the main thread); see
-        rotation.serve (a second worker on a SQLite store is refused)."""
+        rotation.serve (a second worker on a SQLite store is refused). ``principal`` None:
+        the bound one (:meth:`bind`), else the owner."""
+        if principal is None:
+            principal = self.principal or LOCAL_PRINCIPAL
         stop = self.run(_new_event())
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
