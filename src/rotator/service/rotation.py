@@ -29,6 +29,7 @@ from rotator.engine import (
 )
 from rotator.engine.types import StillValid
 from rotator.errors import ConcurrentModification, InvalidInput, NotFound
+from rotator.service import forwarding
 from rotator.service.credentials import RotatorService
 from rotator.store import rotations as store_rot
 
@@ -313,7 +314,20 @@ async def serve(
     the first runs; the lock (``flock`` on ``<database>.worker.lock``) ends with its process,
     also when it is killed. On PostgreSQL any number of workers share the work."""
     with _single_worker(svc):
-        await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options)
+        # SIEM forwarders run beside the scheduler: they read the log at their own pace and
+        # write only their own rows, so a dead target never holds a rotation up.
+        fwd_stop = asyncio.Event()
+        fwd = asyncio.create_task(
+            forwarding.run_forwarders(svc, fwd_stop, poll_s=min(poll_s, 1.0)), name="forwarders"
+        )
+        try:
+            await scheduler.run(
+                svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options
+            )
+        finally:
+            fwd_stop.set()
+            with contextlib.suppress(Exception):
+                await fwd
 
 
 @contextlib.contextmanager
