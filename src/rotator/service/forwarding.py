@@ -1,6 +1,15 @@
 """SIEM forwarding: every audit entry, in seq order, to a webhook (HMAC-signed JSON batches) or
 to syslog (RFC 5424 over TCP or UDP). Use cases: add, list, remove and run forwarders.
 
+Wire format. Webhook: ``POST`` with ``Content-Type: application/json`` and body
+``{"entries": [AuditEntry.to_json(), ...]}`` (at most ``batch`` entries, in seq order; each
+entry with its ``seq``, ``hash``, ``prev_hash`` and ``key_id``, so a receiver can check the
+chain's links), and headers ``X-Rotator-Timestamp: <unix seconds>``, ``X-Rotator-Signature:
+sha256=<hex HMAC-SHA256(key, timestamp + "." + body)>`` (key: the CURRENT value of the
+``--hmac-credential``, read at every batch) and ``X-Rotator-Delivery: <first seq>-<last seq>``.
+Syslog: one RFC 5424 message per entry (see :mod:`rotator.audit.syslog`), octet-counted on TCP,
+one per datagram on UDP.
+
 Delivery semantics (what a receiver may rely on):
 
 - **In order, nothing skipped.** A forwarder reads the durable log after its ``cursor`` (the
@@ -65,7 +74,14 @@ from rotator.domain import names
 from rotator.domain.model import Stage
 from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.domain.secret import Secret
-from rotator.errors import AlreadyExists, AuditError, InvalidInput, NotFound, PermissionDenied
+from rotator.errors import (
+    AlreadyExists,
+    AuditError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    RotatorError,
+)
 from rotator.service.credentials import RotatorService
 from rotator.store import forwarders as store_fwd
 
@@ -776,7 +792,14 @@ async def run_forwarders(
     tasks: dict[int, asyncio.Task[None]] = {}
     try:
         while True:
-            rows = await svc._read(store_fwd.list_forwarders)
+            try:
+                rows = await svc._read(store_fwd.list_forwarders)
+            except RotatorError as exc:
+                if once:
+                    raise
+                # The worker keeps forwarding across a store hiccup: look again next poll.
+                log.warning("forwarders: cannot list them: %s", exc)
+                rows = []
             for r in rows:
                 if r.enabled and _visible(principal, r) and r.id not in tasks:
                     tasks[r.id] = asyncio.create_task(
@@ -787,13 +810,13 @@ async def run_forwarders(
                 return runner.stats
             for fid in [fid for fid, t in tasks.items() if t.done()]:
                 failed = tasks.pop(fid)
-                exc = None if failed.cancelled() else failed.exception()
-                if isinstance(exc, ForwardingFailed):
-                    raise exc
-                if exc is not None:
+                err = None if failed.cancelled() else failed.exception()
+                if isinstance(err, ForwardingFailed):
+                    raise err
+                if err is not None:
                     # A store or target hiccup ends one forwarder's task, not the worker: it
                     # is started again at the next poll, from its cursor.
-                    log.warning("forwarder task %s failed: %r", failed.get_name(), exc)
+                    log.warning("forwarder task %s failed: %r", failed.get_name(), err)
             await runner._wait(poll_s)
             if stop.is_set():
                 return runner.stats

@@ -321,9 +321,7 @@ async def serve(
             forwarding.run_forwarders(svc, fwd_stop, poll_s=min(poll_s, 1.0)), name="forwarders"
         )
         try:
-            await scheduler.run(
-                svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options
-            )
+            await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options)
         finally:
             fwd_stop.set()
             with contextlib.suppress(Exception):
