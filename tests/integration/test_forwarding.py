@@ -24,7 +24,7 @@ from rotator.config import Settings
 from rotator.domain.principal import Grant, Principal, Role
 from rotator.domain.secret import Secret
 from rotator.errors import InvalidInput, PermissionDenied
-from rotator.service import BlockingService, ValueInput
+from rotator.service import BlockingService, ValueInput, forwarding
 from rotator.service.rotation import Selection
 
 CLI = Path(sys.executable).parent / "rotator"
@@ -387,6 +387,26 @@ def test_run_once_exits_1_when_a_target_keeps_failing_past_give_up_after_and_kee
     assert view.delivered == 0
     assert view.last_error is not None
     assert view.last_error.startswith("gave up after 3 attempts")
+
+
+def test_retries_back_off_exponentially_with_jitter_up_to_the_cap_on_an_injected_sleep(
+    svc: BlockingService,
+) -> None:
+    svc.add_forwarder("dead", syslog=f"tcp://127.0.0.1:{free_port()}")
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    timing = forwarding.RetryTiming(initial=1.0, cap=4.0, sleep=sleep)
+    with pytest.raises(forwarding.ForwardingFailed):
+        svc.run(forwarding.run_forwarders(svc.service, once=True, give_up_after=6, timing=timing))
+    assert len(slept) == 5  # between 6 attempts
+    assert 1.0 <= slept[0] <= 2.0
+    assert 2.0 <= slept[1] <= 3.0
+    assert all(s <= 4.0 for s in slept)
+    assert slept[-2:] == [4.0, 4.0]  # capped
+    assert svc.list_forwarders()[0].cursor == 0
 
 
 # -------------------------------------------------------------------------------- syslog
