@@ -14,16 +14,19 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
-
-import httpx
 
 from rotator.audit.chain import AuditEntry
 from rotator.audit.syslog import format_entry, frame
 from rotator.domain.secret import Secret
 from rotator.errors import InvalidInput
 from rotator.store import forwarders as store_fwd
+
+# httpx is imported where a webhook is sent: every other command (`credential get`) starts
+# without it (tests/integration/test_cli_startup.py).
+if TYPE_CHECKING:
+    import httpx
 
 SEND_TIMEOUT_S = 10.0
 
@@ -120,6 +123,8 @@ class WebhookTarget:
             "X-Rotator-Timestamp": ts,
             "X-Rotator-Delivery": f"{entries[0].seq}-{entries[-1].seq}",
         }
+        import httpx
+
         try:
             resp = await self._client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:

@@ -51,9 +51,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from sqlalchemy import Connection
 from tenacity import (
     AsyncRetrying,
@@ -90,6 +89,9 @@ from rotator.service.forward_targets import (
     parse_syslog_target,
 )
 from rotator.store import forwarders as store_fwd
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -432,6 +434,8 @@ class _Runner:
     def _target(self, row: store_fwd.ForwarderRow) -> Target:
         if row.kind == "webhook":
             if self._client is None:
+                import httpx  # only when a webhook is worked (see forward_targets)
+
                 self._client = httpx.AsyncClient(timeout=SEND_TIMEOUT_S, follow_redirects=False)
             return WebhookTarget(row.target, self._client, self._hmac_key, self.svc.clock)
         proto, host, port = parse_syslog_target(row.target)
