@@ -54,14 +54,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_never,
-    wait_exponential_jitter,
-)
 
 from rotator.audit.chain import AuditEntry
 from rotator.audit.syslog import LOG_AUDIT
@@ -92,6 +84,7 @@ from rotator.store import forwarders as store_fwd
 
 if TYPE_CHECKING:
     import httpx
+    from tenacity import RetryCallState
 
 log = logging.getLogger(__name__)
 
@@ -539,6 +532,15 @@ class _Runner:
         entries: Sequence[AuditEntry],
         lost: asyncio.Event,
     ) -> None:
+        # Imported here: only a forwarder pays for it, not every command's start-up.
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            stop_never,
+            wait_exponential_jitter,
+        )
+
         async def record(state: RetryCallState) -> None:
             self.stats.failures += 1
             exc = state.outcome.exception() if state.outcome is not None else None
