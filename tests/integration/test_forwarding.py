@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import free_port
 
 from rotator.config import Settings
-from rotator.domain.principal import Grant, Principal, Role
+from rotator.domain.principal import LOCAL_PRINCIPAL, Grant, Principal, Role
 from rotator.domain.secret import Secret
 from rotator.errors import InvalidInput, PermissionDenied
 from rotator.service import BlockingService, ValueInput, forwarding
@@ -213,6 +213,10 @@ def test_a_receiver_failing_twice_then_accepting_gets_every_entry_once_in_order_
     assert max(len(x["seqs"]) for x in accepted) <= 7
     (view,) = svc.list_forwarders()
     assert (view.lag, view.last_error, view.delivered) == (0, None, len(delivered))
+    # The signing key is nowhere but in the signature.
+    seen = done.stdout + done.stderr + receiver.log.read_text() + json.dumps(view.to_json())
+    assert KEY.decode() not in seen
+    assert KEY.hex() not in seen
 
 
 def test_a_rotated_hmac_key_signs_the_next_batch_and_its_reads_are_audited_once_per_version(
@@ -244,6 +248,36 @@ def test_a_rotated_hmac_key_signs_the_next_batch_and_its_reads_are_audited_once_
         if e.action == "value.read" and e.actor == "forwarder:siem"
     ]
     assert [e.details["version"] for e in key_reads] == [1, 2]
+
+
+def test_a_tenant_forwarder_gets_only_its_tenants_entries_and_catches_up_past_the_others(
+    svc: BlockingService, settings: Settings, receiver: Receiver
+) -> None:
+    svc.tenant("blue")
+    blue = LOCAL_PRINCIPAL.with_tenant("blue")
+    svc.add_credential("siem/hmac", "local", value=ValueInput(value=Secret(KEY)), principal=blue)
+    for p in (LOCAL_PRINCIPAL, blue):
+        svc.add_credential("gen/x", "local", value=ValueInput(generate=True), principal=p)
+    svc.add_forwarder(
+        "blue",
+        webhook=f"http://127.0.0.1:{receiver.port}/",
+        hmac_credential="siem/hmac",
+        tenant="blue",
+        batch=4,
+    )
+    for _ in range(6):
+        svc.get_value("gen/x", principal=blue)
+        svc.get_value("gen/x")
+    receiver.start()
+    done = cli(["audit", "forward", "run", "--once"], cli_env(settings))
+    assert done.returncode == 0, done.stderr
+    accepted = receiver.accepted()
+    check_well_formed(accepted)
+    everything = svc.audit_entries(principal=LOCAL_PRINCIPAL.with_tenant("blue"))
+    assert [s for x in accepted for s in x["seqs"]] == [e.seq for e in everything]
+    assert {e.tenant for e in everything} == {"blue"}
+    (view,) = svc.list_forwarders()
+    assert view.lag == 0  # its cursor moved past the default tenant's entries too
 
 
 def test_a_receiver_killed_and_restarted_mid_stream_loses_nothing_and_repeats_only_unacked(
