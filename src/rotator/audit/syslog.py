@@ -23,9 +23,10 @@ _FAILURE_WORDS = ("fail", "error", "broken", "rollback", "rolled_back", "tamper"
 
 
 def severity(action: str) -> int:
-    """Error for failures (``rotation.failed``, ``*.error``, a broken chain, a rollback),
-    warning for denials (``access.denied``, ``auth.failed`` counts as a failure), notice for
-    emergencies and revocations, informational otherwise."""
+    """The RFC 5424 severity of an action: error (3) for failures (``rotation.failed``,
+    ``auth.failed``, ``*.error``, a broken chain, a rollback), warning (4) for denials
+    (``access.denied``), notice (5) for emergencies and revocations, informational (6)
+    otherwise."""
     a = action.lower()
     if any(w in a for w in _FAILURE_WORDS):
         return ERROR
