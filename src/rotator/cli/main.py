@@ -15,7 +15,18 @@ import typer
 
 # Each module registers its commands on the apps of rotator.cli.app when imported.
 import rotator.cli.evidence  # noqa: F401
-from rotator.cli import audit, credentials, events, groups, keys, policy, rollouts, rotate, worker  # noqa: F401
+from rotator.cli import (  # noqa: F401
+    audit,
+    credentials,
+    events,
+    forward,
+    groups,
+    keys,
+    policy,
+    rollouts,
+    rotate,
+    worker,
+)
 from rotator.cli.app import (
     BAD_INPUT,
     Exit,

@@ -22,7 +22,15 @@ from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
 from rotator.scheduler import SchedulerOptions
-from rotator.service import checkpoints, events, evidence, policies, rollouts, rotation
+from rotator.service import (
+    checkpoints,
+    events,
+    evidence,
+    forwarding,
+    policies,
+    rollouts,
+    rotation,
+)
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
 
@@ -180,6 +188,25 @@ class BlockingService:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def run_forwarders(
+        self, *, once: bool = False, give_up_after: int | None = None, poll_s: float = 1.0
+    ) -> forwarding.RunStats:
+        """Work the SIEM forwarders until SIGINT or SIGTERM, or (``once``) until caught up
+        (call from the main thread); see forwarding.run_forwarders."""
+        stop = self.run(_new_event())
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: self._loop.call_soon_threadsafe(stop.set))
+        try:
+            return self.run(
+                forwarding.run_forwarders(
+                    self.service, stop, once=once, give_up_after=give_up_after, poll_s=poll_s
+                )
+            )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     # -- the use cases ------------------------------------------------------------------------
 
     tenant = _Blocking(RotatorService.tenant)
@@ -220,6 +247,9 @@ class BlockingService:
     run_rollout = _Blocking(rollouts.run)
     report_event = _Blocking(events.report_event)
     list_events = _Blocking(events.list_events)
+    add_forwarder = _Blocking(forwarding.add_forwarder)
+    list_forwarders = _Blocking(forwarding.list_forwarders)
+    remove_forwarder = _Blocking(forwarding.remove_forwarder)
 
 
 async def _new_event() -> asyncio.Event:
