@@ -22,7 +22,7 @@ from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
 from rotator.scheduler import SchedulerOptions
-from rotator.service import events, policies, rollouts, rotation
+from rotator.service import events, policies, reports, rollouts, rotation
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
 
@@ -209,6 +209,7 @@ class BlockingService:
     run_rollout = _Blocking(rollouts.run)
     report_event = _Blocking(events.report_event)
     list_events = _Blocking(events.list_events)
+    compliance_report = _Blocking(reports.compliance_report)
 
 
 async def _new_event() -> asyncio.Event:
