@@ -57,6 +57,8 @@ group_app = typer.Typer(
 app.add_typer(group_app, name="group")
 policy_app = typer.Typer(help="Policy defaults by tag and tenant.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+report_app = typer.Typer(help="Compliance reports and evidence records.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
 
 
 class _Out:

@@ -14,7 +14,18 @@ import traceback
 import typer
 
 # Each module registers its commands on the apps of rotator.cli.app when imported.
-from rotator.cli import audit, credentials, events, groups, keys, policy, rollouts, rotate, worker  # noqa: F401
+from rotator.cli import (  # noqa: F401
+    audit,
+    credentials,
+    events,
+    groups,
+    keys,
+    policy,
+    report,
+    rollouts,
+    rotate,
+    worker,
+)
 from rotator.cli.app import (
     BAD_INPUT,
     Exit,
