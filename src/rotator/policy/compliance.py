@@ -57,7 +57,7 @@ class Reader:
 
     actor: str
     count: int
-    last_at: str  # the audit entry's timestamp text (ISO 8601, UTC)
+    last_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,7 @@ class CredentialRow:
         return sum(r.count for r in self.readers)
 
     @property
-    def last_read_at(self) -> str | None:
+    def last_read_at(self) -> datetime | None:
         return max((r.last_at for r in self.readers), default=None)
 
 
@@ -269,8 +269,10 @@ def row_json(r: CredentialRow) -> dict[str, Any]:
         "previous_revoke_due": iso(r.previous_revoke_due),
         "rotations": dict(r.period_results),
         "reads": r.reads,
-        "readers": [{"actor": x.actor, "count": x.count, "last_at": x.last_at} for x in r.readers],
-        "last_read_at": r.last_read_at,
+        "readers": [
+            {"actor": x.actor, "count": x.count, "last_at": iso(x.last_at)} for x in r.readers
+        ],
+        "last_read_at": iso(r.last_read_at),
         "overdue": r.overdue,
         "never_rotated": r.never_rotated,
         "older_than_policy": r.older_than_policy,

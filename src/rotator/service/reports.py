@@ -153,7 +153,7 @@ def _csv_row(r: CredentialRow) -> list[Any]:
         r.period_results["rolled_back"],
         r.reads,
         ";".join(f"{x.actor}:{x.count}" for x in r.readers),
-        r.last_read_at or "",
+        iso(r.last_read_at) or "",
         _bool(r.overdue),
         _bool(r.never_rotated),
         _bool(r.older_than_policy),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, case, func, select
 
@@ -160,7 +160,7 @@ def credential_facts(
     ):
         cid = by_name.get(r.credential)
         if cid is not None:
-            acc[cid].readers.append(Reader(r.actor, int(r.n), r.last))
+            acc[cid].readers.append(Reader(r.actor, int(r.n), parse_ts(r.last)))
 
     return [
         CredentialFacts(
@@ -194,3 +194,8 @@ def denials(conn: Connection, tenant: str, since: datetime) -> int:
         )
     ).scalar_one()
     return int(n)
+
+
+def parse_ts(text: str) -> datetime:
+    """An audit entry's ``ts`` (``audit.log.format_ts``) as an aware UTC datetime."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
