@@ -12,6 +12,7 @@ people, processes and systems rotator does not see.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -93,7 +94,14 @@ def maximum(policy: Mapping[str, Any]) -> Maximum:
     """The policy maximum: ``max_age`` if set, else the interval ``every``, else for a cron
     policy the longest gap between its next :data:`CRON_PROBE_FIRINGS` firings (plus its
     window); ``None`` without a time policy (on demand, or by uses only)."""
-    p = RotationPolicy.from_json(dict(policy))
+    # Memoized by the policy's text: a tenant has few distinct policies, and parsing one
+    # (a cron expression's check above all) costs far more than the rest of a report row.
+    return _maximum(json.dumps(dict(policy), sort_keys=True))
+
+
+@lru_cache(maxsize=4096)
+def _maximum(text: str) -> Maximum:
+    p = RotationPolicy.from_json(json.loads(text))
     if p.max_age is not None:
         return Maximum(p.max_age, "max_age")
     if p.every is not None:
