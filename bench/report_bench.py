@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rotator-report-bench-") as tmp:
         if args.db in ("sqlite", "both"):
             rows.append(run_one("sqlite", Path(tmp) / "sqlite", None, args))
+            print(" | ".join(rows[-1]), flush=True)
         if args.db in ("postgres", "both"):
-            with ThrowawayPostgres(Path(tmp) / "pg") as pg:
+            with ThrowawayPostgres() as pg:
                 url = pg.create_database("report_bench")
                 rows.append(run_one("postgres", Path(tmp) / "pghome", url, args))
     print_table(
