@@ -254,7 +254,10 @@ def scenario(tmp_path: Path, db_url: str) -> Scenario:
         add(svc, creds, fail, {"target": "t-dead", "down": "true"})
         add(svc, creds, Cred("ops/overdue", "local", every=7 * DAY))
         add(svc, creds, Cred("ops/old", "local", max_age=15 * DAY))
-        manual = Cred("ops/manual", "local")
+        # A tag value that is markup, with CSV's separator and quote: escaped in HTML,
+        # quoted in CSV, the same text after parsing.
+        hostile = {"note": '<script>alert("x")</script>, "q" & <b>=1'}
+        manual = Cred("ops/manual", "local", hostile)
         add(svc, creds, manual)
         key = Cred("ops/key", "local", {"team": "sec"}, every=365 * DAY, password_kind=False)
         svc.add_credential(
