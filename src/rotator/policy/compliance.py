@@ -67,9 +67,9 @@ class CredentialFacts:
 
     name: str
     connector: str
-    config: Mapping[str, Any]
+    config: Mapping[str, Any]  # the connector settings (``generator`` is all that is read)
     tags: Mapping[str, str]
-    policy: Mapping[str, Any]  # the effective policy (RotationPolicy.to_json)
+    policy: Mapping[str, Any] | str  # the effective policy (RotationPolicy.to_json), or its JSON
     created_at: datetime
     current_created_at: datetime | None  # None: no CURRENT version
     next_rotation_at: datetime | None
@@ -90,12 +90,15 @@ class Maximum:
     source: str | None  # max_age | every | cron; None: no time policy
 
 
-def maximum(policy: Mapping[str, Any]) -> Maximum:
+def maximum(policy: Mapping[str, Any] | str) -> Maximum:
     """The policy maximum: ``max_age`` if set, else the interval ``every``, else for a cron
     policy the longest gap between its next :data:`CRON_PROBE_FIRINGS` firings (plus its
-    window); ``None`` without a time policy (on demand, or by uses only)."""
+    window); ``None`` without a time policy (on demand, or by uses only). ``policy`` may be
+    the policy's JSON text."""
     # Memoized by the policy's text: a tenant has few distinct policies, and parsing one
     # (a cron expression's check above all) costs far more than the rest of a report row.
+    if isinstance(policy, str):
+        return _maximum(policy)
     return _maximum(json.dumps(dict(policy), sort_keys=True))
 
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, Text, case, cast, func, select
 
 from rotator.audit.log import format_ts
 from rotator.domain.model import Stage
@@ -46,8 +46,10 @@ def credential_facts(
             credentials.c.id,
             credentials.c.name,
             credentials.c.connector,
-            credentials.c.config,
-            credentials.c.policy,
+            # Only what the figures read: the generator, and the policy as text (parsed once
+            # per distinct policy, not once per row).
+            credentials.c.config["generator"].as_string().label("generator"),
+            cast(credentials.c.policy, Text).label("policy"),
             credentials.c.created_at,
             credentials.c.next_rotation_at,
         )
@@ -166,9 +168,9 @@ def credential_facts(
         CredentialFacts(
             name=c.name,
             connector=c.connector,
-            config=c.config or {},
+            config={} if c.generator is None else {"generator": c.generator},
             tags=acc[c.id].tags,
-            policy=c.policy or {},
+            policy=c.policy or "{}",
             created_at=c.created_at,
             current_created_at=acc[c.id].current_created_at,
             next_rotation_at=c.next_rotation_at,
@@ -198,4 +200,4 @@ def denials(conn: Connection, tenant: str, since: datetime) -> int:
 
 def parse_ts(text: str) -> datetime:
     """An audit entry's ``ts`` (``audit.log.format_ts``) as an aware UTC datetime."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
