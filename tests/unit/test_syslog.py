@@ -77,4 +77,5 @@ def test_a_cef_body_carries_the_whole_entry_as_one_cef_line_after_the_sd() -> No
     assert head.startswith("<110>1 2026-11-28T10:00:00.123456Z h1 rotator - rotation.finished [")
     assert cef.startswith("CEF:0|rotator|rotator|")
     assert "\n" not in cef
-    assert "suser=local" in cef and "act=rotation.finished" in cef
+    assert "suser=local" in cef
+    assert "act=rotation.finished" in cef

@@ -14,15 +14,16 @@ import traceback
 import typer
 
 # Each module registers its commands on the apps of rotator.cli.app when imported.
-import rotator.cli.evidence  # noqa: F401
 from rotator.cli import (  # noqa: F401
     audit,
     credentials,
     events,
+    evidence,
     forward,
     groups,
     keys,
     policy,
+    report,
     rollouts,
     rotate,
     worker,

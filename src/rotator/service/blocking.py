@@ -28,6 +28,7 @@ from rotator.service import (
     evidence,
     forwarding,
     policies,
+    reports,
     rollouts,
     rotation,
 )
@@ -250,6 +251,7 @@ class BlockingService:
     add_forwarder = _Blocking(forwarding.add_forwarder)
     list_forwarders = _Blocking(forwarding.list_forwarders)
     remove_forwarder = _Blocking(forwarding.remove_forwarder)
+    compliance_report = _Blocking(reports.compliance_report)
 
 
 async def _new_event() -> asyncio.Event:
