@@ -144,11 +144,11 @@ class SyslogTcpTarget:
     ) -> None:
         self.host, self.port, self.facility, self.hostname = host, port, facility, hostname
         self.body = body
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
 
     def _message(self, e: AuditEntry) -> bytes:
         return format_entry(e, hostname=self.hostname, facility=self.facility, body=self.body)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
 
     async def send(self, entries: Sequence[AuditEntry], row: store_fwd.ForwarderRow) -> None:
         data = b"".join(frame(self._message(e)) for e in entries)
@@ -191,11 +191,11 @@ class SyslogUdpTarget:
     ) -> None:
         self.host, self.port, self.facility, self.hostname = host, port, facility, hostname
         self.body = body
+        self._transport: asyncio.DatagramTransport | None = None
+        self._protocol: _UdpProtocol | None = None
 
     def _message(self, e: AuditEntry) -> bytes:
         return format_entry(e, hostname=self.hostname, facility=self.facility, body=self.body)
-        self._transport: asyncio.DatagramTransport | None = None
-        self._protocol: _UdpProtocol | None = None
 
     async def send(self, entries: Sequence[AuditEntry], row: store_fwd.ForwarderRow) -> None:
         try:
