@@ -14,15 +14,17 @@ import traceback
 import typer
 
 # Each module registers its commands on the apps of rotator.cli.app when imported.
-import rotator.cli.evidence  # noqa: F401
 from rotator.cli import (  # noqa: F401
     access,
     audit,
     credentials,
     events,
+    evidence,
+    forward,
     groups,
     keys,
     policy,
+    report,
     rollouts,
     rotate,
     worker,

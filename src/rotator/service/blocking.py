@@ -23,7 +23,17 @@ from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
 from rotator.scheduler import SchedulerOptions
-from rotator.service import access, checkpoints, events, evidence, policies, rollouts, rotation
+from rotator.service import (
+    access,
+    checkpoints,
+    events,
+    evidence,
+    forwarding,
+    policies,
+    reports,
+    rollouts,
+    rotation,
+)
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
 
@@ -213,6 +223,25 @@ class BlockingService:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def run_forwarders(
+        self, *, once: bool = False, give_up_after: int | None = None, poll_s: float = 1.0
+    ) -> forwarding.RunStats:
+        """Work the SIEM forwarders until SIGINT or SIGTERM, or (``once``) until caught up
+        (call from the main thread); see forwarding.run_forwarders."""
+        stop = self.run(_new_event())
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: self._loop.call_soon_threadsafe(stop.set))
+        try:
+            return self.run(
+                forwarding.run_forwarders(
+                    self.service, stop, once=once, give_up_after=give_up_after, poll_s=poll_s
+                )
+            )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     # -- the use cases ------------------------------------------------------------------------
 
     tenant = _Blocking(RotatorService.tenant)
@@ -253,6 +282,10 @@ class BlockingService:
     run_rollout = _Blocking(rollouts.run)
     report_event = _Blocking(events.report_event)
     list_events = _Blocking(events.list_events)
+    add_forwarder = _Blocking(forwarding.add_forwarder)
+    list_forwarders = _Blocking(forwarding.list_forwarders)
+    remove_forwarder = _Blocking(forwarding.remove_forwarder)
+    compliance_report = _Blocking(reports.compliance_report)
     add_principal = _Blocking(access.add_principal)
     list_principals = _Blocking(access.list_principals)
     remove_principal = _Blocking(access.remove_principal)

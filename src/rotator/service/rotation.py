@@ -29,6 +29,7 @@ from rotator.engine import (
 )
 from rotator.engine.types import StillValid
 from rotator.errors import ConcurrentModification, InvalidInput, NotFound
+from rotator.service import forwarding
 from rotator.service.checkpoints import PeriodicCheckpoints
 from rotator.service.credentials import RotatorService
 from rotator.store import rotations as store_rot
@@ -332,15 +333,24 @@ async def serve(
     acts for every tenant: needs STORE_ADMIN (the store's owner)."""
     await svc.authorize(principal, Action.STORE_ADMIN)
     with _single_worker(svc):
-        # Signed audit checkpoints every ROTATOR_AUDIT_CHECKPOINT_S (service.checkpoints).
+        # Signed audit checkpoints every ROTATOR_AUDIT_CHECKPOINT_S (service.checkpoints), and
+        # SIEM forwarders, run beside the scheduler: they read the log at their own pace and
+        # write only their own rows, so a dead target never holds a rotation up.
         periodic = PeriodicCheckpoints(svc, svc.settings.audit_checkpoint_s)
         checkpointing = asyncio.create_task(periodic.run(stop, poll_s), name="audit-checkpoints")
+        fwd_stop = asyncio.Event()
+        fwd = asyncio.create_task(
+            forwarding.run_forwarders(svc, fwd_stop, poll_s=min(poll_s, 1.0)), name="forwarders"
+        )
         try:
             await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options)
         finally:
+            fwd_stop.set()
             checkpointing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await checkpointing
+            with contextlib.suppress(Exception):
+                await fwd
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -469,3 +470,30 @@ audit_checkpoints = Table(
 
 # Evidence records read a rotation's audit entries by its id.
 Index("ix_audit_log_rotation_id", audit_log.c.rotation_id)
+
+# -- SIEM forwarding (migration 0013) ---------------------------------------------------------
+
+# One row per forwarder: where audit entries go (``kind`` webhook or syslog, ``target`` a URL)
+# and how far it got. ``cursor`` is the last seq the target acknowledged; it only moves
+# forward, in a transaction conditioned on the old cursor and on ``claimed_by`` (the process
+# holding the lease, ``lease_until``). ``tenant_id`` NULL: every entry (the owner's); else only
+# that tenant's. ``options`` holds no secret (the webhook's HMAC key is a credential, by name).
+audit_forwarders = Table(
+    "audit_forwarders",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("options", JSON, nullable=False),
+    Column("cursor", BigInteger, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("claimed_by", String(200), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_attempt_at", UTCDateTime, nullable=True),
+    Column("delivered", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
