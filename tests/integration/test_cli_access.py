@@ -298,3 +298,13 @@ def test_a_token_never_runs_the_owners_commands(
     assert [(t, who, d["permission"]) for t, who, _, d in denied] == [
         ("team-a", "admin", "store.admin")
     ]
+
+
+def test_forward_run_acts_as_the_token_principal(world: World, raw_db: Engine) -> None:
+    """``audit forward run`` is not a plain use case either: an operator's token is refused."""
+    run = cli(world.settings, "audit", "forward", "run", "--once", token=world.tokens["operator"])
+    one_line_error(run, "may not audit.forward")
+    denied = [a for a in audit_actions(raw_db) if a[2] == "access.denied"]
+    assert [(t, who, d["permission"]) for t, who, _, d in denied] == [
+        ("team-a", "operator", "audit.forward")
+    ]

@@ -224,10 +224,18 @@ class BlockingService:
                 signal.signal(sig, handler)
 
     def run_forwarders(
-        self, *, once: bool = False, give_up_after: int | None = None, poll_s: float = 1.0
+        self,
+        *,
+        once: bool = False,
+        give_up_after: int | None = None,
+        poll_s: float = 1.0,
+        principal: Principal | None = None,
     ) -> forwarding.RunStats:
         """Work the SIEM forwarders until SIGINT or SIGTERM, or (``once``) until caught up
-        (call from the main thread); see forwarding.run_forwarders."""
+        (call from the main thread); see forwarding.run_forwarders. ``principal`` None: the
+        bound one (:meth:`bind`), else the owner."""
+        if principal is None:
+            principal = self.principal or LOCAL_PRINCIPAL
         stop = self.run(_new_event())
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -235,7 +243,12 @@ class BlockingService:
         try:
             return self.run(
                 forwarding.run_forwarders(
-                    self.service, stop, once=once, give_up_after=give_up_after, poll_s=poll_s
+                    self.service,
+                    stop,
+                    once=once,
+                    give_up_after=give_up_after,
+                    poll_s=poll_s,
+                    principal=principal,
                 )
             )
         finally:
