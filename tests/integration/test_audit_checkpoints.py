@@ -221,6 +221,7 @@ def test_a_tenants_export_redacts_other_tenants_entries_and_still_verifies(
 ) -> None:
     fill(svc)
     other = LOCAL_PRINCIPAL.with_tenant("team-b")
+    svc.add_tenant("team-b")  # tenants are never made on first use
     svc.add_credential(
         "team-b/secret-name", "local", value=ValueInput(generate=True), principal=other
     )

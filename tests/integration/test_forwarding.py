@@ -253,7 +253,7 @@ def test_a_rotated_hmac_key_signs_the_next_batch_and_its_reads_are_audited_once_
 def test_a_tenant_forwarder_gets_only_its_tenants_entries_and_catches_up_past_the_others(
     svc: BlockingService, settings: Settings, receiver: Receiver
 ) -> None:
-    svc.tenant("blue")
+    svc.add_tenant("blue")
     blue = LOCAL_PRINCIPAL.with_tenant("blue")
     svc.add_credential("siem/hmac", "local", value=ValueInput(value=Secret(KEY)), principal=blue)
     for p in (LOCAL_PRINCIPAL, blue):
@@ -568,7 +568,7 @@ def test_a_bad_forwarder_exits_2_with_one_line_and_stores_nothing(
 def test_a_tenant_admin_forwards_only_its_tenant_and_may_not_forward_everything(
     svc: BlockingService,
 ) -> None:
-    svc.tenant("blue")
+    svc.add_tenant("blue")
     admin = Principal(name="blue-admin", tenant="blue", grants=(Grant(Role.ADMIN),))
     auditor = Principal(name="blue-auditor", tenant="blue", grants=(Grant(Role.AUDITOR),))
     view = svc.add_forwarder("blue", syslog="udp://127.0.0.1:9", principal=admin)

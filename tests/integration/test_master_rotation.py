@@ -127,6 +127,8 @@ def store(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Store:
     values = {}
     try:
         for tenant in TENANTS:
+            if tenant != "default":  # tenants are never made on first use
+                svc.add_tenant(tenant)
             for i in range(2):
                 name, value = f"app/c{i}", f"value-{tenant}-{i}-{uuid.uuid4().hex}"
                 svc.add_credential(
@@ -246,10 +248,7 @@ def test_process_that_loaded_keys_before_a_master_rotation_cannot_make_a_data_ke
         assert code == 0, "\n".join(store.runs)
         store.rotated()
         with pytest.raises(ConcurrentModification, match="master key was rotated"):
-            stale.add_credential(
-                "late/one", "local", value=ValueInput(value=Secret("late-value")),
-                principal=LOCAL_PRINCIPAL.with_tenant("late"),
-            )  # fmt: skip
+            stale.add_tenant("late")
     finally:
         stale.close()
     store.assert_every_value_readable_with_the_final_key()
@@ -263,6 +262,7 @@ def test_data_key_made_during_a_master_rotation_is_rewrapped_before_the_swap(
 
     def meanwhile(done: int, total: int) -> None:
         if done == total:  # every data key known at the start is re-wrapped already
+            stale.add_tenant("late")
             stale.add_credential(
                 "late/one", "local", value=ValueInput(value=Secret("late-value")),
                 principal=LOCAL_PRINCIPAL.with_tenant("late"),

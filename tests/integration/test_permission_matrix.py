@@ -94,6 +94,14 @@ audit_head          audit.read         tenant  hidden     Y     N   Y    N    N
 rotate_master_key   store.admin        tenant  hidden     N     N   N    N    N
 recover             store.admin        tenant  hidden     N     N   N    N    N
 serve               store.admin        tenant  hidden     N     N   N    N    N
+principal_add       principal.write    tenant  created    Y     N   N    N    N
+principal_list      principal.read     tenant  hidden     Y     N   N    N    N
+principal_remove    principal.write    tenant  notfound   Y     N   N    N    N
+token_create        principal.write    tenant  notfound   Y     N   N    N    N
+token_list          principal.read     tenant  hidden     Y     N   N    N    N
+token_revoke        principal.write    tenant  notfound   Y     N   N    N    N
+tenant_add          store.admin        tenant  hidden     N     N   N    N    N
+tenant_list         store.admin        tenant  hidden     N     N   N    N    N
 """
 """kind: ``name`` acts on named credentials (or a group's members, a named rollout
 selection): ``out`` is denied; ``select`` lists or selects: ``out`` shows only the scope;
@@ -148,8 +156,8 @@ OWNER_B = LOCAL_PRINCIPAL.with_tenant("b")
 
 
 def make_tenant(svc: BlockingService, name: str) -> None:
-    """Today the owner's first use of a tenant creates it (``access`` adds ``add_tenant``)."""
-    svc.tenant(name)
+    """Tenants are explicit: only ``init`` and ``add_tenant`` make one."""
+    svc.add_tenant(name)
 
 
 @dataclass
@@ -209,7 +217,14 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
         svc.set_policy_default(
             policy=PolicyInput(grace="1m"), tag=("pol", "b-only"), principal=OWNER_B
         )
+        # Principals with a token each, in a and in b (the ``other`` target of the
+        # principal and token use cases).
+        svc.add_principal("pa", Role.READER, tenant="a")
+        svc.add_principal("pb", Role.READER, tenant="b")
+        token_a = svc.create_token("pa", principal=OWNER_A)[0].id
+        token_b = svc.create_token("pb", principal=OWNER_B)[0].id
         w = World(svc, raw)
+        w.scratch.update(token_a=token_a, token_b=token_b)
         w.rollout_a = _rollout(svc, OWNER_A, [IN], timedelta(hours=1))
         w.rollout_b = _rollout(svc, OWNER_B, [B_ONLY], timedelta(hours=1))
         w.event_b = svc.report_event(
@@ -579,6 +594,88 @@ def case(w: World, uc: str, p: Principal, scenario: str) -> Case:
         return (lambda: svc.recover(principal=p)), _none, _none
     if uc == "serve":
         return (lambda: svc.serve(poll_s=0.05, principal=p)), _none, _none
+    if uc.startswith(("principal_", "token_", "tenant_")):
+        return _access_case(w, uc, p, scenario)
+    raise AssertionError(f"no case for {uc}")
+
+
+def _b_principals(w: World) -> list[Any]:
+    return w.svc.list_principals(principal=OWNER_B)
+
+
+def _access_case(w: World, uc: str, p: Principal, scenario: str) -> Case:
+    """Principals, tokens and tenants. b holds principal ``pb`` and its token; a holds
+    ``pa`` and its token."""
+    svc = w.svc
+    if uc == "principal_add":
+        new = "pb" if scenario == "other" else "pa-new"
+        b_before = _b_principals(w)
+
+        def check_principal_add(info: Any) -> None:
+            assert (info.name, info.tenant) == (new, "a")
+            assert _b_principals(w) == b_before, "b's principal of that name is untouched"
+
+        return (
+            (lambda: svc.add_principal(new, Role.READER, principal=p)),
+            check_principal_add,
+            lambda: svc.remove_principal(new, principal=OWNER_A),
+        )
+    if uc == "principal_list":
+
+        def check_principal_list(found: Any) -> None:
+            assert "pa" in {x.name for x in found}
+            assert "pb" not in {x.name for x in found}
+            assert {x.tenant for x in found} == {"a"}
+
+        return (lambda: svc.list_principals(principal=p)), check_principal_list, _none
+    if uc == "principal_remove":
+        victim = "pb" if scenario == "other" else "pa-victim"
+        if victim == "pa-victim" and victim not in {
+            x.name for x in svc.list_principals(principal=OWNER_A)
+        }:
+            svc.add_principal(victim, Role.READER, principal=OWNER_A)
+
+        def check_principal_remove(_: Any) -> None:
+            assert victim not in {x.name for x in svc.list_principals(principal=OWNER_A)}
+
+        return (lambda: svc.remove_principal(victim, principal=p)), check_principal_remove, _none
+    if uc == "token_create":
+        who = "pb" if scenario == "other" else "pa"
+
+        def check_token_create(made: Any) -> None:
+            info, token = made
+            assert (info.principal, info.tenant) == ("pa", "a")
+            assert token.startswith(f"rtr_{info.id}_")
+            w.scratch["made"] = info.id
+
+        def drop_token() -> None:
+            svc.revoke_token(w.scratch.pop("made"), principal=OWNER_A)
+
+        return (lambda: svc.create_token(who, principal=p)), check_token_create, drop_token
+    if uc == "token_list":
+
+        def check_token_list(found: Any) -> None:
+            ids = {t.id for t in found}
+            assert w.scratch["token_a"] in ids
+            assert w.scratch["token_b"] not in ids
+            assert {t.tenant for t in found} == {"a"}
+
+        return (lambda: svc.list_tokens(principal=p)), check_token_list, _none
+    if uc == "token_revoke":
+        if scenario == "other":
+            target = w.scratch["token_b"]
+        else:
+            target = svc.create_token("pa", principal=OWNER_A)[0].id
+
+        def check_token_revoke(info: Any) -> None:
+            assert (info.id, info.tenant) == (target, "a")
+            assert info.revoked_at is not None
+
+        return (lambda: svc.revoke_token(target, principal=p)), check_token_revoke, _none
+    if uc == "tenant_add":
+        return (lambda: svc.add_tenant("c", principal=p)), _none, _none
+    if uc == "tenant_list":
+        return (lambda: svc.list_tenants(principal=p)), _none, _none
     raise AssertionError(f"no case for {uc}")
 
 

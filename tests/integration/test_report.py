@@ -271,6 +271,7 @@ def scenario(tmp_path: Path, db_url: str) -> Scenario:
         creds[key.name] = key
         # The same name in another tenant: never in the default tenant's report.
         other_owner = Principal(name="local", tenant="other", owner=True)
+        svc.add_tenant("other")  # tenants are never made on first use
         other = Cred("pay/ok", "local", every=30 * DAY)
         add(svc, {}, other, principal=other_owner)
 

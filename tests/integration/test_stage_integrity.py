@@ -90,7 +90,7 @@ def store(settings: Settings) -> Settings:
         out = cli(settings, "credential", "add", name, "-c", "local", "--value-stdin", stdin=value)
         assert out.returncode == 0, out.stderr
     svc = BlockingService.open(settings)
-    svc.tenant("other")
+    svc.add_tenant("other")
     svc.add_credential(
         "theirs",
         "local",

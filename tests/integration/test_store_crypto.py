@@ -20,6 +20,8 @@ from rotator.store.schema import credentials, data_keys, versions
 
 
 def add(svc: BlockingService, name: str, value: str, tenant: str = "default") -> None:
+    if tenant not in {t.name for t in svc.list_tenants()}:  # tenants are never made on use
+        svc.add_tenant(tenant)
     svc.add_credential(
         name,
         "local",

@@ -32,8 +32,8 @@ BOB = Principal("bob", "b", (Grant(Role.ADMIN, "*"),))
 
 
 def make_tenant(svc: BlockingService, name: str) -> None:
-    """Today the owner's first use of a tenant creates it (``access`` adds ``add_tenant``)."""
-    svc.tenant(name)
+    """Tenants are explicit: only ``init`` and ``add_tenant`` make one."""
+    svc.add_tenant(name)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -14,6 +15,8 @@ import typer
 
 from rotator.config import Settings
 from rotator.domain import names
+from rotator.domain.model import DEFAULT_TENANT
+from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.domain.secret import Secret
 from rotator.errors import (
     AlreadyExists,
@@ -57,6 +60,12 @@ group_app = typer.Typer(
 app.add_typer(group_app, name="group")
 policy_app = typer.Typer(help="Policy defaults by tag and tenant.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+principal_app = typer.Typer(help="People and services, with roles.", no_args_is_help=True)
+app.add_typer(principal_app, name="principal")
+token_app = typer.Typer(help="API tokens of principals.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+tenant_app = typer.Typer(help="Tenants (the store's owner only).", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
 report_app = typer.Typer(help="Compliance reports and evidence records.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 
@@ -91,6 +100,9 @@ BAD_INPUT = (
 )
 
 
+TOKEN_ENV = "ROTATOR_TOKEN"  # noqa: S105 (the variable's name, not a token)
+TENANT_ENV = "ROTATOR_TENANT"
+
 # Listing limits above this are bad input (a database integer holds no more; nobody reads more).
 MAX_LIMIT = 1_000_000_000
 log = logging.getLogger("rotator.cli")
@@ -111,11 +123,33 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 @contextmanager
 def service(options: EngineOptions | None = None) -> Iterator[BlockingService]:
+    """The service, acting as the caller (see :func:`acting_principal`) in every use case
+    called through it."""
     svc = BlockingService.open(Settings.from_env(), options=options)
     try:
+        svc.bind(acting_principal(svc))
         yield svc
     finally:
         svc.close()
+
+
+def acting_principal(svc: BlockingService, env: Mapping[str, str] | None = None) -> Principal:
+    """Who the CLI acts as: with ``ROTATOR_TOKEN``, the token's principal (a bad token raises
+    AuthenticationFailed; a ``ROTATOR_TENANT`` other than the token's tenant is bad input);
+    without, the store's owner in ``ROTATOR_TENANT`` (default ``default``)."""
+    env = os.environ if env is None else env
+    token = env.get(TOKEN_ENV) or None
+    tenant = env.get(TENANT_ENV) or None
+    if tenant is not None:
+        names.check_tenant_name(tenant)
+    if token is None:
+        return LOCAL_PRINCIPAL.with_tenant(tenant or DEFAULT_TENANT)
+    principal = svc.authenticate(token)
+    if tenant is not None and tenant != principal.tenant:
+        raise InvalidInput(
+            f"{TENANT_ENV}={tenant!r} but the token acts in tenant {principal.tenant!r}"
+        )
+    return principal
 
 
 def emit_json(data: Any) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated
 
 import typer
 
 from rotator.cli.app import (
+    TOKEN_ENV,
     BlackoutOpt,
     CronOpt,
     EveryOpt,
@@ -48,6 +50,8 @@ from rotator.service.views import credential_view
 @app.command()
 def init() -> None:
     """Create the store and the master key (idempotent)."""
+    if os.environ.get(TOKEN_ENV):
+        raise InvalidInput(f"rotator init is the store owner's: unset {TOKEN_ENV}")
     settings = Settings.from_env()
     svc, created = BlockingService.init(settings)
     try:

@@ -15,6 +15,7 @@ import typer
 
 # Each module registers its commands on the apps of rotator.cli.app when imported.
 from rotator.cli import (  # noqa: F401
+    access,
     audit,
     credentials,
     events,

@@ -10,6 +10,8 @@ CREDENTIAL_NAME = re.compile(r"[a-z0-9][a-z0-9._/-]{0,199}")
 TAG_KEY = re.compile(r"[a-z0-9][a-z0-9._/-]{0,62}")
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 CONFIG_KEY = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+PRINCIPAL_NAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,99}")
+SCOPE_GLOB = re.compile(r"[a-z0-9._/*?\[\]-]{1,200}")
 
 
 def check_credential_name(name: str) -> str:
@@ -27,6 +29,25 @@ def check_tenant_name(name: str) -> str:
     if not TENANT_NAME.fullmatch(name):
         raise InvalidInput(f"invalid tenant name {name!r}")
     return name
+
+
+def check_principal_name(name: str) -> str:
+    """Return ``name`` if it is a valid principal name, else raise InvalidInput naming it."""
+    if not PRINCIPAL_NAME.fullmatch(name):
+        raise InvalidInput(
+            f"invalid principal name {name!r}: use 1-100 characters of a-z 0-9 . _ @ -, "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_scope(scope: str) -> str:
+    """Return ``scope`` if it is a valid grant scope (a name glob), else raise InvalidInput."""
+    if not SCOPE_GLOB.fullmatch(scope):
+        raise InvalidInput(
+            f"invalid scope {scope!r}: use 1-200 characters of a-z 0-9 . _ / - * ? [ ]"
+        )
+    return scope
 
 
 def parse_pairs(

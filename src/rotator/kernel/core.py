@@ -134,22 +134,29 @@ class Kernel:
         return t
 
     def tenant(self, name: str) -> Tenant:
-        """The tenant named ``name``, created with its data key on first use."""
+        """The tenant named ``name``, created with its data key if it does not exist. Only
+        ``init`` (the default tenant) and ``tenant add`` may create tenants: everything
+        else uses :meth:`find_tenant`."""
         try:
             return self.find_tenant(name)
         except NotFound:
             pass
+        with self.db.write() as conn:
+            t = self.create_tenant(conn, name)
+        self._tenants[name] = t
+        return t
+
+    def create_tenant(self, conn: Connection, name: str) -> Tenant:
+        """In ``conn``'s transaction: the tenant named ``name`` with a data key, each made
+        if missing (so a tenant left without a key by an old crash gets one). Raises
+        InvalidInput for a bad name."""
         names.check_tenant_name(name)
         now = self.clock()
-        with self.db.write() as conn:
-            t = store_keys.get_tenant(conn, name) or store_keys.insert_tenant(conn, name, now)
-            if store_keys.latest_data_key(conn, t.id) is None:
-                dk_id = store_keys.reserve_data_key(conn, t.id, self.ring.current_id, now)
-                wrapped = crypto.wrap(
-                    self.ring.current, crypto.new_data_key_material(), t.id, dk_id
-                )
-                store_keys.set_wrapped(conn, dk_id, wrapped, self.ring.current_id)
-        self._tenants[name] = t
+        t = store_keys.get_tenant(conn, name) or store_keys.insert_tenant(conn, name, now)
+        if store_keys.latest_data_key(conn, t.id) is None:
+            dk_id = store_keys.reserve_data_key(conn, t.id, self.ring.current_id, now)
+            wrapped = crypto.wrap(self.ring.current, crypto.new_data_key_material(), t.id, dk_id)
+            store_keys.set_wrapped(conn, dk_id, wrapped, self.ring.current_id)
         return t
 
     def _data_key(self, conn: Connection, data_key_id: int) -> crypto.DataKey:

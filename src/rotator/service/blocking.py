@@ -11,6 +11,7 @@ its own event loop can use the facade too (it blocks that loop while it waits).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import threading
 from collections.abc import Callable, Coroutine
@@ -23,6 +24,7 @@ from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
 from rotator.scheduler import SchedulerOptions
 from rotator.service import (
+    access,
     checkpoints,
     events,
     evidence,
@@ -41,16 +43,38 @@ T = TypeVar("T")
 
 
 class _Blocking(Generic[P, R]):
-    """A use case ``fn(service, ...)`` as a blocking method of the facade."""
+    """A use case ``fn(service, ...)`` as a blocking method of the facade. When the facade
+    has a bound principal (:meth:`BlockingService.bind`) and the use case takes
+    ``principal``, the call gets ``principal=`` the bound one unless the caller gave one."""
 
     def __init__(self, fn: Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]]):
         self.fn = fn
         self.__doc__ = fn.__doc__
+        params = list(inspect.signature(fn).parameters.values())[1:]  # after the service
+        # How many positional arguments reach ``principal`` (None: it is keyword-only or
+        # there is none), to tell whether a caller passed it positionally.
+        self._principal_at: int | None = None
+        self._takes_principal = False
+        for i, prm in enumerate(params):
+            if prm.name == "principal":
+                self._takes_principal = True
+                if prm.kind is not inspect.Parameter.KEYWORD_ONLY:
+                    self._principal_at = i
 
     def __get__(self, facade: BlockingService, owner: type | None = None) -> Callable[P, R]:
         fn = self.fn
+        bind = self._takes_principal
+        at = self._principal_at
 
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = facade.principal
+            if (
+                bind
+                and bound is not None
+                and "principal" not in kwargs
+                and (at is None or len(args) <= at)
+            ):
+                kwargs["principal"] = bound
             return facade.run(fn(facade.service, *args, **kwargs))
 
         return call
@@ -66,6 +90,7 @@ class BlockingService:
             target=self._loop.run_forever, name="rotator-service", daemon=True
         )
         self._thread.start()
+        self.principal: Principal | None = None
         try:
             self.service = self.run(make())
         except BaseException:
@@ -145,6 +170,12 @@ class BlockingService:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def bind(self, principal: Principal | None) -> None:
+        """Make every later use case called through this facade act as ``principal`` (unless
+        the call names one): the CLI binds the token's principal, or the owner in
+        ``ROTATOR_TENANT``, once, so no command can forget to pass it. None unbinds."""
+        self.principal = principal
+
     @property
     def kernel(self) -> Kernel:
         return self.service.kernel
@@ -166,10 +197,13 @@ class BlockingService:
         poll_s: float = 5.0,
         on_batch: Callable[[BatchResult], None] | None = None,
         options: SchedulerOptions | None = None,
-        principal: Principal = LOCAL_PRINCIPAL,
+        principal: Principal | None = None,
     ) -> None:
         """Run the scheduler loop until SIGINT or SIGTERM (call from the main thread); see
-        rotation.serve (a second worker on a SQLite store is refused)."""
+        rotation.serve (a second worker on a SQLite store is refused). ``principal`` None:
+        the bound one (:meth:`bind`), else the owner."""
+        if principal is None:
+            principal = self.principal or LOCAL_PRINCIPAL
         stop = self.run(_new_event())
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -190,10 +224,18 @@ class BlockingService:
                 signal.signal(sig, handler)
 
     def run_forwarders(
-        self, *, once: bool = False, give_up_after: int | None = None, poll_s: float = 1.0
+        self,
+        *,
+        once: bool = False,
+        give_up_after: int | None = None,
+        poll_s: float = 1.0,
+        principal: Principal | None = None,
     ) -> forwarding.RunStats:
         """Work the SIEM forwarders until SIGINT or SIGTERM, or (``once``) until caught up
-        (call from the main thread); see forwarding.run_forwarders."""
+        (call from the main thread); see forwarding.run_forwarders. ``principal`` None: the
+        bound one (:meth:`bind`), else the owner."""
+        if principal is None:
+            principal = self.principal or LOCAL_PRINCIPAL
         stop = self.run(_new_event())
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -201,7 +243,12 @@ class BlockingService:
         try:
             return self.run(
                 forwarding.run_forwarders(
-                    self.service, stop, once=once, give_up_after=give_up_after, poll_s=poll_s
+                    self.service,
+                    stop,
+                    once=once,
+                    give_up_after=give_up_after,
+                    poll_s=poll_s,
+                    principal=principal,
                 )
             )
         finally:
@@ -252,6 +299,15 @@ class BlockingService:
     list_forwarders = _Blocking(forwarding.list_forwarders)
     remove_forwarder = _Blocking(forwarding.remove_forwarder)
     compliance_report = _Blocking(reports.compliance_report)
+    add_principal = _Blocking(access.add_principal)
+    list_principals = _Blocking(access.list_principals)
+    remove_principal = _Blocking(access.remove_principal)
+    create_token = _Blocking(access.create_token)
+    list_tokens = _Blocking(access.list_tokens)
+    revoke_token = _Blocking(access.revoke_token)
+    authenticate = _Blocking(access.authenticate)
+    add_tenant = _Blocking(access.add_tenant)
+    list_tenants = _Blocking(access.list_tenants)
 
 
 async def _new_event() -> asyncio.Event:

@@ -138,14 +138,23 @@ class RotatorService:
         return await asyncio.get_running_loop().run_in_executor(self.engine.runtime.threads, fn)
 
     async def tenant(self, name: str) -> Tenant:
-        """The tenant named ``name``, created with its data key on first use."""
-        return await self._thread(partial(self.kernel.tenant, name))
+        """The tenant named ``name``. Never creates one (only ``init`` and
+        ``access.add_tenant`` do): NotFound naming the command that adds it."""
+        try:
+            return await self._thread(partial(self.kernel.find_tenant, name))
+        except NotFound:
+            raise NotFound(f"no tenant {name!r}: add it with `rotator tenant add {name}`") from None
 
     async def _existing_tenant(self, principal: Principal) -> Tenant | None:
+        """The principal's tenant for a read: None (read as empty) if it does not exist and
+        the principal is not the owner; NotFound naming `rotator tenant add` for the owner
+        (the one who can name any tenant). Never creates one."""
         try:
             return await self._thread(partial(self.kernel.find_tenant, principal.tenant))
         except NotFound:
-            return None
+            if not principal.owner:
+                return None
+        return await self.tenant(principal.tenant)
 
     async def authorize(
         self, principal: Principal, action: Action, name: str | None = None

@@ -395,6 +395,51 @@ rollout_items = Table(
     Index("ix_rollout_items_rollout_status", "rollout_id", "status"),
 )
 
+# -- principals and API tokens (migration 0011) -----------------------------------------------
+
+# Who may call: a person or a service of one tenant, holding grants (a role over a name glob).
+principals = Table(
+    "principals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("kind", String(16), nullable=False),  # person | service
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_principals_tenant_name"),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column(
+        "principal_id", Integer, ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("role", String(16), primary_key=True),
+    Column("scope", String(200), primary_key=True),
+)
+
+# API tokens: only the SHA-256 (hex) of the token's secret is kept, never the token.
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column(
+        "principal_id",
+        Integer,
+        ForeignKey("principals.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("digest", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+)
+
 # -- signed audit checkpoints (migration 0012) -------------------------------------------------
 
 # The public half of every Ed25519 key that signed a checkpoint, recorded the first time it

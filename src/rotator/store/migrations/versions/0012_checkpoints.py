@@ -1,7 +1,7 @@
 """Signed audit checkpoints: the ``audit_signing_keys`` and ``audit_checkpoints`` tables.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-11-28
 
 Also indexes ``audit_log.rotation_id`` (an evidence record reads a rotation's entries).
@@ -14,7 +14,7 @@ from alembic import op
 from rotator.store.schema import UTCDateTime
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,379 @@
+"""Use cases for principals, API tokens and tenants; and authentication (token -> Principal).
+
+Each use case calls ``svc.authorize`` first. Principals and tokens need
+``Action.PRINCIPAL_WRITE`` / ``PRINCIPAL_READ`` on the tenant as a whole (an admin of the
+tenant, or the owner); tenants need ``Action.STORE_ADMIN`` (the owner only). Every write is
+audited in its own transaction (``principal.add``, ``principal.remove``, ``token.create``,
+``token.revoke``, ``tenant.add``); so is every refused token (``auth.denied``).
+
+A token is ``rtr_<id>_<secret>``: ``id`` is 12 lowercase base32 characters (it names the
+row, and appears in listings and audit entries); ``secret`` is 32 random bytes, base64url
+without padding. The store keeps only the SHA-256 of the secret. A token is 256 bits of
+randomness, so nobody can guess it from its digest however fast the hash is; a slow or
+peppered hash (scrypt, argon2) only protects low-entropy passwords and would cost every
+request time for nothing here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from datetime import timedelta
+from functools import partial
+from hmac import compare_digest
+
+from sqlalchemy import Connection
+
+from rotator.domain import names
+from rotator.domain.access import PrincipalInfo, PrincipalKind, TokenInfo
+from rotator.domain.model import DEFAULT_TENANT, Tenant
+from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Grant, Principal, Role
+from rotator.errors import (
+    AlreadyExists,
+    AuthenticationFailed,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+)
+from rotator.service.credentials import RotatorService
+from rotator.store import keys as store_keys
+from rotator.store import principals as store_p
+
+TOKEN_PREFIX = "rtr_"  # noqa: S105 (a prefix that marks tokens, not a password)
+_TOKEN = re.compile(r"rtr_([a-z2-7]{12})_([A-Za-z0-9_-]{43})")
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lower case
+# Compared against when there is no stored digest (unknown id, malformed token), so every
+# refusal does the same work as a wrong secret.
+_DUMMY_DIGEST = hashlib.sha256(b"rotator: no such token").hexdigest()
+# last_used_at is written at most this often per token, so a hot path does not write.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+# Who a refused token's audit entry names: nobody was authenticated.
+UNAUTHENTICATED = "anonymous"
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def new_token() -> tuple[str, str, str]:
+    """A fresh token: (id, token, digest of its secret)."""
+    token_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+    secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
+    return token_id, f"{TOKEN_PREFIX}{token_id}_{secret}", _digest(secret)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+async def _authorize_in(
+    svc: RotatorService, principal: Principal, action: Action, tenant: str | None
+) -> Principal:
+    """Authorize ``action`` on the tenant as a whole, in ``tenant`` (None: the principal's
+    own); returns the principal acting there. Only the owner acts in another tenant: anyone
+    else naming one is refused (PermissionDenied, audited as ``access.denied``)."""
+    await svc.authorize(principal, action)
+    if tenant is None or tenant == principal.tenant:
+        return principal
+    names.check_tenant_name(tenant)
+    if principal.may(action, None, tenant):
+        return principal.with_tenant(tenant)
+    await svc._write(
+        lambda conn: svc.kernel.audit(
+            conn,
+            principal,
+            "access.denied",
+            None,
+            None,
+            {"permission": action.value, "tenant": tenant, "token": principal.token_id},
+        )
+    )
+    raise PermissionDenied(
+        f"permission denied: {principal.name!r} may not {action.value} in tenant {tenant!r}"
+    )
+
+
+def _role(role: str | Role) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        allowed = ", ".join(r.value for r in Role)
+        raise InvalidInput(f"unknown role {role!r}: use one of {allowed}") from None
+
+
+def _kind(kind: str | PrincipalKind) -> PrincipalKind:
+    try:
+        return PrincipalKind(kind)
+    except ValueError:
+        raise InvalidInput(f"unknown principal kind {kind!r}: use person or service") from None
+
+
+async def _principal_id(svc: RotatorService, tenant: Tenant, name: str) -> int:
+    pid = await svc._read(partial(store_p.principal_id, tenant_id=tenant.id, name=name))
+    if pid is None:
+        raise NotFound(f"no principal {name!r} in tenant {tenant.name!r}")
+    return pid
+
+
+# -- principals ------------------------------------------------------------------------------
+
+
+async def add_principal(
+    svc: RotatorService,
+    name: str,
+    role: str | Role,
+    *,
+    scope: str = "*",
+    kind: str | PrincipalKind = PrincipalKind.PERSON,
+    tenant: str | None = None,
+    principal: Principal = LOCAL_PRINCIPAL,
+) -> PrincipalInfo:
+    """Add a principal with one grant (``role`` over the names matching ``scope``) to
+    ``tenant`` (None: the caller's; another tenant needs the owner). Audited as
+    ``principal.add``. Raises PermissionDenied, InvalidInput (name, role, scope, kind),
+    NotFound (no such tenant), AlreadyExists (the name is taken in that tenant)."""
+    acting = await _authorize_in(svc, principal, Action.PRINCIPAL_WRITE, tenant)
+    names.check_principal_name(name)
+    grant = Grant(_role(role), names.check_scope(scope))
+    kind_ = _kind(kind)
+    t = await svc.tenant(acting.tenant)
+    now = svc.clock()
+
+    def write(conn: Connection) -> PrincipalInfo:
+        if store_p.principal_id(conn, t.id, name) is not None:
+            raise AlreadyExists(f"principal {name!r} exists already in tenant {t.name!r}")
+        store_p.insert_principal(
+            conn,
+            tenant_id=t.id,
+            name=name,
+            kind=kind_,
+            grant=grant,
+            now=now,
+            created_by=principal.name,
+        )
+        svc.kernel.audit(
+            conn,
+            acting,
+            "principal.add",
+            None,
+            None,
+            {"principal": name, "kind": kind_.value, "role": grant.role.value, "scope": scope},
+        )
+        return PrincipalInfo(name, t.name, kind_, (grant,), now, principal.name)
+
+    return await svc._write(write)
+
+
+async def list_principals(
+    svc: RotatorService, principal: Principal = LOCAL_PRINCIPAL
+) -> list[PrincipalInfo]:
+    """The principals of the caller's tenant, by name, with their grants."""
+    await svc.authorize(principal, Action.PRINCIPAL_READ)
+    t = await svc.tenant(principal.tenant)
+    return await svc._read(partial(store_p.list_principals, tenant_id=t.id, tenant=t.name))
+
+
+async def remove_principal(
+    svc: RotatorService, name: str, principal: Principal = LOCAL_PRINCIPAL
+) -> None:
+    """Remove a principal of the caller's tenant with its grants and tokens (which stop
+    working at once). Audited as ``principal.remove`` with the ids of the tokens removed.
+    Raises PermissionDenied, InvalidInput, NotFound."""
+    await svc.authorize(principal, Action.PRINCIPAL_WRITE)
+    names.check_principal_name(name)
+    t = await svc.tenant(principal.tenant)
+
+    def write(conn: Connection) -> None:
+        pid = store_p.principal_id(conn, t.id, name)
+        if pid is None:
+            raise NotFound(f"no principal {name!r} in tenant {t.name!r}")
+        removed = store_p.delete_principal(conn, pid)
+        svc.kernel.audit(
+            conn, principal, "principal.remove", None, None, {"principal": name, "tokens": removed}
+        )
+
+    await svc._write(write)
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+
+async def create_token(
+    svc: RotatorService,
+    principal_name: str,
+    *,
+    expires: timedelta | None = None,
+    principal: Principal = LOCAL_PRINCIPAL,
+) -> tuple[TokenInfo, str]:
+    """A new API token for a principal of the caller's tenant, valid until now + ``expires``
+    (None: until revoked). Returns its metadata and the token, which is shown this once:
+    the store keeps only a digest of it. Audited as ``token.create`` (id, principal,
+    expiry; never the token). Raises PermissionDenied, InvalidInput, NotFound."""
+    await svc.authorize(principal, Action.PRINCIPAL_WRITE)
+    names.check_principal_name(principal_name)
+    if expires is not None and expires <= timedelta(0):
+        raise InvalidInput("--expires must be a positive duration")
+    t = await svc.tenant(principal.tenant)
+    now = svc.clock()
+    expires_at = None if expires is None else now + expires
+    token_id, token, digest = new_token()
+
+    def write(conn: Connection) -> TokenInfo:
+        pid = store_p.principal_id(conn, t.id, principal_name)
+        if pid is None:
+            raise NotFound(f"no principal {principal_name!r} in tenant {t.name!r}")
+        store_p.insert_token(
+            conn,
+            token_id=token_id,
+            principal_id=pid,
+            digest=digest,
+            now=now,
+            created_by=principal.name,
+            expires_at=expires_at,
+        )
+        svc.kernel.audit(
+            conn,
+            principal,
+            "token.create",
+            None,
+            None,
+            {
+                "token": token_id,
+                "principal": principal_name,
+                "expires_at": None if expires_at is None else expires_at.isoformat(),
+            },
+        )
+        return TokenInfo(token_id, principal_name, t.name, now, principal.name, expires_at)
+
+    return await svc._write(write), token
+
+
+async def list_tokens(
+    svc: RotatorService,
+    principal_name: str | None = None,
+    principal: Principal = LOCAL_PRINCIPAL,
+) -> list[TokenInfo]:
+    """The tokens of the caller's tenant (or of one of its principals), oldest first:
+    metadata only, never a token or its digest."""
+    await svc.authorize(principal, Action.PRINCIPAL_READ)
+    t = await svc.tenant(principal.tenant)
+    pid = None
+    if principal_name is not None:
+        names.check_principal_name(principal_name)
+        pid = await _principal_id(svc, t, principal_name)
+    return await svc._read(partial(store_p.list_tokens, tenant_id=t.id, principal_id=pid))
+
+
+async def revoke_token(
+    svc: RotatorService, token_id: str, principal: Principal = LOCAL_PRINCIPAL
+) -> TokenInfo:
+    """Revoke a token of the caller's tenant: it is refused from now on. Idempotent (a
+    revoked token stays revoked at its first time; only the first call is audited, as
+    ``token.revoke``). Raises PermissionDenied, NotFound (no such token in the tenant)."""
+    await svc.authorize(principal, Action.PRINCIPAL_WRITE)
+    t = await svc.tenant(principal.tenant)
+    now = svc.clock()
+
+    def write(conn: Connection) -> TokenInfo:
+        info = store_p.get_token(conn, t.id, token_id)
+        if info is None:
+            raise NotFound(f"no token {token_id!r} in tenant {t.name!r}")
+        if store_p.revoke_token(conn, token_id, now):
+            svc.kernel.audit(
+                conn,
+                principal,
+                "token.revoke",
+                None,
+                None,
+                {"token": token_id, "principal": info.principal},
+            )
+        out = store_p.get_token(conn, t.id, token_id)
+        assert out is not None
+        return out
+
+    return await svc._write(write)
+
+
+async def authenticate(svc: RotatorService, token: str) -> Principal:
+    """The principal a token stands for, acting in its tenant with its grants.
+
+    Every refusal raises AuthenticationFailed with one line that never quotes the token
+    ("invalid token" when it is malformed, unknown or its secret is wrong; "token ID
+    expired at ..." or "token ID was revoked" only once its secret matched), and is audited
+    as ``auth.denied`` (the token id when the format parsed, and the reason) in its own
+    transaction. The secret is compared in constant time, and against a dummy digest when
+    there is nothing to compare with, so every refusal does the same work. A success records
+    ``last_used_at`` (at most once a minute per token)."""
+    m = _TOKEN.fullmatch(token)
+    token_id, secret = (m.group(1), m.group(2)) if m else (None, "")
+    record = None
+    if token_id is not None:
+        record = await svc._read(partial(store_p.find_token, token_id=token_id))
+    stored = record.digest if record is not None else _DUMMY_DIGEST
+    matched = compare_digest(stored, _digest(secret if m else "")) and record is not None
+    now = svc.clock()
+    if record is None or not matched:
+        reason = "malformed" if m is None else ("unknown id" if record is None else "wrong secret")
+        await _deny(svc, record.info.tenant if record else DEFAULT_TENANT, token_id, reason)
+        raise AuthenticationFailed("invalid token")
+    info = record.info
+    if info.revoked_at is not None:
+        await _deny(svc, info.tenant, token_id, "revoked")
+        raise AuthenticationFailed(f"token {token_id} was revoked")
+    if info.expires_at is not None and info.expires_at <= now:
+        await _deny(svc, info.tenant, token_id, "expired")
+        raise AuthenticationFailed(
+            f"token {token_id} expired at {info.expires_at.isoformat(timespec='seconds')}"
+        )
+
+    def load(conn: Connection) -> tuple[Grant, ...]:
+        return store_p.grants_of(conn, [record.principal_id]).get(record.principal_id, ())
+
+    grants = await svc._read(load)
+    if info.last_used_at is None or info.last_used_at < now - LAST_USED_RESOLUTION:
+        await svc._write(
+            partial(
+                store_p.touch_token,
+                token_id=info.id,
+                now=now,
+                before=now - LAST_USED_RESOLUTION,
+            )
+        )
+    return Principal(info.principal, info.tenant, grants, owner=False, token_id=info.id)
+
+
+async def _deny(svc: RotatorService, tenant: str, token_id: str | None, reason: str) -> None:
+    details = {"reason": reason} if token_id is None else {"token": token_id, "reason": reason}
+    who = Principal(name=UNAUTHENTICATED, tenant=tenant)
+    await svc._write(
+        lambda conn: svc.kernel.audit(conn, who, "auth.denied", None, None, dict(details))
+    )
+
+
+# -- tenants ---------------------------------------------------------------------------------
+
+
+async def add_tenant(
+    svc: RotatorService, name: str, principal: Principal = LOCAL_PRINCIPAL
+) -> Tenant:
+    """Create a tenant with its own data key (the owner only). Audited as ``tenant.add``.
+    Raises PermissionDenied, InvalidInput (name), AlreadyExists."""
+    await svc.authorize(principal, Action.STORE_ADMIN)
+    names.check_tenant_name(name)
+
+    def write(conn: Connection) -> Tenant:
+        if store_keys.get_tenant(conn, name) is not None:
+            raise AlreadyExists(f"tenant {name!r} exists already")
+        t = svc.kernel.create_tenant(conn, name)
+        svc.kernel.audit(conn, principal.with_tenant(name), "tenant.add", None, None, {})
+        return t
+
+    return await svc._write(write)
+
+
+async def list_tenants(svc: RotatorService, principal: Principal = LOCAL_PRINCIPAL) -> list[Tenant]:
+    """Every tenant, by name (the owner only)."""
+    await svc.authorize(principal, Action.STORE_ADMIN)
+    rows = await svc._read(store_p.list_tenants)
+    return [Tenant(id=i, name=n, created_at=c) for i, n, c in rows]
