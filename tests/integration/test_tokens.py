@@ -258,9 +258,7 @@ def _exercise(svc: BlockingService, timed: BlockingService, clock: Clock) -> lis
     """Make tokens and use them every way; return every token made."""
     team(svc)
     made = []
-    _, token = timed.create_token(
-        "alice", expires=timedelta(days=1), principal=owner_in("team-a")
-    )
+    _, token = timed.create_token("alice", expires=timedelta(days=1), principal=owner_in("team-a"))
     made.append(token)
     admin = timed.authenticate(token)
     rita_info, rita = timed.create_token("rita", principal=admin)
