@@ -138,9 +138,7 @@ def test_a_copy_with_its_checkpoint_verifies_with_only_the_public_key_in_an_empt
         f"ok: entries 1..{seq} match the checkpoint signed by key {shared.record['key_id']} "
         f"at {shared.record['created_at']}"
     )
-    assert r.stdout.rstrip().endswith(
-        f"; entry {len(lines)} is not covered by it (none redacted)"
-    )
+    assert r.stdout.rstrip().endswith(f"; entry {len(lines)} is not covered by it (none redacted)")
     assert not (shared.copy.parent / "rotator.db").exists(), "verify-copy must open no store"
 
 
