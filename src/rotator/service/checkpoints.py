@@ -133,11 +133,11 @@ def _read_file(path: Path, what: str) -> bytes:
 def _checkpoint(path: Path) -> Checkpoint:
     cp_bytes = _read_file(path, "the checkpoint")
     try:
-        record = json.loads(cp_bytes)
+        record = audit_cp.parse_line(cp_bytes.decode("utf-8"))
         if not isinstance(record, dict):
             raise ValueError("it is not a JSON object")
         return Checkpoint.from_json(record)
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidInput(
             f"the checkpoint file {str(path)!r} is not a checkpoint record: {exc}"
         ) from None
