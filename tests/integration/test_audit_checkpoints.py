@@ -138,7 +138,7 @@ def test_a_copy_with_its_checkpoint_verifies_with_only_the_public_key_in_an_empt
         f"ok: entries 1..{seq} match the checkpoint signed by key {shared.record['key_id']} "
         f"at {shared.record['created_at']}"
     )
-    assert r.stdout.rstrip().endswith(f"; entry {len(lines)} is not covered by it")
+    assert r.stdout.rstrip().endswith(f"; entry {len(lines)} is not covered by it (none redacted)")
     assert not (shared.copy.parent / "rotator.db").exists(), "verify-copy must open no store"
 
 
@@ -147,9 +147,10 @@ def _resign(record: dict[str, object], **changes: object) -> dict[str, object]:
     is given among ``changes``)."""
     other = Ed25519PrivateKey.generate()
     raw = other.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    body = {k: record[k] for k in ("v", "seq", "digest", "head_hash", "key_id", "created_at")}
+    fields = ("v", "seq", "digest", "head_hash", "key_id", "created_at", "prev_seq", "prev_digest")
+    body = {k: record[k] for k in fields}
     body.update(changes)
-    sig = other.sign(b"rotator/audit-checkpoint/v1|" + canonical(body).encode())
+    sig = other.sign(b"rotator/audit-checkpoint/v2|" + canonical(body).encode())
     return {**record, **body, "signature": sig.hex()} | (
         {"key_id": hashlib.sha256(raw).hexdigest()[:16]} if "key_id" not in changes else {}
     )

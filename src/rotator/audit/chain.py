@@ -91,6 +91,10 @@ class AuditKeys:
     def find(self, key_id: str | None) -> AuditKey | None:
         return self._keys.get(key_id or "")
 
+    def held(self) -> list[AuditKey]:
+        """Every audit key this process holds (the current one and every older one)."""
+        return list(self._keys.values())
+
     def with_key(self, key: AuditKey) -> AuditKeys:
         return AuditKeys({**self._keys, key.id: key}, self.initial)
 

@@ -42,3 +42,16 @@ def credential_actions_after(
         .order_by(audit_log.c.seq)
     )
     return [_row_to_entry(r) for r in conn.execute(q).all()]
+
+
+def checkpoint_tenants(conn: Connection, seqs: list[int]) -> dict[int, str]:
+    """The tenant of the ``audit.checkpoint`` entry of each checkpoint of entry ``seq`` (the
+    entry right after it, appended in the same transaction), by checkpoint seq."""
+    found: dict[int, str] = {}
+    for i in range(0, len(seqs), 500):
+        q = select(audit_log.c.seq, audit_log.c.tenant).where(
+            audit_log.c.seq.in_([s + 1 for s in seqs[i : i + 500]]),
+            audit_log.c.action == "audit.checkpoint",
+        )
+        found.update({r.seq - 1: r.tenant for r in conn.execute(q).all()})
+    return found

@@ -163,15 +163,25 @@ def audit_public_key() -> None:
 def audit_verify_copy(
     copy: Annotated[Path, typer.Argument(help="A copy of the log (`rotator audit export`).")],
     checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", help="`rotator audit checkpoint --json` output.")
+        list[Path],
+        typer.Option(
+            "--checkpoint",
+            help="`rotator audit checkpoint --json` output; repeat it for several (they must "
+            "chain).",
+        ),
     ],
     public_key: Annotated[
         Path, typer.Option("--public-key", help="`rotator audit public-key` output.")
     ],
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="The copy must be whole: refuse any redacted line."),
+    ] = False,
 ) -> None:
-    """Verify a copy of the log against a signed checkpoint with only the public key. Opens
-    no store: works anywhere, without ROTATOR_HOME or the master key."""
-    result = verify_copy(copy, checkpoint, public_key)
+    """Verify a copy of the log against signed checkpoints with only the public key, and say
+    how many lines were redacted. Opens no store: works anywhere, without ROTATOR_HOME or the
+    master key."""
+    result = verify_copy(copy, checkpoint, public_key, full=full)
     if not result.ok:
         fail(result.message, code=1)
     sys.stdout.write(result.message + "\n")

@@ -1,10 +1,12 @@
-"""The audit signing key: Ed25519, derived from the master key, for signed audit checkpoints.
+"""The audit signing key: Ed25519, derived from an audit key, for signed audit checkpoints.
 
-The private key is HKDF-SHA-256 (info ``rotator/audit-signing/v1``) over the master key's
-material, so every process holding the master key derives the same key and nothing private is
-ever stored. Its public id is the first 16 hex digits of SHA-256 over the raw 32-byte public
-key, so anyone holding the public key can recompute the id a checkpoint names. Repr never shows
-the private key.
+The private key is HKDF-SHA-256 (info ``rotator/audit-signing/v1``) over the audit key's
+material, so every process holding that audit key (the master key's, or an older one kept
+wrapped under it) derives the same key and nothing private is ever stored: the set of keys
+rotator trusts is derived from the audit keys it holds, never read from the database. Its
+public id is the first 16 hex digits of SHA-256 over the raw 32-byte public key, so anyone
+holding the public key can recompute the id a checkpoint names. Repr never shows the private
+key.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from rotator.crypto.keys import MasterKey
+from rotator.crypto.integrity import AuditKey
 from rotator.errors import CryptoError
 
 _SIGNING_INFO = b"rotator/audit-signing/v1"
@@ -48,10 +50,11 @@ class SigningKey:
         return f"SigningKey(id={self.id!r})"
 
 
-def audit_signing_key(master: MasterKey) -> SigningKey:
-    """The signing key that belongs to ``master`` (same master, same key, in every process)."""
+def audit_signing_key(audit_key: AuditKey) -> SigningKey:
+    """The signing key that belongs to ``audit_key`` (same audit key, same signing key, in
+    every process)."""
     seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SIGNING_INFO).derive(
-        master.material
+        audit_key._key
     )
     return SigningKey(Ed25519PrivateKey.from_private_bytes(seed))
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -32,6 +34,7 @@ Checkpoint = audit_cp.Checkpoint
 CopyResult = audit_cp.CopyResult
 EXPORT_FORMATS = ("jsonl", "cef")
 WORKER = Principal(name="worker", owner=True)  # the actor of periodic checkpoints
+ROTATOR_ACTORS = frozenset({WORKER.name, LOCAL_PRINCIPAL.name})  # rotator's own, not a tenant's
 
 
 async def make_checkpoint(
@@ -49,9 +52,25 @@ async def make_checkpoint(
 async def list_checkpoints(
     svc: RotatorService, principal: Principal = LOCAL_PRINCIPAL
 ) -> list[Checkpoint]:
-    """Every signed checkpoint, oldest first (Action.AUDIT_READ)."""
+    """Every signed checkpoint, oldest first (Action.AUDIT_READ). For a principal that is not
+    the owner, ``created_by`` (not signed) is shown only when it is rotator's own (``worker``,
+    ``local``) or a principal of its own tenant (the tenant of the checkpoint's audit entry),
+    else ``"-"``: another tenant's principal names are not shown."""
     await svc.authorize(principal, Action.AUDIT_READ)
-    return await svc._read(audit_cp.checkpoints)
+    if principal.owner:
+        return await svc._read(audit_cp.checkpoints)
+
+    def read(conn: Connection) -> list[Checkpoint]:
+        cps = audit_cp.checkpoints(conn)
+        tenants = audit_reads.checkpoint_tenants(conn, [cp.seq for cp in cps])
+        return [
+            cp
+            if cp.created_by in ROTATOR_ACTORS or tenants.get(cp.seq) == principal.tenant
+            else dataclasses.replace(cp, created_by="-")
+            for cp in cps
+        ]
+
+    return await svc._read(read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +82,12 @@ class PublicKey:
 async def public_keys(
     svc: RotatorService, principal: Principal = LOCAL_PRINCIPAL
 ) -> list[PublicKey]:
-    """The PEM of every key that signed a checkpoint, and of the current signing key
-    (Action.AUDIT_READ)."""
+    """The PEM of every signing key rotator trusts (Action.AUDIT_READ): one derived from each
+    audit key it holds, the current one and every older one, so checkpoints signed before a
+    master-key rotation stay verifiable. Never a key read from the store."""
     await svc.authorize(principal, Action.AUDIT_READ)
-    kernel = svc.kernel
-
-    def read(conn: Connection) -> dict[str, bytes]:
-        keys = audit_cp.public_keys(conn)
-        current = kernel_cp.signing_key(kernel, conn)
-        keys.setdefault(current.id, current.public_raw)
-        return keys
-
-    keys = await svc._read(read)
-    return [PublicKey(k, public_pem(raw)) for k, raw in keys.items()]
+    keys = kernel_cp.public_keys(svc.kernel)
+    return [PublicKey(k, public_pem(raw)) for k, raw in sorted(keys.items())]
 
 
 async def export(
@@ -85,7 +97,8 @@ async def export(
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> list[str]:
     """The entries after seq ``since`` as lines (no newline): ``jsonl`` is one
-    ``AuditEntry.to_json()`` per line; ``cef`` one CEF:0 line (rotator.audit.formats).
+    ``AuditEntry.to_json()`` plus its leaf ``salt`` (hex) per line; ``cef`` one CEF:0 line
+    (rotator.audit.formats).
     Action.AUDIT_READ on the tenant. A principal that is not the owner sees its own tenant's
     entries; in jsonl every other entry is the redacted ``{"seq", "leaf"}`` line, so the copy
     still verifies against a checkpoint; in cef other tenants' entries are left out."""
@@ -96,6 +109,7 @@ async def export(
     await svc.authorize(principal, Action.AUDIT_READ)
 
     entries = await svc._read(partial(audit_reads.entries_after, since=since))
+    keys = svc.kernel.audit_keys
     lines = []
     for e in entries:
         mine = principal.owner or e.tenant == principal.tenant
@@ -103,9 +117,9 @@ async def export(
             if mine:
                 lines.append(formats.to_cef(e))
         elif mine:
-            lines.append(json.dumps(e.to_json(), sort_keys=True))
+            lines.append(json.dumps(audit_cp.export_line(e, keys), sort_keys=True))
         else:
-            lines.append(json.dumps(audit_cp.redacted(e), sort_keys=True))
+            lines.append(json.dumps(audit_cp.redacted(e, keys), sort_keys=True))
     return lines
 
 
@@ -116,24 +130,37 @@ def _read_file(path: Path, what: str) -> bytes:
         raise InvalidInput(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
 
 
-def verify_copy(copy: Path, checkpoint: Path, public_key: Path) -> CopyResult:
-    """Check a copy of the log (``rotator audit export``) against a checkpoint record
-    (``rotator audit checkpoint --json``) with a public key (``rotator audit public-key``).
-    Opens no store. InvalidInput / CryptoError (bad input) for a file that cannot be read or is
-    not a checkpoint / a PEM key; otherwise the result says ok or names the problem."""
-    cp_bytes = _read_file(checkpoint, "the checkpoint")
-    pem = _read_file(public_key, "the public key")
+def _checkpoint(path: Path) -> Checkpoint:
+    cp_bytes = _read_file(path, "the checkpoint")
     try:
-        record = json.loads(cp_bytes)
+        record = audit_cp.parse_line(cp_bytes.decode("utf-8"))
         if not isinstance(record, dict):
             raise ValueError("it is not a JSON object")
-        cp = Checkpoint.from_json(record)
-    except ValueError as exc:
-        raise InvalidInput(f"the checkpoint file is not a checkpoint record: {exc}") from None
+        return Checkpoint.from_json(record)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InvalidInput(
+            f"the checkpoint file {str(path)!r} is not a checkpoint record: {exc}"
+        ) from None
+
+
+def verify_copy(
+    copy: Path, checkpoint: Path | Sequence[Path], public_key: Path, *, full: bool = False
+) -> CopyResult:
+    """Check a copy of the log (``rotator audit export``) against one or more checkpoint
+    records (``rotator audit checkpoint --json``), which must chain, with a public key
+    (``rotator audit public-key``). ``full``: refuse a redacted line. Opens no store.
+    InvalidInput / CryptoError (bad input) for a file that cannot be read or is not a
+    checkpoint / a PEM key, or a line of the copy that is not a JSON object; otherwise the
+    result says ok (with how many lines were redacted) or names the problem."""
+    paths = [checkpoint] if isinstance(checkpoint, Path) else list(checkpoint)
+    cps = [_checkpoint(p) for p in paths]
+    pem = _read_file(public_key, "the public key")
     keys = load_public_pems(pem)
     try:
         with copy.open(encoding="utf-8", errors="strict") as f:
-            return audit_cp.verify_copy(f, cp, keys)
+            return audit_cp.verify_copy(f, cps, keys, full=full)
+    except audit_cp.BadLine as exc:
+        raise InvalidInput(str(exc)) from None
     except OSError as exc:
         raise InvalidInput(f"cannot read the copy {str(copy)!r}: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -443,8 +443,9 @@ tokens = Table(
 # -- signed audit checkpoints (migration 0012) -------------------------------------------------
 
 # The public half of every Ed25519 key that signed a checkpoint, recorded the first time it
-# signs (the private key is derived from the master key, never stored), so checkpoints signed
-# before a master-key rotation stay verifiable. ``id``: first 16 hex of SHA-256(public_key).
+# signs (the private key is derived from an audit key, never stored). A record only: rotator
+# never trusts it (it derives the keys it trusts from the audit keys it holds). ``id``: first
+# 16 hex of SHA-256(public_key).
 audit_signing_keys = Table(
     "audit_signing_keys",
     metadata,
@@ -466,6 +467,10 @@ audit_checkpoints = Table(
     Column("signature", String(128), nullable=False),
     Column("created_at", String(40), nullable=False),
     Column("created_by", String(200), nullable=False),
+    # migration 0014: the previous checkpoint's seq and digest, signed (body v2); NULL only in
+    # rows written before it, which do not verify.
+    Column("prev_seq", BigInteger, nullable=True),
+    Column("prev_digest", String(64), nullable=True),
 )
 
 # Evidence records read a rotation's audit entries by its id.
