@@ -263,3 +263,23 @@ def test_evidence_names_who_requested_the_rotation_and_a_scheduled_one_says_sche
     assert (ev.trigger, ev.requested_by, ev.result) == ("schedule", "scheduler", "finished")
     r = cli(settings, "report", "evidence", ev.rotation_id)
     assert "requested by scheduler" in r.stdout
+
+
+def test_a_group_rotation_and_a_risk_event_record_the_principal_that_asked(
+    svc: BlockingService,
+) -> None:
+    from rotator.domain.group import Group, parse_order
+    from rotator.service import EventInput
+
+    bob = Principal("bob", "default", (Grant(Role.OPERATOR, "*"),))
+    for n in ("g/db", "g/app", "r/key"):
+        svc.add_credential(n, "local", value=ValueInput(generate=True))
+    svc.add_group(Group("stack", parse_order(["g/db", "g/app"], [])))
+    assert svc.rotate_group("stack", principal=bob).ok
+    report = svc.report_event(EventInput("scanner", "high", credential="r/key"), principal=bob)
+    assert report.ok, report.to_json()
+    for name in ("g/db", "g/app", "r/key"):
+        ev = svc.rotation_evidence(rotation_id(svc, name))
+        assert (ev.requested_by, ev.result) == ("bob", "finished"), name
+        assert ev.proof is not None
+        assert ev.proof.row_ok
