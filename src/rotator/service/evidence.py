@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, select
@@ -133,10 +133,19 @@ class _Signed:
     result: str | None = None
     error: str | None = None
     finished_at: datetime | None = None
+    finished_ts: str | None = None  # the ending entry's own time (before finished_at)
 
 
 def _time(v: Any) -> datetime | None:
-    return datetime.fromisoformat(v) if isinstance(v, str) else None
+    """A time as an entry states it (an ISO detail, or the entry's own ``ts``); None when
+    absent or unreadable."""
+    if not isinstance(v, str):
+        return None
+    try:
+        t = datetime.fromisoformat(v.removesuffix("Z"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _signed(own: list[AuditEntry]) -> _Signed:
@@ -171,6 +180,7 @@ def _signed(own: list[AuditEntry]) -> _Signed:
         result=result,
         error=error,
         finished_at=finished,
+        finished_ts=None if end is None else end.ts,
     )
 
 
@@ -303,7 +313,7 @@ async def evidence(
             requested_by=signed.requested_by,
             started_by=own[0].actor if own else None,
             started_at=started,
-            finished_at=signed.finished_at,
+            finished_at=signed.finished_at or _time(signed.finished_ts),
             result=signed.result or "-",
             error=signed.error,
             test=_test_result(signed.result or "", {e.action for e in own}),
