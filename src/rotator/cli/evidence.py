@@ -16,7 +16,8 @@ def report_evidence(
 ) -> None:
     """Who/what/when, the test result, the revoke and the audit entries of one rotation, with
     the proof that they verify against the keyed chain and a signed checkpoint. Exit 1 when
-    the chain or the checkpoint does not verify (not yet covered is not a failure)."""
+    the chain or the checkpoint does not verify, or the rotations row disagrees with the signed
+    entries (not yet covered is not a failure)."""
     with service() as svc:
         ev = svc.rotation_evidence(rotation_id)
     if as_json:
@@ -24,7 +25,7 @@ def report_evidence(
     else:
         _print(ev)
     if ev.proof is not None and (
-        not ev.proof.chain_ok or (ev.proof.checkpoint and not ev.proof.ok)
+        not ev.proof.chain_ok or not ev.proof.row_ok or (ev.proof.checkpoint and not ev.proof.ok)
     ):
         fail(ev.proof.message, code=1)
 
@@ -33,8 +34,9 @@ def _print(ev: object) -> None:
     data = ev.to_json()  # type: ignore[attr-defined]
     lines = [
         f"rotation {data['rotation_id']} of {data['credential']} (tenant {data['tenant']})",
-        f"trigger: {data['trigger']}; started by {data['started_by'] or '-'} at "
-        f"{data['started_at']}; finished at {data['finished_at'] or '-'}",
+        f"trigger: {data['trigger']}; requested by {data['requested_by'] or '-'}; started by "
+        f"{data['started_by'] or '-'} at {data['started_at'] or '-'}; finished at "
+        f"{data['finished_at'] or '-'}",
         f"result: {data['result']}" + (f" ({data['error']})" if data["error"] else ""),
         f"test: {data['test']}",
         f"versions: {data['previous_version'] or '-'} -> {data['version'] or '-'}",

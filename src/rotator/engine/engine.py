@@ -223,10 +223,17 @@ class Engine:
         return res
 
     async def rotate_group(
-        self, group: Group, tenant: str = "default", *, emergency: bool = False
+        self,
+        group: Group,
+        tenant: str = "default",
+        *,
+        emergency: bool = False,
+        requested_by: str | None = None,
     ) -> BatchResult:
         """See :meth:`rotator.engine.groups.Groups.rotate`."""
-        return await self.groups.rotate(group, tenant, emergency=emergency)
+        return await self.groups.rotate(
+            group, tenant, emergency=emergency, requested_by=requested_by
+        )
 
     async def recover(self) -> list[RotationResult]:
         """Resume every rotation whose owner died (lease ran out, or its local pid is gone)."""

@@ -31,9 +31,15 @@ class Groups:
         self.rotate_one = rotate_one
 
     async def rotate(
-        self, group: Group, tenant: str = "default", *, emergency: bool = False
+        self,
+        group: Group,
+        tenant: str = "default",
+        *,
+        emergency: bool = False,
+        requested_by: str | None = None,
     ) -> BatchResult:
-        """Rotate a group's members in dependency order, ``min_offset`` apart per level.
+        """Rotate a group's members in dependency order, ``min_offset`` apart per level
+        (``requested_by``: see RotationRequest).
 
         Not all-or-nothing: a member whose predecessor failed is not rotated; the others are.
         All-or-nothing: every member is set and tested first; any failure rolls back all that
@@ -63,18 +69,24 @@ class Groups:
                 outs = await asyncio.gather(
                     *(
                         self.rotate_one(
-                            RotationRequest(n, tenant, trigger, grace), batch_id=batch_id
+                            RotationRequest(n, tenant, trigger, grace, requested_by=requested_by),
+                            batch_id=batch_id,
                         )
                         for n in runnable
                     )
                 )
                 results.update(zip(runnable, outs, strict=True))
         else:
-            results = await self._rotate_atomically(group, tenant, grace, batch_id)
+            results = await self._rotate_atomically(group, tenant, grace, batch_id, requested_by)
         return BatchResult([results[m.name] for m in group.members], time.monotonic() - t0)
 
     async def _rotate_atomically(
-        self, group: Group, tenant: str, grace: int | None, batch_id: str
+        self,
+        group: Group,
+        tenant: str,
+        grace: int | None,
+        batch_id: str,
+        requested_by: str | None = None,
     ) -> dict[str, RotationResult]:
         p = self.protocol
         results: dict[str, RotationResult] = {}
@@ -84,7 +96,10 @@ class Groups:
 
         async def stage(name: str) -> Ctx | RotationResult:
             started = await p.start(
-                RotationRequest(name, tenant, Trigger.GROUP, grace), batch_id, None, join=False
+                RotationRequest(name, tenant, Trigger.GROUP, grace, requested_by=requested_by),
+                batch_id,
+                None,
+                join=False,
             )
             if isinstance(started, RotationResult):
                 return started

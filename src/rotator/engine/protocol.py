@@ -237,6 +237,10 @@ class Protocol:
             connector=ctx.impl.kind,
             target=ctx.target,
             strategy=ctx.impl.strategy.value,
+            # Who asked and when, signed: the evidence record takes them from here, not from
+            # the rotations row (which anyone with the database can edit).
+            requested_by=ctx.req.requested_by,
+            started_at=now.isoformat(),
         )
         return None
 
@@ -386,10 +390,10 @@ class Protocol:
         lost rotation raises LostOwnership (in the writer's group commit, when its step writes
         are sent just before the commit) and nothing of the transaction commits."""
         kernel = self.rt.kernel
-        self.rt.step(conn, ctx, "finished")
+        now = self.rt.now()
+        self.rt.step(conn, ctx, "finished", now=now)
         for record in ctx.deferred:
             record(conn)
-        now = self.rt.now()
         grace = timedelta(seconds=ctx.grace_s)
         kernel.check_stage_map(conn, ctx.cred.id)
         previous = store_creds.promote(conn, ctx.cred.id, ctx.version, now=now, grace=grace)
@@ -422,6 +426,7 @@ class Protocol:
             previous_version=previous,
             grace_s=ctx.grace_s,
             duration_ms=round((time.monotonic() - ctx.started) * 1000, 2),
+            finished_at=now.isoformat(),
         )
         return previous
 
@@ -471,7 +476,7 @@ class Protocol:
                     conn, ctx.cred.id, ctx.version, Stage.FAILED, now, only_from=(Stage.PENDING,)
                 )
                 kernel.restamp(conn, ctx.cred.id)
-            self.rt.step(conn, ctx, "rolled_back" if rolled_back else "failed", error=msg)
+            self.rt.step(conn, ctx, "rolled_back" if rolled_back else "failed", now=now, error=msg)
             store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
             self.rt.audit_in(
                 conn,
@@ -479,6 +484,7 @@ class Protocol:
                 "rotation.rollback" if rolled_back else "rotation.failed",
                 error=msg,
                 target_touched=ctx.touched_target,
+                finished_at=now.isoformat(),
             )
 
         try:

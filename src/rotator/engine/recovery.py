@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 
 from rotator.connectors import base as cbase
 from rotator.domain.model import Stage
+from rotator.domain.principal import Principal
 from rotator.domain.secret import Secret
 from rotator.engine.context import ContextLoader, Ctx
 from rotator.engine.ownership import Lease, Leases, owner_dead
@@ -22,6 +23,7 @@ from rotator.engine.protocol import Protocol
 from rotator.engine.runtime import Runtime
 from rotator.engine.steps import StepRunner
 from rotator.engine.types import Outcome, RotationRequest, RotationResult, Trigger
+from rotator.engine.values import ENGINE_ACTOR
 from rotator.errors import ConnectorError, LostOwnership, RotationError, RotatorError
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
@@ -85,8 +87,25 @@ class Recovery:
                 # The credential cannot be loaded (e.g. its stages were edited outside
                 # rotator): touch nothing on the target, but end the rotation and free the
                 # credential, so a repaired store can rotate it again.
-                store_rot.set_step(c, row.id, "failed", rt.now(), fence=lease.fence, error=msg)
+                now = rt.now()
+                store_rot.set_step(c, row.id, "failed", now, fence=lease.fence, error=msg)
                 store_rot.release_lock(c, row.credential_id, row.id)
+                # Signed, like every end of a rotation: the evidence record compares the
+                # rotations row with it.
+                rt.kernel.audit(
+                    c,
+                    Principal(name=ENGINE_ACTOR, tenant=tenant, owner=True),
+                    "rotation.failed",
+                    row.credential,
+                    row.id,
+                    {
+                        "step": "resume",
+                        "error": msg,
+                        "trigger": row.trigger,
+                        "version": row.version,
+                        "finished_at": now.isoformat(),
+                    },
+                )
 
             # This process made no call: a claim lost meanwhile needs no repair.
             with contextlib.suppress(LostOwnership):
@@ -100,8 +119,17 @@ class Recovery:
         if row.version is None:  # intent never completed: nothing reached the target
 
             def abandon(c: Connection) -> None:
-                rt.step(c, ctx, "failed", error="abandoned before intent")
+                now = rt.now()
+                rt.step(c, ctx, "failed", now=now, error="abandoned before intent")
                 store_rot.release_lock(c, ctx.cred.id, row.id)
+                rt.audit_in(
+                    c,
+                    ctx,
+                    "rotation.failed",
+                    step="resume",
+                    error="abandoned before intent",
+                    finished_at=now.isoformat(),
+                )
 
             with contextlib.suppress(LostOwnership):
                 await rt.writer.run(abandon)

@@ -99,7 +99,12 @@ class Runtime:
             details.setdefault("version", ctx.version)
         self.kernel.audit(conn, ctx.who(), action, ctx.cred.name, ctx.rotation_id or None, details)
 
-    def step(self, conn: Connection, ctx: Ctx, step: str, **kw: Any) -> None:
-        """Record the rotation's step, conditioned on this process's token (LostOwnership)."""
+    def step(
+        self, conn: Connection, ctx: Ctx, step: str, now: datetime | None = None, **kw: Any
+    ) -> None:
+        """Record the rotation's step, conditioned on this process's token (LostOwnership).
+        ``now``: the time recorded (default the clock's), so a caller can sign the same time
+        in the step's audit entry."""
         assert ctx.fence is not None
-        store_rot.set_step(conn, ctx.rotation_id, step, self.now(), fence=ctx.fence, **kw)
+        at = self.now() if now is None else now
+        store_rot.set_step(conn, ctx.rotation_id, step, at, fence=ctx.fence, **kw)

@@ -48,7 +48,11 @@ class RotationRequest:
     checked before the value is created and again inside the intent's transaction, which it may
     lock rows in; if it refuses, nothing is written and the result is SKIPPED. So a claimer
     that stalled past its lease, or lost its claim any other way, never starts the rotation
-    another claimer now owns."""
+    another claimer now owns.
+
+    ``requested_by``: the name of who asked for the rotation (a principal's name, or
+    ``scheduler``), recorded in the rotation's signed ``rotation.create`` entry; None when
+    unknown (e.g. a rotation resumed by recovery, whose create entry already holds it)."""
 
     name: str
     tenant: str = "default"
@@ -56,6 +60,7 @@ class RotationRequest:
     grace_s: int | None = None
     interactive: bool = False
     guard: Guard | None = field(default=None, compare=False)
+    requested_by: str | None = None
 
     @property
     def priority(self) -> int:

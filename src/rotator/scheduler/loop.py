@@ -291,6 +291,7 @@ class Scheduler:
                         c.name,
                         c.tenant,
                         Trigger.SCHEDULE,
+                        requested_by="scheduler",
                         guard=partial(
                             store_claims.check_held,
                             credential_id=c.credential_id,

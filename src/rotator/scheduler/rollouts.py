@@ -142,6 +142,7 @@ async def _run(
             i.tenant,
             Trigger.ROLLOUT,
             guard=partial(store.check_held, item_id=i.id, owner=rt.owner),
+            requested_by=i.created_by,
         )
         for i in items
     ]

@@ -260,9 +260,13 @@ async def report_event(
     results: dict[str, RotationResult] = {}
     if acting:
         reqs = [
-            RotationRequest(c.name, principal.tenant, Trigger.EMERGENCY, 0)
+            RotationRequest(
+                c.name, principal.tenant, Trigger.EMERGENCY, 0, requested_by=principal.name
+            )
             if d.action is RiskAction.EMERGENCY
-            else RotationRequest(c.name, principal.tenant, Trigger.RISK)
+            else RotationRequest(
+                c.name, principal.tenant, Trigger.RISK, requested_by=principal.name
+            )
             for _, c, d in acting
         ]
         engine = svc.engine

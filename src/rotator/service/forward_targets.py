@@ -37,8 +37,8 @@ class DeliveryError(Exception):
 
 
 def check_webhook_url(url: str) -> str:
-    """An http(s) URL with a host and no user info (a secret never sits in a URL: the HMAC key
-    is a credential); InvalidInput otherwise."""
+    """An http(s) URL with a host and no user info, query string or fragment (a secret never
+    sits in a URL: the HMAC key is a credential); InvalidInput otherwise."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -50,6 +50,12 @@ def check_webhook_url(url: str) -> str:
         raise InvalidInput(
             "--webhook must not carry user info: put no secret in a URL "
             "(the HMAC key is a credential, --hmac-credential)"
+        )
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        # The URL is written to the audit log and listings: a token in it would leak there.
+        raise InvalidInput(
+            "--webhook must not carry a query string or fragment: put no secret in the URL; "
+            "the HMAC credential signs the requests"
         )
     if port is not None and not 1 <= port <= 65535:
         raise InvalidInput("--webhook port must be between 1 and 65535")

@@ -479,11 +479,18 @@ class _Runner:
                     await self.svc._write(lambda c: store_fwd.release(c, forwarder_id, self.owner))
 
     async def _heartbeat(self, forwarder_id: int, lost: asyncio.Event) -> None:
+        """Renew the lease while a batch is sent. Any failure to renew (taken over, removed,
+        or the store failing) marks the lease lost, so the sender stops before its next send:
+        a lease not renewed may run out and another process send the same entries."""
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            ok = await self.svc._write(
-                lambda c: store_fwd.renew(c, forwarder_id, self.owner, self._until())
-            )
+            try:
+                ok = await self.svc._write(
+                    lambda c: store_fwd.renew(c, forwarder_id, self.owner, self._until())
+                )
+            except Exception as exc:
+                log.warning("forwarder %d: renewing its lease failed: %s", forwarder_id, exc)
+                ok = False
             if not ok:
                 lost.set()
                 return

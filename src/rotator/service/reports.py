@@ -171,14 +171,27 @@ def _num(x: float | None) -> str:
     return str(int(x)) if x == int(x) else repr(x)
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(v: Any) -> Any:
+    """``v``, with a leading ``'`` when it is text a spreadsheet would run as a formula (an
+    error message, a name read from the store): shown as text, never evaluated."""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return v
+
+
 def to_csv(report: Report) -> str:
     """One row per credential after a header of :data:`CSV_COLUMNS` (RFC 4180: CRLF line
-    ends, fields quoted when they need it). Empty fields for what does not apply."""
+    ends, fields quoted when they need it). Empty fields for what does not apply. A text
+    field starting with ``=``, ``+``, ``-``, ``@``, tab or CR gets a leading ``'``."""
     buf = io.StringIO(newline="")
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(CSV_COLUMNS)
     for r in report.credentials:
-        w.writerow(_csv_row(r))
+        w.writerow([_cell(v) for v in _csv_row(r)])
     return buf.getvalue()
 
 

@@ -164,7 +164,12 @@ async def rotate(
     interactive = bool(sel.names)
     reqs = [
         RotationRequest(
-            c.name, principal.tenant, trigger, 0 if emergency else None, interactive=interactive
+            c.name,
+            principal.tenant,
+            trigger,
+            0 if emergency else None,
+            interactive=interactive,
+            requested_by=principal.name,
         )
         for c in creds
     ]
@@ -245,7 +250,9 @@ async def rotate_group(
     group = await svc.group_for(principal, Action.ROTATE, name)
     await svc.engine.recover()
     await svc.engine.process_revocations()
-    result = await svc.engine.rotate_group(group, principal.tenant, emergency=emergency)
+    result = await svc.engine.rotate_group(
+        group, principal.tenant, emergency=emergency, requested_by=principal.name
+    )
     if emergency:
         members = {m.name for m in group.members}
         ids = [c.id for c in await svc.find_credentials(principal) if c.name in members]

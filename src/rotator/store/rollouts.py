@@ -48,6 +48,7 @@ class ClaimedItem:
     rollout_id: str
     tenant: str
     credential: str
+    created_by: str = ""  # who started the rollout: its rotations' requester
 
 
 def _rollout_query() -> Any:
@@ -271,7 +272,7 @@ def claim_due(
             )
         )
         if res.rowcount == 1:
-            out.append(ClaimedItem(item_id, rollout_id, ro.tenant, credential))
+            out.append(ClaimedItem(item_id, rollout_id, ro.tenant, credential, ro.created_by))
     return out
 
 

@@ -475,6 +475,10 @@ audit_checkpoints = Table(
 
 # Evidence records read a rotation's audit entries by its id.
 Index("ix_audit_log_rotation_id", audit_log.c.rotation_id)
+# The compliance report reads a tenant's entries of one action from a time on (reads,
+# denials) and a tenant's rotations (store/reports.py): without these it scans everything.
+Index("ix_audit_log_tenant_action_ts", audit_log.c.tenant, audit_log.c.action, audit_log.c.ts)
+Index("ix_rotations_tenant_created", rotations.c.tenant_id, rotations.c.created_at)
 
 # -- SIEM forwarding (migration 0013) ---------------------------------------------------------
 

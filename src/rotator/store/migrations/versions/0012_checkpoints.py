@@ -4,7 +4,9 @@ Revision ID: 0012
 Revises: 0011
 Create Date: 2026-11-28
 
-Also indexes ``audit_log.rotation_id`` (an evidence record reads a rotation's entries).
+Also indexes ``audit_log.rotation_id`` (an evidence record reads a rotation's entries),
+``audit_log(tenant, action, ts)`` and ``rotations(tenant_id, created_at)`` (the compliance
+report's queries).
 Nothing existing is changed: a store gets its first checkpoint when one is made.
 """
 
@@ -37,9 +39,13 @@ def upgrade() -> None:
         sa.Column("created_by", sa.String(200), nullable=False),
     )
     op.create_index("ix_audit_log_rotation_id", "audit_log", ["rotation_id"])
+    op.create_index("ix_audit_log_tenant_action_ts", "audit_log", ["tenant", "action", "ts"])
+    op.create_index("ix_rotations_tenant_created", "rotations", ["tenant_id", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_rotations_tenant_created", table_name="rotations")
+    op.drop_index("ix_audit_log_tenant_action_ts", table_name="audit_log")
     op.drop_index("ix_audit_log_rotation_id", table_name="audit_log")
     op.drop_table("audit_checkpoints")
     op.drop_table("audit_signing_keys")
