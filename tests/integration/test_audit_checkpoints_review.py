@@ -191,6 +191,8 @@ def test_a_redacted_leaf_is_salted_so_knowing_the_whole_entry_does_not_confirm_i
 ) -> None:
     # leak.py: another tenant's auditor guessed a redacted value.read from its neighbours. Even
     # the exact entry, known here in full to the owner, must not reproduce its leaf.
+    svc.add_tenant("a")  # tenants are never made on first use
+    svc.add_tenant("b")
     a, b = LOCAL_PRINCIPAL.with_tenant("a"), LOCAL_PRINCIPAL.with_tenant("b")
     svc.add_credential("app/one", "local", value=ValueInput(generate=True), principal=a)
     svc.add_credential("prod/payments/db", "local", value=ValueInput(generate=True), principal=b)
@@ -215,6 +217,7 @@ def test_verify_copy_says_which_lines_were_redacted_and_full_refuses_any(
     svc: BlockingService, settings: Settings, tmp_path: Path
 ) -> None:
     fill(svc)
+    svc.add_tenant("team-b")  # tenants are never made on first use
     b = LOCAL_PRINCIPAL.with_tenant("team-b")
     svc.add_credential("team-b/one", "local", value=ValueInput(generate=True), principal=b)
     cp = svc.make_checkpoint()
@@ -346,6 +349,8 @@ def test_a_line_that_is_not_strict_json_is_bad_input_exit_2_with_one_line(
 def test_checkpoint_listings_show_other_tenants_principal_names_only_to_the_owner(
     svc: BlockingService, settings: Settings
 ) -> None:
+    svc.add_tenant("a")  # tenants are never made on first use
+    svc.add_tenant("b")
     a, b = LOCAL_PRINCIPAL.with_tenant("a"), LOCAL_PRINCIPAL.with_tenant("b")
     svc.add_credential("x/one", "local", value=ValueInput(generate=True), principal=a)
     svc.add_credential("y/one", "local", value=ValueInput(generate=True), principal=b)
