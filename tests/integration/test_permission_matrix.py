@@ -14,10 +14,15 @@ Scenarios, for a principal of tenant ``a``:
   principal with that scope; for a tenant-wide use case or a selector, a principal with
   scope ``*``);
 - ``out``: the same principal scoped to ``prod/payments/*`` names ``dev/other/...`` (a
-  tenant-wide use case: it acts tenant-wide; a listing or selector: it sees only its scope);
+  tenant-wide use case: it acts tenant-wide; a listing or selector: it sees only its scope; a
+  stored group or rotation reaching out of scope: NotFound, like an unknown one, audited);
 - ``other``: the target exists only in tenant ``b`` (a name under the principal's scope, a
   group, a rollout id or a policy default of ``b``): NotFound, a denial that reveals
   nothing; a listing never shows ``b``'s; creating the name in ``a`` makes an unrelated one.
+
+Every use case taking a name or an id also answers an out-of-scope or other-tenant target
+exactly as it answers one that does not exist (no existence oracle). ``audit verify-copy`` is
+not a service use case (it reads files, no store, no principal) and has no row.
 
 Every PermissionDenied leaves the stored state as it was plus exactly one ``access.denied``
 audit entry naming the principal and the permission; every NotFound leaves it exactly as it
@@ -28,6 +33,7 @@ case restores what it changed so the next shares the store.
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -46,7 +52,7 @@ from rotator.domain.group import Group, GroupMember
 from rotator.domain.model import Stage
 from rotator.domain.principal import LOCAL_PRINCIPAL, Grant, Principal, Role
 from rotator.engine import Outcome
-from rotator.errors import NotFound, PermissionDenied
+from rotator.errors import NotFound, PermissionDenied, RotatorError
 from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.service.events import EventInput
 from rotator.service.rotation import Selection
@@ -70,11 +76,11 @@ rotate              rotate             name    notfound   Y     Y   N    N    N
 rotate_tag          rotate             select  hidden     Y     Y   N    N    N
 plan                rotate             name    notfound   Y     Y   N    N    N
 add_group           group.write        name    notfound   Y     Y   N    N    N
-get_group           credential.read    name    notfound   Y     Y   Y    Y    Y
+get_group           credential.read    group    notfound   Y     Y   Y    Y    Y
 list_groups         credential.read    select  hidden     Y     Y   Y    Y    Y
-remove_group        group.write        name    notfound   Y     Y   N    N    N
-rotate_group        rotate             name    notfound   Y     Y   N    N    N
-plan_group          rotate             name    notfound   Y     Y   N    N    N
+remove_group        group.write        group    notfound   Y     Y   N    N    N
+rotate_group        rotate             group    notfound   Y     Y   N    N    N
+plan_group          rotate             group    notfound   Y     Y   N    N    N
 policy_set          policy.write       tenant  created    Y     Y   N    N    N
 policy_list         policy.read        tenant  hidden     Y     Y   Y    N    N
 policy_remove       policy.write       tenant  notfound   Y     Y   N    N    N
@@ -102,9 +108,22 @@ token_list          principal.read     tenant  hidden     Y     N   N    N    N
 token_revoke        principal.write    tenant  notfound   Y     N   N    N    N
 tenant_add          store.admin        tenant  hidden     N     N   N    N    N
 tenant_list         store.admin        tenant  hidden     N     N   N    N    N
+make_checkpoint     audit.write        tenant  hidden     Y     N   Y    N    N
+list_checkpoints    audit.read         tenant  hidden     Y     N   Y    N    N
+audit_public_keys   audit.read         tenant  hidden     Y     N   Y    N    N
+audit_export        audit.read         tenant  hidden     Y     N   Y    N    N
+rotation_evidence   report.read        rotation notfound  Y     N   Y    N    N
+compliance_report   report.read        tenant  hidden     Y     N   Y    N    N
+forward_add         audit.forward      tenant  created    Y     N   N    N    N
+forward_list        audit.forward      tenant  hidden     Y     N   N    N    N
+forward_remove      audit.forward      tenant  notfound   Y     N   N    N    N
+forward_run         audit.forward      tenant  hidden     Y     N   N    N    N
 """
-"""kind: ``name`` acts on named credentials (or a group's members, a named rollout
-selection): ``out`` is denied; ``select`` lists or selects: ``out`` shows only the scope;
+"""kind: ``name`` acts on named credentials (a new group's members, a named rollout
+selection): ``out`` is denied; ``group`` acts on a stored group and ``rotation`` on a stored
+rotation: ``out`` (a member, the rotation's credential, out of scope) is NotFound, the text of
+an unknown one, and audited as a denial; ``select`` lists or selects: ``out`` shows only the
+scope;
 ``tenant`` acts on the tenant as a whole: ``out`` (a scoped principal) is denied.
 other: ``notfound`` (b's target is not found in a), ``hidden`` (b's never shows),
 ``created`` (the name is made in a, unrelated to b's)."""
@@ -134,13 +153,13 @@ ROWS = _rows()
 
 
 def expected(row: Row, role: str, scenario: str) -> str:
-    """allow | denied | notfound for one cell."""
+    """allow | denied | notfound | masked (NotFound, audited as a denial) for one cell."""
     if not row.allowed[role]:
         return "denied"
     if scenario == "in":
         return "allow"
     if scenario == "out":
-        return "allow" if row.kind == "select" else "denied"
+        return {"select": "allow", "group": "masked", "rotation": "masked"}.get(row.kind, "denied")
     return "notfound" if row.other == "notfound" else "allow"
 
 
@@ -153,6 +172,7 @@ SCOPE = "prod/payments/*"
 SEL = {"sel": "yes"}  # the selector tag: on IN and OUT in a, and B_ONLY in b
 OWNER_A = LOCAL_PRINCIPAL.with_tenant("a")
 OWNER_B = LOCAL_PRINCIPAL.with_tenant("b")
+ADMIN_B = Principal(name="b-admin", tenant="b", grants=(Grant(Role.ADMIN),))
 
 
 def make_tenant(svc: BlockingService, name: str) -> None:
@@ -202,6 +222,7 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
         url = pg.url(dbname)
     svc, _ = BlockingService.init(Settings(home=home / "home", db_url=url))
     raw = create_engine(normalize_url(url))
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         make_tenant(svc, "a")
         make_tenant(svc, "b")
@@ -230,8 +251,24 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
         w.event_b = svc.report_event(
             EventInput("leak", "low", credential=B_ONLY), principal=OWNER_B
         ).event_id
+        # Rotations to ask evidence of; a checkpoint asked for by b's admin (its name never
+        # shows in a); a syslog forwarder in a and in b, to a UDP socket held open (a closed
+        # port would answer ICMP unreachable and the sender would retry).
+        for n, owner in ((IN, OWNER_A), (OUT, OWNER_A), (B_ONLY, OWNER_B)):
+            svc.rotate(Selection(names=[n]), principal=owner)
+            w.scratch[f"rotation:{n}"] = [
+                e.rotation_id
+                for e in svc.audit_entries(credential=n, principal=owner)
+                if e.rotation_id
+            ][-1]
+        svc.make_checkpoint(principal=ADMIN_B)
+        sink.bind(("127.0.0.1", 0))
+        w.scratch["syslog"] = f"udp://127.0.0.1:{sink.getsockname()[1]}"
+        svc.add_forwarder("fw-a", syslog=w.scratch["syslog"], tenant="a")
+        svc.add_forwarder("fw-b", syslog=w.scratch["syslog"], tenant="b")
         yield w
     finally:
+        sink.close()
         svc.close()
         raw.dispose()
         if dbname is not None:
@@ -596,6 +633,103 @@ def case(w: World, uc: str, p: Principal, scenario: str) -> Case:
         return (lambda: svc.serve(poll_s=0.05, principal=p)), _none, _none
     if uc.startswith(("principal_", "token_", "tenant_")):
         return _access_case(w, uc, p, scenario)
+    return _audit_case(w, uc, p, scenario)
+
+
+def _fw(w: World, tenant: str) -> dict[str, Any]:
+    """Tenant's forwarders, by name (as the owner sees them; ``head`` is left out)."""
+    return {
+        v.name: (v.tenant, v.target, v.cursor, v.delivered)
+        for v in w.svc.list_forwarders()
+        if v.tenant == tenant
+    }
+
+
+def _audit_case(w: World, uc: str, p: Principal, scenario: str) -> Case:
+    """Checkpoints, export, evidence, the compliance report and SIEM forwarders. Tenant-wide
+    but for evidence, whose target is a rotation of IN (in), OUT (out) or B_ONLY (other)."""
+    svc = w.svc
+    if uc == "make_checkpoint":
+        return (
+            (lambda: svc.make_checkpoint(principal=p)),
+            lambda cp: _eq(cp.seq >= _head(w.raw)[0] - 1, True),  # its own entry may follow
+            _none,
+        )
+    if uc == "list_checkpoints":
+
+        def check_checkpoints(cps: Any) -> None:
+            assert cps
+            assert ADMIN_B.name not in {cp.created_by for cp in cps}, "b's names never show"
+
+        return (lambda: svc.list_checkpoints(principal=p)), check_checkpoints, _none
+    if uc == "audit_public_keys":
+
+        def check_keys(keys: Any) -> None:
+            assert keys
+            assert all(k.pem.startswith("-----BEGIN PUBLIC KEY-----") for k in keys)
+
+        return (lambda: svc.audit_public_keys(principal=p)), check_keys, _none
+    if uc == "audit_export":
+
+        def check_export(lines: Any) -> None:
+            shown = [json.loads(x) for x in lines]
+            assert len(shown) >= _head(w.raw)[0] - 1
+            assert {e["tenant"] for e in shown if "tenant" in e} == {"a"}
+            assert not {e["seq"] for e in shown if "tenant" in e} & b_entries(w.raw)
+
+        return (lambda: svc.audit_export(principal=p)), check_export, _none
+    if uc == "rotation_evidence":
+        rid = w.scratch[f"rotation:{_target(scenario, IN, OUT, B_ONLY)}"]
+        return (
+            (lambda: svc.rotation_evidence(rid, principal=p)),
+            lambda ev: _eq((ev.tenant, ev.credential), ("a", IN)),
+            _none,
+        )
+    if uc == "compliance_report":
+
+        def check_report(report: Any) -> None:
+            assert report.tenant == "a"
+            names = {c.name for c in report.credentials}
+            assert {IN, OUT} <= names
+            assert B_ONLY not in names
+
+        return (lambda: svc.compliance_report(principal=p)), check_report, _none
+    if uc == "forward_add":
+        new = "fw-b" if scenario == "other" else "fw-new"
+        b_before = _fw(w, "b")
+
+        def check_forward_add(view: Any) -> None:
+            assert (view.name, view.tenant) == (new, "a")
+            assert _fw(w, "b") == b_before, "b's forwarder of that name is untouched"
+
+        return (
+            (lambda: svc.add_forwarder(new, syslog=w.scratch["syslog"], principal=p)),
+            check_forward_add,
+            lambda: svc.remove_forwarder(new, tenant="a"),
+        )
+    if uc == "forward_list":
+
+        def check_forward_list(views: Any) -> None:
+            assert {(v.name, v.tenant) for v in views} == {("fw-a", "a")}
+
+        return (lambda: svc.list_forwarders(principal=p)), check_forward_list, _none
+    if uc == "forward_remove":
+        victim = "fw-b" if scenario == "other" else "fw-victim"
+        if victim == "fw-victim" and victim not in _fw(w, "a"):
+            svc.add_forwarder(victim, syslog=w.scratch["syslog"], tenant="a")
+        return (
+            (lambda: svc.remove_forwarder(victim, principal=p)),
+            lambda _: _eq(victim in _fw(w, "a"), False),
+            _none,
+        )
+    if uc == "forward_run":
+        b_cursor = _fw(w, "b")["fw-b"][2]
+
+        def check_run(_: Any) -> None:
+            assert _fw(w, "a")["fw-a"][2] > 0, "a's forwarder delivered"
+            assert _fw(w, "b")["fw-b"][2] == b_cursor, "b's is not worked from a"
+
+        return (lambda: svc.run_forwarders(once=True, principal=p)), check_run, _none
     raise AssertionError(f"no case for {uc}")
 
 
@@ -722,9 +856,100 @@ def test_each_use_case_allows_exactly_what_the_matrix_says(
     if want == "notfound":
         assert new == [], "a not-found call writes no audit entry"
         return
+    # denied, and masked (NotFound to the caller, a denial for the tenant's auditors)
     assert [(e.tenant, e.actor, e.action, json.loads(e.details)["permission"]) for e in new] == [
         ("a", p.name, "access.denied", row.permission)
     ]
+
+
+# Every use case that takes a name or an id: how to call it with one. A name out of scope
+# (``out``) and a name of tenant b (``other``) must each read the same whether it exists or
+# not: the same error, the same text but for the name itself.
+NAMED: dict[str, Callable[[BlockingService, Principal, str], Any]] = {
+    "show": lambda svc, p, t: svc.show(t, principal=p),
+    "get": lambda svc, p, t: svc.get_value(t, principal=p),
+    "update": lambda svc, p, t: svc.update_credential(
+        t, policy=PolicyInput(grace="9m"), principal=p
+    ),
+    "remove": lambda svc, p, t: svc.remove_credential(t, principal=p),
+    "used": lambda svc, p, t: svc.report_usage(t, 1, principal=p),
+    "rotate": lambda svc, p, t: svc.rotate(Selection(names=[t]), principal=p),
+    "plan": lambda svc, p, t: svc.plan(Selection(names=[t]), principal=p),
+    "event_credential": lambda svc, p, t: svc.report_event(
+        EventInput("leak", "low", credential=t), principal=p
+    ),
+    "rollout_create": lambda svc, p, t: svc.create_rollout(
+        Selection(names=[t]), stagger=timedelta(hours=1), max_per_minute=60, principal=p
+    ),
+    "audit_credential": lambda svc, p, t: svc.audit_entries(credential=t, principal=p),
+    "get_group": lambda svc, p, t: svc.get_group(t, principal=p),
+    "remove_group": lambda svc, p, t: svc.remove_group(t, principal=p),
+    "rotate_group": lambda svc, p, t: svc.rotate_group(t, principal=p),
+    "plan_group": lambda svc, p, t: svc.plan_group(t, principal=p),
+    "rotation_evidence": lambda svc, p, t: svc.rotation_evidence(t, principal=p),
+    "rollout_status": lambda svc, p, t: svc.rollout_status(t, principal=p),
+    "rollout_resume": lambda svc, p, t: svc.resume_rollout(t, principal=p),
+    "rollout_abort": lambda svc, p, t: svc.abort_rollout(t, principal=p),
+    "principal_remove": lambda svc, p, t: svc.remove_principal(t, principal=p),
+    "token_revoke": lambda svc, p, t: svc.revoke_token(t, principal=p),
+    "forward_remove": lambda svc, p, t: svc.remove_forwarder(t, principal=p),
+}
+# Tenant-wide use cases taking an id or name: no scope to be out of, only another tenant.
+NO_OUT = {"rollout_status", "rollout_resume", "rollout_abort", "principal_remove"}
+NO_OUT |= {"token_revoke", "forward_remove"}
+
+
+def _missing(existing: str) -> str:
+    """An id or name of the same shape that names nothing."""
+    last = existing[-1]
+    return existing[:-1] + ("1" if last == "0" else "0")
+
+
+def _targets(w: World, use_case: str, scenario: str) -> tuple[str, str]:
+    """(existing, missing) for ``use_case`` in ``scenario`` (out: in a but out of scope;
+    other: in b only)."""
+    kind = ROWS[use_case].kind
+    if use_case == "rotation_evidence":
+        existing = w.scratch[f"rotation:{OUT if scenario == 'out' else B_ONLY}"]
+    elif kind == "group":
+        existing = "g-out" if scenario == "out" else "g-b"
+    elif use_case.startswith("rollout_") and use_case != "rollout_create":
+        existing = w.rollout_b
+    elif use_case == "principal_remove":
+        existing = "pb"
+    elif use_case == "token_revoke":
+        existing = w.scratch["token_b"]
+    elif use_case == "forward_remove":
+        existing = "fw-b"
+    else:
+        existing = OUT if scenario == "out" else B_ONLY
+    return existing, _missing(existing)
+
+
+def _outcome(call: Callable[[], Any], target: str) -> tuple[str, str]:
+    try:
+        call()
+    except RotatorError as exc:
+        return type(exc).__name__, str(exc).replace(target, "<target>")
+    return "returned", ""
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(
+    ("use_case", "scenario"),
+    [(uc, sc) for uc in NAMED for sc in ("out", "other") if not (sc == "out" and uc in NO_OUT)],
+)
+def test_a_name_out_of_scope_or_of_another_tenant_reads_the_same_whether_it_exists_or_not(
+    world: World, use_case: str, role: str, scenario: str
+) -> None:
+    p = principal(role, SCOPE if scenario == "out" else "*")
+    existing, missing = _targets(world, use_case, scenario)
+    fn = NAMED[use_case]
+    before, _ = snapshot(world.raw)
+    got = _outcome(lambda: fn(world.svc, p, existing), existing)
+    assert got == _outcome(lambda: fn(world.svc, p, missing), missing)
+    assert got[0] != "returned" or use_case == "audit_credential", "never allowed here"
+    assert snapshot(world.raw)[0] == before, "nothing stored changed"
 
 
 def test_the_owner_alone_may_recover(world: World) -> None:

@@ -93,10 +93,18 @@ def forward_list(as_json: JsonOpt = False) -> None:
 
 
 @forward_app.command("remove")
-def forward_remove(name: Annotated[str, typer.Argument(help="The forwarder to remove.")]) -> None:
-    """Remove a forwarder (what it delivered stays delivered)."""
+def forward_remove(
+    name: Annotated[str, typer.Argument(help="The forwarder to remove.")],
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant", help="The tenant whose forwarder it is ('*': an every-tenant one)."
+        ),
+    ] = None,
+) -> None:
+    """Remove a forwarder (what it delivered stays delivered). Names are unique per tenant."""
     with service() as svc:
-        svc.remove_forwarder(name)
+        svc.remove_forwarder(name, tenant=tenant)
     out.print(f"removed forwarder {name}")
 
 

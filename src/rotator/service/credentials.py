@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import Connection
 
@@ -183,8 +183,23 @@ class RotatorService:
             if not principal.may(action, m.name):
                 await self._deny(principal, action, m.name, f" on group {group.name!r}")
 
-    async def _deny(
-        self, principal: Principal, action: Action, name: str | None, target: str | None = None
+    async def deny_as_missing(
+        self,
+        principal: Principal,
+        action: Action,
+        name: str | None,
+        missing: NotFound,
+        **details: Any,
+    ) -> NoReturn:
+        """Audit the denial of ``action`` (``access.denied`` naming ``name`` and ``details``,
+        read by the tenant's own auditors) and raise ``missing``: the text an unknown target
+        gets, so a caller without the scope learns nothing about whether the target
+        exists."""
+        await self._audit_denied(principal, action, name, **details)
+        raise missing
+
+    async def _audit_denied(
+        self, principal: Principal, action: Action, name: str | None, **details: Any
     ) -> None:
         await self._write(
             lambda conn: self._audit(
@@ -194,8 +209,14 @@ class RotatorService:
                 name,
                 permission=action.value,
                 token=principal.token_id,
+                **details,
             )
         )
+
+    async def _deny(
+        self, principal: Principal, action: Action, name: str | None, target: str | None = None
+    ) -> None:
+        await self._audit_denied(principal, action, name)
         if target is None:
             target = f" on {name!r}" if name is not None else f" in tenant {principal.tenant!r}"
         raise PermissionDenied(
@@ -609,7 +630,11 @@ class RotatorService:
 
     async def add_group(self, group: Group, principal: Principal = LOCAL_PRINCIPAL) -> Group:
         """Store a coordinated group; every member must be an existing credential. Needs
-        GROUP_WRITE on every member."""
+        GROUP_WRITE on every member, checked before anything is read (PermissionDenied
+        naming the group the caller gave). A name taken by a group of the tenant raises
+        AlreadyExists even when the caller may not see that group: the name is taken, and
+        saying so reveals only that a group of that name exists in the caller's own tenant
+        (names are not secret from a tenant's operators; other tenants' never show)."""
         names.check_credential_name(group.name)
         await self.authorize_group(principal, Action.GROUP_WRITE, group)
         tenant = await self.tenant(principal.tenant)
@@ -647,10 +672,18 @@ class RotatorService:
     async def group_for(self, principal: Principal, action: Action, name: str) -> Group:
         """Group ``name`` of the principal's tenant once the principal may do ``action`` on
         every member: the one check of a use case acting on a group. PermissionDenied when
-        its role may not do ``action`` at all (before the group is looked up) or not on
-        some member; NotFound when there is no such group."""
+        its role may not do ``action`` at all (before the group is looked up), or on some
+        member of a group it may see. NotFound, with the same text, when there is no such
+        group and when the principal may not see it (may not CREDENTIAL_READ every member,
+        as :meth:`list_groups` hides it): the latter is audited as ``access.denied`` naming
+        the first member out of scope and the group."""
         await self.authorize_some(principal, action)
         group = await self._find_group(name, principal)
+        for m in group.members:
+            if not principal.may(Action.CREDENTIAL_READ, m.name):
+                await self.deny_as_missing(
+                    principal, action, m.name, NotFound(f"no group {name!r}"), group=name
+                )
         await self.authorize_group(principal, action, group)
         return group
 

@@ -250,9 +250,14 @@ async def evidence(
     svc: RotatorService, rotation_id: str, principal: Principal = LOCAL_PRINCIPAL
 ) -> Evidence:
     """The evidence record of rotation ``rotation_id`` (Action.REPORT_READ on its credential).
-    A rotation of another tenant is NotFound, like one that does not exist."""
+    PermissionDenied (audited, naming no rotation) when the principal's role may not
+    REPORT_READ at all, before anything is read. A rotation of another tenant, or of a
+    credential outside the principal's scope, is NotFound with the text of one that does not
+    exist; the latter is audited as ``access.denied`` (the credential and the rotation id,
+    for the tenant's own auditors)."""
     if not _ROTATION_ID.fullmatch(rotation_id):
         raise InvalidInput("ROTATION_ID must be a rotation id (letters, digits and dashes)")
+    await svc.authorize_some(principal, Action.REPORT_READ)
     missing = NotFound(f"no rotation {rotation_id!r}")
 
     def find(conn: Connection) -> tuple[store_rot.RotationRow, str] | None:
@@ -265,7 +270,10 @@ async def evidence(
     if found is None or not (principal.owner or found[1] == principal.tenant):
         raise missing
     row, tenant = found
-    await svc.authorize(principal, Action.REPORT_READ, row.credential)
+    if not principal.may(Action.REPORT_READ, row.credential):
+        await svc.deny_as_missing(
+            principal, Action.REPORT_READ, row.credential, missing, rotation=rotation_id
+        )
     keys = svc.kernel.audit_keys
 
     def read(conn: Connection) -> Evidence | None:

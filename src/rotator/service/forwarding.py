@@ -261,14 +261,19 @@ async def add_forwarder(
         # Only that it exists and opens: nothing is returned or recorded.
         await svc._read(lambda c: svc.kernel.find_value(c, key_principal, cred)[1])
 
+    # Names are unique per tenant (``"*"``: the owner's every-tenant forwarders), so a clash
+    # says nothing about another tenant's forwarders.
+    scope_key = tenant or "*"
+
     def write(conn: Connection) -> ForwarderView | AlreadyExists:
-        if store_fwd.get(conn, name) is not None:
+        if store_fwd.get(conn, name, scope_key) is not None:
             return AlreadyExists(f"forwarder {name!r} exists already")
         head = store_fwd.head_seq(conn)
         cursor = head if from_now else 0
         store_fwd.insert_forwarder(
             conn,
             name=name,
+            scope_key=scope_key,
             tenant_id=tenant_id,
             kind=kind,
             target=target,
@@ -287,7 +292,7 @@ async def add_forwarder(
             scope=tenant or "*",
             cursor=cursor,
         )
-        row = store_fwd.get(conn, name)
+        row = store_fwd.get(conn, name, scope_key)
         assert row is not None
         return _view(row, head + 1)
 
@@ -312,16 +317,41 @@ async def list_forwarders(
 
 
 async def remove_forwarder(
-    svc: RotatorService, name: str, principal: Principal = LOCAL_PRINCIPAL
+    svc: RotatorService,
+    name: str,
+    principal: Principal = LOCAL_PRINCIPAL,
+    *,
+    tenant: str | None = None,
 ) -> None:
-    """Remove a forwarder (audited). A process working it stops at its next write. NotFound
-    for a name the principal cannot see."""
-    await svc.authorize(principal, Action.AUDIT_FORWARD)
+    """Remove a forwarder (audited). A process working it stops at its next write.
 
-    def write(conn: Connection) -> NotFound | None:
-        row = store_fwd.get(conn, name)
-        if row is None or not _visible(principal, row):
-            return NotFound(f"no forwarder {name!r}")
+    Names are unique per tenant: a non-owner names one of its own tenant's (NotFound, the
+    same text, for any other, ``tenant`` included). The owner names one in any tenant, or
+    ``tenant`` ``"*"`` for an every-tenant one; without ``tenant``, the one forwarder of
+    that name (InvalidInput naming the tenants when several have it)."""
+    await svc.authorize(principal, Action.AUDIT_FORWARD)
+    missing = NotFound(f"no forwarder {name!r}")
+
+    def write(conn: Connection) -> RotatorError | None:
+        if not principal.owner:
+            row = (
+                store_fwd.get(conn, name, principal.tenant)
+                if tenant in (None, principal.tenant)
+                else None
+            )
+        elif tenant is not None:
+            row = store_fwd.get(conn, name, tenant)
+        else:
+            rows = store_fwd.named(conn, name)
+            if len(rows) > 1:
+                where = ", ".join(r.tenant or "*" for r in rows)
+                return InvalidInput(
+                    f"forwarder {name!r} exists in several tenants ({where}): "
+                    "name one with --tenant T ('*' for the every-tenant one)"
+                )
+            row = rows[0] if rows else None
+        if row is None:
+            return missing
         store_fwd.delete_forwarder(conn, row.id)
         svc._audit(conn, principal, "audit.forward.remove", None, forwarder=name, cursor=row.cursor)
         return None

@@ -74,6 +74,7 @@ def insert_forwarder(
     conn: Connection,
     *,
     name: str,
+    scope_key: str,
     tenant_id: int | None,
     kind: str,
     target: str,
@@ -81,11 +82,14 @@ def insert_forwarder(
     cursor: int,
     now: datetime,
 ) -> int:
-    """Store an enabled forwarder starting after ``cursor``; returns its id. The caller checks
-    the name is free (:func:`get`) in the same transaction."""
+    """Store an enabled forwarder starting after ``cursor``; returns its id. ``scope_key`` is
+    the name's namespace: the tenant's name, or ``"*"`` for an every-tenant forwarder
+    (``tenant_id`` None). The caller checks the name is free there (:func:`get`) in the same
+    transaction."""
     result = conn.execute(
         insert(audit_forwarders).values(
             name=name,
+            scope_key=scope_key,
             tenant_id=tenant_id,
             kind=kind,
             target=target,
@@ -102,9 +106,18 @@ def insert_forwarder(
     return int(pk[0])
 
 
-def get(conn: Connection, name: str) -> ForwarderRow | None:
-    r = conn.execute(_query().where(audit_forwarders.c.name == name)).first()
+def get(conn: Connection, name: str, scope_key: str) -> ForwarderRow | None:
+    """Forwarder ``name`` of namespace ``scope_key`` (a tenant's name, or ``"*"``)."""
+    r = conn.execute(
+        _query().where(audit_forwarders.c.name == name, audit_forwarders.c.scope_key == scope_key)
+    ).first()
     return None if r is None else _row(r)
+
+
+def named(conn: Connection, name: str) -> list[ForwarderRow]:
+    """Every forwarder called ``name``, whatever its namespace (the owner's lookup)."""
+    q = _query().where(audit_forwarders.c.name == name).order_by(audit_forwarders.c.scope_key)
+    return [_row(r) for r in conn.execute(q)]
 
 
 def get_by_id(conn: Connection, forwarder_id: int) -> ForwarderRow | None:

@@ -491,7 +491,11 @@ audit_forwarders = Table(
     "audit_forwarders",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(200), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    # The name's namespace: the tenant's name, or "*" for the owner's every-tenant
+    # forwarders (tenant_id NULL). Names are unique per namespace, so one tenant
+    # cannot learn another's forwarder names from a name clash.
+    Column("scope_key", String(200), nullable=False),
     Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=True),
     Column("kind", String(16), nullable=False),
     Column("target", Text, nullable=False),
@@ -505,4 +509,5 @@ audit_forwarders = Table(
     Column("delivered", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("scope_key", "name", name="uq_audit_forwarders_scope_name"),
 )

@@ -20,7 +20,11 @@ def upgrade() -> None:
     op.create_table(
         "audit_forwarders",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("name", sa.String(200), nullable=False, unique=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        # The name's namespace: the tenant's name, or "*" for the owner's every-tenant
+        # forwarders (tenant_id NULL). Names are unique per namespace, so one tenant
+        # cannot learn another's forwarder names from a name clash.
+        sa.Column("scope_key", sa.String(200), nullable=False),
         sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=True),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("target", sa.Text, nullable=False),
@@ -34,6 +38,7 @@ def upgrade() -> None:
         sa.Column("delivered", sa.BigInteger, nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
+        sa.UniqueConstraint("scope_key", "name", name="uq_audit_forwarders_scope_name"),
     )
 
 
