@@ -152,7 +152,9 @@ async def rotate(
 ) -> BatchResult:
     """Rotate the selected credentials now. Emergency: highest priority, grace 0, old value
     revoked before this returns. First resumes rotations whose process died and revokes
-    values whose grace ended. Never raises for a single credential's failure.
+    values whose grace ended: the owner's anywhere in the store, anyone else's only of the
+    selected credentials (:func:`owner_sweep`). Never raises for a single credential's
+    failure.
 
     Credentials named one by one (``rotator rotate NAME``) are interactive: the engine admits
     them ahead of queued batch work; a selection by tag or ``--all`` is batch work. Needs
@@ -257,8 +259,8 @@ async def rotate_group(
     emergency: bool = False,
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> BatchResult:
-    """Rotate a coordinated group now (see Engine.rotate_group). Needs ROTATE on every
-    member."""
+    """Rotate a coordinated group now (see Engine.rotate_group), after the sweeps of
+    :func:`rotate` (a non-owner's: only the members). Needs ROTATE on every member."""
     group = await svc.group_for(principal, Action.ROTATE, name)
     members = {m.name for m in group.members}
     ids = [c.id for c in await svc.find_credentials(principal) if c.name in members]
