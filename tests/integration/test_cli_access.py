@@ -229,8 +229,10 @@ def test_an_admin_of_one_tenant_cannot_add_a_principal_in_another(
 def test_a_token_may_not_act_in_another_tenant(world: World, raw_db: Engine) -> None:
     before = audit_actions(raw_db)
     run = cli(world.settings, "principal", "list", token=world.tokens["admin"], tenant="team-b")
-    one_line_error(run, "ROTATOR_TENANT='team-b' but the token acts in tenant 'team-a'")
-    assert audit_actions(raw_db) == before
+    one_line_error(run, "permission denied: 'admin' may not act in tenant 'team-b'")
+    token_id = world.tokens["admin"][4:16]  # rtr_<id>_<secret>
+    denied = {"permission": None, "token": token_id, "tenant": "team-b"}
+    assert audit_actions(raw_db) == [*before, ("team-a", "admin", "access.denied", denied)]
 
 
 @pytest.mark.parametrize("shape", ["wrong secret", "garbage"])

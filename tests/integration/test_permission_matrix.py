@@ -956,11 +956,12 @@ def test_the_owner_alone_may_recover(world: World) -> None:
     assert world.svc.recover(principal=OWNER_A) == []
 
 
-def test_a_credential_may_reference_only_credentials_the_caller_may_manage(
+def test_a_credential_may_reference_only_credentials_the_caller_may_read(
     svc: BlockingService, raw_db: Engine
 ) -> None:
     """A leaf certificate's ``ca`` (like an admin secret) is used by rotator on a target the
-    caller names: an operator scoped to prod/payments/* may point only at a CA in its scope."""
+    caller names, so referencing it needs a grant that may read it: an operator (no values)
+    may not, even in its scope; with a reader grant on the CA too, it may."""
     make_tenant(svc, "a")
     for ca in ("prod/payments/ca", "dev/other/ca"):
         svc.add_credential(
@@ -998,6 +999,13 @@ def test_a_credential_may_reference_only_credentials_the_caller_may_manage(
             settings={"ca": "dev/other/ca", "common_name": "api.internal"},
             principal=operator,
         )
+    with pytest.raises(PermissionDenied):
+        add_leaf("prod/payments/tls", "prod/payments/ca")
+    operator = Principal(
+        name="operator-narrow",
+        tenant="a",
+        grants=(Grant(Role.OPERATOR, SCOPE), Grant(Role.READER, "prod/payments/ca")),
+    )
     add_leaf("prod/payments/tls", "prod/payments/ca")
     assert version_of_in(svc, "prod/payments/tls") == 1
 

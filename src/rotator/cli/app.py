@@ -135,20 +135,23 @@ def service(options: EngineOptions | None = None) -> Iterator[BlockingService]:
 
 def acting_principal(svc: BlockingService, env: Mapping[str, str] | None = None) -> Principal:
     """Who the CLI acts as: with ``ROTATOR_TOKEN``, the token's principal (a bad token raises
-    AuthenticationFailed; a ``ROTATOR_TENANT`` other than the token's tenant is bad input);
-    without, the store's owner in ``ROTATOR_TENANT`` (default ``default``)."""
+    AuthenticationFailed; a ``ROTATOR_TENANT`` other than the token's tenant raises
+    PermissionDenied, audited with the token id); without, the store's owner in
+    ``ROTATOR_TENANT`` (default ``default``). ``ROTATOR_TOKEN`` set but empty (or blank) is
+    InvalidInput: it must never fall back to the owner."""
     env = os.environ if env is None else env
-    token = env.get(TOKEN_ENV) or None
+    raw_token = env.get(TOKEN_ENV)
+    if raw_token is not None and not raw_token.strip():
+        raise InvalidInput(f"{TOKEN_ENV} is set but empty: unset it to act as the store's owner")
+    token = raw_token or None
     tenant = env.get(TENANT_ENV) or None
     if tenant is not None:
         names.check_tenant_name(tenant)
     if token is None:
         return LOCAL_PRINCIPAL.with_tenant(tenant or DEFAULT_TENANT)
     principal = svc.authenticate(token)
-    if tenant is not None and tenant != principal.tenant:
-        raise InvalidInput(
-            f"{TENANT_ENV}={tenant!r} but the token acts in tenant {principal.tenant!r}"
-        )
+    if tenant is not None:
+        svc.authorize_tenant(principal, tenant)
     return principal
 
 

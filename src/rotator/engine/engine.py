@@ -235,9 +235,10 @@ class Engine:
             group, tenant, emergency=emergency, requested_by=requested_by
         )
 
-    async def recover(self) -> list[RotationResult]:
-        """Resume every rotation whose owner died (lease ran out, or its local pid is gone)."""
-        return await self.recovery.recover()
+    async def recover(self, credential_ids: list[int] | None = None) -> list[RotationResult]:
+        """Resume every rotation whose owner died (lease ran out, or its local pid is gone);
+        only those of ``credential_ids`` when given (None: every one in the store)."""
+        return await self.recovery.recover(credential_ids)
 
     async def process_revocations(self, credential_ids: list[int] | None = None) -> dict[int, bool]:
         """Revoke every PREVIOUS version whose grace has ended (see Revoker.process)."""

@@ -47,8 +47,9 @@ class Recovery:
 
     # -- resuming ---------------------------------------------------------------------------
 
-    async def recover(self) -> list[RotationResult]:
-        """Resume every rotation whose owner died (lease ran out, or its local pid is gone)."""
+    async def recover(self, credential_ids: list[int] | None = None) -> list[RotationResult]:
+        """Resume every rotation whose owner died (lease ran out, or its local pid is gone);
+        only those of ``credential_ids`` when given (None: every one in the store)."""
         now = self.rt.now()
 
         def find(conn: Connection) -> list[store_rot.RotationRow]:
@@ -56,6 +57,9 @@ class Recovery:
             return store_rot.stale_rotations(conn, now, dead)
 
         rows = await self.rt.read(find)
+        if credential_ids is not None:
+            wanted = set(credential_ids)
+            rows = [r for r in rows if r.credential_id in wanted]
         results = await asyncio.gather(*(self.resume(r) for r in rows))
         return [r for r in results if r is not None]
 

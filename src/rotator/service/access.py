@@ -35,7 +35,6 @@ from rotator.errors import (
     AuthenticationFailed,
     InvalidInput,
     NotFound,
-    PermissionDenied,
 )
 from rotator.service.credentials import RotatorService
 from rotator.store import keys as store_keys
@@ -43,6 +42,7 @@ from rotator.store import principals as store_p
 
 TOKEN_PREFIX = "rtr_"  # noqa: S105 (a prefix that marks tokens, not a password)
 _TOKEN = re.compile(r"rtr_([a-z2-7]{12})_([A-Za-z0-9_-]{43})")
+_TOKEN_ID = re.compile(r"[a-z2-7]{12}")
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lower case
 # Compared against when there is no stored digest (unknown id, malformed token), so every
 # refusal does the same work as a wrong secret.
@@ -77,21 +77,8 @@ async def _authorize_in(
     if tenant is None or tenant == principal.tenant:
         return principal
     names.check_tenant_name(tenant)
-    if principal.may(action, None, tenant):
-        return principal.with_tenant(tenant)
-    await svc._write(
-        lambda conn: svc.kernel.audit(
-            conn,
-            principal,
-            "access.denied",
-            None,
-            None,
-            {"permission": action.value, "tenant": tenant, "token": principal.token_id},
-        )
-    )
-    raise PermissionDenied(
-        f"permission denied: {principal.name!r} may not {action.value} in tenant {tenant!r}"
-    )
+    await svc.authorize_tenant(principal, tenant, action)
+    return principal.with_tenant(tenant)
 
 
 def _role(role: str | Role) -> Role:
@@ -270,7 +257,19 @@ async def revoke_token(
 ) -> TokenInfo:
     """Revoke a token of the caller's tenant: it is refused from now on. Idempotent (a
     revoked token stays revoked at its first time; only the first call is audited, as
-    ``token.revoke``). Raises PermissionDenied, NotFound (no such token in the tenant)."""
+    ``token.revoke``). Raises PermissionDenied, NotFound (no such token in the tenant),
+    InvalidInput when ``token_id`` is not an id (12 characters a-z, 2-7): the message never
+    quotes it, since a whole token pasted by mistake must not reach stderr or a log (it is
+    refused, not revoked by its id part: nothing derived from a secret is acted on)."""
+    if not _TOKEN_ID.fullmatch(token_id):
+        if token_id.startswith("rtr_"):
+            raise InvalidInput(
+                "token revoke takes a token's ID, not the token itself (`rotator token list` "
+                "shows the IDs); treat a token pasted anywhere as leaked"
+            )
+        raise InvalidInput(
+            "not a token ID: an ID is 12 characters a-z and 2-7 (`rotator token list` shows them)"
+        )
     await svc.authorize(principal, Action.PRINCIPAL_WRITE)
     t = await svc.tenant(principal.tenant)
     now = svc.clock()

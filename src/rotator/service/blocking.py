@@ -306,6 +306,7 @@ class BlockingService:
     list_tokens = _Blocking(access.list_tokens)
     revoke_token = _Blocking(access.revoke_token)
     authenticate = _Blocking(access.authenticate)
+    authorize_tenant = _Blocking(RotatorService.authorize_tenant)
     add_tenant = _Blocking(access.add_tenant)
     list_tenants = _Blocking(access.list_tenants)
 

@@ -198,30 +198,48 @@ class RotatorService:
         await self._audit_denied(principal, action, name, **details)
         raise missing
 
-    async def _audit_denied(
-        self, principal: Principal, action: Action, name: str | None, **details: Any
+    async def authorize_tenant(
+        self, principal: Principal, tenant: str, action: Action | None = None
     ) -> None:
-        await self._write(
-            lambda conn: self._audit(
-                conn,
-                principal,
-                "access.denied",
-                name,
-                permission=action.value,
-                token=principal.token_id,
-                **details,
-            )
-        )
+        """Raise PermissionDenied unless ``principal`` may act in ``tenant``: do ``action``
+        there tenant-wide, or (None) act there at all; only the store's owner acts in a
+        tenant other than its own. A denial is audited like :meth:`authorize` (in the
+        principal's own tenant, naming ``tenant`` and the token id)."""
+        if action is None:
+            if principal.owner or tenant == principal.tenant:
+                return
+        elif principal.may(action, None, tenant):
+            return
+        await self._deny(principal, action, None, f" in tenant {tenant!r}", tenant=tenant)
+
+    async def _audit_denied(
+        self, principal: Principal, action: Action | None, name: str | None, **details: Any
+    ) -> None:
+        # The one audited path of every denial: the entry names the token the caller
+        # authenticated with, so a refusal can be traced to it (never the token itself).
+        entry: dict[str, Any] = {
+            "permission": None if action is None else action.value,
+            "token": principal.token_id,
+            **details,
+        }
+        await self._write(lambda conn: self._audit(conn, principal, "access.denied", name, **entry))
 
     async def _deny(
-        self, principal: Principal, action: Action, name: str | None, target: str | None = None
+        self,
+        principal: Principal,
+        action: Action | None,
+        name: str | None,
+        target: str | None = None,
+        *,
+        tenant: str | None = None,
     ) -> None:
-        await self._audit_denied(principal, action, name)
+        await self._audit_denied(
+            principal, action, name, **({} if tenant is None else {"tenant": tenant})
+        )
         if target is None:
             target = f" on {name!r}" if name is not None else f" in tenant {principal.tenant!r}"
-        raise PermissionDenied(
-            f"permission denied: {principal.name!r} may not {action.value}{target}"
-        )
+        what = "act" if action is None else action.value
+        raise PermissionDenied(f"permission denied: {principal.name!r} may not {what}{target}")
 
     def _audit(
         self,
@@ -254,11 +272,15 @@ class RotatorService:
         With ``verify`` the connector first checks its target (role exists, admin secret
         works, host reachable) and VerificationFailed says what is wrong.
         Raises InvalidInput (name, settings, policy), UnknownConnector, AlreadyExists.
-        Nothing is stored unless everything is valid. Needs CREDENTIAL_WRITE on ``name`` and
-        on every credential its settings reference (an admin secret, a CA).
+        Nothing is stored unless everything is valid. Needs CREDENTIAL_WRITE on ``name``;
+        ``sinks`` (they decide where the value is written) need VALUE_READ on ``name``, and
+        every credential its settings reference (an admin secret, a CA) needs VALUE_READ on
+        that name (see :meth:`_authorize_references`).
         """
         names.check_credential_name(name)
         await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
+        if sinks:
+            await self.authorize(principal, Action.VALUE_READ, name)
         impl = self.engine.connector(connector)
         cfg = cbase.parse_config(impl, dict(settings or {}))
         await self._authorize_references(principal, impl, cfg)
@@ -339,12 +361,12 @@ class RotatorService:
     async def _authorize_references(
         self, principal: Principal, impl: cbase.Connector, cfg: cbase.ConnectorConfig
     ) -> None:
-        # The engine uses a referenced credential's value (an admin secret, a CA key) on the
-        # target this config names: pointing at one is managing it, so each needs
-        # CREDENTIAL_WRITE too (a principal scoped to prod/payments/* cannot make rotator use
-        # prod/core's admin secret on a host it picks).
+        # The engine sends a referenced credential's value (an admin secret, a CA key, an
+        # auth token) to the target this config names, a host the caller picks: referencing
+        # one decides where that secret goes, so it needs a grant that may read it
+        # (VALUE_READ); an operator, who may not, cannot make rotator hand it to its host.
         for ref in sorted(cbase.references_of(impl, cfg)):
-            await self.authorize(principal, Action.CREDENTIAL_WRITE, ref)
+            await self.authorize(principal, Action.VALUE_READ, ref)
 
     async def _new_value(
         self,
@@ -495,12 +517,18 @@ class RotatorService:
         read other credentials, e.g. a leaf certificate its CA). The transaction then
         re-checks that the credential did not change in between (no new version, no other
         update) and raises ConcurrentModification if it did; nothing is stored then.
-        Needs CREDENTIAL_WRITE on ``name`` and, when connector or settings change, on every
-        credential the new settings reference.
+        Needs CREDENTIAL_WRITE on ``name``; VALUE_READ on ``name`` too for ``sinks`` (any
+        but none) and, when the credential has a value, for a change of connector or
+        settings (they decide where its value is sent); and, when connector or settings
+        change, VALUE_READ on every credential the new settings reference.
         """
         names.check_credential_name(name)
         await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
+        if sinks:
+            await self.authorize(principal, Action.VALUE_READ, name)
         cred = await self.find(name, principal)
+        if (settings is not None or connector is not None) and cred.versions:
+            await self.authorize(principal, Action.VALUE_READ, name)
         kind = connector or cred.connector
         impl = self.engine.connector(kind)
         new_settings = (

@@ -40,14 +40,18 @@ class PolicyDefault:
         return f"tenant {self.tenant}" if self.tag is None else f"tag {self.tag[0]}={self.tag[1]}"
 
 
-def _scope(
-    tag: tuple[str, str] | None, tenant: str | None, principal: Principal
+async def _scope(
+    svc: RotatorService, tag: tuple[str, str] | None, tenant: str | None, principal: Principal
 ) -> tuple[str, str]:
     if (tag is None) == (tenant is None):
         raise InvalidInput("give either --tag KEY=VALUE or --tenant TENANT")
     if tenant is not None:
         names.check_tenant_name(tenant)
+        # Another tenant than the one it acts in: refused and audited like every denial.
+        await svc.authorize_tenant(principal, tenant)
         if tenant != principal.tenant:
+            # The owner acts in one tenant per call (ROTATOR_TENANT); a default set here
+            # would land in that one, not in ``tenant``.
             raise InvalidInput(
                 f"--tenant {tenant!r}: {principal.name!r} acts in tenant {principal.tenant!r}"
             )
@@ -71,7 +75,7 @@ async def set_default(
     the default when it is not valid on its own over the tenant default); nothing is stored
     then. Needs POLICY_WRITE tenant-wide."""
     await svc.authorize(principal, Action.POLICY_WRITE)
-    scope = _scope(tag, tenant, principal)
+    scope = await _scope(svc, tag, tenant, principal)
     patch = policy.partial()
     if not patch:
         raise InvalidInput("policy set needs at least one policy option (--every, --grace, ...)")
@@ -142,7 +146,7 @@ async def remove_default(
     ``policy.remove``. Raises NotFound when the scope has no default. Needs POLICY_WRITE
     tenant-wide."""
     await svc.authorize(principal, Action.POLICY_WRITE)
-    scope = _scope(tag, tenant, principal)
+    scope = await _scope(svc, tag, tenant, principal)
     t = await svc.tenant(principal.tenant)
 
     def write(conn: Connection) -> PolicyDefault:

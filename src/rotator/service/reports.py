@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 from rotator.domain import names
 from rotator.domain.policy import parse_duration
 from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
-from rotator.errors import InvalidInput, NotFound, PermissionDenied
+from rotator.errors import InvalidInput, NotFound
 from rotator.policy import compliance
 from rotator.policy.compliance import CredentialRow, Report, iso, seconds
 from rotator.service.credentials import RotatorService
@@ -94,21 +94,7 @@ async def compliance_report(
     await svc.authorize(principal, Action.REPORT_READ)
     name = principal.tenant if tenant is None else tenant
     names.check_tenant_name(name)
-    if not principal.may(Action.REPORT_READ, tenant=name):
-        await svc.engine.writer.run(
-            lambda conn: svc.kernel.audit(
-                conn,
-                principal,
-                "access.denied",
-                None,
-                None,
-                {"permission": Action.REPORT_READ.value, "tenant": name},
-            )
-        )
-        raise PermissionDenied(
-            f"permission denied: {principal.name!r} may not {Action.REPORT_READ.value} "
-            f"in tenant {name!r}"
-        )
+    await svc.authorize_tenant(principal, name, Action.REPORT_READ)
     try:
         t = await asyncio.to_thread(svc.kernel.find_tenant, name)
     except NotFound:

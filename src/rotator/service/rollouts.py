@@ -22,7 +22,7 @@ from rotator.errors import InvalidInput, NotFound
 from rotator.policy.rollout import MAX_ITEMS, HaltRule, fits, plan_starts
 from rotator.scheduler import rollouts as sched
 from rotator.service.credentials import RotatorService
-from rotator.service.rotation import Selection, select
+from rotator.service.rotation import Selection, owner_sweep, select
 from rotator.store import rollouts as store
 
 DEFAULT_HALT = HaltRule()
@@ -278,13 +278,16 @@ async def run(
     aborted) and return its final state. Each tick resumes dead rotations, starts the items
     whose time has come (``rotator.scheduler.rollouts.advance``) and sleeps until the next
     planned start (at most ``poll_s``). Interrupted, the rollout stays as it is in the store:
-    ``resume`` (or a worker) carries it on. Needs ROTATE tenant-wide."""
+    ``resume`` (or a worker) carries it on. Needs ROTATE tenant-wide. The store's owner
+    sweeps the whole store each tick; anyone else only its tenant's credentials (see
+    :func:`rotator.service.rotation.owner_sweep`)."""
     await svc.authorize(principal, Action.ROTATE)
     engine = svc.engine
     view = await _status(svc, rollout_id, principal)
+    sweep = owner_sweep(principal, [c.id for c in await svc.find_credentials(principal)])
     while view.status == "running":
-        await engine.recover()
-        await engine.process_revocations()
+        await engine.recover(sweep)
+        await engine.process_revocations(sweep)
         await sched.advance(engine, svc.clock(), rollout_id=rollout_id)
         view = await _status(svc, rollout_id, principal)
         if on_tick is not None:

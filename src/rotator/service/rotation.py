@@ -152,7 +152,9 @@ async def rotate(
 ) -> BatchResult:
     """Rotate the selected credentials now. Emergency: highest priority, grace 0, old value
     revoked before this returns. First resumes rotations whose process died and revokes
-    values whose grace ended. Never raises for a single credential's failure.
+    values whose grace ended: the owner's anywhere in the store, anyone else's only of the
+    selected credentials (:func:`owner_sweep`). Never raises for a single credential's
+    failure.
 
     Credentials named one by one (``rotator rotate NAME``) are interactive: the engine admits
     them ahead of queued batch work; a selection by tag or ``--all`` is batch work. Needs
@@ -173,10 +175,21 @@ async def rotate(
         )
         for c in creds
     ]
-    result = await run_rotations(svc, reqs, {c.name: c.id for c in creds}, progress=progress)
+    ids = {c.name: c.id for c in creds}
+    result = await run_rotations(
+        svc, reqs, ids, sweep=owner_sweep(principal, list(ids.values())), progress=progress
+    )
     if emergency:
         result.still_valid = await still_valid(svc, [c.id for c in creds])
     return result
+
+
+def owner_sweep(principal: Principal, credential_ids: list[int]) -> list[int] | None:
+    """What a use case's recovery and revocation sweeps cover: the whole store (None) for
+    the store's owner; for anyone else only ``credential_ids``, the credentials it acts on
+    (a principal must not resume, roll back or revoke another tenant's or another scope's
+    rotations; the worker and ``rotator recover`` sweep the rest)."""
+    return None if principal.owner else credential_ids
 
 
 async def run_rotations(
@@ -191,13 +204,14 @@ async def run_rotations(
     """Resume rotations whose process died, revoke what is due, rotate ``reqs`` (``ids``: each
     request's credential id by name), then revoke what is due again.
 
-    ``sweep``: the credentials whose due revocations are processed (None: every one in the
-    store). ``after`` runs as soon as the rotations end, before the last sweep (a caller
-    records outcomes there, so a slow revocation does not delay them). An emergency that
+    ``sweep``: the credentials whose dead rotations are resumed and whose due revocations
+    are processed (None: every one in the store; see :func:`owner_sweep`). ``after`` runs
+    as soon as the rotations end, before the last sweep (a caller records outcomes there,
+    so a slow revocation does not delay them). An emergency that
     joined a rotation already under way got that rotation's grace: its replaced values are
     revoked at once here too (see :func:`revoke_now`)."""
     engine = svc.engine
-    await engine.recover()
+    await engine.recover(sweep)
     await engine.process_revocations(sweep)
     result = await engine.rotate(reqs, progress=progress)
     if after is not None:
@@ -245,17 +259,18 @@ async def rotate_group(
     emergency: bool = False,
     principal: Principal = LOCAL_PRINCIPAL,
 ) -> BatchResult:
-    """Rotate a coordinated group now (see Engine.rotate_group). Needs ROTATE on every
-    member."""
+    """Rotate a coordinated group now (see Engine.rotate_group), after the sweeps of
+    :func:`rotate` (a non-owner's: only the members). Needs ROTATE on every member."""
     group = await svc.group_for(principal, Action.ROTATE, name)
-    await svc.engine.recover()
-    await svc.engine.process_revocations()
+    members = {m.name for m in group.members}
+    ids = [c.id for c in await svc.find_credentials(principal) if c.name in members]
+    sweep = owner_sweep(principal, ids)
+    await svc.engine.recover(sweep)
+    await svc.engine.process_revocations(sweep)
     result = await svc.engine.rotate_group(
         group, principal.tenant, emergency=emergency, requested_by=principal.name
     )
     if emergency:
-        members = {m.name for m in group.members}
-        ids = [c.id for c in await svc.find_credentials(principal) if c.name in members]
         result.still_valid = await still_valid(svc, ids)
     return result
 
