@@ -54,7 +54,7 @@ from rotator.audit.chain import (
     head_message,
     next_key_id,
 )
-from rotator.audit.log import _HEAD_LOCKED, _row_to_entry, append, format_ts
+from rotator.audit.log import _HEAD_LOCKED, append, format_ts, row_to_entry
 from rotator.crypto.signing import audit_signing_key, public_key_id, verify_signature
 from rotator.errors import AuditChainBroken
 from rotator.store.schema import audit_checkpoints, audit_log, audit_signing_keys
@@ -234,7 +234,7 @@ def entries_from(conn: Connection, first: int, until: int | None = None) -> Iter
         if not rows:
             return
         for r in rows:
-            yield _row_to_entry(r)
+            yield row_to_entry(r)
         after = rows[-1].seq
 
 

@@ -174,7 +174,8 @@ def append(
     AuditBatch([fields], keys).flush(conn)
 
 
-def _row_to_entry(r: Any) -> AuditEntry:
+def row_to_entry(r: Any) -> AuditEntry:
+    """The entry of an ``audit_log`` row."""
     return AuditEntry(
         seq=r.seq,
         ts=r.ts,
@@ -208,7 +209,7 @@ def entries(
         rows = conn.execute(select(sub).order_by(sub.c.seq)).all()
     else:
         rows = conn.execute(q.order_by(audit_log.c.seq)).all()
-    return [_row_to_entry(r) for r in rows]
+    return [row_to_entry(r) for r in rows]
 
 
 def _iter_all(conn: Connection, batch: int = 5000) -> Iterator[AuditEntry]:
@@ -220,7 +221,7 @@ def _iter_all(conn: Connection, batch: int = 5000) -> Iterator[AuditEntry]:
         if not rows:
             return
         for r in rows:
-            yield _row_to_entry(r)
+            yield row_to_entry(r)
         last = rows[-1].seq
 
 

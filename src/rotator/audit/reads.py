@@ -5,14 +5,14 @@ from __future__ import annotations
 from sqlalchemy import Connection, select
 
 from rotator.audit.chain import AuditEntry
-from rotator.audit.log import _row_to_entry
+from rotator.audit.log import row_to_entry
 from rotator.store.schema import audit_log
 
 
 def entries_after(conn: Connection, since: int) -> list[AuditEntry]:
     """Every entry after seq ``since``, in seq order (all tenants)."""
     q = select(audit_log).where(audit_log.c.seq > since).order_by(audit_log.c.seq)
-    return [_row_to_entry(r) for r in conn.execute(q).all()]
+    return [row_to_entry(r) for r in conn.execute(q).all()]
 
 
 def rotation_entries(conn: Connection, rotation_id: str, tenant: str) -> list[AuditEntry]:
@@ -22,7 +22,7 @@ def rotation_entries(conn: Connection, rotation_id: str, tenant: str) -> list[Au
         .where(audit_log.c.rotation_id == rotation_id, audit_log.c.tenant == tenant)
         .order_by(audit_log.c.seq)
     )
-    return [_row_to_entry(r) for r in conn.execute(q).all()]
+    return [row_to_entry(r) for r in conn.execute(q).all()]
 
 
 def credential_actions_after(
@@ -41,7 +41,7 @@ def credential_actions_after(
         )
         .order_by(audit_log.c.seq)
     )
-    return [_row_to_entry(r) for r in conn.execute(q).all()]
+    return [row_to_entry(r) for r in conn.execute(q).all()]
 
 
 def checkpoint_tenants(conn: Connection, seqs: list[int]) -> dict[int, str]:

@@ -11,10 +11,11 @@ its own event loop can use the facade too (it blocks that loop while it waits).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import signal
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import datetime
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
@@ -204,11 +205,7 @@ class BlockingService:
         the bound one (:meth:`bind`), else the owner."""
         if principal is None:
             principal = self.principal or LOCAL_PRINCIPAL
-        stop = self.run(_new_event())
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: self._loop.call_soon_threadsafe(stop.set))
-        try:
+        with self._until_signal() as stop:
             self.run(
                 rotation.serve(
                     self.service,
@@ -219,9 +216,6 @@ class BlockingService:
                     principal=principal,
                 )
             )
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def run_forwarders(
         self,
@@ -236,11 +230,7 @@ class BlockingService:
         bound one (:meth:`bind`), else the owner."""
         if principal is None:
             principal = self.principal or LOCAL_PRINCIPAL
-        stop = self.run(_new_event())
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: self._loop.call_soon_threadsafe(stop.set))
-        try:
+        with self._until_signal() as stop:
             return self.run(
                 forwarding.run_forwarders(
                     self.service,
@@ -251,6 +241,17 @@ class BlockingService:
                     principal=principal,
                 )
             )
+
+    @contextlib.contextmanager
+    def _until_signal(self) -> Iterator[asyncio.Event]:
+        """An event in the service's loop that SIGINT or SIGTERM sets, for the block's life
+        (the previous handlers come back after it). Call from the main thread."""
+        stop = self.run(_new_event())
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: self._loop.call_soon_threadsafe(stop.set))
+        try:
+            yield stop
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

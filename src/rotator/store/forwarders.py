@@ -10,7 +10,6 @@ the value the batch was read after.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from rotator.audit.chain import AuditEntry
+from rotator.audit.log import row_to_entry
 from rotator.store.schema import audit_forwarders, audit_head, audit_log, tenants
 
 KINDS = ("webhook", "syslog")
@@ -239,20 +239,5 @@ def pending(
     if tenant is not None:
         q = q.where(audit_log.c.tenant == tenant)
     rows = conn.execute(q.order_by(audit_log.c.seq).limit(limit)).all()
-    found = [
-        AuditEntry(
-            seq=int(r.seq),
-            ts=r.ts,
-            tenant=r.tenant,
-            actor=r.actor,
-            action=r.action,
-            credential=r.credential,
-            rotation_id=r.rotation_id,
-            details=json.loads(r.details),
-            prev_hash=r.prev_hash,
-            hash=r.hash,
-            key_id=r.key_id,
-        )
-        for r in rows
-    ]
+    found = [row_to_entry(r) for r in rows]
     return found, head
