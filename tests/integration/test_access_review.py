@@ -264,7 +264,14 @@ def test_policy_defaults_for_another_tenant_are_refused_and_audited_with_the_tok
         svc.remove_policy_default(tenant="team-b", principal=op)
     assert (
         denials(raw_db)
-        == [("team-a", None, {"permission": None, "token": TOKEN_ID, "tenant": "team-b"})] * 2
+        == [
+            (
+                "team-a",
+                None,
+                {"permission": "policy.write", "token": TOKEN_ID, "tenant": "team-b"},
+            )
+        ]
+        * 2
     )
     assert svc.list_policy_defaults(principal=owner_in("team-b")) == []
     # The owner naming another tenant than the one it acts in is still bad input.

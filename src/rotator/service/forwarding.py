@@ -66,7 +66,6 @@ from rotator.errors import (
     AuditError,
     InvalidInput,
     NotFound,
-    PermissionDenied,
     RotatorError,
 )
 from rotator.service.credentials import RotatorService
@@ -168,23 +167,6 @@ def _view(row: store_fwd.ForwarderRow, head: int) -> ForwarderView:
     )
 
 
-async def _deny(svc: RotatorService, principal: Principal, what: str) -> None:
-    """Audit a denial (as RotatorService.authorize does) and raise PermissionDenied."""
-    await svc._write(
-        lambda conn: svc._audit(
-            conn,
-            principal,
-            "access.denied",
-            None,
-            permission=Action.AUDIT_FORWARD.value,
-            token=principal.token_id,
-        )
-    )
-    raise PermissionDenied(
-        f"permission denied: {principal.name!r} may not {Action.AUDIT_FORWARD.value} {what}"
-    )
-
-
 def _visible(principal: Principal, row: store_fwd.ForwarderRow) -> bool:
     return principal.owner or row.tenant == principal.tenant
 
@@ -222,8 +204,8 @@ async def add_forwarder(
         raise InvalidInput(f"--batch must be between 1 and {MAX_BATCH}")
     if tenant is not None:
         names.check_tenant_name(tenant)
-        if not principal.owner and tenant != principal.tenant:
-            await _deny(svc, principal, f"in tenant {tenant!r}")
+        # Another tenant than its own: refused and audited (with the tenant) like every denial.
+        await svc.authorize_tenant(principal, tenant, Action.AUDIT_FORWARD)
     elif not principal.owner:
         tenant = principal.tenant
     options: dict[str, Any] = {"batch": batch or DEFAULT_BATCH}
@@ -330,6 +312,8 @@ async def remove_forwarder(
     ``tenant`` ``"*"`` for an every-tenant one; without ``tenant``, the one forwarder of
     that name (InvalidInput naming the tenants when several have it)."""
     await svc.authorize(principal, Action.AUDIT_FORWARD)
+    if tenant is not None and tenant != "*":
+        await svc.authorize_tenant(principal, tenant, Action.AUDIT_FORWARD)
     missing = NotFound(f"no forwarder {name!r}")
 
     def write(conn: Connection) -> RotatorError | None:
@@ -353,7 +337,15 @@ async def remove_forwarder(
         if row is None:
             return missing
         store_fwd.delete_forwarder(conn, row.id)
-        svc._audit(conn, principal, "audit.forward.remove", None, forwarder=name, cursor=row.cursor)
+        svc._audit(
+            conn,
+            principal,
+            "audit.forward.remove",
+            None,
+            forwarder=name,
+            scope=row.tenant or "*",
+            cursor=row.cursor,
+        )
         return None
 
     err = await svc._write(write)

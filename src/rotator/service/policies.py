@@ -48,7 +48,7 @@ async def _scope(
     if tenant is not None:
         names.check_tenant_name(tenant)
         # Another tenant than the one it acts in: refused and audited like every denial.
-        await svc.authorize_tenant(principal, tenant)
+        await svc.authorize_tenant(principal, tenant, Action.POLICY_WRITE)
         if tenant != principal.tenant:
             # The owner acts in one tenant per call (ROTATOR_TENANT); a default set here
             # would land in that one, not in ``tenant``.
