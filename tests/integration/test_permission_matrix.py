@@ -33,6 +33,7 @@ case restores what it changed so the next shares the store.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import tempfile
 import uuid
@@ -902,7 +903,10 @@ NO_OUT |= {"token_revoke", "forward_remove"}
 def _missing(existing: str) -> str:
     """An id or name of the same shape that names nothing."""
     last = existing[-1]
-    return existing[:-1] + ("1" if last == "0" else "0")
+    if re.fullmatch(r"[0-9a-f-]{36}", existing):  # a rotation id: stay hex
+        return existing[:-1] + ("1" if last == "0" else "0")
+    # Names and base32 token ids: a letter no fixture name ends with.
+    return existing[:-1] + ("y" if last == "z" else "z")
 
 
 def _targets(w: World, use_case: str, scenario: str) -> tuple[str, str]:
