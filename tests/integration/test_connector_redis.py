@@ -921,10 +921,20 @@ def connections_received(acl: Acl) -> int:
     return int(info["total_connections_received"])
 
 
-def clients_of(acl: Acl, user: str) -> list[str]:
-    """Connections now open as ``user`` (CLIENT LIST lines)."""
-    listing = acl.client.execute_command("CLIENT", "LIST")
-    return [line for line in str(listing).splitlines() if f" user={user} " in f" {line} "]
+def clients_of(acl: Acl, user: str, *, settle_to: int | None = None) -> list[str]:
+    """Connections now open as ``user`` (CLIENT LIST lines).
+
+    The server notices a client's close asynchronously, so a caller that just closed
+    connections passes ``settle_to``: the listing is re-read (bounded, 5 s) until it has
+    that many lines, and the last listing is returned either way.
+    """
+    deadline = time.monotonic() + 5
+    while True:
+        listing = acl.client.execute_command("CLIENT", "LIST")
+        lines = [line for line in str(listing).splitlines() if f" user={user} " in f" {line} "]
+        if settle_to is None or len(lines) == settle_to or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.01)
 
 
 def test_admin_operations_share_pooled_connections_and_test_connects_afresh(acl: Acl) -> None:
@@ -952,7 +962,7 @@ def test_admin_operations_share_pooled_connections_and_test_connects_afresh(acl:
 
     asyncio.run(go())
     assert seen == {"admin": 1, "pooled": 1, "tests": 5}
-    assert clients_of(acl, admin_user) == []
+    assert clients_of(acl, admin_user, settle_to=0) == []
     assert acl.digests(user) == {digest(values[0])}
 
 
@@ -965,7 +975,7 @@ def test_a_changed_admin_value_gets_a_new_pool_and_the_old_one_is_closed(acl: Ac
     ids: list[set[str]] = []
 
     def client_ids() -> set[str]:
-        return {line.split(" ", 1)[0] for line in clients_of(acl, admin_user)}
+        return {line.split(" ", 1)[0] for line in clients_of(acl, admin_user, settle_to=1)}
 
     async def go() -> None:
         await conn.set(cb.SetRequest("redis/app", 2, cfg, new_value(), None, secrets=res))
