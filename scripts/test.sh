@@ -68,8 +68,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 python_ok .venv/bin/python || die ".venv has Python < 3.11; remove .venv and rerun"
 
-echo "==> installing rotator[dev] into .venv"
-.venv/bin/pip install -q -e '.[dev]'
+echo "==> installing rotator[dev,otlp] into .venv"
+.venv/bin/pip install -q -e '.[dev,otlp]'
 
 # --- checks ---------------------------------------------------------------------------
 echo "==> ruff"

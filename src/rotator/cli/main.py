@@ -27,6 +27,7 @@ from rotator.cli import (  # noqa: F401
     report,
     rollouts,
     rotate,
+    serve,
     worker,
 )
 from rotator.cli.app import (

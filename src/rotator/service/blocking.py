@@ -205,7 +205,7 @@ class BlockingService:
         the bound one (:meth:`bind`), else the owner."""
         if principal is None:
             principal = self.principal or LOCAL_PRINCIPAL
-        with self._until_signal() as stop:
+        with self.until_signal() as stop:
             self.run(
                 rotation.serve(
                     self.service,
@@ -230,7 +230,7 @@ class BlockingService:
         bound one (:meth:`bind`), else the owner."""
         if principal is None:
             principal = self.principal or LOCAL_PRINCIPAL
-        with self._until_signal() as stop:
+        with self.until_signal() as stop:
             return self.run(
                 forwarding.run_forwarders(
                     self.service,
@@ -243,7 +243,7 @@ class BlockingService:
             )
 
     @contextlib.contextmanager
-    def _until_signal(self) -> Iterator[asyncio.Event]:
+    def until_signal(self) -> Iterator[asyncio.Event]:
         """An event in the service's loop that SIGINT or SIGTERM sets, for the block's life
         (the previous handlers come back after it). Call from the main thread."""
         stop = self.run(_new_event())

@@ -125,6 +125,15 @@ class RotatorService:
     def clock(self) -> datetime:
         return self.kernel.clock()
 
+    async def ready(self) -> None:
+        """Return when the store answers a query; StoreUnavailable (or another StoreError)
+        when it does not. For readiness probes: needs no principal and reads nothing."""
+
+        def ping(conn: Connection) -> None:
+            conn.exec_driver_sql("SELECT 1")
+
+        await self._read(ping)
+
     # -- helpers ----------------------------------------------------------------------------
 
     async def _read(self, fn: Callable[[Connection], T]) -> T:

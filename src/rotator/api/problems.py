@@ -1,0 +1,115 @@
+"""Errors as ``application/problem+json`` (RFC 9457): one handler per kind of failure.
+
+Callers rely on: every error response of the API has this media type and the members
+``type``, ``title``, ``status`` and ``detail`` (one line naming the problem); no traceback,
+no request body and no value is ever echoed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rotator import errors
+
+MEDIA_TYPE = "application/problem+json"
+
+# Most specific first: the first class an error is an instance of gives its status.
+_STATUS: tuple[tuple[type[errors.RotatorError], int], ...] = (
+    (errors.AuthenticationFailed, 401),
+    (errors.PermissionDenied, 403),
+    (errors.NotFound, 404),
+    (errors.AlreadyExists, 409),
+    (errors.ConcurrentModification, 409),
+    (errors.InvalidInput, 400),
+    (errors.NotInitialized, 503),
+    (errors.StoreUnavailable, 503),
+    (errors.AuditKeyUnavailable, 503),
+    (errors.IntegrityError, 500),
+    (errors.DecryptionError, 500),
+    (errors.ConnectorError, 502),
+    (errors.RotatorError, 500),
+)
+
+
+def status_of(exc: errors.RotatorError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def _slug(status: int) -> str:
+    return {
+        400: "bad-request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not-found",
+        405: "method-not-allowed",
+        409: "conflict",
+        413: "payload-too-large",
+        415: "unsupported-media-type",
+        422: "invalid-request",
+        429: "too-many-requests",
+        500: "internal-error",
+        502: "target-error",
+        503: "unavailable",
+    }.get(status, "error")
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    """A problem+json response. ``detail`` must already be safe to show (no value)."""
+    body: dict[str, Any] = {
+        "type": f"https://rotator.dev/problems/{_slug(status)}",
+        "title": title or _slug(status).replace("-", " "),
+        "status": status,
+        "detail": detail.splitlines()[0] if detail else _slug(status).replace("-", " "),
+    }
+    if extra:
+        body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    """Where and what, from the first error; never the rejected input (it may be a value)."""
+    errs = exc.errors()
+    if not errs:
+        return "invalid request"
+    first = errs[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
+    return f"{loc}: {first.get('msg', 'invalid')}"
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    @app.exception_handler(errors.RotatorError)
+    async def _rotator_error(request: Request, exc: errors.RotatorError) -> JSONResponse:
+        status = status_of(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        detail = str(exc) if status < 500 or status in (502, 503) else type(exc).__name__
+        return problem(status, detail, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem(422, _validation_detail(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return problem(500, "internal error")

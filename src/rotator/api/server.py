@@ -1,0 +1,120 @@
+"""Run the API (uvicorn) and the scheduler in one event loop: ``rotator serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from rotator.api.app import create_app
+from rotator.errors import InvalidInput
+from rotator.service import RotatorService, rotation
+
+log = logging.getLogger("rotator.api")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8200
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    scheduler: bool = True
+    poll_s: float = 5.0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (IPv6 when ``host`` is an IPv6 address); InvalidInput when it
+    cannot be bound (busy port, unknown address)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    svc: RotatorService,
+    stop: asyncio.Event,
+    opts: ServeOptions,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the API on ``opts.host:opts.port`` (TLS when a certificate and key are given)
+    and run the scheduler (rotation.serve) beside it, until ``stop`` is set or either ends
+    with an error. The port is bound before this returns control to the loop's other work,
+    so a busy port is InvalidInput, raised at once. ``on_ready`` gets the base URL
+    (``http://127.0.0.1:8200``; the real port when ``opts.port`` is 0) once requests are
+    served."""
+    if (opts.certfile is None) != (opts.keyfile is None):
+        raise InvalidInput("TLS needs both --tls-cert and --tls-key")
+    sock = _listen(opts.host, opts.port)
+    app = create_app(svc)
+    config = uvicorn.Config(
+        app,
+        host=opts.host,
+        port=opts.port,
+        ssl_certfile=str(opts.certfile) if opts.certfile else None,
+        ssl_keyfile=str(opts.keyfile) if opts.keyfile else None,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+
+    async def run_api() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit:  # uvicorn's way of saying it could not start
+            raise InvalidInput(f"cannot serve on {opts.host}:{opts.port}") from None
+        finally:
+            sock.close()
+
+    api = asyncio.create_task(run_api(), name="api")
+    while not server.started and not api.done():
+        await asyncio.sleep(0.01)
+    if api.done():
+        api.result()  # raises the start-up error
+        return
+    bound = sock.getsockname()
+    scheme = "https" if opts.certfile else "http"
+    host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    url = f"{scheme}://{host}:{bound[1]}"
+    log.info("serving on %s", url)
+    if on_ready is not None:
+        on_ready(url)
+    tasks = [api]
+    if opts.scheduler:
+        tasks.append(
+            asyncio.create_task(rotation.serve(svc, stop, poll_s=opts.poll_s), name="scheduler")
+        )
+    stopping = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopping:
+                task.result()  # an error of the API or the scheduler ends the server
+    finally:
+        stop.set()
+        server.should_exit = True
+        stopping.cancel()
+        for task in tasks:
+            # The error that ended the server (if any) is already on its way out.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
