@@ -30,6 +30,7 @@ from rotator.service import (
     events,
     evidence,
     forwarding,
+    jobs,
     policies,
     reports,
     rollouts,
@@ -288,6 +289,9 @@ class BlockingService:
     rotate = _Blocking(rotation.rotate)
     rotate_group = _Blocking(rotation.rotate_group)
     recover = _Blocking(rotation.recover)
+    start_job = _Blocking(jobs.start_job)
+    get_job = _Blocking(jobs.get_job)
+    list_jobs = _Blocking(jobs.list_jobs)
     create_rollout = _Blocking(rollouts.create)
     list_rollouts = _Blocking(rollouts.list_rollouts)
     rollout_status = _Blocking(rollouts.status)
