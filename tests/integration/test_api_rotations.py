@@ -355,6 +355,36 @@ def test_a_server_killed_mid_job_leaves_the_job_interrupted_and_one_working_curr
         assert listed["status"] == "interrupted"
 
 
+def test_a_server_stopped_mid_job_records_the_job_interrupted_before_it_exits(
+    svc: BlockingService, serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """SIGTERM: the job ends recorded at once, not when its (default, 30 s) lease runs out."""
+    doubles.install()
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    cfg = {"state": str(tmp_path / "target.json"), "barrier": str(barrier), "barrier_after": "set"}
+    svc.add_credential("app/db", "double", settings=cfg, value=ValueInput(generate=True))
+    doubles.target_add(DoubleConfig(**cfg), "app/db", svc.get_value("app/db").reveal_text())
+    token = _token(svc, "boss", Role.ADMIN)
+    svc.close()
+    a = serve("--no-scheduler")
+    with a.client(token) as c:
+        job_id = c.post("/v1/credentials/app/db/rotate").json()["id"]
+        deadline = time.monotonic() + WAIT_S
+        while not list(barrier.glob("set.*.reached")):
+            assert time.monotonic() < deadline, "the rotation never reached its barrier"
+            time.sleep(0.05)
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(timeout=WAIT_S) == 0, a.log.read_text()
+    (barrier / "release").touch()
+    b = serve("--no-scheduler")
+    with b.client(token) as c:
+        job = c.get(f"/v1/rotations/{job_id}").json()
+        assert job["status"] == "interrupted"
+        assert job["error"] == "the process running the job was stopped before it ended"
+        assert job["finished_at"] is not None
+
+
 def test_events_audit_pages_verify_compliance_and_evidence_over_http(
     svc: BlockingService, serve: Callable[..., Server], raw_db: Engine
 ) -> None:
