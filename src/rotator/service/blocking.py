@@ -153,10 +153,12 @@ class BlockingService:
             raise
 
     def close(self) -> None:
-        """Finish queued writes, close connections, the store and the loop. Idempotent."""
+        """Finish queued writes, close connections, the store and the loop. Idempotent.
+        Rotation jobs still running on the facade's loop end recorded as interrupted."""
         if self._loop.is_closed():
             return
         try:
+            self.run(jobs.stop_jobs(self.service))
             self.run(self.service.aclose())
         finally:
             self._stop_loop()
