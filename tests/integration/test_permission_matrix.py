@@ -36,6 +36,7 @@ import json
 import re
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ remove              credential.write   name    notfound   Y     Y   N    N    N
 used                usage.report       name    notfound   Y     Y   N    N    Y
 rotate              rotate             name    notfound   Y     Y   N    N    N
 rotate_tag          rotate             select  hidden     Y     Y   N    N    N
+job_start           rotate             name    notfound   Y     Y   N    N    N
+job_start_tag       rotate             select  hidden     Y     Y   N    N    N
+job_get             rotation.read      rotation notfound  Y     Y   Y    N    N
+job_list            rotation.read      tenant  hidden     Y     Y   Y    N    N
 plan                rotate             name    notfound   Y     Y   N    N    N
 add_group           group.write        name    notfound   Y     Y   N    N    N
 get_group           credential.read    group    notfound   Y     Y   Y    Y    Y
@@ -262,6 +267,11 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
                 for e in svc.audit_entries(credential=n, principal=owner)
                 if e.rotation_id
             ][-1]
+        # A finished rotation job (REST) per credential, to ask for.
+        for n, owner in ((IN, OWNER_A), (OUT, OWNER_A), (B_ONLY, OWNER_B)):
+            w.scratch[f"job:{n}"] = _job_done(
+                svc, svc.start_job(Selection(names=[n]), principal=owner).id, owner
+            ).id
         svc.make_checkpoint(principal=ADMIN_B)
         sink.bind(("127.0.0.1", 0))
         w.scratch["syslog"] = f"udp://127.0.0.1:{sink.getsockname()[1]}"
@@ -291,6 +301,17 @@ def _rollout(svc: BlockingService, owner: Principal, names: list[str], stagger: 
         Selection(names=names), stagger=stagger, max_per_minute=600, principal=owner
     )
     return view.id
+
+
+def _job_done(svc: BlockingService, job_id: str, owner: Principal) -> Any:
+    """The job once it ended (it runs in the background on the facade's loop)."""
+    deadline = time.monotonic() + 60
+    while True:
+        job = svc.get_job(job_id, principal=owner)
+        if job.status != "running":
+            return job
+        assert time.monotonic() < deadline, "the job never ended"
+        time.sleep(0.02)
 
 
 def principal(role: str, scope: str) -> Principal:
@@ -435,6 +456,39 @@ def case(w: World, uc: str, p: Principal, scenario: str) -> Case:
             assert version_of(w, B_ONLY, OWNER_B) == b_before, "b's credential untouched"
 
         return (lambda: svc.rotate(Selection(tags=SEL), principal=p)), check_tag, _none
+    if uc in ("job_start", "job_start_tag"):
+        before = {n: version_of(w, n) for n in (IN, OUT)}
+        b_before = version_of(w, B_ONLY, OWNER_B)
+        if uc == "job_start":
+            want, sel = {IN}, Selection(names=[name])
+        else:
+            want = {IN, OUT} if p.grants[0].scope == "*" else {IN}
+            sel = Selection(tags=SEL)
+
+        def check_job(job: Any) -> None:
+            done = _job_done(svc, job.id, OWNER_A)
+            assert (done.status, done.requested_by) == ("done", p.name)
+            assert set(done.result["rotated"]) == want
+            for n in (IN, OUT):
+                assert version_of(w, n) == before[n] + (n in want)
+            assert version_of(w, B_ONLY, OWNER_B) == b_before, "b's credential untouched"
+
+        return (lambda: svc.start_job(sel, principal=p)), check_job, _none
+    if uc == "job_get":
+        job_id = w.scratch[f"job:{name}"]
+        return (
+            (lambda: svc.get_job(job_id, principal=p)),
+            lambda j: _eq((j.id, j.status, j.result["rotated"]), (job_id, "done", [IN])),
+            _none,
+        )
+    if uc == "job_list":
+
+        def check_jobs(found: Any) -> None:
+            ids = {j.id for j in found}
+            assert {w.scratch[f"job:{IN}"], w.scratch[f"job:{OUT}"]} <= ids
+            assert w.scratch[f"job:{B_ONLY}"] not in ids
+
+        return (lambda: svc.list_jobs(principal=p)), check_jobs, _none
     if uc == "plan":
         return (
             (lambda: svc.plan(Selection(names=[name]), principal=p)),
@@ -876,6 +930,8 @@ NAMED: dict[str, Callable[[BlockingService, Principal, str], Any]] = {
     "used": lambda svc, p, t: svc.report_usage(t, 1, principal=p),
     "rotate": lambda svc, p, t: svc.rotate(Selection(names=[t]), principal=p),
     "plan": lambda svc, p, t: svc.plan(Selection(names=[t]), principal=p),
+    "job_start": lambda svc, p, t: svc.start_job(Selection(names=[t]), principal=p),
+    "job_get": lambda svc, p, t: svc.get_job(t, principal=p),
     "event_credential": lambda svc, p, t: svc.report_event(
         EventInput("leak", "low", credential=t), principal=p
     ),
@@ -915,6 +971,8 @@ def _targets(w: World, use_case: str, scenario: str) -> tuple[str, str]:
     kind = ROWS[use_case].kind
     if use_case == "rotation_evidence":
         existing = w.scratch[f"rotation:{OUT if scenario == 'out' else B_ONLY}"]
+    elif use_case == "job_get":
+        existing = w.scratch[f"job:{OUT if scenario == 'out' else B_ONLY}"]
     elif kind == "group":
         existing = "g-out" if scenario == "out" else "g-b"
     elif use_case.startswith("rollout_") and use_case != "rollout_create":

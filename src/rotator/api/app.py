@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from rotator.api import problems
-from rotator.api.routes import credentials, health
+from rotator.api.routes import audit, credentials, events, health, reports, rotations
 from rotator.service import RotatorService
 
 
@@ -22,5 +22,10 @@ def create_app(svc: RotatorService) -> FastAPI:
     app.state.service = svc
     problems.install(app)
     app.include_router(health.router)
+    # Before credentials: its /{name:path} must not swallow /{name:path}/rotate.
+    app.include_router(rotations.router)
+    app.include_router(events.router)
+    app.include_router(audit.router)
+    app.include_router(reports.router)
     app.include_router(credentials.router)
     return app

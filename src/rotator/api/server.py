@@ -14,7 +14,7 @@ import uvicorn
 
 from rotator.api.app import create_app
 from rotator.errors import InvalidInput
-from rotator.service import RotatorService, rotation
+from rotator.service import RotatorService, jobs, rotation
 
 log = logging.getLogger("rotator.api")
 
@@ -118,3 +118,6 @@ async def serve(
             # The error that ended the server (if any) is already on its way out.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Rotation jobs this process runs end recorded as interrupted (their rotations are
+        # resumed by the engine's recovery), not left running until their lease runs out.
+        await jobs.stop_jobs(svc)

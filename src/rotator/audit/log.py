@@ -197,9 +197,21 @@ def entries(
     tenant: str | None = None,
     credential: str | None = None,
     limit: int | None = None,
+    after: int | None = None,
 ) -> list[AuditEntry]:
-    """Entries in seq order, optionally for one tenant / credential, the newest ``limit``."""
+    """Entries in seq order, optionally for one tenant / credential, the newest ``limit``;
+    with ``after``, the first ``limit`` entries whose seq is above it (a page)."""
     q = select(audit_log)
+    if after is not None:
+        q = q.where(audit_log.c.seq > after)
+        if tenant is not None:
+            q = q.where(audit_log.c.tenant == tenant)
+        if credential is not None:
+            q = q.where(audit_log.c.credential == credential)
+        q = q.order_by(audit_log.c.seq)
+        if limit is not None:
+            q = q.limit(limit)
+        return [row_to_entry(r) for r in conn.execute(q).all()]
     if tenant is not None:
         q = q.where(audit_log.c.tenant == tenant)
     if credential is not None:

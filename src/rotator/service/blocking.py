@@ -30,6 +30,7 @@ from rotator.service import (
     events,
     evidence,
     forwarding,
+    jobs,
     policies,
     reports,
     rollouts,
@@ -152,10 +153,12 @@ class BlockingService:
             raise
 
     def close(self) -> None:
-        """Finish queued writes, close connections, the store and the loop. Idempotent."""
+        """Finish queued writes, close connections, the store and the loop. Idempotent.
+        Rotation jobs still running on the facade's loop end recorded as interrupted."""
         if self._loop.is_closed():
             return
         try:
+            self.run(jobs.stop_jobs(self.service))
             self.run(self.service.aclose())
         finally:
             self._stop_loop()
@@ -288,6 +291,9 @@ class BlockingService:
     rotate = _Blocking(rotation.rotate)
     rotate_group = _Blocking(rotation.rotate_group)
     recover = _Blocking(rotation.recover)
+    start_job = _Blocking(jobs.start_job)
+    get_job = _Blocking(jobs.get_job)
+    list_jobs = _Blocking(jobs.list_jobs)
     create_rollout = _Blocking(rollouts.create)
     list_rollouts = _Blocking(rollouts.list_rollouts)
     rollout_status = _Blocking(rollouts.status)

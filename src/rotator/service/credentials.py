@@ -810,12 +810,21 @@ class RotatorService:
         credential: str | None = None,
         limit: int | None = None,
         principal: Principal = LOCAL_PRINCIPAL,
+        *,
+        after: int | None = None,
     ) -> list[AuditEntry]:
         """The entries of the principal's tenant (of ``credential`` if given), in order, the
-        newest ``limit``. Needs AUDIT_READ on ``credential`` (without one: tenant-wide)."""
+        newest ``limit``; with ``after`` (a seq), the first ``limit`` after it (a page). Needs
+        AUDIT_READ on ``credential`` (without one: tenant-wide)."""
         await self.authorize(principal, Action.AUDIT_READ, credential)
         return await self._read(
-            partial(audit.entries, tenant=principal.tenant, credential=credential, limit=limit)
+            partial(
+                audit.entries,
+                tenant=principal.tenant,
+                credential=credential,
+                limit=limit,
+                after=after,
+            )
         )
 
     async def audit_verify(

@@ -319,14 +319,20 @@ async def report_event(
 
 
 async def list_events(
-    svc: RotatorService, limit: int = 50, principal: Principal = LOCAL_PRINCIPAL
+    svc: RotatorService,
+    limit: int = 50,
+    principal: Principal = LOCAL_PRINCIPAL,
+    *,
+    before: int | None = None,
 ) -> list[EventRow]:
-    """The tenant's newest ``limit`` events, newest first, each with its decisions. Needs
-    ROTATION_READ tenant-wide."""
+    """The tenant's newest ``limit`` events (older than event id ``before`` if given: the
+    next page), newest first, each with its decisions. Needs ROTATION_READ tenant-wide."""
     if not 1 <= limit <= MAX_LIST:
         raise InvalidInput(f"--limit must be between 1 and {MAX_LIST}")
     await svc.authorize(principal, Action.ROTATION_READ)
     tenant = await svc._existing_tenant(principal)
     if tenant is None:
         return []
-    return await svc.engine.runtime.read(lambda c: store_events.list_events(c, tenant.id, limit))
+    return await svc.engine.runtime.read(
+        lambda c: store_events.list_events(c, tenant.id, limit, before)
+    )

@@ -187,14 +187,15 @@ def last_risk_rotation(
     return value
 
 
-def list_events(conn: Connection, tenant_id: int, limit: int) -> list[EventRow]:
-    """The newest ``limit`` events of a tenant, newest first, each with its decisions."""
-    rows = conn.execute(
-        select(risk_events)
-        .where(risk_events.c.tenant_id == tenant_id)
-        .order_by(risk_events.c.id.desc())
-        .limit(limit)
-    ).all()
+def list_events(
+    conn: Connection, tenant_id: int, limit: int, before: int | None = None
+) -> list[EventRow]:
+    """The newest ``limit`` events of a tenant (with an id below ``before`` if given), newest
+    first, each with its decisions."""
+    q = select(risk_events).where(risk_events.c.tenant_id == tenant_id)
+    if before is not None:
+        q = q.where(risk_events.c.id < before)
+    rows = conn.execute(q.order_by(risk_events.c.id.desc()).limit(limit)).all()
     events = {
         r.id: EventRow(r.id, r.kind, r.severity, r.selector, r.detail, r.reporter, r.created_at)
         for r in rows

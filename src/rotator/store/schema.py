@@ -511,3 +511,32 @@ audit_forwarders = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("scope_key", "name", name="uq_audit_forwarders_scope_name"),
 )
+
+# -- rotation jobs of the REST API (migration 0015) -------------------------------------------
+
+# One row per rotation requested through the API (``POST /v1/credentials/{name}/rotate``,
+# ``POST /v1/rotations``): the process that accepted it (``owner``, an engine owner id) runs it
+# and renews ``lease_until`` while it does; ``status`` running, done (``result`` holds the
+# ``rotate --json`` shape) or interrupted (the owner died or failed: ``error`` says which).
+# ``credentials``: the names the selection resolved to when the job was accepted (what the job
+# reaches, for access checks). ``id`` is time-ordered (UUIDv7 layout), so pages by id are in
+# the order jobs were accepted.
+rotation_jobs = Table(
+    "rotation_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("requested_by", String(200), nullable=False),
+    Column("selector", JSON, nullable=False),
+    Column("credentials", JSON, nullable=False),
+    Column("emergency", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("result", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("owner", String(200), nullable=False),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Index("ix_rotation_jobs_tenant_id", "tenant_id", "id"),
+)
