@@ -33,6 +33,7 @@ from rotator import errors
 from rotator.domain import names as name_rules
 from rotator.domain.model import Stage
 from rotator.domain.principal import Principal
+from rotator.domain.secret import Secret
 from rotator.service import EventInput, PolicyInput, RotatorService, ValueInput
 from rotator.service import events as svc_events
 from rotator.service import policies as svc_policies
@@ -75,6 +76,15 @@ TagsArg = Annotated[
     Field(
         description="Tags as KEY: VALUE pairs; a credential matches when it has all of them.",
         examples=[{"env": "prod", "team": "payments"}],
+    ),
+]
+
+SinksArg = Annotated[
+    list[str] | None,
+    Field(
+        description="After each rotation write the new value here (needs value.read): "
+        "`file:path=/etc/app/db.env,format=dotenv`.",
+        examples=[["file:path=/etc/app/db.env,format=dotenv"]],
     ),
 ]
 
@@ -277,14 +287,18 @@ def build_server(svc_provider: ServiceProvider, principal_provider: PrincipalPro
         window: _PolicyArgs.Window = None,
         grace: _PolicyArgs.Grace = None,
         max_uses: _PolicyArgs.MaxUses = None,
+        jitter: _PolicyArgs.Jitter = None,
+        blackout: _PolicyArgs.Blackout = None,
+        tz: _PolicyArgs.Tz = None,
         max_age: _PolicyArgs.MaxAge = None,
+        on_risk: _PolicyArgs.OnRisk = None,
+        risk_cooldown: _PolicyArgs.RiskCooldown = None,
+        sinks: SinksArg = None,
     ) -> dict[str, Any]:
         """Register a new credential (in the caller's tenant), optionally with a first value
         (generated, or given). Returns the credential's metadata (never the value). Fails if
         the name exists already."""
         svc, principal = await ctx()
-        from rotator.domain.secret import Secret
-
         cred = await svc.add_credential(
             name,
             connector,
@@ -296,12 +310,18 @@ def build_server(svc_provider: ServiceProvider, principal_provider: PrincipalPro
                 window=window,
                 grace=grace,
                 max_uses=max_uses,
+                jitter=jitter,
+                blackout=blackout,
+                tz=tz,
                 max_age=max_age,
+                on_risk=on_risk,
+                risk_cooldown=risk_cooldown,
             ),
             value=ValueInput(
                 value=None if value is None else Secret(value.encode()), generate=generate
             ),
             verify=verify,
+            sinks=tuple(sinks or ()),
             principal=principal,
         )
         return credential_view(cred)
@@ -336,14 +356,21 @@ def build_server(svc_provider: ServiceProvider, principal_provider: PrincipalPro
         blackout: _PolicyArgs.Blackout = None,
         tz: _PolicyArgs.Tz = None,
         max_age: _PolicyArgs.MaxAge = None,
+        on_risk: _PolicyArgs.OnRisk = None,
+        risk_cooldown: _PolicyArgs.RiskCooldown = None,
+        sinks: Annotated[
+            list[str] | None,
+            Field(
+                description="Replace the sinks (an empty list removes them all); see "
+                "add_credential. Needs value.read.",
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Change a credential: connector, settings or tags (each replaced as a whole), policy
         fields (merged: only those given change), or store a new value (the old CURRENT
         becomes PREVIOUS for the grace). Fields left out stay as they are. Returns the
         updated metadata. To rotate through the target, use `rotate` instead."""
         svc, principal = await ctx()
-        from rotator.domain.secret import Secret
-
         cred = await svc.update_credential(
             name,
             connector=connector,
@@ -359,10 +386,13 @@ def build_server(svc_provider: ServiceProvider, principal_provider: PrincipalPro
                 blackout=blackout,
                 tz=tz,
                 max_age=max_age,
+                on_risk=on_risk,
+                risk_cooldown=risk_cooldown,
             ),
             value=ValueInput(
                 value=None if value is None else Secret(value.encode()), generate=generate
             ),
+            sinks=sinks,
             principal=principal,
         )
         return credential_view(cred)
