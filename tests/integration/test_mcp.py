@@ -24,7 +24,7 @@ from rotator.domain.model import Stage
 from rotator.domain.principal import Principal, Role
 from rotator.domain.secret import Secret
 from rotator.mcp import build_server
-from rotator.service import BlockingService, ValueInput
+from rotator.service import BlockingService, ValueInput, access
 from rotator.store.schema import audit_log
 
 ROTATOR = str(Path(sys.executable).parent / "rotator")
@@ -412,6 +412,30 @@ def test_mcp_over_http_under_rotator_serve_authenticates_each_request_s_bearer_t
             "clientInfo": {"name": "test", "version": "1"},
         },
     }
+
+    # Each request authenticates anew: a token revoked during a session is refused on the
+    # session's next request.
+    async def revoked_mid_session() -> tuple[CallToolResult, BaseException | None]:
+        transport = StreamableHttpTransport(
+            f"{served}/mcp", headers={"Authorization": f"Bearer {token}"}
+        )
+        async with Client(transport) as client:
+            first = await client.call_tool("list_credentials", {})
+            await access.revoke_token(svc.service, token[4:16])
+            try:
+                await client.call_tool("list_credentials", {})
+            except Exception as exc:
+                return first, exc
+            return first, None
+
+    first, error = svc.run(revoked_mid_session())
+    assert not first.is_error
+    assert error is not None  # the client sees the request refused (a 401 problem)
+    revoked = [
+        d for d in audit_actions(raw_db, "auth.denied") if d["details"].get("reason") == "revoked"
+    ]
+    assert [d["details"]["token"] for d in revoked] == [token[4:16]]
+
     accept = {"Accept": "application/json, text/event-stream"}
     for headers in ({}, {"Authorization": "Bearer rtr_aaaaaaaaaaaa_" + "A" * 43}):
         r = httpx.post(f"{served}/mcp", json=initialize, headers={**accept, **headers})
