@@ -23,7 +23,7 @@ from rotator.config import Settings
 from rotator.domain.model import Stage
 from rotator.domain.principal import Principal, Role
 from rotator.domain.secret import Secret
-from rotator.mcp import build_server
+from rotator.mcp.server import build_server
 from rotator.service import BlockingService, ValueInput, access
 from rotator.store.schema import audit_log
 

@@ -18,11 +18,11 @@ def create_app(svc: RotatorService) -> FastAPI:
     """The API serving ``svc``. The caller owns ``svc`` (opens it before serving, closes it
     after); the app never closes it. Its lifespan must run (uvicorn ``lifespan="on"``): it
     starts the MCP server mounted at ``/mcp``."""
-    mcp_app, mcp_inner = mcp.http_app(svc)
+    mcp_endpoint = mcp.McpEndpoint(svc)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with mcp_inner.lifespan(mcp_inner):
+        async with mcp_endpoint.lifespan():
             yield
 
     app = FastAPI(
@@ -40,5 +40,5 @@ def create_app(svc: RotatorService) -> FastAPI:
     app.include_router(credentials.router)
     # A route at the exact path (not a Mount): a Mount would answer /mcp with a redirect to
     # /mcp/. Not in the OpenAPI document (it is not a REST resource).
-    app.router.routes.append(Route(mcp.PATH, endpoint=mcp_app, include_in_schema=False))
+    app.router.routes.append(Route(mcp.PATH, endpoint=mcp_endpoint, include_in_schema=False))
     return app

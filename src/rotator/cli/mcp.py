@@ -29,7 +29,7 @@ def mcp_command() -> None:
 async def _serve(
     settings: Settings, token: str | None, tenant: str | None, options: EngineOptions
 ) -> None:
-    from rotator.mcp import build_server
+    from rotator.mcp.server import build_server
 
     svc = await RotatorService.open(settings, options=options)
     try:
