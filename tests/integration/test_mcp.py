@@ -128,6 +128,34 @@ def test_every_tool_says_what_it_does_and_describes_every_argument(svc: Blocking
     )
 
 
+def test_list_credentials_pages_by_name_through_what_the_caller_s_scope_lets_it_read(
+    svc: BlockingService,
+) -> None:
+    for name in ("prod/c", "dev/a", "prod/a", "prod/b"):
+        svc.add_credential(name, "local", value=ValueInput(generate=True))
+    svc.add_principal("rita", Role.READER, scope="prod/*")
+    _, token = svc.create_token("rita")
+    rita = svc.authenticate(token)
+
+    async def scenario(client: Client[Any]) -> list[dict[str, Any]]:
+        pages = []
+        after = None
+        while True:
+            r = await client.call_tool("list_credentials", {"limit": 2, "after": after})
+            assert r.structured_content is not None
+            pages.append(r.structured_content)
+            after = r.structured_content["next_after"]
+            if after is None:
+                return pages
+
+    pages = call_as(svc, rita, scenario)
+    assert [[c["name"] for c in p["credentials"]] for p in pages] == [
+        ["prod/a", "prod/b"],
+        ["prod/c"],
+    ]
+    assert pages[0]["next_after"] == "prod/b"
+
+
 def test_an_operator_rotates_a_local_credential_to_a_new_current(svc: BlockingService) -> None:
     svc.add_credential("prod/payments/api", "local", value=ValueInput(generate=True))
     before = current_version(svc, "prod/payments/api")
@@ -299,7 +327,7 @@ def test_rotator_mcp_serves_the_tools_over_stdio_as_the_token_s_principal(
     before = current_version(svc, "prod/payments/api")
     _, token = principal_with(svc, "olga", Role.OPERATOR)
 
-    async def scenario() -> tuple[set[str], CallToolResult, CallToolResult]:
+    async def scenario() -> tuple[set[str], CallToolResult, CallToolResult, CallToolResult]:
         # Not kept alive: the process ends when the client disconnects.
         transport = StdioTransport(
             ROTATOR, ["mcp"], env=process_env(settings, token), keep_alive=False
@@ -310,15 +338,20 @@ def test_rotator_mcp_serves_the_tools_over_stdio_as_the_token_s_principal(
             refused = await client.call_tool(
                 "reveal_value", {"name": "prod/payments/api"}, raise_on_error=False
             )
-            return names, rotated, refused
+            # Revoked during the session: the next call is refused.
+            await access.revoke_token(svc.service, token[4:16])
+            after_revoke = await client.call_tool("list_credentials", {}, raise_on_error=False)
+            return names, rotated, refused, after_revoke
 
-    names, rotated, refused = svc.run(scenario())
+    names, rotated, refused, after_revoke = svc.run(scenario())
     assert names == TOOLS
     assert rotated.structured_content is not None
     assert rotated.structured_content["rotated"] == ["prod/payments/api"]
     assert current_version(svc, "prod/payments/api") == before + 1
     assert refused.is_error
     assert "value.read" in text_of(refused)
+    assert after_revoke.is_error
+    assert text_of(after_revoke) == f"token {token[4:16]} was revoked"
     # The process acted as the token's principal: its refusal names olga and the token.
     denied = audit_actions(raw_db, "access.denied")
     assert [(d["actor"], d["details"]["token"]) for d in denied] == [("olga", token[4:16])]

@@ -16,7 +16,8 @@ def mcp_command() -> None:
     """Serve the MCP tools (list, describe, add, update, rotate, emergency-rotate, policies,
     risk events, usage, audit, compliance report, reveal_value) on standard input and output,
     for an AI assistant. Acts as ROTATOR_TOKEN's principal (a bad token: exit 2 before
-    serving), or without it as the store's owner in ROTATOR_TENANT."""
+    serving; one revoked or expired later: every later call is refused), or without it as
+    the store's owner in ROTATOR_TENANT."""
     raw_token = os.environ.get(TOKEN_ENV)
     if raw_token is not None and not raw_token.strip():
         raise InvalidInput(f"{TOKEN_ENV} is set but empty: unset it to act as the store's owner")
@@ -33,11 +34,13 @@ async def _serve(
 
     svc = await RotatorService.open(settings, options=options)
     try:
-        # Authenticated once, before serving: a bad token never gets a session.
-        principal = await access.acting_principal(svc, token, tenant)
+        # Before serving: a bad token never gets a session (exit 2, one line).
+        await access.acting_principal(svc, token, tenant)
 
         async def who() -> Principal:
-            return principal
+            # Again on every call, as the HTTP server does per request: a token revoked or
+            # expired during the session is refused from its next call on.
+            return await access.acting_principal(svc, token, tenant)
 
         server = build_server(lambda: svc, who)
         # No banner: stdout is the protocol channel, and stderr stays quiet for clients

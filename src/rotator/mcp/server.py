@@ -228,15 +228,32 @@ def build_server(svc_provider: ServiceProvider, principal_provider: PrincipalPro
         due: Annotated[
             bool, Field(description="Only credentials whose next rotation is now or past.")
         ] = False,
+        limit: Annotated[
+            int, Field(description="At most this many credentials per call.", ge=1, le=1000)
+        ] = 100,
+        after: Annotated[
+            str | None,
+            Field(
+                description="Continue a listing: the `next_after` of the previous call "
+                "(names sort after it)."
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """List the credentials the caller may read (metadata only: connector, tags, policy,
-        current version, next rotation; never a value). Returns
-        `{"credentials": [...]}`, sorted by name."""
+        current version, next rotation; never a value), sorted by name. Returns
+        `{"credentials": [...], "next_after": name | null}`: when `next_after` is not null
+        there are more; call again with `after` set to it."""
         svc, principal = await ctx()
         creds = await svc.list_credentials(
             tags=_pairs(tags, "tags") or None, due=due, principal=principal
         )
-        return {"credentials": [credential_view(c) for c in creds]}
+        rest = sorted((c for c in creds if after is None or c.name > after), key=lambda c: c.name)
+        page = rest[:limit]
+        more = len(rest) > limit
+        return {
+            "credentials": [credential_view(c) for c in page],
+            "next_after": page[-1].name if more else None,
+        }
 
     @mcp.tool(annotations=read_only)
     @_tool_errors
