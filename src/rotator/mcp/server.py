@@ -15,7 +15,6 @@ Callers rely on:
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
@@ -644,7 +643,7 @@ def build_server(svc_provider: ServiceProvider, principal_provider: PrincipalPro
         svc, principal = await ctx()
         report = await svc_reports.compliance_report(svc, principal=principal)
         if format == "json":
-            return {"format": "json", "report": json.loads(svc_reports.to_json(report))}
+            return {"format": "json", "report": report.to_json()}
         return {"format": format, "content": svc_reports.render(report, format)}
 
     @mcp.tool(annotations={"readOnlyHint": False, "destructiveHint": False})
