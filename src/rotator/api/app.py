@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import contextlib
+from collections.abc import AsyncIterator
 
+from fastapi import FastAPI
+from starlette.routing import Route
+
+from rotator import mcp
 from rotator.api import problems
 from rotator.api.routes import audit, credentials, events, health, reports, rotations
 from rotator.service import RotatorService
@@ -11,13 +16,23 @@ from rotator.service import RotatorService
 
 def create_app(svc: RotatorService) -> FastAPI:
     """The API serving ``svc``. The caller owns ``svc`` (opens it before serving, closes it
-    after); the app never closes it."""
+    after); the app never closes it. Its lifespan must run (uvicorn ``lifespan="on"``): it
+    starts the MCP server mounted at ``/mcp``."""
+    mcp_endpoint = mcp.McpEndpoint(svc)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with mcp_endpoint.lifespan():
+            yield
+
     app = FastAPI(
         title="rotator",
         version="1",
         description="Credential rotation service. Every /v1 route needs a bearer token "
         "(`Authorization: Bearer rtr_...`, from `rotator token create`). Errors are "
-        "application/problem+json.",
+        "application/problem+json. MCP (streamable HTTP) is served at `/mcp` with the same "
+        "bearer tokens.",
+        lifespan=lifespan,
     )
     app.state.service = svc
     problems.install(app)
@@ -28,4 +43,7 @@ def create_app(svc: RotatorService) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(reports.router)
     app.include_router(credentials.router)
+    # A route at the exact path (not a Mount): a Mount would answer /mcp with a redirect to
+    # /mcp/. Not in the OpenAPI document (it is not a REST resource).
+    app.router.routes.append(Route(mcp.PATH, endpoint=mcp_endpoint, include_in_schema=False))
     return app

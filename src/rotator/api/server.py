@@ -73,7 +73,7 @@ async def serve(
         ssl_keyfile=str(opts.keyfile) if opts.keyfile else None,
         log_config=None,
         access_log=False,
-        lifespan="off",
+        lifespan="on",  # runs the app's lifespan: the MCP session manager (api.app)
         server_header=False,
     )
     server = uvicorn.Server(config)

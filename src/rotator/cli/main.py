@@ -23,6 +23,7 @@ from rotator.cli import (  # noqa: F401
     forward,
     groups,
     keys,
+    mcp,
     policy,
     report,
     rollouts,

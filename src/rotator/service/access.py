@@ -342,6 +342,24 @@ async def authenticate(svc: RotatorService, token: str) -> Principal:
     return Principal(info.principal, info.tenant, grants, owner=False, token_id=info.id)
 
 
+async def acting_principal(
+    svc: RotatorService, token: str | None, tenant: str | None = None
+) -> Principal:
+    """Who a local interface (the CLI, ``rotator mcp``) acts as: with a token, its principal
+    (AuthenticationFailed as :func:`authenticate`; a ``tenant`` other than the token's raises
+    PermissionDenied, audited with the token id); without, the store's owner in ``tenant``
+    (default ``default``). InvalidInput for a malformed tenant name. The async twin of
+    ``rotator.cli.app.acting_principal``, which reads the same two variables."""
+    if tenant is not None:
+        names.check_tenant_name(tenant)
+    if token is None:
+        return LOCAL_PRINCIPAL.with_tenant(tenant or DEFAULT_TENANT)
+    principal = await authenticate(svc, token)
+    if tenant is not None:
+        await svc.authorize_tenant(principal, tenant)
+    return principal
+
+
 async def _deny(svc: RotatorService, tenant: str, token_id: str | None, reason: str) -> None:
     details = {"reason": reason} if token_id is None else {"token": token_id, "reason": reason}
     who = Principal(name=UNAUTHENTICATED, tenant=tenant)

@@ -1,0 +1,156 @@
+"""The MCP server over HTTP (streamable HTTP), mounted by the REST API at ``/mcp``.
+
+Callers rely on:
+- every HTTP request to ``/mcp`` authenticates its own ``Authorization: Bearer rtr_...``
+  through ``service.access.authenticate`` (unknown, wrong, expired or revoked tokens are
+  refused and audited there); without a usable token the request is a 401 problem+json and
+  never reaches the MCP server;
+- the principal is stored in the request's ASGI ``state`` and the tools read it from the
+  request that carried their ``tools/call`` (fastmcp's ``get_http_request``): a session
+  never outlives a revoked token, and requests of one session may use different tokens;
+- the app is stateless (no MCP session kept between requests), so any ``rotator serve``
+  process on the same store answers any request;
+- :meth:`McpEndpoint.lifespan` must run while serving (the REST app enters it in its own
+  lifespan; ``rotator serve`` runs uvicorn with lifespan on). It starts the MCP server in
+  the background: importing fastmcp takes seconds on a loaded machine, and the REST API
+  must not wait for it. A request that comes earlier waits until it is ready (503 if it
+  could not start). This module imports no fastmcp at import time for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
+
+from rotator.domain.principal import Principal
+from rotator.errors import AuthenticationFailed, RotatorError
+from rotator.service import RotatorService, access
+
+if TYPE_CHECKING:
+    from fastmcp.server.http import StarletteWithLifespan
+
+PATH = "/mcp"
+_STATE_KEY = "rotator_principal"
+log = logging.getLogger("rotator.mcp")
+
+
+async def _request_principal() -> Principal:
+    """The principal the current tool call's HTTP request authenticated as."""
+    from fastmcp.server.dependencies import get_http_request
+
+    try:
+        request = get_http_request()
+    except RuntimeError:
+        raise AuthenticationFailed("no HTTP request carries this call") from None
+    principal = request.scope.get("state", {}).get(_STATE_KEY)
+    if not isinstance(principal, Principal):
+        raise AuthenticationFailed("missing bearer token (Authorization: Bearer rtr_...)")
+    return principal
+
+
+def _bearer(headers: Headers) -> str:
+    header = headers.get("authorization")
+    if not header:
+        raise AuthenticationFailed("missing bearer token (Authorization: Bearer rtr_...)")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _import_fastmcp() -> None:
+    # In a worker thread: the modules are cached for the loop thread's imports after it.
+    for module in ("fastmcp.server.http", "rotator.mcp.server"):
+        importlib.import_module(module)
+
+
+class McpEndpoint:
+    """The ASGI app of :data:`PATH` (route it at that exact path: the inner fastmcp app
+    routes on the full path). Authenticates each HTTP request's bearer token, then passes it
+    to the MCP server with the principal in ``scope["state"]``; refuses it with a
+    problem+json otherwise."""
+
+    def __init__(self, svc: RotatorService) -> None:
+        self.svc = svc
+        self._inner: StarletteWithLifespan | None = None
+        self._settled: asyncio.Event | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Run the MCP server (built in the background) until the block ends."""
+        self._settled = asyncio.Event()
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._run(stop, self._settled), name="mcp")
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    async def _run(self, stop: asyncio.Event, settled: asyncio.Event) -> None:
+        # One task enters and leaves the session manager's lifespan (anyio task groups must
+        # be left by the task that entered them).
+        try:
+            await asyncio.to_thread(_import_fastmcp)
+            from rotator.mcp.server import build_server
+
+            server = build_server(lambda: self.svc, _request_principal)
+            inner = server.http_app(path=PATH, stateless_http=True, json_response=True)
+            async with inner.lifespan(inner):
+                self._inner = inner
+                settled.set()
+                await stop.wait()
+        except Exception as exc:
+            log.error("the MCP server could not start (%s)", type(exc).__name__)
+        finally:
+            self._inner = None
+            settled.set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            principal = await access.authenticate(self.svc, _bearer(Headers(scope=scope)))
+        except AuthenticationFailed as exc:
+            await _problem(send, 401, "unauthorized", str(exc))
+            return
+        except RotatorError as exc:  # the store does not answer: not the caller's fault
+            await _problem(send, 503, "unavailable", type(exc).__name__)
+            return
+        if self._settled is not None:
+            await self._settled.wait()
+        inner = self._inner
+        if inner is None:
+            await _problem(send, 503, "unavailable", "the MCP server is not running")
+            return
+        scope.setdefault("state", {})[_STATE_KEY] = principal
+        await inner(scope, receive, send)
+
+
+async def _problem(send: Send, status: int, slug: str, detail: str) -> None:
+    # The REST API's problem shape (api.problems), written here because this package may not
+    # import the API.
+    body = json.dumps(
+        {
+            "type": f"https://rotator.dev/problems/{slug}",
+            "title": slug.replace("-", " "),
+            "status": status,
+            "detail": detail.splitlines()[0] if detail else slug,
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
