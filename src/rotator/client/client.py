@@ -6,9 +6,10 @@ as ``ROTATOR_TOKEN``'s principal or, without one, the store's owner in ``ROTATOR
 (like the CLI). Both modes have the same API:
 
 - ``get(name, stage="CURRENT") -> str``: the value, from a small cache (``cache_ttl`` seconds;
-  0 turns it off). While the cache holds anything, a background watch drops a name's entries
-  as soon as a new CURRENT of it is reported, so a rotation is seen within about a second,
-  not after the TTL. Each fetch is one audited, counted read on the server.
+  0 turns it off). While the cache holds anything (and unless ``watch_cache=False``), a
+  background watch drops a name's entries as soon as a new CURRENT of it is reported, so
+  a rotation is seen within about a second, not after the TTL. Each fetch is one audited,
+  counted read on the server.
 - ``watch(names=None, prefix=None, after=None)``: a generator of :class:`Change`, forever;
   across a dropped connection it reconnects with ``Last-Event-ID`` (backing off up to
   ``max_backoff_s``), so no change is missed or repeated.
@@ -233,6 +234,7 @@ class Client:
         cache_ttl: float = 30.0,
         timeout: float = 10.0,
         max_backoff_s: float = 5.0,
+        watch_cache: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
         env = dict(os.environ) if env is None else env
@@ -241,6 +243,7 @@ class Client:
         if cache_ttl < 0:
             raise InvalidInput("cache_ttl must be >= 0")
         self.cache_ttl = cache_ttl
+        self.watch_cache = watch_cache
         self._backend: _Backend = (
             _Remote(url, token, timeout, max_backoff_s)
             if url is not None
@@ -293,7 +296,8 @@ class Client:
             raise InvalidInput(f"stage must be one of {', '.join(STAGES)}")
         key = (name, stage)
         if self.cache_ttl > 0 and not fresh:
-            self._start_invalidator()
+            if self.watch_cache:
+                self._start_invalidator()
             with self._lock:
                 hit = self._cache.get(key)
                 if hit is not None and hit[1] > time.monotonic():

@@ -3,7 +3,11 @@ the password (rotated since it was cached), fetch it again and retry once.
 
 The retry uses the CURRENT fetched afresh; if that is still the value just refused, a rotation
 is between its ``set`` and ``finish`` steps (a ``single``-mode PostgreSQL role has its new
-password already), so the retry uses that rotation's PENDING value instead. psycopg and
+password already), so the retry uses that rotation's PENDING value instead. (So the token
+needs VALUE_READ on the credential's PENDING stage too, which VALUE_READ gives.) One
+window is left in ``single`` mode, which is not zero-downtime: a rotation whose ``set``
+lands during the retry's own login (rotations of one credential back to back, faster than a
+login) fails that login; alternating and dual strategies have no such window. psycopg and
 redis-py are imported when a factory is made, so applications need only the one they use.
 """
 
@@ -26,14 +30,19 @@ _PG_FROM_VALUE = {"host": "host", "port": "port", "dbname": "dbname", "username"
 
 
 def _retry_value(client: Client, name: str, refused: str) -> str:
-    """The value to retry a refused login with (see the module docstring)."""
-    fresh = client.get(name, fresh=True)
-    if fresh != refused:
-        return fresh
+    """The value to retry a refused login with (see the module docstring).
+
+    PENDING is read before CURRENT: if CURRENT is still the refused value when read, the
+    rotation that made it invalid (its ``set`` ran) had not finished by then, so it was in
+    flight when PENDING was read (one rotation per credential at a time), and that PENDING
+    is its value. Read the other way round, a rotation finishing in between and the next one
+    starting would hand over a PENDING not yet set."""
     try:
-        return client.get(name, "PENDING", fresh=True)
-    except NotFound:  # the rotation finished (or failed) in between
-        return client.get(name, fresh=True)
+        pending: str | None = client.get(name, "PENDING", fresh=True)
+    except NotFound:
+        pending = None
+    current = client.get(name, fresh=True)
+    return pending if current == refused and pending is not None else current
 
 
 def _pg_params(value: str, conninfo: str, kw: dict[str, Any]) -> dict[str, Any]:
