@@ -257,3 +257,16 @@ def test_stream_format_and_bad_cursor(svc: BlockingService, server: Server) -> N
     assert bad.headers["content-type"].startswith("application/problem+json")
     anonymous = httpx.get(f"{server.url}/v1/watch", timeout=30)
     assert anonymous.status_code == 401
+
+
+def test_serve_stops_at_sigterm_while_a_watch_stream_is_open(
+    svc: BlockingService, server: Server
+) -> None:
+    add_local(svc, "app/db")
+    with Client(server.url, token(svc, "ops", "admin"), cache_ttl=0) as client:
+        Collector(client, "app/db")
+        wait_for_watch_start(svc)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        # uvicorn waits for open responses at shutdown: the stream must end with the server.
+        assert server.proc.wait(timeout=WAIT_S) == 0

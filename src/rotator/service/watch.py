@@ -22,8 +22,9 @@ metadata and are not audited one by one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from rotator.audit import feed
@@ -56,8 +57,9 @@ def _change(e: AuditEntry) -> Change | None:
 
 @dataclass
 class Subscription:
-    """An open feed: iterate it (``async for``) for :class:`Change` objects, forever. Made by
-    :func:`subscribe`, which has checked and audited it already."""
+    """An open feed: iterate it (``async for``) for :class:`Change` objects, until ``stop`` is
+    set (None: forever). Made by :func:`subscribe`, which has checked and audited it
+    already."""
 
     svc: RotatorService
     principal: Principal
@@ -65,7 +67,7 @@ class Subscription:
     prefix: str | None
     cursor: int
     poll_s: float = POLL_S
-    _buffer: list[Change] = field(default_factory=list)
+    stop: asyncio.Event | None = None
 
     def wanted(self, c: Change) -> bool:
         if self.names and c.name not in self.names:
@@ -96,10 +98,12 @@ class Subscription:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Change]:
-        while True:
+        stop = self.stop if self.stop is not None else asyncio.Event()
+        while not stop.is_set():
             for c in await self.poll():
                 yield c
-            await asyncio.sleep(self.poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll_s)
 
 
 async def subscribe(
@@ -110,12 +114,13 @@ async def subscribe(
     prefix: str | None = None,
     after: int | None = None,
     poll_s: float = POLL_S,
+    stop: asyncio.Event | None = None,
 ) -> Subscription:
     """Check, audit (``watch.start``) and open a feed of new CURRENT versions: of ``names``
     (any, when empty) whose name starts with ``prefix`` (if given), committed after audit seq
     ``after`` (None: from now on). Raises InvalidInput for a bad name, prefix or cursor and
     PermissionDenied when the principal may read no credential at all; never for a name it
-    may not read (that one is just never reported)."""
+    may not read (that one is just never reported). Iteration ends when ``stop`` is set."""
     for n in names:
         names_mod.check_credential_name(n)
     if len(names) > MAX_NAMES:
@@ -141,7 +146,7 @@ async def subscribe(
         )
     )
     start = after if after is not None else await svc._read(feed.last_seq)
-    return Subscription(svc, principal, frozenset(names), prefix or None, start, poll_s)
+    return Subscription(svc, principal, frozenset(names), prefix or None, start, poll_s, stop)
 
 
 async def changes(

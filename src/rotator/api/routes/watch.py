@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from rotator.api.auth import Caller, Service
@@ -30,6 +30,7 @@ def _cursor(raw: str, what: str) -> int:
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def watch_changes(
+    request: Request,
     svc: Service,
     principal: Caller,
     name: Annotated[list[str] | None, Query(description="Only these credentials.")] = None,
@@ -54,7 +55,12 @@ async def watch_changes(
         else (_cursor(after, "after") if after is not None else None)
     )
     # Checked and audited before the response starts, so a refusal is a problem+json answer.
-    sub = await watch.subscribe(svc, principal, names=name or (), prefix=prefix, after=resume)
+    # The server's stop event (api/server.py): open streams end with the server, or its
+    # shutdown would wait for them forever.
+    stop = getattr(request.app.state, "stopping", None)
+    sub = await watch.subscribe(
+        svc, principal, names=name or (), prefix=prefix, after=resume, stop=stop
+    )
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         # First a ``ready`` event carrying the starting cursor as its id: a client that
