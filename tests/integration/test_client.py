@@ -3,6 +3,7 @@ psycopg / redis connection factories through real rotations of real targets."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -17,7 +18,7 @@ from tests.conftest import PgTarget, RedisServer
 from tests.integration.test_watch import Server, token
 from tests.integration.test_watch import server as server  # the fixture
 
-from rotator.client import Client, Unreachable
+from rotator.client import AsyncClient, Client, Unreachable
 from rotator.config import Settings
 from rotator.domain.secret import Secret
 from rotator.errors import NotFound, PermissionDenied
@@ -271,3 +272,36 @@ def test_redis_factory_has_no_failed_command_across_ten_rotations(
     finally:
         admin.execute_command("ACL", "DELUSER", user)
         admin.close()
+
+
+def watch_starts(svc: BlockingService) -> int:
+    return sum(e.action == "watch.start" for e in svc.audit_entries())
+
+
+def test_async_client_follows_rotations_remote_and_local(
+    settings: Settings, svc: BlockingService, server: Server
+) -> None:
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+    remote = token(svc, "app", "reader", "app/*")
+
+    async def go(client: AsyncClient) -> int:
+        started = watch_starts(svc)
+        async with client:
+            first = await client.get("app/db")  # starts the cache's own feed
+            assert await client.get("app/db") == first
+            feed = client.watch("app/db")
+            nxt = asyncio.ensure_future(anext(feed))
+            await asyncio.to_thread(
+                until, lambda: watch_starts(svc) >= started + 2, "both feeds to start"
+            )
+            await asyncio.to_thread(rotate, svc, "app/db")
+            change = await asyncio.wait_for(nxt, WAIT_S)
+            await feed.aclose()
+            deadline = time.monotonic() + WAIT_S
+            while await client.get("app/db") == first:
+                assert time.monotonic() < deadline, "the cache never followed the rotation"
+                await asyncio.sleep(0.02)
+            return change.version
+
+    assert asyncio.run(go(AsyncClient(server.url, remote, cache_ttl=3600))) == 2
+    assert asyncio.run(go(AsyncClient(env=local_env(settings), cache_ttl=3600))) == 3

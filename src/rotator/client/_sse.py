@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -13,24 +13,39 @@ class Event:
     id: str | None
 
 
-def parse(lines: Iterable[str]) -> Iterator[Event]:
-    """The events of a stream given line by line (without line ends). Comments (``:``) and
-    unknown fields are skipped; an event is dispatched at a blank line."""
-    event, last_id = "", None
-    data: list[str] = []
-    for line in lines:
+@dataclass
+class Parser:
+    """Fed one line at a time (without its line end); returns an event at each blank line
+    that ends one. Comments (``:``) and unknown fields are skipped; the last id sticks."""
+
+    event: str = ""
+    data: list[str] = field(default_factory=list)
+    last_id: str | None = None
+
+    def feed(self, line: str) -> Event | None:
         if not line:
-            if data or event:
-                yield Event(event or "message", "\n".join(data), last_id)
-            event, data = "", []
-            continue
+            out = None
+            if self.data or self.event:
+                out = Event(self.event or "message", "\n".join(self.data), self.last_id)
+            self.event, self.data = "", []
+            return out
         if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
+            return None
+        name, _, value = line.partition(":")
         value = value.removeprefix(" ")
-        if field == "event":
-            event = value
-        elif field == "data":
-            data.append(value)
-        elif field == "id" and "\0" not in value:
-            last_id = value
+        if name == "event":
+            self.event = value
+        elif name == "data":
+            self.data.append(value)
+        elif name == "id" and "\0" not in value:
+            self.last_id = value
+        return None
+
+
+def parse(lines: Iterable[str]) -> Iterator[Event]:
+    """The events of a stream given line by line (see :class:`Parser`)."""
+    parser = Parser()
+    for line in lines:
+        ev = parser.feed(line)
+        if ev is not None:
+            yield ev
