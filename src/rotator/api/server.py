@@ -65,6 +65,7 @@ async def serve(
         raise InvalidInput("TLS needs both --tls-cert and --tls-key")
     sock = _listen(opts.host, opts.port)
     app = create_app(svc)
+    app.state.stopping = stop  # open /v1/watch streams end when it is set
     config = uvicorn.Config(
         app,
         host=opts.host,

@@ -1,0 +1,41 @@
+"""Reading the audit log forward from a seq: the source of the watch feed.
+
+Seqs are given out under the head row's lock, which is held until the appending transaction
+commits (see :mod:`rotator.audit.log`), so entries become visible in seq order: a reader that
+has seen seq N and later asks for ``seq > N`` never skips an entry committed in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import Connection, func, select
+
+from rotator.audit.chain import AuditEntry
+from rotator.audit.log import row_to_entry
+from rotator.store.schema import audit_log
+
+
+def last_seq(conn: Connection) -> int:
+    """The newest entry's seq (0 for an empty log). Reads the primary key's index only."""
+    return int(conn.execute(select(func.max(audit_log.c.seq))).scalar() or 0)
+
+
+def entries_after(
+    conn: Connection, after: int, *, tenant: str, actions: Collection[str], limit: int
+) -> tuple[list[AuditEntry], int]:
+    """Up to ``limit`` entries of ``tenant`` with an action in ``actions`` and seq > ``after``,
+    in seq order, and the seq to continue after (the last one returned, or ``after``). A range
+    scan of the primary key from ``after``: cheap however long the log is."""
+    rows = conn.execute(
+        select(audit_log)
+        .where(
+            audit_log.c.seq > after,
+            audit_log.c.tenant == tenant,
+            audit_log.c.action.in_(sorted(actions)),
+        )
+        .order_by(audit_log.c.seq)
+        .limit(limit)
+    ).all()
+    out = [row_to_entry(r) for r in rows]
+    return out, (out[-1].seq if out else after)

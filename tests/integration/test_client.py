@@ -1,0 +1,307 @@
+"""The rotator.client SDK: values with a cache that follows rotations, local mode, and the
+psycopg / redis connection factories through real rotations of real targets."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+from tests.conftest import PgTarget, RedisServer
+from tests.integration.test_watch import Server, token
+from tests.integration.test_watch import server as server  # the fixture
+
+from rotator.client import AsyncClient, Client, Unreachable
+from rotator.config import Settings
+from rotator.domain.secret import Secret
+from rotator.errors import NotFound, PermissionDenied
+from rotator.service import BlockingService, Outcome, PolicyInput, ValueInput
+from rotator.service.rotation import Selection
+
+WAIT_S = 30.0
+ROTATIONS = 10
+
+
+def local_env(settings: Settings) -> dict[str, str]:
+    return {"ROTATOR_HOME": str(settings.home), "ROTATOR_DB": settings.db_url}
+
+
+def until(check: Callable[[], bool], what: str) -> None:
+    """A bounded wait for ``check`` (never a fixed sleep)."""
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def rotate(svc: BlockingService, name: str, emergency: bool = False) -> None:
+    result = svc.rotate(Selection(names=[name]), emergency=emergency)
+    assert result.ok, result.to_json()
+    assert [r.outcome for r in result.results] == [Outcome.ROTATED]
+
+
+def test_get_serves_from_the_cache_until_a_rotation_is_reported(
+    svc: BlockingService, server: Server
+) -> None:
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+    with Client(server.url, token(svc, "app", "reader", "app/*"), cache_ttl=3600) as client:
+        first = client.get("app/db")
+        assert client.get("app/db") == first
+        assert svc.show("app/db").use_count == 1, "the second get came from the cache"
+        rotate(svc, "app/db")
+        # Long before the TTL: the watch drops the cached value once the rotation is reported.
+        until(lambda: client.get("app/db") != first, "the cache to follow the rotation")
+        new = client.get("app/db")
+        assert new == svc.get_value("app/db").reveal_text()
+        assert client.get("app/db", "PREVIOUS") == first
+        assert first not in repr(client)
+        assert new not in repr(client)
+
+
+def test_errors_are_typed_and_never_hold_values(svc: BlockingService, server: Server) -> None:
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+    svc.add_credential("other/db", "local", value=ValueInput(generate=True))
+    with Client(server.url, token(svc, "app", "reader", "app/*"), cache_ttl=0) as client:
+        with pytest.raises(NotFound):
+            client.get("app/none")
+        with pytest.raises(PermissionDenied) as denied:
+            client.get("other/db")
+        assert svc.get_value("other/db").reveal_text() not in str(denied.value)
+    closed = Server(server.settings).start()
+    closed.kill()
+    with Client(closed.url, "rtr_x", cache_ttl=0) as gone, pytest.raises(Unreachable):
+        gone.get("app/db")
+
+
+def test_local_mode_has_the_same_api(settings: Settings, svc: BlockingService) -> None:
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+    with Client(env=local_env(settings), cache_ttl=3600) as client:
+        assert client.mode == "local"
+        first = client.get("app/db")
+        assert first == svc.get_value("app/db").reveal_text()
+        changes = client.watch("app/db")
+        threading.Thread(target=rotate, args=(svc, "app/db")).start()
+        change = next(changes)
+        changes.close()
+        assert (change.name, change.version) == ("app/db", 2)
+        until(lambda: client.get("app/db") != first, "the local cache to follow the rotation")
+    # A token in local mode acts as its principal, like the CLI.
+    reader = token(svc, "other", "reader", "other/*")
+    with (
+        Client(env={**local_env(settings), "ROTATOR_TOKEN": reader}) as client,
+        pytest.raises(PermissionDenied),
+    ):
+        client.get("app/db")
+
+
+# -- connection factories under rotation ------------------------------------------------------
+
+
+def pg_admin(target: PgTarget, query: sql.Composable) -> None:
+    with psycopg.connect(target.dsn(), autocommit=True) as conn:
+        conn.execute(query)
+
+
+@pytest.fixture
+def pg_role(pg_target: PgTarget) -> Iterator[tuple[str, str]]:
+    name, password = f"app_{uuid.uuid4().hex[:8]}", "initial-" + uuid.uuid4().hex
+    pg_admin(
+        pg_target,
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(name), sql.Literal(password)
+        ),
+    )
+    yield name, password
+    for role in (name + "_clone", name):
+        pg_admin(pg_target, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def add_pg(svc: BlockingService, target: PgTarget, role: tuple[str, str], mode: str) -> str:
+    svc.add_credential("pg/admin", "local", value=ValueInput(value=Secret(target.password)))
+    svc.add_credential(
+        "pg/app",
+        "postgres",
+        settings={
+            "host": target.host,
+            "port": str(target.port),
+            "role": role[0],
+            "admin": "pg/admin",
+            "mode": mode,
+        },
+        policy=PolicyInput(grace="0s"),
+        value=ValueInput(value=Secret(role[1])),
+    )
+    return f"host={target.host} port={target.port} dbname=postgres user={role[0]} connect_timeout=5"
+
+
+class Loop:
+    """Runs ``work`` over and over in a thread until stopped; counts successes and failures."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self.ok = 0
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.work = work
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.work()
+                self.ok += 1
+            except Exception as exc:  # counted, reported by the test
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=WAIT_S)
+
+
+def counting_refetches(client: Client) -> list[str]:
+    """Record each stage fetched bypassing the cache (the factories' retry path)."""
+    seen: list[str] = []
+    get = client.get
+
+    def wrapped(name: str, stage: str = "CURRENT", *, fresh: bool = False) -> str:
+        if fresh:
+            seen.append(stage)
+        return get(name, stage, fresh=fresh)
+
+    client.get = wrapped  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["single", "alternating"])
+def test_psycopg_factory_has_no_failed_query_across_ten_rotations(
+    settings: Settings,
+    svc: BlockingService,
+    pg_target: PgTarget,
+    pg_role: tuple[str, str],
+    mode: str,
+) -> None:
+    conninfo = add_pg(svc, pg_target, pg_role, mode)
+    # The cache never expires and no watch refreshes it: only the retry can follow rotations.
+    with Client(env=local_env(settings), cache_ttl=3600, watch_cache=False) as client:
+        refetched = counting_refetches(client)
+        connect = client.psycopg_factory("pg/app", conninfo)
+        users: set[str] = set()
+
+        def query() -> None:
+            with connect() as conn:
+                users.add(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+
+        loop = Loop(query)
+        until(lambda: loop.ok > 0 or bool(loop.failures), "a first query")
+        for _ in range(ROTATIONS):
+            rotate(svc, "pg/app")
+            # Three more queries before the next rotation: a single-mode rotation whose set
+            # lands during the retry's own login would fail it (single mode is not
+            # zero-downtime; see rotator.client.helpers).
+            done = loop.ok
+            until(lambda b=done: loop.ok > b + 2 or bool(loop.failures), "queries")
+        loop.finish()
+    assert loop.failures == []
+    assert loop.ok > ROTATIONS
+    assert refetched, "the old password was refused at least once and fetched again"
+    if mode == "alternating":
+        assert users == {pg_role[0], pg_role[0] + "_clone"}
+
+
+def test_psycopg_factory_retries_once_after_an_emergency_rotation(
+    settings: Settings, svc: BlockingService, pg_target: PgTarget, pg_role: tuple[str, str]
+) -> None:
+    conninfo = add_pg(svc, pg_target, pg_role, "alternating")
+    with Client(env=local_env(settings), cache_ttl=3600, watch_cache=False) as client:
+        refetched = counting_refetches(client)
+        connect = client.psycopg_factory("pg/app", conninfo)
+        with connect() as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (pg_role[0],)
+        rotate(svc, "pg/app", emergency=True)  # the cached password stops working at once
+        with connect() as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (pg_role[0] + "_clone",)
+        assert refetched == ["PENDING", "CURRENT"]
+
+
+def test_redis_factory_has_no_failed_command_across_ten_rotations(
+    svc: BlockingService, server: Server, redis_server: RedisServer
+) -> None:
+    user = f"app_{uuid.uuid4().hex[:8]}"
+    svc.add_credential(
+        "redis/app",
+        "redis",
+        settings={"host": redis_server.host, "port": str(redis_server.port), "username": user},
+        policy=PolicyInput(grace="0s"),
+    )
+    rotate(svc, "redis/app")  # creates the user with a first password
+    admin = redis.Redis(host=redis_server.host, port=redis_server.port)
+    admin.execute_command("ACL", "SETUSER", user, "+ping", "+incr", "+incrby", "~counter:*")
+    remote = token(svc, "app", "reader", "redis/*")
+    try:
+        with Client(server.url, remote, cache_ttl=3600, watch_cache=False) as client:
+            refetched = counting_refetches(client)
+            connect = client.redis_factory(
+                "redis/app", host=redis_server.host, port=redis_server.port, username=user
+            )
+
+            def command() -> None:
+                conn: Any = connect()
+                try:
+                    conn.incr(f"counter:{user}")
+                finally:
+                    conn.close()
+
+            loop = Loop(command)
+            until(lambda: loop.ok > 0 or bool(loop.failures), "a first command")
+            for _ in range(ROTATIONS):
+                # Emergency: the old password is removed before rotate returns.
+                rotate(svc, "redis/app", emergency=True)
+                done = loop.ok
+                until(lambda b=done: loop.ok > b + 2 or bool(loop.failures), "commands")
+            loop.finish()
+        assert loop.failures == []
+        assert loop.ok > ROTATIONS
+        assert refetched
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
+
+
+def watch_starts(svc: BlockingService) -> int:
+    return sum(e.action == "watch.start" for e in svc.audit_entries())
+
+
+def test_async_client_follows_rotations_remote_and_local(
+    settings: Settings, svc: BlockingService, server: Server
+) -> None:
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+    remote = token(svc, "app", "reader", "app/*")
+
+    async def go(client: AsyncClient) -> int:
+        started = watch_starts(svc)
+        async with client:
+            first = await client.get("app/db")  # starts the cache's own feed
+            assert await client.get("app/db") == first
+            feed = client.watch("app/db")
+            nxt = asyncio.ensure_future(anext(feed))
+            await asyncio.to_thread(
+                until, lambda: watch_starts(svc) >= started + 2, "both feeds to start"
+            )
+            await asyncio.to_thread(rotate, svc, "app/db")
+            change = await asyncio.wait_for(nxt, WAIT_S)
+            await feed.aclose()
+            deadline = time.monotonic() + WAIT_S
+            while await client.get("app/db") == first:
+                assert time.monotonic() < deadline, "the cache never followed the rotation"
+                await asyncio.sleep(0.02)
+            return change.version
+
+    assert asyncio.run(go(AsyncClient(server.url, remote, cache_ttl=3600))) == 2
+    assert asyncio.run(go(AsyncClient(env=local_env(settings), cache_ttl=3600))) == 3
