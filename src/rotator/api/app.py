@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from rotator.api import problems
-from rotator.api.routes import credentials, health
+from rotator.api.routes import credentials, health, metrics
 from rotator.service import RotatorService
 
 
@@ -23,4 +23,5 @@ def create_app(svc: RotatorService) -> FastAPI:
     problems.install(app)
     app.include_router(health.router)
     app.include_router(credentials.router)
+    app.include_router(metrics.router)
     return app
