@@ -119,4 +119,3 @@ def test_an_emergency_rotation_revokes_the_old_value_in_a_child_span_of_its_rota
     ]
     new = svc.get_value("app/key", Stage.CURRENT).reveal_text()
     _no_value_in(list(spans.get_finished_spans()), [old, new])
-
