@@ -37,14 +37,15 @@ ROTATOR = str(Path(sys.executable).parent / "rotator")
 
 
 @pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+def spans() -> Iterator[InMemorySpanExporter]:
     """An SDK provider exporting to memory, used by rotator's tracer for this test only (the
     process-wide provider can be set once, and would keep recording for every later test)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer(tracing.TRACER_NAME))
+    tracing.install(provider)
     yield exporter
+    tracing.install(None)
     provider.shutdown()
 
 
