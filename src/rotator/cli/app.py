@@ -91,7 +91,8 @@ def _global_options(
     log_format: Annotated[
         LogFormat | None,
         typer.Option(
-            "--log-format", help="Log lines as JSON or for a person [default: json unless a TTY]."
+            "--log-format",
+            help="Log lines as JSON or for a person (default: console on a terminal, else json).",
         ),
     ] = None,
 ) -> None:
