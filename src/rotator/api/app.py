@@ -10,7 +10,16 @@ from starlette.routing import Route
 
 from rotator import mcp
 from rotator.api import problems
-from rotator.api.routes import audit, credentials, events, health, reports, rotations, watch
+from rotator.api.routes import (
+    audit,
+    credentials,
+    events,
+    health,
+    metrics,
+    reports,
+    rotations,
+    watch,
+)
 from rotator.service import RotatorService
 
 
@@ -44,6 +53,7 @@ def create_app(svc: RotatorService) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(credentials.router)
     app.include_router(watch.router)
+    app.include_router(metrics.router)
     # A route at the exact path (not a Mount): a Mount would answer /mcp with a redirect to
     # /mcp/. Not in the OpenAPI document (it is not a REST resource).
     app.router.routes.append(Route(mcp.PATH, endpoint=mcp_endpoint, include_in_schema=False))

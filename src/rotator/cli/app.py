@@ -3,6 +3,7 @@ options and input helpers. Commands live in one module per group; ``main`` runs 
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -68,6 +69,43 @@ tenant_app = typer.Typer(help="Tenants (the store's owner only).", no_args_is_he
 app.add_typer(tenant_app, name="tenant")
 report_app = typer.Typer(help="Compliance reports and evidence records.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
+
+
+class LogLevel(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(enum.StrEnum):
+    json = "json"
+    console = "console"
+
+
+@app.callback()
+def _global_options(
+    log_level: Annotated[
+        LogLevel, typer.Option("--log-level", help="Log records of this level and above.")
+    ] = LogLevel.warning,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(
+            "--log-format",
+            help="Log lines as JSON or for a person (default: console on a terminal, else json).",
+        ),
+    ] = None,
+) -> None:
+    # Logs go to stderr as structured lines, apart from the one-line error messages, which
+    # stay as they are (see rotator.telemetry.logs). Tracing only when an endpoint is set:
+    # importing OpenTelemetry would cost every call start-up time for nothing.
+    from rotator.telemetry import logs
+
+    logs.configure(log_level.value, None if log_format is None else log_format.value)
+    if os.environ.get("ROTATOR_OTLP_ENDPOINT"):
+        from rotator.telemetry import tracing
+
+        tracing.configure_from_env()
 
 
 class _Out:

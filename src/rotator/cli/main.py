@@ -42,12 +42,20 @@ from rotator.errors import (
     IntegrityError,
     RotatorError,
 )
+from rotator.telemetry import logs
 
 __all__ = ["app", "main", "run"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
+    try:
+        return _main(argv)
+    finally:
+        logs.reset()  # the logging --log-level set up ends with the call (in-process callers)
+
+
+def _main(argv: list[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="rotator", standalone_mode=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +53,9 @@ from rotator.engine.values import Values
 from rotator.engine.writer import StoreWriter
 from rotator.errors import RotatorError
 from rotator.kernel import Kernel
+from rotator.telemetry import metrics, tracing
+
+log = logging.getLogger(__name__)
 
 _Inflight = tuple[asyncio.Future[RotationResult], Guard | None]
 
@@ -203,24 +207,68 @@ class Engine:
             # rotation (or joins one another request started meanwhile).
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = (fut, req.guard)
+        trigger = req.trigger.value
+        kind = "unknown"  # the connector, once the context is loaded
         try:
-            if prepared is None:
-                with contextlib.suppress(RotatorError):  # start prepares again and reports it
-                    prepared = await self.loader.prepare(req)
-            busy = None if prepared is None else await self.steps.await_references(prepared)
-            if busy is not None:
-                res = RotationResult(req.name, Outcome.FAILED, error=busy)
-            else:
-                async with self.runtime.admission.slot(req.rank):
-                    res = await self.protocol.rotate(req, batch_id, prepared)
+            with tracing.span(
+                "rotation", credential=req.name, tenant=req.tenant, trigger=trigger
+            ) as span:
+                if prepared is None:
+                    with contextlib.suppress(RotatorError):  # start prepares again, reports it
+                        prepared = await self.loader.prepare(req)
+                if prepared is not None:
+                    kind = prepared.impl.kind
+                    tracing.set_attributes(span, connector=kind)
+                busy = None if prepared is None else await self.steps.await_references(prepared)
+                if busy is not None:
+                    res = RotationResult(req.name, Outcome.FAILED, error=busy)
+                else:
+                    res = await self._admitted(req, batch_id, prepared)
+                tracing.set_attributes(span, rotation_id=res.rotation_id, result=res.outcome.value)
         except BaseException as exc:
+            if isinstance(exc, RotatorError):
+                metrics.rotation_ended(Outcome.FAILED.value, kind, trigger)
             fut.set_exception(exc)
             fut.exception()  # mark retrieved
             raise
         finally:
             del self._inflight[key]
+        if not res.joined:  # a joined rotation is counted by the request that ran it
+            metrics.rotation_ended(res.outcome.value, kind, trigger)
+        log.debug(
+            "rotation ended",
+            extra={
+                "credential": req.name,
+                "tenant": req.tenant,
+                "connector": kind,
+                "trigger": trigger,
+                "rotation_id": res.rotation_id,
+                "result": res.outcome.value,
+                "duration_s": round(res.duration_s, 6),
+            },
+        )
         fut.set_result(res)
         return res
+
+    async def _admitted(
+        self, req: RotationRequest, batch_id: str | None, prepared: Ctx | None
+    ) -> RotationResult:
+        """The rotation run once admitted into the global limit by ``req.rank``; counted in
+        the queue-depth gauge while it waits and the in-flight gauge while it runs."""
+        metrics.QUEUE_DEPTH.inc()
+        queued = True
+        try:
+            async with self.runtime.admission.slot(req.rank):
+                metrics.QUEUE_DEPTH.dec()
+                queued = False
+                metrics.IN_FLIGHT.inc()
+                try:
+                    return await self.protocol.rotate(req, batch_id, prepared)
+                finally:
+                    metrics.IN_FLIGHT.dec()
+        finally:
+            if queued:  # cancelled while waiting
+                metrics.QUEUE_DEPTH.dec()
 
     async def rotate_group(
         self,

@@ -39,6 +39,7 @@ from rotator.errors import (
 from rotator.sinks import load_sink
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
+from rotator.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
     from rotator.engine.recovery import Recovery
@@ -168,6 +169,20 @@ class Protocol:
         await self.revoker.process(credential_ids=[ctx.cred.id])
 
     async def _create(self, ctx: Ctx) -> Secret:
+        kind = ctx.impl.kind
+        t0 = time.monotonic()
+        with tracing.span("step.create", step="create", connector=kind) as span:
+            try:
+                value = await self._make_value(ctx)
+            except BaseException:
+                tracing.set_attributes(span, attempts=1, outcome="error")
+                raise
+            finally:
+                metrics.step_observed("create", kind, time.monotonic() - t0)
+            tracing.set_attributes(span, attempts=1, outcome="ok")
+            return value
+
+    async def _make_value(self, ctx: Ctx) -> Secret:
         offload = getattr(ctx.impl, "offload", None)
         fn = offload(ctx.cfg) if offload is not None else None
         if fn is not None:

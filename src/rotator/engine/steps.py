@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 
 from rotator.connectors import base as cbase
 from rotator.engine.admission import Rank
+from rotator.engine.breaker import CircuitOpen
 from rotator.engine.context import Ctx
 from rotator.engine.ownership import Leases, owner_dead
 from rotator.engine.runtime import Runtime
@@ -28,6 +29,7 @@ from rotator.engine.values import Values
 from rotator.errors import ConnectorError, RotatorError
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
+from rotator.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
     from tenacity import AsyncRetrying
@@ -103,7 +105,13 @@ class StepRunner:
         Raises TransientError (retry), PermanentError (a connector bug included: it never
         leaks), CircuitOpen, LostOwnership or the store's error."""
         breaker = self.rt.breaker(target)
-        trial = breaker.before_call()
+        try:
+            trial = breaker.before_call()
+        except CircuitOpen:
+            metrics.breaker_seen(target, "open")
+            raise
+        if trial:
+            metrics.breaker_seen(target, "half-open")
         judged = False  # a half-open trial without a verdict must free its slot
         try:
             async with self.rt.target_limit(target).slot(rank):
@@ -119,6 +127,7 @@ class StepRunner:
                         result = await fn()
                 except cbase.TransientError:
                     breaker.record_failure()
+                    metrics.breaker_seen(target, breaker.state)
                     judged = True
                     raise
                 except TimeoutError as exc:
@@ -129,6 +138,7 @@ class StepRunner:
                             f"{step} cut short: the lease ran short"
                         ) from exc
                     breaker.record_failure()
+                    metrics.breaker_seen(target, breaker.state)
                     judged = True
                     raise cbase.TransientError(
                         f"{step} timed out after {self.rt.opts.step_timeout_s:g}s"
@@ -140,6 +150,8 @@ class StepRunner:
                         f"connector {kind!r} raised {type(exc).__name__} in {step}"
                     ) from exc
                 breaker.record_success()
+                if trial:
+                    metrics.breaker_seen(target, breaker.state)
                 judged = True
                 return result
         finally:
@@ -166,17 +178,22 @@ class StepRunner:
         """
         fn = self._reread_on_refusal(ctx, fn)
         last_error = ""
+        kind = ctx.impl.kind
+        made = 0
 
         async def attempt(n: int) -> T:
-            nonlocal last_error
+            nonlocal last_error, made
+            made = n
             if n > 1:
                 await self.rt.audit(ctx, "rotation.retry", step=step, attempt=n, error=last_error)
             t0 = time.monotonic()
             try:
-                result = await self._once(ctx.target, ctx.impl.kind, step, fn, ctx.req.rank, ctx)
+                result = await self._once(ctx.target, kind, step, fn, ctx.req.rank, ctx)
             except cbase.TransientError as exc:
                 last_error = str(exc)
                 raise
+            finally:
+                metrics.step_observed(step, kind, time.monotonic() - t0)
             ms = round((time.monotonic() - t0) * 1000, 2)
             record = partial(
                 self._record_step, ctx=ctx, step=step, duration_ms=ms, attempt=n, after=after
@@ -187,7 +204,14 @@ class StepRunner:
                 await self.rt.writer.run(record)
             return result
 
-        return await self.attempts(attempt)
+        with tracing.span(f"step.{step}", step=step, connector=kind) as span:
+            try:
+                out = await self.attempts(attempt)
+            except BaseException:
+                tracing.set_attributes(span, attempts=made, outcome="error")
+                raise
+            tracing.set_attributes(span, attempts=made, outcome="ok")
+            return out
 
     async def call_unowned(
         self,

@@ -20,6 +20,7 @@ from rotator.domain.principal import Principal
 from rotator.domain.secret import Secret
 from rotator.engine.runtime import Runtime
 from rotator.errors import NotFound, RotatorError
+from rotator.telemetry import metrics
 
 SECRETS_TTL_S = 30.0
 ENGINE_ACTOR = "engine"  # the actor of every read and step the engine makes
@@ -49,6 +50,7 @@ class Values:
         out = await self.rt.writer.run(op, durable=False)
         if isinstance(out, RotatorError):
             raise out
+        metrics.value_read(principal.tenant)
         return out
 
     def reader(self, principal: Principal) -> CallerSecrets:
