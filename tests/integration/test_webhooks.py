@@ -157,12 +157,14 @@ def test_each_event_is_signed_verifiable_with_the_documented_recipe_and_holds_no
         assert x["type_header"] == x["body"]["type"]
         body = x["body"]
         assert set(body) == {"id", "type", "at", "tenant", "credential", "rotation_id", "details"}
-        assert body["credential"] == "app/db" and body["tenant"] == "default"
+        assert body["credential"] == "app/db"
+        assert body["tenant"] == "default"
         assert body["rotation_id"]
         seq = int(body["id"].split(":")[1])
         assert body["id"] == f"default:{seq}"
         assert x["delivery"].endswith(f"-{seq}-{body['type']}")
-        assert "first-value-XYZ" not in x["raw"] and new_value not in x["raw"]
+        assert "first-value-XYZ" not in x["raw"]
+        assert new_value not in x["raw"]
 
 
 def test_a_generated_key_is_returned_once_and_signs_the_requests(
@@ -185,7 +187,8 @@ def test_a_generated_key_is_returned_once_and_signs_the_requests(
         assert [x["body"]["type"] for x in got] == ["rotation.succeeded"]
         assert got[0]["sig_ok"]
         entries = [e for e in svc.audit_entries() if e.action == "webhook.add"]
-        assert len(entries) == 1 and key.decode() not in json.dumps(entries[0].to_json())
+        assert len(entries) == 1
+        assert key.decode() not in json.dumps(entries[0].to_json())
     finally:
         r.stop()
 
@@ -214,7 +217,9 @@ def test_a_receiver_failing_twice_then_succeeding_gets_each_event_exactly_once(
     assert sorted(r.types()) == ["rotation.started"] * 3 + ["rotation.succeeded"] * 3
     assert all(x["sig_ok"] for x in reqs)
     view = svc.list_webhooks()[0]
-    assert view.delivered == 6 and view.dead == 0 and view.last_error is None
+    assert view.delivered == 6
+    assert view.dead == 0
+    assert view.last_error is None
 
 
 def test_a_receiver_down_past_the_retries_dead_letters_the_event_and_retry_delivers_it_once(
@@ -230,17 +235,20 @@ def test_a_receiver_down_past_the_retries_dead_letters_the_event_and_retry_deliv
 
     run_once(svc, WebhookTiming(attempts=3, initial=0.0, cap=0.0, sleep=_no_sleep))
 
-    assert len(down.requests()) == 3 and not down.accepted()
+    assert len(down.requests()) == 3
+    assert not down.accepted()
     assert other.types() == ["rotation.succeeded"], "a dead receiver blocks no other webhook"
     views = {v.url: v for v in svc.list_webhooks()}
     complete = [e.seq for e in svc.audit_entries() if e.action == "rotation.complete"]
     assert views[down.url].cursor >= complete[-1], "the cursor moved on"
-    assert views[down.url].dead == 1 and "HTTP 500" in (views[down.url].last_error or "")
+    assert views[down.url].dead == 1
+    assert "HTTP 500" in (views[down.url].last_error or "")
     env = cli_env(settings)
     listed = cli(["webhook", "dead", "--json"], env)
     assert listed.returncode == 0, listed.stderr
     dead = json.loads(listed.stdout)
-    assert [d["type"] for d in dead] == ["rotation.succeeded"] and dead[0]["attempts"] == 3
+    assert [d["type"] for d in dead] == ["rotation.succeeded"]
+    assert dead[0]["attempts"] == 3
     assert json.loads(cli(["webhook", "list", "--dead", "--json"], env).stdout) == dead
 
     # The receiver comes back: retry delivers the dead letter once, with its delivery id.
@@ -255,7 +263,8 @@ def test_a_receiver_down_past_the_retries_dead_letters_the_event_and_retry_deliv
         assert back.accepted()[0]["sig_ok"]
         assert json.loads(cli(["webhook", "dead", "--json"], env).stdout) == []
         again = cli(["webhook", "retry", str(dead[0]["id"])], env)
-        assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+        assert again.returncode == 2, again.stderr
+        assert again.stderr.count("\n") == 1, again.stderr
         assert "no dead letter" in again.stderr
         cli(["webhook", "retry", "--all"], env)
         assert len(back.requests()) == 1, "never sent again"
@@ -297,10 +306,13 @@ def test_the_slack_format_posts_one_text_line_per_event(
     rotate(svc, "app/db")
     run_once(svc)
     got = r.accepted()
-    assert len(got) == 1 and got[0]["sig_ok"]
+    assert len(got) == 1
+    assert got[0]["sig_ok"]
     assert set(got[0]["body"]) == {"text"}
     text = got[0]["body"]["text"]
-    assert "\n" not in text and "rotation.succeeded" in text and "app/db" in text
+    assert "\n" not in text
+    assert "rotation.succeeded" in text
+    assert "app/db" in text
     assert got[0]["type_header"] == "rotation.succeeded"
 
 
@@ -416,7 +428,8 @@ def test_a_broken_audit_chain_found_by_verify_is_notified(
     with raw_db.begin() as c:
         c.execute(update(audit_log).where(audit_log.c.seq == 2).values(actor="mallory"))
     result = svc.audit_verify()
-    assert not result.ok and result.first_bad_seq == 2
+    assert not result.ok
+    assert result.first_bad_seq == 2
     run_once(svc)
     got = r.accepted()
     assert [x["body"]["type"] for x in got] == ["audit.verification_failed"]
@@ -441,13 +454,15 @@ def test_webhooks_are_admin_only_and_tenant_scoped_and_every_change_is_audited(
     with pytest.raises(PermissionDenied):
         svc.add_webhook(r.url, events="all", tenant="b", principal=admin_a)
     added = svc.add_webhook(r.url, events="all", principal=admin_a)
-    assert added.webhook.tenant == "a" and added.generated_secret is not None
+    assert added.webhook.tenant == "a"
+    assert added.generated_secret is not None
     assert [v.id for v in svc.list_webhooks(principal=admin_b)] == []
     with pytest.raises(NotFound, match="no webhook"):
         svc.remove_webhook(added.webhook.id, principal=admin_b)
     svc.remove_webhook(added.webhook.id, principal=admin_a)
     actions = [(e.tenant, e.action) for e in svc.audit_entries(principal=admin_a)]
-    assert ("a", "webhook.add") in actions and ("a", "webhook.remove") in actions
+    assert ("a", "webhook.add") in actions
+    assert ("a", "webhook.remove") in actions
 
 
 def test_bad_input_exits_2_with_one_line_and_stores_nothing(
@@ -468,7 +483,8 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(
     for args in cases:
         done = cli(args, env)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
-        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "Traceback" not in done.stderr
         assert "abc" not in done.stderr
     assert svc.list_webhooks() == []
     assert len(svc.audit_entries()) == before

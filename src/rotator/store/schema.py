@@ -545,9 +545,7 @@ webhook_dead_letters = Table(
     "webhook_dead_letters",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column(
-        "webhook_id", Integer, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False
-    ),
+    Column("webhook_id", Integer, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("event_type", String(64), nullable=False),
     Column("delivery_id", String(200), nullable=False),
