@@ -372,7 +372,9 @@ def mark_overdue(conn: Connection, credential_id: int, period: str, now: datetim
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         stmt = sqlite_insert(credential_overdue_marks).values(**values).on_conflict_do_nothing()
-    return conn.execute(stmt).rowcount == 1
+    # RETURNING, not rowcount: with ON CONFLICT, drivers disagree on what rowcount says.
+    stmt = stmt.returning(credential_overdue_marks.c.credential_id)
+    return conn.execute(stmt).first() is not None
 
 
 def current_version(conn: Connection, credential_id: int) -> int | None:
