@@ -68,9 +68,9 @@ def event_types(action: str, details: Mapping[str, Any]) -> tuple[str, ...]:
 def parse_event_types(text: str | None) -> list[str]:
     """``--event TYPE[,TYPE...]`` as a sorted, de-duplicated list; ``*`` or ``all``: every
     type. InvalidInput (one line naming the unknown type and the known ones) otherwise."""
-    if text is None or not text.strip():
+    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
+    if not parts:
         raise InvalidInput(f"--event needs at least one type: {', '.join(EVENT_TYPES)}")
-    parts = [p.strip() for p in text.split(",") if p.strip()]
     if any(p in ("*", "all") for p in parts):
         return list(EVENT_TYPES)
     for p in parts:
