@@ -426,6 +426,8 @@ def test_a_broken_audit_chain_found_by_verify_is_notified(
     svc.add_webhook(r.url, events="audit.verification_failed", secret_ref=keyed(svc))
     svc.add_credential("app/db", "local", value=ValueInput(generate=True))
     with raw_db.begin() as c:
+        if c.dialect.name == "postgresql":  # behind rotator's back: skip the append-only trigger
+            c.exec_driver_sql("SET LOCAL session_replication_role = replica")
         c.execute(update(audit_log).where(audit_log.c.seq == 2).values(actor="mallory"))
     result = svc.audit_verify()
     assert not result.ok
@@ -488,3 +490,59 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(
         assert "abc" not in done.stderr
     assert svc.list_webhooks() == []
     assert len(svc.audit_entries()) == before
+
+
+# ---------------------------------------------------------------------------- under serve
+
+
+def start_serve(env: dict[str, str]) -> subprocess.Popen[str]:
+    """``rotator serve --port 0`` as a process; returns once it printed its ready line."""
+    proc = subprocess.Popen(
+        [str(CLI), "serve", "--port", "0", "--poll", "0.2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if "serving on" in line:
+            return proc
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    pytest.fail(f"rotator serve did not start: {proc.communicate(timeout=30)[1]}")
+
+
+def stop_serve(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=60)
+
+
+def test_rotator_serve_delivers_events_and_a_restarted_serve_resends_nothing(
+    svc: BlockingService, settings: Settings, receivers: Callable[..., Receiver]
+) -> None:
+    r = receivers()
+    svc.add_webhook(r.url, events="rotation.started,rotation.succeeded", secret_ref=keyed(svc))
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+    env = cli_env(settings)
+    server = start_serve(env)
+    try:
+        assert cli(["rotate", "app/db"], env).returncode == 0
+        wait_for(lambda: len(r.accepted()) == 2, "serve to deliver both events")
+    finally:
+        stop_serve(server)
+    assert r.types() == ["rotation.started", "rotation.succeeded"]
+
+    server = start_serve(env)
+    try:
+        assert cli(["rotate", "app/db"], env).returncode == 0
+        wait_for(lambda: len(r.accepted()) == 4, "the restarted serve to deliver the new ones")
+    finally:
+        stop_serve(server)
+    deliveries = [x["delivery"] for x in r.accepted()]
+    assert len(deliveries) == len(set(deliveries)) == 4, "nothing sent twice"
+    assert all(x["sig_ok"] for x in r.accepted())
