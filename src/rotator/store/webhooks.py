@@ -340,17 +340,25 @@ def overdue_candidates(conn: Connection, before: datetime) -> list[OverdueCandid
         )
         .order_by(credentials.c.id)
     )
-    out: list[OverdueCandidate] = []
-    for r in conn.execute(q):
-        start = r.last_rotated_at or r.created_at
-        period = start.isoformat()
-        marked = conn.execute(
-            select(credential_overdue_marks.c.credential_id).where(
-                credential_overdue_marks.c.credential_id == r.id,
-                credential_overdue_marks.c.period == period,
+    rows = conn.execute(q).all()
+    # The marks of these credentials in one query (not one per credential: the runner asks
+    # every poll, and a long-overdue credential stays in this list until it rotates).
+    marks: set[tuple[int, str]] = set()
+    ids = [r.id for r in rows]
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        marks.update(
+            (int(m.credential_id), m.period)
+            for m in conn.execute(
+                select(
+                    credential_overdue_marks.c.credential_id, credential_overdue_marks.c.period
+                ).where(credential_overdue_marks.c.credential_id.in_(chunk))
             )
-        ).first()
-        if marked is None:
+        )
+    out: list[OverdueCandidate] = []
+    for r in rows:
+        period = (r.last_rotated_at or r.created_at).isoformat()
+        if (int(r.id), period) not in marks:
             out.append(OverdueCandidate(r.id, r.tenant, r.name, r.next_rotation_at, period))
     return out
 
