@@ -525,6 +525,7 @@ class _Runner:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.sender = _Sender(svc, timing)
         self.stats = RunStats()
+        self._renewed: dict[int, datetime] = {}  # when each held lease was last extended
 
     async def _wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -554,6 +555,7 @@ class _Runner:
                     await self._wait(self.poll_s)
                     continue
                 held = True
+                self._renewed[webhook_id] = self.svc.clock()
                 try:
                     more = await self._one_batch(row)
                 except _LostLease:
@@ -607,11 +609,18 @@ class _Runner:
         return full
 
     async def _renew(self, webhook_id: int) -> None:
+        """Before each attempt: extend the lease once a third of it has passed (a write per
+        attempt would halve the delivery rate), so it never runs out mid-delivery."""
+        now = self.svc.clock()
+        last = self._renewed.get(webhook_id)
+        if last is not None and now - last < timedelta(seconds=self.lease_s / 3):
+            return
         ok = await self.svc._write(
             lambda c: store_wh.renew(c, webhook_id, self.owner, self._until())
         )
         if not ok:
             raise _LostLease
+        self._renewed[webhook_id] = now
 
     async def _record_error(self, webhook_id: int, error: str) -> None:
         now = self.svc.clock()
