@@ -40,7 +40,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,9 @@ from rotator.errors import NotFound, PermissionDenied, RotatorError
 from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.service.events import EventInput
 from rotator.service.rotation import Selection
+from rotator.service.webhooks import WebhookTiming
 from rotator.store import normalize_url
-from rotator.store.schema import audit_log, metadata
+from rotator.store.schema import audit_log, metadata, webhook_dead_letters
 
 # ------------------------------------------------------------------------------ the table
 
@@ -124,6 +125,12 @@ forward_add         audit.forward      tenant  created    Y     N   N    N    N
 forward_list        audit.forward      tenant  hidden     Y     N   N    N    N
 forward_remove      audit.forward      tenant  notfound   Y     N   N    N    N
 forward_run         audit.forward      tenant  hidden     Y     N   N    N    N
+webhook_add         webhook.write      tenant  created    Y     N   N    N    N
+webhook_list        webhook.read       tenant  hidden     Y     N   N    N    N
+webhook_remove      webhook.write      tenant  notfound   Y     N   N    N    N
+webhook_dead        webhook.read       tenant  hidden     Y     N   N    N    N
+webhook_retry       webhook.write      tenant  notfound   Y     N   N    N    N
+webhook_run         webhook.write      tenant  hidden     Y     N   N    N    N
 """
 """kind: ``name`` acts on named credentials (a new group's members, a named rollout
 selection): ``out`` is denied; ``group`` acts on a stored group and ``rotation`` on a stored
@@ -274,9 +281,22 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
             ).id
         svc.make_checkpoint(principal=ADMIN_B)
         sink.bind(("127.0.0.1", 0))
+        w.scratch["closed_url"] = f"http://127.0.0.1:{_closed_port()}/hook"
         w.scratch["syslog"] = f"udp://127.0.0.1:{sink.getsockname()[1]}"
         svc.add_forwarder("fw-a", syslog=w.scratch["syslog"], tenant="a")
         svc.add_forwarder("fw-b", syslog=w.scratch["syslog"], tenant="b")
+        # A webhook in a and in b (to a closed port; subscribed to an event no case makes),
+        # and a dead letter of each, as a receiver that kept failing leaves them.
+        for t, owner in (("a", OWNER_A), ("b", OWNER_B)):
+            hook = svc.add_webhook(
+                w.scratch["closed_url"],
+                events="audit.verification_failed",
+                secret_ref=IN if t == "a" else B_ONLY,
+                tenant=t,
+                principal=owner,
+            ).webhook
+            w.scratch[f"webhook_{t}"] = hook.id
+            w.scratch[f"dead_{t}"] = _dead_letter(raw, hook.id, t)
         yield w
     finally:
         sink.close()
@@ -290,6 +310,34 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
                         sql.Identifier(dbname)
                     )
                 )
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound, then closed): connections are refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dead_letter(raw: Engine, webhook_id: int, tenant: str) -> int:
+    """Insert a dead letter of the webhook, as the runner stores one; its id."""
+    event = {"id": f"{tenant}:1", "type": "audit.verification_failed", "at": "", "tenant": tenant}
+    with raw.begin() as conn:
+        done = conn.execute(
+            webhook_dead_letters.insert().values(
+                webhook_id=webhook_id,
+                seq=1,
+                event_type="audit.verification_failed",
+                delivery_id=f"wh{webhook_id}-1-audit.verification_failed",
+                event=event,
+                error="HTTP 500",
+                attempts=5,
+                created_at=datetime.now(UTC),
+            )
+        )
+        pk = done.inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
 
 
 def _group(name: str, a: str, b: str) -> Group:
@@ -785,6 +833,102 @@ def _audit_case(w: World, uc: str, p: Principal, scenario: str) -> Case:
             assert _fw(w, "b")["fw-b"][2] == b_cursor, "b's is not worked from a"
 
         return (lambda: svc.run_forwarders(once=True, principal=p)), check_run, _none
+    if uc.startswith("webhook_"):
+        return _webhook_case(w, uc, p, scenario)
+    raise AssertionError(f"no case for {uc}")
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+_FAST = WebhookTiming(attempts=1, initial=0.0, cap=0.0, sleep=_no_sleep)
+
+
+def _hooks(w: World, tenant: str) -> dict[int, tuple[str, int]]:
+    """Tenant's webhooks by id: (url, cursor), as the owner sees them."""
+    return {v.id: (v.url, v.cursor) for v in w.svc.list_webhooks() if v.tenant == tenant}
+
+
+def _webhook_case(w: World, uc: str, p: Principal, scenario: str) -> Case:
+    svc = w.svc
+    url = w.scratch["closed_url"]
+    if uc == "webhook_add":
+        b_before = _hooks(w, "b")
+        made: list[int] = []
+
+        def check_add(added: Any) -> None:
+            made.append(added.webhook.id)
+            assert added.webhook.tenant == "a"
+            assert added.generated_secret is None
+            assert _hooks(w, "b") == b_before, "b's webhooks are untouched"
+
+        def restore() -> None:
+            for wid in made:
+                svc.remove_webhook(wid)
+
+        return (
+            (lambda: svc.add_webhook(url, events="all", secret_ref=IN, principal=p)),
+            check_add,
+            restore,
+        )
+    if uc == "webhook_list":
+
+        def check_list(views: Any) -> None:
+            assert w.scratch["webhook_a"] in {v.id for v in views}
+            assert {v.tenant for v in views} == {"a"}, "b's never show"
+
+        return (lambda: svc.list_webhooks(principal=p)), check_list, _none
+    if uc == "webhook_dead":
+
+        def check_dead(views: Any) -> None:
+            assert {(v.id, v.tenant) for v in views} == {(w.scratch["dead_a"], "a")}
+
+        return (lambda: svc.webhook_dead_letters(principal=p)), check_dead, _none
+    if uc == "webhook_remove":
+        if scenario == "other":
+            victim = w.scratch["webhook_b"]
+        else:
+            if w.scratch.get("webhook_victim") not in _hooks(w, "a"):
+                w.scratch["webhook_victim"] = svc.add_webhook(
+                    url,
+                    events="audit.verification_failed",
+                    secret_ref=IN,
+                    tenant="a",
+                    principal=OWNER_A,
+                ).webhook.id
+            victim = w.scratch["webhook_victim"]
+        return (
+            (lambda: svc.remove_webhook(victim, principal=p)),
+            lambda _: _eq(victim in _hooks(w, "a"), False),
+            (lambda: None) if scenario == "other" else _none,
+        )
+    if uc == "webhook_retry":
+        dead = w.scratch["dead_b" if scenario == "other" else "dead_a"]
+
+        def check_retry(result: Any) -> None:
+            # The receiver's port is closed: the retry ran, failed and left it waiting.
+            assert (result.delivered, result.failed) == (0, 1)
+            assert dead in {v.id for v in svc.webhook_dead_letters()}
+
+        return (
+            (lambda: svc.retry_webhook_dead_letters(dead, timing=_FAST, principal=p)),
+            check_retry,
+            _none,
+        )
+    if uc == "webhook_run":
+        b_cursor = _hooks(w, "b")[w.scratch["webhook_b"]][1]
+        head = _head(w.raw)[0]
+
+        def check_run(_: Any) -> None:
+            assert _hooks(w, "a")[w.scratch["webhook_a"]][1] >= head, "a's webhook was worked"
+            assert _hooks(w, "b")[w.scratch["webhook_b"]][1] == b_cursor, "not b's"
+
+        return (
+            (lambda: svc.run_webhooks(once=True, timing=_FAST, principal=p)),
+            check_run,
+            _none,
+        )
     raise AssertionError(f"no case for {uc}")
 
 
@@ -950,10 +1094,14 @@ NAMED: dict[str, Callable[[BlockingService, Principal, str], Any]] = {
     "principal_remove": lambda svc, p, t: svc.remove_principal(t, principal=p),
     "token_revoke": lambda svc, p, t: svc.revoke_token(t, principal=p),
     "forward_remove": lambda svc, p, t: svc.remove_forwarder(t, principal=p),
+    "webhook_remove": lambda svc, p, t: svc.remove_webhook(int(t), principal=p),
+    "webhook_retry": lambda svc, p, t: svc.retry_webhook_dead_letters(
+        int(t), timing=_FAST, principal=p
+    ),
 }
 # Tenant-wide use cases taking an id or name: no scope to be out of, only another tenant.
 NO_OUT = {"rollout_status", "rollout_resume", "rollout_abort", "principal_remove"}
-NO_OUT |= {"token_revoke", "forward_remove"}
+NO_OUT |= {"token_revoke", "forward_remove", "webhook_remove", "webhook_retry"}
 
 
 def _missing(existing: str) -> str:
@@ -983,6 +1131,10 @@ def _targets(w: World, use_case: str, scenario: str) -> tuple[str, str]:
         existing = w.scratch["token_b"]
     elif use_case == "forward_remove":
         existing = "fw-b"
+    elif use_case in ("webhook_remove", "webhook_retry"):
+        # Ids: the missing one is a number too (no letter appended).
+        existing = str(w.scratch["webhook_b" if use_case == "webhook_remove" else "dead_b"])
+        return existing, str(int(existing) + 1000)
     else:
         existing = OUT if scenario == "out" else B_ONLY
     return existing, _missing(existing)

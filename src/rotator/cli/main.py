@@ -29,6 +29,7 @@ from rotator.cli import (  # noqa: F401
     rollouts,
     rotate,
     serve,
+    webhook,
     worker,
 )
 from rotator.cli.app import (

@@ -45,6 +45,8 @@ class Action(enum.StrEnum):
     AUDIT_READ = "audit.read"  # list, head, verify, export the audit log
     AUDIT_WRITE = "audit.write"  # make a signed checkpoint
     AUDIT_FORWARD = "audit.forward"  # manage SIEM forwarding
+    WEBHOOK_READ = "webhook.read"  # list webhooks and their dead letters
+    WEBHOOK_WRITE = "webhook.write"  # add, remove webhooks; retry dead letters; run them
     REPORT_READ = "report.read"  # compliance reports and evidence records
     PRINCIPAL_READ = "principal.read"  # list principals and tokens
     PRINCIPAL_WRITE = "principal.write"  # add, remove principals; create, revoke tokens

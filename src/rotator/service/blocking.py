@@ -35,6 +35,7 @@ from rotator.service import (
     reports,
     rollouts,
     rotation,
+    webhooks,
 )
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
@@ -245,6 +246,26 @@ class BlockingService:
                 )
             )
 
+    def run_webhooks(
+        self,
+        *,
+        once: bool = False,
+        poll_s: float = 1.0,
+        principal: Principal | None = None,
+        **kw: Any,
+    ) -> webhooks.RunStats:
+        """Work the webhooks until SIGINT or SIGTERM, or (``once``) until caught up (call from
+        the main thread); see webhooks.run_webhooks (``kw``: timing, overdue_after, lease_s).
+        ``principal`` None: the bound one, else the owner."""
+        if principal is None:
+            principal = self.principal or LOCAL_PRINCIPAL
+        with self.until_signal() as stop:
+            return self.run(
+                webhooks.run_webhooks(
+                    self.service, stop, once=once, poll_s=poll_s, principal=principal, **kw
+                )
+            )
+
     @contextlib.contextmanager
     def until_signal(self) -> Iterator[asyncio.Event]:
         """An event in the service's loop that SIGINT or SIGTERM sets, for the block's life
@@ -305,6 +326,11 @@ class BlockingService:
     add_forwarder = _Blocking(forwarding.add_forwarder)
     list_forwarders = _Blocking(forwarding.list_forwarders)
     remove_forwarder = _Blocking(forwarding.remove_forwarder)
+    add_webhook = _Blocking(webhooks.add_webhook)
+    list_webhooks = _Blocking(webhooks.list_webhooks)
+    remove_webhook = _Blocking(webhooks.remove_webhook)
+    webhook_dead_letters = _Blocking(webhooks.dead_letters)
+    retry_webhook_dead_letters = _Blocking(webhooks.retry_dead_letters)
     compliance_report = _Blocking(reports.compliance_report)
     add_principal = _Blocking(access.add_principal)
     list_principals = _Blocking(access.list_principals)

@@ -11,6 +11,7 @@ every connector call (generate, verify, publish a first value, rotate) is made b
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
@@ -37,6 +38,7 @@ from rotator.errors import (
     InvalidInput,
     NotFound,
     PermissionDenied,
+    RotatorError,
     VerificationFailed,
 )
 from rotator.kernel import Kernel, integrity, utcnow
@@ -49,8 +51,10 @@ from rotator.store import credentials as store_creds
 from rotator.store import groups as store_groups
 from rotator.store import policies as store_pol
 from rotator.store import rotations as store_rot
+from rotator.store import webhooks as store_wh
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # Uses one report may add (a database integer holds far more; no application reports more).
 MAX_REPORTED_USES = 1_000_000_000
 
@@ -836,9 +840,37 @@ class RotatorService:
         outside the store). Does not raise on a broken chain: the result says where. Needs
         AUDIT_READ tenant-wide."""
         await self.authorize(principal, Action.AUDIT_READ)
-        return await self._read(
+        result = await self._read(
             partial(audit.verify_log, keys=self.kernel.audit_keys, expect_head=expect_head)
         )
+        if not result.ok:
+            await self._record_verification_failed(principal, result)
+        return result
+
+    async def _record_verification_failed(self, principal: Principal, result: VerifyResult) -> None:
+        # While a webhook subscribes to audit.verification_failed, a failed verify appends
+        # that entry (the webhook runner delivers it like any event). The append chains on the
+        # head row, which still works after a break inside the log; where it cannot (the head
+        # itself is broken), nothing is appended and the verify result alone reports it.
+        def write(conn: Connection) -> None:
+            if not any(
+                "audit.verification_failed" in w.events for w in store_wh.list_webhooks(conn)
+            ):
+                return
+            self._audit(
+                conn,
+                principal,
+                "audit.verification_failed",
+                None,
+                first_bad_seq=result.first_bad_seq,
+                reason=result.reason,
+                entries=result.entries,
+            )
+
+        try:
+            await self._write(write)
+        except RotatorError as exc:
+            log.warning("audit verify: cannot record the failed verification: %s", exc)
 
     async def audit_head(self, principal: Principal = LOCAL_PRINCIPAL) -> tuple[int, str]:
         """(seq, MAC hex) of the newest audit entry, to keep outside the store as an anchor.

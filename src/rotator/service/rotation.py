@@ -29,7 +29,7 @@ from rotator.engine import (
 )
 from rotator.engine.types import StillValid
 from rotator.errors import ConcurrentModification, InvalidInput, NotFound
-from rotator.service import forwarding
+from rotator.service import forwarding, webhooks
 from rotator.service.checkpoints import PeriodicCheckpoints
 from rotator.service.credentials import RotatorService
 from rotator.store import rotations as store_rot
@@ -364,10 +364,15 @@ async def serve(
         fwd = asyncio.create_task(
             forwarding.run_forwarders(svc, fwd_stop, poll_s=min(poll_s, 1.0)), name="forwarders"
         )
+        hooks = asyncio.create_task(
+            webhooks.run_webhooks(svc, fwd_stop, poll_s=min(poll_s, 1.0)), name="webhooks"
+        )
         try:
             await scheduler.run(svc.engine, stop, poll_s=poll_s, on_batch=on_batch, options=options)
         finally:
             fwd_stop.set()
+            with contextlib.suppress(Exception):
+                await hooks
             checkpointing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await checkpointing

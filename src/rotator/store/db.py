@@ -37,7 +37,7 @@ from rotator.errors import (
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration. Kept here so ordinary commands need not import alembic (a quarter
 # second per CLI call); tests/integration/test_store.py checks it matches the scripts.
-HEAD_REVISION = "0015"
+HEAD_REVISION = "0016"
 # FULL: a commit is on disk (the WAL fsynced) before it returns. A rotation's intent must
 # survive a power loss before the target is touched; with NORMAL the last commits may vanish.
 # Only the benchmarks change this (bench/engine_bench.py --sqlite-synchronous).

@@ -540,3 +540,64 @@ rotation_jobs = Table(
     Column("finished_at", UTCDateTime, nullable=True),
     Index("ix_rotation_jobs_tenant_id", "tenant_id", "id"),
 )
+
+# -- webhook notifications (migration 0016) -------------------------------------------------
+
+# One row per webhook: events (types, see rotator.policy.notify) derived from the audit log,
+# read after ``cursor`` like a SIEM forwarder (lease ``claimed_by``/``lease_until``; the cursor
+# moves forward only, conditioned on the old cursor and on the lease). ``tenant_id`` NULL: every
+# tenant's entries (the owner's). The signing key is a credential (``secret_credential`` in
+# ``secret_tenant``), by name: the row holds no secret.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=True),
+    Column("url", Text, nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("secret_credential", String(200), nullable=False),
+    Column("secret_tenant", String(64), nullable=False),
+    Column("cursor", BigInteger, nullable=False),
+    Column("claimed_by", String(200), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_attempt_at", UTCDateTime, nullable=True),
+    Column("delivered", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Events a webhook gave up on (after its attempts): kept with the exact body for
+# ``webhook retry``. ``redelivered_at`` set once a retry was acknowledged (never sent again).
+webhook_dead_letters = Table(
+    "webhook_dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("webhook_id", Integer, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("delivery_id", String(200), nullable=False),
+    Column("event", JSON, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("redelivered_at", UTCDateTime, nullable=True),
+    UniqueConstraint("webhook_id", "seq", "event_type", name="uq_webhook_dead_letters_event"),
+)
+
+# One row per credential and due period (``period``: the start of the CURRENT version's life,
+# ISO text) for which a ``credential.overdue`` audit entry was appended, in the same
+# transaction: the primary key makes that entry exactly once, whatever number of processes.
+credential_overdue_marks = Table(
+    "credential_overdue_marks",
+    metadata,
+    Column(
+        "credential_id",
+        Integer,
+        ForeignKey("credentials.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("period", String(40), primary_key=True),
+    Column("marked_at", UTCDateTime, nullable=False),
+)

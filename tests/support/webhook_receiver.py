@@ -1,0 +1,79 @@
+"""A notification webhook receiver for the webhook tests, run as its own process.
+
+``python webhook_receiver.py PORT LOG KEY_HEX [FAIL_FIRST]``: listens on 127.0.0.1:PORT; at
+start appends ``{"event": "start"}`` to LOG; for every POST appends ``{"event": "request",
+"delivery", "type_header", "timestamp", "sig_ok", "body", "status"}`` (written and flushed
+*before* the answer). The first FAIL_FIRST requests of this process are answered 500, the rest
+200. ``sig_ok`` is the verification recipe of docs/webhooks.md, copied here on purpose (a
+receiver does not import rotator): ``v1=`` + HMAC-SHA256(KEY, timestamp + "." + raw body),
+compared in constant time, and the timestamp within 300 s of the receiver's clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+PORT, LOG, KEY = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
+FAIL_FIRST = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+seen = 0
+
+
+def record(line: dict[str, object]) -> None:
+    with open(LOG, "a") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def verify(key: bytes, body: bytes, timestamp: str, signature: str) -> bool:
+    # -- the recipe of docs/webhooks.md --
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        return False
+    if abs(time.time() - ts) > 300:  # replay window
+        return False
+    expected = "v1=" + hmac.new(key, f"{ts}".encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        global seen
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        ts = self.headers.get("X-Rotator-Timestamp", "")
+        sig_ok = verify(KEY, body, ts, self.headers.get("X-Rotator-Signature", ""))
+        seen += 1
+        status = 500 if seen <= FAIL_FIRST else 200
+        record(
+            {
+                "event": "request",
+                "path": self.path,
+                "delivery": self.headers.get("X-Rotator-Delivery"),
+                "type_header": self.headers.get("X-Rotator-Event"),
+                "content_type": self.headers.get("Content-Type"),
+                "timestamp": ts,
+                "sig_ok": sig_ok,
+                "raw": body.decode(),
+                "body": json.loads(body),
+                "status": status,
+            }
+        )
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    server = HTTPServer(("127.0.0.1", PORT), Handler)
+    record({"event": "start"})
+    server.serve_forever()
