@@ -55,7 +55,8 @@ class ServeProcess:
         return "".join(self._lines)
 
     def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+        assert self.proc is not None
+        assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self._lines.append(line)
             self._queue.put(line)
