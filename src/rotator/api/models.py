@@ -195,4 +195,11 @@ class UsageView(BaseModel):
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: these statuses answer a Problem as problem+json."""
-    return {s: {"model": Problem, "content": {"application/problem+json": {}}} for s in statuses}
+    schema = Problem.model_json_schema()
+    return {
+        s: {
+            "description": "A problem (RFC 9457).",
+            "content": {"application/problem+json": {"schema": schema}},
+        }
+        for s in statuses
+    }
