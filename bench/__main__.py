@@ -5,7 +5,8 @@ passed through unchanged, then the engine benchmark (``--engine-n`` rotations pe
 ``--engine-latency-ms`` per target call; it gets ``--db`` too), then the postgres connector
 benchmark (``--pg-roles`` rotations per variant against a password-checking PostgreSQL 15),
 then the reads benchmark (``--reads`` get_value calls) and the CLI benchmark (``--cli-n``
-credentials rotated by ``rotator rotate --all``, then ``rotator credential get`` 20 times).
+credentials rotated by ``rotator rotate --all``, then ``rotator credential get`` 20 times), then
+the REST API benchmark (GET value and POST usage over HTTP, SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import cli_bench, crypto_bench, engine_bench, postgres_bench, reads_bench, store_bench
+from bench import (
+    api_bench,
+    cli_bench,
+    crypto_bench,
+    engine_bench,
+    postgres_bench,
+    reads_bench,
+    store_bench,
+)
 from bench.common import print_machine_info, timed
 
 
@@ -34,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reads", type=int, default=5000, help="reads bench: get_value calls")
     ap.add_argument("--skip-cli", action="store_true", help="skip bench.cli_bench")
     ap.add_argument("--cli-n", type=int, default=200, help="cli bench: credentials rotated")
+    ap.add_argument("--skip-api", action="store_true", help="skip bench.api_bench")
     args, rest = ap.parse_known_args(argv)
     print_machine_info()
     with timed() as total:
@@ -70,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                 return rc
         if not args.skip_cli:
             rc = cli_bench.main(["--n", str(args.cli_n), "--no-machine"])
+            if rc:
+                return rc
+        if not args.skip_api:
+            rc = api_bench.main(["--no-machine"])
             if rc:
                 return rc
     print(f"\nbenchmarks finished in {total.seconds / 60:.1f} min")

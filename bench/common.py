@@ -807,3 +807,10 @@ def stage_key(svc: BenchService, conn: Any, data_key_id: int) -> Any:
     from rotator.kernel import integrity
 
     return integrity.stage_key(svc.kernel, conn, data_key_id)
+
+
+def create_token_blocking(svc: BenchService, principal: str, role: str, scope: str = "*") -> str:
+    """A new service principal with ``role`` over ``scope`` and an API token for it."""
+    svc.blocking.add_principal(principal, role, scope=scope, kind="service")
+    token: str = svc.blocking.create_token(principal)[1]
+    return token

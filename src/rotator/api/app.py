@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from starlette.routing import Route
 
 from rotator import mcp
 from rotator.api import problems
+from rotator.api.limits import Limits, LimitsMiddleware
 from rotator.api.routes import (
     audit,
     credentials,
@@ -23,10 +24,18 @@ from rotator.api.routes import (
 from rotator.service import RotatorService
 
 
-def create_app(svc: RotatorService) -> FastAPI:
+def create_app(
+    svc: RotatorService,
+    *,
+    limits: Limits | None = None,
+    clock: Callable[[], float] | None = None,
+) -> FastAPI:
     """The API serving ``svc``. The caller owns ``svc`` (opens it before serving, closes it
     after); the app never closes it. Its lifespan must run (uvicorn ``lifespan="on"``): it
-    starts the MCP server mounted at ``/mcp``."""
+    starts the MCP server mounted at ``/mcp``. ``limits`` (default: from the environment, see
+    api.limits; InvalidInput when it is bad) bound body size and request rate; ``clock``
+    (monotonic seconds) drives the rate limiter."""
+    limits = Limits.from_env() if limits is None else limits
     mcp_endpoint = mcp.McpEndpoint(svc)
 
     @contextlib.asynccontextmanager
@@ -57,4 +66,8 @@ def create_app(svc: RotatorService) -> FastAPI:
     # A route at the exact path (not a Mount): a Mount would answer /mcp with a redirect to
     # /mcp/. Not in the OpenAPI document (it is not a REST resource).
     app.router.routes.append(Route(mcp.PATH, endpoint=mcp_endpoint, include_in_schema=False))
+    if clock is None:
+        app.add_middleware(LimitsMiddleware, limits=limits)
+    else:
+        app.add_middleware(LimitsMiddleware, limits=limits, clock=clock)
     return app

@@ -338,6 +338,12 @@ class Engine:
         """A value, counted as a use and audited before it is returned (see Values.read)."""
         return await self.values.read(principal, name, stage)
 
+    async def read_numbered_value(
+        self, principal: Principal, name: str, stage: Stage = Stage.CURRENT
+    ) -> tuple[Secret, int]:
+        """As :meth:`read_value`, with the number of the version read."""
+        return await self.values.read_numbered(principal, name, stage)
+
     def connector(self, kind: str) -> cbase.Connector:
         """This engine's instance of connector ``kind`` (UnknownConnector if none)."""
         return self.runtime.connectors.get(kind)

@@ -35,9 +35,15 @@ class Values:
 
     async def read(self, principal: Principal, name: str, stage: Stage = Stage.CURRENT) -> Secret:
         """See :meth:`rotator.kernel.Kernel.read_value` (same errors)."""
+        return (await self.read_numbered(principal, name, stage))[0]
+
+    async def read_numbered(
+        self, principal: Principal, name: str, stage: Stage = Stage.CURRENT
+    ) -> tuple[Secret, int]:
+        """As :meth:`read`, with the number of the version read."""
         kernel = self.rt.kernel
 
-        def op(conn: Connection) -> Secret | RotatorError:
+        def op(conn: Connection) -> tuple[Secret, int] | RotatorError:
             # A refused read (no such credential, an edited stage map) has written nothing:
             # it is returned, not raised, which would roll back and replay its whole batch.
             try:
@@ -45,7 +51,7 @@ class Values:
             except RotatorError as exc:
                 return exc
             kernel.record_read(conn, principal, name, credential_id, number, stage)
-            return value
+            return value, number
 
         out = await self.rt.writer.run(op, durable=False)
         if isinstance(out, RotatorError):

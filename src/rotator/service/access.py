@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import secrets
-from datetime import timedelta
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import partial
 from hmac import compare_digest
 
@@ -51,6 +54,83 @@ _DUMMY_DIGEST = hashlib.sha256(b"rotator: no such token").hexdigest()
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 # Who a refused token's audit entry names: nobody was authenticated.
 UNAUTHENTICATED = "anonymous"
+# How long a process trusts a successful authentication without asking the store again.
+AUTH_TTL_ENV = "ROTATOR_API_AUTH_TTL_S"
+DEFAULT_AUTH_TTL_S = 5.0
+_AUTH_CACHE_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Authenticated:
+    principal: Principal
+    until: datetime  # trusted before this (the TTL, or the token's expiry if sooner)
+    last_used: datetime  # the token's last_used_at as stored after this authentication
+
+
+class AuthCache:
+    """Successful authentications of one service (one process), keyed by the SHA-256 of the
+    whole token (the token itself is never kept), each trusted for ``ttl`` (0: no cache)
+    and never past the token's expiry. Refusals are never cached (each is audited).
+
+    What callers rely on: a token revoked, or a principal removed, through this service is
+    refused by it AT ONCE (those use cases clear the cache); through another process, within
+    ``ttl`` seconds. Grants are those of the last authentication that read the store."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl = timedelta(seconds=max(0.0, ttl_s))
+        self._entries: dict[str, _Authenticated] = {}
+
+    @staticmethod
+    def key(token: str) -> str:
+        return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+    def get(self, key: str, now: datetime) -> Principal | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        # Past the TTL or the expiry, or when last_used_at is due to be written again (so a
+        # cache never makes that record coarser than LAST_USED_RESOLUTION): ask the store.
+        if now >= found.until or found.last_used < now - LAST_USED_RESOLUTION:
+            self._entries.pop(key, None)
+            return None
+        return found.principal
+
+    def put(
+        self,
+        key: str,
+        principal: Principal,
+        now: datetime,
+        expires: datetime | None,
+        last_used: datetime,
+    ) -> None:
+        if not self.ttl:
+            return
+        until = now + self.ttl if expires is None else min(now + self.ttl, expires)
+        if len(self._entries) >= _AUTH_CACHE_MAX:
+            self._entries.clear()  # rare (that many live tokens in one TTL): start again
+        self._entries[key] = _Authenticated(principal, until, last_used)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_caches: weakref.WeakKeyDictionary[RotatorService, AuthCache] = weakref.WeakKeyDictionary()
+
+
+def auth_cache(svc: RotatorService) -> AuthCache:
+    """The authentication cache of ``svc`` (made on first use; the TTL from
+    ``ROTATOR_API_AUTH_TTL_S``, default 5 s; InvalidInput when that is not a number >= 0)."""
+    found = _caches.get(svc)
+    if found is None:
+        raw = os.environ.get(AUTH_TTL_ENV, "").strip()
+        try:
+            ttl = float(raw) if raw else DEFAULT_AUTH_TTL_S
+        except ValueError:
+            ttl = -1.0
+        if not ttl >= 0:  # also NaN
+            raise InvalidInput(f"{AUTH_TTL_ENV} must be a number of seconds (0 or more)")
+        found = _caches[svc] = AuthCache(ttl)
+    return found
 
 
 def _digest(secret: str) -> str:
@@ -181,6 +261,7 @@ async def remove_principal(
         )
 
     await svc._write(write)
+    auth_cache(svc).clear()  # its tokens stop working here at once
 
 
 # -- tokens ----------------------------------------------------------------------------------
@@ -291,7 +372,9 @@ async def revoke_token(
         assert out is not None
         return out
 
-    return await svc._write(write)
+    revoked = await svc._write(write)
+    auth_cache(svc).clear()  # refused here at once (other processes: within their TTL)
+    return revoked
 
 
 async def authenticate(svc: RotatorService, token: str) -> Principal:
@@ -303,7 +386,17 @@ async def authenticate(svc: RotatorService, token: str) -> Principal:
     as ``auth.denied`` (the token id when the format parsed, and the reason) in its own
     transaction. The secret is compared in constant time, and against a dummy digest when
     there is nothing to compare with, so every refusal does the same work. A success records
-    ``last_used_at`` (at most once a minute per token)."""
+    ``last_used_at`` (at most once a minute per token).
+
+    A success is remembered by this service for ``ROTATOR_API_AUTH_TTL_S`` (default 5 s,
+    never past the token's expiry; see :class:`AuthCache`): within it the same token is
+    answered without reading the store, so a revocation made through another process takes
+    effect within the TTL (through this one, at once)."""
+    cache = auth_cache(svc)
+    key = cache.key(token)
+    hit = cache.get(key, svc.clock())
+    if hit is not None:
+        return hit
     m = _TOKEN.fullmatch(token)
     token_id, secret = (m.group(1), m.group(2)) if m else (None, "")
     record = None
@@ -330,7 +423,9 @@ async def authenticate(svc: RotatorService, token: str) -> Principal:
         return store_p.grants_of(conn, [record.principal_id]).get(record.principal_id, ())
 
     grants = await svc._read(load)
-    if info.last_used_at is None or info.last_used_at < now - LAST_USED_RESOLUTION:
+    last_used = info.last_used_at
+    if last_used is None or last_used < now - LAST_USED_RESOLUTION:
+        last_used = now
         await svc._write(
             partial(
                 store_p.touch_token,
@@ -339,7 +434,9 @@ async def authenticate(svc: RotatorService, token: str) -> Principal:
                 before=now - LAST_USED_RESOLUTION,
             )
         )
-    return Principal(info.principal, info.tenant, grants, owner=False, token_id=info.id)
+    principal = Principal(info.principal, info.tenant, grants, owner=False, token_id=info.id)
+    cache.put(key, principal, now, info.expires_at, last_used)
+    return principal
 
 
 async def acting_principal(

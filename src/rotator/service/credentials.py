@@ -479,9 +479,16 @@ class RotatorService:
         IntegrityError when its stage map does not verify, DecryptionError when the stored
         ciphertext does not open. Needs VALUE_READ on ``name``.
         """
+        return (await self.get_numbered_value(name, stage, principal))[0]
+
+    async def get_numbered_value(
+        self, name: str, stage: Stage = Stage.CURRENT, principal: Principal = LOCAL_PRINCIPAL
+    ) -> tuple[Secret, int]:
+        """As :meth:`get_value`, with the number of the version read (the REST value route
+        answers it)."""
         names.check_credential_name(name)
         await self.authorize(principal, Action.VALUE_READ, name)
-        return await self.engine.read_value(principal, name, stage)
+        return await self.engine.read_numbered_value(principal, name, stage)
 
     async def report_usage(
         self, name: str, count: int = 1, principal: Principal = LOCAL_PRINCIPAL
