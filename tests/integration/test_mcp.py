@@ -315,6 +315,10 @@ def process_env(settings: Settings, token: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")}
     env["ROTATOR_HOME"] = str(settings.home)
     env["ROTATOR_DB"] = settings.db_url
+    # Every request authenticates afresh (no cached authentication): these tests revoke a
+    # token from another process mid-session and expect its very next call refused. The
+    # cache's own window is tested in test_auth_cache.py.
+    env["ROTATOR_API_AUTH_TTL_S"] = "0"
     if token is not None:
         env["ROTATOR_TOKEN"] = token
     return env
