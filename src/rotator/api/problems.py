@@ -92,8 +92,58 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return f"{loc}: {first.get('msg', 'invalid')}"
 
 
+# What any /v1 operation may answer besides its own statuses: bad input, no or a refused
+# token, a denial or a missing name, a conflict, a body too large, schema validation, the
+# rate limit, the store unavailable. Documented on every operation so the OpenAPI document
+# is honest about them (clients and schemathesis rely on it).
+_COMMON_V1 = (400, 401, 403, 404, 409, 413, 422, 429, 503)
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An error (RFC 9457 problem+json).",
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+
+
+def _document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every error response of every operation is problem+json (FastAPI documents its 422
+    as application/json with its own shape; ours is a Problem), and /v1 operations list
+    the statuses of :data:`_COMMON_V1`."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    ref = {"$ref": "#/components/schemas/Problem"}
+    for path, ops in schema.get("paths", {}).items():
+        for op in ops.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            responses = op["responses"]
+            if path.startswith("/v1/"):
+                for status in _COMMON_V1:
+                    responses.setdefault(str(status), {"description": _slug(status)})
+            for status, response in responses.items():
+                if status.isdigit() and int(status) >= 400:
+                    response["content"] = {"application/problem+json": {"schema": ref}}
+    schema["components"]["schemas"].pop("HTTPValidationError", None)
+    schema["components"]["schemas"].pop("ValidationError", None)
+    return schema
+
+
 def install(app: FastAPI) -> None:
-    """Register the handlers on ``app``."""
+    """Register the handlers on ``app``, and document them in its OpenAPI schema."""
+    make_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _document_problems(make_schema())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(errors.RotatorError)
     async def _rotator_error(request: Request, exc: errors.RotatorError) -> JSONResponse:
