@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,32 @@ async def serve(
     served."""
     if (opts.certfile is None) != (opts.keyfile is None):
         raise InvalidInput("TLS needs both --tls-cert and --tls-key")
+    if opts.certfile is not None and opts.keyfile is not None:
+        _check_tls(opts.certfile, opts.keyfile)
+    with contextlib.ExitStack() as held:
+        if opts.scheduler:
+            held.enter_context(rotation.worker_slot(svc))
+        await _serve(svc, stop, opts, on_ready)
+
+
+def _check_tls(certfile: Path, keyfile: Path) -> None:
+    """InvalidInput (one line naming the file) when the certificate or key cannot be loaded:
+    uvicorn would fail later with a traceback."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot load the TLS certificate {certfile} or key {keyfile}: "
+            f"{exc.strerror or exc.__class__.__name__}"
+        ) from None
+
+
+async def _serve(
+    svc: RotatorService,
+    stop: asyncio.Event,
+    opts: ServeOptions,
+    on_ready: Callable[[str], None] | None,
+) -> None:
     sock = _listen(opts.host, opts.port)
     app = create_app(svc)
     app.state.stopping = stop  # open /v1/watch streams end when it is set
@@ -103,7 +130,9 @@ async def serve(
     tasks = [api]
     if opts.scheduler:
         tasks.append(
-            asyncio.create_task(rotation.serve(svc, stop, poll_s=opts.poll_s), name="scheduler")
+            asyncio.create_task(
+                rotation.serve(svc, stop, poll_s=opts.poll_s, slot_held=True), name="scheduler"
+            )
         )
     stopping = asyncio.create_task(stop.wait(), name="stop")
     try:

@@ -347,14 +347,17 @@ async def serve(
     on_batch: Callable[[BatchResult], None] | None = None,
     options: scheduler.SchedulerOptions | None = None,
     principal: Principal = LOCAL_PRINCIPAL,
+    slot_held: bool = False,
 ) -> None:
     """Run the scheduler loop (rotator.scheduler.run) on the service's engine until ``stop``
     is set. On SQLite one worker at a time: a second is refused (InvalidInput, one line) while
     the first runs; the lock (``flock`` on ``<database>.worker.lock``) ends with its process,
-    also when it is killed. On PostgreSQL any number of workers share the work. The loop
-    acts for every tenant: needs STORE_ADMIN (the store's owner)."""
+    also when it is killed. ``slot_held``: the caller holds :func:`worker_slot` already
+    (``rotator serve`` takes it before it listens, so a refused second server never
+    announces itself). On PostgreSQL any number of workers share the work. The loop acts for
+    every tenant: needs STORE_ADMIN (the store's owner)."""
     await svc.authorize(principal, Action.STORE_ADMIN)
-    with _single_worker(svc):
+    with contextlib.nullcontext() if slot_held else worker_slot(svc):
         # Signed audit checkpoints every ROTATOR_AUDIT_CHECKPOINT_S (service.checkpoints), and
         # SIEM forwarders, run beside the scheduler: they read the log at their own pace and
         # write only their own rows, so a dead target never holds a rotation up.
@@ -381,7 +384,9 @@ async def serve(
 
 
 @contextlib.contextmanager
-def _single_worker(svc: RotatorService) -> Iterator[None]:
+def worker_slot(svc: RotatorService) -> Iterator[None]:
+    """The right to run the scheduler on this store, for the block: on SQLite one process at
+    a time (InvalidInput, one line, at once when another holds it); on PostgreSQL always."""
     db = svc.db
     if db.dialect != "sqlite":
         yield
