@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -255,3 +256,66 @@ def test_fifty_postgres_credentials_rotate_over_rest_with_no_failed_query(
     # Nothing secret in the server's log.
     assert pg_target.password not in server.stderr
     assert all(p not in server.stderr for _, p in roles)
+
+
+def test_two_servers_on_one_postgresql_act_as_one_service(tmp_path: Path, pg_database: str) -> None:
+    settings = Settings(home=tmp_path / "home", db_url=pg_database)
+    svc, _ = BlockingService.init(settings)
+    try:
+        svc.add_principal("ops", Role.ADMIN, kind="service")
+        token = svc.create_token("ops")[1]
+    finally:
+        svc.close()
+    env = serve_env(settings.home, settings.db_url, ROTATOR_API_RATE="100000/s")
+    auth = {"Authorization": f"Bearer {token}"}
+    args = ("--no-scheduler", "--poll", "0.2")
+    with (
+        ServeProcess(env, args) as a,
+        ServeProcess(env, args) as b,
+        httpx.Client(base_url=a.base_url, headers=auth, timeout=30) as on_a,
+        httpx.Client(base_url=b.base_url, headers=auth, timeout=30) as on_b,
+    ):
+        made = on_a.post(
+            "/v1/credentials",
+            json={"name": "shared/db", "connector": "local", "generate": True},
+        )
+        assert made.status_code == 201, made.text
+        first = on_b.get("/v1/credentials/shared/db/value")
+        assert first.status_code == 200, first.text
+        assert first.json()["version"] == 1
+        assert on_a.get("/v1/credentials/shared/db/value").json() == first.json()
+
+        head = int(on_a.get("/v1/audit/head").json()["seq"])
+        with Client(a.base_url, token, cache_ttl=0) as client:
+            changes: list[Change] = []
+            feed = client.watch("shared/db", after=head)
+            watcher = threading.Thread(target=lambda: changes.append(next(feed)), daemon=True)
+            watcher.start()
+
+            accepted = on_b.post("/v1/credentials/shared/db/rotate")
+            assert accepted.status_code == 202, accepted.text
+            href = accepted.json()["href"]
+            job: dict[str, Any] = {}
+
+            def done() -> bool:
+                nonlocal job
+                resp = on_a.get(href)  # the job B runs, answered by A
+                assert resp.status_code == 200, resp.text
+                job = resp.json()
+                return job["status"] != "running"
+
+            until(done, "the rotation started on B to finish, as seen from A")
+            watcher.join(timeout=WAIT_S)
+            assert not watcher.is_alive(), "A's watch never reported B's rotation"
+            # Seen from A, the client reads the value B's rotation made.
+            new = client.get("shared/db")
+        assert job["status"] == "done", job
+        assert job["result"]["rotated"] == ["shared/db"]
+        [change] = changes
+        assert (change.name, change.version) == ("shared/db", 2)
+        assert change.rotation_id
+        current = on_b.get("/v1/credentials/shared/db/value").json()
+        assert current["version"] == 2
+        assert current["value"] == new != first.json()["value"]
+        previous = on_a.get("/v1/credentials/shared/db/value", params={"stage": "PREVIOUS"})
+        assert previous.json()["value"] == first.json()["value"]
