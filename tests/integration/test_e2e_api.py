@@ -198,6 +198,7 @@ def test_fifty_postgres_credentials_rotate_over_rest_with_no_failed_query(
             app = Queries(connects)
             until(lambda: app.ok >= N or bool(app.failures), "a first round of queries")
 
+            ok_at_start = app.ok
             accepted = http.post("/v1/rotations", json={"tags": TAG})
             assert accepted.status_code == 202, accepted.text
             job_href = accepted.json()["href"]
@@ -213,6 +214,7 @@ def test_fifty_postgres_credentials_rotate_over_rest_with_no_failed_query(
                 return job["status"] != "running"
 
             until(done, "the rotation job to finish")
+            during = app.ok - ok_at_start
             # Keep the application querying a while on the new values.
             settled = app.ok
             until(lambda: app.ok >= settled + N or bool(app.failures), "queries after")
@@ -229,12 +231,19 @@ def test_fifty_postgres_credentials_rotate_over_rest_with_no_failed_query(
 
         assert app.failures == []
         assert app.ok >= 2 * N
+        assert during > 0, "no query ran while the rotation job ran"
 
         # One event per credential, version 2, each from its own rotation.
         assert sorted(c.name for c in changes) == sorted(result["rotated"])
         assert {c.version for c in changes} == {2}
-        assert all(c.rotation_id for c in changes)
         assert len({c.rotation_id for c in changes}) == N
+        for c in changes:  # each event names the rotation that made it, as its evidence says
+            ev = http.get(f"/v1/reports/evidence/{c.rotation_id}")
+            assert ev.status_code == 200, ev.text
+            record = ev.json()
+            assert (record["credential"], record["version"]) == (c.name, 2)
+            assert record["result"] == "finished"
+            assert record["requested_by"] == "ops"
         cursors = [c.cursor for c in changes]
         assert cursors == sorted(cursors)
         assert len(set(cursors)) == N
