@@ -1,8 +1,8 @@
 """Property-based checks of the live API against its own /openapi.json (schemathesis v4).
 
 For every operation but the SSE watch, a real ``rotator serve`` (SQLite and PostgreSQL,
-``db_url``) with an admin token, a few credentials and one finished rotation job gets a
-bounded number of generated requests (valid and invalid); every response must be no 5xx,
+``db_url``) with an admin token, a few credentials, one finished rotation job and one event
+gets a bounded number of generated requests (valid and invalid); every response must be no 5xx,
 conform to the documented schema (status, media type, headers, body), reject invalid input
 with a 4xx, and every 4xx must be application/problem+json.
 
@@ -60,9 +60,11 @@ def live(tmp_path: Path, db_url: str) -> Iterator[tuple[str, str]]:
     # A high rate: generated requests must meet the routes, not the limiter.
     env = serve_env(home, db_url, ROTATOR_API_RATE="100000/s")
     with ServeProcess(env) as srv:
-        # One finished rotation job, so the job list and job answers hold a real result.
+        # One finished rotation job and one event, so the lists hold real items to check.
         auth = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=srv.base_url, headers=auth, timeout=30) as http:
+            event = {"kind": "leak", "severity": "low", "credential": "dev/x"}
+            assert http.post("/v1/events", json=event).status_code == 202
             href = http.post("/v1/rotations", json={"all": True}).json()["href"]
             deadline = time.monotonic() + 60
             while http.get(href).json()["status"] == "running":
