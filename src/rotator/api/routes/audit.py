@@ -22,6 +22,24 @@ class VerifyBody(BaseModel):
     )
 
 
+class HeadDoc(BaseModel):
+    """The audit chain's newest entry (documented answer of ``GET /v1/audit/head``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    seq: int
+    hash: str
+
+
+class VerifyDoc(BaseModel):
+    """The chain check (documented answer of ``POST /v1/audit/verify``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ok: bool
+    entries: int
+    first_bad_seq: int | None
+    reason: str | None
+
+
 def _parse_head(text: str) -> tuple[int, str]:
     seq, sep, mac = text.strip().partition(":")
     if not (sep and seq.isascii() and seq.isdigit() and len(seq) <= 18 and int(seq) >= 1):
@@ -51,14 +69,14 @@ async def list_entries(
     return Page[dict[str, Any]](items=[e.to_json() for e in found], next_cursor=nxt)
 
 
-@router.get("/head")
+@router.get("/head", response_model=None, responses={200: {"model": HeadDoc}})
 async def head(svc: Service, principal: Caller) -> dict[str, Any]:
     """The newest entry's seq and MAC: keep it outside the store for ``expect_head``."""
     seq, mac = await svc.audit_head(principal=principal)
     return {"seq": seq, "hash": mac}
 
 
-@router.post("/verify")
+@router.post("/verify", response_model=None, responses={200: {"model": VerifyDoc}})
 async def verify(svc: Service, principal: Caller, body: VerifyBody | None = None) -> dict[str, Any]:
     """Verify the keyed chain (and that it still holds ``expect_head``); ``ok`` false names
     the first entry that does not verify. A broken chain is a 200 answer, not an error."""

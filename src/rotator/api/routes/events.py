@@ -27,6 +27,52 @@ class EventBody(BaseModel):
     detail: str | None = Field(None, max_length=1000)
 
 
+class _Doc(BaseModel):
+    """A documented answer (the route returns a plain dict, not filtered through it); strict
+    so a drift fails the schema tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DecisionDoc(_Doc):
+    name: str
+    action: str
+    reason: str | None
+    duplicate_of: int | None
+    outcome: str | None
+    version: int | None
+    error: str | None
+
+
+class StillValidDoc(_Doc):
+    name: str
+    version: int
+    error: str | None
+
+
+class ReportDoc(_Doc):
+    """What reporting the event did (service.events.EventReport.to_json)."""
+
+    event_id: int
+    kind: str
+    severity: str
+    decisions: list[DecisionDoc]
+    still_valid: list[StillValidDoc]
+
+
+class EventDoc(_Doc):
+    """An event as ``rotator event list --json`` prints it."""
+
+    id: int
+    kind: str
+    severity: str
+    selector: dict[str, Any]
+    detail: str | None
+    reporter: str
+    created_at: str
+    decisions: list[DecisionDoc]
+
+
 def event_view(e: Any) -> dict[str, Any]:
     """An event as ``rotator event list --json`` prints it."""
     return {
@@ -52,14 +98,14 @@ def event_view(e: Any) -> dict[str, Any]:
     }
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, response_model=None, responses={202: {"model": ReportDoc}})
 async def report_event(body: EventBody, svc: Service, principal: Caller) -> dict[str, Any]:
     """Record the event and act on it by the credentials' risk rules; the report."""
     event = EventInput(body.kind, body.severity, body.credential, body.tags, body.detail)
     return (await events.report_event(svc, event, principal=principal)).to_json()
 
 
-@router.get("")
+@router.get("", response_model=None, responses={200: {"model": Page[EventDoc]}})
 async def list_events(
     svc: Service,
     principal: Caller,

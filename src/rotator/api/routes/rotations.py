@@ -8,7 +8,7 @@ answers ``GET /v1/rotations/{id}`` (service.jobs).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import JSONResponse
@@ -40,6 +40,68 @@ class RotationsBody(BaseModel):
     all: bool = False
     emergency: bool = False
     dry_run: bool = Field(False, description="Answer 200 with the plan; rotate nothing.")
+
+
+class _Doc(BaseModel):
+    """A documented answer: the OpenAPI schema of what a route returns as a plain dict (the
+    route is not filtered through it), strict so a drift fails the schema tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FailedDoc(_Doc):
+    name: str
+    error: str | None
+
+
+class SkippedDoc(_Doc):
+    name: str
+    reason: str | None
+
+
+class WarningDoc(_Doc):
+    name: str
+    warning: str
+
+
+class StillValidDoc(_Doc):
+    name: str
+    version: int
+    error: str | None
+
+
+class BatchDoc(_Doc):
+    """As `rotator rotate --json`; ``still_valid`` only after an emergency."""
+
+    rotated: list[str]
+    failed: list[FailedDoc]
+    rolled_back: list[str]
+    skipped: list[SkippedDoc]
+    duration_s: float
+    warnings: list[WarningDoc]
+    still_valid: list[StillValidDoc] = Field(default_factory=list)
+
+
+class JobDoc(_Doc):
+    """A rotation job (service.jobs.JobView.to_json)."""
+
+    id: str
+    status: Literal["running", "done", "interrupted"]
+    requested_by: str
+    selector: dict[str, Any]
+    emergency: bool
+    created_at: str
+    finished_at: str | None
+    total: int
+    result: BatchDoc | None
+    error: str | None
+
+
+class PlanDoc(_Doc):
+    """``dry_run``: the plan, as `rotate --dry-run --json`."""
+
+    dry_run: Literal[True]
+    plan: list[dict[str, Any]]
 
 
 class Accepted(BaseModel):
@@ -74,7 +136,7 @@ async def rotate_credential(
     "/v1/rotations",
     status_code=202,
     response_model=Accepted,
-    responses={200: {"description": "dry_run: the plan, as `rotate --dry-run --json`"}},
+    responses={200: {"model": PlanDoc, "description": "dry_run: the plan"}},
 )
 async def rotate_selection(
     body: RotationsBody, svc: Service, principal: Caller, response: Response
@@ -89,14 +151,14 @@ async def rotate_selection(
     return _accepted(job, response)
 
 
-@router.get("/v1/rotations/{job_id}")
+@router.get("/v1/rotations/{job_id}", response_model=None, responses={200: {"model": JobDoc}})
 async def get_rotation(job_id: str, svc: Service, principal: Caller) -> dict[str, Any]:
     """A rotation job: ``running``, ``done`` (with the ``rotate --json`` result) or
     ``interrupted`` (its process stopped; ``error`` says so)."""
     return (await jobs.get_job(svc, job_id, principal=principal)).to_json()
 
 
-@router.get("/v1/rotations")
+@router.get("/v1/rotations", response_model=None, responses={200: {"model": Page[JobDoc]}})
 async def list_rotations(
     svc: Service,
     principal: Caller,
