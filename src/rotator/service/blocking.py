@@ -85,8 +85,9 @@ class _Blocking(Generic[P, R]):
 
 def fast_event_loop() -> asyncio.AbstractEventLoop:
     """A uvloop event loop when uvloop is installed (``uvicorn[standard]`` brings it), else
-    asyncio's. For ``rotator serve``: it roughly halves the loop's own cost per request.
-    Short CLI commands keep asyncio's loop (importing uvloop costs more than it saves)."""
+    asyncio's. For ``rotator serve``: it cut the server's CPU per GET value by ~20%
+    (docs/benchmarks.md). Short CLI commands keep asyncio's loop (importing uvloop costs
+    more than it saves)."""
     try:
         import uvloop
     except ImportError:
