@@ -144,11 +144,15 @@ class LimitsMiddleware:
                 )(scope, receive, send)
                 return
         declared = _content_length(scope)
-        too_big = problems.problem(
-            413,
-            f"request body larger than {self.limits.max_body} bytes",
-            headers={"Connection": "close"},
-        )
+
+        async def too_big(scope: Scope, receive: Receive, send: Send) -> None:
+            # Built only when sent: rendering a problem costs a JSON encoding per request.
+            await problems.problem(
+                413,
+                f"request body larger than {self.limits.max_body} bytes",
+                headers={"Connection": "close"},
+            )(scope, receive, send)
+
         if declared is not None and declared > self.limits.max_body:
             await too_big(scope, receive, send)
             return

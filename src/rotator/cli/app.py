@@ -160,10 +160,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 @contextmanager
-def service(options: EngineOptions | None = None) -> Iterator[BlockingService]:
+def service(
+    options: EngineOptions | None = None, *, fast_loop: bool = False
+) -> Iterator[BlockingService]:
     """The service, acting as the caller (see :func:`acting_principal`) in every use case
-    called through it."""
-    svc = BlockingService.open(Settings.from_env(), options=options)
+    called through it. ``fast_loop``: run it on uvloop when installed (``rotator serve``)."""
+    svc = BlockingService.open(Settings.from_env(), options=options, fast_loop=fast_loop)
     try:
         svc.bind(acting_principal(svc))
         yield svc

@@ -46,7 +46,7 @@ def serve(
         scheduler=not no_scheduler,
         poll_s=poll,
     )
-    with service(rotation.options_from_env()) as svc, svc.until_signal() as stop:
+    with service(rotation.options_from_env(), fast_loop=True) as svc, svc.until_signal() as stop:
         svc.run(serve_api(svc.service, stop, opts, on_ready=_ready))
 
 
