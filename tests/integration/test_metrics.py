@@ -269,3 +269,25 @@ def test_the_metrics_cache_ttl_comes_from_rotator_metrics_cache_s(raw: str, ttl:
 def test_a_bad_rotator_metrics_cache_s_is_refused_naming_the_variable(raw: str) -> None:
     with pytest.raises(InvalidInput, match="ROTATOR_METRICS_CACHE_S"):
         SnapshotCache.from_env({"ROTATOR_METRICS_CACHE_S": raw})
+
+
+def test_rotator_serve_refuses_a_bad_metrics_cache_setting_in_one_line(settings: Settings) -> None:
+    add_local(settings, 1)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")},
+        "ROTATOR_HOME": str(settings.home),
+        "ROTATOR_DB": settings.db_url,
+        "ROTATOR_METRICS_CACHE_S": "ten",
+    }
+    r = subprocess.run(
+        [ROTATOR, "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "rotator: error: ROTATOR_METRICS_CACHE_S must be a number of seconds from 0 to 3600"
+    ]
