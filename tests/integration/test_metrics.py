@@ -8,6 +8,7 @@ behind rotator's back (next_rotation_at moved into the past) to make credentials
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -19,13 +20,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, event, update
 
+from rotator.api.app import create_app
 from rotator.config import Settings
 from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
-from rotator.service import BlockingService, PolicyInput, ValueInput
+from rotator.errors import InvalidInput
+from rotator.service import BlockingService, PolicyInput, RotatorService, ValueInput
+from rotator.service.metrics import SnapshotCache
 from rotator.store.schema import credentials
 
 ROTATOR = str(Path(sys.executable).parent / "rotator")
@@ -34,13 +39,15 @@ LOCAL = {"connector": "local"}
 
 
 @contextmanager
-def serving(settings: Settings, tmp_path: Path, *args: str) -> Iterator[str]:
-    """``rotator serve --port 0 ARGS`` on the test's store; yields its base URL once it
-    serves; stopped with SIGTERM (then killed) at the end."""
+def serving(settings: Settings, tmp_path: Path, *args: str, cache_s: str = "10") -> Iterator[str]:
+    """``rotator serve --port 0 ARGS`` on the test's store, its /metrics store figures
+    cached ``cache_s`` seconds; yields its base URL once it serves; stopped with SIGTERM
+    (then killed) at the end."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")},
         "ROTATOR_HOME": str(settings.home),
         "ROTATOR_DB": settings.db_url,
+        "ROTATOR_METRICS_CACHE_S": cache_s,
     }
     log = tmp_path / "serve.stderr"
     with log.open("wb") as err:
@@ -187,8 +194,9 @@ def test_the_overdue_gauge_counts_a_credential_past_its_rotation_time(
     settings: Settings, raw_db: Engine, tmp_path: Path
 ) -> None:
     names, _ = add_local(settings, 3, prefix="app/o")
-    # No scheduler: nothing rotates the overdue credential away while the test looks.
-    with serving(settings, tmp_path, "--no-scheduler") as url:
+    # No scheduler: nothing rotates the overdue credential away while the test looks. No
+    # cache: the second scrape must read the edited store.
+    with serving(settings, tmp_path, "--no-scheduler", cache_s="0") as url:
         assert sample(scrape(url), "rotator_credentials_overdue", tenant="default") == 0
         make_due(raw_db, names[1])
         text = scrape(url)
@@ -197,3 +205,89 @@ def test_the_overdue_gauge_counts_a_credential_past_its_rotation_time(
     assert sample(text, "rotator_credential_age_seconds_max", tenant="default") >= 0
     assert "rotator_credential_age_seconds_max{" in text
     assert rotated(text) == 0
+
+
+def test_concurrent_scrapes_share_one_store_read_until_the_cache_expires_and_counters_stay_live(
+    settings: Settings, raw_db: Engine
+) -> None:
+    names, _ = add_local(settings, 3, prefix="app/c")
+    now = [1000.0]
+
+    async def go() -> None:
+        async with await RotatorService.open(settings) as svc:
+            app = create_app(svc, metrics_cache=SnapshotCache(10, clock=lambda: now[0]))
+            statements: list[str] = []
+
+            def count(*args: object) -> None:
+                statements.append(str(args[2]))
+
+            event.listen(svc.db.engine, "before_cursor_execute", count)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+
+                async def scrape_all(n: int) -> list[str]:
+                    rs = await asyncio.gather(*(c.get("/metrics") for _ in range(n)))
+                    assert all(r.status_code == 200 for r in rs)
+                    return [r.text for r in rs]
+
+                first = await scrape_all(20)
+                one_read = len(statements)  # every statement of the one snapshot read
+                assert one_read > 0
+                assert {sample(t, "rotator_credentials", tenant="default") for t in first} == {3}
+
+                # Within the TTL: the store is not read, even after it changed behind
+                # rotator's back; the engine's counters (a value read) are live.
+                reads_before = sample(first[0], "rotator_value_reads_total", tenant="default")
+                await svc.get_value(names[0])
+                make_due(raw_db, names[1])
+                now[0] += 9.9
+                statements.clear()
+                (cached,) = await scrape_all(1)
+                assert statements == []
+                assert sample(cached, "rotator_credentials_overdue", tenant="default") == 0
+                assert sample(cached, "rotator_value_reads_total", tenant="default") == (
+                    reads_before + 1
+                )
+
+                # After the TTL: one new read for all concurrent scrapes, and it sees the edit.
+                now[0] += 0.2
+                fresh = await scrape_all(20)
+                assert len(statements) == one_read
+                assert {
+                    sample(t, "rotator_credentials_overdue", tenant="default") for t in fresh
+                } == {1}
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(("raw", "ttl"), [("", 10.0), ("0", 0.0), ("2.5", 2.5), (" 3600 ", 3600.0)])
+def test_the_metrics_cache_ttl_comes_from_rotator_metrics_cache_s(raw: str, ttl: float) -> None:
+    assert SnapshotCache.from_env({"ROTATOR_METRICS_CACHE_S": raw}).ttl_s == ttl
+
+
+@pytest.mark.parametrize("raw", ["-1", "abc", "nan", "inf", "3601", "1" * 30])
+def test_a_bad_rotator_metrics_cache_s_is_refused_naming_the_variable(raw: str) -> None:
+    with pytest.raises(InvalidInput, match="ROTATOR_METRICS_CACHE_S"):
+        SnapshotCache.from_env({"ROTATOR_METRICS_CACHE_S": raw})
+
+
+def test_rotator_serve_refuses_a_bad_metrics_cache_setting_in_one_line(settings: Settings) -> None:
+    add_local(settings, 1)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")},
+        "ROTATOR_HOME": str(settings.home),
+        "ROTATOR_DB": settings.db_url,
+        "ROTATOR_METRICS_CACHE_S": "ten",
+    }
+    r = subprocess.run(
+        [ROTATOR, "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "rotator: error: ROTATOR_METRICS_CACHE_S must be a number of seconds from 0 to 3600"
+    ]

@@ -22,6 +22,7 @@ from rotator.api.routes import (
     watch,
 )
 from rotator.service import RotatorService
+from rotator.service.metrics import SnapshotCache
 
 
 def create_app(
@@ -29,13 +30,16 @@ def create_app(
     *,
     limits: Limits | None = None,
     clock: Callable[[], float] | None = None,
+    metrics_cache: SnapshotCache | None = None,
 ) -> FastAPI:
     """The API serving ``svc``. The caller owns ``svc`` (opens it before serving, closes it
     after); the app never closes it. Its lifespan must run (uvicorn ``lifespan="on"``): it
     starts the MCP server mounted at ``/mcp``. ``limits`` (default: from the environment, see
     api.limits; InvalidInput when it is bad) bound body size and request rate; ``clock``
-    (monotonic seconds) drives the rate limiter."""
+    (monotonic seconds) drives the rate limiter. ``metrics_cache`` (default: from
+    ``ROTATOR_METRICS_CACHE_S``, InvalidInput when it is bad) keeps /metrics' store figures."""
     limits = Limits.from_env() if limits is None else limits
+    metrics_cache = SnapshotCache.from_env() if metrics_cache is None else metrics_cache
     mcp_endpoint = mcp.McpEndpoint(svc)
 
     @contextlib.asynccontextmanager
@@ -53,6 +57,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = svc
+    app.state.metrics_cache = metrics_cache
     problems.install(app)
     app.include_router(health.router)
     # Before credentials: its /{name:path} must not swallow /{name:path}/rotate.

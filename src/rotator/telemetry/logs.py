@@ -2,11 +2,26 @@
 
 :func:`configure` is called once at CLI start: every record, from structlog or from the
 stdlib ``logging.getLogger(...)`` calls, goes through structlog's ProcessorFormatter to one
-JSON (or console) line on stderr, through :func:`redact` last before rendering. ``redact``
-drops what could be a value: an entry whose key names one (value, secret, password, token,
-passphrase, key) becomes ``[redacted]``, a ``Secret`` becomes ``[redacted]``, and anything that
-looks like an API token (``rtr_...``) is cut out of any text, the message included; nested
-dicts, lists and tuples are walked.
+JSON (or console) line on stderr. Redaction happens twice:
+
+* before the message is formatted, the record's ``%``-arguments are scrubbed (on a copy of
+  the record): a ``Secret`` or bytes becomes ``[redacted]``, a mapping keeps its keys but an
+  entry whose key names a value becomes ``[redacted]`` (nested mappings, lists and tuples
+  walked), a tuple or list of those likewise, and text gets the text rules below;
+* :func:`redact`, last before rendering, drops what could be a value from every entry: an
+  entry whose key names one (value, secret, password, token, passphrase, key) becomes
+  ``[redacted]``, a ``Secret`` or bytes becomes ``[redacted]``, nested dicts, lists and
+  tuples are walked, and every text (the formatted message, extra fields, the rendered
+  exception and stack) gets the text rules.
+
+The text rules (:func:`scrub_text`): anything that looks like an API token (``rtr_...``) is
+cut out; a URL's password (``scheme://user:PASS@host`` -> ``scheme://user:[redacted]@host``,
+the password running to the last ``@`` before whitespace or ``/``); and a ``key=value`` whose
+key contains password, passwd, pwd, secret, passphrase or token (``password=...``,
+``PGPASSWORD=...``, ``client_secret=...``) keeps its key, the value (quoted, or up to the next
+whitespace, ``&``, ``,``, ``;`` or quote) becomes ``[redacted]``. A value in free text that
+matches none of these (``ValueError(f"bad value {v}")``) is NOT caught: never put one in a
+message or an exception.
 
 Only rotator's own loggers follow ``--log-level`` down to debug: third-party libraries stay at
 warning and above (an HTTP/2 library's debug log prints the headers it decodes).
@@ -31,15 +46,35 @@ FORMATS = ("json", "console")
 _VALUE_KEY = re.compile(r"value|secret|password|token|passphrase|key", re.IGNORECASE)
 # An API token (rtr_<id>_<secret>), or anything that starts like one.
 _TOKEN = re.compile(r"rtr_[A-Za-z0-9_\-]*")
+# A URL's user info with a password: scheme://user:PASS@. The password runs (greedily) to
+# the last "@" before whitespace or "/", so an unencoded "@" in it does not leave a tail.
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s/@:]*:)[^\s/]*@")
+# key=value where the key names a secret (libpq conninfo, query strings, env dumps). A
+# quoted value runs to its closing quote (backslash escapes allowed, as libpq's).
+_KV_SECRET = re.compile(
+    r"""(?i)([\w.\-]*(?:password|passwd|pwd|secret|passphrase|token)[\w.\-]*\s*=\s*)"""
+    r"""(?:'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?|[^\s&,;'"]+)"""
+)
 # The entries structlog and logging fill in themselves: their keys are never a value's.
 _OWN_KEYS = frozenset({"event", "level", "logger", "timestamp", "exception", "stack"})
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with the text rules applied (see the module docstring)."""
+    if "rtr_" in text:
+        text = _TOKEN.sub(REDACTED, text)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    if "=" in text:
+        text = _KV_SECRET.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, Secret):
         return REDACTED
     if isinstance(value, str):
-        return _TOKEN.sub(REDACTED, value) if "rtr_" in value else value
+        return scrub_text(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return REDACTED  # raw bytes in a log line are a value more often than not
     if isinstance(value, Mapping):
@@ -53,6 +88,41 @@ def _scrub(value: Any) -> Any:
         return value
     # Anything else is rendered by repr/str later: check that text now.
     return _scrub(str(value))
+
+
+def _scrub_arg(value: Any) -> Any:
+    """One ``%``-argument, before formatting: what :func:`_scrub` would remove is removed,
+    but anything else keeps its type (``%d`` of an int, ``%r`` of an object still work; an
+    object's text is scrubbed after formatting, with the message)."""
+    if isinstance(value, (Secret, str, bytes, bytearray, memoryview, Mapping)):
+        return _scrub(value)
+    if isinstance(value, tuple):
+        return tuple(_scrub(v) for v in value)
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def scrub_args(args: Any) -> Any:
+    """A log record's ``args`` (a tuple, or the one mapping of ``%(name)s`` formatting) with
+    each argument scrubbed by the rules of the module docstring, its shape kept."""
+    if isinstance(args, Mapping):
+        return {
+            k: REDACTED if isinstance(k, str) and _VALUE_KEY.search(k) else _scrub_arg(v)
+            for k, v in args.items()
+        }
+    if isinstance(args, tuple):
+        return tuple(_scrub_arg(a) for a in args)
+    return _scrub_arg(args)
+
+
+def _scrub_positional_args(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog's loggers: their ``%``-arguments, scrubbed before they are formatted."""
+    if event_dict.get("positional_args"):
+        event_dict["positional_args"] = scrub_args(event_dict["positional_args"])
+    return event_dict
 
 
 def redact(
@@ -77,6 +147,7 @@ def default_format(stream: TextIO) -> str:
 
 
 _HANDLER_NAME = "rotator.telemetry"
+_CACHED = frozenset({"message", "asctime", "exc_text"})
 
 
 class _Formatter(logging.Formatter):
@@ -91,7 +162,14 @@ class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if self._inner is None:
             self._inner = _processor_formatter(self._kind)
-        return self._inner.format(record)
+        # The message is formatted before any processor sees it: its arguments are scrubbed
+        # first, on a copy (other handlers get the record as it was logged). The renderings
+        # another handler's formatter cached on the record (message, asctime, exc_text) were
+        # made from the raw arguments: dropped, or ExtraAdder would add them as fields.
+        fields = {k: v for k, v in record.__dict__.items() if k not in _CACHED}
+        if record.args:
+            fields["args"] = scrub_args(record.args)
+        return self._inner.format(logging.makeLogRecord(fields))
 
 
 def _processor_formatter(fmt: str) -> logging.Formatter:
@@ -114,6 +192,7 @@ def _processor_formatter(fmt: str) -> logging.Formatter:
         processors=[
             structlog.stdlib.filter_by_level,
             *shared,
+            _scrub_positional_args,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
@@ -125,6 +204,7 @@ def _processor_formatter(fmt: str) -> logging.Formatter:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # The exception and stack become text here, so redact's text rules reach them.
             structlog.processors.format_exc_info,
             redact,  # last before rendering: nothing is added after it
             renderer,
