@@ -5,6 +5,8 @@ PostgreSQL (``db_url``)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -189,6 +191,39 @@ def test_a_generated_key_is_returned_once_and_signs_the_requests(
         entries = [e for e in svc.audit_entries() if e.action == "webhook.add"]
         assert len(entries) == 1
         assert key.decode() not in json.dumps(entries[0].to_json())
+    finally:
+        r.stop()
+
+
+def test_a_rotate_all_that_rotates_the_generated_key_still_verifies_with_the_old_key_in_grace(
+    svc: BlockingService, settings: Settings, receivers: Callable[..., Receiver]
+) -> None:
+    r0 = receivers(start=False)
+    added = svc.add_webhook(r0.url, events="rotation.succeeded")
+    assert added.generated_secret is not None
+    old_key = added.generated_secret.reveal()
+    r = Receiver(r0.log.parent, key=old_key)  # a receiver not told of the rotation yet
+    r.port, r.log = r0.port, r0.log
+    r.start()
+    try:
+        svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+        done = cli(["rotate", "--all"], cli_env(settings))
+        assert done.returncode == 0, done.stderr
+        new_key = svc.get_value(added.webhook.secret_ref).reveal()
+        assert new_key != old_key  # --all rotated the signing key too
+
+        run_once(svc)
+
+        got = r.accepted()
+        assert sorted(x["body"]["credential"] for x in got) == sorted(
+            ["app/db", added.webhook.secret_ref]
+        )
+        for x in got:
+            assert x["sig_ok"], x
+            current, previous = x["signature"].split(",")
+            msg = x["timestamp"].encode() + b"." + x["raw"].encode()
+            assert current == "v1=" + hmac.new(new_key, msg, hashlib.sha256).hexdigest()
+            assert previous == "v1=" + hmac.new(old_key, msg, hashlib.sha256).hexdigest()
     finally:
         r.stop()
 

@@ -6,7 +6,8 @@ start appends ``{"event": "start"}`` to LOG; for every POST appends ``{"event": 
 *before* the answer). The first FAIL_FIRST requests of this process are answered 500, the rest
 200. ``sig_ok`` is the verification recipe of docs/webhooks.md, copied here on purpose (a
 receiver does not import rotator): ``v1=`` + HMAC-SHA256(KEY, timestamp + "." + raw body),
-compared in constant time, and the timestamp within 300 s of the receiver's clock.
+compared in constant time with each comma-separated ``v1=`` of the header (any match
+passes), and the timestamp within 300 s of the receiver's clock.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def verify(key: bytes, body: bytes, timestamp: str, signature: str) -> bool:
     if abs(time.time() - ts) > 300:  # replay window
         return False
     expected = "v1=" + hmac.new(key, f"{ts}".encode() + b"." + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature)
+    # One v1 per key (two while the key's previous value is in its grace): accept any match.
+    return any(hmac.compare_digest(expected, sig.strip()) for sig in signature.split(","))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -59,6 +61,7 @@ class Handler(BaseHTTPRequestHandler):
                 "type_header": self.headers.get("X-Rotator-Event"),
                 "content_type": self.headers.get("Content-Type"),
                 "timestamp": ts,
+                "signature": self.headers.get("X-Rotator-Signature", ""),
                 "sig_ok": sig_ok,
                 "raw": body.decode(),
                 "body": json.loads(body),

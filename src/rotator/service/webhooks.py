@@ -21,7 +21,10 @@ Delivery semantics (what a receiver may rely on):
 - **Signed.** ``X-Rotator-Signature: v1=<hex HMAC-SHA256(key, timestamp + "." + body)>`` with
   ``X-Rotator-Timestamp`` (Unix seconds); the key is the CURRENT value of a credential (given
   with ``--secret-ref`` or generated at ``add``, stored encrypted as credential
-  ``webhook/<hex>``), read at every delivery.
+  ``webhook/<hex>``), read at every delivery. While the credential has a PREVIOUS value (the
+  grace after a rotation) the header holds a second ``v1=`` under it (``v1=<cur>,v1=<prev>``):
+  a rotation of the key (``rotate --all``, tags, policy) does not break receivers that verify
+  any ``v1``, as long as they get the new key within the grace.
 
 ``credential.overdue``: while a webhook subscribes to it, the runner of the store's owner (the
 one ``rotator serve`` / ``rotator worker`` runs) appends one ``credential.overdue`` audit
@@ -380,22 +383,40 @@ class _Sender:
         self.svc = svc
         self.timing = timing
         self._client: httpx.AsyncClient | None = None
-        self._key_seen: dict[int, tuple[int, int]] = {}
+        self._key_seen: dict[int, set[tuple[str, int, int]]] = {}
 
-    async def _key(self, row: store_wh.WebhookRow) -> Secret:
+    async def _keys(self, row: store_wh.WebhookRow) -> list[Secret]:
+        """The signing keys: the credential's CURRENT value, then its PREVIOUS one while it
+        is kept (the grace after a rotation, until the revoker retires it), so a receiver
+        still holding the old key verifies until it is given the new one."""
         cred = row.secret_credential
         reader = Principal(name=f"webhook:{row.id}", tenant=row.secret_tenant, owner=True)
         kernel = self.svc.kernel
-        try:
-            value, cid, number = await self.svc._read(lambda c: kernel.find_value(c, reader, cred))
-        except NotFound as exc:
-            raise DeliveryFailed(f"the signing credential {cred!r}: {exc}") from exc
-        if self._key_seen.get(row.id) != (cid, number):
-            await self.svc._write(
-                lambda c: kernel.record_read(c, reader, cred, cid, number, Stage.CURRENT)
-            )
-            self._key_seen[row.id] = (cid, number)
-        return value
+        keys: list[Secret] = []
+        for stage in (Stage.CURRENT, Stage.PREVIOUS):
+            try:
+                value, cid, number = await self.svc._read(
+                    partial(kernel.find_value, principal=reader, name=cred, stage=stage)
+                )
+            except NotFound as exc:
+                if stage is Stage.PREVIOUS:
+                    break  # never rotated, or its grace is over: CURRENT alone signs
+                raise DeliveryFailed(f"the signing credential {cred!r}: {exc}") from exc
+            seen = (stage.value, cid, number)
+            if seen not in self._key_seen.get(row.id, set()):
+                await self.svc._write(
+                    partial(
+                        kernel.record_read,
+                        principal=reader,
+                        name=cred,
+                        credential_id=cid,
+                        number=number,
+                        stage=stage,
+                    )
+                )
+                self._key_seen.setdefault(row.id, set()).add(seen)
+            keys.append(value)
+        return keys
 
     async def post(self, row: store_wh.WebhookRow, event: dict[str, Any], delivery: str) -> None:
         """One attempt; returns when the receiver answered 2xx, DeliveryFailed otherwise."""
@@ -403,7 +424,7 @@ class _Sender:
 
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=SEND_TIMEOUT_S, follow_redirects=False)
-        key = await self._key(row)
+        keys = await self._keys(row)
         body = render(row.format, event)
         ts = str(int(self.svc.clock().timestamp()))
         headers = {
@@ -412,7 +433,8 @@ class _Sender:
             "X-Rotator-Event": str(event["type"]),
             "X-Rotator-Delivery": delivery,
             "X-Rotator-Timestamp": ts,
-            "X-Rotator-Signature": notify.sign(key.reveal(), ts, body),
+            # One v1 per key, CURRENT first: a receiver accepts when any of them verifies.
+            "X-Rotator-Signature": ",".join(notify.sign(k.reveal(), ts, body) for k in keys),
         }
         try:
             resp = await self._client.post(row.url, content=body, headers=headers)
