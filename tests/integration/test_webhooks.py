@@ -228,6 +228,35 @@ def test_a_rotate_all_that_rotates_the_generated_key_still_verifies_with_the_old
         r.stop()
 
 
+def test_a_url_path_is_a_secret_shown_nowhere_but_still_used_for_delivery(
+    svc: BlockingService, settings: Settings, receivers: Callable[..., Receiver]
+) -> None:
+    r = receivers()
+    env = cli_env(settings)
+    token_path = "/services/T0001/B0002/SLACKPATHTOKEN42"
+    url = f"http://127.0.0.1:{r.port}{token_path}"
+    keyed(svc)
+    added = cli(["webhook", "add", url, "--event", "all", "--secret-ref", "hooks/key"], env)
+    assert added.returncode == 0, added.stderr
+    listed = cli(["webhook", "list"], env)
+    listed_json = cli(["webhook", "list", "--json"], env)
+    for done in (added, listed, listed_json):
+        assert "SLACKPATHTOKEN42" not in done.stdout + done.stderr
+    assert json.loads(listed_json.stdout)[0]["url"] == f"http://127.0.0.1:{r.port}/…"
+
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+    rotate(svc, "app/db")
+    run_once(svc)
+    assert {x["path"] for x in r.accepted()} == {token_path}  # the stored URL is used whole
+
+    removed = cli(["webhook", "remove", str(json.loads(listed_json.stdout)[0]["id"])], env)
+    assert removed.returncode == 0, removed.stderr
+    entries = svc.audit_entries()
+    assert "SLACKPATHTOKEN42" not in json.dumps([e.to_json() for e in entries])
+    urls = [e.details["url"] for e in entries if e.action in ("webhook.add", "webhook.remove")]
+    assert urls == [f"http://127.0.0.1:{r.port}/…"] * 2
+
+
 # ---------------------------------------------------------------------------------- retries
 
 

@@ -64,6 +64,23 @@ def check_webhook_url(url: str) -> str:
     return url
 
 
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/…``: what listings, views and audit entries show of a receiver's
+    URL. The path (and any query) can be the credential itself (a Slack incoming webhook's
+    path is its token), so it is never shown; the full URL is kept only in the store."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "…"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    rest = "/…" if (parts.path not in ("", "/") or parts.query or parts.fragment) else "/"
+    return f"{parts.scheme}://{netloc}{rest}"
+
+
 def parse_syslog_target(text: str) -> tuple[str, str, int]:
     """``tcp://HOST:PORT`` or ``udp://HOST:PORT`` as (protocol, host, port); InvalidInput
     otherwise."""

@@ -60,7 +60,7 @@ from rotator.domain.secret import Secret
 from rotator.errors import InvalidInput, NotFound, RotatorError
 from rotator.policy import notify
 from rotator.service.credentials import RotatorService
-from rotator.service.forward_targets import SEND_TIMEOUT_S, check_webhook_url
+from rotator.service.forward_targets import SEND_TIMEOUT_S, check_webhook_url, redact_url
 from rotator.service.inputs import ValueInput
 from rotator.store import forwarders as store_fwd
 from rotator.store import webhooks as store_wh
@@ -93,8 +93,9 @@ class _LostLease(Exception):
 
 @dataclass(frozen=True, slots=True)
 class WebhookView:
-    """A webhook as ``webhook list`` shows it (no secret: the key is a credential, by name).
-    ``lag``: head seq minus cursor; ``dead``: dead letters not redelivered yet."""
+    """A webhook as ``webhook list`` shows it (no secret: the key is a credential, by name;
+    ``url`` is only ``scheme://host[:port]/…``, see :func:`redact_url`). ``lag``: head seq
+    minus cursor; ``dead``: dead letters not redelivered yet."""
 
     id: int
     tenant: str | None
@@ -177,7 +178,7 @@ def _view(row: store_wh.WebhookRow, head: int, dead: int) -> WebhookView:
     return WebhookView(
         id=row.id,
         tenant=row.tenant,
-        url=row.url,
+        url=redact_url(row.url),
         events=row.events,
         format=row.format,
         secret_ref=row.secret_credential,
@@ -220,7 +221,8 @@ async def add_webhook(
     newest audit entry (no history is replayed). ``tenant`` None: the owner's webhook gets
     every tenant's events, anyone else's its own tenant's. Without ``secret_ref`` a 32-byte key
     is generated and stored as a new ``local`` credential ``webhook/<hex>`` in the webhook's
-    tenant (returned once). Audited (``webhook.add``: id, URL, events, scope; never the key).
+    tenant (returned once). Audited (``webhook.add``: id, redacted URL, events, scope; never
+    the key nor the URL's path, which can be a credential: a Slack webhook's).
     Raises InvalidInput, NotFound (tenant, secret credential), PermissionDenied; writes nothing
     then."""
     await svc.authorize(principal, Action.WEBHOOK_WRITE)
@@ -278,7 +280,7 @@ async def add_webhook(
             "webhook.add",
             None,
             webhook=wid,
-            url=url,
+            url=redact_url(url),
             events=types,
             format=fmt,
             secret_ref=key_name,
@@ -334,7 +336,7 @@ async def remove_webhook(
             "webhook.remove",
             None,
             webhook=webhook_id,
-            url=row.url,
+            url=redact_url(row.url),
             scope=row.tenant or "*",
             cursor=row.cursor,
         )
