@@ -26,7 +26,7 @@ from tests.conftest import free_port
 from rotator.config import Settings
 from rotator.domain.principal import Grant, Principal, Role
 from rotator.domain.secret import Secret
-from rotator.errors import NotFound, PermissionDenied
+from rotator.errors import InvalidInput, NotFound, PermissionDenied
 from rotator.service import BlockingService, EventInput, PolicyInput, ValueInput
 from rotator.service.rotation import Selection
 from rotator.service.webhooks import WebhookTiming
@@ -507,8 +507,9 @@ def test_a_broken_audit_chain_found_by_verify_is_notified(
 
 
 def test_webhooks_are_admin_only_and_tenant_scoped_and_every_change_is_audited(
-    svc: BlockingService, receivers: Callable[..., Receiver]
+    svc: BlockingService, receivers: Callable[..., Receiver], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("ROTATOR_WEBHOOK_ALLOW", "127.0.0.0/8")  # the receiver is on loopback
     r = receivers()
     svc.add_tenant("a")
     svc.add_tenant("b")
@@ -529,6 +530,74 @@ def test_webhooks_are_admin_only_and_tenant_scoped_and_every_change_is_audited(
     actions = [(e.tenant, e.action) for e in svc.audit_entries(principal=admin_a)]
     assert ("a", "webhook.add") in actions
     assert ("a", "webhook.remove") in actions
+
+
+def test_a_tenant_admin_cannot_point_a_webhook_or_forwarder_at_internal_addresses(
+    svc: BlockingService, receivers: Callable[..., Receiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ROTATOR_WEBHOOK_ALLOW", raising=False)
+    r = receivers()
+    svc.add_tenant("a")
+    admin_a = Principal("alice", "a", (Grant(Role.ADMIN),))
+    internal = [
+        "http://169.254.169.254/latest/meta-data/",
+        r.url,
+        f"http://localhost:{r.port}/hook",
+        "http://[::1]:8080/x",
+        "http://10.1.2.3/x",
+        "http://192.168.0.1/x",
+        "http://0.0.0.0:80/x",
+        "http://[fe80::1]/x",
+        "http://224.0.0.1/x",
+    ]
+    for url in internal:
+        with pytest.raises(InvalidInput, match="internal address"):
+            svc.add_webhook(url, events="all", principal=admin_a)
+        with pytest.raises(InvalidInput, match="--webhook must not point"):
+            svc.add_forwarder("fw", webhook=url, hmac_credential="k", principal=admin_a)
+    assert svc.list_webhooks() == []
+    assert svc.list_forwarders() == []
+    # The owner's every-tenant webhook may use any address; the operator may allow some.
+    svc.add_webhook(r.url, events="all", secret_ref=keyed(svc))
+    monkeypatch.setenv("ROTATOR_WEBHOOK_ALLOW", "10.0.0.0/8, 127.0.0.1/32")
+    assert svc.add_webhook(r.url, events="all", principal=admin_a).webhook.tenant == "a"
+    with pytest.raises(InvalidInput, match="internal address"):
+        svc.add_webhook("http://169.254.169.254/x", events="all", principal=admin_a)
+
+
+def test_a_tenant_webhook_is_checked_before_each_request_and_shows_only_error_categories(
+    svc: BlockingService, receivers: Callable[..., Receiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = receivers()
+    closed = receivers(start=False)  # nothing listens there
+    svc.add_tenant("a")
+    admin_a = Principal("alice", "a", (Grant(Role.ADMIN),))
+    monkeypatch.setenv("ROTATOR_WEBHOOK_ALLOW", "127.0.0.0/8")
+    ok = svc.add_webhook(r.url, events="rotation.succeeded", principal=admin_a).webhook
+    down = svc.add_webhook(closed.url, events="rotation.succeeded", principal=admin_a).webhook
+    svc.add_credential("app/x", "local", value=ValueInput(generate=True), principal=admin_a)
+    assert svc.rotate(Selection(names=["app/x"]), principal=admin_a).ok
+
+    # The allowance is withdrawn after add (as a DNS answer that changed would be): refused.
+    monkeypatch.delenv("ROTATOR_WEBHOOK_ALLOW")
+    run_once(svc, timing=WebhookTiming(attempts=2, initial=0.0, cap=0.0, sleep=_no_sleep))
+    assert r.requests() == []
+    views = {v.id: v for v in svc.list_webhooks(principal=admin_a)}
+    assert views[ok.id].last_error is not None
+    assert "refused: the receiver's address is internal" in views[ok.id].last_error
+    letters = svc.webhook_dead_letters(principal=admin_a)
+    assert {d.webhook_id for d in letters} == {ok.id, down.id}
+    for d in letters:
+        assert d.error.endswith("refused: the receiver's address is internal"), d.error
+
+    monkeypatch.setenv("ROTATOR_WEBHOOK_ALLOW", "127.0.0.0/8")
+    svc.retry_webhook_dead_letters(retry_all=True, timing=FAST, principal=admin_a)
+    assert [x["body"]["credential"] for x in r.accepted()] == ["app/x"]
+    left = svc.webhook_dead_letters(principal=admin_a)
+    assert [d.webhook_id for d in left] == [down.id]
+    # Only the category: no transport text to tell an open port from a closed one.
+    assert left[0].error.endswith(": connection failed"), left[0].error
+    assert "Error" not in left[0].error
 
 
 def test_bad_input_exits_2_with_one_line_and_stores_nothing(

@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
+import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -62,6 +65,64 @@ def check_webhook_url(url: str) -> str:
     if any(c.isspace() or ord(c) < 32 for c in url):
         raise InvalidInput("--webhook must not contain spaces or control characters")
     return url
+
+
+ALLOW_ENV = "ROTATOR_WEBHOOK_ALLOW"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _allowed() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The operator's ``ROTATOR_WEBHOOK_ALLOW``: comma-separated CIDRs a restricted receiver
+    may still be at (e.g. an internal collector's 10.1.2.0/24)."""
+    nets = []
+    for item in os.environ.get(ALLOW_ENV, "").split(","):
+        if item.strip():
+            try:
+                nets.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise InvalidInput(f"{ALLOW_ENV} must be comma-separated CIDRs") from None
+    return nets
+
+
+def _internal(ip: IPAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_loopback
+        or ip.is_link_local
+        or ip.is_private
+        or ip.is_unspecified
+        or ip.is_multicast
+        or ip.is_reserved
+    )
+
+
+def resolve_public(url: str, what: str = "the webhook URL") -> list[IPAddress]:
+    """The addresses ``url``'s host resolves to (blocking: run it in a thread), each one
+    checked: InvalidInput when the host is or resolves to a loopback, link-local, private,
+    unspecified, multicast or reserved address not covered by ``ROTATOR_WEBHOOK_ALLOW``, or
+    does not resolve. Restricted receivers (anyone's but the store owner's) are checked at
+    add time and again before each request, and the request goes to the address checked
+    (so a DNS answer that changes in between is caught: rebinding)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise InvalidInput(f"{what}: its host does not resolve") from None
+    allowed = _allowed()
+    found: list[IPAddress] = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if _internal(ip) and not any(ip in net for net in allowed):
+            raise InvalidInput(
+                f"{what} must not point to a loopback, link-local, private or other internal "
+                f"address (ask the operator to allow it in {ALLOW_ENV})"
+            )
+        found.append(ip)
+    return found
 
 
 def redact_url(url: str) -> str:

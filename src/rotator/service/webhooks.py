@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Connection
 
@@ -60,7 +61,12 @@ from rotator.domain.secret import Secret
 from rotator.errors import InvalidInput, NotFound, RotatorError
 from rotator.policy import notify
 from rotator.service.credentials import RotatorService
-from rotator.service.forward_targets import SEND_TIMEOUT_S, check_webhook_url, redact_url
+from rotator.service.forward_targets import (
+    SEND_TIMEOUT_S,
+    check_webhook_url,
+    redact_url,
+    resolve_public,
+)
 from rotator.service.inputs import ValueInput
 from rotator.store import forwarders as store_fwd
 from rotator.store import webhooks as store_wh
@@ -238,6 +244,10 @@ async def add_webhook(
         tenant = principal.tenant
     if secret_ref is not None:
         names.check_credential_name(secret_ref)
+    if tenant is not None:
+        # A tenant's webhook (anyone's but the owner's every-tenant ones) may not reach
+        # internal addresses: checked here and before each request (see resolve_public).
+        await asyncio.to_thread(resolve_public, url)
     key_tenant = tenant or principal.tenant
     tenant_id = None
     if tenant is not None:
@@ -438,12 +448,37 @@ class _Sender:
             # One v1 per key, CURRENT first: a receiver accepts when any of them verifies.
             "X-Rotator-Signature": ",".join(notify.sign(k.reveal(), ts, body) for k in keys),
         }
+        url = row.url
+        extensions: dict[str, Any] = {}
+        if row.tenant is not None:
+            # A tenant's webhook: resolve, check, and connect to the address checked (a DNS
+            # answer changed since ``add`` is caught: rebinding); Host and SNI keep the name.
+            try:
+                ips = await asyncio.to_thread(resolve_public, row.url)
+            except InvalidInput as exc:
+                raise DeliveryFailed("refused: the receiver's address is internal") from exc
+            parts = urlsplit(row.url)
+            ip = ips[0]
+            host = f"[{ip}]" if ip.version == 6 else str(ip)
+            url = urlunsplit(
+                parts._replace(netloc=host if parts.port is None else f"{host}:{parts.port}")
+            )
+            headers["Host"] = parts.netloc
+            if parts.scheme == "https":
+                extensions["sni_hostname"] = parts.hostname
         try:
-            resp = await self._client.post(row.url, content=body, headers=headers)
+            resp = await self._client.post(
+                url, content=body, headers=headers, extensions=extensions
+            )
         except httpx.HTTPError as exc:
-            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
+            # Only the category is kept (last_error, dead letters: a tenant admin reads them;
+            # transport text would tell open ports from closed ones); the operator's log has
+            # the exception's type.
+            log.warning("webhook %d: %s", row.id, type(exc).__name__)
+            category = "timed out" if isinstance(exc, httpx.TimeoutException) else None
+            raise DeliveryFailed(category or "connection failed") from exc
         if not 200 <= resp.status_code < 300:
-            raise DeliveryFailed(f"the receiver answered HTTP {resp.status_code}")
+            raise DeliveryFailed(f"HTTP {resp.status_code}")
 
     async def deliver(
         self,
