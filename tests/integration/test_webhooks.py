@@ -286,13 +286,38 @@ def test_a_receiver_failing_twice_then_succeeding_gets_each_event_exactly_once(
     assert view.last_error is None
 
 
+def test_the_last_error_stays_until_an_event_is_acknowledged_not_cleared_by_other_entries(
+    svc: BlockingService, receivers: Callable[..., Receiver]
+) -> None:
+    down = receivers(fail_first=2)  # the first event's two attempts fail, then it answers 200
+    svc.add_webhook(down.url, events="rotation.succeeded", secret_ref=keyed(svc))
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+    rotate(svc, "app/db")
+    run_once(svc, WebhookTiming(attempts=2, initial=0.0, cap=0.0, sleep=_no_sleep))
+    assert svc.list_webhooks()[0].dead == 1
+    error = svc.list_webhooks()[0].last_error
+    assert error is not None
+    assert "HTTP 500" in error
+
+    # Entries that are no event for this webhook move its cursor only: the error stays.
+    svc.add_credential("app/other", "local", value=ValueInput(generate=True))
+    run_once(svc, FAST)
+    view = svc.list_webhooks()[0]
+    assert view.lag == 0
+    assert view.last_error == error
+
+    rotate(svc, "app/db")  # an event the receiver (now answering 200) acknowledges
+    run_once(svc, FAST)
+    assert svc.list_webhooks()[0].last_error is None
+
+
 def test_a_receiver_down_past_the_retries_dead_letters_the_event_and_retry_delivers_it_once(
     svc: BlockingService, settings: Settings, receivers: Callable[..., Receiver]
 ) -> None:
     down = receivers(fail_first=1000)
     other = receivers()
     key = keyed(svc)
-    svc.add_webhook(down.url, events="rotation.succeeded", secret_ref=key)
+    down_id = svc.add_webhook(down.url, events="rotation.succeeded", secret_ref=key).webhook.id
     svc.add_webhook(other.url, events="rotation.succeeded", secret_ref=key)
     svc.add_credential("app/db", "local", value=ValueInput(generate=True))
     rotate(svc, "app/db")
@@ -302,11 +327,11 @@ def test_a_receiver_down_past_the_retries_dead_letters_the_event_and_retry_deliv
     assert len(down.requests()) == 3
     assert not down.accepted()
     assert other.types() == ["rotation.succeeded"], "a dead receiver blocks no other webhook"
-    views = {v.url: v for v in svc.list_webhooks()}
+    views = {v.id: v for v in svc.list_webhooks()}
     complete = [e.seq for e in svc.audit_entries() if e.action == "rotation.complete"]
-    assert views[down.url].cursor >= complete[-1], "the cursor moved on"
-    assert views[down.url].dead == 1
-    assert "HTTP 500" in (views[down.url].last_error or "")
+    assert views[down_id].cursor >= complete[-1], "the cursor moved on"
+    assert views[down_id].dead == 1
+    assert "HTTP 500" in (views[down_id].last_error or "")
     env = cli_env(settings)
     listed = cli(["webhook", "dead", "--json"], env)
     assert listed.returncode == 0, listed.stderr

@@ -184,7 +184,18 @@ def advance(
 ) -> bool:
     """Move the cursor from ``old`` to ``new`` (``delivered`` more events acknowledged), only
     while ``owner`` holds the lease and the cursor is still ``old``; False otherwise (nothing
-    written). ``error``: the last error to keep (None clears it)."""
+    written). ``error``: the last error to keep; None keeps the one recorded unless an event
+    was acknowledged (``delivered`` > 0), which clears it: a cursor-only advance (entries that
+    are no event for this webhook) must not erase why events were dead-lettered."""
+    values: dict[str, Any] = {
+        "cursor": new,
+        "delivered": webhooks.c.delivered + delivered,
+        "updated_at": now,
+    }
+    if error is not None:
+        values.update(last_error=error[:2000], last_attempt_at=now)
+    elif delivered > 0:
+        values.update(last_error=None, last_attempt_at=now)
     done = conn.execute(
         update(webhooks)
         .where(
@@ -192,13 +203,7 @@ def advance(
             webhooks.c.claimed_by == owner,
             webhooks.c.cursor == old,
         )
-        .values(
-            cursor=new,
-            delivered=webhooks.c.delivered + delivered,
-            last_error=None if error is None else error[:2000],
-            last_attempt_at=now,
-            updated_at=now,
-        )
+        .values(**values)
     )
     return done.rowcount == 1
 
