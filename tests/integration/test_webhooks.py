@@ -625,6 +625,40 @@ def test_a_tenant_webhook_is_checked_before_each_request_and_shows_only_error_ca
     assert "Error" not in left[0].error
 
 
+def test_a_risk_event_detail_holding_a_value_or_a_token_is_refused_and_nothing_is_stored(
+    svc: BlockingService, settings: Settings, receivers: Callable[..., Receiver]
+) -> None:
+    r = receivers()
+    env = cli_env(settings)
+    svc.add_webhook(r.url, events="risk.event", secret_ref=keyed(svc))
+    svc.add_credential(
+        "app/c2", "local", value=ValueInput(value=Secret(b"old-value-7Qx9")), tags={"env": "p"}
+    )
+    rotate(svc, "app/c2")
+    current = svc.get_value("app/c2").reveal().decode()
+    report = ["event", "report", "--kind", "leak.github", "--severity", "low"]
+    cases = [
+        ["--credential", "app/c2", "--detail", f"found {current} in repo"],
+        ["--credential", "app/c2", "--detail", "found old-value-7Qx9 in a gist"],  # PREVIOUS
+        ["--credential", "app/c2", "--detail", "token rtr_abc123_def456 in a log"],
+        ["--tag", "env=p", "--detail", "token rtr_abc123_def456 in a log"],
+    ]
+    before = len(svc.audit_entries())
+    for args in cases:
+        done = cli([*report, *args], env)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "--detail" in done.stderr
+        for secret in (current, "old-value-7Qx9", "rtr_abc123"):
+            assert secret not in done.stderr + done.stdout
+    assert len(svc.audit_entries()) == before
+    assert svc.list_events() == []
+    ok = cli([*report, "--credential", "app/c2", "--detail", "found in repo x/y"], env)
+    assert ok.returncode == 0, ok.stderr
+    run_once(svc)
+    assert [x["body"]["details"]["detail"] for x in r.accepted()] == ["found in repo x/y"]
+
+
 def test_bad_input_exits_2_with_one_line_and_stores_nothing(
     svc: BlockingService, settings: Settings
 ) -> None:
