@@ -30,7 +30,8 @@ from rotator.errors import InvalidInput, NotFound, PermissionDenied
 from rotator.service import BlockingService, EventInput, PolicyInput, ValueInput
 from rotator.service.rotation import Selection
 from rotator.service.webhooks import WebhookTiming
-from rotator.store.schema import audit_log
+from rotator.store import webhooks as store_wh
+from rotator.store.schema import audit_log, webhook_dead_letters
 
 CLI = Path(sys.executable).parent / "rotator"
 RECEIVER = Path(__file__).resolve().parents[1] / "support" / "webhook_receiver.py"
@@ -67,11 +68,14 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
 class Receiver:
     """The receiver process on a fixed port; restartable on the same port."""
 
-    def __init__(self, tmp: Path, fail_first: int = 0, key: bytes = KEY) -> None:
+    def __init__(
+        self, tmp: Path, fail_first: int = 0, key: bytes = KEY, delay: float = 0.0
+    ) -> None:
         self.port = free_port()
         self.log = tmp / f"received-{self.port}.jsonl"
         self.fail_first = fail_first
         self.key = key
+        self.delay = delay
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,7 +83,9 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/hook"
 
     def start(self) -> Receiver:
-        args = [str(self.port), str(self.log), self.key.hex(), str(self.fail_first)]
+        args = [
+            str(self.port), str(self.log), self.key.hex(), str(self.fail_first), str(self.delay)
+        ]  # fmt: skip
         self.proc = subprocess.Popen([sys.executable, str(RECEIVER), *args])
         wait_for(self._accepts, "the receiver to listen", timeout=30)
         return self
@@ -360,6 +366,68 @@ def test_a_receiver_down_past_the_retries_dead_letters_the_event_and_retry_deliv
     finally:
         back.stop()
     assert other.types() == ["rotation.succeeded"]
+
+
+def test_two_concurrent_retries_of_one_dead_letter_send_it_once_and_audit_it_once(
+    svc: BlockingService, settings: Settings, receivers: Callable[..., Receiver]
+) -> None:
+    r0 = receivers(fail_first=1000)
+    svc.add_webhook(r0.url, events="rotation.succeeded", secret_ref=keyed(svc))
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+    rotate(svc, "app/db")
+    run_once(svc, WebhookTiming(attempts=1, initial=0.0, cap=0.0, sleep=_no_sleep))
+    dead_id = svc.webhook_dead_letters()[0].id
+    r0.stop()
+    slow = Receiver(r0.log.parent, delay=3.0)  # answers 200 after 3 s: the two overlap
+    slow.port, slow.log = r0.port, r0.log.parent / "slow.jsonl"
+    slow.start()
+    try:
+        env = cli_env(settings)
+        procs = [
+            subprocess.Popen(
+                [str(CLI), "webhook", "retry", str(dead_id)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        results = [(p.wait(120), *p.communicate()) for p in procs]
+    finally:
+        slow.stop()
+    assert len(slow.requests()) == 1, results
+    assert sorted(rc for rc, _, _ in results) == [0, 2], results
+    retried = [e for e in svc.audit_entries() if e.action == "webhook.retry"]
+    assert [e.details["delivered"] for e in retried] == [[dead_id]]
+    assert svc.webhook_dead_letters() == []
+
+
+def test_a_dead_letter_claimed_by_another_retry_is_not_sent_until_the_claim_lapses(
+    svc: BlockingService, raw_db: Engine, receivers: Callable[..., Receiver]
+) -> None:
+    r = receivers(fail_first=1)
+    svc.add_webhook(r.url, events="rotation.succeeded", secret_ref=keyed(svc))
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True))
+    rotate(svc, "app/db")
+    run_once(svc, WebhookTiming(attempts=1, initial=0.0, cap=0.0, sleep=_no_sleep))
+    dead_id = svc.webhook_dead_letters()[0].id
+    now = datetime.now(UTC)
+    with raw_db.begin() as c:  # another process's retry, in flight
+        assert store_wh.claim_dead_letter(c, dead_id, now, now + timedelta(hours=1))
+        assert not store_wh.claim_dead_letter(c, dead_id, now, now + timedelta(hours=1))
+    with pytest.raises(NotFound, match="waiting"):
+        svc.retry_webhook_dead_letters(dead_id, timing=FAST)
+    assert svc.retry_webhook_dead_letters(retry_all=True, timing=FAST).delivered == 0
+    assert r.accepted() == []
+    with raw_db.begin() as c:  # that process died: its claim lapses
+        c.execute(
+            update(webhook_dead_letters)
+            .where(webhook_dead_letters.c.id == dead_id)
+            .values(error=store_wh.RETRY_CLAIM + (now - timedelta(seconds=1)).isoformat())
+        )
+    assert svc.retry_webhook_dead_letters(dead_id, timing=FAST).delivered == 1
+    assert len(r.accepted()) == 1
 
 
 def test_a_restarted_runner_does_not_resend_what_was_delivered(

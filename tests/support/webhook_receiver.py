@@ -1,7 +1,8 @@
 """A notification webhook receiver for the webhook tests, run as its own process.
 
-``python webhook_receiver.py PORT LOG KEY_HEX [FAIL_FIRST]``: listens on 127.0.0.1:PORT; at
-start appends ``{"event": "start"}`` to LOG; for every POST appends ``{"event": "request",
+``python webhook_receiver.py PORT LOG KEY_HEX [FAIL_FIRST [DELAY_S]]``: listens on
+127.0.0.1:PORT (answering each request after DELAY_S seconds, default 0); at start
+appends ``{"event": "start"}`` to LOG; for every POST appends ``{"event": "request",
 "delivery", "type_header", "timestamp", "sig_ok", "body", "status"}`` (written and flushed
 *before* the answer). The first FAIL_FIRST requests of this process are answered 500, the rest
 200. ``sig_ok`` is the verification recipe of docs/webhooks.md, copied here on purpose (a
@@ -22,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 PORT, LOG, KEY = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
 FAIL_FIRST = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+DELAY = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0  # seconds before each answer
 seen = 0
 
 
@@ -68,6 +70,8 @@ class Handler(BaseHTTPRequestHandler):
                 "status": status,
             }
         )
+        if DELAY:
+            time.sleep(DELAY)  # a slow receiver: lets two senders overlap
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()

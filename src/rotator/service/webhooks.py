@@ -846,8 +846,10 @@ async def retry_dead_letters(
     """Re-send one dead letter (``dead_id``) or, ``retry_all``, every one the principal may
     see, each with the webhook's attempts and backoff, with its original delivery id. One
     acknowledged is marked redelivered and never sent again; one that fails again stays (its
-    error and attempts updated). Audited (``webhook.retry``: ids and outcome). NotFound for an
-    unknown, already redelivered or another tenant's id (the same text)."""
+    error and attempts updated). Each is claimed before it is sent (see
+    store.webhooks.claim_dead_letter): one another retry holds is skipped. Audited
+    (``webhook.retry``: ids and outcome, only those this call marked). NotFound for an
+    unknown, already redelivered, being retried or another tenant's id (the same text)."""
     await svc.authorize(principal, Action.WEBHOOK_WRITE)
     if (dead_id is None) == (not retry_all):
         raise InvalidInput("give a dead letter ID or --all")
@@ -869,16 +871,29 @@ async def retry_dead_letters(
     result = RetryResult()
     done: list[int] = []
     failed: list[int] = []
+    lease = timedelta(seconds=svc.engine.runtime.opts.lease_s)
     try:
         for d in letters:
             row = await svc._read(partial(store_wh.get, webhook_id=d.webhook_id))
             if row is None:
                 continue
+            now = svc.clock()
+            # Claimed before it is sent: of two retries at once, one sends it (the other
+            # skips it, or answers NotFound for a single ID); a claim lapses after a lease.
+            if not await svc._write(
+                partial(store_wh.claim_dead_letter, dead_id=d.id, now=now, until=now + lease)
+            ):
+                if dead_id is not None:
+                    raise NotFound(f"no dead letter {dead_id} waiting")
+                continue
             error = await sender.deliver(row, d.event, d.delivery_id)
             if error is None:
-                await svc._write(partial(store_wh.mark_redelivered, dead_id=d.id, now=svc.clock()))
-                result.delivered += 1
-                done.append(d.id)
+                marked = await svc._write(
+                    partial(store_wh.mark_redelivered, dead_id=d.id, now=svc.clock())
+                )
+                if marked:  # counted and audited only when this process marked it
+                    result.delivered += 1
+                    done.append(d.id)
             else:
                 await svc._write(partial(store_wh.record_retry_error, dead_id=d.id, error=error))
                 result.failed += 1
