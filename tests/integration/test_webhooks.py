@@ -596,6 +596,37 @@ def test_a_broken_audit_chain_found_by_verify_is_notified(
     assert got[0]["sig_ok"]
 
 
+def test_a_broken_chain_is_notified_once_to_each_tenant_webhook_and_the_every_tenant_one(
+    svc: BlockingService,
+    raw_db: Engine,
+    receivers: Callable[..., Receiver],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROTATOR_WEBHOOK_ALLOW", "127.0.0.0/8")  # tenant webhooks on loopback
+    svc.add_tenant("a")
+    svc.add_tenant("b")
+    every, in_a, in_b = receivers(), receivers(), receivers()
+    events = "audit.verification_failed"
+    svc.add_webhook(every.url, events=events, secret_ref=keyed(svc))
+    admin_a = Principal("alice", "a", (Grant(Role.ADMIN),))
+    svc.add_webhook(in_a.url, events=events, principal=admin_a)
+    svc.add_webhook(in_b.url, events=events, tenant="b")
+    with raw_db.begin() as c:
+        if c.dialect.name == "postgresql":
+            c.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        c.execute(update(audit_log).where(audit_log.c.seq == 2).values(actor="mallory"))
+    assert not svc.audit_verify().ok
+    run_once(svc)
+    run_once(svc)  # a second run sends nothing more
+    for r, tenant in ((in_a, "a"), (in_b, "b")):
+        got = r.accepted()
+        assert [(x["body"]["type"], x["body"]["tenant"]) for x in got] == [
+            ("audit.verification_failed", tenant)
+        ]
+        assert got[0]["body"]["details"]["first_bad_seq"] == 2
+    assert sorted(x["body"]["tenant"] for x in every.accepted()) == ["a", "b", "default"]
+
+
 # ---------------------------------------------------------------------------------- access
 
 
