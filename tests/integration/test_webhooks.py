@@ -779,6 +779,15 @@ def test_bad_input_exits_2_with_one_line_and_stores_nothing(
         assert done.stderr.count("\n") == 1, done.stderr
         assert "Traceback" not in done.stderr
         assert "abc" not in done.stderr
+    # The URL checks shared with the SIEM forwarder name webhook add's own argument and option.
+    for url in ("http://user:pw@example.com/", "ftp://x/", "http://example.com/x#frag"):
+        done = cli(["webhook", "add", url, "--event", "all"], env)
+        assert done.returncode == 2, (url, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "the webhook URL" in done.stderr
+        assert "--webhook" not in done.stderr
+        assert "--hmac-credential" not in done.stderr
+        assert "pw" not in done.stderr
     assert svc.list_webhooks() == []
     assert len(svc.audit_entries()) == before
 

@@ -39,31 +39,33 @@ class DeliveryError(Exception):
     never a secret."""
 
 
-def check_webhook_url(url: str) -> str:
+def check_webhook_url(url: str, what: str = "--webhook", key: str = "--hmac-credential") -> str:
     """An http(s) URL with a host and no user info, query string or fragment (a secret never
-    sits in a URL: the HMAC key is a credential); InvalidInput otherwise."""
+    sits in a URL: the HMAC key is a credential); InvalidInput otherwise. ``what`` and
+    ``key`` name the URL argument and the key option in the error lines (the SIEM forwarder's
+    by default; ``webhook add`` passes its own)."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise InvalidInput("--webhook must be an http:// or https:// URL") from None
+        raise InvalidInput(f"{what} must be an http:// or https:// URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput("--webhook must be an http:// or https:// URL with a host")
+        raise InvalidInput(f"{what} must be an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise InvalidInput(
-            "--webhook must not carry user info: put no secret in a URL "
-            "(the HMAC key is a credential, --hmac-credential)"
+            f"{what} must not carry user info: put no secret in a URL "
+            f"(the HMAC key is a credential, {key})"
         )
     if parts.query or parts.fragment or "?" in url or "#" in url:
         # The URL is written to the audit log and listings: a token in it would leak there.
         raise InvalidInput(
-            "--webhook must not carry a query string or fragment: put no secret in the URL; "
+            f"{what} must not carry a query string or fragment: put no secret in the URL; "
             "the HMAC credential signs the requests"
         )
     if port is not None and not 1 <= port <= 65535:
-        raise InvalidInput("--webhook port must be between 1 and 65535")
+        raise InvalidInput(f"{what} port must be between 1 and 65535")
     if any(c.isspace() or ord(c) < 32 for c in url):
-        raise InvalidInput("--webhook must not contain spaces or control characters")
+        raise InvalidInput(f"{what} must not contain spaces or control characters")
     return url
 
 

@@ -232,7 +232,7 @@ async def add_webhook(
     Raises InvalidInput, NotFound (tenant, secret credential), PermissionDenied; writes nothing
     then."""
     await svc.authorize(principal, Action.WEBHOOK_WRITE)
-    check_webhook_url(url)
+    check_webhook_url(url, "the webhook URL", "--secret-ref")
     types = notify.parse_event_types(events if isinstance(events, str) else ",".join(events))
     fmt = fmt or "json"
     if fmt not in notify.FORMATS:
