@@ -214,7 +214,7 @@ async def add_forwarder(
         if fmt is not None or facility is not None:
             raise InvalidInput("--format and --facility apply to --syslog only")
         check_webhook_url(webhook)
-        if tenant is not None:  # a tenant's forwarder: no internal addresses (as webhooks)
+        if not principal.owner:  # anyone but the owner: no internal addresses (as webhooks)
             await asyncio.to_thread(resolve_public, webhook, "--webhook")
         if not hmac_credential:
             raise InvalidInput("--webhook needs --hmac-credential NAME (the signing key)")
