@@ -859,20 +859,30 @@ class RotatorService:
         # that entry (the webhook runner delivers it like any event). The append chains on the
         # head row, which still works after a break inside the log; where it cannot (the head
         # itself is broken), nothing is appended and the verify result alone reports it.
+        # One entry per tenant with a subscribing webhook (a tenant's webhook reads only its
+        # tenant's entries), all in one transaction: exactly once per failing verify. An
+        # every-tenant webhook subscribing adds the verifier's tenant (it then hears of it
+        # once per such tenant).
         def write(conn: Connection) -> None:
-            if not any(
-                "audit.verification_failed" in w.events for w in store_wh.list_webhooks(conn)
-            ):
-                return
-            self._audit(
-                conn,
-                principal,
-                "audit.verification_failed",
-                None,
-                first_bad_seq=result.first_bad_seq,
-                reason=result.reason,
-                entries=result.entries,
+            subscribed = [
+                w for w in store_wh.list_webhooks(conn) if "audit.verification_failed" in w.events
+            ]
+            tenants = sorted(
+                {w.tenant or principal.tenant for w in subscribed},
+                key=lambda t: (t != principal.tenant, t),
             )
+            for tenant in tenants:
+                # The verifier's name, in that tenant (an entry records tenant and actor).
+                actor = Principal(principal.name, tenant, principal.grants, principal.owner)
+                self._audit(
+                    conn,
+                    actor,
+                    "audit.verification_failed",
+                    None,
+                    first_bad_seq=result.first_bad_seq,
+                    reason=result.reason,
+                    entries=result.entries,
+                )
 
         try:
             await self._write(write)

@@ -14,16 +14,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
 
 from rotator.domain import names
-from rotator.domain.model import Credential
+from rotator.domain.model import Credential, Stage
 from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.engine import BatchResult, Outcome, RotationRequest, RotationResult, Trigger
 from rotator.engine.types import StillValid
-from rotator.errors import InvalidInput
+from rotator.errors import InvalidInput, NotFound
 from rotator.policy.risk import (
     DEFAULT_COOLDOWN,
     Decision,
@@ -43,6 +44,8 @@ MAX_DETAIL = 1000
 MAX_KIND = 64
 _KIND = re.compile(r"[A-Za-z0-9._-]+")
 MAX_LIST = 10_000
+# An API token (``rtr_<id>_<secret>``, see rotator.domain.access) pasted into a detail.
+_TOKEN = re.compile(r"rtr_[A-Za-z0-9_-]{3,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,9 @@ class EventInput:
                 raise InvalidInput(f"--detail is longer than {MAX_DETAIL} characters")
             if any(ord(ch) < 32 and ch not in "\t\n" for ch in self.detail):
                 raise InvalidInput("--detail holds control characters")
+            if _TOKEN.search(self.detail):
+                # The detail reaches the audit log and webhook payloads verbatim.
+                raise InvalidInput("--detail must not hold a token (rtr_...): say where, not what")
         return sev
 
     def selector(self) -> dict[str, Any]:
@@ -144,6 +150,24 @@ def _prior(rows: list[tuple[int, str, bool]]) -> PriorDecision | None:
     return best
 
 
+async def _refuse_values_in_detail(
+    svc: RotatorService, name: str, detail: str, principal: Principal
+) -> None:
+    """InvalidInput when ``detail`` holds the CURRENT, PREVIOUS or PENDING value of ``name``
+    (it is audited and sent to webhooks verbatim). Read without recording a use: nothing is
+    returned. Only for ``--credential``: a ``--tag`` selection is checked for tokens only."""
+    text = detail.encode()
+    for stage in (Stage.CURRENT, Stage.PREVIOUS, Stage.PENDING):
+        try:
+            value = await svc._read(
+                partial(svc.kernel.find_value, principal=principal, name=name, stage=stage)
+            )
+        except NotFound:
+            continue
+        if value[0].reveal() and value[0].reveal() in text:
+            raise InvalidInput(f"--detail must not hold a value of {name!r}: say where, not what")
+
+
 async def report_event(
     svc: RotatorService, event: EventInput, principal: Principal = LOCAL_PRINCIPAL
 ) -> EventReport:
@@ -169,6 +193,8 @@ async def report_event(
     await svc.authorize(principal, Action.EVENT_REPORT, event.credential)
     if event.credential is not None:
         creds: list[Credential] = [await svc.find(event.credential, principal)]
+        if event.detail:
+            await _refuse_values_in_detail(svc, event.credential, event.detail, principal)
     else:
         creds = await svc.find_credentials(principal, tags=event.tags)
     tenant = await svc.tenant(principal.tenant)

@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
+import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -36,32 +39,109 @@ class DeliveryError(Exception):
     never a secret."""
 
 
-def check_webhook_url(url: str) -> str:
+def check_webhook_url(url: str, what: str = "--webhook", key: str = "--hmac-credential") -> str:
     """An http(s) URL with a host and no user info, query string or fragment (a secret never
-    sits in a URL: the HMAC key is a credential); InvalidInput otherwise."""
+    sits in a URL: the HMAC key is a credential); InvalidInput otherwise. ``what`` and
+    ``key`` name the URL argument and the key option in the error lines (the SIEM forwarder's
+    by default; ``webhook add`` passes its own)."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise InvalidInput("--webhook must be an http:// or https:// URL") from None
+        raise InvalidInput(f"{what} must be an http:// or https:// URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput("--webhook must be an http:// or https:// URL with a host")
+        raise InvalidInput(f"{what} must be an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise InvalidInput(
-            "--webhook must not carry user info: put no secret in a URL "
-            "(the HMAC key is a credential, --hmac-credential)"
+            f"{what} must not carry user info: put no secret in a URL "
+            f"(the HMAC key is a credential, {key})"
         )
     if parts.query or parts.fragment or "?" in url or "#" in url:
         # The URL is written to the audit log and listings: a token in it would leak there.
         raise InvalidInput(
-            "--webhook must not carry a query string or fragment: put no secret in the URL; "
+            f"{what} must not carry a query string or fragment: put no secret in the URL; "
             "the HMAC credential signs the requests"
         )
     if port is not None and not 1 <= port <= 65535:
-        raise InvalidInput("--webhook port must be between 1 and 65535")
+        raise InvalidInput(f"{what} port must be between 1 and 65535")
     if any(c.isspace() or ord(c) < 32 for c in url):
-        raise InvalidInput("--webhook must not contain spaces or control characters")
+        raise InvalidInput(f"{what} must not contain spaces or control characters")
     return url
+
+
+ALLOW_ENV = "ROTATOR_WEBHOOK_ALLOW"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _allowed() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The operator's ``ROTATOR_WEBHOOK_ALLOW``: comma-separated CIDRs a restricted receiver
+    may still be at (e.g. an internal collector's 10.1.2.0/24)."""
+    nets = []
+    for item in os.environ.get(ALLOW_ENV, "").split(","):
+        if item.strip():
+            try:
+                nets.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise InvalidInput(f"{ALLOW_ENV} must be comma-separated CIDRs") from None
+    return nets
+
+
+def _internal(ip: IPAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_loopback
+        or ip.is_link_local
+        or ip.is_private
+        or ip.is_unspecified
+        or ip.is_multicast
+        or ip.is_reserved
+    )
+
+
+def resolve_public(url: str, what: str = "the webhook URL") -> list[IPAddress]:
+    """The addresses ``url``'s host resolves to (blocking: run it in a thread), each one
+    checked: InvalidInput when the host is or resolves to a loopback, link-local, private,
+    unspecified, multicast or reserved address not covered by ``ROTATOR_WEBHOOK_ALLOW``, or
+    does not resolve. Restricted receivers (anyone's but the store owner's) are checked at
+    add time and again before each request, and the request goes to the address checked
+    (so a DNS answer that changes in between is caught: rebinding)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise InvalidInput(f"{what}: its host does not resolve") from None
+    allowed = _allowed()
+    found: list[IPAddress] = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if _internal(ip) and not any(ip in net for net in allowed):
+            raise InvalidInput(
+                f"{what} must not point to a loopback, link-local, private or other internal "
+                f"address (ask the operator to allow it in {ALLOW_ENV})"
+            )
+        found.append(ip)
+    return found
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/…``: what listings, views and audit entries show of a receiver's
+    URL. The path (and any query) can be the credential itself (a Slack incoming webhook's
+    path is its token), so it is never shown; the full URL is kept only in the store."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "…"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    rest = "/…" if (parts.path not in ("", "/") or parts.query or parts.fragment) else "/"
+    return f"{parts.scheme}://{netloc}{rest}"
 
 
 def parse_syslog_target(text: str) -> tuple[str, str, int]:

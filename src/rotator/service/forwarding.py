@@ -78,6 +78,7 @@ from rotator.service.forward_targets import (
     WebhookTarget,
     check_webhook_url,
     parse_syslog_target,
+    resolve_public,
 )
 from rotator.store import forwarders as store_fwd
 
@@ -213,6 +214,8 @@ async def add_forwarder(
         if fmt is not None or facility is not None:
             raise InvalidInput("--format and --facility apply to --syslog only")
         check_webhook_url(webhook)
+        if not principal.owner:  # anyone but the owner: no internal addresses (as webhooks)
+            await asyncio.to_thread(resolve_public, webhook, "--webhook")
         if not hmac_credential:
             raise InvalidInput("--webhook needs --hmac-credential NAME (the signing key)")
         names.check_credential_name(hmac_credential)

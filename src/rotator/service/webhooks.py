@@ -21,7 +21,10 @@ Delivery semantics (what a receiver may rely on):
 - **Signed.** ``X-Rotator-Signature: v1=<hex HMAC-SHA256(key, timestamp + "." + body)>`` with
   ``X-Rotator-Timestamp`` (Unix seconds); the key is the CURRENT value of a credential (given
   with ``--secret-ref`` or generated at ``add``, stored encrypted as credential
-  ``webhook/<hex>``), read at every delivery.
+  ``webhook/<hex>``), read at every delivery. While the credential has a PREVIOUS value (the
+  grace after a rotation) the header holds a second ``v1=`` under it (``v1=<cur>,v1=<prev>``):
+  a rotation of the key (``rotate --all``, tags, policy) does not break receivers that verify
+  any ``v1``, as long as they get the new key within the grace.
 
 ``credential.overdue``: while a webhook subscribes to it, the runner of the store's owner (the
 one ``rotator serve`` / ``rotator worker`` runs) appends one ``credential.overdue`` audit
@@ -46,6 +49,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Connection
 
@@ -57,7 +61,12 @@ from rotator.domain.secret import Secret
 from rotator.errors import InvalidInput, NotFound, RotatorError
 from rotator.policy import notify
 from rotator.service.credentials import RotatorService
-from rotator.service.forward_targets import SEND_TIMEOUT_S, check_webhook_url
+from rotator.service.forward_targets import (
+    SEND_TIMEOUT_S,
+    check_webhook_url,
+    redact_url,
+    resolve_public,
+)
 from rotator.service.inputs import ValueInput
 from rotator.store import forwarders as store_fwd
 from rotator.store import webhooks as store_wh
@@ -90,8 +99,9 @@ class _LostLease(Exception):
 
 @dataclass(frozen=True, slots=True)
 class WebhookView:
-    """A webhook as ``webhook list`` shows it (no secret: the key is a credential, by name).
-    ``lag``: head seq minus cursor; ``dead``: dead letters not redelivered yet."""
+    """A webhook as ``webhook list`` shows it (no secret: the key is a credential, by name;
+    ``url`` is only ``scheme://host[:port]/…``, see :func:`redact_url`). ``lag``: head seq
+    minus cursor; ``dead``: dead letters not redelivered yet."""
 
     id: int
     tenant: str | None
@@ -174,7 +184,7 @@ def _view(row: store_wh.WebhookRow, head: int, dead: int) -> WebhookView:
     return WebhookView(
         id=row.id,
         tenant=row.tenant,
-        url=row.url,
+        url=redact_url(row.url),
         events=row.events,
         format=row.format,
         secret_ref=row.secret_credential,
@@ -217,11 +227,12 @@ async def add_webhook(
     newest audit entry (no history is replayed). ``tenant`` None: the owner's webhook gets
     every tenant's events, anyone else's its own tenant's. Without ``secret_ref`` a 32-byte key
     is generated and stored as a new ``local`` credential ``webhook/<hex>`` in the webhook's
-    tenant (returned once). Audited (``webhook.add``: id, URL, events, scope; never the key).
+    tenant (returned once). Audited (``webhook.add``: id, redacted URL, events, scope; never
+    the key nor the URL's path, which can be a credential: a Slack webhook's).
     Raises InvalidInput, NotFound (tenant, secret credential), PermissionDenied; writes nothing
     then."""
     await svc.authorize(principal, Action.WEBHOOK_WRITE)
-    check_webhook_url(url)
+    check_webhook_url(url, "the webhook URL", "--secret-ref")
     types = notify.parse_event_types(events if isinstance(events, str) else ",".join(events))
     fmt = fmt or "json"
     if fmt not in notify.FORMATS:
@@ -233,6 +244,10 @@ async def add_webhook(
         tenant = principal.tenant
     if secret_ref is not None:
         names.check_credential_name(secret_ref)
+    if tenant is not None:
+        # A tenant's webhook (anyone's but the owner's every-tenant ones) may not reach
+        # internal addresses: checked here and before each request (see resolve_public).
+        await asyncio.to_thread(resolve_public, url)
     key_tenant = tenant or principal.tenant
     tenant_id = None
     if tenant is not None:
@@ -275,7 +290,7 @@ async def add_webhook(
             "webhook.add",
             None,
             webhook=wid,
-            url=url,
+            url=redact_url(url),
             events=types,
             format=fmt,
             secret_ref=key_name,
@@ -331,7 +346,7 @@ async def remove_webhook(
             "webhook.remove",
             None,
             webhook=webhook_id,
-            url=row.url,
+            url=redact_url(row.url),
             scope=row.tenant or "*",
             cursor=row.cursor,
         )
@@ -380,22 +395,40 @@ class _Sender:
         self.svc = svc
         self.timing = timing
         self._client: httpx.AsyncClient | None = None
-        self._key_seen: dict[int, tuple[int, int]] = {}
+        self._key_seen: dict[int, set[tuple[str, int, int]]] = {}
 
-    async def _key(self, row: store_wh.WebhookRow) -> Secret:
+    async def _keys(self, row: store_wh.WebhookRow) -> list[Secret]:
+        """The signing keys: the credential's CURRENT value, then its PREVIOUS one while it
+        is kept (the grace after a rotation, until the revoker retires it), so a receiver
+        still holding the old key verifies until it is given the new one."""
         cred = row.secret_credential
         reader = Principal(name=f"webhook:{row.id}", tenant=row.secret_tenant, owner=True)
         kernel = self.svc.kernel
-        try:
-            value, cid, number = await self.svc._read(lambda c: kernel.find_value(c, reader, cred))
-        except NotFound as exc:
-            raise DeliveryFailed(f"the signing credential {cred!r}: {exc}") from exc
-        if self._key_seen.get(row.id) != (cid, number):
-            await self.svc._write(
-                lambda c: kernel.record_read(c, reader, cred, cid, number, Stage.CURRENT)
-            )
-            self._key_seen[row.id] = (cid, number)
-        return value
+        keys: list[Secret] = []
+        for stage in (Stage.CURRENT, Stage.PREVIOUS):
+            try:
+                value, cid, number = await self.svc._read(
+                    partial(kernel.find_value, principal=reader, name=cred, stage=stage)
+                )
+            except NotFound as exc:
+                if stage is Stage.PREVIOUS:
+                    break  # never rotated, or its grace is over: CURRENT alone signs
+                raise DeliveryFailed(f"the signing credential {cred!r}: {exc}") from exc
+            seen = (stage.value, cid, number)
+            if seen not in self._key_seen.get(row.id, set()):
+                await self.svc._write(
+                    partial(
+                        kernel.record_read,
+                        principal=reader,
+                        name=cred,
+                        credential_id=cid,
+                        number=number,
+                        stage=stage,
+                    )
+                )
+                self._key_seen.setdefault(row.id, set()).add(seen)
+            keys.append(value)
+        return keys
 
     async def post(self, row: store_wh.WebhookRow, event: dict[str, Any], delivery: str) -> None:
         """One attempt; returns when the receiver answered 2xx, DeliveryFailed otherwise."""
@@ -403,7 +436,7 @@ class _Sender:
 
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=SEND_TIMEOUT_S, follow_redirects=False)
-        key = await self._key(row)
+        keys = await self._keys(row)
         body = render(row.format, event)
         ts = str(int(self.svc.clock().timestamp()))
         headers = {
@@ -412,14 +445,40 @@ class _Sender:
             "X-Rotator-Event": str(event["type"]),
             "X-Rotator-Delivery": delivery,
             "X-Rotator-Timestamp": ts,
-            "X-Rotator-Signature": notify.sign(key.reveal(), ts, body),
+            # One v1 per key, CURRENT first: a receiver accepts when any of them verifies.
+            "X-Rotator-Signature": ",".join(notify.sign(k.reveal(), ts, body) for k in keys),
         }
+        url = row.url
+        extensions: dict[str, Any] = {}
+        if row.tenant is not None:
+            # A tenant's webhook: resolve, check, and connect to the address checked (a DNS
+            # answer changed since ``add`` is caught: rebinding); Host and SNI keep the name.
+            try:
+                ips = await asyncio.to_thread(resolve_public, row.url)
+            except InvalidInput as exc:
+                raise DeliveryFailed("refused: the receiver's address is internal") from exc
+            parts = urlsplit(row.url)
+            ip = ips[0]
+            host = f"[{ip}]" if ip.version == 6 else str(ip)
+            url = urlunsplit(
+                parts._replace(netloc=host if parts.port is None else f"{host}:{parts.port}")
+            )
+            headers["Host"] = parts.netloc
+            if parts.scheme == "https":
+                extensions["sni_hostname"] = parts.hostname
         try:
-            resp = await self._client.post(row.url, content=body, headers=headers)
+            resp = await self._client.post(
+                url, content=body, headers=headers, extensions=extensions
+            )
         except httpx.HTTPError as exc:
-            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
+            # Only the category is kept (last_error, dead letters: a tenant admin reads them;
+            # transport text would tell open ports from closed ones); the operator's log has
+            # the exception's type.
+            log.warning("webhook %d: %s", row.id, type(exc).__name__)
+            category = "timed out" if isinstance(exc, httpx.TimeoutException) else None
+            raise DeliveryFailed(category or "connection failed") from exc
         if not 200 <= resp.status_code < 300:
-            raise DeliveryFailed(f"the receiver answered HTTP {resp.status_code}")
+            raise DeliveryFailed(f"HTTP {resp.status_code}")
 
     async def deliver(
         self,
@@ -787,8 +846,10 @@ async def retry_dead_letters(
     """Re-send one dead letter (``dead_id``) or, ``retry_all``, every one the principal may
     see, each with the webhook's attempts and backoff, with its original delivery id. One
     acknowledged is marked redelivered and never sent again; one that fails again stays (its
-    error and attempts updated). Audited (``webhook.retry``: ids and outcome). NotFound for an
-    unknown, already redelivered or another tenant's id (the same text)."""
+    error and attempts updated). Each is claimed before it is sent (see
+    store.webhooks.claim_dead_letter): one another retry holds is skipped. Audited
+    (``webhook.retry``: ids and outcome, only those this call marked). NotFound for an
+    unknown, already redelivered, being retried or another tenant's id (the same text)."""
     await svc.authorize(principal, Action.WEBHOOK_WRITE)
     if (dead_id is None) == (not retry_all):
         raise InvalidInput("give a dead letter ID or --all")
@@ -810,16 +871,29 @@ async def retry_dead_letters(
     result = RetryResult()
     done: list[int] = []
     failed: list[int] = []
+    lease = timedelta(seconds=svc.engine.runtime.opts.lease_s)
     try:
         for d in letters:
             row = await svc._read(partial(store_wh.get, webhook_id=d.webhook_id))
             if row is None:
                 continue
+            now = svc.clock()
+            # Claimed before it is sent: of two retries at once, one sends it (the other
+            # skips it, or answers NotFound for a single ID); a claim lapses after a lease.
+            if not await svc._write(
+                partial(store_wh.claim_dead_letter, dead_id=d.id, now=now, until=now + lease)
+            ):
+                if dead_id is not None:
+                    raise NotFound(f"no dead letter {dead_id} waiting")
+                continue
             error = await sender.deliver(row, d.event, d.delivery_id)
             if error is None:
-                await svc._write(partial(store_wh.mark_redelivered, dead_id=d.id, now=svc.clock()))
-                result.delivered += 1
-                done.append(d.id)
+                marked = await svc._write(
+                    partial(store_wh.mark_redelivered, dead_id=d.id, now=svc.clock())
+                )
+                if marked:  # counted and audited only when this process marked it
+                    result.delivered += 1
+                    done.append(d.id)
             else:
                 await svc._write(partial(store_wh.record_retry_error, dead_id=d.id, error=error))
                 result.failed += 1

@@ -9,6 +9,7 @@ the cursor is still the value the entries were read after.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -184,7 +185,18 @@ def advance(
 ) -> bool:
     """Move the cursor from ``old`` to ``new`` (``delivered`` more events acknowledged), only
     while ``owner`` holds the lease and the cursor is still ``old``; False otherwise (nothing
-    written). ``error``: the last error to keep (None clears it)."""
+    written). ``error``: the last error to keep; None keeps the one recorded unless an event
+    was acknowledged (``delivered`` > 0), which clears it: a cursor-only advance (entries that
+    are no event for this webhook) must not erase why events were dead-lettered."""
+    values: dict[str, Any] = {
+        "cursor": new,
+        "delivered": webhooks.c.delivered + delivered,
+        "updated_at": now,
+    }
+    if error is not None:
+        values.update(last_error=error[:2000], last_attempt_at=now)
+    elif delivered > 0:
+        values.update(last_error=None, last_attempt_at=now)
     done = conn.execute(
         update(webhooks)
         .where(
@@ -192,13 +204,7 @@ def advance(
             webhooks.c.claimed_by == owner,
             webhooks.c.cursor == old,
         )
-        .values(
-            cursor=new,
-            delivered=webhooks.c.delivered + delivered,
-            last_error=None if error is None else error[:2000],
-            last_attempt_at=now,
-            updated_at=now,
-        )
+        .values(**values)
     )
     return done.rowcount == 1
 
@@ -284,6 +290,41 @@ def dead_letters(conn: Connection, *, pending_only: bool = True) -> list[DeadLet
 def get_dead_letter(conn: Connection, dead_id: int) -> DeadLetterRow | None:
     r = conn.execute(_dead_query().where(webhook_dead_letters.c.id == dead_id)).first()
     return None if r is None else _dead(r)
+
+
+RETRY_CLAIM = "retry in progress until "
+
+
+def claim_dead_letter(conn: Connection, dead_id: int, now: datetime, until: datetime) -> bool:
+    """Claim a waiting dead letter for one ``webhook retry`` until ``until``, before it is
+    sent: False when it is redelivered, gone, or claimed by another retry whose claim has not
+    run out. The claim is written in ``error`` (``retry in progress until <iso>``, shown by
+    ``webhook dead`` meanwhile; the retry's outcome replaces it) with an update conditioned
+    on the text read, so of two retries at once exactly one claims it; one killed mid-send
+    leaves a claim that lapses at ``until``."""
+    row = conn.execute(
+        select(webhook_dead_letters.c.error).where(
+            webhook_dead_letters.c.id == dead_id,
+            webhook_dead_letters.c.redelivered_at.is_(None),
+        )
+    ).first()
+    if row is None:
+        return False
+    seen = str(row.error)
+    if seen.startswith(RETRY_CLAIM):
+        with contextlib.suppress(ValueError):
+            if datetime.fromisoformat(seen[len(RETRY_CLAIM) :]) > now:
+                return False
+    done = conn.execute(
+        update(webhook_dead_letters)
+        .where(
+            webhook_dead_letters.c.id == dead_id,
+            webhook_dead_letters.c.redelivered_at.is_(None),
+            webhook_dead_letters.c.error == seen,
+        )
+        .values(error=RETRY_CLAIM + until.isoformat())
+    )
+    return done.rowcount == 1
 
 
 def mark_redelivered(conn: Connection, dead_id: int, now: datetime) -> bool:
