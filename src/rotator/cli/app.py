@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from rotator.cli.port import UseCases
+    from rotator.client.remote import RemoteService
 
 app = typer.Typer(
     name="rotator",
@@ -194,6 +195,14 @@ def use_cases(options: EngineOptions | None = None) -> Iterator[UseCases]:
         with service(options) as svc:
             yield svc
         return
+    with remote_service(url) as remote:
+        yield remote
+
+
+@contextmanager
+def remote_service(url: str) -> Iterator[RemoteService]:
+    """The server at ``url`` as ``ROTATOR_TOKEN``'s principal (no token: InvalidInput);
+    ``https://`` verifies its certificate (``ROTATOR_CA_FILE``: only against that CA)."""
     token = (os.environ.get(TOKEN_ENV) or "").strip()
     if not token:
         raise InvalidInput(f"{URL_ENV} is set but {TOKEN_ENV} is not: the server needs a token")

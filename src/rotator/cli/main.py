@@ -74,6 +74,10 @@ REMOTE_COMMANDS = frozenset(
         ("audit", "head"),
         ("audit", "verify"),
         ("audit", "verify-copy"),
+        ("event", "report"),
+        ("event", "list"),
+        ("report", "compliance"),
+        ("report", "evidence"),
     }
 )
 

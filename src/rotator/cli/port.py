@@ -12,9 +12,16 @@ from typing import Any, Protocol
 
 from rotator.domain.model import Credential, Stage
 from rotator.domain.secret import Secret
-from rotator.service import BatchResult, PolicyInput, RotationResult, ValueInput
+from rotator.service import (
+    BatchResult,
+    EventInput,
+    EventReport,
+    PolicyInput,
+    RotationResult,
+    ValueInput,
+)
 from rotator.service.rotation import Selection
-from rotator.service.views import AuditEntry, VerifyResult
+from rotator.service.views import AuditEntry, EventRow, VerifyResult
 
 
 class UseCases(Protocol):
@@ -73,3 +80,7 @@ class UseCases(Protocol):
     def audit_verify(self, expect_head: tuple[int, str] | None = ...) -> VerifyResult: ...
 
     def audit_head(self) -> tuple[int, str]: ...
+
+    def report_event(self, event: EventInput) -> EventReport: ...
+
+    def list_events(self, limit: int = ...) -> list[EventRow]: ...

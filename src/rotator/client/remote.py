@@ -13,6 +13,7 @@ the token.
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,14 +25,24 @@ from rotator.client.client import _problem
 from rotator.domain.model import Credential, Stage
 from rotator.domain.secret import Secret
 from rotator.errors import AlreadyExists, InvalidInput, RotatorError
-from rotator.service import BatchResult, PolicyInput, RotationResult, ValueInput
+from rotator.service import (
+    BatchResult,
+    EventInput,
+    EventReport,
+    PolicyInput,
+    RotationResult,
+    ValueInput,
+)
 from rotator.service.rotation import Selection
 from rotator.service.views import (
     AuditEntry,
+    EventRow,
     VerifyResult,
     audit_entry_from_json,
     batch_result_from_json,
     credential_from_view,
+    event_report_from_json,
+    event_row_from_json,
     verify_result_from_json,
 )
 
@@ -90,19 +101,21 @@ class RemoteService:
         self.url = safe_url(url)
         # https verifies the server's certificate: against the system's CAs, or only the
         # private CA of ROTATOR_CA_FILE.
-        verify: str | bool = ca_file if ca_file else True
-        try:
-            self.http = httpx.Client(
-                base_url=url.rstrip("/"),
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=timeout,
-                verify=verify,
-                transport=transport,
-            )
-        except OSError as exc:
-            raise InvalidInput(
-                f"cannot read {CA_ENV}: {exc.strerror or type(exc).__name__}"
-            ) from None
+        verify: ssl.SSLContext | bool = True
+        if ca_file:
+            try:
+                verify = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise InvalidInput(
+                    f"{CA_ENV} {ca_file[:200]!r} is not a readable PEM CA file"
+                ) from exc
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -141,11 +154,13 @@ class RemoteService:
         except ValueError:
             raise RotatorError(f"the server's answer to {method} {path} is not JSON") from None
 
-    def _pages(self, path: str, params: list[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _pages(
+        self, path: str, params: list[tuple[str, Any]], page: int = PAGE
+    ) -> Iterator[dict[str, Any]]:
         cursor: str | None = None
         while True:
-            page = [*params, ("limit", PAGE)] + ([("cursor", cursor)] if cursor else [])
-            data = self._json("GET", path, params=page)
+            query = [*params, ("limit", page)] + ([("cursor", cursor)] if cursor else [])
+            data = self._json("GET", path, params=query)
             yield from data["items"]
             cursor = data.get("next_cursor")
             if not cursor:
@@ -266,6 +281,43 @@ class RemoteService:
     def audit_head(self) -> tuple[int, str]:
         data = self._json("GET", "/v1/audit/head")
         return int(data["seq"]), str(data["hash"])
+
+    # -- risk events ---------------------------------------------------------------------------
+
+    def report_event(self, event: EventInput) -> EventReport:
+        body: dict[str, Any] = {"kind": event.kind, "severity": event.severity}
+        if event.credential is not None:
+            body["credential"] = event.credential
+        if event.tags is not None:
+            body["tags"] = dict(event.tags)
+        if event.detail is not None:
+            body["detail"] = event.detail
+        return event_report_from_json(self._json("POST", "/v1/events", json=body))
+
+    def list_events(self, limit: int = 50) -> list[EventRow]:
+        """The newest ``limit`` events, newest first (pages of the API until ``limit``)."""
+        if limit < 1:
+            raise InvalidInput("--limit must be at least 1")
+        rows: list[EventRow] = []
+        for e in self._pages("/v1/events", [], page=min(limit, PAGE)):
+            rows.append(event_row_from_json(e))
+            if len(rows) == limit:
+                break
+        return rows
+
+    # -- reports (as the server renders them) -----------------------------------------------
+
+    def compliance_text(self, fmt: str, since: str) -> str:
+        """The compliance report of the token's tenant, as the server renders it in ``fmt``."""
+        return self._call(
+            "GET", "/v1/reports/compliance", params={"format": fmt, "since": since}
+        ).text
+
+    def evidence_json(self, rotation_id: str) -> dict[str, Any]:
+        """One rotation's evidence record, as ``Evidence.to_json`` shows it."""
+        path = "/v1/reports/evidence/" + urllib.parse.quote(rotation_id, safe="")
+        data: dict[str, Any] = self._json("GET", path)
+        return data
 
 
 def _fields(

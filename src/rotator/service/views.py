@@ -11,7 +11,11 @@ from rotator.audit.chain import VerifyResult as VerifyResult
 from rotator.domain.model import Credential, Stage, Version
 from rotator.domain.policy import RotationPolicy, format_duration, parse_duration
 from rotator.engine.types import BatchResult, Outcome, RotationResult, StillValid
+from rotator.policy.risk import RiskAction, Severity
+from rotator.service.events import CredentialDecision, EventReport
 from rotator.sinks import describe_sink
+from rotator.store.events import DecisionRow
+from rotator.store.events import EventRow as EventRow
 
 
 def _ts(d: datetime | None) -> str | None:
@@ -220,4 +224,59 @@ def verify_result_from_json(data: dict[str, Any]) -> VerifyResult:
         entries=int(data["entries"]),
         first_bad_seq=data.get("first_bad_seq"),
         reason=data.get("reason"),
+    )
+
+
+def event_report_from_json(data: dict[str, Any]) -> EventReport:
+    """The report ``EventReport.to_json`` shows (``event report --json``; ``POST
+    /v1/events``): ``event_report_from_json(r.to_json()).to_json() == r.to_json()``."""
+    return EventReport(
+        event_id=int(data["event_id"]),
+        kind=data["kind"],
+        severity=Severity(data["severity"]),
+        decisions=[
+            CredentialDecision(
+                name=d["name"],
+                action=RiskAction(d["action"]),
+                reason=d["reason"],
+                duplicate_of=d.get("duplicate_of"),
+                outcome=None if d.get("outcome") is None else Outcome(d["outcome"]),
+                version=d.get("version"),
+                error=d.get("error"),
+            )
+            for d in data.get("decisions") or ()
+        ],
+        still_valid=[
+            StillValid(v["name"], int(v["version"]), v.get("error"))
+            for v in data.get("still_valid") or ()
+        ],
+    )
+
+
+def event_row_from_json(e: dict[str, Any]) -> EventRow:
+    """The event ``GET /v1/events`` shows (as ``event list --json``). Its decisions' rotation
+    ids and times are not shown: None and the event's time."""
+    created = _req_dt(e["created_at"])
+    return EventRow(
+        id=int(e["id"]),
+        kind=e["kind"],
+        severity=e["severity"],
+        selector=dict(e.get("selector") or {}),
+        detail=e.get("detail"),
+        reporter=e["reporter"],
+        created_at=created,
+        decisions=[
+            DecisionRow(
+                credential=d["name"],
+                action=d["action"],
+                reason=d["reason"],
+                duplicate_of=d.get("duplicate_of"),
+                outcome=d.get("outcome"),
+                rotation_id=None,
+                version=d.get("version"),
+                error=d.get("error"),
+                created_at=created,
+            )
+            for d in e.get("decisions") or ()
+        ],
     )
