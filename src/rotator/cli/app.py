@@ -42,6 +42,9 @@ from rotator.service import (
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from rotator.cli.port import UseCases
+    from rotator.client.remote import RemoteService
+
 app = typer.Typer(
     name="rotator",
     help="Credential rotation service.",
@@ -171,6 +174,44 @@ def service(
         yield svc
     finally:
         svc.close()
+
+
+URL_ENV = "ROTATOR_URL"
+CA_ENV = "ROTATOR_CA_FILE"
+
+
+def remote_url(env: Mapping[str, str] | None = None) -> str | None:
+    """``ROTATOR_URL`` when set (not blank): the CLI then talks to that server."""
+    env = os.environ if env is None else env
+    url = (env.get(URL_ENV) or "").strip()
+    return url or None
+
+
+@contextmanager
+def use_cases(options: EngineOptions | None = None) -> Iterator[UseCases]:
+    """The use cases of the commands that also run against a server: with ``ROTATOR_URL``,
+    a :class:`~rotator.client.remote.RemoteService` acting as ``ROTATOR_TOKEN``'s principal
+    (no token: InvalidInput); without, :func:`service`."""
+    url = remote_url()
+    if url is None:
+        with service(options) as svc:
+            yield svc
+        return
+    with remote_service(url) as remote:
+        yield remote
+
+
+@contextmanager
+def remote_service(url: str) -> Iterator[RemoteService]:
+    """The server at ``url`` as ``ROTATOR_TOKEN``'s principal (no token: InvalidInput);
+    ``https://`` verifies its certificate (``ROTATOR_CA_FILE``: only against that CA)."""
+    token = (os.environ.get(TOKEN_ENV) or "").strip()
+    if not token:
+        raise InvalidInput(f"{URL_ENV} is set but {TOKEN_ENV} is not: the server needs a token")
+    from rotator.client.remote import RemoteService
+
+    with RemoteService(url, token, ca_file=os.environ.get(CA_ENV) or None) as remote:
+        yield remote
 
 
 def acting_principal(svc: BlockingService, env: Mapping[str, str] | None = None) -> Principal:

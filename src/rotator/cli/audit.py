@@ -17,6 +17,7 @@ from rotator.cli.app import (
     fail,
     out,
     service,
+    use_cases,
 )
 from rotator.domain import names
 from rotator.errors import (
@@ -39,7 +40,7 @@ def audit_list(
     """List audit entries, oldest first."""
     if credential is not None:
         names.check_credential_name(credential)
-    with service() as svc:
+    with use_cases() as svc:
         entries = svc.audit_entries(credential=credential, limit=limit)
     if as_json:
         emit_json([e.to_json() for e in entries])
@@ -72,7 +73,7 @@ def audit_verify(
 ) -> None:
     """Verify the keyed chain; exit 1 naming the first entry that does not verify."""
     expected = _parse_head(expect_head) if expect_head is not None else None
-    with service() as svc:
+    with use_cases() as svc:
         result = svc.audit_verify(expected)
     if result.ok:
         out.print(f"audit chain ok: {result.entries} entries")
@@ -92,7 +93,7 @@ def _parse_head(text: str) -> tuple[int, str]:
 @audit_app.command("head")
 def audit_head() -> None:
     """Print SEQ:HASH of the newest entry: keep it outside the store for --expect-head."""
-    with service() as svc:
+    with use_cases() as svc:
         seq, mac = svc.audit_head()
     sys.stdout.write(f"{seq}:{mac}\n")
 

@@ -34,7 +34,7 @@ from rotator.cli.app import (
     out,
     pairs,
     policy_input,
-    service,
+    use_cases,
     value_input,
 )
 from rotator.config import Settings
@@ -111,7 +111,7 @@ def credential_add(
         max_age=max_age,
     )  # checked before reading stdin
     value = value_input(value_stdin, generate)
-    with service() as svc:
+    with use_cases() as svc:
         cred = svc.add_credential(
             name,
             connector,
@@ -140,7 +140,7 @@ def credential_list(
 ) -> None:
     """List credentials (metadata only)."""
     tags = pairs(tag, "--tag")
-    with service() as svc:
+    with use_cases() as svc:
         creds = svc.list_credentials(tags=tags, due=due)
     views = [credential_view(c) for c in creds]
     if as_json:
@@ -165,7 +165,7 @@ def credential_list(
 @credential_app.command("show")
 def credential_show(name: str, as_json: JsonOpt = False) -> None:
     """Show a credential's metadata and versions with stages, never values."""
-    with service() as svc:
+    with use_cases() as svc:
         cred = svc.show(name)
     v = credential_view(cred)
     if as_json:
@@ -208,7 +208,7 @@ def credential_get(
         st = Stage(stage.upper())
     except ValueError:
         raise InvalidInput(f"--stage must be CURRENT, PREVIOUS or PENDING, not {stage!r}") from None
-    with service() as svc:
+    with use_cases() as svc:
         value = svc.get_value(name, st)
     sys.stdout.buffer.write(value.reveal() + b"\n")
     sys.stdout.flush()
@@ -256,7 +256,7 @@ def credential_update(
         max_age=max_age,
     )  # checked before reading stdin
     value = value_input(value_stdin, generate)
-    with service() as svc:
+    with use_cases() as svc:
         cred = svc.update_credential(
             name,
             connector=connector,
@@ -280,7 +280,7 @@ def credential_used(
 ) -> None:
     """Record uses an application reports (drives --max-uses; audited)."""
     names.check_credential_name(name)
-    with service() as svc:
+    with use_cases() as svc:
         cred = svc.report_usage(name, count)
     if as_json:
         emit_json(credential_view(cred))
@@ -292,6 +292,6 @@ def credential_used(
 @credential_app.command("remove")
 def credential_remove(name: str) -> None:
     """Remove a credential and all its versions."""
-    with service() as svc:
+    with use_cases() as svc:
         svc.remove_credential(name)
     out.print(f"removed {name}")

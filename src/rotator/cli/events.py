@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from rotator.cli.app import Exit, JsonOpt, TagOpt, app, emit_json, out, pairs, service
+from rotator.cli.app import Exit, JsonOpt, TagOpt, app, emit_json, out, pairs, use_cases
 from rotator.cli.rotate import print_still_valid
 from rotator.service import EventInput
 
@@ -47,7 +47,7 @@ def event_report(
         detail=detail,
     )
     event.check()  # before opening the store
-    with service() as svc:
+    with use_cases() as svc:
         report = svc.report_event(event)
     if as_json:
         emit_json(report.to_json())
@@ -75,7 +75,7 @@ def event_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Recent risk events, newest first, with the decision for each credential."""
-    with service() as svc:
+    with use_cases() as svc:
         events = svc.list_events(limit)
     if as_json:
         emit_json(

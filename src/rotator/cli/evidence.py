@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from rotator.cli.app import JsonOpt, emit_json, fail, out, report_app, service
+from rotator.cli.app import (
+    JsonOpt,
+    emit_json,
+    fail,
+    out,
+    remote_service,
+    remote_url,
+    report_app,
+    service,
+)
 
 
 @report_app.command("evidence")
@@ -18,20 +27,25 @@ def report_evidence(
     the proof that they verify against the keyed chain and a signed checkpoint. Exit 1 when
     the chain or the checkpoint does not verify, or the rotations row disagrees with the signed
     entries (not yet covered is not a failure)."""
-    with service() as svc:
-        ev = svc.rotation_evidence(rotation_id)
-    if as_json:
-        emit_json(ev.to_json())
+    url = remote_url()
+    if url is not None:
+        with remote_service(url) as remote:
+            data = remote.evidence_json(rotation_id)
     else:
-        _print(ev)
-    if ev.proof is not None and (
-        not ev.proof.chain_ok or not ev.proof.row_ok or (ev.proof.checkpoint and not ev.proof.ok)
+        with service() as svc:
+            data = svc.rotation_evidence(rotation_id).to_json()
+    if as_json:
+        emit_json(data)
+    else:
+        _print(data)
+    proof = data["proof"]
+    if proof is not None and (
+        not proof["chain_ok"] or not proof["row_ok"] or (proof["covered"] and not proof["ok"])
     ):
-        fail(ev.proof.message, code=1)
+        fail(proof["message"], code=1)
 
 
-def _print(ev: object) -> None:
-    data = ev.to_json()  # type: ignore[attr-defined]
+def _print(data: dict[str, Any]) -> None:
     lines = [
         f"rotation {data['rotation_id']} of {data['credential']} (tenant {data['tenant']})",
         f"trigger: {data['trigger']}; requested by {data['requested_by'] or '-'}; started by "

@@ -38,9 +38,11 @@ from rotator.cli.app import (
     UsageError,
     app,
     log,
+    remote_url,
 )
 from rotator.errors import (
     IntegrityError,
+    InvalidInput,
     RotatorError,
 )
 from rotator.telemetry import logs
@@ -56,9 +58,73 @@ def main(argv: list[str] | None = None) -> int:
         logs.reset()  # the logging --log-level set up ends with the call (in-process callers)
 
 
+# The commands that run against a server when ROTATOR_URL is set (through
+# rotator.cli.app.use_cases); `audit verify-copy` opens no store and runs anywhere.
+REMOTE_COMMANDS = frozenset(
+    {
+        ("credential", "list"),
+        ("credential", "show"),
+        ("credential", "get"),
+        ("credential", "add"),
+        ("credential", "update"),
+        ("credential", "remove"),
+        ("credential", "used"),
+        ("rotate",),
+        ("audit", "list"),
+        ("audit", "head"),
+        ("audit", "verify"),
+        ("audit", "verify-copy"),
+        ("event", "report"),
+        ("event", "list"),
+        ("report", "compliance"),
+        ("report", "evidence"),
+    }
+)
+
+
+def command_path(command: typer.core.TyperGroup, argv: list[str]) -> tuple[str, ...]:
+    """The names of the (sub)commands ``argv`` invokes, without running anything: as far as
+    they resolve (a usage error stops it; the real parse reports it)."""
+    path: list[str] = []
+    cmd: object = command
+    ctx = command.make_context("rotator", list(argv), resilient_parsing=True)
+    while isinstance(cmd, typer.core.TyperGroup):
+        # Click keeps a group's subcommand and its arguments apart until it invokes them.
+        args = [*(getattr(ctx, "_protected_args", None) or []), *ctx.args]
+        if not args:
+            break
+        name, sub, rest = cmd.resolve_command(ctx, args)
+        if sub is None or name is None:
+            break
+        path.append(name)
+        cmd = sub
+        ctx = sub.make_context(name, rest, parent=ctx, resilient_parsing=True)
+    return tuple(path)
+
+
+def _check_remote(command: typer.core.TyperGroup, argv: list[str]) -> None:
+    """With ROTATOR_URL set, refuse (bad input, before any request or store access) a
+    command that runs only where the store is."""
+    if remote_url() is None:
+        return
+    try:
+        path = command_path(command, argv)
+    except UsageError:
+        return  # the real parse names the problem
+    # A group alone (``credential``, ``credential frob``) is the real parse's usage error.
+    partial = any(c[: len(path)] == path for c in REMOTE_COMMANDS)
+    if path and not partial and "--help" not in argv:
+        shown = " ".join(path)
+        raise InvalidInput(
+            f"`rotator {shown}` runs on the server's host; unset ROTATOR_URL to run it locally"
+        )
+
+
 def _main(argv: list[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
+        assert isinstance(command, typer.core.TyperGroup)
+        _check_remote(command, sys.argv[1:] if argv is None else argv)
         command.main(args=argv, prog_name="rotator", standalone_mode=False)
     except Exit as exc:
         return exc.code

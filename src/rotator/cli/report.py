@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from rotator.cli.app import report_app, service
+from rotator.cli.app import remote_service, remote_url, report_app, service
 from rotator.errors import InvalidInput
 from rotator.service.reports import DEFAULT_SINCE, check_format, parse_since, render
 
@@ -58,9 +58,19 @@ def compliance(
     period = parse_since(since)
     if output is not None and output.is_dir():
         raise InvalidInput(f"--output {str(output)[:200]!r} is a directory")
-    with service() as svc:
-        report = svc.compliance_report(tenant=tenant, since=period)
-    text = render(report, fmt)
+    url = remote_url()
+    if url is not None:
+        if tenant is not None:
+            raise InvalidInput(
+                "`rotator report compliance --tenant` runs on the server's host; unset "
+                "ROTATOR_URL to run it locally (remotely it reports the token's tenant)"
+            )
+        with remote_service(url) as remote:
+            text = remote.compliance_text(fmt, since)  # as the server renders it
+    else:
+        with service() as svc:
+            report = svc.compliance_report(tenant=tenant, since=period)
+        text = render(report, fmt)
     if output is None:
         sys.stdout.write(text)
     else:

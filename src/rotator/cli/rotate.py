@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,7 +16,9 @@ from rotator.cli.app import (
     emit_json,
     out,
     pairs,
+    remote_url,
     service,
+    use_cases,
 )
 from rotator.domain import names
 from rotator.errors import (
@@ -24,13 +26,15 @@ from rotator.errors import (
 )
 from rotator.service import (
     BatchResult,
-    BlockingService,
     Outcome,
     RotationResult,
     StillValid,
     rotation,
 )
 from rotator.service.rotation import Selection
+
+if TYPE_CHECKING:
+    from rotator.cli.port import UseCases
 
 
 @app.command()
@@ -77,6 +81,22 @@ def rotate(
     is done or halted (Ctrl-C leaves it resumable), or with --detach only create it."""
 
     sel = Selection(names=names_ or (), tags=pairs(tag, "--tag") or None, all=all_)
+    if remote_url() is not None:
+        local_only = {
+            "--group": group is not None,
+            "--stagger": stagger is not None,
+            "--max-rate": max_rate is not None,
+            "--halt-at": halt_at is not None,
+            "--detach": detach,
+            "--concurrency": concurrency is not None,
+            "--per-target": per_target is not None,
+        }
+        for flag, given in local_only.items():
+            if given:
+                raise InvalidInput(
+                    f"`rotator rotate {flag}` runs on the server's host; unset ROTATOR_URL to "
+                    "run it locally"
+                )
     if stagger is not None or max_rate is not None or halt_at is not None or detach:
         from rotator.cli.rollouts import start_rollout
 
@@ -98,46 +118,54 @@ def rotate(
     else:
         sel.check()
     options = rotation.options_from_env(concurrency, per_target)
-    with service(options) as svc:
-        if dry_run:
-            steps = (
-                svc.plan_group(group, emergency=emergency)
-                if group is not None
-                else svc.plan(sel, emergency=emergency)
-            )
-            if as_json:
-                emit_json({"dry_run": True, "plan": steps})
+    if group is not None:
+        with service(options) as local:
+            if dry_run:
+                _print_plan(local.plan_group(group, emergency=emergency), as_json)
                 return
-            from rich.table import Table
-
-            table = Table(
-                "ORDER", "LEVEL", "NAME", "CONNECTOR", "TARGET", "STRATEGY", "TRIGGER", "GRACE",
-                "AFTER",
-            )  # fmt: skip
-            for p in steps:
-                table.add_row(
-                    str(p["order"]),
-                    str(p["level"]) if p.get("level") is not None else "refused",
-                    p["name"],
-                    p["connector"],
-                    p["target"],
-                    p["strategy"],
-                    p["trigger"],
-                    f"{p['grace_s']}s",
-                    ", ".join(p.get("after") or []) or "-",
-                )
-            out.print(table)
-            refused = [p for p in steps if p.get("refused")]
-            for p in refused:
-                out.print(f"[red]refused[/red] {p['name']}: {p['refused']}")
-            out.print(
-                f"dry run: {len(steps) - len(refused)} credential(s) would rotate; nothing changed"
-            )
+            result = local.rotate_group(group, emergency=emergency)
+        _print_result(result, as_json)
+        return
+    with use_cases(options) as svc:
+        if dry_run:
+            _print_plan(svc.plan(sel, emergency=emergency), as_json)
             return
-        if group is not None:
-            result = svc.rotate_group(group, emergency=emergency)
-        else:
-            result = _rotate_with_progress(svc, sel, emergency, show=not as_json)
+        result = _rotate_with_progress(svc, sel, emergency, show=not as_json)
+    _print_result(result, as_json)
+
+
+def _print_plan(steps: list[dict[str, Any]], as_json: bool) -> None:
+    """The plan as `rotate --dry-run` prints it."""
+    if as_json:
+        emit_json({"dry_run": True, "plan": steps})
+        return
+    from rich.table import Table
+
+    table = Table(
+        "ORDER", "LEVEL", "NAME", "CONNECTOR", "TARGET", "STRATEGY", "TRIGGER", "GRACE",
+        "AFTER",
+    )  # fmt: skip
+    for p in steps:
+        table.add_row(
+            str(p["order"]),
+            str(p["level"]) if p.get("level") is not None else "refused",
+            p["name"],
+            p["connector"],
+            p["target"],
+            p["strategy"],
+            p["trigger"],
+            f"{p['grace_s']}s",
+            ", ".join(p.get("after") or []) or "-",
+        )
+    out.print(table)
+    refused = [p for p in steps if p.get("refused")]
+    for p in refused:
+        out.print(f"[red]refused[/red] {p['name']}: {p['refused']}")
+    out.print(f"dry run: {len(steps) - len(refused)} credential(s) would rotate; nothing changed")
+
+
+def _print_result(result: BatchResult, as_json: bool) -> None:
+    """The result as `rotate` prints it; exit 1 unless it is ok."""
     if as_json:
         emit_json(result.to_json())
     else:
@@ -174,7 +202,7 @@ def print_still_valid(values: Iterable[StillValid]) -> None:
 
 
 def _rotate_with_progress(
-    svc: BlockingService, sel: Selection, emergency: bool, *, show: bool
+    svc: UseCases, sel: Selection, emergency: bool, *, show: bool
 ) -> BatchResult:
     from rich.console import Console
     from rich.progress import (
