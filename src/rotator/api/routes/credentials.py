@@ -7,6 +7,7 @@ are the service's. The fixed suffixes (``/value``, ``/usage``) are declared befo
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -79,7 +80,8 @@ async def add_credential(
         sinks=body.sinks or (),
         principal=principal,
     )
-    response.headers["Location"] = f"/v1/credentials/{cred.name}"
+    # Escaped whole: a client following it would resolve a "."/".." segment of the name.
+    response.headers["Location"] = "/v1/credentials/" + urllib.parse.quote(cred.name, safe="")
     return credential_view(cred)
 
 
