@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from tests.support.server import ServeProcess, serve_env
 
+from rotator.api import pagination
 from rotator.config import Settings
 from rotator.domain.principal import Action, Grant, Principal, Role
 from rotator.domain.secret import Secret
@@ -270,3 +271,19 @@ def test_a_malformed_cursor_is_a_400_problem(api: Api, cursor: str) -> None:
             assert cursor not in r.json()["detail"]
         _problem(c.get("/v1/credentials", params={"limit": 0}), 422)
         _problem(c.get("/v1/credentials", params={"limit": 1001}), 422)
+
+
+@pytest.mark.parametrize(
+    "key", [99999999999999999999999, 2**63, -1], ids=["huge", "past-int64", "negative"]
+)
+def test_a_numeric_cursor_out_of_range_is_a_400_problem_on_events_and_audit(
+    api: Api, key: int
+) -> None:
+    cursor = pagination.encode_cursor(key)
+    with api.client() as c:
+        for path in ("/v1/events", "/v1/audit"):
+            r = c.get(path, params={"cursor": cursor})
+            _problem(r, 400)
+            assert r.json()["detail"] == "malformed cursor", path
+        assert c.get("/v1/audit", params={"cursor": pagination.encode_cursor(2**63 - 1)}).is_success
+    assert "Traceback" not in api.srv.stderr
