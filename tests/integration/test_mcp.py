@@ -480,3 +480,50 @@ def test_mcp_over_http_under_rotator_serve_authenticates_each_request_s_bearer_t
         assert r.headers["content-type"] == "application/problem+json"
         assert r.json()["status"] == 401
     assert current_version(svc, "prod/payments/api") == before + 1
+
+
+SECRET_ARG = "S3CRET-hunter2-arg"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "jsonrpc": "2.1",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "add_credential", "arguments": {"value": SECRET_ARG}},
+        },
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": SECRET_ARG},
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": 5, "value": SECRET_ARG},
+        },
+        [{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"value": SECRET_ARG}}],
+        {"jsonrpc": "2.0", "id": 1, "method": SECRET_ARG, "params": {}},
+        '{"jsonrpc": "2.0", "id": 1, "params": {"value": "' + SECRET_ARG + '"',
+    ],
+    ids=["bad-version", "params-not-object", "bad-tool-name", "batch", "method", "not-json"],
+)
+def test_mcp_envelope_errors_over_http_keep_their_code_and_never_quote_the_request(
+    svc: BlockingService, served: str, body: Any
+) -> None:
+    _, token = principal_with(svc, "olga", Role.OPERATOR)
+    content = body if isinstance(body, str) else json.dumps(body)
+    r = httpx.post(
+        served + "/mcp",
+        content=content,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        },
+        timeout=30,
+    )
+    leaked = SECRET_ARG in r.text  # apart: a failure must not print the answer
+    assert not leaked, f"HTTP {r.status_code}: the answer quotes the request"
+    error = r.json()["error"]
+    assert error["code"] in (-32700, -32600, -32601, -32602), error
+    assert "not quoted" in error["message"], error
