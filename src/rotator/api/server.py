@@ -75,8 +75,17 @@ async def serve(
 def _check_tls(certfile: Path, keyfile: Path) -> None:
     """InvalidInput (one line naming the file) when the certificate or key cannot be loaded:
     uvicorn would fail later with a traceback."""
+
+    def no_pass_phrase() -> str:
+        # Only called for an encrypted key: without a callback OpenSSL prompts on the
+        # terminal (or reads stdin) and serve hangs. ssl re-raises this from load_cert_chain,
+        # so uvicorn never gets such a key.
+        raise InvalidInput(f"the TLS key {keyfile} is encrypted: give an unencrypted key")
+
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            certfile, keyfile, password=no_pass_phrase
+        )
     except OSError as exc:
         raise InvalidInput(
             f"cannot load the TLS certificate {certfile} or key {keyfile}: "
