@@ -70,6 +70,14 @@ def _import_fastmcp() -> None:
     # In a worker thread: the modules are cached for the loop thread's imports after it.
     for module in ("fastmcp.server.http", "rotator.mcp.server"):
         importlib.import_module(module)
+    # fastmcp configures its logger at import: rich handlers writing wrapped lines straight
+    # to stderr, not propagated. Its records go through rotator's structured, redacted log
+    # instead (telemetry.logs.configure on the root logger), at that log's level.
+    fastmcp_log = logging.getLogger("fastmcp")
+    for handler in fastmcp_log.handlers[:]:
+        fastmcp_log.removeHandler(handler)
+    fastmcp_log.propagate = True
+    fastmcp_log.setLevel(logging.NOTSET)
 
 
 class McpEndpoint:
