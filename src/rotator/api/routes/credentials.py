@@ -80,8 +80,11 @@ async def add_credential(
         sinks=body.sinks or (),
         principal=principal,
     )
-    # Escaped whole: a client following it would resolve a "."/".." segment of the name.
-    response.headers["Location"] = "/v1/credentials/" + urllib.parse.quote(cred.name, safe="")
+    # A name with a "." or ".." (or empty) segment is escaped whole: a client following the
+    # URL would resolve the segment to another credential's. Others keep their "/".
+    odd = any(part in ("", ".", "..") for part in cred.name.split("/"))
+    quoted = urllib.parse.quote(cred.name, safe="" if odd else "/")
+    response.headers["Location"] = f"/v1/credentials/{quoted}"
     return credential_view(cred)
 
 
