@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from tests.support.server import ServeProcess, serve_env
 
+from rotator.api import pagination
 from rotator.config import Settings
 from rotator.domain.principal import Action, Grant, Principal, Role
 from rotator.domain.secret import Secret
@@ -270,3 +271,67 @@ def test_a_malformed_cursor_is_a_400_problem(api: Api, cursor: str) -> None:
             assert cursor not in r.json()["detail"]
         _problem(c.get("/v1/credentials", params={"limit": 0}), 422)
         _problem(c.get("/v1/credentials", params={"limit": 1001}), 422)
+
+
+@pytest.mark.parametrize(
+    "key", [99999999999999999999999, 2**63, -1], ids=["huge", "past-int64", "negative"]
+)
+def test_a_numeric_cursor_out_of_range_is_a_400_problem_on_events_and_audit(
+    api: Api, key: int
+) -> None:
+    cursor = pagination.encode_cursor(key)
+    with api.client() as c:
+        for path in ("/v1/events", "/v1/audit"):
+            r = c.get(path, params={"cursor": cursor})
+            _problem(r, 400)
+            assert r.json()["detail"] == "malformed cursor", path
+        assert c.get("/v1/audit", params={"cursor": pagination.encode_cursor(2**63 - 1)}).is_success
+    assert "Traceback" not in api.srv.stderr
+
+
+def test_a_lone_surrogate_in_any_string_is_a_422_naming_its_field_and_stores_nothing(
+    api: Api, raw_db: Engine
+) -> None:
+    api.svc.add_credential("prod/kept", "local", value=ValueInput(generate=True))
+    before = api.svc.show("prod/kept")
+    # JSON's \ud800 escape decodes to a lone surrogate: valid JSON, not storable text.
+    add = '{"name": "prod/x", "connector": "local", '
+    cases = [
+        ("POST", "/v1/credentials", add + '"value": "\\ud800x"}', "value"),
+        ("POST", "/v1/credentials", add + '"generate": true, "tags": {"a": "\\ud800"}}', "tags"),
+        ("POST", "/v1/credentials", add + '"generate": true, "tags": {"\\udfff": "b"}}', "tags"),
+        (
+            "POST",
+            "/v1/credentials",
+            add + '"generate": true, "settings": {"l": "\\udfff"}}',
+            "settings",
+        ),
+        ("POST", "/v1/credentials", add + '"value": "x", "sinks": ["file:/\\ud800"]}', "sinks"),
+        (
+            "POST",
+            "/v1/credentials",
+            add + '"generate": true, "policy": {"tz": "\\ud800"}}',
+            "policy.tz",
+        ),
+        ("PATCH", "/v1/credentials/prod/kept", '{"value": "\\udfff"}', "value"),
+        ("PATCH", "/v1/credentials/prod/kept", '{"tags": {"a": "\\ud800"}}', "tags"),
+        ("POST", "/v1/rotations", '{"tags": {"a": "\\ud800"}}', "tags"),
+        ("POST", "/v1/rotations", '{"names": ["prod/\\ud800"]}', "names"),
+        (
+            "POST",
+            "/v1/events",
+            '{"kind": "leak", "severity": "high", "credential": "prod/kept", "detail": "\\ud800"}',
+            "detail",
+        ),
+    ]
+    with api.client() as c:
+        for method, path, body, field in cases:
+            r = c.request(method, path, content=body, headers={"Content-Type": "application/json"})
+            _problem(r, 422)
+            assert r.json()["detail"].startswith(f"{field}: "), (path, body, r.text)
+            assert "unicode" in r.json()["detail"].lower(), r.text
+    after = api.svc.show("prod/kept")
+    assert (after.versions, after.tags) == (before.versions, before.tags)
+    with raw_db.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(credentials)) == 1
+    assert "Traceback" not in api.srv.stderr

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -305,3 +306,33 @@ def test_async_client_follows_rotations_remote_and_local(
 
     assert asyncio.run(go(AsyncClient(server.url, remote, cache_ttl=3600))) == 2
     assert asyncio.run(go(AsyncClient(env=local_env(settings), cache_ttl=3600))) == 3
+
+
+async def aget(client: AsyncClient, name: str) -> str:
+    async with client:
+        return await client.get(name)
+
+
+def test_a_name_with_dot_segments_reads_its_own_value_never_the_one_it_resolves_to(
+    svc: BlockingService, server: Server
+) -> None:
+    # "a/../team-a/db" is a valid name; an HTTP client resolving its ".." would read team-a/db.
+    svc.add_credential("team-a/db", "local", value=ValueInput(generate=True))
+    svc.add_credential("a/../team-a/db", "local", value=ValueInput(generate=True))
+    svc.add_credential("a/./b", "local", value=ValueInput(generate=True))
+    svc.add_credential("a/b", "local", value=ValueInput(generate=True))
+    remote = token(svc, "app", "reader", "*")
+    for name in ("a/../team-a/db", "a/./b"):
+        want = svc.get_value(name).reveal_text()
+        with Client(server.url, remote, cache_ttl=0) as client:
+            same = client.get(name) == want  # compared apart: a failure shows no value
+        assert same, f"Client.get({name!r}) read another credential's value"
+        same = asyncio.run(aget(AsyncClient(server.url, remote, cache_ttl=0), name)) == want
+        assert same, f"AsyncClient.get({name!r}) read another credential's value"
+    created = httpx.post(
+        server.url + "/v1/credentials",
+        headers={"Authorization": f"Bearer {token(svc, 'adm', 'admin', '*')}"},
+        json={"name": "c/../a/b", "connector": "local", "generate": True},
+    )
+    assert created.status_code == 201, created.text
+    assert created.headers["Location"] == "/v1/credentials/c%2F..%2Fa%2Fb"

@@ -18,6 +18,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 from mcp.types import CallToolResult
 from sqlalchemy import Engine, select
+from tests.support.server import ServeProcess
 
 from rotator.config import Settings
 from rotator.domain.model import Stage
@@ -480,3 +481,86 @@ def test_mcp_over_http_under_rotator_serve_authenticates_each_request_s_bearer_t
         assert r.headers["content-type"] == "application/problem+json"
         assert r.json()["status"] == 401
     assert current_version(svc, "prod/payments/api") == before + 1
+
+
+SECRET_ARG = "S3CRET-hunter2-arg"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "jsonrpc": "2.1",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "add_credential", "arguments": {"value": SECRET_ARG}},
+        },
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": SECRET_ARG},
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": 5, "value": SECRET_ARG},
+        },
+        [{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"value": SECRET_ARG}}],
+        {"jsonrpc": "2.0", "id": 1, "method": SECRET_ARG, "params": {}},
+        '{"jsonrpc": "2.0", "id": 1, "params": {"value": "' + SECRET_ARG + '"',
+    ],
+    ids=["bad-version", "params-not-object", "bad-tool-name", "batch", "method", "not-json"],
+)
+def test_mcp_envelope_errors_over_http_keep_their_code_and_never_quote_the_request(
+    svc: BlockingService, served: str, body: Any
+) -> None:
+    _, token = principal_with(svc, "olga", Role.OPERATOR)
+    content = body if isinstance(body, str) else json.dumps(body)
+    r = httpx.post(
+        served + "/mcp",
+        content=content,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        },
+        timeout=30,
+    )
+    leaked = SECRET_ARG in r.text  # apart: a failure must not print the answer
+    assert not leaked, f"HTTP {r.status_code}: the answer quotes the request"
+    error = r.json()["error"]
+    assert error["code"] in (-32700, -32600, -32601, -32602), error
+    assert "not quoted" in error["message"], error
+
+
+def test_mcp_over_http_logs_only_through_rotator_s_structured_log(
+    svc: BlockingService, settings: Settings
+) -> None:
+    svc.add_credential("prod/payments/api", "local", value=ValueInput(value=Secret(VALUE.encode())))
+    _, olga = principal_with(svc, "olga", Role.OPERATOR)
+
+    async def calls(base_url: str) -> list[CallToolResult]:
+        transport = StreamableHttpTransport(
+            f"{base_url}/mcp", headers={"Authorization": f"Bearer {olga}"}
+        )
+        async with Client(transport) as client:
+            return [
+                await client.call_tool(tool, args, raise_on_error=False)
+                for tool, args in [
+                    ("reveal_value", {"name": "prod/payments/api"}),  # refused: no value.read
+                    ("reveal_value", {"name": "prod/payments/api", "stage": "RETIRED"}),
+                    ("describe_credential", {"name": "prod/nope"}),
+                ]
+            ]
+
+    server = ServeProcess(process_env(settings))
+    with server:
+        results = svc.run(calls(server.base_url))
+    assert server.stop() == 0
+    assert all(r.is_error for r in results)
+    # fastmcp's own rich handlers wrote "Error calling tool ..." lines past the log.
+    lines = [line for line in server.stderr.splitlines() if line.strip()]
+    assert lines, "no ready line"
+    for line in lines:
+        if line.startswith("rotator: serving on "):
+            continue
+        assert line.startswith("{"), f"not a structured log line: {line[:120]!r}"
+        json.loads(line)
+    assert VALUE not in server.stderr

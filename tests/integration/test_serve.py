@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import socket
 import ssl
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -16,6 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.support.server import ROTATOR, ServeProcess, serve_env
+
+from rotator.config import Settings
+from rotator.domain.principal import Role
+from rotator.service import BlockingService
 
 
 @pytest.fixture
@@ -30,7 +36,7 @@ def env_of(home: Path) -> dict[str, str]:
     return serve_env(home, f"sqlite:///{home}/rotator.db")
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
+def self_signed(tmp: Path, passphrase: bytes | None = None) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.UTC)
@@ -55,7 +61,9 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+            serialization.NoEncryption()
+            if passphrase is None
+            else serialization.BestAvailableEncryption(passphrase),
         )
     )
     return cert_path, key_path
@@ -118,3 +126,70 @@ def test_sigterm_stops_serve_with_exit_0(home: Path) -> None:
     with server:
         assert httpx.get(f"{server.base_url}/readyz").status_code == 200
     assert server.stop() == 0
+
+
+def test_an_encrypted_tls_key_is_refused_in_one_line_without_asking_for_a_pass_phrase(
+    home: Path, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path, passphrase=b"pass-phrase-1")
+    # No controlling terminal: OpenSSL's pass phrase prompt would read stdin (and wait for
+    # ever on one that stays open).
+    proc = subprocess.Popen(
+        [ROTATOR, "serve", "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)],
+        env=env_of(home),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, err
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("rotator: error: ")
+    assert "encrypted" in lines[0], lines[0]
+    assert str(key) in lines[0], lines[0]
+    assert "Enter PEM pass phrase" not in err
+
+
+def test_sigterm_with_open_watch_streams_stops_cleanly_without_stray_stderr(home: Path) -> None:
+    with BlockingService.open(Settings(home=home, db_url=f"sqlite:///{home}/rotator.db")) as svc:
+        svc.add_principal("watcher", Role.READER, scope="*", kind="service")
+        token = svc.create_token("watcher")[1]
+    server = ServeProcess(env_of(home), ("--no-scheduler",))
+    ready = threading.Semaphore(0)
+
+    def watch() -> None:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            httpx.stream(
+                "GET",
+                f"{server.base_url}/v1/watch",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=60,
+            ) as r,
+        ):
+            for line in r.iter_lines():
+                if line.startswith("event: ready"):
+                    ready.release()
+
+    with server:
+        threads = [threading.Thread(target=watch, daemon=True) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for _ in threads:
+            assert ready.acquire(timeout=60), "a watch stream never got ready"
+    assert server.stop() == 0
+    for t in threads:
+        t.join(timeout=30)
+    # sse_starlette's shutdown watcher was left pending: "Task was destroyed but it is
+    # pending!" and its task's repr on stderr.
+    assert "Task was destroyed" not in server.stderr, server.stderr
+    assert "Traceback" not in server.stderr, server.stderr

@@ -8,7 +8,7 @@ from rotator.api.pagination import Page, decode_cursor, encode_cursor
 from rotator.errors import InvalidInput
 
 
-@pytest.mark.parametrize("key", ["prod/payments/db", "", 0, 1, 2**53, "ünï/cödé"])
+@pytest.mark.parametrize("key", ["prod/payments/db", "", 0, 1, 2**53, 2**63 - 1, "ünï/cödé"])
 def test_a_cursor_gives_back_the_key_it_was_made_from(key: str | int) -> None:
     cursor = encode_cursor(key)
     assert set(cursor) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -30,6 +30,11 @@ def test_no_cursor_is_the_first_page() -> None:
         "dHJ1ZQ",  # JSON true: a bool is no key
         "eyJhIjoxfQ",  # a JSON object
         "x" * 5000,
+        encode_cursor(2**63),  # past a signed 64-bit key: SQLite would overflow
+        encode_cursor(99999999999999999999999),
+        encode_cursor(-1),  # keys are never negative
+        "aTrCsg",  # "i:²": a digit to str.isdigit(), not to int()
+        "aTrZoQ",  # "i:" and ARABIC-INDIC DIGIT ONE: not ours either
     ],
 )
 def test_a_malformed_cursor_is_invalid_input_naming_it(raw: str) -> None:

@@ -6,9 +6,10 @@ service's, as for the CLI. A value is a SecretStr: never in a repr or a validati
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from rotator.domain import names
 from rotator.domain.secret import Secret
@@ -18,8 +19,39 @@ from rotator.service.inputs import PolicyInput, ValueInput
 _TEXT = 1024  # the longest option text the CLI takes (a setting or tag value)
 
 
-class _Request(BaseModel):
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, SecretStr):
+        yield value.get_secret_value()
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
+
+
+class RequestBody(BaseModel):
+    """The base of every request body: unknown fields refused, and every string (a value, a
+    tag, a dict key...) encodable as UTF-8. JSON's ``"\\ud800"`` escape decodes to a lone
+    surrogate, which nothing downstream can store: a 422 naming the field, never the text."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _unicode_text(cls, value: Any) -> Any:
+        for text in _strings(value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("not valid Unicode text (a lone surrogate)") from None
+        return value
+
+
+_Request = RequestBody
 
 
 class PolicyBody(_Request):

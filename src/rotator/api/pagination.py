@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, Literal, TypeVar, overload
 
@@ -25,6 +26,8 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _MAX_CURSOR = 600  # characters: a base64url name of 200 characters fits with room to spare
 _MALFORMED = "malformed cursor"
+_SEQ = re.compile(r"[0-9]{1,19}")
+_MAX_SEQ = 2**63 - 1
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1..{MAX_LIMIT}.")]
 Cursor = Annotated[
@@ -82,7 +85,9 @@ def decode_cursor(raw: str | None, kind: type[str] | type[int]) -> str | int | N
 
 def _key(text: str, kind: type[str] | type[int]) -> str | int:
     if kind is int:
-        if not text.lstrip("-").isdigit():
+        # ASCII digits only ("²".isdigit() is true), and a key the stores can bind: SQLite
+        # overflows past a signed 64-bit integer.
+        if not _SEQ.fullmatch(text) or int(text) > _MAX_SEQ:
             raise InvalidInput(_MALFORMED)
         return int(text)
     return text

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import sse_starlette.sse
 import uvicorn
 
 from rotator.api.app import create_app
@@ -75,8 +76,17 @@ async def serve(
 def _check_tls(certfile: Path, keyfile: Path) -> None:
     """InvalidInput (one line naming the file) when the certificate or key cannot be loaded:
     uvicorn would fail later with a traceback."""
+
+    def no_pass_phrase() -> str:
+        # Only called for an encrypted key: without a callback OpenSSL prompts on the
+        # terminal (or reads stdin) and serve hangs. ssl re-raises this from load_cert_chain,
+        # so uvicorn never gets such a key.
+        raise InvalidInput(f"the TLS key {keyfile} is encrypted: give an unencrypted key")
+
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            certfile, keyfile, password=no_pass_phrase
+        )
     except OSError as exc:
         raise InvalidInput(
             f"cannot load the TLS certificate {certfile} or key {keyfile}: "
@@ -151,3 +161,17 @@ async def _serve(
         # Rotation jobs this process runs end recorded as interrupted (their rotations are
         # resumed by the engine's recovery), not left running until their lease runs out.
         await jobs.stop_jobs(svc)
+        await _end_sse_watcher()
+
+
+async def _end_sse_watcher() -> None:
+    """End sse_starlette's shutdown watcher: one task per loop, started by the first event
+    stream, that polls for uvicorn's SIGTERM handler and so never sees our stop (serve
+    installs its own handler); left pending, it is "destroyed but pending" on stderr when
+    the loop closes."""
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        if getattr(coro, "cr_code", None) is sse_starlette.sse._shutdown_watcher.__code__:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

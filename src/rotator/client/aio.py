@@ -142,7 +142,9 @@ class AsyncClient:
 
     async def _value(self, name: str, stage: str) -> str:
         if self._http is not None:
-            path = "/v1/credentials/" + urllib.parse.quote(name, safe="/") + "/value"
+            # Every "/" escaped too: httpx would resolve a "." or ".." segment of a name (a valid
+            # name like "a/../team-a/db") to another credential's URL. The server decodes it.
+            path = "/v1/credentials/" + urllib.parse.quote(name, safe="") + "/value"
             try:
                 resp = await self._http.get(path, params={"stage": stage})
             except httpx.TransportError as exc:

@@ -107,7 +107,9 @@ class _Remote:
         self.stop = threading.Event()
 
     def value(self, name: str, stage: str) -> str:
-        path = "/v1/credentials/" + urllib.parse.quote(name, safe="/") + "/value"
+        # Every "/" escaped too: httpx would resolve a "." or ".." segment of a name (a valid
+        # name like "a/../team-a/db") to another credential's URL. The server decodes it.
+        path = "/v1/credentials/" + urllib.parse.quote(name, safe="") + "/value"
         try:
             resp = self.http.get(path, params={"stage": stage})
         except httpx.TransportError as exc:

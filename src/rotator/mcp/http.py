@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from rotator.domain.principal import Principal
 from rotator.errors import AuthenticationFailed, RotatorError
@@ -70,6 +70,14 @@ def _import_fastmcp() -> None:
     # In a worker thread: the modules are cached for the loop thread's imports after it.
     for module in ("fastmcp.server.http", "rotator.mcp.server"):
         importlib.import_module(module)
+    # fastmcp configures its logger at import: rich handlers writing wrapped lines straight
+    # to stderr, not propagated. Its records go through rotator's structured, redacted log
+    # instead (telemetry.logs.configure on the root logger), at that log's level.
+    fastmcp_log = logging.getLogger("fastmcp")
+    for handler in fastmcp_log.handlers[:]:
+        fastmcp_log.removeHandler(handler)
+    fastmcp_log.propagate = True
+    fastmcp_log.setLevel(logging.NOTSET)
 
 
 class McpEndpoint:
@@ -132,7 +140,68 @@ class McpEndpoint:
             await _problem(send, 503, "unavailable", "the MCP server is not running")
             return
         scope.setdefault("state", {})[_STATE_KEY] = principal
-        await inner(scope, receive, send)
+        await inner(scope, receive, _quoting_no_input(send))
+
+
+# JSON-RPC's own errors, answered by the MCP SDK before any tool runs; its messages quote the
+# request (pydantic's "input_value=..."), which may hold a value argument.
+_NOT_QUOTED = " (the request is not quoted: it may hold a value)"
+_ENVELOPE_ERRORS = {
+    -32700: "parse error" + _NOT_QUOTED,
+    -32600: "invalid request" + _NOT_QUOTED,
+    -32601: "method not found" + _NOT_QUOTED,
+    -32602: "invalid params" + _NOT_QUOTED,
+}
+
+
+def _scrub_envelope_errors(body: bytes) -> bytes:
+    """``body`` with the message of each JSON-RPC envelope error replaced by a fixed text
+    and its ``data`` dropped; any other body unchanged (byte for byte)."""
+    if b'"error"' not in body:
+        return body
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    changed = False
+    for item in doc if isinstance(doc, list) else [doc]:
+        err = item.get("error") if isinstance(item, dict) else None
+        if isinstance(err, dict) and err.get("code") in _ENVELOPE_ERRORS:
+            err["message"] = _ENVELOPE_ERRORS[err["code"]]
+            err.pop("data", None)
+            changed = True
+    return json.dumps(doc, separators=(",", ":")).encode() if changed else body
+
+
+def _quoting_no_input(send: Send) -> Send:
+    """``send`` for the inner MCP app: a JSON answer is held until complete and its envelope
+    errors scrubbed (:func:`_scrub_envelope_errors`); any other answer (an event stream)
+    passes through as it comes."""
+    start: Message | None = None
+    body = bytearray()
+
+    async def wrapped(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            ctype = Headers(raw=message.get("headers", [])).get("content-type", "")
+            if ctype.startswith("application/json"):
+                start = message
+                return
+        elif message["type"] == "http.response.body" and start is not None:
+            body.extend(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            out = _scrub_envelope_errors(bytes(body))
+            headers = [
+                (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
+            ]
+            headers.append((b"content-length", str(len(out)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": out})
+            return
+        await send(message)
+
+    return wrapped
 
 
 async def _problem(send: Send, status: int, slug: str, detail: str) -> None:

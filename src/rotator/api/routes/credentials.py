@@ -8,6 +8,7 @@ are the service's. The fixed suffixes (``/value``, ``/usage``) are declared befo
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -80,7 +81,11 @@ async def add_credential(
         sinks=body.sinks or (),
         principal=principal,
     )
-    response.headers["Location"] = f"/v1/credentials/{cred.name}"
+    # A name with a "." or ".." (or empty) segment is escaped whole: a client following the
+    # URL would resolve the segment to another credential's. Others keep their "/".
+    odd = any(part in ("", ".", "..") for part in cred.name.split("/"))
+    quoted = urllib.parse.quote(cred.name, safe="" if odd else "/")
+    response.headers["Location"] = f"/v1/credentials/{quoted}"
     return credential_view(cred)
 
 

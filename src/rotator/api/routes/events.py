@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from rotator.api.auth import Caller, Service
+from rotator.api.models import RequestBody
 from rotator.api.pagination import Page, decode_cursor, encode_cursor
 from rotator.service import events
 from rotator.service.events import EventInput
@@ -16,7 +17,7 @@ from rotator.service.events import EventInput
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
 
-class EventBody(BaseModel):
+class EventBody(RequestBody):
     """A risk signal: exactly one of ``credential`` and ``tags`` selects what it concerns."""
 
     model_config = ConfigDict(extra="forbid")

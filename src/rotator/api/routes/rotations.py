@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from rotator.api.auth import Caller, Service
+from rotator.api.models import RequestBody
 from rotator.api.pagination import Page, decode_cursor, encode_cursor
 from rotator.service import jobs, rotation
 from rotator.service.rotation import Selection
@@ -22,7 +23,7 @@ from rotator.service.rotation import Selection
 router = APIRouter(tags=["rotations"])
 
 
-class RotateBody(BaseModel):
+class RotateBody(RequestBody):
     """Options of a rotation of one credential."""
 
     model_config = ConfigDict(extra="forbid")
@@ -31,7 +32,7 @@ class RotateBody(BaseModel):
     )
 
 
-class RotationsBody(BaseModel):
+class RotationsBody(RequestBody):
     """Which credentials to rotate: ``names``, ``tags`` (all must match), or ``all``."""
 
     model_config = ConfigDict(extra="forbid")
