@@ -7,6 +7,13 @@ is the feed's cursor. The feed polls the log by seq (every ``poll_s``, 0.2 s by 
 it sees the rotations of every process on the store, not only this one's, and a consumer that
 resumes after the last cursor it handled misses nothing and gets nothing twice.
 
+One poller per service: however many feeds are open in a process, one task reads the log
+(every tenant's CURRENT-making entries, every 0.2 s, only while a feed is open) and hands
+each batch to every open feed, which keeps what its own principal may see. A feed reads the
+store itself only to catch up: at its start (the replay after ``after``), and when it fell
+behind (it joined between polls, or did not keep up and its pending batches were dropped).
+So the store's load does not grow with the number of open streams.
+
 Who sees what: a subscriber needs VALUE_READ or CREDENTIAL_READ somewhere in its tenant
 (PermissionDenied, audited, otherwise) and receives only changes of credentials it may
 VALUE_READ or CREDENTIAL_READ (a change names a credential and a version: metadata that
@@ -22,7 +29,9 @@ metadata and are not audited one by one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -99,11 +108,136 @@ class Subscription:
 
     async def _iterate(self) -> AsyncIterator[Change]:
         stop = self.stop if self.stop is not None else asyncio.Event()
-        while not stop.is_set():
+        hub = _hub_of(self.svc)
+        # Join before the first read: a batch polled after that read is in the inbox, and
+        # whatever the inbox repeats of that read is skipped by its seq.
+        inbox = hub.join()
+        try:
             for c in await self.poll():
                 yield c
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll_s)
+            while not stop.is_set():
+                batch = await inbox.next(stop, self.poll_s)
+                if batch is None:
+                    continue
+                if batch.after > self.cursor:
+                    # Behind the poller (joined between polls, or batches were dropped): catch
+                    # up from the store. Complete, it has seen every entry up to batch.after,
+                    # since entries become visible in seq order (audit.feed).
+                    for c in await self.poll():
+                        yield c
+                    self.cursor = max(self.cursor, batch.after)
+                for e in batch.entries:
+                    if e.seq <= self.cursor or e.tenant != self.principal.tenant:
+                        continue
+                    self.cursor = e.seq
+                    if (change := _change(e)) is not None and self.wanted(change):
+                        yield change
+        finally:
+            hub.leave(inbox)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    after: int  # the poller's cursor before this read
+    entries: list[AuditEntry]  # every tenant's, seq > after, in seq order
+
+
+class _Inbox:
+    """One feed's pending batches. Bounded: a feed that does not keep up loses its pending
+    batches and catches up from the store instead (the next batch's ``after`` tells it)."""
+
+    MAX_PENDING = 64
+
+    def __init__(self) -> None:
+        self.pending: collections.deque[_Batch | Exception] = collections.deque()
+        self.ready = asyncio.Event()
+
+    def put(self, item: _Batch | Exception) -> None:
+        if len(self.pending) >= self.MAX_PENDING and isinstance(item, _Batch):
+            self.pending.clear()
+        self.pending.append(item)
+        self.ready.set()
+
+    async def next(self, stop: asyncio.Event, timeout_s: float) -> _Batch | None:
+        """The next batch; None when ``stop`` is set or ``timeout_s`` passes first. Raises
+        the poller's error (the store did not answer)."""
+        if not self.pending:
+            self.ready.clear()
+            waits = [asyncio.ensure_future(self.ready.wait()), asyncio.ensure_future(stop.wait())]
+            try:
+                await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if not self.pending:
+                return None
+        item = self.pending.popleft()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+class _Hub:
+    """The one poller of a service (see the module docstring); runs while a feed is open."""
+
+    def __init__(self, svc: RotatorService, loop: asyncio.AbstractEventLoop) -> None:
+        self.svc = svc
+        self.loop = loop
+        self.inboxes: set[_Inbox] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+        self.polls = 0  # reads of the log so far (for tests and metrics)
+
+    def join(self) -> _Inbox:
+        inbox = _Inbox()
+        self.inboxes.add(inbox)
+        if self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._run(), name="rotator-watch-poller")
+        return inbox
+
+    def leave(self, inbox: _Inbox) -> None:
+        self.inboxes.discard(inbox)
+        if not self.inboxes:
+            self.wake.set()  # the poller ends now, not at its next poll
+
+    async def _run(self) -> None:
+        try:
+            cursor = await self.svc._read(feed.last_seq)
+            while self.inboxes:
+                self.wake.clear()  # before the read: a leave() during it still wakes us
+                entries, last = await self.svc._read(
+                    partial(
+                        feed.entries_after,
+                        after=cursor,
+                        tenant=None,
+                        actions=CURRENT_ACTIONS,
+                        limit=BATCH,
+                    )
+                )
+                self.polls += 1
+                if entries:
+                    batch = _Batch(cursor, entries)
+                    for inbox in list(self.inboxes):
+                        inbox.put(batch)
+                cursor = last
+                if len(entries) == BATCH:
+                    continue  # more to read now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), POLL_S)
+        except Exception as exc:  # the store did not answer: every open feed ends with it
+            for inbox in list(self.inboxes):
+                inbox.put(exc)
+
+
+_hubs: weakref.WeakKeyDictionary[RotatorService, _Hub] = weakref.WeakKeyDictionary()
+
+
+def _hub_of(svc: RotatorService) -> _Hub:
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(svc)
+    if hub is None or hub.loop is not loop:
+        hub = _hubs[svc] = _Hub(svc, loop)
+    return hub
 
 
 async def subscribe(
