@@ -24,16 +24,21 @@ def service_of(request: Request) -> RotatorService:
     return svc
 
 
-async def principal_of(request: Request) -> Principal:
-    """The principal of the request's bearer token (AuthenticationFailed when there is
-    none or the service refuses it)."""
+def bearer(request: Request) -> str:
+    """The request's bearer token (AuthenticationFailed when there is none)."""
     header = request.headers.get("authorization")
     if not header:
         raise AuthenticationFailed("missing bearer token (Authorization: Bearer rtr_...)")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("the Authorization header must be 'Bearer <token>'")
-    principal = await access.authenticate(service_of(request), token.strip())
+    return token.strip()
+
+
+async def principal_of(request: Request) -> Principal:
+    """The principal of the request's bearer token (AuthenticationFailed when there is
+    none or the service refuses it)."""
+    principal = await access.authenticate(service_of(request), bearer(request))
     # Rate: from here on the request counts against the token the service verified, not
     # the client address it was charged to before (api.limits).
     charge = request.scope.get("state", {}).get(limits.CHARGE_KEY)

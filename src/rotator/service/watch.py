@@ -19,8 +19,14 @@ Who sees what: a subscriber needs VALUE_READ or CREDENTIAL_READ somewhere in its
 VALUE_READ or CREDENTIAL_READ (a change names a credential and a version: metadata that
 CREDENTIAL_READ shows anyway; VALUE_READ alone counts too, since a reader of the value must
 learn when to read it again). Names it may not read are filtered out silently, never refused,
-so asking about a name says nothing about whether it exists. Grants are the ones the
-principal had when the feed started. Only the principal's tenant is ever read.
+so asking about a name says nothing about whether it exists. Only the principal's tenant is
+ever read. Grants are the ones the principal had when the feed started, unless the feed has
+a ``recheck`` (the API gives it one: authenticate the stream's token again): then every
+``recheck_s`` (2 s) the feed asks it again, takes the grants it answers, and ENDS when it
+raises AuthenticationFailed (token revoked or expired, principal removed). With the
+service's authentication cache (service.access, TTL 5 s by default) an open stream so ends
+within the TTL plus ``recheck_s`` of a revocation anywhere, at once plus ``recheck_s`` when
+revoked through the same process.
 
 Auditing: starting a feed is audited once (``watch.start``); the events it delivers are
 metadata and are not audited one by one.
@@ -32,7 +38,7 @@ import asyncio
 import collections
 import contextlib
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -41,10 +47,11 @@ from rotator.audit.chain import AuditEntry
 from rotator.domain import names as names_mod
 from rotator.domain.change import Change
 from rotator.domain.principal import Action, Principal
-from rotator.errors import InvalidInput
+from rotator.errors import AuthenticationFailed, InvalidInput
 from rotator.service.credentials import RotatorService
 
 POLL_S = 0.2  # the issue asks for a new CURRENT within 1 s of its finish
+RECHECK_S = 2.0  # how often a feed with a recheck asks it again (see the module docstring)
 BATCH = 500
 MAX_PREFIX = 200
 MAX_NAMES = 1000
@@ -77,6 +84,22 @@ class Subscription:
     cursor: int
     poll_s: float = POLL_S
     stop: asyncio.Event | None = None
+    recheck: Callable[[], Awaitable[Principal]] | None = None
+    recheck_s: float = RECHECK_S
+
+    async def still_allowed(self) -> bool:
+        """Ask ``recheck`` (if any) again: False when it refuses the principal now (the
+        feed must end), else True, with the principal's current grants adopted."""
+        if self.recheck is None:
+            return True
+        try:
+            now = await self.recheck()
+        except AuthenticationFailed:
+            return False
+        if now.tenant != self.principal.tenant or now.name != self.principal.name:
+            return False
+        self.principal = now
+        return True
 
     def wanted(self, c: Change) -> bool:
         if self.names and c.name not in self.names:
@@ -115,8 +138,14 @@ class Subscription:
         try:
             for c in await self.poll():
                 yield c
+            loop = asyncio.get_running_loop()
+            check_at = loop.time() + self.recheck_s
             while not stop.is_set():
-                batch = await inbox.next(stop, self.poll_s)
+                if loop.time() >= check_at:
+                    if not await self.still_allowed():
+                        return
+                    check_at = loop.time() + self.recheck_s
+                batch = await inbox.next(stop, min(self.poll_s, self.recheck_s))
                 if batch is None:
                     continue
                 if batch.after > self.cursor:
@@ -249,12 +278,14 @@ async def subscribe(
     after: int | None = None,
     poll_s: float = POLL_S,
     stop: asyncio.Event | None = None,
+    recheck: Callable[[], Awaitable[Principal]] | None = None,
 ) -> Subscription:
     """Check, audit (``watch.start``) and open a feed of new CURRENT versions: of ``names``
     (any, when empty) whose name starts with ``prefix`` (if given), committed after audit seq
     ``after`` (None: from now on). Raises InvalidInput for a bad name, prefix or cursor and
     PermissionDenied when the principal may read no credential at all; never for a name it
-    may not read (that one is just never reported). Iteration ends when ``stop`` is set."""
+    may not read (that one is just never reported). Iteration ends when ``stop`` is set, or
+    when ``recheck`` refuses the principal (see the module docstring)."""
     for n in names:
         names_mod.check_credential_name(n)
     if len(names) > MAX_NAMES:
@@ -280,7 +311,9 @@ async def subscribe(
         )
     )
     start = after if after is not None else await svc._read(feed.last_seq)
-    return Subscription(svc, principal, frozenset(names), prefix or None, start, poll_s, stop)
+    return Subscription(
+        svc, principal, frozenset(names), prefix or None, start, poll_s, stop, recheck
+    )
 
 
 async def changes(
