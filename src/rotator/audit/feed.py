@@ -21,6 +21,22 @@ def last_seq(conn: Connection) -> int:
     return int(conn.execute(select(func.max(audit_log.c.seq))).scalar() or 0)
 
 
+def last_seq_of(conn: Connection, tenant: str) -> int:
+    """The seq of ``tenant``'s newest entry among those committed now (0: none): a feed of
+    that tenant may start after it as after :func:`last_seq` (no entry of the tenant lies
+    between, and none can commit there later: seqs become visible in order), without
+    telling the tenant how long the whole log is."""
+    newest = last_seq(conn)
+    return int(
+        conn.execute(
+            select(func.max(audit_log.c.seq)).where(
+                audit_log.c.tenant == tenant, audit_log.c.seq <= newest
+            )
+        ).scalar()
+        or 0
+    )
+
+
 def entries_after(
     conn: Connection, after: int, *, tenant: str | None, actions: Collection[str], limit: int
 ) -> tuple[list[AuditEntry], int]:

@@ -300,6 +300,14 @@ async def subscribe(
         raise InvalidInput("the cursor must be a non-negative integer (an event id)")
     if not principal.may_some(Action.VALUE_READ):
         await svc.authorize_some(principal, Action.CREDENTIAL_READ)
+    # The start before the watch.start entry: that entry is the caller's tenant's, and its
+    # seq would tell the tenant how long the store-wide log is.
+    if after is not None:
+        start = after
+    elif principal.owner:
+        start = await svc._read(feed.last_seq)
+    else:  # the tenant's newest seq: the store-wide one would tell how long the log is
+        start = await svc._read(partial(feed.last_seq_of, tenant=principal.tenant))
     details = {"names": sorted(set(names)) or None, "prefix": prefix, "after": after}
     await svc._write(
         lambda conn: svc._audit(
@@ -310,7 +318,6 @@ async def subscribe(
             **{k: v for k, v in details.items() if v is not None},
         )
     )
-    start = after if after is not None else await svc._read(feed.last_seq)
     return Subscription(
         svc, principal, frozenset(names), prefix or None, start, poll_s, stop, recheck
     )
