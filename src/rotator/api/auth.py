@@ -24,17 +24,6 @@ def service_of(request: Request) -> RotatorService:
     return svc
 
 
-def bearer(request: Request) -> str:
-    """The request's bearer token (AuthenticationFailed when there is none)."""
-    header = request.headers.get("authorization")
-    if not header:
-        raise AuthenticationFailed("missing bearer token (Authorization: Bearer rtr_...)")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationFailed("the Authorization header must be 'Bearer <token>'")
-    return token.strip()
-
-
 async def principal_of(request: Request) -> Principal:
     """The principal of the request's bearer token (AuthenticationFailed when there is
     none or the service refuses it)."""
@@ -55,3 +44,14 @@ async def principal_of(request: Request) -> Principal:
 
 Service = Annotated[RotatorService, Depends(service_of)]
 Caller = Annotated[Principal, Depends(principal_of)]
+
+
+def bearer(request: Request) -> str:
+    """The request's bearer token (AuthenticationFailed when there is none)."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationFailed("missing bearer token (Authorization: Bearer rtr_...)")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
