@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,8 @@ import pytest
 from tests.support.server import ServeProcess, serve_env
 
 from rotator.config import Settings
-from rotator.domain.principal import Role
-from rotator.service import BlockingService, ValueInput
+from rotator.domain.principal import LOCAL_PRINCIPAL, Role
+from rotator.service import BlockingService, ValueInput, access, watch
 
 WAIT_S = 30.0  # a bound on waiting for the stream to end (the fix ends it in about 3 s)
 
@@ -92,3 +93,17 @@ def test_an_open_watch_stream_ends_when_its_token_is_revoked_or_its_principal_re
             timeout=30,
         )
         assert r.status_code == 401, r.text
+
+
+def test_a_feed_that_rechecks_its_token_never_shows_the_token_in_its_repr(
+    store: tuple[BlockingService, Path, str],
+) -> None:
+    svc = store[0]
+    secret = "rtr_aaaaaaaaaaaa_" + "S" * 43
+    sub = svc.run(
+        watch.subscribe(
+            svc.service, LOCAL_PRINCIPAL, recheck=partial(access.authenticate, svc.service, secret)
+        )
+    )
+    assert secret not in repr(sub)
+    assert "S" * 43 not in repr(sub)

@@ -39,7 +39,7 @@ import collections
 import contextlib
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from rotator.audit import feed
@@ -84,7 +84,8 @@ class Subscription:
     cursor: int
     poll_s: float = POLL_S
     stop: asyncio.Event | None = None
-    recheck: Callable[[], Awaitable[Principal]] | None = None
+    # Not in the repr: the API's recheck holds the stream's bearer token.
+    recheck: Callable[[], Awaitable[Principal]] | None = field(default=None, repr=False)
     recheck_s: float = RECHECK_S
 
     async def still_allowed(self) -> bool:
