@@ -112,9 +112,75 @@ def test_a_caller_over_its_rate_gets_429_with_retry_after_and_others_still_pass(
         assert c.get("/v1/credentials", headers=_auth(tokens["two"])).status_code == 200
         for _ in range(5):
             assert c.get("/healthz").status_code == 200
-        # A wrong secret with the same token id shares the id's bucket (it is keyed by id).
-        forged = tokens["one"][: len("rtr_") + 12] + "_" + "A" * 43
-        assert c.get("/v1/credentials", headers=_auth(forged)).status_code == 429
+        # The bucket is the token's, wherever it calls from (another loopback address).
+        with _client_from("127.0.0.4", srv.base_url) as elsewhere:
+            r = elsewhere.get("/v1/credentials", headers=_auth(tokens["one"]))
+            assert r.status_code == 429, r.text
+        # So is MCP's: one limiter for the whole API.
+        r = c.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={**_auth(tokens["one"]), "Accept": "application/json, text/event-stream"},
+        )
+        assert r.status_code == 429, r.text
+
+
+def _client_from(address: str, base_url: str) -> httpx.Client:
+    """A client whose connections come from ``address`` (any of 127.0.0.0/8 on Linux)."""
+    return httpx.Client(
+        base_url=base_url, timeout=30, transport=httpx.HTTPTransport(local_address=address)
+    )
+
+
+def _denied(raw_db: Engine) -> int:
+    with raw_db.connect() as conn:
+        return int(
+            conn.scalar(
+                select(func.count())
+                .select_from(audit_log)
+                .where(audit_log.c.action == "auth.denied")
+            )
+            or 0
+        )
+
+
+def test_unauthenticated_requests_are_limited_per_address_whatever_token_id_or_xff_they_claim(
+    store: tuple[Path, str, dict[str, str]], raw_db: Engine
+) -> None:
+    home, db_url, tokens = store
+    victim_id = tokens["one"][len("rtr_") : len("rtr_") + 12]
+    before = _denied(raw_db)
+    env = serve_env(home, db_url, ROTATOR_API_RATE="1/m:3")
+    with ServeProcess(env) as srv:
+        with _client_from("127.0.0.2", srv.base_url) as attacker:
+            # The victim's token id with wrong secrets, then made-up ids, each request with
+            # its own X-Forwarded-For: all one caller, the attacker's address.
+            statuses = []
+            for i in range(10):
+                token_id = victim_id if i < 5 else "zzzzzzzzzzz" + "abcde"[i - 5]
+                forged = f"rtr_{token_id}_" + "A" * 43
+                r = attacker.get(
+                    "/v1/credentials",
+                    headers={**_auth(forged), "X-Forwarded-For": f"203.0.113.{i}"},
+                )
+                statuses.append(r.status_code)
+            assert statuses == [401] * 3 + [429] * 7, statuses
+        with _client_from("127.0.0.3", srv.base_url) as anonymous:
+            statuses = [
+                anonymous.get(
+                    "/v1/credentials", headers={"X-Forwarded-For": f"198.51.100.{i}"}
+                ).status_code
+                for i in range(6)
+            ]
+            assert statuses == [401] * 3 + [429] * 3, statuses
+        # The victim, from its own address, still has its whole burst.
+        with httpx.Client(base_url=srv.base_url, timeout=30) as victim:
+            for _ in range(3):
+                r = victim.get("/v1/credentials", headers=_auth(tokens["one"]))
+                assert r.status_code == 200, r.text
+    # Only the attacker's requests that got through were audited as refused (a request
+    # without a token is refused before the service): no flood of entries.
+    assert _denied(raw_db) - before == 3
 
 
 def test_the_bucket_refills_with_the_clock() -> None:

@@ -5,11 +5,17 @@
   ``Content-Length`` or is sent chunked (the body is read, at most ``max_body`` bytes plus one
   message, and replayed to the application). So a refused request never reaches a use case:
   nothing is stored.
-- Rate: a token bucket per caller refills ``rate`` requests a second up to ``burst``; a
-  request finding it empty is answered 429 with ``Retry-After`` (whole seconds until a
-  request would pass). The caller is the token id of a ``Bearer rtr_<id>_...`` header (only
-  the id, never the secret, is kept), else the client address. Health and metrics probes
-  are not limited.
+- Rate: token buckets refill ``rate`` requests a second up to ``burst``; a request finding
+  its bucket empty is answered 429 with ``Retry-After`` (whole seconds until a request would
+  pass). Two buckets, because nothing in a request is trusted before it authenticates:
+  every request first takes from the bucket of its client address (the socket peer:
+  ``rotator serve`` trusts no ``X-Forwarded-For``), so unauthenticated requests, whatever
+  token id they claim, are limited per address; when its token authenticates
+  (api.auth.principal_of, the MCP endpoint) that take is given back and the request is
+  charged to the bucket of the token id the service verified instead (:data:`CHARGE_KEY`).
+  So a token is limited across addresses, and a wrong secret naming someone else's token
+  id spends the sender's address, never the token's bucket. Health and metrics probes are
+  not limited.
 
 Configuration (read by :func:`Limits.from_env`): ``ROTATOR_API_MAX_BODY`` (bytes, default
 1 MiB) and ``ROTATOR_API_RATE`` (``50/s``, ``600/m``; optionally ``:BURST``, default twice the
@@ -24,11 +30,14 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rotator.api import problems
+from rotator.domain.principal import Principal
 from rotator.errors import InvalidInput
 
 MAX_BODY_ENV = "ROTATOR_API_MAX_BODY"
@@ -36,9 +45,12 @@ RATE_ENV = "ROTATOR_API_RATE"
 DEFAULT_MAX_BODY = 1024 * 1024
 _RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*(?::\s*(\d+))?\s*")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_TOKEN_ID = re.compile(r"Bearer\s+rtr_([a-z2-7]{12})_", re.IGNORECASE)
 _UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
 _MAX_BUCKETS = 10_000  # callers remembered; full buckets are forgotten beyond this
+# The key, in the request's ASGI ``scope["state"]``, of the callable that charges an
+# authenticated request to its token: ``charge(principal) -> seconds to wait`` (0: it may
+# pass). The MCP endpoint looks it up by this literal name (it may not import the API).
+CHARGE_KEY = "rotator_rate_charge"
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,12 @@ class RateLimiter:
             return 0.0
         return (1 - b.tokens) / self.rate
 
+    def give_back(self, key: str) -> None:
+        """Undo one successful :meth:`take` of ``key`` (never above the burst)."""
+        b = self._buckets.get(key)
+        if b is not None:
+            b.tokens = min(self.burst, b.tokens + 1)
+
     def _forget_full(self, now: float) -> None:
         for key, b in list(self._buckets.items()):
             if b.tokens + (now - b.at) * self.rate >= self.burst:
@@ -134,15 +152,12 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         if scope.get("path") not in _UNLIMITED:
-            wait = self.limiter.take(_caller(scope))
+            address = _address(scope)
+            wait = self.limiter.take(address)
             if wait > 0:
-                retry = str(max(1, math.ceil(wait)))
-                await problems.problem(
-                    429,
-                    f"rate limit exceeded: retry in {retry} s",
-                    headers={"Retry-After": retry},
-                )(scope, receive, send)
+                await rate_limited(wait)(scope, receive, send)
                 return
+            scope.setdefault("state", {})[CHARGE_KEY] = partial(self._charge, address)
         declared = _content_length(scope)
 
         async def too_big(scope: Scope, receive: Receive, send: Send) -> None:
@@ -171,6 +186,23 @@ class LimitsMiddleware:
                 break
         await self.app(scope, _replay(body, receive), send)
 
+    def _charge(self, address: str, principal: Principal) -> float:
+        # Authenticated: the request is the token's, not the address's.
+        self.limiter.give_back(address)
+        if principal.token_id is not None:
+            key = "token:" + principal.token_id
+        else:
+            key = f"principal:{principal.tenant}/{principal.name}"
+        return self.limiter.take(key)
+
+
+def rate_limited(wait: float) -> JSONResponse:
+    """The 429 problem for a caller that may try again in ``wait`` seconds."""
+    retry = str(max(1, math.ceil(wait)))
+    return problems.problem(
+        429, f"rate limit exceeded: retry in {retry} s", headers={"Retry-After": retry}
+    )
+
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
     pending = list(messages)
@@ -197,11 +229,6 @@ def _content_length(scope: Scope) -> int | None:
     return int(raw)
 
 
-def _caller(scope: Scope) -> str:
-    auth = _header(scope, b"authorization")
-    if auth is not None:
-        m = _TOKEN_ID.match(auth.decode("latin-1"))
-        if m is not None:
-            return "token:" + m.group(1).lower()
+def _address(scope: Scope) -> str:
     client: Any = scope.get("client")
     return "addr:" + (str(client[0]) if client else "unknown")

@@ -113,6 +113,9 @@ async def _serve(
         access_log=False,
         lifespan="on",  # runs the app's lifespan: the MCP session manager (api.app)
         server_header=False,
+        # The rate limiter keys unauthenticated requests on the client address: it must be
+        # the socket peer, not an X-Forwarded-For header any client can write.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
 

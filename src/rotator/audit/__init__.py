@@ -2,7 +2,15 @@
 from the master key) over the previous entry's MAC."""
 
 from rotator.audit.chain import AuditEntry, AuditKeys, Head, VerifyResult
-from rotator.audit.log import append, entries, read_head, reseal, verify_log
+from rotator.audit.log import (
+    append,
+    entries,
+    read_head,
+    reseal,
+    tenant_head,
+    verify_for_tenant,
+    verify_log,
+)
 
 __all__ = [
     "AuditEntry",
@@ -13,5 +21,7 @@ __all__ = [
     "entries",
     "read_head",
     "reseal",
+    "tenant_head",
+    "verify_for_tenant",
     "verify_log",
 ]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from rotator.audit.chain import (
     GENESIS,
@@ -250,6 +250,61 @@ def verify_log(
     return verify(_iter_all(conn), read_head(conn), keys, expect_head)
 
 
+def tenant_head(conn: Connection, tenant: str) -> tuple[int, str] | None:
+    """(seq, MAC hex) of ``tenant``'s newest entry (None: it has none)."""
+    r = conn.execute(
+        select(audit_log.c.seq, audit_log.c.hash)
+        .where(audit_log.c.tenant == tenant)
+        .order_by(audit_log.c.seq.desc())
+        .limit(1)
+    ).first()
+    return None if r is None else (int(r.seq), str(r.hash))
+
+
+def verify_for_tenant(
+    conn: Connection, keys: AuditKeys, tenant: str, expect_head: tuple[int, str] | None = None
+) -> VerifyResult:
+    """Verify the whole chain (it is one chain for every tenant) and report it as ``tenant``
+    may see it: ``entries`` is the tenant's own count; ``first_bad_seq`` and ``reason`` only
+    when the first bad entry is the tenant's (else None and a reason that names no other
+    entry); ``head`` is the tenant's newest entry. ``expect_head`` must be an entry of the
+    tenant (what :func:`tenant_head` gave): when no entry of the tenant is at that seq
+    (never one, or removed), the result is not ok, saying so, whatever else is stored there
+    (so no seq of another tenant can be probed)."""
+    own = expect_head is not None and (
+        conn.execute(select(audit_log.c.tenant).where(audit_log.c.seq == expect_head[0])).scalar()
+        == tenant
+    )
+    full = verify(_iter_all(conn), read_head(conn), keys, expect_head if own else None)
+    count = int(
+        conn.execute(
+            select(func.count()).select_from(audit_log).where(audit_log.c.tenant == tenant)
+        ).scalar()
+        or 0
+    )
+    head = tenant_head(conn, tenant)
+    if not full.ok:
+        bad_is_own = full.first_bad_seq is not None and (
+            conn.execute(
+                select(audit_log.c.tenant).where(audit_log.c.seq == full.first_bad_seq)
+            ).scalar()
+            == tenant
+        )
+        if bad_is_own:
+            return VerifyResult(False, count, full.first_bad_seq, full.reason)
+        return VerifyResult(
+            False,
+            count,
+            None,
+            "the chain is broken at an entry of another tenant (or a missing one)",
+        )
+    if expect_head is not None and not own:
+        return VerifyResult(
+            False, count, None, "no entry of this tenant is at the expected head's seq"
+        )
+    return VerifyResult(True, count, head=head)
+
+
 def reseal(conn: Connection, key: AuditKey) -> int:
     """Re-seal a chain written before the keyed chain: verify its unkeyed hashes, then MAC
     every entry under ``key`` and store a keyed head. Returns the number of entries.
@@ -279,4 +334,13 @@ def reseal(conn: Connection, key: AuditKey) -> int:
     return result.entries
 
 
-__all__ = ["AuditBatch", "AuditKeys", "append", "entries", "entry_hash", "verify_log"]
+__all__ = [
+    "AuditBatch",
+    "AuditKeys",
+    "append",
+    "entries",
+    "entry_hash",
+    "tenant_head",
+    "verify_for_tenant",
+    "verify_log",
+]

@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -133,6 +134,21 @@ class McpEndpoint:
         except RotatorError as exc:  # the store does not answer: not the caller's fault
             await _problem(send, 503, "unavailable", type(exc).__name__)
             return
+        # The REST API's rate limiter (api.limits.CHARGE_KEY, by name: this package may not
+        # import the API) charged the client address; the request is the token's now.
+        charge = scope.get("state", {}).get("rotator_rate_charge")
+        if charge is not None:
+            wait = charge(principal)
+            if wait > 0:
+                retry = str(max(1, math.ceil(wait)))
+                await _problem(
+                    send,
+                    429,
+                    "too-many-requests",
+                    f"rate limit exceeded: retry in {retry} s",
+                    [(b"retry-after", retry.encode())],
+                )
+                return
         if self._settled is not None:
             await self._settled.wait()
         inner = self._inner
@@ -204,7 +220,13 @@ def _quoting_no_input(send: Send) -> Send:
     return wrapped
 
 
-async def _problem(send: Send, status: int, slug: str, detail: str) -> None:
+async def _problem(
+    send: Send,
+    status: int,
+    slug: str,
+    detail: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     # The REST API's problem shape (api.problems), written here because this package may not
     # import the API.
     body = json.dumps(
@@ -221,5 +243,6 @@ async def _problem(send: Send, status: int, slug: str, detail: str) -> None:
     ]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    headers.extend(extra_headers or ())
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

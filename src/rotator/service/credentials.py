@@ -845,11 +845,20 @@ class RotatorService:
     ) -> VerifyResult:
         """Verify the whole keyed chain (and that it holds ``expect_head``, a (seq, MAC) kept
         outside the store). Does not raise on a broken chain: the result says where. Needs
-        AUDIT_READ tenant-wide."""
+        AUDIT_READ tenant-wide. The store's owner gets the store-wide result; anyone else
+        the same check reported for its tenant only (audit.verify_for_tenant: its own entry
+        count, a bad seq only when it is its own entry, ``expect_head`` one of its entries)."""
         await self.authorize(principal, Action.AUDIT_READ)
-        result = await self._read(
-            partial(audit.verify_log, keys=self.kernel.audit_keys, expect_head=expect_head)
-        )
+        if principal.owner:
+            check = partial(audit.verify_log, keys=self.kernel.audit_keys, expect_head=expect_head)
+        else:
+            check = partial(
+                audit.verify_for_tenant,
+                keys=self.kernel.audit_keys,
+                tenant=principal.tenant,
+                expect_head=expect_head,
+            )
+        result = await self._read(check)
         if not result.ok:
             await self._record_verification_failed(principal, result)
         return result
@@ -891,8 +900,15 @@ class RotatorService:
 
     async def audit_head(self, principal: Principal = LOCAL_PRINCIPAL) -> tuple[int, str]:
         """(seq, MAC hex) of the newest audit entry, to keep outside the store as an anchor.
-        Raises AuditChainBroken when the head row is missing. Needs AUDIT_READ tenant-wide."""
+        Raises AuditChainBroken when the head row is missing. Needs AUDIT_READ tenant-wide.
+        To anyone but the store's owner: the newest entry of its tenant (NotFound when it has
+        none), an anchor for :meth:`audit_verify` all the same, and no store-wide count."""
         await self.authorize(principal, Action.AUDIT_READ)
+        if not principal.owner:
+            mine = await self._read(partial(audit.tenant_head, tenant=principal.tenant))
+            if mine is None:
+                raise NotFound("no audit entry of this tenant yet")
+            return mine
         head = await self._read(audit.read_head)
         if head is None:
             raise AuditChainBroken(0, "the audit head is missing")

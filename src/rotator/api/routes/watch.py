@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from rotator.api.auth import Caller, Service
+from rotator.api.auth import Caller, Service, bearer
 from rotator.errors import InvalidInput
-from rotator.service import watch
+from rotator.service import access, watch
 
 router = APIRouter(prefix="/v1", tags=["watch"])
 
@@ -48,7 +49,10 @@ async def watch_changes(
     ``{"name", "version", "rotation_id", "at"}``. The first event is ``ready`` (data ``{}``)
     with the starting cursor as its id, so a reconnect resumes from there. With
     ``Last-Event-ID`` or ``?after=`` every change after that id is replayed first, none
-    missed. A comment line every 15 s."""
+    missed. A comment line every 15 s. The stream ends (the client sees it close; its next
+    request is a 401) within the authentication cache's TTL plus 2 s of its token being
+    revoked or expiring or its principal being removed; grants changed since it started
+    apply from then on too."""
     resume = (
         _cursor(last_event_id, "Last-Event-ID")
         if last_event_id is not None
@@ -58,8 +62,16 @@ async def watch_changes(
     # The server's stop event (api/server.py): open streams end with the server, or its
     # shutdown would wait for them forever.
     stop = getattr(request.app.state, "stopping", None)
+    # The token is authenticated again every few seconds (through the service's cache): the
+    # stream ends once it is revoked or expires, or its principal is removed.
     sub = await watch.subscribe(
-        svc, principal, names=name or (), prefix=prefix, after=resume, stop=stop
+        svc,
+        principal,
+        names=name or (),
+        prefix=prefix,
+        after=resume,
+        stop=stop,
+        recheck=partial(access.authenticate, svc, bearer(request)),
     )
 
     async def events() -> AsyncIterator[ServerSentEvent]:
