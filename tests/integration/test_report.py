@@ -336,8 +336,9 @@ def run_report(monkeypatch: pytest.MonkeyPatch, s: Scenario, *args: str) -> tupl
         settings: Settings,
         clock: Callable[[], datetime] | None = None,
         options: EngineOptions | None = None,
+        **kw: Any,
     ) -> BlockingService:
-        return opened(settings, s.clock, options)
+        return opened(settings, s.clock, options, **kw)
 
     monkeypatch.setattr(BlockingService, "open", staticmethod(open_at_now))
     out, err = io.StringIO(), io.StringIO()

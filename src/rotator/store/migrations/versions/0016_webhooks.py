@@ -1,7 +1,7 @@
 """Webhook notifications: ``webhooks``, ``webhook_dead_letters``, ``credential_overdue_marks``.
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-11-28
 """
 
@@ -11,7 +11,6 @@ from alembic import op
 from rotator.store.schema import UTCDateTime
 
 revision = "0016"
-# 0015 (rotation_jobs) is another branch's; the merge points this at "0015".
 down_revision = "0015"
 branch_labels = None
 depends_on = None
