@@ -25,7 +25,8 @@ import importlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
@@ -81,6 +82,34 @@ def _import_fastmcp() -> None:
     fastmcp_log.setLevel(logging.NOTSET)
 
 
+async def _in_daemon_thread(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a daemon thread and wait for it. Unlike ``asyncio.to_thread``, a
+    cancelled wait leaves nothing for the interpreter to join at exit: the process ends
+    without waiting for ``fn`` to finish."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            fn()
+        except BaseException as exc:  # handed to the waiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while fn ran
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=work, name="mcp-import", daemon=True).start()
+    await done
+
+
 class McpEndpoint:
     """The ASGI app of :data:`PATH` (route it at that exact path: the inner fastmcp app
     routes on the full path). Authenticates each HTTP request's bearer token, then passes it
@@ -102,13 +131,18 @@ class McpEndpoint:
             yield
         finally:
             stop.set()
-            await task
+            if not self._settled.is_set():
+                # Still importing fastmcp: stopping must not wait for an import that only a
+                # request would use (it takes seconds on a loaded machine).
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _run(self, stop: asyncio.Event, settled: asyncio.Event) -> None:
         # One task enters and leaves the session manager's lifespan (anyio task groups must
         # be left by the task that entered them).
         try:
-            await asyncio.to_thread(_import_fastmcp)
+            await _in_daemon_thread(_import_fastmcp)
             from rotator.mcp.server import build_server
 
             server = build_server(lambda: self.svc, _request_principal)
