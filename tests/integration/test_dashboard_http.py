@@ -33,7 +33,10 @@ PAGES = [
 ASSETS = ["/static/dashboard.css", "/static/dashboard.js"]
 # Any absolute or scheme-relative URL in an attribute or a CSS url(): the dashboard serves
 # every asset itself, so none may appear.
-EXTERNAL = re.compile(r"""(?:src|href|action)\s*=\s*["']?\s*(?:[a-z]+:|//)|url\(\s*["']?\s*(?:[a-z]+:|//)|@import""", re.I)
+EXTERNAL = re.compile(
+    r"""(?:src|href|action)\s*=\s*["']?\s*(?:[a-z]+:|//)|url\(\s*["']?\s*(?:[a-z]+:|//)|@import""",
+    re.I,
+)
 
 
 @pytest.fixture
@@ -86,7 +89,8 @@ def _one_line_page(r: httpx.Response, status: int, tokens: dict[str, str]) -> st
     assert r.headers["content-type"].startswith("text/html")
     _secure_page(r)
     problems = re.findall(r'<p class="error" id="problem">([^<]*)</p>', r.text)
-    assert len(problems) == 1 and "\n" not in problems[0], r.text
+    assert len(problems) == 1, r.text
+    assert "\n" not in problems[0], r.text
     assert "Traceback" not in r.text
     _no_secret(r.text, tokens)
     return problems[0]
@@ -112,7 +116,8 @@ def test_dashboard_sessions_csrf_headers_bad_input_and_permissions(
     with _client(srv) as c:
         # Not logged in: every page sends to the login form.
         r = c.get("/")
-        assert r.status_code == 303 and r.headers["location"] == "/login"
+        assert r.status_code == 303
+        assert r.headers["location"] == "/login"
         login = c.get("/login")
         assert login.status_code == 200
         _secure_page(login)
@@ -149,15 +154,18 @@ def test_dashboard_sessions_csrf_headers_bad_input_and_permissions(
             assert not EXTERNAL.search(r.text), (path, EXTERNAL.search(r.text))
             _no_secret(r.text, tokens)
         listed = c.get("/?tag=env%3Dprod").text
-        assert "prod/search/api" in listed and "dev/tools/cache" not in listed
+        assert "prod/search/api" in listed
+        assert "dev/tools/cache" not in listed
         searched = c.get("/?q=search").text
-        assert "prod/search/api" in searched and "prod/payments/db" not in searched
+        assert "prod/search/api" in searched
+        assert "prod/payments/db" not in searched
         for path in ASSETS:
             r = c.get(path)
             assert r.status_code == 200
             assert r.headers["x-content-type-options"] == "nosniff"
             assert not EXTERNAL.search(r.text), path
-            assert "http:" not in r.text and "https:" not in r.text, path
+            assert "http:" not in r.text, path
+            assert "https:" not in r.text, path
         page = c.get(f"/credentials/{CRED}").text
         assert 'id="emergency-rotate"' in page  # an operator may rotate it
         assert re.search(r'class="countdown" data-expires="[^"]+Z"', page)  # PREVIOUS in grace
@@ -181,17 +189,27 @@ def test_dashboard_sessions_csrf_headers_bad_input_and_permissions(
             headers={"Origin": "https://evil.example"},
         )
         _one_line_page(cross, 403, tokens)
+        fetched = c.post(
+            rotate,
+            data={"confirm": CRED, "csrf": csrf},
+            headers={"Sec-Fetch-Site": "cross-site", "Origin": "null"},
+        )
+        assert "cross-site" in _one_line_page(fetched, 403, tokens)
         unconfirmed = c.post(rotate, data={"confirm": "prod/payments", "csrf": csrf})
         _one_line_page(unconfirmed, 400, tokens)
         assert _versions(svc) == before
 
         # Logout clears the cookie; the page then sends to the login form again.
         r = c.post("/logout", data={"csrf": csrf})
-        assert r.status_code == 303 and r.headers["location"] == "/login"
-        assert re.search(r"rotator_session=\"?\"?;.*(Max-Age=0|expires=)", r.headers["set-cookie"], re.I)
+        assert r.status_code == 303
+        assert r.headers["location"] == "/login"
+        assert re.search(
+            r"rotator_session=\"?\"?;.*(Max-Age=0|expires=)", r.headers["set-cookie"], re.I
+        )
         assert "rotator_session" not in c.cookies
         r = c.get("/")
-        assert r.status_code == 303 and r.headers["location"] == "/login"
+        assert r.status_code == 303
+        assert r.headers["location"] == "/login"
 
     # An auditor sees no button, and a forged POST (with the auditor's own valid CSRF token
     # and the typed name) is refused by the service: 403, nothing rotated.
@@ -199,14 +217,17 @@ def test_dashboard_sessions_csrf_headers_bad_input_and_permissions(
         csrf = _login(c, tokens["auditor"])
         page = c.get(f"/credentials/{CRED}")
         assert page.status_code == 200
-        assert "emergency-rotate" not in page.text and 'id="trail"' in page.text
+        assert "emergency-rotate" not in page.text
+        assert 'id="trail"' in page.text
         audit = c.get("/audit")
-        assert audit.status_code == 200 and "verified" in audit.text
+        assert audit.status_code == 200
+        assert "verified" in audit.text
         forged = c.post(f"/credentials/{CRED}/rotate", data={"confirm": CRED, "csrf": csrf})
         assert "may not rotate" in _one_line_page(forged, 403, tokens)
         assert _versions(svc) == before
         denied = [e for e in svc.audit_entries(CRED) if e.action == "access.denied"]
-        assert denied and denied[-1].actor == "auditor"
+        assert denied
+        assert denied[-1].actor == "auditor"
 
     # A revoked token's session ends at its next request.
     with _client(srv) as c:
@@ -214,7 +235,8 @@ def test_dashboard_sessions_csrf_headers_bad_input_and_permissions(
         token_id = tokens["admin"].split("_")[1]
         svc.revoke_token(token_id)
         r = c.get("/")
-        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        assert r.status_code == 303
+        assert r.headers["location"].startswith("/login")
         assert "rotator_session" not in c.cookies
         r = c.post(f"/credentials/{CRED}/rotate", data={"confirm": CRED, "csrf": "x"})
         assert r.status_code in (303, 401, 403)

@@ -119,7 +119,9 @@ def render(
 
 
 def _error_page(request: Request, status: int, detail: str, ctx: _Ctx | None) -> HTMLResponse:
-    return render(request, "error.html", http_status=status, ctx=ctx, status_code=status, detail=detail)
+    return render(
+        request, "error.html", http_status=status, ctx=ctx, status_code=status, detail=detail
+    )
 
 
 def _to_login(request: Request, reason: str | None = None) -> Response:
@@ -158,14 +160,19 @@ async def _authenticate(request: Request) -> _Ctx | None:
 
 
 def _same_origin(request: Request) -> bool:
-    # Browsers send Origin on every POST; a form posted from another site names that site.
-    # (No Origin: a non-browser client, which cannot ride on a victim's cookie anyway.)
+    # Browsers send Sec-Fetch-Site on every request: a form posted from another site says
+    # "cross-site" (or "same-site" from a sibling host). Under Referrer-Policy no-referrer a
+    # form POST's Origin is "null", so Origin is only the fallback of a browser without
+    # Fetch Metadata. (Neither header: a non-browser client, which cannot ride on a victim's
+    # cookie; the CSRF token still applies.)
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
-    host = request.headers.get("host", "")
+    if origin is None:
+        return True
     parsed = urllib.parse.urlsplit(origin)
-    return parsed.netloc == host and parsed.scheme == request.url.scheme
+    return parsed.netloc == request.headers.get("host", "") and parsed.scheme == request.url.scheme
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -243,7 +250,9 @@ async def login(request: Request) -> Response:
         return _error_page(request, exc.status, exc.detail, None)
     token = form.get("token", "").strip()
     if not token:
-        return render(request, "login.html", http_status=400, error="enter an API token", notice=None)
+        return render(
+            request, "login.html", http_status=400, error="enter an API token", notice=None
+        )
     try:
         await access.authenticate(_svc(request), token)
     except errors.AuthenticationFailed as exc:
@@ -454,9 +463,7 @@ async def credential_page(request: Request, name: str) -> Response:
         last = await reads.last_outcome(ctx.svc, cred, principal=ctx.principal)
         versions = []
         for v in sorted(cred.versions, key=lambda v: v.number, reverse=True):
-            in_grace = (
-                v.stage is Stage.PREVIOUS and v.expires_at is not None and v.expires_at > now
-            )
+            in_grace = v.stage is Stage.PREVIOUS and v.expires_at is not None and v.expires_at > now
             versions.append(
                 {
                     "number": v.number,

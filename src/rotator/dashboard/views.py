@@ -37,7 +37,7 @@ def human(delta: timedelta) -> str:
     s = int(delta.total_seconds())
     sign = "-" if s < 0 else ""
     s = abs(s)
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if s >= size or (unit == "s" and not parts):
             parts.append(f"{s // size}{unit}")
