@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from playwright import sync_api as playwright_api
-from tests.support.dashboard import VALUE, seed, settings
+from tests.support.dashboard import FAILING, OPTIONS, VALUE, seed, settings
 from tests.support.server import ServeProcess, serve_env
 
 from rotator.domain.model import Stage
@@ -80,7 +80,7 @@ def test_operator_filters_searches_and_emergency_rotates_while_an_auditor_is_ref
     expect = playwright_api.expect
     home = tmp_path / "home"
     db_url = f"sqlite:///{tmp_path}/rotator.db"
-    svc, _ = BlockingService.init(settings(home, db_url))
+    svc, _ = BlockingService.init(settings(home, db_url), options=OPTIONS)
     try:
         seeded = seed(svc, home, db_url)
         tokens = seeded.tokens
@@ -116,13 +116,14 @@ def test_operator_filters_searches_and_emergency_rotates_while_an_auditor_is_ref
             # The operator logs in; the session cookie is out of reach of scripts.
             page.fill("#token", tokens["operator"])
             page.click("#login")
-            expect(page.locator("#credentials tbody tr")).to_have_count(3)
+            expect(page.locator("#credentials tbody tr")).to_have_count(4)
             (cookie,) = ctx.cookies()
             assert cookie["httpOnly"]
             assert cookie["sameSite"] == "Strict"
             assert cookie["path"] == "/"
             assert page.evaluate("document.cookie") == ""
             expect(page.locator("tr[data-name='prod/search/api'] .pill")).to_have_text("due soon")
+            expect(page.locator(f"tr[data-name='{FAILING}'] .pill")).to_have_text("failed")
             shot("credentials")
 
             # Filter by tag, then search within it.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.dashboard import CSRF, VALUE, Seeded, seed, settings
+from tests.support.dashboard import CSRF, FAILING, OPTIONS, VALUE, Seeded, seed, settings
 from tests.support.server import ServeProcess, serve_env
 
 from rotator.domain.model import Stage
@@ -42,7 +42,7 @@ EXTERNAL = re.compile(
 @pytest.fixture
 def served(tmp_path: Path, db_url: str) -> Iterator[tuple[ServeProcess, Seeded, BlockingService]]:
     home = tmp_path / "home"
-    svc, created = BlockingService.init(settings(home, db_url))
+    svc, created = BlockingService.init(settings(home, db_url), options=OPTIONS)
     assert created
     try:
         seeded = seed(svc, home, db_url)
@@ -166,6 +166,10 @@ def test_dashboard_sessions_csrf_headers_bad_input_and_permissions(
             assert not EXTERNAL.search(r.text), path
             assert "http:" not in r.text, path
             assert "https:" not in r.text, path
+        home_page = c.get("/").text
+        assert re.search(rf'data-name="{FAILING}">\s*<td><span class="pill failed">', home_page)
+        assert re.search(r'data-name="prod/search/api">\s*<td><span class="pill due">', home_page)
+        assert re.search(rf'data-name="{CRED}">\s*<td><span class="pill ok">', home_page)
         page = c.get(f"/credentials/{CRED}").text
         assert 'id="emergency-rotate"' in page  # an operator may rotate it
         assert re.search(r'class="countdown" data-expires="[^"]+Z"', page)  # PREVIOUS in grace
