@@ -7,15 +7,18 @@ asset, no secret in any page, and the service refusing an auditor's forged emerg
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.integration.test_serve import self_signed
 from tests.support.dashboard import CSRF, FAILING, OPTIONS, VALUE, Seeded, seed, settings
 from tests.support.server import ServeProcess, serve_env
 
 from rotator.domain.model import Stage
+from rotator.domain.principal import Role
 from rotator.service import BlockingService
 
 CRED = "prod/payments/db"
@@ -245,3 +248,24 @@ def test_dashboard_sessions_csrf_headers_bad_input_and_permissions(
         r = c.post(f"/credentials/{CRED}/rotate", data={"confirm": CRED, "csrf": "x"})
         assert r.status_code in (303, 401, 403)
     assert _versions(svc) == before
+
+
+def test_over_tls_the_session_cookie_is_also_secure(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    db_url = f"sqlite:///{tmp_path}/rotator.db"
+    svc, _ = BlockingService.init(settings(home, db_url))
+    try:
+        svc.add_principal("operator", Role.OPERATOR, scope="*", kind="person")
+        token = svc.create_token("operator")[1]
+    finally:
+        svc.close()
+    cert, key = self_signed(tmp_path)
+    args = ("--no-scheduler", "--tls-cert", str(cert), "--tls-key", str(key))
+    with ServeProcess(serve_env(home, db_url), args) as srv:
+        trust = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=srv.base_url, verify=trust, timeout=30) as c:
+            r = c.post("/login", data={"token": token})
+            assert r.status_code == 303
+            attrs = {a.strip().lower() for a in r.headers["set-cookie"].split(";")[1:]}
+            assert {"secure", "httponly", "samesite=strict", "path=/"} <= attrs
+            assert c.get("/", follow_redirects=False).status_code == 200
