@@ -55,7 +55,7 @@ class Shots:
         self.n += 1
         path = ARTIFACTS / f"{self.n:02d}-{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
-        if self.docs:
+        if self.docs and name != "failure":
             DOCS.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, DOCS / f"{name}.png")
 
@@ -104,111 +104,117 @@ def test_operator_filters_searches_and_emergency_rotates_while_an_auditor_is_ref
                 "request", lambda r: external.append(r.url) if not r.url.startswith(base) else None
             )
 
-            # A wrong token is refused at login.
-            page.goto(base + "/")
-            assert page.url == base + "/login"
-            shot("login")
-            page.fill("#token", tokens["operator"][:-4] + "AAAA")
-            page.click("#login")
-            expect(page.locator("#login-error")).to_have_text("invalid token")
-            shot("login-refused")
+            try:
+                # A wrong token is refused at login.
+                page.goto(base + "/")
+                assert page.url == base + "/login"
+                shot("login")
+                page.fill("#token", tokens["operator"][:-4] + "AAAA")
+                page.click("#login")
+                expect(page.locator("#login-error")).to_have_text("invalid token")
+                shot("login-refused")
 
-            # The operator logs in; the session cookie is out of reach of scripts.
-            page.fill("#token", tokens["operator"])
-            page.click("#login")
-            expect(page.locator("#credentials tbody tr")).to_have_count(4)
-            (cookie,) = ctx.cookies()
-            assert cookie["httpOnly"]
-            assert cookie["sameSite"] == "Strict"
-            assert cookie["path"] == "/"
-            assert page.evaluate("document.cookie") == ""
-            expect(page.locator("tr[data-name='prod/search/api'] .pill")).to_have_text("due soon")
-            expect(page.locator(f"tr[data-name='{FAILING}'] .pill")).to_have_text("failed")
-            shot("credentials")
+                # The operator logs in; the session cookie is out of reach of scripts.
+                page.fill("#token", tokens["operator"])
+                page.click("#login")
+                expect(page.locator("#credentials tbody tr")).to_have_count(4)
+                (cookie,) = ctx.cookies()
+                assert cookie["httpOnly"]
+                assert cookie["sameSite"] == "Strict"
+                assert cookie["path"] == "/"
+                assert page.evaluate("document.cookie") == ""
+                expect(page.locator("tr[data-name='prod/search/api'] .pill")).to_have_text(
+                    "due soon"
+                )
+                expect(page.locator(f"tr[data-name='{FAILING}'] .pill")).to_have_text("failed")
+                shot("credentials")
 
-            # Filter by tag, then search within it.
-            page.select_option("#tag", "env=prod")
-            page.click("#apply")
-            expect(page.locator("#credentials tbody tr")).to_have_count(2)
-            page.fill("#q", "payments")
-            page.click("#apply")
-            expect(page.locator("#credentials tbody tr")).to_have_count(1)
-            shot("credentials-filtered")
+                # Filter by tag, then search within it.
+                page.select_option("#tag", "env=prod")
+                page.click("#apply")
+                expect(page.locator("#credentials tbody tr")).to_have_count(2)
+                page.fill("#q", "payments")
+                page.click("#apply")
+                expect(page.locator("#credentials tbody tr")).to_have_count(1)
+                shot("credentials-filtered")
 
-            # Open the credential: versions and stages, a grace countdown, no audit trail
-            # (an operator does not read the audit log).
-            page.click(f"a:text-is('{CRED}')")
-            expect(page.locator("h1")).to_contain_text(CRED)
-            expect(page.locator("#versions tbody tr")).to_have_count(2)
-            expect(page.locator(".countdown")).to_have_count(1)
-            expect(page.locator("#trail-hidden")).to_be_visible()
-            shot("credential")
+                # Open the credential: versions and stages, a grace countdown, no audit trail
+                # (an operator does not read the audit log).
+                page.click(f"a:text-is('{CRED}')")
+                expect(page.locator("h1")).to_contain_text(CRED)
+                expect(page.locator("#versions tbody tr")).to_have_count(2)
+                expect(page.locator(".countdown")).to_have_count(1)
+                expect(page.locator("#trail-hidden")).to_be_visible()
+                shot("credential")
 
-            # Emergency rotation behind the typed confirmation.
-            before = _stages(svc)
-            current = next(n for n, s in before.items() if s is Stage.CURRENT)
-            button = page.locator("#emergency-rotate")
-            expect(button).to_be_disabled()
-            page.fill("#confirm", "prod/payments")
-            expect(button).to_be_disabled()
-            page.fill("#confirm", CRED)
-            expect(button).to_be_enabled()
-            shot("emergency-confirm")
-            button.click()
-            expect(page.locator("#job-status")).to_have_text("done", timeout=30_000)
-            expect(page.locator("#job-rotated")).to_have_text(CRED)
-            shot("rotation-job")
-            after = _stages(svc)
-            new_current = [n for n, s in after.items() if s is Stage.CURRENT]
-            assert new_current == [current + 1], after
-            assert after[current] is Stage.RETIRED, after  # grace 0: revoked at once
-            assert Stage.PREVIOUS not in after.values(), after
-            assert svc.get_value(CRED).reveal_text() != VALUE
-            page.click("a.back")
-            expect(page.locator("#versions tbody tr")).to_have_count(3)
-            shot("credential-after-emergency")
+                # Emergency rotation behind the typed confirmation.
+                before = _stages(svc)
+                current = next(n for n, s in before.items() if s is Stage.CURRENT)
+                button = page.locator("#emergency-rotate")
+                expect(button).to_be_disabled()
+                page.fill("#confirm", "prod/payments")
+                expect(button).to_be_disabled()
+                page.fill("#confirm", CRED)
+                expect(button).to_be_enabled()
+                shot("emergency-confirm")
+                button.click()
+                expect(page.locator("#job-status")).to_have_text("done", timeout=30_000)
+                expect(page.locator("#job-rotated")).to_have_text(CRED)
+                shot("rotation-job")
+                after = _stages(svc)
+                new_current = [n for n, s in after.items() if s is Stage.CURRENT]
+                assert new_current == [current + 1], after
+                assert after[current] is Stage.RETIRED, after  # grace 0: revoked at once
+                assert Stage.PREVIOUS not in after.values(), after
+                assert svc.get_value(CRED).reveal_text() != VALUE
+                page.click("a.back")
+                expect(page.locator("#versions tbody tr")).to_have_count(3)
+                shot("credential-after-emergency")
 
-            page.click("text=History")
-            expect(page.locator("#history rect.ok")).not_to_have_count(0)
-            shot("history")
-            page.click("text=Rollouts")
-            expect(page.locator("#rollouts tbody tr.rollout-running")).to_have_count(1)
-            shot("rollouts")
-            page.click("#logout")
-            expect(page.locator("#token")).to_be_visible()
-            assert ctx.cookies() == []
+                page.click("text=History")
+                expect(page.locator("#history rect.ok")).not_to_have_count(0)
+                shot("history")
+                page.click("text=Rollouts")
+                expect(page.locator("#rollouts tbody tr.rollout-running")).to_have_count(1)
+                shot("rollouts")
+                page.click("#logout")
+                expect(page.locator("#token")).to_be_visible()
+                assert ctx.cookies() == []
 
-            # The auditor: the audit chain and trail, no button; a forged form is refused.
-            page.fill("#token", tokens["auditor"])
-            page.click("#login")
-            page.goto(f"{base}/credentials/{CRED}")
-            expect(page.locator("#trail tbody tr")).not_to_have_count(0)
-            expect(page.locator("#emergency-rotate")).to_have_count(0)
-            shot("credential-auditor")
-            page.click("text=Audit")
-            expect(page.locator("#chain-status")).to_contain_text("verified")
-            expect(page.locator("#checkpoint")).to_contain_text("seq")
-            shot("audit")
-            stages = _stages(svc)
-            csrf = page.locator("input[name=csrf]").first.get_attribute("value")
-            # A same-origin form the page never offered, with the auditor's own CSRF token
-            # and the typed name: only the service stands in the way.
-            page.evaluate(
-                """([action, csrf, name]) => {
-                    const f = document.createElement("form");
-                    f.method = "post"; f.action = action;
-                    for (const [k, v] of [["csrf", csrf], ["confirm", name]]) {
-                        const i = document.createElement("input");
-                        i.type = "hidden"; i.name = k; i.value = v; f.appendChild(i);
-                    }
-                    document.body.appendChild(f); f.submit();
-                }""",
-                [f"/credentials/{CRED}/rotate", csrf, CRED],
-            )
-            expect(page.locator("#problem")).to_contain_text("may not rotate")
-            expect(page.locator("h1")).to_have_text("403")
-            shot("forged-rotation-refused")
-            assert _stages(svc) == stages
+                # The auditor: the audit chain and trail, no button; a forged form is refused.
+                page.fill("#token", tokens["auditor"])
+                page.click("#login")
+                page.goto(f"{base}/credentials/{CRED}")
+                expect(page.locator("#trail tbody tr")).not_to_have_count(0)
+                expect(page.locator("#emergency-rotate")).to_have_count(0)
+                shot("credential-auditor")
+                page.click("text=Audit")
+                expect(page.locator("#chain-status")).to_contain_text("verified")
+                expect(page.locator("#checkpoint")).to_contain_text("seq")
+                shot("audit")
+                stages = _stages(svc)
+                csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+                # A same-origin form the page never offered, with the auditor's own CSRF token
+                # and the typed name: only the service stands in the way.
+                page.evaluate(
+                    """([action, csrf, name]) => {
+                        const f = document.createElement("form");
+                        f.method = "post"; f.action = action;
+                        for (const [k, v] of [["csrf", csrf], ["confirm", name]]) {
+                            const i = document.createElement("input");
+                            i.type = "hidden"; i.name = k; i.value = v; f.appendChild(i);
+                        }
+                        document.body.appendChild(f); f.submit();
+                    }""",
+                    [f"/credentials/{CRED}/rotate", csrf, CRED],
+                )
+                expect(page.locator("#problem")).to_contain_text("may not rotate")
+                expect(page.locator("h1")).to_have_text("403")
+                shot("forged-rotation-refused")
+                assert _stages(svc) == stages
+            except BaseException:
+                shot("failure")  # the page as it was when the test failed
+                raise
             ctx.close()
 
         assert external == []
