@@ -100,6 +100,18 @@ def test_operator_filters_searches_and_emergency_rotates_while_an_auditor_is_ref
                 ),
             )
             external: list[str] = []
+            # Script errors and CSP violations (a blocked inline script or style) both land
+            # here; a 4xx page's own "Failed to load resource" line is expected.
+            console: list[str] = []
+            page.on(
+                "console",
+                lambda m: (
+                    console.append(m.text)
+                    if m.type == "error" and not m.text.startswith("Failed to load resource")
+                    else None
+                ),
+            )
+            page.on("pageerror", lambda e: console.append(str(e)))
             page.on(
                 "request", lambda r: external.append(r.url) if not r.url.startswith(base) else None
             )
@@ -218,6 +230,7 @@ def test_operator_filters_searches_and_emergency_rotates_while_an_auditor_is_ref
             ctx.close()
 
         assert external == []
+        assert console == []
         for html in seen:
             assert VALUE not in html
             assert all(t not in html for t in tokens.values())
