@@ -6,20 +6,20 @@ asset, no secret in any page, and the service refusing an auditor's forged emerg
 
 from __future__ import annotations
 
+import asyncio
 import re
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.test_serve import self_signed
 from tests.support.dashboard import CSRF, FAILING, OPTIONS, VALUE, Seeded, seed, settings
 from tests.support.server import ServeProcess, serve_env
 
+from rotator.api.app import create_app
 from rotator.domain.model import Stage
 from rotator.domain.principal import Role
-from rotator.service import BlockingService
+from rotator.service import BlockingService, RotatorService, access
 
 CRED = "prod/payments/db"
 PAGES = [
@@ -250,22 +250,25 @@ def test_dashboard_sessions_csrf_headers_bad_input_and_permissions(
     assert _versions(svc) == before
 
 
-def test_over_tls_the_session_cookie_is_also_secure(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    db_url = f"sqlite:///{tmp_path}/rotator.db"
-    svc, _ = BlockingService.init(settings(home, db_url))
-    try:
-        svc.add_principal("operator", Role.OPERATOR, scope="*", kind="person")
-        token = svc.create_token("operator")[1]
-    finally:
-        svc.close()
-    cert, key = self_signed(tmp_path)
-    args = ("--no-scheduler", "--tls-cert", str(cert), "--tls-key", str(key))
-    with ServeProcess(serve_env(home, db_url), args) as srv:
-        trust = ssl.create_default_context(cafile=str(cert))
-        with httpx.Client(base_url=srv.base_url, verify=trust, timeout=30) as c:
-            r = c.post("/login", data={"token": token})
-            assert r.status_code == 303
-            attrs = {a.strip().lower() for a in r.headers["set-cookie"].split(";")[1:]}
-            assert {"secure", "httponly", "samesite=strict", "path=/"} <= attrs
-            assert c.get("/", follow_redirects=False).status_code == 200
+def test_over_https_the_session_cookie_is_also_secure(tmp_path: Path) -> None:
+    # The app in-process behind an https:// URL (as under --tls-cert/--tls-key, which
+    # test_serve.py covers): a subprocess with TLS costs seconds for one cookie flag.
+    async def run() -> str:
+        svc, _ = await RotatorService.init(
+            settings(tmp_path / "home", f"sqlite:///{tmp_path}/r.db")
+        )
+        try:
+            await access.add_principal(svc, "operator", Role.OPERATOR)
+            token = (await access.create_token(svc, "operator"))[1]
+            transport = httpx.ASGITransport(app=create_app(svc))
+            async with httpx.AsyncClient(transport=transport, base_url="https://dash") as c:
+                r = await c.post("/login", data={"token": token})
+                assert r.status_code == 303
+                assert (await c.get("/")).status_code == 200
+                return r.headers["set-cookie"]
+        finally:
+            await svc.aclose()
+
+    cookie = asyncio.run(run())
+    attrs = {a.strip().lower() for a in cookie.split(";")[1:]}
+    assert {"secure", "httponly", "samesite=strict", "path=/"} <= attrs
