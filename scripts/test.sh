@@ -50,6 +50,12 @@ if [ ! -x "$PG_BIN_DIR/initdb" ]; then
     [ -x "$PG_BIN_DIR/initdb" ] || die "postgresql-15 installed but $PG_BIN_DIR/initdb is missing"
 fi
 
+# --- Chromium: the dashboard's browser test drives Debian's chromium (never downloaded) ----
+if [ ! -x /usr/bin/chromium ]; then
+    echo "==> installing chromium"
+    apt_install chromium
+fi
+
 # --- Python venv (>= 3.11) ----------------------------------------------------------
 python_ok() {
     "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null

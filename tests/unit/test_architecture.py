@@ -57,6 +57,7 @@ TELEMETRY = "telemetry sits below the engine"
         ("connectors/http.py", "import rotator.engine", CONNECTORS),
         ("cli/main.py", "import rotator.engine", INTERFACES),
         ("cli/main.py", "import rotator.store", INTERFACES),
+        ("dashboard/routes.py", "import rotator.store.history", INTERFACES),
         ("domain/model.py", "import sqlalchemy", PURE),
         ("policy/schedule.py", "import httpx", PURE),
         ("telemetry/metrics.py", "import rotator.engine.breaker", TELEMETRY),

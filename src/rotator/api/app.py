@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from rotator import mcp
+from rotator import dashboard, mcp
 from rotator.api import problems
 from rotator.api.limits import Limits, LimitsMiddleware
 from rotator.api.routes import (
@@ -68,6 +68,8 @@ def create_app(
     app.include_router(credentials.router)
     app.include_router(watch.router)
     app.include_router(metrics.router)
+    # The dashboard's pages (HTML, at / and below; none under /v1), after the API's routes.
+    app.include_router(dashboard.router)
     # A route at the exact path (not a Mount): a Mount would answer /mcp with a redirect to
     # /mcp/. Not in the OpenAPI document (it is not a REST resource).
     app.router.routes.append(Route(mcp.PATH, endpoint=mcp_endpoint, include_in_schema=False))
