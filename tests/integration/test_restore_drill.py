@@ -8,6 +8,7 @@ restore, recover, and check that every credential still works on its target.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -16,7 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,11 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from sqlalchemy import create_engine, select, update
+from sqlalchemy import create_engine, inspect, select, update
 from sqlalchemy.engine import make_url
 from tests.conftest import PgServer, PgTarget
 
+from rotator.cli.main import main
 from rotator.config import Settings
 from rotator.connectors.postgres import parse_value
 from rotator.domain.model import Stage
@@ -50,19 +53,41 @@ def env_for(home: Path, db_url: str, **extra: str) -> dict[str, str]:
     return {**env, "ROTATOR_HOME": str(home), "ROTATOR_DB": db_url, **extra}
 
 
-def cli(home: Path, db_url: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(RUN_CLI), *args],
-        env=env_for(home, db_url, **extra),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
+def ok(result: subprocess.CompletedProcess[str] | Run) -> str:
+    code = result.code if isinstance(result, Run) else result.returncode
+    assert code == 0, result.stderr
     return result.stdout
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+Rot = Callable[..., Run]
+
+
+@pytest.fixture
+def rot(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Rot:
+    """``rot(home, db_url, *args, stdin=None)``: the CLI run in this process (a subprocess
+    costs seconds of start-up on a loaded machine); exit code, stdout, stderr."""
+
+    def run(home: Path, db_url: str, *args: str, stdin: str | None = None) -> Run:
+        with monkeypatch.context() as m:
+            for k in [k for k in os.environ if k.startswith("ROTATOR_")]:
+                m.delenv(k)
+            m.setenv("ROTATOR_HOME", str(home))
+            m.setenv("ROTATOR_DB", db_url)
+            if stdin is not None:
+                m.setattr(sys, "stdin", io.StringIO(stdin))
+            capsys.readouterr()
+            code = main(list(args))
+            cap = capsys.readouterr()
+        return Run(code, cap.out, cap.err)
+
+    return run
 
 
 def admin(target: PgTarget, query: sql.Composable) -> None:
@@ -169,7 +194,7 @@ def set_up(settings: Settings, target: PgTarget, roles: list[tuple[str, str]]) -
         svc.close()
 
 
-def rotate_online_while_backing_up(home: Path, db_url: str, backup: Path) -> None:
+def rotate_online_while_backing_up(rot: Rot, home: Path, db_url: str, backup: Path) -> None:
     """A batch rotation in a subprocess; `rotator backup` while it is under way."""
     engine = create_engine(normalize_url(db_url))
     proc = subprocess.Popen(
@@ -197,7 +222,7 @@ def rotate_online_while_backing_up(home: Path, db_url: str, backup: Path) -> Non
                 break
             assert time.monotonic() < deadline, "the batch never started"
             time.sleep(0.02)
-        ok(cli(home, db_url, "backup", str(backup)))
+        ok(rot(home, db_url, "backup", str(backup)))
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -263,6 +288,7 @@ def test_restore_drill_backup_destroy_rebuild_key_restore_recover_every_current_
     pg_target: PgTarget,
     roles: list[tuple[str, str]],
     request: pytest.FixtureRequest,
+    rot: Rot,
 ) -> None:
     home = tmp_path / "home"
     settings = Settings(home=home, db_url=db_url)
@@ -270,13 +296,13 @@ def test_restore_drill_backup_destroy_rebuild_key_restore_recover_every_current_
 
     # 1. Online backup while a batch rotates; it restores to a consistent store.
     online = tmp_path / "online.bak"
-    rotate_online_while_backing_up(home, db_url, online)
+    rotate_online_while_backing_up(rot, home, db_url, online)
     scratch_home = tmp_path / "scratch"
     scratch_home.mkdir(mode=0o700)
     shutil.copy2(home / "master.key", scratch_home / "master.key")
     scratch_db = f"sqlite:///{tmp_path}/scratch.db"
-    ok(cli(scratch_home, scratch_db, "restore", str(online)))
-    ok(cli(scratch_home, scratch_db, "audit", "verify"))
+    ok(rot(scratch_home, scratch_db, "restore", str(online)))
+    ok(rot(scratch_home, scratch_db, "audit", "verify"))
     scratch = BlockingService.open(Settings(home=scratch_home, db_url=scratch_db))
     try:
         for name, stages in versions_of(scratch).items():
@@ -287,7 +313,7 @@ def test_restore_drill_backup_destroy_rebuild_key_restore_recover_every_current_
     # 2. One rotation left in flight, then the backup the drill restores.
     kill_rotation_between_set_and_test(home, db_url)
     final = tmp_path / "final.bak"
-    line = ok(cli(home, db_url, "backup", str(final)))
+    line = ok(rot(home, db_url, "backup", str(final)))
     assert "rows" in line
     assert "audit head seq" in line
     assert (final.stat().st_mode & 0o777) == 0o600
@@ -301,7 +327,7 @@ def test_restore_drill_backup_destroy_rebuild_key_restore_recover_every_current_
 
     # 3. Escrow 3-of-5, then lose everything: the store and the master key.
     shares = tmp_path / "shares"
-    ok(cli(home, db_url, "keys", "export", "--split", "3-of-5", "--out", str(shares)))
+    ok(rot(home, db_url, "keys", "export", "--split", "3-of-5", "--out", str(shares)))
     files = sorted(shares.glob("share-*-of-5.txt"))
     assert len(files) == 5
     assert all((f.stat().st_mode & 0o777) == 0o600 for f in files)
@@ -314,15 +340,15 @@ def test_restore_drill_backup_destroy_rebuild_key_restore_recover_every_current_
         new_db = request.getfixturevalue("spare_pg_database")
     else:
         new_db = f"sqlite:///{tmp_path}/new/rotator.db"
-    ok(cli(new_home, new_db, "keys", "import", str(files[0]), str(files[2]), str(files[4])))
+    ok(rot(new_home, new_db, "keys", "import", str(files[0]), str(files[2]), str(files[4])))
     assert (new_home / "master.key").stat().st_mode & 0o777 == 0o600
-    out = ok(cli(new_home, new_db, "restore", str(final)))
+    out = ok(rot(new_home, new_db, "restore", str(final)))
     assert "lease(s) from the old host ended" in out
 
     # 5. Recovery does not wait for the dead host's lease (an hour): it resumes at once.
-    out = ok(cli(new_home, new_db, "recover"))
+    out = ok(rot(new_home, new_db, "recover"))
     assert "recovered 1 rotation(s)" in out, out
-    ok(cli(new_home, new_db, "audit", "verify"))
+    ok(rot(new_home, new_db, "audit", "verify"))
 
     new = Settings(home=new_home, db_url=new_db)
     svc = BlockingService.open(new)
@@ -357,4 +383,103 @@ def test_restore_drill_backup_destroy_rebuild_key_restore_recover_every_current_
     finally:
         svc.close()
     # The restored store rotates on (its id sequences moved past the restored rows).
-    ok(cli(new_home, new_db, "rotate", "--tag", "kind=local"))
+    ok(rot(new_home, new_db, "rotate", "--tag", "kind=local"))
+
+
+def one_line_refusal(result: Run, *expected: str) -> None:
+    """Exit 2 with exactly one ``rotator: error:`` line naming the problem, no traceback."""
+    assert result.code == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rotator: error: "), lines
+    assert "Traceback" not in result.stderr + result.stdout
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def pg_tables(url: str) -> list[str]:
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as c:
+            return inspect(c).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_restore_refuses_changed_truncated_foreign_files_non_empty_stores_and_bad_shares(
+    tmp_path: Path, rot: Rot, pg_database: str
+) -> None:
+    src_home, src_db = tmp_path / "src", f"sqlite:///{tmp_path}/src.db"
+    ok(rot(src_home, src_db, "init"))
+    for name in ("app/a", "app/b"):
+        ok(rot(src_home, src_db, "credential", "add", name, "--connector", "local", "--generate"))
+    ok(rot(src_home, src_db, "rotate", "app/a"))
+    value = ok(rot(src_home, src_db, "credential", "get", "app/a"))
+    bak = tmp_path / "store.bak"
+    ok(rot(src_home, src_db, "backup", str(bak)))
+    one_line_refusal(rot(src_home, src_db, "backup", str(bak)), "exists", "--force")
+    ok(rot(src_home, src_db, "backup", str(bak), "--force"))
+    assert bak.stat().st_mode & 0o777 == 0o600
+    shares = ok(rot(src_home, src_db, "keys", "export", "--split", "3-of-5", "--stdout"))
+    shares_list = shares.splitlines()
+    assert len(shares_list) == 5
+
+    # Key escrow: too few shares, or one word changed, rebuild nothing.
+    new_home = tmp_path / "new"
+    one_line_refusal(
+        rot(new_home, pg_database, "keys", "import", stdin="\n".join(shares_list[:2])), "needs 3"
+    )
+    words = shares_list[1].split()
+    words[5] = "academic" if words[5] != "academic" else "acid"
+    bad = [shares_list[0], " ".join(words), shares_list[2]]
+    result = rot(new_home, pg_database, "keys", "import", stdin="\n".join(bad))
+    one_line_refusal(result, "share 2 is not a valid share")
+    assert not any(w in result.stderr for w in words[:3] if len(w) > 3)
+    assert not (new_home / "master.key").exists()
+    ok(rot(new_home, pg_database, "keys", "import", stdin="\n".join(shares_list[2:])))
+
+    # Changed, truncated or foreign files: refused before anything is written.
+    data = bak.read_bytes()
+    header_at = data.index(b'"created_at":"') + len(b'"created_at":"')
+    cases = {
+        "body byte": data[:-100] + bytes([data[-100] ^ 1]) + data[-99:],
+        "header": data[:header_at] + b"1" + data[header_at + 1 :],
+        "truncated": data[:-10],
+        "format": b"not-a-backup\n" + data,
+    }
+    for what, blob in cases.items():
+        f = tmp_path / f"{what}.bak"
+        f.write_bytes(blob)
+        result = rot(new_home, pg_database, "restore", str(f))
+        one_line_refusal(result)
+        assert pg_tables(pg_database) == [], what
+    other_home = tmp_path / "other"
+    ok(rot(other_home, f"sqlite:///{tmp_path}/other.db", "init"))
+    one_line_refusal(
+        rot(other_home, f"sqlite:///{tmp_path}/empty.db", "restore", str(bak)), "master key"
+    )
+    assert not (tmp_path / "empty.db").exists()
+    # A store that exists (even one only initialized) is never overwritten.
+    before = ok(rot(src_home, src_db, "audit", "head"))
+    one_line_refusal(rot(src_home, src_db, "restore", str(bak)), "empty store")
+    assert ok(rot(src_home, src_db, "audit", "head")) == before
+
+    # Cross-backend: the SQLite store's backup restores into PostgreSQL, and rotates on.
+    out = ok(rot(new_home, pg_database, "restore", str(bak)))
+    assert value.strip() not in out
+    ok(rot(new_home, pg_database, "audit", "verify"))
+    assert ok(rot(new_home, pg_database, "credential", "get", "app/a")) == value
+    ok(rot(new_home, pg_database, "rotate", "--all"))
+    ok(
+        rot(
+            new_home,
+            pg_database,
+            "credential",
+            "add",
+            "app/c",
+            "--connector",
+            "local",
+            "--generate",
+        )
+    )
+    ok(rot(new_home, pg_database, "audit", "verify"))
