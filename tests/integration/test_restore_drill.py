@@ -442,16 +442,16 @@ def test_restore_refuses_changed_truncated_foreign_files_non_empty_stores_and_ba
     data = bak.read_bytes()
     header_at = data.index(b'"created_at":"') + len(b'"created_at":"')
     cases = {
-        "body byte": data[:-100] + bytes([data[-100] ^ 1]) + data[-99:],
-        "header": data[:header_at] + b"1" + data[header_at + 1 :],
-        "truncated": data[:-10],
-        "format": b"not-a-backup\n" + data,
+        "body byte": (data[:-100] + bytes([data[-100] ^ 1]) + data[-99:], "signature"),
+        "header": (data[:header_at] + b"1" + data[header_at + 1 :], "signature"),
+        "truncated": (data[:-10], "truncated"),
+        "format": (b"not-a-backup\n" + data, "not a rotator backup"),
     }
-    for what, blob in cases.items():
+    for what, (blob, message) in cases.items():
         f = tmp_path / f"{what}.bak"
         f.write_bytes(blob)
         result = rot(new_home, pg_database, "restore", str(f))
-        one_line_refusal(result)
+        one_line_refusal(result, message)
         assert pg_tables(pg_database) == [], what
     other_home = tmp_path / "other"
     ok(rot(other_home, f"sqlite:///{tmp_path}/other.db", "init"))
