@@ -206,7 +206,11 @@ def _table_for(name: str, td: TableDump) -> Table:
     cols = []
     for c, k in zip(td.columns, td.kinds, strict=True):
         if known is not None and c in known.c:
-            cols.append(Column(c, known.c[c].type))
+            col = known.c[c]
+            # A nullable JSON column reads None for SQL NULL and JSON null alike (and rotator
+            # reads both as "none"): restore it as SQL NULL, which IS NULL queries also match.
+            nullable_json = isinstance(col.type, JSON) and col.nullable
+            cols.append(Column(c, JSON(none_as_null=True) if nullable_json else col.type))
         else:
             types: dict[str, TypeEngine[Any]] = {
                 BYTES: LargeBinary(),
