@@ -279,16 +279,19 @@ def load(
                 conn.execute(insert(_table_for(name, snap.tables[name])), rows)
                 n += len(rows)
         if conn.dialect.name == "postgresql":
-            _move_sequences(conn)
+            _move_sequences(conn, set(snap.tables))
         _upgrade(conn, "head")
         if finish is not None:
             finish(conn)
     return n
 
 
-def _move_sequences(conn: Connection) -> None:
-    """Rows were inserted with their ids: start each id sequence after the largest one."""
+def _move_sequences(conn: Connection, names: set[str]) -> None:
+    """Rows were inserted with their ids: start each id sequence of the tables ``names``
+    (those of the snapshot's revision) after the largest id."""
     for table in metadata.sorted_tables:
+        if table.name not in names:
+            continue
         for col in table.primary_key.columns:
             if col.autoincrement is True or (
                 col.autoincrement == "auto"
