@@ -61,6 +61,8 @@ def keys_export(
         raise InvalidInput("give exactly one of --out DIR and --stdout")
     dr.parse_split(split)  # bad input before the store is opened
     if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            fail(f"--out {out_dir} is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if any(out_dir.glob("share-*.txt")):
             fail(f"{out_dir} holds share files already: use an empty folder")
@@ -99,8 +101,8 @@ def keys_import(
             shares += [line for line in text.splitlines() if line.strip()]
     elif sys.stdin is not None and not sys.stdin.isatty():
         shares = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    key_id, written = dr.import_shares(Settings.from_env(), shares)
     settings = Settings.from_env()
+    key_id, written = dr.import_shares(settings, shares)
     if written:
         out.print(f"master key {key_id} rebuilt into {settings.key_file}")
     else:

@@ -95,6 +95,8 @@ async def backup(
     ``store.backup`` (file digest, rows, the audit head seq it captured) to the audit log after
     the file is in place. Needs STORE_ADMIN (the store's owner)."""
     await svc.authorize(principal, Action.STORE_ADMIN)
+    if path.is_dir():
+        raise InvalidInput(f"backup file {path} is a folder")
     if path.exists() and not force:
         raise InvalidInput(f"backup file {path} exists: use --force to replace it")
     if not path.parent.is_dir():
