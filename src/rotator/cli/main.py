@@ -17,6 +17,7 @@ import typer
 from rotator.cli import (  # noqa: F401
     access,
     audit,
+    backup,
     credentials,
     events,
     evidence,

@@ -26,6 +26,7 @@ from rotator.kernel import Kernel, utcnow
 from rotator.scheduler import SchedulerOptions
 from rotator.service import (
     access,
+    backup,
     checkpoints,
     events,
     evidence,
@@ -365,6 +366,8 @@ class BlockingService:
     authorize_tenant = _Blocking(RotatorService.authorize_tenant)
     add_tenant = _Blocking(access.add_tenant)
     list_tenants = _Blocking(access.list_tenants)
+    backup_store = _Blocking(backup.backup)
+    export_key_shares = _Blocking(backup.export_shares)
 
 
 async def _new_event() -> asyncio.Event:
