@@ -24,16 +24,13 @@ shell passes them and are refused in the same way.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 import sqlalchemy as sa
@@ -48,9 +45,7 @@ from tests.integration.test_cli_bad_input import (
     new_db_url,
     sa_url,
 )
-from tests.support.fuzz import fuzz_settings, hostile
-
-from rotator.cli.main import main
+from tests.support.fuzz import fuzz_settings, hostile, run_in_process
 
 __all__ = ["new_db_url"]  # a fixture, imported for pytest
 
@@ -107,29 +102,6 @@ def fuzz_store(
     metadata.reflect(engine)
     yield FuzzStore(home, env, engine, metadata)
     engine.dispose()
-
-
-def run_in_process(argv: Sequence[str], env: Mapping[str, str], stdin: bytes) -> Run:
-    """``rotator ARGV`` through ``main`` here, with streams that encode like a process's."""
-    out_b, err_b = io.BytesIO(), io.BytesIO()
-    out = io.TextIOWrapper(out_b, encoding="utf-8", errors="strict", write_through=True)
-    err = io.TextIOWrapper(err_b, encoding="utf-8", errors="backslashreplace", write_through=True)
-    inp = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
-    with (
-        mock.patch.dict(os.environ, dict(env), clear=True),
-        mock.patch.object(sys, "stdout", out),
-        mock.patch.object(sys, "stderr", err),
-        mock.patch.object(sys, "stdin", inp),
-    ):
-        code = main(list(argv))
-    out.flush()
-    err.flush()
-    return Run(
-        tuple(argv),
-        code,
-        out_b.getvalue().decode("utf-8", "replace"),
-        err_b.getvalue().decode("utf-8", "replace"),
-    )
 
 
 def check(store: FuzzStore, argv: Sequence[str], stdin: bytes, codes: set[int]) -> Run:

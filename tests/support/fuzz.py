@@ -16,10 +16,17 @@ suite keeps its own Hypothesis settings when tests/fuzz runs with it.
 
 from __future__ import annotations
 
+import io
 import os
+import sys
+from collections.abc import Mapping, Sequence
+from unittest import mock
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+from rotator.cli.main import main
+from tests.integration.test_cli_bad_input import Run
 
 FUZZ_ENV = "ROTATOR_FUZZ"
 EXAMPLES_ENV = "ROTATOR_FUZZ_EXAMPLES"  # the long profile's examples per parser test
@@ -99,3 +106,26 @@ def hostile(*valid: str) -> st.SearchStrategy[str]:
     options += [spliced(st.from_regex(p, fullmatch=True)) for p in valid]
     options += [st.from_regex(p, fullmatch=True) for p in valid]
     return st.one_of(options)
+
+
+def run_in_process(argv: Sequence[str], env: Mapping[str, str], stdin: bytes) -> Run:
+    """``rotator ARGV`` through ``main`` here, with streams that encode like a process's."""
+    out_b, err_b = io.BytesIO(), io.BytesIO()
+    out = io.TextIOWrapper(out_b, encoding="utf-8", errors="strict", write_through=True)
+    err = io.TextIOWrapper(err_b, encoding="utf-8", errors="backslashreplace", write_through=True)
+    inp = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    with (
+        mock.patch.dict(os.environ, dict(env), clear=True),
+        mock.patch.object(sys, "stdout", out),
+        mock.patch.object(sys, "stderr", err),
+        mock.patch.object(sys, "stdin", inp),
+    ):
+        code = main(list(argv))
+    out.flush()
+    err.flush()
+    return Run(
+        tuple(argv),
+        code,
+        out_b.getvalue().decode("utf-8", "replace"),
+        err_b.getvalue().decode("utf-8", "replace"),
+    )
