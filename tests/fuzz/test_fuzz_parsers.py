@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from tests.support.fuzz import fuzz_settings, hostile
@@ -26,6 +27,7 @@ from rotator.api.limits import MAX_BODY_ENV, RATE_ENV, Limits
 from rotator.api.limits import parse_rate as parse_api_rate
 from rotator.config import Settings
 from rotator.connectors.base import parse_config
+from rotator.connectors.http import ALLOW_HOSTS_ENV, host_refusal
 from rotator.connectors.registry import get_connector
 from rotator.domain import names
 from rotator.domain.policy import (
@@ -389,3 +391,42 @@ def test_webhook_and_syslog_urls_are_checked_or_refused(text: str) -> None:
 def test_job_ids_and_report_formats_are_checked_or_refused(text: str) -> None:
     parses_or_refuses(check_job_id, text)
     parses_or_refuses(check_format, text)
+
+
+# ------------------------------------------------------------------- the http allow-list
+
+ALLOW = "api.example.com, *.example.net, 10.0.0.0/8, ::1, 192.0.2.7"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://api.example.com/v1", True),
+        ("https://API.Example.com./v1", True),  # case and a final dot are one name
+        ("https://a.b.example.net", True),
+        ("https://example.net", False),  # *.domain: names under it, not the name itself
+        ("https://evilexample.net", False),
+        ("https://api.example.com.evil.org", False),
+        ("https://10.1.2.3:8443", True),
+        ("https://11.0.0.1", False),
+        ("https://[::1]:9000", True),
+        ("https://[::2]", False),
+        ("https://192.0.2.7", True),
+        ("https://0xc0.0.2.7", False),  # names are compared as written, never resolved
+        ("https://api.example.com@evil.org", False),
+    ],
+)
+def test_the_http_allow_list_admits_exactly_its_hosts(url: str, allowed: bool) -> None:
+    refusal = host_refusal(url, {ALLOW_HOSTS_ENV: ALLOW})
+    assert (refusal is None) is allowed, refusal
+    if refusal is not None:
+        assert ALLOW_HOSTS_ENV in refusal
+    assert host_refusal(url, {}) is None, "no list: every host"
+
+
+@fuzz_settings()
+@given(hostile(URL), hostile(r"[a-z]{1,6}\.example|\*\.[a-z]{1,5}|10\.0\.0\.0/\d{1,2}|::1"))
+@example("https://x.example", "10.0.0.0/99")  # a malformed entry refuses, it does not raise
+def test_the_http_allow_list_answers_for_any_url_and_list(url: str, allow: str) -> None:
+    refusal = host_refusal(url, {ALLOW_HOSTS_ENV: allow})
+    assert refusal is None or (ALLOW_HOSTS_ENV in refusal and "\n" not in refusal)

@@ -395,11 +395,11 @@ def host_refusal(base_url: str, env: dict[str, str] | None = None) -> str | None
     entries = [e.strip().lower().rstrip(".") for e in raw.split(",") if e.strip()]
     if not entries:
         return None
-    host = (urllib.parse.urlsplit(base_url.strip()).hostname or "").lower().rstrip(".")
     try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
+        host = (urllib.parse.urlsplit(base_url.strip()).hostname or "").lower().rstrip(".")
+    except ValueError:  # not a URL (the settings check names that problem itself)
+        host = ""
+    ip = _ip(host)
     for entry in entries:
         if entry.startswith("*."):
             if ip is None and host.endswith(entry[1:]) and len(host) > len(entry) - 1:
@@ -413,13 +413,17 @@ def host_refusal(base_url: str, env: dict[str, str] | None = None) -> str | None
             if ip is not None and ip.version == net.version and ip in net:
                 return None
             continue
-        try:
-            if ip is not None and ip == ipaddress.ip_address(entry.strip("[]")):
-                return None
-        except ValueError:
-            if host == entry:
-                return None
+        entry_ip = _ip(entry.strip("[]"))
+        if (ip is not None and ip == entry_ip) or (entry_ip is None and host == entry):
+            return None
     return f"base_url host {host[:100]!r} is not in {ALLOW_HOSTS_ENV}"
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 # -------------------------------------------------------------------------------- config
