@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,9 +72,9 @@ class Home:
 
 
 @pytest.fixture
-def home(tmp_path: Path, db_url: str) -> Home:
+def home(tmp_path: Path, db_url: str) -> Iterator[Home]:
     h = Home(tmp_path, db_url)
-    yield h  # type: ignore[misc]
+    yield h
     h.engine.dispose()
 
 
