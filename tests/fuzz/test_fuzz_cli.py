@@ -285,6 +285,34 @@ COMMANDS: dict[str, tuple[Callable[[], st.SearchStrategy[list[str]]], set[int]]]
     case=(["credential", "add", "fz/x", "-c", "local", "--value-stdin"], {0, 2}),
     stdin=b"\xff" + MARKER.encode(),
 )
+# NUL in text that reaches the store: PostgreSQL refuses it in text and JSON (SQLite takes it).
+@example(
+    case=(
+        ["credential", "add", "fz/nul", "-c", "local", "--generate", "--tag", "env=a\x00b"],
+        {0, 2},
+    ),
+    stdin=b"",
+)
+@example(case=(["credential", "update", SEEDED, "--set", "length=1\x00"], {0, 2}), stdin=b"")
+@example(case=(["rotate", "--tag", "env=a\x00b"], {0, 1, 2}), stdin=b"")
+@example(
+    case=(
+        [
+            "event",
+            "report",
+            "--kind",
+            "leak",
+            "--severity",
+            "low",
+            "--credential",
+            SEEDED,
+            "--detail",
+            "a\x00b",
+        ],
+        {0, 1, 2},
+    ),
+    stdin=b"",
+)
 def test_hostile_arguments_get_exit_2_with_one_line_and_change_nothing(
     fuzz_store: FuzzStore, case: tuple[list[str], set[int]], stdin: bytes
 ) -> None:

@@ -49,11 +49,12 @@ from rotator.policy.risk import (
     parse_severity,
 )
 from rotator.policy.rollout import HaltRule, parse_halt, parse_stagger
+from rotator.service.events import EventInput
 from rotator.service.forward_targets import check_webhook_url, parse_syslog_target
 from rotator.service.inputs import PolicyInput
 from rotator.service.jobs import check_job_id
 from rotator.service.reports import check_format, parse_since
-from rotator.service.rotation import parse_lease
+from rotator.service.rotation import Selection, parse_lease
 
 BAD_INPUT = (InvalidInput, ConfigError)
 
@@ -252,6 +253,7 @@ def test_key_value_pairs_parse_or_are_refused(items: list[str], what: str) -> No
         assert len(got) == len(items)
         for key, value in got.items():
             assert key_re.fullmatch(key)
+            assert "\x00" not in value, "PostgreSQL stores no NUL"
             assert f"{key}={value}" in [i.strip() for i in items] or any(
                 i.partition("=")[0].strip() == key for i in items
             )
@@ -430,3 +432,17 @@ def test_the_http_allow_list_admits_exactly_its_hosts(url: str, allowed: bool) -
 def test_the_http_allow_list_answers_for_any_url_and_list(url: str, allow: str) -> None:
     refusal = host_refusal(url, {ALLOW_HOSTS_ENV: allow})
     assert refusal is None or (ALLOW_HOSTS_ENV in refusal and "\n" not in refusal)
+
+
+@fuzz_settings()
+@given(st.dictionaries(hostile(r"[a-z]{1,6}"), hostile(r"[a-z0-9]{0,6}"), max_size=3))
+@example({"env": "a\x00b"})  # PostgreSQL stores no NUL: was a 500 on POST /v1/rotations
+@example({"Env": "x"})
+def test_a_tag_selector_is_checked_as_tag_options_are(tags: dict[str, str]) -> None:
+    """``POST /v1/rotations`` and ``/v1/events`` select by tags without ``--tag``'s parser."""
+    for check in (Selection(tags=tags).check, EventInput("leak", "low", None, tags).check):
+        accepted = parses_or_refuses(lambda _, check=check: check() or True, None)
+        if accepted:
+            assert tags
+            assert all(names.TAG_KEY.fullmatch(k) for k in tags)
+            assert not any("\x00" in v for v in tags.values())
