@@ -45,6 +45,7 @@ RATE_ENV = "ROTATOR_API_RATE"
 DEFAULT_MAX_BODY = 1024 * 1024
 _RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*(?::\s*(\d+))?\s*")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_BYTES = re.compile(r"[0-9]{1,18}")
 _UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
 _MAX_BUCKETS = 10_000  # callers remembered; full buckets are forgotten beyond this
 # The key, in the request's ASGI ``scope["state"]``, of the callable that charges an
@@ -66,7 +67,9 @@ class Limits:
         max_body = DEFAULT_MAX_BODY
         raw = env.get(MAX_BODY_ENV)
         if raw is not None and raw.strip():
-            if not raw.strip().isdigit() or int(raw) < 1:
+            # ASCII digits only, and few: str.isdigit() also says yes to "²", which int()
+            # refuses, and int() refuses more than 4300 digits.
+            if not _BYTES.fullmatch(raw.strip()) or int(raw) < 1:
                 raise InvalidInput(f"{MAX_BODY_ENV} must be a number of bytes (1 or more)")
             max_body = int(raw)
         rate, burst = 50.0, 100.0

@@ -44,6 +44,15 @@ network in between (a sidecar on loopback, tests). Values substituted into a pat
 percent-encoded; a value that would make a path segment ``.`` or ``..`` (also percent-encoded,
 any number of times) is refused, so no value can move a call to another path.
 
+The operator may bound where any http credential may point: ``ROTATOR_HTTP_ALLOW_HOSTS``, a
+comma-separated list of host names (``api.example.com``), subdomain wildcards
+(``*.example.com``: any name under it, not the name itself), IP addresses and CIDR blocks
+(``10.0.0.0/8``, ``::1``). When it is set (and not blank), a ``base_url`` whose host is not on
+it is refused when the settings are checked (``credential add/update``: bad input, nothing
+stored) and again before every request (a rotation fails with nothing sent), so a list made
+shorter after a credential was added still holds. Names are compared as written, not resolved.
+Unset: every host.
+
 Other settings: ``timeout_s`` (per request, default 10), ``ca_file`` (a PEM bundle to trust),
 ``generator`` token|hex|password with ``length`` and ``prefix`` (new keys, made by the local
 connector's generator), and ``verify_method``/``verify_path``/``verify_expect`` for
@@ -72,6 +81,7 @@ import functools
 import hashlib
 import hmac
 import http
+import ipaddress
 import json
 import logging
 import os
@@ -371,6 +381,51 @@ def _compile_op(name: str, settings: dict[str, tuple[str, str]]) -> _Op:
 _ALSO_OK = {"set": "exists", "revoke": "gone", "rollback": "gone"}
 
 
+# ------------------------------------------------------------------- the host allow-list
+
+ALLOW_HOSTS_ENV = "ROTATOR_HTTP_ALLOW_HOSTS"
+
+
+def host_refusal(base_url: str, env: dict[str, str] | None = None) -> str | None:
+    """Why ``base_url``'s host is outside the operator's ``ROTATOR_HTTP_ALLOW_HOSTS`` (one
+    line naming the host and the variable), or None when it is on the list or no list is
+    set. A malformed entry refuses every host (the list is the operator's, and a typo must
+    not open it)."""
+    raw = (os.environ if env is None else env).get(ALLOW_HOSTS_ENV, "")
+    entries = [e.strip().lower().rstrip(".") for e in raw.split(",") if e.strip()]
+    if not entries:
+        return None
+    try:
+        host = (urllib.parse.urlsplit(base_url.strip()).hostname or "").lower().rstrip(".")
+    except ValueError:  # not a URL (the settings check names that problem itself)
+        host = ""
+    ip = _ip(host)
+    for entry in entries:
+        if entry.startswith("*."):
+            if ip is None and host.endswith(entry[1:]) and len(host) > len(entry) - 1:
+                return None
+            continue
+        if "/" in entry:
+            try:
+                net = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                return f"{ALLOW_HOSTS_ENV} holds {entry[:60]!r}, which is no host, *.domain or CIDR"
+            if ip is not None and ip.version == net.version and ip in net:
+                return None
+            continue
+        entry_ip = _ip(entry.strip("[]"))
+        if (ip is not None and ip == entry_ip) or (entry_ip is None and host == entry):
+            return None
+    return f"base_url host {host[:100]!r} is not in {ALLOW_HOSTS_ENV}"
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 # -------------------------------------------------------------------------------- config
 
 
@@ -443,6 +498,9 @@ class HttpConfig(ConnectorConfig):
             _ = parts.port
         except ValueError:
             raise _bad("base_url has an invalid port") from None
+        refusal = host_refusal(v)
+        if refusal is not None:
+            raise _bad(refusal)
         return v.strip().rstrip("/")
 
     @field_validator(*(f"{op}_method" for op in OPERATIONS), "verify_method")
@@ -864,7 +922,11 @@ class HttpConnector:
     ) -> int:
         """One request; the response body is never read. Raises Transient/PermanentError
         outside any ``except`` block, so no httpx exception (whose text or request may hold
-        a value) rides along as a cause or context."""
+        a value) rides along as a cause or context. A host outside ``ROTATOR_HTTP_ALLOW_HOSTS``
+        is a PermanentError before anything is sent."""
+        refusal = host_refusal(cfg.base_url)
+        if refusal is not None:
+            raise PermanentError(f"{label}: {refusal}")
         busy = self._busy.setdefault((self.target_key(cfg), cfg.ca_file), [0] * CLIENTS_PER_TARGET)
         shard = busy.index(min(busy))
         client = await self._client(cfg, _tls(cfg), shard)

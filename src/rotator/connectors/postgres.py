@@ -88,6 +88,9 @@ CONCURRENT_UPDATE = frozenset({"XX000", "40001", "40P01"})
 ADMIN_POOL_MAX_IDLE_S = 60.0  # an idle session above the minimum (0) closes after this
 
 
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
 class PostgresConfig(cb.ConnectorConfig):
     """Settings: ``host``, ``port``, ``dbname``, ``role``, ``mode`` single|alternating, ``clone``
     (default ROLE_clone), ``admin`` (credential holding the admin password; empty: the role
@@ -131,6 +134,14 @@ class PostgresConfig(cb.ConnectorConfig):
     def _clone_differs(self) -> PostgresConfig:
         if self.mode == "alternating" and self.clone_name == self.role:
             raise ValueError("clone must differ from role")
+        # PostgreSQL cuts a longer identifier to 63 bytes in SQL but not in a login's user
+        # name: ALTER ROLE would change the cut name and every login (the test step) fail.
+        for what, name in zip(("role", "clone"), self.roles, strict=False):
+            if len(name.encode("utf-8", "surrogatepass")) > MAX_IDENTIFIER_BYTES:
+                raise ValueError(
+                    f"{what} {name[:20]!r}... is longer than PostgreSQL's "
+                    f"{MAX_IDENTIFIER_BYTES}-byte limit for names (UTF-8)"
+                )
         return self
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from rotator.errors import InvalidInput
 
@@ -67,7 +68,25 @@ def parse_pairs(
             )
         if key in out:
             raise InvalidInput(f"{what} {key!r} given twice")
-        if len(value) > 1024:
-            raise InvalidInput(f"{what} {key!r}: value longer than 1024 characters")
+        _check_value(value, what, key)
         out[key] = value
     return out
+
+
+def check_tag_filter(tags: Mapping[str, str], what: str = "--tag") -> None:
+    """InvalidInput unless ``tags`` (a selector: rotate, events) is what ``--tag`` accepts:
+    keys like TAG_KEY, values of at most 1024 characters without NUL."""
+    for key, value in tags.items():
+        if not TAG_KEY.fullmatch(key):
+            raise InvalidInput(
+                f"malformed {what} key {key[:40]!r}: expected a key like {TAG_KEY.pattern}"
+            )
+        _check_value(value, what, key)
+
+
+def _check_value(value: str, what: str, key: str) -> None:
+    if len(value) > 1024:
+        raise InvalidInput(f"{what} {key!r}: value longer than 1024 characters")
+    # PostgreSQL stores no NUL in text or JSON (SQLite would): refused on both alike.
+    if "\x00" in value:
+        raise InvalidInput(f"{what} {key!r}: value holds a NUL character")

@@ -45,7 +45,8 @@ def parse_rate(text: str) -> Rate:
     (or a multiple: ``10/30s``), at most 1000000 a minute. InvalidInput (one line, naming
     ``--max-rate``) otherwise."""
     m = _RATE.fullmatch(text)
-    if m is None or m.group(2) == "0":
+    # A zero multiple in any spelling (``0``, ``00``): no period to count starts in.
+    if m is None or (m.group(2) and int(m.group(2)) == 0):
         raise InvalidInput(
             f"malformed --max-rate {text[:40]!r}: expected e.g. 100/m, 2/s, 300/h or 10/30s"
         )

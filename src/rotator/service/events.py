@@ -68,6 +68,7 @@ class EventInput:
             raise InvalidInput("name the credential with --credential or select with --tag")
         if self.credential is not None:
             names.check_credential_name(self.credential)
+        names.check_tag_filter(self.tags or {})
         if self.detail is not None:
             if len(self.detail) > MAX_DETAIL:
                 raise InvalidInput(f"--detail is longer than {MAX_DETAIL} characters")

@@ -53,6 +53,7 @@ class Selection:
             raise InvalidInput("name credentials to rotate, or use --tag or --all")
         for n in self.names:
             names_mod.check_credential_name(n)
+        names_mod.check_tag_filter(self.tags or {})
 
 
 def options_from_env(
