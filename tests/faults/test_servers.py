@@ -7,7 +7,8 @@
 Each test owns the server it breaks (tests/support/faults_servers.py), holds a real
 ``rotator rotate`` subprocess at the Nth connector call of its batch (so the fault lands with
 rotations in flight whatever the machine's speed), breaks the server, lets the batch run on to
-its end, recovers as an operator would (server back, ``rotator rotate`` again) and checks the
+its end, recovers as an operator would (server back, then ``rotator rotate`` again, or
+``rotator recover`` and a rotation of what did not move on) and checks the
 invariants of tests/faults/invariants.py by code, plus what the fault must show: the batch
 ended and reported every credential as rotated or failed (exit 1, one line each, no
 traceback), a dead target was not hammered, a hung one cost no more than its timeouts.
@@ -334,6 +335,7 @@ def stale_values_refused(settings: Settings, names: list[str], probe: Probe) -> 
     return checked
 
 
+@pytest.mark.postgres
 def test_target_postgres_stopped_mid_batch_then_started_nothing_lost_breaker_spares_it(
     tmp_path: Path,
 ) -> None:
