@@ -177,6 +177,8 @@ def _print_result(result: BatchResult, as_json: bool) -> None:
         for w in data["warnings"]:
             out.print(f"[yellow]warning[/yellow] {w['name']}: {w['warning']}")
         print_still_valid(result.still_valid or ())
+        if result.sweep_error is not None:
+            out.print(f"[yellow]warning[/yellow] {result.sweep_error}")
         out.print(
             f"rotated {len(data['rotated'])}, failed {len(data['failed'])} "
             f"({len(data['rolled_back'])} rolled back) in {data['duration_s']:.2f}s"

@@ -38,6 +38,9 @@ class Ctx:
     version: int = 0
     pending: Secret | None = None
     touched_target: bool = False
+    # set succeeded (durably recorded): the target holds the candidate until a rollback
+    # reaches it, so a rollback that cannot reach it leaves the rotation to recovery.
+    set_confirmed: bool = False
     deferred: list[Callable[[Connection], None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     secrets: cbase.SecretResolver = cbase.NO_SECRETS

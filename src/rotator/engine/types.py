@@ -124,11 +124,14 @@ class BatchResult:
     """The contract's JSON: rotated, failed [{name, error}], rolled_back, skipped
     [{name, reason}] (not started: the request's guard refused it; not a failure),
     duration_s; an emergency adds still_valid [{name, version, error}] (see
-    :class:`StillValid`)."""
+    :class:`StillValid`); sweep_error when the revocation sweep after the rotations failed."""
 
     results: list[RotationResult] = field(default_factory=list)
     duration_s: float = 0.0
     still_valid: list[StillValid] | None = None  # None: not an emergency (not looked up)
+    # Why the revocation sweep after the rotations did not run (the store failed then); the
+    # revocations due stay queued. Not a failure of the batch: its rotations are reported.
+    sweep_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -143,6 +146,8 @@ class BatchResult:
         extra: dict[str, Any] = {}
         if self.still_valid is not None:
             extra["still_valid"] = [v.to_json() for v in self.still_valid]
+        if self.sweep_error is not None:
+            extra["sweep_error"] = self.sweep_error
         return {
             "rotated": [r.name for r in self.results if r.outcome is Outcome.ROTATED],
             "failed": [

@@ -28,7 +28,7 @@ from rotator.engine import (
     Trigger,
 )
 from rotator.engine.types import StillValid
-from rotator.errors import ConcurrentModification, InvalidInput, NotFound
+from rotator.errors import ConcurrentModification, InvalidInput, NotFound, StoreError
 from rotator.service import forwarding, webhooks
 from rotator.service.checkpoints import PeriodicCheckpoints
 from rotator.service.credentials import RotatorService
@@ -223,8 +223,14 @@ async def run_rotations(
         for r in result.results
         if r.joined and r.outcome is Outcome.ROTATED and r.name in emergencies
     ]
-    await revoke_now(svc, joined)
-    await engine.process_revocations(sweep)
+    try:
+        await revoke_now(svc, joined)
+        await engine.process_revocations(sweep)
+    except StoreError as exc:
+        # The store went away after the rotations ended: their outcomes are known and must
+        # reach the caller (a lost report would hide which ones failed). What was due for
+        # revocation stays queued in the store for the next sweep.
+        result.sweep_error = f"revocations not processed: {exc}"
     return result
 
 
