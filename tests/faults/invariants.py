@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import psycopg
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import create_engine, select
 
 from rotator.config import Settings
@@ -107,8 +109,12 @@ def redis_probe(cred: Credential, value: str) -> bool:
     """A fresh AUTH on the credential's Redis target with ``value``."""
     cfg = cred.config
     user, password = _login(value, cfg["username"])
+    # One attempt: redis-py retries a refused AUTH as a connection error (seconds per probe).
     client = redis.Redis(
-        host=cfg.get("host", "127.0.0.1"), port=int(cfg.get("port", 6379)), socket_timeout=5
+        host=cfg.get("host", "127.0.0.1"),
+        port=int(cfg.get("port", 6379)),
+        socket_timeout=5,
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         client.auth(password, username=user)

@@ -27,10 +27,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 from psycopg import sql
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from sqlalchemy import create_engine, func, select
 
 from rotator.config import Settings
@@ -246,7 +243,7 @@ def recover(settings: Settings, failed: dict[str, str]) -> None:
         svc.close()
     # Nor any rolled-back candidate left valid (the alternating clone or the extra Redis
     # password a set added): checked before anything rotates again and overwrites it.
-    stale = stale_values_refused(settings, sorted(failed), login_probe)
+    stale = stale_values_refused(settings, sorted(failed), default_probe)
     print(f"rolled-back values checked after recover: {stale}")
     versions = snapshot(settings.db_url).versions
     names = sorted(n for n in failed if versions[n][max(versions[n])][0] != Stage.CURRENT.value)
@@ -289,27 +286,6 @@ def audit_seq(db_url: str) -> int:
             return int(conn.execute(select(func.max(audit_log.c.seq))).scalar() or 0)
     finally:
         engine.dispose()
-
-
-def login_probe(cred: Credential, value: str) -> bool:
-    """``default_probe``, but one AUTH attempt on Redis: redis-py retries an AUTH error (it
-    is a ConnectionError there) with backoff, seconds per refused value."""
-    if cred.connector != "redis":
-        return default_probe(cred, value)
-    cfg = cred.config
-    client = redis.Redis(
-        host=cfg.get("host", "127.0.0.1"),
-        port=int(cfg["port"]),
-        socket_timeout=5,
-        retry=Retry(NoBackoff(), 0),
-    )
-    try:
-        client.auth(value, username=cfg["username"])
-        return True
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
 
 
 def stale_values_refused(settings: Settings, names: list[str], probe: Probe) -> int:
