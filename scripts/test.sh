@@ -50,6 +50,12 @@ if [ ! -x "$PG_BIN_DIR/initdb" ]; then
     [ -x "$PG_BIN_DIR/initdb" ] || die "postgresql-15 installed but $PG_BIN_DIR/initdb is missing"
 fi
 
+# --- libfaketime: tests/faults/test_clock_jump.py moves a worker's wall clock ---------
+if [ ! -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
+    echo "==> installing faketime"
+    apt_install faketime
+fi
+
 # --- Python venv (>= 3.11) ----------------------------------------------------------
 python_ok() {
     "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
