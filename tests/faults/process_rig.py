@@ -1,20 +1,22 @@
-"""Scenario helpers for the process faults (tests/faults/test_process.py): a store seeded with a
-batch of slow test-double credentials plus a few Redis ones on a real server, ``rotator``
-processes started with the test-double connector installed, and polling with deadlines.
+"""Scenario helpers for the process faults (tests/faults/test_disk_full.py, test_serve_killed.py,
+test_clock_jump.py): a store seeded with a batch of slow test-double credentials plus a few Redis
+ones on a real server, ``rotator`` processes started with the test-double connector installed,
+and polling with deadlines.
 
 The double's target is a JSON file shared by every process (tests/support/doubles.py); its
-``latency_ms`` makes each step slow enough for a fault to land mid-batch. :func:`batch_probe`
+``latency_ms`` makes each step slow enough for a fault to land mid-batch. :meth:`Batch.probe`
 checks a CURRENT value for real: a fresh AUTH on Redis, the double's accepted values otherwise.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +51,7 @@ def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = WAIT_S
         if got:
             return got
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(0.1)
 
 
 def rotator_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -114,24 +116,28 @@ def seed_batch(
     tmp: Path,
     *,
     n_doubles: int,
-    latency_ms: int,
+    latency_ms: int | Sequence[int],
     redis_server: RedisServer | None = None,
     redis_users: list[str] | None = None,
     n_redis: int = 0,
     policy: PolicyInput | None = None,
 ) -> Batch:
-    """``n_doubles`` credentials ``fleet/dNN`` on a slow double target and ``n_redis``
+    """``n_doubles`` credentials ``fleet/dNN`` on a slow double target (``latency_ms`` per
+    connector call, or a list of latencies given to the credentials in turn) and ``n_redis``
     ``fleet/rNN`` on ``redis_server`` (ACL users named into ``redis_users`` for cleanup), all
     tagged :data:`TAG`, each with a first value that works on its target."""
     doubles.install()
-    target = {"state": str(tmp / "target.json"), "latency_ms": str(latency_ms)}
+    target = {"state": str(tmp / "target.json")}
     pol = policy or PolicyInput(grace="1h")
     batch = Batch(settings, [f"fleet/d{i:02d}" for i in range(n_doubles)], target=target)
+    # Several latencies (taken in turn): some rotations end early, others are still under way.
+    cycle = itertools.cycle([latency_ms] if isinstance(latency_ms, int) else latency_ms)
     for name in batch.doubles:
+        cfg = {**target, "latency_ms": str(next(cycle))}
         svc.add_credential(
-            name, "double", settings=target, tags=TAG, policy=pol, value=ValueInput(generate=True)
+            name, "double", settings=cfg, tags=TAG, policy=pol, value=ValueInput(generate=True)
         )
-        doubles.target_add(DoubleConfig(**target), name, svc.get_value(name).reveal_text())
+        doubles.target_add(DoubleConfig(**cfg), name, svc.get_value(name).reveal_text())
     if n_redis:
         assert redis_server is not None
         assert redis_users is not None

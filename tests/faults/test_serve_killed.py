@@ -126,7 +126,7 @@ def test_serve_sigkilled_mid_rest_batch_recovers_on_restart_with_job_interrupted
     started: list[Serve],
 ) -> None:
     batch = seed_batch(
-        svc, settings, tmp_path, n_doubles=14, latency_ms=100,
+        svc, settings, tmp_path, n_doubles=14, latency_ms=(50, 600),
         redis_server=redis_server, redis_users=redis_users, n_redis=3,
     )  # fmt: skip
     svc.add_principal("ops", Role.OPERATOR)
