@@ -56,6 +56,12 @@ if [ ! -x /usr/bin/chromium ]; then
     apt_install chromium
 fi
 
+# --- libfaketime: tests/faults/test_clock_jump.py moves a worker's wall clock ---------
+if ! compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
+    echo "==> installing faketime"
+    apt_install faketime
+fi
+
 # --- Python venv (>= 3.11) ----------------------------------------------------------
 python_ok() {
     "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null

@@ -73,6 +73,11 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached."""
 
 
+class StoreFull(StoreError):
+    """The store refused a write for want of space (SQLite's disk full, PostgreSQL's 53100):
+    an operation failure, not bad input; reads may still answer."""
+
+
 class ConcurrentModification(StoreError):
     """Another process changed the object at the same time."""
 

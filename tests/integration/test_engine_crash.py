@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -144,22 +145,24 @@ def test_kill_9_between_steps_then_recover(
     assert_consistent(settings, cfg, initial, raw_db)
 
 
-def test_rotation_owned_by_another_host_waits_for_its_lease(
+def test_rotation_owned_by_another_host_waits_for_its_lease_but_not_for_one_from_a_clock_days_ahead(
     settings: Settings, target: dict[str, str], raw_db: Engine
 ) -> None:
     cfg = {**target, "barrier_after": "set"}
     initial = setup_store(settings, cfg)
     start_and_kill_at_barrier(settings, cfg, "set")
     far = BlockingService.open(settings)
-    future = far.clock().replace(year=2100)
+    future = far.clock() + timedelta(hours=1)  # a lease a live owner elsewhere may hold
     far.close()
     with raw_db.begin() as c:  # as if the dead owner ran on another machine: pid unknowable
         c.execute(update(rotations).values(owner="elsewhere:1:x", lease_expires_at=future))
     early = cli(settings, "recover")
     assert early.returncode == 0, early.stderr
     assert "recovered 0 rotation(s)" in early.stdout
+    # Three days ahead: longer than any lease is granted for (a day at most), so it was taken
+    # by a clock far ahead of ours (or one that stepped back since): not waited for.
     with raw_db.begin() as c:
-        c.execute(update(rotations).values(lease_expires_at=future.replace(year=2000)))
+        c.execute(update(rotations).values(lease_expires_at=future + timedelta(days=3)))
     late = cli(settings, "recover")
     assert "recovered 3 rotation(s)" in late.stdout, late.stderr
     assert_consistent(settings, cfg, initial, raw_db)

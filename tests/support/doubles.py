@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import os
 import random
 import secrets
 from collections import defaultdict
@@ -49,17 +50,18 @@ _RUN: dict[tuple[str, str], int] = defaultdict(int)
 
 @contextmanager
 def _state(path: str) -> Iterator[dict[str, list[str]]]:
+    # Locked through a file beside it, and replaced whole (written aside, then renamed): a
+    # process SIGKILLed mid-write (tests/faults) leaves the old state or the new one, never a
+    # truncated file that would make the target forget every value.
     p = Path(path)
-    p.touch(exist_ok=True)
-    with p.open("r+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        text = f.read()
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = p.read_text() if p.exists() else ""
         data: dict[str, list[str]] = json.loads(text) if text.strip() else {}
         yield data
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps(data))
-        f.flush()
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, p)
 
 
 def target_values(cfg: DoubleConfig, credential: str) -> set[str]:

@@ -117,6 +117,17 @@ def test_catch_up_ends_when_nothing_is_overdue() -> None:
     assert pacer.allowance(at(100), 5) == 5
 
 
+def test_a_clock_stepping_back_mid_catch_up_keeps_the_pace_instead_of_stalling() -> None:
+    pacer = Pacer(Rate(5, 1), timedelta(seconds=10))  # 20 overdue: one every 0.5 s
+    pacer.started(pacer.allowance(at(0), 20), at(0))
+    pacer.started(pacer.allowance(at(1.0), 19), at(1.0))  # slots at 0.5 and 1.0
+    day = 86400.0
+    assert pacer.next_start(at(1.0 - day)) == at(1.5 - day)
+    assert pacer.allowance(at(1.5 - day), 17) == 1  # not a day later
+    pacer.started(1, at(1.5 - day))
+    assert pacer.allowance(at(1.5 - day), 16) == 0  # nor faster than the pace
+
+
 def test_a_negative_window_is_refused() -> None:
     with pytest.raises(InvalidInput, match="must not be negative"):
         Pacer(Rate(1, 1), timedelta(seconds=-1))

@@ -29,6 +29,7 @@ _STATUS: tuple[tuple[type[errors.RotatorError], int], ...] = (
     (errors.InvalidInput, 400),
     (errors.NotInitialized, 503),
     (errors.StoreUnavailable, 503),
+    (errors.StoreFull, 503),
     (errors.AuditKeyUnavailable, 503),
     (errors.IntegrityError, 500),
     (errors.DecryptionError, 500),

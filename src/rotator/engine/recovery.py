@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 from sqlalchemy import Connection
@@ -28,6 +28,13 @@ from rotator.errors import ConnectorError, LostOwnership, RotationError, Rotator
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
 from rotator.store.keys import tenant_name
+
+# No process grants a lease longer than a day (ROTATOR_LEASE_SECONDS is capped there) and
+# hosts' clocks agree within minutes, so a lease ending later than this from now was taken by a
+# clock far ahead of ours (or by one that stepped back since). Whether its owner lives cannot
+# be told: treat the lease as run out rather than wait days for it; fencing keeps a live owner
+# from writing, and it makes its target agree with the store again.
+LEASE_HORIZON_S = 86400.0 + 300.0
 
 
 class Recovery:
@@ -51,10 +58,11 @@ class Recovery:
         """Resume every rotation whose owner died (lease ran out, or its local pid is gone);
         only those of ``credential_ids`` when given (None: every one in the store)."""
         now = self.rt.now()
+        horizon = self._horizon(now)
 
         def find(conn: Connection) -> list[store_rot.RotationRow]:
             dead = [o for o in store_rot.active_owners(conn) if owner_dead(o)]
-            return store_rot.stale_rotations(conn, now, dead)
+            return store_rot.stale_rotations(conn, now, dead, horizon)
 
         rows = await self.rt.read(find)
         if credential_ids is not None:
@@ -63,6 +71,10 @@ class Recovery:
         results = await asyncio.gather(*(self.resume(r) for r in rows))
         return [r for r in results if r is not None]
 
+    def _horizon(self, now: datetime) -> datetime:
+        """Leases ending after this are taken by a clock far ahead (LEASE_HORIZON_S)."""
+        return now + timedelta(seconds=max(LEASE_HORIZON_S, 2 * self.rt.opts.lease_s))
+
     async def resume(self, row: store_rot.RotationRow) -> RotationResult | None:
         """Take ``row`` over under a new token (its old owner can no longer write it) and
         drive it on; None when another process claimed it first or its owner renewed."""
@@ -70,11 +82,15 @@ class Recovery:
         until = rt.now() + timedelta(seconds=rt.opts.lease_s)
         lease = Lease.new(rt.opts.lease_s)
         dead = owner_dead(row.owner)
-        took = await rt.writer.run(
-            lambda c: store_rot.take_over(
-                c, row, rt.owner, lease.fence, until, rt.now(), owner_dead=dead
-            )
-        )
+
+        def take(c: Connection) -> bool:
+            now = rt.now()
+            return store_rot.take_over(
+                c, row, rt.owner, lease.fence, until, now,
+                owner_dead=dead, horizon=self._horizon(now),
+            )  # fmt: skip
+
+        took = await rt.writer.run(take)
         if not took:
             return None
         self.leases.held[row.id] = lease
@@ -166,8 +182,10 @@ class Recovery:
                 )
             if row.terminal:
                 return _result_from_row(row)
+            now = self.rt.now()
             if (
-                row.lease_expires_at is not None and row.lease_expires_at < self.rt.now()
+                row.lease_expires_at is not None
+                and not now <= row.lease_expires_at <= self._horizon(now)
             ) or owner_dead(row.owner):
                 resumed = await self.resume(row)
                 if resumed is not None:

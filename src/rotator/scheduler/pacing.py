@@ -50,6 +50,10 @@ class Pacer:
 
     def _refill(self, now: datetime) -> None:
         if self._last is not None:
+            if now < self._last and self._catch_up is not None:
+                # The wall clock stepped back: move the catch-up's schedule with it, or no
+                # slot would come until the clock is back where it was (a day, after -1 day).
+                self._catch_up.start -= self._last - now
             dt = max(0.0, (now - self._last).total_seconds())
             self._tokens = min(self.burst, self._tokens + dt * self.rate.per_second)
         self._last = now
@@ -87,10 +91,10 @@ class Pacer:
 
     def next_start(self, now: datetime) -> datetime | None:
         """When the next rotation may start, if not now (None: whenever work is due)."""
+        self._refill(now)
         cu = self._catch_up
         if cu is not None:
             return cu.start + timedelta(seconds=cu.emitted * cu.spacing_s)
-        self._refill(now)
         if self._tokens >= 1.0:
             return None
         return now + timedelta(seconds=(1.0 - self._tokens) / self.rate.per_second)

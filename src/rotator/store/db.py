@@ -31,6 +31,7 @@ from rotator.errors import (
     InvalidInput,
     NotInitialized,
     StoreError,
+    StoreFull,
     StoreUnavailable,
 )
 
@@ -220,6 +221,9 @@ class Database:
         if isinstance(exc, OperationalError):
             if self.dialect == "sqlite" and "locked" in str(exc.orig):
                 return StoreUnavailable(f"database {self.safe_url} is locked by another process")
+            if _disk_full(exc.orig):
+                # Reached, but out of space: an operation failure (exit 1), not bad input.
+                return StoreFull(f"database {self.safe_url} is full: {_first_line(exc.orig)}")
             return StoreUnavailable(
                 f"cannot reach database {self.safe_url}: {_first_line(exc.orig)}"
             )
@@ -275,6 +279,13 @@ class Database:
 def _first_line(orig: BaseException | None) -> str:
     text = str(orig) if orig is not None else "unknown error"
     return text.strip().splitlines()[0] if text.strip() else type(orig).__name__
+
+
+def _disk_full(orig: BaseException | None) -> bool:
+    """SQLITE_FULL ("database or disk is full") or PostgreSQL's disk_full (SQLSTATE 53100)."""
+    if getattr(orig, "sqlite_errorname", None) == "SQLITE_FULL":
+        return True
+    return getattr(orig, "sqlstate", None) == "53100" or "disk is full" in str(orig)
 
 
 _SYNC_KEY = "rotator.synchronous"

@@ -160,6 +160,13 @@ _TAKE_OVER_VALUES: dict[str, Any] = {
 }
 _TAKE_OVER_DEAD = update(rotations).where(*_TAKE_OVER_COND).values(**_TAKE_OVER_VALUES)
 _TAKE_OVER = _TAKE_OVER_DEAD.where(rotations.c.lease_expires_at < bindparam("b_now"))
+# Also a lease ending after ``b_horizon`` (see stale_rotations): taken by a clock far ahead.
+_TAKE_OVER_AHEAD = _TAKE_OVER_DEAD.where(
+    or_(
+        rotations.c.lease_expires_at < bindparam("b_now"),
+        rotations.c.lease_expires_at > bindparam("b_horizon"),
+    )
+)
 _MARK_VERSION_CORE = update(versions).where(
     versions.c.credential_id == bindparam("b_cid"), versions.c.number == bindparam("b_no")
 )
@@ -407,10 +414,17 @@ def renew_leases(conn: Connection, fences: Mapping[str, str], until: datetime) -
 
 
 def stale_rotations(
-    conn: Connection, now: datetime, dead_owners: list[str] | None = None
+    conn: Connection,
+    now: datetime,
+    dead_owners: list[str] | None = None,
+    horizon: datetime | None = None,
 ) -> list[RotationRow]:
-    """Active rotations whose lease ran out (or whose owner is known dead), oldest first."""
+    """Active rotations whose lease ran out (or whose owner is known dead), oldest first.
+    With ``horizon``, also those whose lease ends after it: no owner grants such a lease by a
+    clock that agrees with ours, so its clock is (or was, before a step back) far ahead."""
     cond = rotations.c.lease_expires_at < now
+    if horizon is not None:
+        cond = or_(cond, rotations.c.lease_expires_at > horizon)
     if dead_owners:
         cond = or_(cond, rotations.c.owner.in_(dead_owners))
     rows = conn.execute(
@@ -440,12 +454,14 @@ def take_over(
     now: datetime,
     *,
     owner_dead: bool = False,
+    horizon: datetime | None = None,
 ) -> bool:
     """Claim the stale rotation ``row`` (as read) for ``owner`` under the new token ``fence``.
 
     Matches only while the row still has the owner and token that were read, is active, and
-    its lease has run out at ``now`` (unless ``owner_dead``: its process is known to be gone),
-    so an owner that renewed its lease in between keeps it. False if the claim did not match.
+    its lease has run out at ``now`` or ends after ``horizon`` when given (unless
+    ``owner_dead``: its process is known to be gone), so an owner that renewed its lease in
+    between keeps it. False if the claim did not match.
     """
     params = {
         "b_id": row.id,
@@ -456,7 +472,11 @@ def take_over(
         "b_lease": lease_expires_at,
         "b_now": now,
     }
-    res = conn.execute(_TAKE_OVER_DEAD if owner_dead else _TAKE_OVER, params)
+    stmt = _TAKE_OVER_DEAD if owner_dead else _TAKE_OVER
+    if horizon is not None and not owner_dead:
+        stmt = _TAKE_OVER_AHEAD
+        params["b_horizon"] = horizon
+    res = conn.execute(stmt, params)
     return res.rowcount == 1
 
 
