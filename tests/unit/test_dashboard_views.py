@@ -6,7 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rotator.dashboard import views
+from rotator import errors
+from rotator.api import problems
+from rotator.dashboard import routes, views
 from rotator.domain.model import Credential, Stage, Version
 from rotator.domain.policy import RotationPolicy
 from rotator.service.dashboard import HourCount, LastOutcome
@@ -74,3 +76,19 @@ def test_history_chart_stacks_failures_on_successes_under_a_round_scale() -> Non
     assert mixed.ok_h == mixed.bad_h  # 3 and 3
     assert mixed.bad_y + mixed.bad_h == pytest.approx(mixed.ok_y)
     assert five.ok_h > mixed.ok_h
+
+
+def _all_errors(cls: type[errors.RotatorError]) -> list[type[errors.RotatorError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += _all_errors(sub)
+    return out
+
+
+def test_every_service_error_gets_the_same_status_on_a_page_as_from_the_api() -> None:
+    def status(table: tuple[tuple[type[errors.RotatorError], int], ...], exc: Exception) -> int:
+        return next((s for cls, s in table if isinstance(exc, cls)), 500)
+
+    for cls in _all_errors(errors.RotatorError):
+        exc = cls.__new__(cls)
+        assert status(routes._STATUS, exc) == status(problems._STATUS, exc), cls.__name__

@@ -62,7 +62,8 @@ _MAX_FORM = 16 * 1024
 # does not import the API package. Absent (no limiter): nothing is charged.
 _CHARGE_KEY = "rotator_rate_charge"
 
-# The REST API's statuses (api.problems), most specific first.
+# The REST API's statuses (api.problems), most specific first; a unit test
+# (test_dashboard_views) keeps the two tables equal, since the dashboard may not import the API.
 _STATUS: tuple[tuple[type[errors.RotatorError], int], ...] = (
     (errors.AuthenticationFailed, 401),
     (errors.PermissionDenied, 403),
@@ -71,6 +72,7 @@ _STATUS: tuple[tuple[type[errors.RotatorError], int], ...] = (
     (errors.ConcurrentModification, 409),
     (errors.InvalidInput, 400),
     (errors.NotInitialized, 503),
+    (errors.StoreFull, 503),
     (errors.StoreUnavailable, 503),
     (errors.AuditKeyUnavailable, 503),
     (errors.ConnectorError, 502),

@@ -32,7 +32,8 @@ class HourCount:
 @dataclass(frozen=True, slots=True)
 class LastOutcome:
     """How a credential's newest finished rotation ended (``ok`` false: failed or rolled
-    back, ``error`` its one-line reason, never a value)."""
+    back, ``error`` its one-line reason, never a value; None for a principal without
+    ROTATION_READ on the credential)."""
 
     ok: bool
     step: str
@@ -76,16 +77,19 @@ async def credential_overview(
     order), each with its newest finished rotation's outcome (None: never rotated)."""
     creds = await svc.list_credentials(tags=tags, principal=principal)
     last = await svc._read(partial(history.last_finished, credential_ids=[c.id for c in creds]))
-    out: list[tuple[Credential, LastOutcome | None]] = []
-    for c in creds:
-        f = last.get(c.id)
-        outcome = (
-            None
-            if f is None
-            else LastOutcome(f.step == "finished", f.step, f.finished_at, _line(f.error))
-        )
-        out.append((c, outcome))
-    return out
+    return [(c, _outcome(last.get(c.id), c, principal)) for c in creds]
+
+
+def _outcome(
+    f: history.Finished | None, cred: Credential, principal: Principal
+) -> LastOutcome | None:
+    """The outcome of ``f``; its error text only for a principal that may read rotations of
+    ``cred`` (the API shows a rotation's error only to ROTATION_READ: it names target URLs and
+    raw connector errors)."""
+    if f is None:
+        return None
+    error = _line(f.error) if principal.may(Action.ROTATION_READ, cred.name) else None
+    return LastOutcome(f.step == "finished", f.step, f.finished_at, error)
 
 
 async def last_outcome(
@@ -95,10 +99,7 @@ async def last_outcome(
     needs CREDENTIAL_READ on it."""
     await svc.authorize(principal, Action.CREDENTIAL_READ, cred.name)
     last = await svc._read(partial(history.last_finished, credential_ids=[cred.id]))
-    f = last.get(cred.id)
-    if f is None:
-        return None
-    return LastOutcome(f.step == "finished", f.step, f.finished_at, _line(f.error))
+    return _outcome(last.get(cred.id), cred, principal)
 
 
 def _line(text: str | None) -> str | None:
