@@ -31,7 +31,7 @@ from rotator.crypto import snapshot as sealed
 from rotator.crypto.keys import KdfParams, MasterKey
 from rotator.domain.model import DEFAULT_TENANT
 from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
-from rotator.errors import InvalidInput, MasterKeyError
+from rotator.errors import DecryptionError, InvalidInput, MasterKeyError
 from rotator.kernel import integrity, utcnow
 from rotator.kernel.keyring import KeyRing
 from rotator.service.credentials import RotatorService
@@ -81,36 +81,43 @@ def _current_master(conn: Connection, what: str) -> dict[str, Any]:
     return dict(master)
 
 
+def snapshot_master(snap: snap_store.Snapshot, what: str) -> dict[str, Any]:
+    """The ``master`` meta row held in ``snap``; InvalidInput when it has none or also holds
+    ``master_next`` (a master-key rotation under way: its data keys are wrapped under two keys,
+    and the snapshot restores into a store no single key opens)."""
+    meta = {r["key"]: r["value"] for r in snap.rows("meta")}
+    master = meta.get("master")
+    if not isinstance(master, dict) or not isinstance(master.get("id"), str):
+        raise InvalidInput(f"{what} holds no master key record")
+    if meta.get("master_next") is not None:
+        raise InvalidInput(
+            f"{what} was taken during a master-key rotation: finish it with "
+            "`rotator keys rotate-master`, then back up again"
+        )
+    return dict(master)
+
+
 def _head_seq(snap: snap_store.Snapshot) -> int:
     heads = snap.rows("audit_head")
     return int(heads[0]["seq"]) if heads else 0
 
 
-async def backup(
-    svc: RotatorService, path: Path, *, force: bool = False, principal: Principal = LOCAL_PRINCIPAL
-) -> BackupResult:
-    """Write a backup of the whole store to ``path`` (mode 0600, atomically: ``path`` holds
-    the whole file or what it held before), taken online. Refuses (InvalidInput) an existing
-    ``path`` unless ``force``, and a store in the middle of a master-key rotation. Appends
-    ``store.backup`` (file digest, rows, the audit head seq it captured) to the audit log after
-    the file is in place. Needs STORE_ADMIN (the store's owner)."""
-    await svc.authorize(principal, Action.STORE_ADMIN)
-    if path.is_dir():
-        raise InvalidInput(f"backup file {path} is a folder")
-    if path.exists() and not force:
-        raise InvalidInput(f"backup file {path} exists: use --force to replace it")
-    if not path.parent.is_dir():
-        raise InvalidInput(f"backup file {path}: folder {path.parent} does not exist")
-    master_meta = await svc._read(lambda c: _current_master(c, "a backup"))
-    master = svc.kernel.ring.get(master_meta["id"])
-    snap = await svc._thread(lambda: snap_store.dump(svc.db))
-    now = svc.clock()
+def seal_snapshot(
+    master: MasterKey,
+    snap: snap_store.Snapshot,
+    *,
+    now: datetime,
+    backend: str,
+    kdf: dict[str, Any] | None,
+) -> tuple[dict[str, Any], bytes]:
+    """(header, file bytes) of the backup of ``snap`` sealed under ``master``. Checks nothing:
+    :func:`backup` checks that ``master`` is the snapshot's own master key."""
     header: dict[str, Any] = {
         "created_at": now.isoformat(),
         "rotator_version": __version__,
         "revision": snap.revision,
-        "source_backend": svc.db.dialect,
-        "kdf": master_meta.get("kdf"),
+        "source_backend": backend,
+        "kdf": kdf,
         "audit_head_seq": _head_seq(snap),
         "tables": {
             name: {"rows": len(t.rows), "sha256": t.digest()} for name, t in snap.tables.items()
@@ -120,10 +127,44 @@ async def backup(
         name: {"columns": t.columns, "kinds": t.kinds, "rows": t.rows}
         for name, t in snap.tables.items()
     }
-    data = await svc._thread(
-        lambda: sealed.seal(master, header, zlib.compress(sealed.canonical(body_doc), 6))
+    data = sealed.seal(master, header, zlib.compress(sealed.canonical(body_doc), 6))
+    return header, data
+
+
+async def backup(
+    svc: RotatorService, path: Path, *, force: bool = False, principal: Principal = LOCAL_PRINCIPAL
+) -> BackupResult:
+    """Write a backup of the whole store to ``path`` (mode 0600, atomically: ``path`` holds
+    the whole file or what it held before), taken online. Refuses (InvalidInput) an existing
+    ``path`` unless ``force``, and a snapshot taken during a master-key rotation (checked in
+    the snapshot itself: a rotation may begin while the backup runs). Appends ``store.backup``
+    (file digest, rows, the audit head seq it captured) to the audit log before the file is
+    put in place: when the append fails, ``path`` is left as it was. Needs STORE_ADMIN (the
+    store's owner)."""
+    await svc.authorize(principal, Action.STORE_ADMIN)
+    if path.is_dir():
+        raise InvalidInput(f"backup file {path} is a folder")
+    if path.exists() and not force:
+        raise InvalidInput(f"backup file {path} exists: use --force to replace it")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"backup file {path}: folder {path.parent} does not exist")
+    await svc._read(lambda c: _current_master(c, "a backup"))  # refuse early, cheaply
+    snap = await svc._thread(lambda: snap_store.dump(svc.db))
+    # The check above ran in a transaction of its own: a `keys rotate-master` may have begun
+    # (or even finished) before the dump. Only the snapshot itself tells which key its data
+    # keys are wrapped under, so the sealing key is chosen from, and checked against, it.
+    master_meta = snapshot_master(snap, "this backup")
+    try:
+        master = svc.kernel.ring.get(master_meta["id"])
+    except DecryptionError:
+        raise InvalidInput(
+            "the master key changed while the backup was taken: run `rotator backup` again"
+        ) from None
+    header, data = await svc._thread(
+        lambda: seal_snapshot(
+            master, snap, now=svc.clock(), backend=svc.db.dialect, kdf=master_meta.get("kdf")
+        )
     )
-    await svc._thread(lambda: _write_file(path, data, force=force))
     rows = sum(len(t.rows) for t in snap.tables.values())
     details = {
         "file_sha256": hashlib.sha256(data).hexdigest(),
@@ -133,15 +174,22 @@ async def backup(
         "audit_head_seq": header["audit_head_seq"],
         "master_key_id": master.id,
     }
-    await svc._write(lambda c: svc.kernel.audit(c, principal, "store.backup", details=details))
+    # The file is written whole under a temporary name, the audit entry appended, and only
+    # then the file put in place: a failed append leaves no backup the log does not record
+    # (and, with --force, the file it would have replaced).
+    tmp = await svc._thread(lambda: _stage_file(path, data))
+    try:
+        await svc._write(lambda c: svc.kernel.audit(c, principal, "store.backup", details=details))
+        await svc._thread(lambda: _place_file(tmp, path, force=force))
+    finally:
+        tmp.unlink(missing_ok=True)
     return BackupResult(
         path, len(snap.tables), rows, len(data), header["audit_head_seq"], snap.revision
     )
 
 
-def _write_file(path: Path, data: bytes, *, force: bool) -> None:
-    """``data`` into ``path`` with mode 0600: temporary file, fsync, then link (refuses an
-    existing file) or, with ``force``, rename over it; then fsync the folder."""
+def _stage_file(path: Path, data: bytes) -> Path:
+    """``data`` in a new temporary file (mode 0600, fsynced) beside ``path``; its path."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -152,17 +200,22 @@ def _write_file(path: Path, data: bytes, *, force: bool) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise InvalidInput(
-                    f"backup file {path} exists: use --force to replace it"
-                ) from None
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _place_file(tmp: Path, path: Path, *, force: bool) -> None:
+    """Put the staged ``tmp`` at ``path``: link (refuses an existing file) or, with
+    ``force``, rename over it; then fsync the folder. The caller removes ``tmp``."""
+    if force:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise InvalidInput(f"backup file {path} exists: use --force to replace it") from None
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -231,7 +284,19 @@ def verify_backup(
     revision = header.get("revision")
     if not isinstance(revision, str):
         raise InvalidInput(f"{what} names no schema revision")
-    return header, snap_store.Snapshot(revision, tables), master, from_file, data
+    snap = snap_store.Snapshot(revision, tables)
+    try:
+        held = snapshot_master(snap, what)
+    except (ValueError, TypeError, KeyError):
+        raise InvalidInput(f"{what} has a body that is not a snapshot") from None
+    if held["id"] != master.id:
+        # Its data keys are wrapped under another key than the one that opened it: restored,
+        # no value would open.
+        raise InvalidInput(
+            f"{what} holds a store whose master key is {str(held['id'])[:16]!r}, not the key "
+            f"{master.id!r} it was sealed with"
+        )
+    return header, snap, master, from_file, data
 
 
 def restore(
