@@ -416,10 +416,13 @@ async def export_shares(
 def import_shares(settings: Settings, shares: list[str]) -> tuple[str, bool]:
     """Rebuild the master key from SLIP-0039 ``shares`` and write it to
     ``ROTATOR_HOME/master.key`` (0600). Returns (key id, whether the file was written; False:
-    the same key was there already). InvalidInput (one line, quoting no share) for a share
-    that does not decode (a mistyped word fails its checksum), too few shares, shares of
-    different keys, an existing different key file, or, when ROTATOR_DB holds a store, a key
-    that is not that store's (or a passphrase store: use its passphrase)."""
+    the same key was there already). More shares than the threshold are fine (THRESHOLD
+    distinct ones are used). InvalidInput (one line, quoting no share) for a share that does
+    not decode (a mistyped word fails its checksum: it is named, even when enough good shares
+    remain, so that a damaged escrow copy is noticed; leave it out and import again), too few
+    distinct shares, two different shares claiming the same member, shares of different keys,
+    an existing different key file, or, when ROTATOR_DB holds a store, a key that is not that
+    store's (or a passphrase store: use its passphrase)."""
     import shamir_mnemonic
     from shamir_mnemonic.share import Share
 
@@ -434,14 +437,24 @@ def import_shares(settings: Settings, shares: list[str]) -> tuple[str, bool]:
             raise InvalidInput(
                 f"share {i} is not a valid share (a mistyped or missing word fails its checksum)"
             ) from None
-    if len({(s.identifier, s.member_threshold) for s in decoded}) != 1:
+    if len({(s.identifier, s.member_threshold, s.group_index) for s in decoded}) != 1:
         raise InvalidInput("the shares belong to different splits")
-    distinct = {s.index for s in decoded}
+    # SLIP-0039 combines exactly THRESHOLD shares of a group: keep one per member index (the
+    # same share given twice counts once) and the first THRESHOLD of those.
+    by_index: dict[int, tuple[int, str]] = {}
+    for i, (share, w) in enumerate(zip(decoded, words, strict=True), 1):
+        first = by_index.setdefault(share.index, (i, w))
+        if first[1] != w:
+            raise InvalidInput(
+                f"shares {first[0]} and {i} are the same member of the split but differ: "
+                "one of them is damaged"
+            )
     need = decoded[0].member_threshold
-    if len(distinct) < need:
-        raise InvalidInput(f"{len(distinct)} distinct share(s) given; this key needs {need}")
+    if len(by_index) < need:
+        raise InvalidInput(f"{len(by_index)} distinct share(s) given; this key needs {need}")
+    chosen = [w for _, (_, w) in sorted(by_index.items())[:need]]
     try:
-        material = shamir_mnemonic.combine_mnemonics(words)
+        material = shamir_mnemonic.combine_mnemonics(chosen)
     except shamir_mnemonic.MnemonicError:
         raise InvalidInput("the shares do not rebuild a key: they do not belong together") from None
     try:
