@@ -110,7 +110,7 @@ def _split(data: bytes, what: str) -> tuple[dict[str, Any], bytes, bytes, bytes]
         raise InvalidInput(f"{what} has bytes after its signature")
     try:
         header = json.loads(head)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than any header
         raise InvalidInput(f"{what} has a header that is not JSON") from None
     if not isinstance(header, dict):
         raise InvalidInput(f"{what} has a header that is not a JSON object")

@@ -272,7 +272,7 @@ def verify_backup(
             name: snap_store.TableDump(list(t["columns"]), list(t["kinds"]), list(t["rows"]))
             for name, t in doc.items()
         }
-    except (zlib.error, ValueError, TypeError, KeyError, AttributeError):
+    except (zlib.error, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         raise InvalidInput(f"{what} has a body that is not a snapshot") from None
     declared = header.get("tables")
     if not isinstance(declared, dict) or set(declared) != set(tables):
