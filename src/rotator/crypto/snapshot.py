@@ -40,7 +40,7 @@ from rotator.crypto.signing import SigningKey, verify_signature
 from rotator.errors import InvalidInput
 
 MAGIC = b"rotator-backup\n"
-FORMAT = 1
+FORMAT = 2  # 2: revision, audit head and table digests moved into the body
 _ENCRYPTION_INFO = b"rotator/backup-encryption/v1"
 _SIGNING_INFO = b"rotator/backup-signing/v1"
 _SIG_BYTES = 64

@@ -110,25 +110,31 @@ def seal_snapshot(
     backend: str,
     kdf: dict[str, Any] | None,
 ) -> tuple[dict[str, Any], bytes]:
-    """(header, file bytes) of the backup of ``snap`` sealed under ``master``. Checks nothing:
-    :func:`backup` checks that ``master`` is the snapshot's own master key."""
+    """(what the file says of itself, file bytes) of the backup of ``snap`` sealed under
+    ``master``. Checks nothing: :func:`backup` checks that ``master`` is the snapshot's own
+    master key. The plain header holds only what is needed before decryption (which key, its
+    scrypt parameters) and when and by which version the file was made; the revision, the
+    audit head and every table with its digest are in the encrypted body: a per-table row
+    count or unkeyed digest in the clear would tell what small tables hold."""
     header: dict[str, Any] = {
         "created_at": now.isoformat(),
         "rotator_version": __version__,
+        "kdf": kdf,
+    }
+    inner: dict[str, Any] = {
         "revision": snap.revision,
         "source_backend": backend,
-        "kdf": kdf,
         "audit_head_seq": _head_seq(snap),
-        "tables": {
-            name: {"rows": len(t.rows), "sha256": t.digest()} for name, t in snap.tables.items()
-        },
     }
     body_doc = {
-        name: {"columns": t.columns, "kinds": t.kinds, "rows": t.rows}
-        for name, t in snap.tables.items()
+        **inner,
+        "tables": {
+            name: {"columns": t.columns, "kinds": t.kinds, "rows": t.rows, "sha256": t.digest()}
+            for name, t in snap.tables.items()
+        },
     }
     data = sealed.seal(master, header, zlib.compress(sealed.canonical(body_doc), 6))
-    return header, data
+    return {**sealed.read_header(data, "backup"), **inner}, data
 
 
 async def backup(
@@ -259,8 +265,10 @@ def verify_backup(
     settings: Settings, path: Path
 ) -> tuple[dict[str, Any], snap_store.Snapshot, MasterKey, bool, bytes]:
     """Read and check the backup at ``path`` completely (format, signature, decryption, each
-    table's row count and digest) with the master key at hand; writes nothing. InvalidInput
-    (one line) for anything wrong with the file; MasterKeyError without a key."""
+    table's digest, one master key: the one that opened it) with the master key at hand;
+    writes nothing. Returns (the header with the body's ``revision``, ``source_backend`` and
+    ``audit_head_seq``, snapshot, key, whether from a key file, file bytes). InvalidInput (one
+    line) for anything wrong with the file; MasterKeyError without a key."""
     what = f"backup file {path}"
     data = _read_file(path)
     header = sealed.read_header(data, what)
@@ -269,22 +277,23 @@ def verify_backup(
     try:
         doc = json.loads(zlib.decompress(body))
         tables = {
-            name: snap_store.TableDump(list(t["columns"]), list(t["kinds"]), list(t["rows"]))
-            for name, t in doc.items()
+            name: (
+                snap_store.TableDump(list(t["columns"]), list(t["kinds"]), list(t["rows"])),
+                t["sha256"],
+            )
+            for name, t in doc["tables"].items()
         }
+        info = {k: doc[k] for k in ("revision", "source_backend", "audit_head_seq")}
+        changed = [name for name, (t, digest) in tables.items() if digest != t.digest()]
     except (zlib.error, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         raise InvalidInput(f"{what} has a body that is not a snapshot") from None
-    declared = header.get("tables")
-    if not isinstance(declared, dict) or set(declared) != set(tables):
-        raise InvalidInput(f"{what}: its tables do not match its header")
-    for name, t in tables.items():
-        d = declared[name]
-        if not isinstance(d, dict) or d.get("rows") != len(t.rows) or d.get("sha256") != t.digest():
-            raise InvalidInput(f"{what}: table {name!r} does not match its header's digest")
-    revision = header.get("revision")
+    if changed:
+        raise InvalidInput(f"{what}: table {changed[0]!r} does not match its digest")
+    revision = info["revision"]
     if not isinstance(revision, str):
         raise InvalidInput(f"{what} names no schema revision")
-    snap = snap_store.Snapshot(revision, tables)
+    header = {**header, **info}
+    snap = snap_store.Snapshot(revision, {name: t for name, (t, _) in tables.items()})
     try:
         held = snapshot_master(snap, what)
     except (ValueError, TypeError, KeyError):
