@@ -4,11 +4,13 @@ restore that fails leaves nothing behind (both store backends)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect
+from tests.integration.test_restore_drill import Rot, ok, rot
 
 from rotator.config import Settings
 from rotator.crypto import read_key_file
@@ -18,6 +20,8 @@ from rotator.service import BlockingService, ValueInput
 from rotator.service import backup as dr
 from rotator.store import Database, normalize_url
 from rotator.store import snapshot as snap_store
+
+__all__ = ["rot"]  # the fixture, shared with the restore drill
 
 
 class Interrupted(Exception):
@@ -158,3 +162,33 @@ def test_a_restore_failing_at_its_last_step_leaves_no_tables_and_no_sqlite_file(
             engine.dispose()
     monkeypatch.undo()
     assert dr.restore(dst, tmp_path / "s.bak").rows > 0
+
+
+def test_keys_export_failing_on_a_share_file_leaves_no_share_file_behind(
+    tmp_path: Path, db_url: str, rot: Rot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, shares = tmp_path / "home", tmp_path / "shares"
+    ok(rot(home, db_url, "init"))
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def fsync_failing_on_the_third_share(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if "share-" in name:
+            synced.append(name)
+            if len(synced) == 3:
+                raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", fsync_failing_on_the_third_share)
+        result = rot(home, db_url, "keys", "export", "--split", "3-of-5", "--out", str(shares))
+    assert result.code == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rotator: error: cannot write the shares to {shares}: No space left on device; "
+        "no share file left"
+    ]
+    assert len(synced) == 3
+    assert leftovers(shares) == []  # not two shares of a 3-of-5 set, nor temporary files
+    ok(rot(home, db_url, "keys", "export", "--split", "3-of-5", "--out", str(shares)))
+    assert leftovers(shares) == [f"share-{i}-of-5.txt" for i in range(1, 6)]
