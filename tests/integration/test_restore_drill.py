@@ -40,7 +40,6 @@ from rotator.store import normalize_url
 from rotator.store.schema import rotations
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
-RUN_CLI = SUPPORT / "run_cli.py"
 RUN_HOOKED = SUPPORT / "run_cli_hooked.py"
 PG_CREDS = 8
 LOCAL_CREDS = 3
@@ -194,42 +193,66 @@ def set_up(settings: Settings, target: PgTarget, roles: list[tuple[str, str]]) -
         svc.close()
 
 
-def rotate_online_while_backing_up(rot: Rot, home: Path, db_url: str, backup: Path) -> None:
-    """A batch rotation in a subprocess; `rotator backup` while it is under way."""
-    engine = create_engine(normalize_url(db_url))
+def rotate_online_while_backing_up(
+    rot: Rot, home: Path, db_url: str, backup: Path, gate: Path
+) -> None:
+    """A batch rotation in a subprocess, held right before the test step of its first local
+    rotation (its set step done: a rotation in flight) while `rotator backup` runs; it must
+    still be running when the backup returns, then it is let go and finishes.
+
+    Concurrency 1: the hook holds the whole process, and the rotations before the held one
+    have all ended, so the only rotation in flight in the backup is a local one, which the
+    test may recover in a scratch restore without touching the PostgreSQL target."""
+    gate.mkdir()
+    hook = {
+        "target": "rotator.connectors.local:LocalConnector.test",
+        "call": 1,
+        "when": "before",
+        "action": "barrier",
+        "dir": str(gate),
+    }
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(RUN_CLI),
+            str(RUN_HOOKED),
             "rotate",
             "--tag",
             "drill=yes",
             "--concurrency",
-            "2",
+            "1",
             "--json",
         ],
-        env=env_for(home, db_url),
+        env=env_for(home, db_url, ROTATOR_TEST_HOOK=json.dumps(hook)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the batch has begun: rotations are recorded
-            with engine.connect() as c:
-                n = len(c.execute(select(rotations.c.id)).all())
-            if n or proc.poll() is not None:
-                break
-            assert time.monotonic() < deadline, "the batch never started"
+        deadline = time.monotonic() + 120
+        while not (gate / "first").exists():  # the batch is held, mid-rotation
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the batch never reached its hook"
             time.sleep(0.02)
         ok(rot(home, db_url, "backup", str(backup)))
+        assert proc.poll() is None, "the batch ended before the backup did: not an online backup"
+        (gate / "release").touch()
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-        engine.dispose()
+            proc.communicate()
     assert proc.returncode == 0, err
     assert json.loads(out)["failed"] == []
+
+
+def unfinished_rotations(db_url: str) -> list[tuple[str, str]]:
+    engine = create_engine(normalize_url(db_url))
+    try:
+        with engine.connect() as c:
+            rows = c.execute(select(rotations.c.credential, rotations.c.step)).all()
+    finally:
+        engine.dispose()
+    return [(name, step) for name, step in rows if step not in FINAL_STEPS]
 
 
 def kill_rotation_between_set_and_test(home: Path, db_url: str) -> None:
@@ -296,12 +319,18 @@ def test_restore_drill_backup_destroy_rebuild_key_restore_recover_every_current_
 
     # 1. Online backup while a batch rotates; it restores to a consistent store.
     online = tmp_path / "online.bak"
-    rotate_online_while_backing_up(rot, home, db_url, online)
+    rotate_online_while_backing_up(rot, home, db_url, online, tmp_path / "gate")
+    assert unfinished_rotations(db_url) == []
     scratch_home = tmp_path / "scratch"
     scratch_home.mkdir(mode=0o700)
     shutil.copy2(home / "master.key", scratch_home / "master.key")
     scratch_db = f"sqlite:///{tmp_path}/scratch.db"
     ok(rot(scratch_home, scratch_db, "restore", str(online)))
+    # The backup caught the held rotation in flight; recovery resolves it.
+    [(held, _)] = unfinished_rotations(scratch_db)
+    assert held.startswith("local/"), held
+    assert "recovered 1 rotation(s)" in ok(rot(scratch_home, scratch_db, "recover"))
+    assert unfinished_rotations(scratch_db) == []
     ok(rot(scratch_home, scratch_db, "audit", "verify"))
     scratch = BlockingService.open(Settings(home=scratch_home, db_url=scratch_db))
     try:

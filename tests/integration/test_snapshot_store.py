@@ -4,6 +4,7 @@ restores at its revision and is migrated to the newest in the same transaction."
 from __future__ import annotations
 
 import shutil
+import urllib.parse
 from pathlib import Path
 
 from rotator.config import Settings
@@ -52,3 +53,25 @@ def test_a_snapshot_of_an_older_revision_is_restored_then_migrated_to_head(
         assert restored.audit_verify().ok
     finally:
         restored.close()
+
+
+def test_a_sqlite_store_whose_path_holds_uri_characters_is_snapshotted_from_that_file(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "h#1?x%41"
+    url = "sqlite:///" + urllib.parse.quote(f"{home}/rotator.db")  # as a URL must spell it
+    svc, _ = BlockingService.init(Settings(home=home, db_url=url))
+    try:
+        svc.add_credential("app/a", "local", value=ValueInput(generate=True))
+    finally:
+        svc.close()
+    db = Database(url)
+    try:
+        assert db.sqlite_path == home / "rotator.db"
+        snap = snap_store.dump(db)
+    finally:
+        db.dispose()
+    assert snap.revision == HEAD_REVISION
+    assert [r["name"] for r in snap.rows("credentials")] == ["app/a"]
+    # Nothing opened (or created) at a path cut short at "#" or "?".
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h#1?x%41"]

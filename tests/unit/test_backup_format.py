@@ -3,12 +3,19 @@ the body is encrypted, and only the master key it was made under opens it."""
 
 from __future__ import annotations
 
+import struct
+import zlib
+from pathlib import Path
+
 import pytest
 
-from rotator.crypto import MasterKey
+from rotator.config import Settings
+from rotator.crypto import MasterKey, write_key_file
 from rotator.crypto import snapshot as sealed
 from rotator.errors import InvalidInput
-from rotator.service.backup import parse_split
+from rotator.kernel import utcnow
+from rotator.service.backup import parse_split, seal_snapshot, verify_backup
+from rotator.store.snapshot import Snapshot, TableDump
 
 BODY = b'{"credentials": "sealed rows"}' * 20
 
@@ -61,3 +68,49 @@ def test_split_outside_2_to_16_shares_is_bad_input(text: str) -> None:
 def test_split_parses_threshold_of_shares() -> None:
     assert parse_split("3-of-5") == (3, 5)
     assert parse_split(" 2-OF-2 ") == (2, 2)
+
+
+NESTED = b"[" * 100_000 + b"]" * 100_000  # deeper than any JSON parser recurses
+
+
+def test_a_header_or_body_of_deeply_nested_json_is_refused_as_bad_input(tmp_path: Path) -> None:
+    forged = sealed.MAGIC + struct.pack(">I", len(NESTED)) + NESTED + struct.pack(">Q", 0)
+    with pytest.raises(InvalidInput, match="header that is not JSON"):
+        sealed.read_header(forged + bytes(64), "f")
+    # A body nested as deep (it would take the master key to sign one).
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path}/r.db")
+    key = MasterKey.generate()
+    write_key_file(settings.key_file, key)
+    path = tmp_path / "nested.bak"
+    path.write_bytes(sealed.seal(key, {"revision": "0016"}, zlib.compress(NESTED)))
+    with pytest.raises(InvalidInput, match="body that is not a snapshot"):
+        verify_backup(settings, path)
+
+
+def test_the_plain_header_names_no_table_row_count_or_digest_and_the_body_holds_them(
+    tmp_path: Path,
+) -> None:
+    key = MasterKey.generate()
+    snap = Snapshot(
+        "0016",
+        {
+            "meta": TableDump(["key", "value"], ["plain", "json"], [["master", {"id": key.id}]]),
+            "principals": TableDump(["name"], ["plain"], [["root"], ["ops"]]),
+        },
+    )
+    info, data = seal_snapshot(key, snap, now=utcnow(), backend="sqlite", kdf=None)
+    header = sealed.read_header(data, "f")
+    assert set(header) == {
+        "format", "master_key_id", "signing_key_id", "salt", "kdf", "created_at",
+        "rotator_version",
+    }  # fmt: skip
+    assert b"principals" not in data
+    assert b"0016" not in data
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path}/r.db")
+    write_key_file(settings.key_file, key)
+    path = tmp_path / "f.bak"
+    path.write_bytes(data)
+    opened, restored, _, _, _ = verify_backup(settings, path)
+    assert restored.tables == snap.tables
+    assert opened["revision"] == info["revision"] == "0016"
+    assert opened["audit_head_seq"] == 0

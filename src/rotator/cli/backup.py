@@ -71,17 +71,48 @@ def keys_export(
     if out_dir is None:
         sys.stdout.write("".join(s + "\n" for s in shares))
         return
-    for i, share in enumerate(shares, 1):
-        path = out_dir / f"share-{i}-of-{len(shares)}.txt"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(share + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        _write_shares(out_dir, shares)
+    except OSError as exc:
+        fail(f"cannot write the shares to {out_dir}: {exc.strerror or exc}; no share file left", 1)
     out.print(
         f"wrote {len(shares)} shares of master key {key_id} to {out_dir} "
         f"(any {split.split('-')[0]} rebuild it)"
     )
+
+
+def _write_shares(out_dir: Path, shares: list[str]) -> None:
+    """Each share to ``out_dir/share-I-of-N.txt`` (0600), all or none: every share is written
+    and fsynced under a temporary name first, then linked to its name (refusing one that
+    exists); on any failure the shares already placed and every temporary file are removed,
+    so no partial set (fewer than N, maybe fewer than the threshold) is left to be trusted."""
+    staged: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for i, share in enumerate(shares, 1):
+            final = out_dir / f"share-{i}-of-{len(shares)}.txt"
+            tmp = out_dir / f".{final.name}.{os.urandom(4).hex()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            staged.append((tmp, final))
+            with os.fdopen(fd, "w") as f:
+                f.write(share + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, final in staged:
+            os.link(tmp, final)
+            placed.append(final)
+        dfd = os.open(out_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 @keys_app.command("import")

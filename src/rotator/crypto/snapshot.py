@@ -40,7 +40,7 @@ from rotator.crypto.signing import SigningKey, verify_signature
 from rotator.errors import InvalidInput
 
 MAGIC = b"rotator-backup\n"
-FORMAT = 1
+FORMAT = 2  # 2: revision, audit head and table digests moved into the body
 _ENCRYPTION_INFO = b"rotator/backup-encryption/v1"
 _SIGNING_INFO = b"rotator/backup-signing/v1"
 _SIG_BYTES = 64
@@ -110,7 +110,7 @@ def _split(data: bytes, what: str) -> tuple[dict[str, Any], bytes, bytes, bytes]
         raise InvalidInput(f"{what} has bytes after its signature")
     try:
         header = json.loads(head)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than any header
         raise InvalidInput(f"{what} has a header that is not JSON") from None
     if not isinstance(header, dict):
         raise InvalidInput(f"{what} has a header that is not a JSON object")

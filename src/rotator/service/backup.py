@@ -31,7 +31,7 @@ from rotator.crypto import snapshot as sealed
 from rotator.crypto.keys import KdfParams, MasterKey
 from rotator.domain.model import DEFAULT_TENANT
 from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
-from rotator.errors import InvalidInput, MasterKeyError
+from rotator.errors import DecryptionError, InvalidInput, MasterKeyError
 from rotator.kernel import integrity, utcnow
 from rotator.kernel.keyring import KeyRing
 from rotator.service.credentials import RotatorService
@@ -81,9 +81,60 @@ def _current_master(conn: Connection, what: str) -> dict[str, Any]:
     return dict(master)
 
 
+def snapshot_master(snap: snap_store.Snapshot, what: str) -> dict[str, Any]:
+    """The ``master`` meta row held in ``snap``; InvalidInput when it has none or also holds
+    ``master_next`` (a master-key rotation under way: its data keys are wrapped under two keys,
+    and the snapshot restores into a store no single key opens)."""
+    meta = {r["key"]: r["value"] for r in snap.rows("meta")}
+    master = meta.get("master")
+    if not isinstance(master, dict) or not isinstance(master.get("id"), str):
+        raise InvalidInput(f"{what} holds no master key record")
+    if meta.get("master_next") is not None:
+        raise InvalidInput(
+            f"{what} was taken during a master-key rotation: finish it with "
+            "`rotator keys rotate-master`, then back up again"
+        )
+    return dict(master)
+
+
 def _head_seq(snap: snap_store.Snapshot) -> int:
     heads = snap.rows("audit_head")
     return int(heads[0]["seq"]) if heads else 0
+
+
+def seal_snapshot(
+    master: MasterKey,
+    snap: snap_store.Snapshot,
+    *,
+    now: datetime,
+    backend: str,
+    kdf: dict[str, Any] | None,
+) -> tuple[dict[str, Any], bytes]:
+    """(what the file says of itself, file bytes) of the backup of ``snap`` sealed under
+    ``master``. Checks nothing: :func:`backup` checks that ``master`` is the snapshot's own
+    master key. The plain header holds only what is needed before decryption (which key, its
+    scrypt parameters) and when and by which version the file was made; the revision, the
+    audit head and every table with its digest are in the encrypted body: a per-table row
+    count or unkeyed digest in the clear would tell what small tables hold."""
+    header: dict[str, Any] = {
+        "created_at": now.isoformat(),
+        "rotator_version": __version__,
+        "kdf": kdf,
+    }
+    inner: dict[str, Any] = {
+        "revision": snap.revision,
+        "source_backend": backend,
+        "audit_head_seq": _head_seq(snap),
+    }
+    body_doc = {
+        **inner,
+        "tables": {
+            name: {"columns": t.columns, "kinds": t.kinds, "rows": t.rows, "sha256": t.digest()}
+            for name, t in snap.tables.items()
+        },
+    }
+    data = sealed.seal(master, header, zlib.compress(sealed.canonical(body_doc), 6))
+    return {**sealed.read_header(data, "backup"), **inner}, data
 
 
 async def backup(
@@ -91,9 +142,11 @@ async def backup(
 ) -> BackupResult:
     """Write a backup of the whole store to ``path`` (mode 0600, atomically: ``path`` holds
     the whole file or what it held before), taken online. Refuses (InvalidInput) an existing
-    ``path`` unless ``force``, and a store in the middle of a master-key rotation. Appends
-    ``store.backup`` (file digest, rows, the audit head seq it captured) to the audit log after
-    the file is in place. Needs STORE_ADMIN (the store's owner)."""
+    ``path`` unless ``force``, and a snapshot taken during a master-key rotation (checked in
+    the snapshot itself: a rotation may begin while the backup runs). Appends ``store.backup``
+    (file digest, rows, the audit head seq it captured) to the audit log before the file is
+    put in place: when the append fails, ``path`` is left as it was. Needs STORE_ADMIN (the
+    store's owner)."""
     await svc.authorize(principal, Action.STORE_ADMIN)
     if path.is_dir():
         raise InvalidInput(f"backup file {path} is a folder")
@@ -101,29 +154,23 @@ async def backup(
         raise InvalidInput(f"backup file {path} exists: use --force to replace it")
     if not path.parent.is_dir():
         raise InvalidInput(f"backup file {path}: folder {path.parent} does not exist")
-    master_meta = await svc._read(lambda c: _current_master(c, "a backup"))
-    master = svc.kernel.ring.get(master_meta["id"])
+    await svc._read(lambda c: _current_master(c, "a backup"))  # refuse early, cheaply
     snap = await svc._thread(lambda: snap_store.dump(svc.db))
-    now = svc.clock()
-    header: dict[str, Any] = {
-        "created_at": now.isoformat(),
-        "rotator_version": __version__,
-        "revision": snap.revision,
-        "source_backend": svc.db.dialect,
-        "kdf": master_meta.get("kdf"),
-        "audit_head_seq": _head_seq(snap),
-        "tables": {
-            name: {"rows": len(t.rows), "sha256": t.digest()} for name, t in snap.tables.items()
-        },
-    }
-    body_doc = {
-        name: {"columns": t.columns, "kinds": t.kinds, "rows": t.rows}
-        for name, t in snap.tables.items()
-    }
-    data = await svc._thread(
-        lambda: sealed.seal(master, header, zlib.compress(sealed.canonical(body_doc), 6))
+    # The check above ran in a transaction of its own: a `keys rotate-master` may have begun
+    # (or even finished) before the dump. Only the snapshot itself tells which key its data
+    # keys are wrapped under, so the sealing key is chosen from, and checked against, it.
+    master_meta = snapshot_master(snap, "this backup")
+    try:
+        master = svc.kernel.ring.get(master_meta["id"])
+    except DecryptionError:
+        raise InvalidInput(
+            "the master key changed while the backup was taken: run `rotator backup` again"
+        ) from None
+    header, data = await svc._thread(
+        lambda: seal_snapshot(
+            master, snap, now=svc.clock(), backend=svc.db.dialect, kdf=master_meta.get("kdf")
+        )
     )
-    await svc._thread(lambda: _write_file(path, data, force=force))
     rows = sum(len(t.rows) for t in snap.tables.values())
     details = {
         "file_sha256": hashlib.sha256(data).hexdigest(),
@@ -133,15 +180,22 @@ async def backup(
         "audit_head_seq": header["audit_head_seq"],
         "master_key_id": master.id,
     }
-    await svc._write(lambda c: svc.kernel.audit(c, principal, "store.backup", details=details))
+    # The file is written whole under a temporary name, the audit entry appended, and only
+    # then the file put in place: a failed append leaves no backup the log does not record
+    # (and, with --force, the file it would have replaced).
+    tmp = await svc._thread(lambda: _stage_file(path, data))
+    try:
+        await svc._write(lambda c: svc.kernel.audit(c, principal, "store.backup", details=details))
+        await svc._thread(lambda: _place_file(tmp, path, force=force))
+    finally:
+        tmp.unlink(missing_ok=True)
     return BackupResult(
         path, len(snap.tables), rows, len(data), header["audit_head_seq"], snap.revision
     )
 
 
-def _write_file(path: Path, data: bytes, *, force: bool) -> None:
-    """``data`` into ``path`` with mode 0600: temporary file, fsync, then link (refuses an
-    existing file) or, with ``force``, rename over it; then fsync the folder."""
+def _stage_file(path: Path, data: bytes) -> Path:
+    """``data`` in a new temporary file (mode 0600, fsynced) beside ``path``; its path."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -152,17 +206,22 @@ def _write_file(path: Path, data: bytes, *, force: bool) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise InvalidInput(
-                    f"backup file {path} exists: use --force to replace it"
-                ) from None
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _place_file(tmp: Path, path: Path, *, force: bool) -> None:
+    """Put the staged ``tmp`` at ``path``: link (refuses an existing file) or, with
+    ``force``, rename over it; then fsync the folder. The caller removes ``tmp``."""
+    if force:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise InvalidInput(f"backup file {path} exists: use --force to replace it") from None
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -206,8 +265,10 @@ def verify_backup(
     settings: Settings, path: Path
 ) -> tuple[dict[str, Any], snap_store.Snapshot, MasterKey, bool, bytes]:
     """Read and check the backup at ``path`` completely (format, signature, decryption, each
-    table's row count and digest) with the master key at hand; writes nothing. InvalidInput
-    (one line) for anything wrong with the file; MasterKeyError without a key."""
+    table's digest, one master key: the one that opened it) with the master key at hand;
+    writes nothing. Returns (the header with the body's ``revision``, ``source_backend`` and
+    ``audit_head_seq``, snapshot, key, whether from a key file, file bytes). InvalidInput (one
+    line) for anything wrong with the file; MasterKeyError without a key."""
     what = f"backup file {path}"
     data = _read_file(path)
     header = sealed.read_header(data, what)
@@ -216,22 +277,35 @@ def verify_backup(
     try:
         doc = json.loads(zlib.decompress(body))
         tables = {
-            name: snap_store.TableDump(list(t["columns"]), list(t["kinds"]), list(t["rows"]))
-            for name, t in doc.items()
+            name: (
+                snap_store.TableDump(list(t["columns"]), list(t["kinds"]), list(t["rows"])),
+                t["sha256"],
+            )
+            for name, t in doc["tables"].items()
         }
-    except (zlib.error, ValueError, TypeError, KeyError, AttributeError):
+        info = {k: doc[k] for k in ("revision", "source_backend", "audit_head_seq")}
+        changed = [name for name, (t, digest) in tables.items() if digest != t.digest()]
+    except (zlib.error, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         raise InvalidInput(f"{what} has a body that is not a snapshot") from None
-    declared = header.get("tables")
-    if not isinstance(declared, dict) or set(declared) != set(tables):
-        raise InvalidInput(f"{what}: its tables do not match its header")
-    for name, t in tables.items():
-        d = declared[name]
-        if not isinstance(d, dict) or d.get("rows") != len(t.rows) or d.get("sha256") != t.digest():
-            raise InvalidInput(f"{what}: table {name!r} does not match its header's digest")
-    revision = header.get("revision")
+    if changed:
+        raise InvalidInput(f"{what}: table {changed[0]!r} does not match its digest")
+    revision = info["revision"]
     if not isinstance(revision, str):
         raise InvalidInput(f"{what} names no schema revision")
-    return header, snap_store.Snapshot(revision, tables), master, from_file, data
+    header = {**header, **info}
+    snap = snap_store.Snapshot(revision, {name: t for name, (t, _) in tables.items()})
+    try:
+        held = snapshot_master(snap, what)
+    except (ValueError, TypeError, KeyError):
+        raise InvalidInput(f"{what} has a body that is not a snapshot") from None
+    if held["id"] != master.id:
+        # Its data keys are wrapped under another key than the one that opened it: restored,
+        # no value would open.
+        raise InvalidInput(
+            f"{what} holds a store whose master key is {str(held['id'])[:16]!r}, not the key "
+            f"{master.id!r} it was sealed with"
+        )
+    return header, snap, master, from_file, data
 
 
 def restore(
@@ -351,10 +425,13 @@ async def export_shares(
 def import_shares(settings: Settings, shares: list[str]) -> tuple[str, bool]:
     """Rebuild the master key from SLIP-0039 ``shares`` and write it to
     ``ROTATOR_HOME/master.key`` (0600). Returns (key id, whether the file was written; False:
-    the same key was there already). InvalidInput (one line, quoting no share) for a share
-    that does not decode (a mistyped word fails its checksum), too few shares, shares of
-    different keys, an existing different key file, or, when ROTATOR_DB holds a store, a key
-    that is not that store's (or a passphrase store: use its passphrase)."""
+    the same key was there already). More shares than the threshold are fine (THRESHOLD
+    distinct ones are used). InvalidInput (one line, quoting no share) for a share that does
+    not decode (a mistyped word fails its checksum: it is named, even when enough good shares
+    remain, so that a damaged escrow copy is noticed; leave it out and import again), too few
+    distinct shares, two different shares claiming the same member, shares of different keys,
+    an existing different key file, or, when ROTATOR_DB holds a store, a key that is not that
+    store's (or a passphrase store: use its passphrase)."""
     import shamir_mnemonic
     from shamir_mnemonic.share import Share
 
@@ -369,14 +446,24 @@ def import_shares(settings: Settings, shares: list[str]) -> tuple[str, bool]:
             raise InvalidInput(
                 f"share {i} is not a valid share (a mistyped or missing word fails its checksum)"
             ) from None
-    if len({(s.identifier, s.member_threshold) for s in decoded}) != 1:
+    if len({(s.identifier, s.member_threshold, s.group_index) for s in decoded}) != 1:
         raise InvalidInput("the shares belong to different splits")
-    distinct = {s.index for s in decoded}
+    # SLIP-0039 combines exactly THRESHOLD shares of a group: keep one per member index (the
+    # same share given twice counts once) and the first THRESHOLD of those.
+    by_index: dict[int, tuple[int, str]] = {}
+    for i, (share, w) in enumerate(zip(decoded, words, strict=True), 1):
+        first = by_index.setdefault(share.index, (i, w))
+        if first[1] != w:
+            raise InvalidInput(
+                f"shares {first[0]} and {i} are the same member of the split but differ: "
+                "one of them is damaged"
+            )
     need = decoded[0].member_threshold
-    if len(distinct) < need:
-        raise InvalidInput(f"{len(distinct)} distinct share(s) given; this key needs {need}")
+    if len(by_index) < need:
+        raise InvalidInput(f"{len(by_index)} distinct share(s) given; this key needs {need}")
+    chosen = [w for _, (_, w) in sorted(by_index.items())[:need]]
     try:
-        material = shamir_mnemonic.combine_mnemonics(words)
+        material = shamir_mnemonic.combine_mnemonics(chosen)
     except shamir_mnemonic.MnemonicError:
         raise InvalidInput("the shares do not rebuild a key: they do not belong together") from None
     try:

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import sqlite3
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -150,7 +151,10 @@ def _dump_sqlite(db: Database) -> Snapshot:
     with tempfile.TemporaryDirectory(prefix="rotator-backup-") as tmp:
         copy = Path(tmp) / "copy.db"
         try:
-            src = sqlite3.connect(f"file:{db.sqlite_path}?mode=ro", uri=True, timeout=30)
+            # A URI: the path percent-encoded, or a "#", "?" or "%" in it would cut it short
+            # (and open, even create, another file).
+            uri = f"file:{urllib.parse.quote(str(db.sqlite_path))}?mode=ro"
+            src = sqlite3.connect(uri, uri=True, timeout=30)
             try:
                 dst = sqlite3.connect(copy)
                 try:
