@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from rotator.domain.secret import Secret
 from rotator.errors import ConfigError
@@ -49,7 +50,8 @@ class Settings:
         home = Path(env.get("ROTATOR_HOME") or Path.home() / ".local/share/rotator").expanduser()
         if home.exists() and not home.is_dir():
             raise ConfigError(f"ROTATOR_HOME {str(home)!r} is not a directory")
-        db_url = env.get("ROTATOR_DB") or f"sqlite:///{home / 'rotator.db'}"
+        # Quoted: a '?', '#' or '%' in the home's path is part of the file name, not URL syntax.
+        db_url = env.get("ROTATOR_DB") or f"sqlite:///{quote(str(home / 'rotator.db'))}"
         return cls(
             home=home,
             db_url=db_url,

@@ -165,7 +165,7 @@ def _dump_sqlite(db: Database) -> Snapshot:
                 src.close()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot copy the SQLite store {db.safe_url}: {exc}") from exc
-        engine = create_engine(f"sqlite:///{copy}")
+        engine = create_engine(f"sqlite:///{urllib.parse.quote(str(copy))}")
         try:
             with engine.connect() as conn, conn.begin():
                 return Snapshot(_revision(conn), _dump_tables(conn))
