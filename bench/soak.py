@@ -43,7 +43,8 @@ Output in ``--out`` (default: a new temp dir): ``soak-DB.csv`` (one row per seco
 extra), ``soak-DB.json`` (the summary). The verdict ``flat`` is computed (:func:`verdict`):
 after the warm-up (the first ``--warmup`` seconds, default a third of the run up to 60 s) the
 least-squares RSS slope is below ``RSS_SLOPE_MAX`` MiB/min and
-the fd and thread floors do not rise (``FD_FLOOR_GROWTH_MAX``); see those constants for why.
+the thread and non-socket fd floors do not rise and the sockets stay within what the clients
+explain (``FILE_FLOOR_GROWTH_MAX``, ``SOCKET_SLACK``); see those constants for why.
 
     python -m bench.soak --db sqlite|postgresql [--minutes 3] [--out DIR]
 """
@@ -51,6 +52,7 @@ the fd and thread floors do not rise (``FD_FLOOR_GROWTH_MAX``); see those consta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -92,21 +94,28 @@ from bench.common import (  # noqa: E402
 # in a two-minute window (CPython's arenas and SQLite's/psycopg's caches step up by a few
 # hundred KiB at a time). A real leak under this bound still needs a longer run to show.
 RSS_SLOPE_MAX = 1.0  # MiB/min
-# fds and threads: the floor (lowest count) of the last third of the samples after warm-up at
-# most FD_FLOOR_GROWTH_MAX (threads: THREAD_FLOOR_GROWTH_MAX) above the floor of the first
-# third. The fd count itself swings by tens, legitimately: every keep-alive connection of a
-# client is a socket in serve (up to --read-workers per reading client when answers are slow,
-# closed again after uvicorn's 5 s idle keep-alive), and SQLite's pooled connections hold 3
-# fds each (db, -wal, -shm), PostgreSQL's one socket. Those come and go; a leaked fd stays, so
-# leaks lift the floor: one fd leaked per 1,000 reads (at 100/s) lifts it by ~8 between the
-# first and the last third of two minutes, one per rotation by hundreds.
-FD_FLOOR_GROWTH_MAX = 4
+# fds, split into sockets and the rest (files, pipes, epoll/event fds):
+# - the rest: the floor (lowest count) of the last third of the samples after warm-up at most
+#   FILE_FLOOR_GROWTH_MAX above the floor of the first third. SQLite's pooled connections hold
+#   3 fds each (db, -wal, -shm) and an overflow connection comes and goes, so the count may
+#   swing by 3s; a leaked fd stays, so a leak lifts the floor (one per 1,000 reads at 100/s
+#   lifts it by ~8 between the first and the last third of two minutes).
+# - sockets: never more than the connections the soak's clients can hold open at once (every
+#   read worker, the driver, the sampler, each watch stream) plus SOCKET_SLACK (the listening
+#   socket, PostgreSQL's pool of at most 10, the http connector's connections to its target).
+#   Their count swings by tens legitimately: when answers slow down every read worker holds a
+#   connection, when they are fast uvicorn closes the idle ones after 5 s. A floor would
+#   follow the latency, not leaks; a leaked socket is never closed, so leaks pass the bound.
+# Threads: their floor rises by at most THREAD_FLOOR_GROWTH_MAX.
+FILE_FLOOR_GROWTH_MAX = 3
+SOCKET_SLACK = 16
 THREAD_FLOOR_GROWTH_MAX = 1
 TOKEN_ENV = "ROTATOR_SOAK_TOKEN"
 CSV_FIELDS = (
     "t_s",
     "rss_mib",
     "fds",
+    "sockets",
     "threads",
     "rotations_total",
     "rotations_failed_total",
@@ -131,10 +140,11 @@ class Sample:
 
     t: float
     rss_mib: float
-    fds: int
+    fds: int  # all open fds, sockets included
     threads: int
     rotations: int  # ended (any result) in the process so far, from /metrics
     rotations_failed: int  # of which failed or rolled back
+    sockets: int = 0  # of which sockets
     cpu_s: float = 0.0  # the serve process's CPU seconds so far (user + system)
     loadavg: float = 0.0  # the machine's 1-minute load average (a shared box: context)
     wal_mib: float = 0.0  # SQLite: size of the -wal file (checkpoint starvation shows here)
@@ -181,7 +191,11 @@ class Summary:
     rss_slope_mib_per_min: float
     fd_min: int
     fd_max: int
-    fd_floor_growth: int
+    sockets_max: int
+    socket_bound: int | None
+    file_fd_min: int
+    file_fd_max: int
+    file_fd_floor_growth: int
     threads_min: int
     threads_max: int
     flat: bool
@@ -252,41 +266,49 @@ def windows(samples: Sequence[Sample], reads: Iterable[Read]) -> list[Window]:
 
 def verdict(
     steady: Sequence[Sample],
+    socket_bound: int | None = None,
     rss_slope_max: float = RSS_SLOPE_MAX,
-    fd_growth_max: int = FD_FLOOR_GROWTH_MAX,
-    thread_growth_max: int = THREAD_FLOOR_GROWTH_MAX,
 ) -> tuple[bool, list[str]]:
-    """Flat or not, and why not, from the samples after warm-up (in time order)."""
+    """Flat or not, and why not, from the samples after warm-up (in time order);
+    ``socket_bound``: the most sockets the load can explain (None: not checked)."""
     if len(steady) < 3:
         return False, ["fewer than 3 samples after warm-up"]
     why = []
     slope = slope_per_min([s.t for s in steady], [s.rss_mib for s in steady])
     if slope >= rss_slope_max:
         why.append(f"RSS grows {slope:.2f} MiB/min (limit {rss_slope_max:g})")
-    fd_growth, thread_growth = floor_growth(steady)
-    if fd_growth > fd_growth_max:
-        why.append(f"the fd floor rose by {fd_growth} (limit {fd_growth_max})")
-    if thread_growth > thread_growth_max:
-        why.append(f"the thread floor rose by {thread_growth} (limit {thread_growth_max})")
+    file_growth, thread_growth = floor_growth(steady)
+    if file_growth > FILE_FLOOR_GROWTH_MAX:
+        why.append(f"the non-socket fd floor rose by {file_growth} (limit {FILE_FLOOR_GROWTH_MAX})")
+    if thread_growth > THREAD_FLOOR_GROWTH_MAX:
+        why.append(f"the thread floor rose by {thread_growth} (limit {THREAD_FLOOR_GROWTH_MAX})")
+    most = max(s.sockets for s in steady)
+    if socket_bound is not None and most > socket_bound:
+        why.append(f"{most} sockets open, more than the load explains ({socket_bound})")
     return not why, why
 
 
 def floor_growth(steady: Sequence[Sample]) -> tuple[int, int]:
-    """(fds, threads): lowest count in the last third of ``steady`` minus the lowest in the
-    first third."""
+    """(non-socket fds, threads): lowest count in the last third of ``steady`` minus the lowest
+    in the first third."""
     third = max(1, len(steady) // 3)
     first, last = steady[:third], steady[-third:]
     return (
-        min(s.fds for s in last) - min(s.fds for s in first),
+        min(s.fds - s.sockets for s in last) - min(s.fds - s.sockets for s in first),
         min(s.threads for s in last) - min(s.threads for s in first),
     )
 
 
-def summarize(samples: Sequence[Sample], reads: Sequence[Read], warmup_s: float) -> Summary:
+def summarize(
+    samples: Sequence[Sample],
+    reads: Sequence[Read],
+    warmup_s: float,
+    socket_bound: int | None = None,
+) -> Summary:
     """The figures of a run (see the module docstring); ``samples`` in time order."""
     seconds = samples[-1].t if samples else 0.0
     steady = [s for s in samples if s.t > warmup_s]
-    flat, why = verdict(steady)
+    flat, why = verdict(steady, socket_bound)
     read_ms: dict[str, dict[str, float]] = {}
     for kind in ["all", *sorted({r.kind for r in reads})]:
         lat = [r.latency_s * 1000 for r in reads if kind in ("all", r.kind)]
@@ -317,7 +339,11 @@ def summarize(samples: Sequence[Sample], reads: Sequence[Read], warmup_s: float)
         rss_slope_mib_per_min=slope_per_min([s.t for s in steady], [s.rss_mib for s in steady]),
         fd_min=min((s.fds for s in steady), default=0),
         fd_max=max((s.fds for s in steady), default=0),
-        fd_floor_growth=floor_growth(steady)[0] if steady else 0,
+        sockets_max=max((s.sockets for s in steady), default=0),
+        socket_bound=socket_bound,
+        file_fd_min=min((s.fds - s.sockets for s in steady), default=0),
+        file_fd_max=max((s.fds - s.sockets for s in steady), default=0),
+        file_fd_floor_growth=floor_growth(steady)[0] if steady else 0,
         threads_min=min((s.threads for s in steady), default=0),
         threads_max=max((s.threads for s in steady), default=0),
         flat=flat,
@@ -341,6 +367,7 @@ def write_csv(path: Path, rows: Sequence[Window]) -> None:
                     f"{s.t:.3f}",
                     f"{s.rss_mib:.2f}",
                     s.fds,
+                    s.sockets,
                     s.threads,
                     s.rotations,
                     s.rotations_failed,
@@ -373,8 +400,9 @@ def format_summary(s: Summary, failures: dict[str, Any]) -> str:
         f"RSS: first minute {s.rss_first_min_mib:.1f} MiB, last minute "
         f"{s.rss_last_min_mib:.1f} MiB, slope after warm-up {s.rss_slope_mib_per_min:+.2f} "
         f"MiB/min (limit {RSS_SLOPE_MAX:g})",
-        f"fds after warm-up: min {s.fd_min}, max {s.fd_max}, floor rose by {s.fd_floor_growth} "
-        f"(limit {FD_FLOOR_GROWTH_MAX}); "
+        f"fds after warm-up: {s.fd_min}..{s.fd_max}; sockets at most {s.sockets_max} (bound "
+        f"{s.socket_bound}); other fds {s.file_fd_min}..{s.file_fd_max}, floor rose by "
+        f"{s.file_fd_floor_growth} (limit {FILE_FLOOR_GROWTH_MAX}); "
         f"threads: min {s.threads_min}, max {s.threads_max}",
     ]
     for k, v in failures.items():
@@ -400,6 +428,7 @@ def plot(path: Path, rows: Sequence[Window], warmup_s: float, title: str) -> Non
     ax2.set_yscale("log")
     ax2.legend(loc="upper right")
     ax3.plot(t, [r.sample.fds for r in rows], color="tab:purple", label="open fds")
+    ax3.plot(t, [r.sample.sockets for r in rows], color="tab:pink", label="of which sockets")
     ax3.plot(t, [r.sample.threads for r in rows], color="tab:orange", label="threads")
     ax3.set_ylabel("count")
     ax3.set_xlabel("seconds since the load started")
@@ -421,6 +450,15 @@ def proc_cpu_s(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_sockets(pid: int) -> int:
+    """How many of process ``pid``'s open fds are sockets."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return n
 
 
 def proc_figures(pid: int) -> tuple[float, int, int]:
@@ -471,6 +509,7 @@ class Sampler(threading.Thread):
             try:
                 rss, threads, fds = proc_figures(self.pid)
                 cpu = proc_cpu_s(self.pid)
+                sockets = proc_sockets(self.pid)
                 wal = self.wal.stat().st_size / 2**20 if self.wal and self.wal.exists() else 0.0
                 resp = self.http.get("/metrics")
                 resp.raise_for_status()
@@ -487,6 +526,7 @@ class Sampler(threading.Thread):
                     threads,
                     sum(self.by_result.values()),
                     failed,
+                    sockets=sockets,
                     cpu_s=cpu,
                     loadavg=os.getloadavg()[0],
                     wal_mib=wal,
@@ -630,7 +670,8 @@ def _read_loop(
             get(name)
             out.append(Read(due - t0, time.monotonic() - due, kind, True))
         except Exception as exc:  # counted; the SDK's errors never hold a value
-            out.append(Read(due - t0, time.monotonic() - due, kind, False, type(exc).__name__))
+            error = f"{type(exc).__name__}: {str(exc)[:120]}"
+            out.append(Read(due - t0, time.monotonic() - due, kind, False, error))
 
     # Spread the kinds' schedules over the period, so they do not all fire at once.
     phase = offset / (rate * 7)
@@ -868,7 +909,9 @@ def run(args: argparse.Namespace, pg: ThrowawayPostgres | None) -> int:
 
     samples = [s for s in sampler.samples if s.t <= seconds + 0.5]
     rows = windows(samples, reads)
-    summary = summarize(samples, reads, warmup)
+    kinds = args.read_kinds.split(",")
+    socket_bound = len(kinds) * args.read_workers + kinds.count("sdk-cached") + 2 + SOCKET_SLACK
+    summary = summarize(samples, reads, warmup, socket_bound)
     read_errors = Counter(f"{r.kind}: {r.error}" for r in reads if not r.ok)
     failures: dict[str, Any] = {
         "rotation requests not accepted": dict(driver.errors) or 0,

@@ -12,18 +12,31 @@ from bench import soak
 from bench.soak import Read, Sample
 
 
-def _samples(seconds: int, rss_per_min: float, fds: list[int] | None = None) -> list[Sample]:
-    return [
-        Sample(
-            t=float(t),
-            rss_mib=100.0 + rss_per_min * t / 60 + (0.3 if t % 2 else -0.3),  # +- noise
-            fds=fds[t % len(fds)] if fds else 20,
-            threads=9,
-            rotations=5 * t,
-            rotations_failed=0,
+def _samples(
+    seconds: int,
+    rss_per_min: float,
+    fds: list[int] | None = None,
+    sockets: list[int] | None = None,
+    *,
+    leak_every_s: int = 0,
+    leak_sockets: bool = False,
+) -> list[Sample]:
+    out = []
+    for t in range(1, seconds + 1):
+        leaked = t // leak_every_s if leak_every_s else 0
+        n_sockets = (sockets[t % len(sockets)] if sockets else 0) + leaked * leak_sockets
+        out.append(
+            Sample(
+                t=float(t),
+                rss_mib=100.0 + rss_per_min * t / 60 + (0.3 if t % 2 else -0.3),  # +- noise
+                fds=(fds[t % len(fds)] if fds else 20) + leaked,
+                sockets=n_sockets,
+                threads=9,
+                rotations=5 * t,
+                rotations_failed=0,
+            )
         )
-        for t in range(1, seconds + 1)
-    ]
+    return out
 
 
 def test_percentile_is_nearest_rank_so_every_figure_is_a_latency_that_happened() -> None:
@@ -63,21 +76,23 @@ def test_windows_bin_reads_by_scheduled_time_and_rates_by_counter_deltas() -> No
     assert [r.cpu_pct for r in rows] == [0.0, 50.0, 25.0]  # serve's CPU share per window
 
 
-def test_verdict_is_flat_for_noise_and_not_for_a_leak_or_a_rising_fd_floor() -> None:
+def test_verdict_is_flat_for_noise_and_not_for_a_leak_of_memory_files_or_sockets() -> None:
     assert soak.verdict(_samples(120, rss_per_min=0.0)) == (True, [])
     flat, why = soak.verdict(_samples(120, rss_per_min=3.0))
     assert not flat
     assert why[0].startswith("RSS grows 2.9")
-    # Connections coming and going swing the count by tens: not a leak.
-    assert soak.verdict(_samples(120, 0.0, fds=[30, 64, 45, 38, 60]))[0]
-    # One fd kept every 10 s: the floor rises.
-    leaking = [
-        Sample(s.t, s.rss_mib, s.fds + int(s.t) // 10, s.threads, s.rotations, 0)
-        for s in _samples(120, 0.0, fds=[30, 64, 45, 38, 60])
-    ]
-    flat, why = soak.verdict(leaking)
+    # Connections coming and going swing the socket count by tens: not a leak.
+    churn = [30, 64, 45, 38, 60]
+    assert soak.verdict(_samples(120, 0.0, fds=churn, sockets=churn), socket_bound=70)[0]
+    # A file kept every 10 s: the non-socket floor rises.
+    flat, why = soak.verdict(_samples(120, 0.0, fds=[20, 23], leak_every_s=10))
     assert not flat
-    assert why == [f"the fd floor rose by 8 (limit {soak.FD_FLOOR_GROWTH_MAX})"]
+    assert why == [f"the non-socket fd floor rose by 8 (limit {soak.FILE_FLOOR_GROWTH_MAX})"]
+    # A socket kept every 10 s: past the bound the clients explain.
+    leak = _samples(120, 0.0, fds=churn, sockets=churn, leak_every_s=10, leak_sockets=True)
+    flat, why = soak.verdict(leak, socket_bound=70)
+    assert not flat
+    assert why == ["75 sockets open, more than the load explains (70)"]
     assert soak.verdict(_samples(2, 0.0))[0] is False  # too short to judge is not flat
 
 
@@ -92,6 +107,7 @@ def test_summary_excludes_warm_up_from_the_verdict_and_splits_latency_by_kind() 
     s = soak.summarize([*warm, *steady], reads, warmup_s=30.0)
     assert s.flat, s.why
     assert s.fd_min == s.fd_max == 20
+    assert s.file_fd_floor_growth == 0
     assert s.rss_first_min_mib < s.rss_last_min_mib
     assert set(s.read_ms) == {"all", "raw", "sdk"}
     assert s.read_ms["all"]["n"] == 180
