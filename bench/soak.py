@@ -111,6 +111,7 @@ FILE_FLOOR_GROWTH_MAX = 3
 SOCKET_SLACK = 16
 THREAD_FLOOR_GROWTH_MAX = 1
 TOKEN_ENV = "ROTATOR_SOAK_TOKEN"
+LOG_LEVELS = ("warning", "error", "critical", "traceback")
 CSV_FIELDS = (
     "t_s",
     "rss_mib",
@@ -898,6 +899,7 @@ def run(args: argparse.Namespace, pg: ThrowawayPostgres | None) -> int:
             outcomes = job_outcomes(serve.base_url, operator, set(driver.jobs))
             scheduled = dict(sampler.by_result)
             code = serve.stop()
+            serve_log = serve.stderr
         svc = open_service(home, url, init=False)
         try:
             chain = audit_verify_blocking(svc)
@@ -921,6 +923,9 @@ def run(args: argparse.Namespace, pg: ThrowawayPostgres | None) -> int:
         "sampler errors": dict(sampler.errors) or 0,
         "audit chain": "verifies" if chain.ok else f"BROKEN: {chain}",
         "serve exit code": code,
+        "serve log lines at WARNING or above": sum(
+            1 for ln in serve_log.splitlines() if any(w in ln.lower() for w in LOG_LEVELS)
+        ),
     }
     text = format_summary(summary, failures)
     print("\n" + text, flush=True)
@@ -933,6 +938,7 @@ def run(args: argparse.Namespace, pg: ThrowawayPostgres | None) -> int:
         "args": vars(args),
         "loopback": LOOPBACK,
     }
+    (out_dir / f"soak-{args.db}-serve.log").write_text(serve_log)
     stem.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=str))
     try:
         plot(
