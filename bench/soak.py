@@ -473,8 +473,9 @@ def proc_figures(pid: int) -> tuple[float, int, int]:
     return rss_kib / 1024.0, threads, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def rotation_counts(metrics_text: str) -> Counter[str]:
-    """``rotator_rotations_total`` summed by result, from a Prometheus exposition."""
+def rotation_counts(metrics_text: str, label: str = "result") -> Counter[str]:
+    """``rotator_rotations_total`` summed by ``label`` (result, trigger or connector), from
+    a Prometheus exposition."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: Counter[str] = Counter()
@@ -483,7 +484,7 @@ def rotation_counts(metrics_text: str) -> Counter[str]:
             continue
         for s in fam.samples:
             if s.name == "rotator_rotations_total":
-                out[s.labels.get("result", "")] += int(s.value)
+                out[s.labels.get(label, "")] += int(s.value)
     return out
 
 
@@ -500,6 +501,7 @@ class Sampler(threading.Thread):
         self.http = httpx.Client(base_url=url, timeout=10.0)
         self.samples: list[Sample] = []
         self.by_result: Counter[str] = Counter()
+        self.by_trigger: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
 
     def run(self) -> None:
@@ -515,6 +517,7 @@ class Sampler(threading.Thread):
                 resp = self.http.get("/metrics")
                 resp.raise_for_status()
                 self.by_result = rotation_counts(resp.text)
+                self.by_trigger = rotation_counts(resp.text, "trigger")
             except Exception as exc:  # the serve process died or hung: report, go on
                 self.errors[type(exc).__name__] += 1
                 continue
@@ -919,6 +922,9 @@ def run(args: argparse.Namespace, pg: ThrowawayPostgres | None) -> int:
         "rotation requests not accepted": dict(driver.errors) or 0,
         "driver jobs (rotations by outcome)": dict(outcomes),
         "all rotations ended in serve, by result (/metrics)": scheduled,
+        "... by trigger (manual: the driver's; schedule: serve's scheduler)": dict(
+            sampler.by_trigger
+        ),
         "failed reads by kind and error": dict(read_errors) or 0,
         "sampler errors": dict(sampler.errors) or 0,
         "audit chain": "verifies" if chain.ok else f"BROKEN: {chain}",

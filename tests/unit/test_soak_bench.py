@@ -133,7 +133,7 @@ def test_csv_has_one_row_per_window_with_blank_latency_where_nothing_was_read(
     assert got[2]["rotations_total"] == "15"
 
 
-def test_rotation_counts_sum_the_rotations_counter_by_result() -> None:
+def test_rotation_counts_sum_the_rotations_counter_by_result_or_trigger() -> None:
     text = (
         "# HELP rotator_rotations_total Rotations ended.\n"
         "# TYPE rotator_rotations_total counter\n"
@@ -145,6 +145,7 @@ def test_rotation_counts_sum_the_rotations_counter_by_result() -> None:
         "rotator_rotations_in_flight 2.0\n"
     )
     assert soak.rotation_counts(text) == {"rotated": 10, "failed": 1}
+    assert soak.rotation_counts(text, "trigger") == {"manual": 8, "schedule": 3}
 
 
 def test_process_figures_come_from_proc_for_any_pid() -> None:
