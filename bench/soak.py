@@ -727,7 +727,7 @@ def _reader_main(args: argparse.Namespace) -> int:
 TRACE_FRAMES = 8
 
 
-def _traced(serve: Any, trace_dir: Path, minutes: float) -> Any:
+def _traced(serve: Any, trace_dir: Path) -> Any:
     """``serve`` started as ``python -X tracemalloc bench/soak.py --traced-serve DIR serve
     ...``: the same CLI, plus a thread dumping a tracemalloc snapshot every 30 s into
     ``trace_dir`` (compare two with :func:`compare_snapshots`). Diagnosis only: tracing slows
@@ -846,7 +846,7 @@ def run(args: argparse.Namespace, pg: ThrowawayPostgres | None) -> int:
         warmup = args.warmup if args.warmup is not None else min(60.0, seconds / 3)
         serve_proc = ServeProcess(env, ["--poll", "1"])
         if args.tracemalloc:
-            serve_proc = _traced(serve_proc, Path(args.tracemalloc), args.minutes)
+            serve_proc = _traced(serve_proc, Path(args.tracemalloc))
         with serve_proc as serve:
             assert serve.proc is not None
             pid = serve.proc.pid
@@ -900,7 +900,7 @@ def run(args: argparse.Namespace, pg: ThrowawayPostgres | None) -> int:
                 raise RuntimeError(f"reader process exit {readers.returncode}")
             reads = [Read(**r) for r in json.loads(stdout)]
             outcomes = job_outcomes(serve.base_url, operator, set(driver.jobs))
-            scheduled = dict(sampler.by_result)
+            ended = dict(sampler.by_result)
             code = serve.stop()
             serve_log = serve.stderr
         svc = open_service(home, url, init=False)
@@ -921,7 +921,7 @@ def run(args: argparse.Namespace, pg: ThrowawayPostgres | None) -> int:
     failures: dict[str, Any] = {
         "rotation requests not accepted": dict(driver.errors) or 0,
         "driver jobs (rotations by outcome)": dict(outcomes),
-        "all rotations ended in serve, by result (/metrics)": scheduled,
+        "all rotations ended in serve, by result (/metrics)": ended,
         "... by trigger (manual: the driver's; schedule: serve's scheduler)": dict(
             sampler.by_trigger
         ),
