@@ -6,7 +6,9 @@ passed through unchanged, then the engine benchmark (``--engine-n`` rotations pe
 benchmark (``--pg-roles`` rotations per variant against a password-checking PostgreSQL 15),
 then the reads benchmark (``--reads`` get_value calls) and the CLI benchmark (``--cli-n``
 credentials rotated by ``rotator rotate --all``, then ``rotator credential get`` 20 times), then
-the REST API benchmark (GET value and POST usage over HTTP, SQLite and PostgreSQL).
+the REST API benchmark (GET value and POST usage over HTTP, SQLite and PostgreSQL), then, with
+``--soak-minutes`` > 0, the soak (``bench.soak``: ``rotator serve`` under rotation and reads
+for that many minutes per database, RSS / fds / read latency over time).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from bench import (
     engine_bench,
     postgres_bench,
     reads_bench,
+    soak,
     store_bench,
 )
 from bench.common import print_machine_info, timed
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-cli", action="store_true", help="skip bench.cli_bench")
     ap.add_argument("--cli-n", type=int, default=200, help="cli bench: credentials rotated")
     ap.add_argument("--skip-api", action="store_true", help="skip bench.api_bench")
+    ap.add_argument(
+        "--soak-minutes", type=float, default=0.0, help="bench.soak minutes per db (0: skip)"
+    )
     args, rest = ap.parse_known_args(argv)
     print_machine_info()
     with timed() as total:
@@ -86,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             rc = api_bench.main(["--no-machine"])
             if rc:
                 return rc
+        if args.soak_minutes > 0:
+            for db in ("sqlite", "postgresql"):
+                rc = soak.main(["--db", db, "--minutes", str(args.soak_minutes), "--no-machine"])
+                if rc:
+                    return rc
     print(f"\nbenchmarks finished in {total.seconds / 60:.1f} min")
     return 0
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run all benchmarks (crypto, the store and the engine on SQLite and PostgreSQL 15, the postgres
-# connector, reads, the CLI) and print the results. Flags go to `python -m bench`, e.g.:
+# connector, reads, the CLI, the REST API) and print the results. Flags go to `python -m bench`, e.g.:
 #   bench/run.sh --n 20000 --db sqlite
+#   bench/run.sh --skip-crypto --skip-store --skip-engine --skip-postgres --skip-reads \
+#       --skip-cli --skip-api --soak-minutes 3     # the soak alone, SQLite then PostgreSQL
 #
 # --snapshot (first flag): benchmark a `git archive` of HEAD's src/ instead of the working
 # tree, so commits or edits made by others while it runs cannot mix two versions.

@@ -73,7 +73,7 @@ from rotator.audit.log import format_ts
 from rotator.domain.model import DEFAULT_TENANT, Stage
 from rotator.domain.policy import RotationPolicy
 from rotator.domain.secret import Secret
-from rotator.service import integrity
+from rotator.kernel import integrity
 from rotator.store import credentials as store_creds
 from rotator.store import db as store_db
 from rotator.store import keys as store_keys

@@ -19,6 +19,10 @@ from rotator.errors import InvalidInput
 from rotator.service import RotatorService, jobs, rotation
 
 log = logging.getLogger("rotator.api")
+# Seconds an idle keep-alive connection stays open (uvicorn's default, made explicit): the SDK
+# drops its idle connections sooner (rotator.client.client.KEEPALIVE_EXPIRY_S), so it never
+# sends a request on a connection the server is closing.
+KEEP_ALIVE_S = 5
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ async def _serve(
         access_log=False,
         lifespan="on",  # runs the app's lifespan: the MCP session manager (api.app)
         server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
         # The rate limiter keys unauthenticated requests on the client address: it must be
         # the socket peer, not an X-Forwarded-For header any client can write.
         proxy_headers=False,

@@ -20,7 +20,15 @@ from typing import Any
 import httpx
 
 from rotator.client import _sse
-from rotator.client.client import STAGES, TENANT_ENV, TOKEN_ENV, URL_ENV, Unreachable, _problem
+from rotator.client.client import (
+    STAGES,
+    TENANT_ENV,
+    TOKEN_ENV,
+    URL_ENV,
+    Unreachable,
+    _problem,
+    http_limits,
+)
 from rotator.domain.change import Change
 from rotator.domain.secret import Secret
 from rotator.errors import InvalidInput, RotatorError
@@ -69,7 +77,10 @@ class AsyncClient:
         if self._url is not None:
             headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
             self._http = httpx.AsyncClient(
-                base_url=self._url.rstrip("/"), headers=headers, timeout=self._timeout
+                base_url=self._url.rstrip("/"),
+                headers=headers,
+                timeout=self._timeout,
+                limits=http_limits(),
             )
             return self
         from rotator.config import Settings

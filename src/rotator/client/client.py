@@ -52,6 +52,17 @@ TOKEN_ENV = "ROTATOR_TOKEN"  # noqa: S105 (the variable's name)
 TENANT_ENV = "ROTATOR_TENANT"
 STAGES = ("CURRENT", "PREVIOUS", "PENDING")
 LOCAL_POLL_S = 0.2
+# An idle keep-alive connection is dropped by the SDK after this long, well before
+# ``rotator serve`` closes it (uvicorn's 5 s idle timeout, api.server.KEEP_ALIVE_S). With
+# httpx's default (5 s, the same as the server's) a request sent on a connection at the moment
+# the server closes it fails with a ReadError (Unreachable) although the server is fine: the
+# soak (bench/soak.py) met it about once per 6,000 reads.
+KEEPALIVE_EXPIRY_S = 2.0
+
+
+def http_limits() -> httpx.Limits:
+    """The connection-pool limits of the SDK's HTTP clients (see KEEPALIVE_EXPIRY_S)."""
+    return httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S)
 
 
 class Unreachable(RotatorError):
@@ -101,7 +112,9 @@ def _problem(resp: httpx.Response) -> RotatorError:
 class _Remote:
     def __init__(self, url: str, token: str | None, timeout: float, max_backoff_s: float):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout, limits=http_limits()
+        )
         self.max_backoff_s = max_backoff_s
         self.url = url
         self.stop = threading.Event()
