@@ -25,6 +25,7 @@ from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.store.schema import rotations
 
 RUN_CLI = Path(__file__).resolve().parents[1] / "support" / "run_cli.py"
+RUN_CLI_HOOKED = RUN_CLI.with_name("run_cli_hooked.py")
 NAMES = ["app/c0", "app/c1", "app/c2"]
 
 
@@ -193,16 +194,32 @@ def test_two_concurrent_rotate_processes_make_exactly_one_version(
     svc.add_credential("x", "double", settings=cfg, value=ValueInput(generate=True))
     doubles.target_add(DoubleConfig(**cfg), "x", svc.get_value("x").reveal_text())
     svc.close()
+    # Both processes are held at the start of their batch and released together: how long
+    # each takes to start (imports, a loaded machine) must not decide whether they overlap.
+    gate = settings.home.parent / "gate"
+    gate.mkdir()
+    hook = {
+        "target": "rotator.engine.context:ContextLoader.prepare_many",
+        "call": 1,
+        "action": "gate",
+        "dir": str(gate),
+    }
     procs = [
         subprocess.Popen(
-            [sys.executable, str(RUN_CLI), "rotate", "x", "--json"],
-            env=cli_env(settings),
+            [sys.executable, str(RUN_CLI_HOOKED), "rotate", "x", "--json"],
+            env=cli_env(settings, ROTATOR_TEST_HOOK=json.dumps(hook)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(2)
     ]
+    deadline = time.monotonic() + 120
+    while len(list(gate.glob("arrived-*"))) < 2:
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        assert time.monotonic() < deadline, "the two rotate processes never reached the gate"
+        time.sleep(0.02)
+    (gate / "release").touch()
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err

@@ -11,6 +11,9 @@ JSON: ``{"target": "module:attr.path", "call": N, "when": "before"|"after",
   waits until ``dir/release`` exists. So the first runs on only when the second has reached
   the same point (or the test says the second never will), and the second only when the
   test lets it (after the first has exited, say).
+* ``gate`` (for processes that must run a step at the same moment): each process arriving
+  creates ``dir/arrived-PID`` and waits until the test creates ``dir/release`` (the test waits
+  for as many ``arrived-*`` files as it started processes, then releases them together).
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ def _stop(hook: dict[str, Any]) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif hook["action"] == "barrier":
         _barrier(Path(hook["dir"]))
+    elif hook["action"] == "gate":
+        folder = Path(hook["dir"])
+        (folder / f"arrived-{os.getpid()}").touch()
+        _wait_for(folder / "release")
     else:
         raise SystemExit(f"unknown hook action {hook['action']!r}")
 
