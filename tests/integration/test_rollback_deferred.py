@@ -76,10 +76,17 @@ def open_rotations(raw_db: sqlalchemy.Engine) -> dict[str, str]:
     return {r.credential: r.step for r in rows if r.step not in ended}
 
 
-def expire_leases(svc: BlockingService, raw_db: sqlalchemy.Engine) -> None:
-    """The owner's lease runs out (as if its process stalled): recovery may take over."""
+def expire_leases(
+    svc: BlockingService, raw_db: sqlalchemy.Engine, ends_in: timedelta = timedelta(hours=-1)
+) -> None:
+    """The owner's lease runs out (as if its process stalled): recovery may take over; or,
+    ``ends_in`` days, it ends beyond recovery's horizon (taken by a clock far ahead)."""
     with raw_db.begin() as c:
-        c.execute(rotations.update().values(lease_expires_at=svc.clock() - timedelta(hours=1)))
+        c.execute(rotations.update().values(lease_expires_at=svc.clock() + ends_in))
+
+
+def resumes(svc: BlockingService, name: str) -> list[dict[str, object]]:
+    return [e.details for e in svc.audit_entries(credential=name) if e.action == "rotation.resume"]
 
 
 def test_set_whose_reply_was_lost_then_rollback_unreachable_is_left_to_recovery_which_finishes_it(
@@ -114,6 +121,8 @@ def test_set_whose_reply_was_lost_then_rollback_unreachable_is_left_to_recovery_
 
     (resumed,) = asyncio.run(recover())
     assert resumed.outcome is Outcome.ROTATED  # type: ignore[attr-defined]
+    [taken] = resumes(svc, "s")
+    assert "reason" not in taken, "an ordinary takeover: the lease ran out"
     assert stages(svc, "s")[candidate] is Stage.CURRENT
     assert open_rotations(raw_db) == {}
     new = svc.get_value("s").reveal_text()
@@ -159,3 +168,23 @@ def test_group_member_resumed_while_its_target_is_still_down_stays_deferred_unti
     for name, cfg in (("a", cfg_a), ("b", cfg_b)):
         assert svc.get_value(name).reveal_text() == before[name]  # all or nothing
         assert doubles.target_values(cfg, name) == {before[name]}, "no candidate left valid"
+
+
+def test_a_takeover_only_because_the_lease_ends_beyond_the_horizon_is_audited_as_such(
+    svc: BlockingService, raw_db: sqlalchemy.Engine, flaky: None
+) -> None:
+    add(svc, "h")
+    FAULTS.update(set_reply_lost=True, rollback_down=True)
+
+    async def rotate_then_recover() -> list[object]:
+        async with Engine(svc.kernel, OPTS) as engine:
+            await engine.rotate([RotationRequest("h", "default")])
+            FAULTS.update(set_reply_lost=False, rollback_down=False)
+            # Its lease ends in three days: a clock far ahead (more than the longest lease).
+            expire_leases(svc, raw_db, ends_in=timedelta(days=3))
+            return list(await engine.recover())
+
+    (resumed,) = asyncio.run(rotate_then_recover())
+    assert resumed.outcome is Outcome.ROTATED  # type: ignore[attr-defined]
+    [taken] = resumes(svc, "h")
+    assert taken["reason"] == "lease beyond horizon"

@@ -27,6 +27,7 @@ from rotator.engine import (
     RotationResult,
     Trigger,
 )
+from rotator.engine.options import MAX_LEASE_S
 from rotator.engine.types import StillValid
 from rotator.errors import ConcurrentModification, InvalidInput, NotFound, StoreError
 from rotator.service import forwarding, webhooks
@@ -35,7 +36,6 @@ from rotator.service.credentials import RotatorService
 from rotator.store import rotations as store_rot
 
 MAX_CONCURRENCY = 1024
-MAX_LEASE_S = 86400.0  # a lease is renewed while its owner lives; a day is already absurd
 
 
 @dataclass(frozen=True, slots=True)
