@@ -77,12 +77,19 @@ def open_rotations(raw_db: sqlalchemy.Engine) -> dict[str, str]:
 
 
 def expire_leases(
-    svc: BlockingService, raw_db: sqlalchemy.Engine, ends_in: timedelta = timedelta(hours=-1)
+    svc: BlockingService,
+    raw_db: sqlalchemy.Engine,
+    ends_in: timedelta = timedelta(hours=-1),
+    owner: str | None = None,
 ) -> None:
     """The owner's lease runs out (as if its process stalled): recovery may take over; or,
-    ``ends_in`` days, it ends beyond recovery's horizon (taken by a clock far ahead)."""
+    ``ends_in`` days, it ends beyond recovery's horizon (taken by a clock far ahead).
+    ``owner``: as if another one held it (e.g. a process of another host)."""
+    values: dict[str, object] = {"lease_expires_at": svc.clock() + ends_in}
+    if owner is not None:
+        values["owner"] = owner
     with raw_db.begin() as c:
-        c.execute(rotations.update().values(lease_expires_at=svc.clock() + ends_in))
+        c.execute(rotations.update().values(**values))
 
 
 def resumes(svc: BlockingService, name: str) -> list[dict[str, object]]:
@@ -113,7 +120,8 @@ def test_set_whose_reply_was_lost_then_rollback_unreachable_is_left_to_recovery_
     assert "rotation.failed" not in actions
 
     FAULTS.update(set_reply_lost=False, rollback_down=False)  # the target answers again
-    expire_leases(svc, raw_db)
+    # Held by a process of another host (whether it lives cannot be told): its lease decides.
+    expire_leases(svc, raw_db, owner="elsewhere:1:x")
 
     async def recover() -> list[object]:
         async with Engine(svc.kernel, OPTS) as engine:
@@ -122,6 +130,7 @@ def test_set_whose_reply_was_lost_then_rollback_unreachable_is_left_to_recovery_
     (resumed,) = asyncio.run(recover())
     assert resumed.outcome is Outcome.ROTATED  # type: ignore[attr-defined]
     [taken] = resumes(svc, "s")
+    assert taken["previous_owner"] == "elsewhere:1:x"
     assert "reason" not in taken, "an ordinary takeover: the lease ran out"
     assert stages(svc, "s")[candidate] is Stage.CURRENT
     assert open_rotations(raw_db) == {}
