@@ -6,12 +6,17 @@ After any fault and the recovery that follows it, for every credential of the st
    sealed value (values are immutable; a stage may move, a version may never disappear);
 2. exactly one version is CURRENT, and the CURRENT value works on the real target (a fresh
    login on PostgreSQL/Redis; ``local`` values only need to open);
-3. no rotation is left in a non-final step (every intent was resumed or rolled back);
-4. the audit chain verifies.
+3. no FAILED (rolled-back or abandoned) version's value is accepted by the target: a value
+   the store gave up must not stay valid where no one would ever remove it;
+4. no rotation is left in a non-final step (every intent was resumed or rolled back);
+5. the audit chain verifies.
 
 Use :func:`snapshot` before the fault and :func:`check_recovered` after recovery. A target
-probe is a callable ``(credential, value text) -> bool``; :func:`pg_probe` and
-:func:`redis_probe` log in for real.
+probe is a callable ``(credential, value text) -> True | False | None``: True the target
+accepts the value, False it refuses it, None there is no target to ask (the value only has
+to open); it raises :class:`Unreachable` when the target cannot be reached, so a probe of a
+target still down can never pass for "refused". :func:`pg_probe` and :func:`redis_probe` log
+in for real.
 """
 
 from __future__ import annotations
@@ -30,11 +35,16 @@ from sqlalchemy import create_engine, select
 from rotator.config import Settings
 from rotator.domain.model import Credential, Stage
 from rotator.service import BlockingService
+from rotator.store import credentials as store_creds
 from rotator.store.schema import credentials, rotations, versions
 
 FINAL_STEPS = frozenset({"finished", "rolled_back", "failed"})
 
-Probe = Callable[[Credential, str], bool]
+Probe = Callable[[Credential, str], "bool | None"]
+
+
+class Unreachable(Exception):
+    """A probe could not reach the target: it can tell neither accepted nor refused."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,13 @@ def _login(value: str, default_user: str) -> tuple[str, str]:
     return default_user, value
 
 
+# SQLSTATEs of a login the server refused: invalid_password, invalid_authorization_specification.
+_PG_REFUSED = frozenset({"28P01", "28000"})
+
+
 def pg_probe(cred: Credential, value: str) -> bool:
-    """A fresh login on the credential's PostgreSQL target with ``value``."""
+    """A fresh login on the credential's PostgreSQL target with ``value``: True accepted,
+    False refused by the server; Unreachable when no server answered."""
     cfg = cred.config
     user, password = _login(value, cfg["role"])
     try:
@@ -101,12 +116,16 @@ def pg_probe(cred: Credential, value: str) -> bool:
         ) as conn:
             conn.execute("SELECT 1")
         return True
-    except psycopg.OperationalError:
-        return False
+    except psycopg.OperationalError as exc:
+        text = str(exc)
+        if exc.sqlstate in _PG_REFUSED or "authentication failed" in text:
+            return False
+        raise Unreachable(f"{cred.name}: PostgreSQL target: {text.splitlines()[0]}") from exc
 
 
 def redis_probe(cred: Credential, value: str) -> bool:
-    """A fresh AUTH on the credential's Redis target with ``value``."""
+    """A fresh AUTH on the credential's Redis target with ``value``: True accepted, False
+    refused (WRONGPASS); Unreachable when no server answered."""
     cfg = cred.config
     user, password = _login(value, cfg["username"])
     # One attempt: redis-py retries a refused AUTH as a connection error (seconds per probe).
@@ -119,26 +138,34 @@ def redis_probe(cred: Credential, value: str) -> bool:
     try:
         client.auth(password, username=user)
         return True
-    except redis.RedisError:
+    except redis.AuthenticationError:  # checked first: it is a ConnectionError too
         return False
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise Unreachable(f"{cred.name}: Redis target: {exc}") from exc
+    except redis.ResponseError as exc:
+        if str(exc).startswith(("WRONGPASS", "NOPERM")):
+            return False
+        raise
     finally:
         client.close()
 
 
-def default_probe(cred: Credential, value: str) -> bool:
-    """Log in for postgres/redis credentials; any other connector's value only has to open."""
+def default_probe(cred: Credential, value: str) -> bool | None:
+    """Log in for postgres/redis credentials; None for any other connector (no target to
+    ask: its value only has to open)."""
     if cred.connector == "postgres":
         return pg_probe(cred, value)
     if cred.connector == "redis":
         return redis_probe(cred, value)
-    return True
+    return None
 
 
 def check_recovered(
     settings: Settings, before: StoreSnapshot, probe: Probe = default_probe
 ) -> StoreSnapshot:
-    """Assert the four invariants (module docstring) against ``before``; return the new
-    snapshot. Call it after recovery has run (a rotate, a worker pass, a restarted serve)."""
+    """Assert the invariants (module docstring) against ``before``; return the new
+    snapshot. Call it after recovery has run (a rotate, a worker pass, a restarted serve),
+    with every target up (a probe that cannot reach one raises Unreachable)."""
     db_url = settings.db_url
     after = snapshot(db_url)
     assert before.names() <= after.names(), f"credentials lost: {before.names() - after.names()}"
@@ -157,7 +184,18 @@ def check_recovered(
             assert stages.count(Stage.CURRENT.value) == 1, f"{name}: stages {stages}"
             cred = svc.show(name)
             value = svc.get_value(name).reveal_text()
-            assert probe(cred, value), f"{name}: CURRENT does not work on its target"
+            assert probe(cred, value) is not False, f"{name}: CURRENT does not work on its target"
+            kernel = svc.kernel
+            with kernel.db.read() as conn:
+                for v in cred.versions:
+                    if v.stage is not Stage.FAILED:
+                        continue
+                    sealed = store_creds.sealed_version(conn, cred.id, number=v.number)
+                    assert sealed is not None
+                    stale = kernel.open_version(conn, sealed).reveal_text()
+                    assert probe(cred, stale) is not True, (
+                        f"{name}: version {v.number} is FAILED but its target accepts it"
+                    )
         report = svc.audit_verify()
         assert report.ok, f"audit chain does not verify: {report}"
     finally:

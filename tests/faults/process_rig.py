@@ -103,7 +103,7 @@ class Batch:
     def names(self) -> list[str]:
         return sorted(self.doubles + self.redis)
 
-    def probe(self, cred: Credential, value: str) -> bool:
+    def probe(self, cred: Credential, value: str) -> bool | None:
         """A CURRENT value works: a fresh AUTH on Redis; accepted by the double's target."""
         if cred.connector == "double":
             return value in doubles.target_values(DoubleConfig(**cred.config), cred.name)

@@ -4,9 +4,11 @@ ROTATOR_HOME is a small tmpfs the test mounts (root only: CI runs as root; elsew
 skips and says why). ``rotator rotate`` works through a batch on a slow double target; once
 part of it is done, a filler file takes every free byte, so the store's next writes (WAL
 growth, audit appends, step updates, new versions) fail with SQLITE_FULL. The rotate must end
-cleanly: exit 1, one stderr line naming the disk-full store, no traceback, and nothing
-half-written (every PENDING version has its unfinished intent; every CURRENT works). Then the
-space is freed, the operator runs ``rotator rotate`` again, and the invariants hold.
+cleanly: exit 1, every credential of the batch in its JSON report as rotated or failed (each
+failure naming the full disk), no traceback on stderr, and nothing half-written (every PENDING
+version has its unfinished intent). While the disk is full, a read that must audit fails in
+one stderr line naming the full store (exit 1). Then the space is freed, the operator runs
+``rotator rotate`` again, and the invariants hold.
 """
 
 from __future__ import annotations

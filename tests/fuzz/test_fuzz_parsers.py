@@ -416,6 +416,12 @@ ALLOW = "api.example.com, *.example.net, 10.0.0.0/8, ::1, 192.0.2.7"
         ("https://192.0.2.7", True),
         ("https://0xc0.0.2.7", False),  # names are compared as written, never resolved
         ("https://api.example.com@evil.org", False),
+        # Only plain names match: text that a resolver or proxy may read as another host
+        # does not pass "*.domain" by its suffix.
+        ("https://evil\\.example.net", False),
+        ("https://x%2f.example.net", False),
+        ("https://a b.example.net", False),
+        ("https://b\u00fccher.example.net", True),  # IDNA-encoded: xn--bcher-kva
     ],
 )
 def test_the_http_allow_list_admits_exactly_its_hosts(url: str, allowed: bool) -> None:

@@ -128,6 +128,26 @@ def test_a_clock_stepping_back_mid_catch_up_keeps_the_pace_instead_of_stalling()
     assert pacer.allowance(at(1.5 - day), 16) == 0  # nor faster than the pace
 
 
+@pytest.mark.parametrize("gap_s", [3600.0, 86400.0])
+def test_a_clock_stepping_forward_mid_catch_up_never_releases_more_than_the_rate(
+    gap_s: float,
+) -> None:
+    pacer = Pacer(Rate(10, 60), timedelta(hours=1))  # 1000 overdue: one every 6 s (10/m)
+    pacer.started(pacer.allowance(at(0), 1000), at(0))
+    # The clock jumps (or the process was paused): the missed slots are not released at once.
+    assert pacer.allowance(at(gap_s), 999) == 10  # the bucket's burst, no more
+    pacer.started(10, at(gap_s))
+    assert pacer.allowance(at(gap_s), 989) == 0
+    assert pacer.next_start(at(gap_s)) == at(gap_s + 6)  # the next token
+    starts = 0
+    for tick in range(1, 601):  # then ten minutes, ticking every second: at most 10/m
+        now = at(gap_s + tick)
+        n = pacer.allowance(now, 989 - starts)
+        pacer.started(n, now)
+        starts += n
+    assert starts == 100
+
+
 def test_a_negative_window_is_refused() -> None:
     with pytest.raises(InvalidInput, match="must not be negative"):
         Pacer(Rate(1, 1), timedelta(seconds=-1))

@@ -63,6 +63,18 @@ def _slug(status: int) -> str:
     }.get(status, "error")
 
 
+# Errors that share a status with others but that a client must tell apart: their own
+# problem ``type`` (the status stays what _STATUS says). StoreFull is an operation failure
+# (exit 1), unlike the store not answering (StoreUnavailable, exit 2 for the CLI).
+_TYPES: tuple[tuple[type[errors.RotatorError], str], ...] = ((errors.StoreFull, "store-full"),)
+PROBLEM_BASE = "https://rotator.dev/problems/"
+
+
+def type_of(exc: errors.RotatorError) -> str | None:
+    """The problem ``type`` slug of ``exc`` when it is not its status's (see _TYPES)."""
+    return next((slug for cls, slug in _TYPES if isinstance(exc, cls)), None)
+
+
 def problem(
     status: int,
     detail: str,
@@ -70,11 +82,14 @@ def problem(
     title: str | None = None,
     headers: Mapping[str, str] | None = None,
     extra: dict[str, Any] | None = None,
+    slug: str | None = None,
 ) -> JSONResponse:
-    """A problem+json response. ``detail`` must already be safe to show (no value)."""
+    """A problem+json response. ``detail`` must already be safe to show (no value).
+    ``slug``: the problem type's last segment (default the status's)."""
+    slug = slug or _slug(status)
     body: dict[str, Any] = {
-        "type": f"https://rotator.dev/problems/{_slug(status)}",
-        "title": title or _slug(status).replace("-", " "),
+        "type": PROBLEM_BASE + slug,
+        "title": title or slug.replace("-", " "),
         "status": status,
         "detail": detail.splitlines()[0] if detail else _slug(status).replace("-", " "),
     }
@@ -151,7 +166,7 @@ def install(app: FastAPI) -> None:
         status = status_of(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         detail = str(exc) if status < 500 or status in (502, 503) else type(exc).__name__
-        return problem(status, detail, headers=headers)
+        return problem(status, detail, headers=headers, slug=type_of(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

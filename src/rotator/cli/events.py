@@ -61,6 +61,8 @@ def event_report(
                 result = f"{d.outcome.value} (version {d.version})"
             out.print(f"{d.name}: {d.action.value} - {d.reason} -> {result}")
         print_still_valid(report.still_valid)
+        if report.sweep_error is not None:
+            out.print(f"[yellow]warning[/yellow] {report.sweep_error}")
         out.print(
             f"event {report.event_id} ({report.kind}, {report.severity.value}): "
             f"{len(report.decisions)} credential(s) matched"

@@ -44,6 +44,7 @@ from rotator.errors import (
     NotFound,
     PermissionDenied,
     RotatorError,
+    StoreFull,
     StoreUnavailable,
 )
 
@@ -94,6 +95,10 @@ _STATUS_ERRORS: dict[int, type[RotatorError]] = {
     422: InvalidInput,
     503: StoreUnavailable,
 }
+# Problem types that name an error more precisely than the status (api/problems.py _TYPES).
+_TYPE_ERRORS: dict[str, type[RotatorError]] = {
+    "https://rotator.dev/problems/store-full": StoreFull,
+}
 
 
 def _problem(resp: httpx.Response) -> RotatorError:
@@ -102,10 +107,13 @@ def _problem(resp: httpx.Response) -> RotatorError:
     try:
         doc = resp.json()
         detail = doc.get("detail") or doc.get("title") if isinstance(doc, dict) else None
+        kind = doc.get("type") if isinstance(doc, dict) else None
     except ValueError:
-        detail = None
+        detail = kind = None
     if not isinstance(detail, str):
         detail = f"HTTP {resp.status_code}"
+    if isinstance(kind, str) and kind in _TYPE_ERRORS:
+        return _TYPE_ERRORS[kind](detail)
     return _STATUS_ERRORS.get(resp.status_code, RotatorError)(detail)
 
 

@@ -50,7 +50,9 @@ comma-separated list of host names (``api.example.com``), subdomain wildcards
 (``10.0.0.0/8``, ``::1``). When it is set (and not blank), a ``base_url`` whose host is not on
 it is refused when the settings are checked (``credential add/update``: bad input, nothing
 stored) and again before every request (a rotation fails with nothing sent), so a list made
-shorter after a credential was added still holds. Names are compared as written, not resolved.
+shorter after a credential was added still holds. Names are compared as written, not resolved,
+as the HTTP client parses the host (IDNA-encoded); a host that is no plain name (letters,
+digits, ``-``, ``.``) or IP literal matches no entry.
 Unset: every host.
 
 Other settings: ``timeout_s`` (per request, default 10), ``ca_file`` (a PEM bundle to trust),
@@ -384,6 +386,8 @@ _ALSO_OK = {"set": "exists", "revoke": "gone", "rollback": "gone"}
 # ------------------------------------------------------------------- the host allow-list
 
 ALLOW_HOSTS_ENV = "ROTATOR_HTTP_ALLOW_HOSTS"
+# A host name as matched against the list: IDNA-encoded labels of letters, digits and "-".
+_PLAIN_HOST = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
 
 
 def host_refusal(base_url: str, env: dict[str, str] | None = None) -> str | None:
@@ -396,10 +400,15 @@ def host_refusal(base_url: str, env: dict[str, str] | None = None) -> str | None
     if not entries:
         return None
     try:
-        host = (urllib.parse.urlsplit(base_url.strip()).hostname or "").lower().rstrip(".")
-    except ValueError:  # not a URL (the settings check names that problem itself)
+        # The host as the client that makes the calls (httpx) parses it, IDNA-encoded.
+        host = httpx.URL(base_url.strip()).raw_host.decode("ascii").lower().rstrip(".")
+    except (httpx.InvalidURL, UnicodeError, ValueError):  # the settings check names it
         host = ""
     ip = _ip(host)
+    if ip is None and not _PLAIN_HOST.fullmatch(host):
+        # Text that is no plain name (a backslash, a %-escape) must not match "*.domain" by
+        # its suffix: the resolver or a proxy may read it as another host.
+        return f"base_url host {host[:100]!r} is no plain host name, so not in {ALLOW_HOSTS_ENV}"
     for entry in entries:
         if entry.startswith("*."):
             if ip is None and host.endswith(entry[1:]) and len(host) > len(entry) - 1:

@@ -90,3 +90,9 @@ def _check_value(value: str, what: str, key: str) -> None:
     # PostgreSQL stores no NUL in text or JSON (SQLite would): refused on both alike.
     if "\x00" in value:
         raise InvalidInput(f"{what} {key!r}: value holds a NUL character")
+    # Bytes that are not UTF-8 reach here as lone surrogates (the command line's
+    # surrogateescape); no store can hold them. The value is not echoed.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} {key!r}: value is not valid UTF-8") from None

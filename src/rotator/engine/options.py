@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from rotator.errors import InvalidInput
 
+# The longest lease a process grants (ROTATOR_LEASE_SECONDS is refused above it): a lease is
+# renewed while its owner lives; a day is already absurd. Recovery's horizon derives from it.
+MAX_LEASE_S = 86400.0
+
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:

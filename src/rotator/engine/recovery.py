@@ -18,6 +18,7 @@ from rotator.domain.model import Stage
 from rotator.domain.principal import Principal
 from rotator.domain.secret import Secret
 from rotator.engine.context import ContextLoader, Ctx
+from rotator.engine.options import MAX_LEASE_S
 from rotator.engine.ownership import Lease, Leases, owner_dead
 from rotator.engine.protocol import Protocol
 from rotator.engine.runtime import Runtime
@@ -29,12 +30,14 @@ from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
 from rotator.store.keys import tenant_name
 
-# No process grants a lease longer than a day (ROTATOR_LEASE_SECONDS is capped there) and
-# hosts' clocks agree within minutes, so a lease ending later than this from now was taken by a
-# clock far ahead of ours (or by one that stepped back since). Whether its owner lives cannot
-# be told: treat the lease as run out rather than wait days for it; fencing keeps a live owner
-# from writing, and it makes its target agree with the store again.
-LEASE_HORIZON_S = 86400.0 + 300.0
+# No process grants a lease longer than MAX_LEASE_S (ROTATOR_LEASE_SECONDS is capped there)
+# and hosts' clocks agree within minutes, so a lease ending later than this from now was taken
+# by a clock far ahead of ours (or by one that stepped back since). Whether its owner lives
+# cannot be told: treat the lease as run out rather than wait days for it; fencing keeps a live
+# owner from writing, and it makes its target agree with the store again. Such a takeover is
+# audited with reason "lease beyond horizon" (a live worker whose clock is far ahead churns).
+CLOCK_SKEW_S = 300.0
+LEASE_HORIZON_S = MAX_LEASE_S + CLOCK_SKEW_S
 
 
 class Recovery:
@@ -82,6 +85,13 @@ class Recovery:
         until = rt.now() + timedelta(seconds=rt.opts.lease_s)
         lease = Lease.new(rt.opts.lease_s)
         dead = owner_dead(row.owner)
+        # Taken only because its lease ends beyond the horizon (not run out, owner not known
+        # dead): audited as such, so a live worker with a clock far ahead is visible.
+        beyond = (
+            not dead
+            and row.lease_expires_at is not None
+            and row.lease_expires_at > self._horizon(rt.now())
+        )
 
         def take(c: Connection) -> bool:
             now = rt.now()
@@ -135,7 +145,11 @@ class Recovery:
         ctx.rotation_id = row.id
         ctx.grace_s = row.grace_s
         ctx.lease = lease
-        ctx.touched_target = True  # we cannot know: roll back to be safe
+        # Whether the old owner's set reached the target cannot be known (at step "created"
+        # its call may have been under way, its reply lost): roll back to be safe, and a
+        # rollback that cannot reach the target leaves the rotation to recovery again
+        # (protocol.rollback) instead of ending it with the candidate valid there.
+        ctx.touched_target = True
         if row.version is None:  # intent never completed: nothing reached the target
 
             def abandon(c: Connection) -> None:
@@ -159,7 +173,13 @@ class Recovery:
         sv = await rt.read(lambda c: store_creds.sealed_version(c, ctx.cred.id, number=row.version))
         assert sv is not None
         ctx.pending = await rt.read(lambda c: rt.kernel.open_version(c, sv))
-        await rt.audit(ctx, "rotation.resume", from_step=row.step, previous_owner=row.owner)
+        await rt.audit(
+            ctx,
+            "rotation.resume",
+            from_step=row.step,
+            previous_owner=row.owner,
+            **({"reason": "lease beyond horizon"} if beyond else {}),
+        )
         if row.trigger == Trigger.GROUP.value:
             # An all-or-nothing group cannot finish one member alone: undo it.
             return await self.protocol.rollback(

@@ -72,7 +72,9 @@ class Pacer:
         if cu is not None:
             elapsed = (now - cu.start).total_seconds()
             slots = math.floor(elapsed / cu.spacing_s + 1e-9) + 1 - cu.emitted
-            return max(0, min(slots, overdue))
+            # Slots missed while the process was paused or the wall clock stepped forward
+            # are made up at most at the rate (the bucket), never all at once.
+            return max(0, min(slots, overdue, math.floor(self._tokens + 1e-9)))
         return min(overdue, math.floor(self._tokens + 1e-9))
 
     def started(self, n: int, now: datetime) -> None:
@@ -93,8 +95,12 @@ class Pacer:
         """When the next rotation may start, if not now (None: whenever work is due)."""
         self._refill(now)
         cu = self._catch_up
+        refilled = (
+            None
+            if self._tokens + 1e-9 >= 1.0
+            else now + timedelta(seconds=(1.0 - self._tokens) / self.rate.per_second)
+        )
         if cu is not None:
-            return cu.start + timedelta(seconds=cu.emitted * cu.spacing_s)
-        if self._tokens >= 1.0:
-            return None
-        return now + timedelta(seconds=(1.0 - self._tokens) / self.rate.per_second)
+            slot = cu.start + timedelta(seconds=cu.emitted * cu.spacing_s)
+            return slot if refilled is None else max(slot, refilled)
+        return refilled

@@ -24,7 +24,7 @@ from rotator.domain.model import Credential, Stage
 from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.engine import BatchResult, Outcome, RotationRequest, RotationResult, Trigger
 from rotator.engine.types import StillValid
-from rotator.errors import InvalidInput, NotFound
+from rotator.errors import InvalidInput, NotFound, StoreError
 from rotator.policy.risk import (
     DEFAULT_COOLDOWN,
     Decision,
@@ -119,12 +119,18 @@ class EventReport:
     severity: Severity
     decisions: list[CredentialDecision] = field(default_factory=list)
     still_valid: list[StillValid] = field(default_factory=list)
+    # Why a sweep after the rotations (revocations, the look-up of old values still valid)
+    # did not run: the store went away. The decisions are reported; still_valid is not known.
+    sweep_error: str | None = None
 
     @property
     def ok(self) -> bool:
-        """Every rotation it started succeeded and no old value of an emergency is valid."""
-        return not self.still_valid and all(
-            d.outcome in (None, Outcome.ROTATED) for d in self.decisions
+        """Every rotation it started succeeded and no old value of an emergency is known
+        to be valid (not ok when that could not be looked up: ``sweep_error``)."""
+        return (
+            not self.still_valid
+            and self.sweep_error is None
+            and all(d.outcome in (None, Outcome.ROTATED) for d in self.decisions)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -134,6 +140,7 @@ class EventReport:
             "severity": self.severity.value,
             "decisions": [d.to_json() for d in self.decisions],
             "still_valid": [v.to_json() for v in self.still_valid],
+            **({} if self.sweep_error is None else {"sweep_error": self.sweep_error}),
         }
 
 
@@ -316,9 +323,10 @@ async def report_event(
             await engine.writer.run(write_outcomes)
 
         matched = [c.id for c in creds]
-        await rotation.run_rotations(
+        batch = await rotation.run_rotations(
             svc, reqs, {c.name: c.id for c in creds}, sweep=matched, after=record
         )
+        report.sweep_error = batch.sweep_error
     # Every credential whose rule for this severity is emergency owes no valid old value,
     # also when this report only repeated an earlier emergency (de-duplicated): an old value
     # whose revoke failed then is revoked again now rather than replaced by a third value.
@@ -327,8 +335,15 @@ async def report_event(
     ]
     if owed:
         done = {c.id for _, c, d in acting if d.action is RiskAction.EMERGENCY}
-        await rotation.revoke_now(svc, [i for i in owed if i not in done])
-        report.still_valid = await rotation.still_valid(svc, owed)
+        try:
+            await rotation.revoke_now(svc, [i for i in owed if i not in done])
+            report.still_valid = await rotation.still_valid(svc, owed)
+        except StoreError as exc:
+            # The store went away after the rotations: their outcomes are known and must
+            # reach the caller; what was due for revocation stays queued.
+            report.sweep_error = rotation.join_sweep_errors(
+                report.sweep_error, f"old values not revoked or looked up: {exc}"
+            )
     for _, cred, d in decided:
         r = results.get(cred.name)
         report.decisions.append(

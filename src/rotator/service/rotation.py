@@ -27,6 +27,7 @@ from rotator.engine import (
     RotationResult,
     Trigger,
 )
+from rotator.engine.options import MAX_LEASE_S
 from rotator.engine.types import StillValid
 from rotator.errors import ConcurrentModification, InvalidInput, NotFound, StoreError
 from rotator.service import forwarding, webhooks
@@ -35,7 +36,6 @@ from rotator.service.credentials import RotatorService
 from rotator.store import rotations as store_rot
 
 MAX_CONCURRENCY = 1024
-MAX_LEASE_S = 86400.0  # a lease is renewed while its owner lives; a day is already absurd
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +181,7 @@ async def rotate(
         svc, reqs, ids, sweep=owner_sweep(principal, list(ids.values())), progress=progress
     )
     if emergency:
-        result.still_valid = await still_valid(svc, [c.id for c in creds])
+        await report_still_valid(svc, result, [c.id for c in creds])
     return result
 
 
@@ -259,6 +259,25 @@ async def still_valid(svc: RotatorService, credential_ids: list[int]) -> list[St
     return [StillValid(r.credential, r.version, r.last_error) for r in rows]
 
 
+async def report_still_valid(
+    svc: RotatorService, result: BatchResult, credential_ids: list[int]
+) -> None:
+    """After an emergency: ``result.still_valid`` (:func:`still_valid`); when the store
+    went away after the rotations, still_valid stays None (not known) and the reason is
+    added to ``result.sweep_error``, so the rotations' report still reaches the caller."""
+    try:
+        result.still_valid = await still_valid(svc, credential_ids)
+    except StoreError as exc:
+        result.still_valid = None
+        result.sweep_error = join_sweep_errors(
+            result.sweep_error, f"old values still valid not looked up: {exc}"
+        )
+
+
+def join_sweep_errors(first: str | None, second: str) -> str:
+    return second if first is None else f"{first}; {second}"
+
+
 async def rotate_group(
     svc: RotatorService,
     name: str,
@@ -278,7 +297,7 @@ async def rotate_group(
         group, principal.tenant, emergency=emergency, requested_by=principal.name
     )
     if emergency:
-        result.still_valid = await still_valid(svc, ids)
+        await report_still_valid(svc, result, ids)
     return result
 
 

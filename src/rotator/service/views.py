@@ -250,6 +250,7 @@ def event_report_from_json(data: dict[str, Any]) -> EventReport:
             StillValid(v["name"], int(v["version"]), v.get("error"))
             for v in data.get("still_valid") or ()
         ],
+        sweep_error=data.get("sweep_error"),
     )
 
 

@@ -59,6 +59,7 @@ class ReportDoc(_Doc):
     severity: str
     decisions: list[DecisionDoc]
     still_valid: list[StillValidDoc]
+    sweep_error: str | None = None  # only when the store went away after the rotations
 
 
 class EventDoc(_Doc):
