@@ -92,8 +92,15 @@ def test_batch_result_from_json_undoes_to_json() -> None:
         RotationResult("c", Outcome.ROLLED_BACK, error="test failed"),
         RotationResult("d", Outcome.SKIPPED, error="rotated 2s ago"),
     ]
-    for still in (None, [], [StillValid("c", 3, None), StillValid("b", 1, "revoke failed")]):
-        batch = BatchResult(results=results, duration_s=1.23456, still_valid=still)
+    for still, sweep in (
+        (None, None),
+        ([], None),
+        ([StillValid("c", 3, None), StillValid("b", 1, "revoke failed")], None),
+        (None, "cannot reach database"),
+    ):
+        batch = BatchResult(
+            results=results, duration_s=1.23456, still_valid=still, sweep_error=sweep
+        )
         back = batch_result_from_json(batch.to_json())
         assert back.to_json() == batch.to_json()
         assert back.ok == batch.ok

@@ -197,6 +197,7 @@ def batch_result_from_json(data: dict[str, Any]) -> BatchResult:
         still_valid=None
         if still is None
         else [StillValid(v["name"], int(v["version"]), v.get("error")) for v in still],
+        sweep_error=data.get("sweep_error"),
     )
 
 
