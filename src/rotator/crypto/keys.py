@@ -185,15 +185,10 @@ def check_home(home: Path) -> None:
     log.warning("ROTATOR_HOME %s had mode %04o (writable by others): tightened to 0700", home, mode)
 
 
-def write_key_file(path: Path, key: MasterKey) -> None:
-    """Write ``key`` to ``path`` with mode 0600, durably and atomically: ``path`` either does
-    not exist or holds the whole key, also after a crash. Refuses to overwrite an existing file
-    (FileExistsError)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    check_home(path.parent)
-    data = (KEY_FILE_HEADER + base64.b64encode(key.material).decode() + "\n").encode()
-    # Written under a temporary name, then linked into place: a crash mid-write leaves only a
-    # hidden temporary file, never a truncated key file that every later command would refuse.
+def stage_private_file(path: Path, data: bytes) -> Path:
+    """``data`` in a new hidden temporary file beside ``path`` (mode 0600, created exclusively,
+    never through a planted link, fsynced); its path. The caller links or renames it into
+    place and removes it in every case; on a failure here nothing is left."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -204,6 +199,23 @@ def write_key_file(path: Path, key: MasterKey) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_key_file(path: Path, key: MasterKey) -> None:
+    """Write ``key`` to ``path`` with mode 0600, durably and atomically: ``path`` either does
+    not exist or holds the whole key, also after a crash. Refuses to overwrite an existing file
+    (FileExistsError)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_home(path.parent)
+    data = (KEY_FILE_HEADER + base64.b64encode(key.material).decode() + "\n").encode()
+    # Written under a temporary name, then linked into place: a crash mid-write leaves only a
+    # hidden temporary file, never a truncated key file that every later command would refuse.
+    tmp = stage_private_file(path, data)
+    try:
         os.link(tmp, path)  # unlike rename, never replaces an existing file
     finally:
         tmp.unlink(missing_ok=True)

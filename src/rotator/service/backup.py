@@ -28,7 +28,7 @@ from sqlalchemy import Connection
 from rotator import __version__, audit, crypto
 from rotator.config import Settings
 from rotator.crypto import snapshot as sealed
-from rotator.crypto.keys import KdfParams, MasterKey
+from rotator.crypto.keys import KdfParams, MasterKey, stage_private_file
 from rotator.domain.model import DEFAULT_TENANT
 from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.errors import DecryptionError, InvalidInput, MasterKeyError
@@ -196,20 +196,7 @@ async def backup(
 
 def _stage_file(path: Path, data: bytes) -> Path:
     """``data`` in a new temporary file (mode 0600, fsynced) beside ``path``; its path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+    return stage_private_file(path, data)
 
 
 def _place_file(tmp: Path, path: Path, *, force: bool) -> None:
