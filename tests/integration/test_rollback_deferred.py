@@ -16,7 +16,6 @@ from tests.support.doubles import DoubleConfig, DoubleConnector
 
 from rotator.connectors import base as cb
 from rotator.connectors.registry import register
-from rotator.domain.group import Group, parse_order
 from rotator.domain.model import Stage
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
 from rotator.service import BlockingService, PolicyInput, ValueInput
@@ -137,46 +136,6 @@ def test_set_whose_reply_was_lost_then_rollback_unreachable_is_left_to_recovery_
     new = svc.get_value("s").reveal_text()
     assert new != old
     assert doubles.target_values(cfg, "s") == {old, new}  # the old one until its grace ends
-
-
-def test_group_member_resumed_while_its_target_is_still_down_stays_deferred_until_rolled_back(
-    svc: BlockingService, raw_db: sqlalchemy.Engine, flaky: None
-) -> None:
-    cfg_a = add(svc, "a")
-    cfg_b = add(svc, "b", fail_test="true")
-    before = {n: svc.get_value(n).reveal_text() for n in ("a", "b")}
-    FAULTS["rollback_down"] = True
-    group = Group("g", parse_order(["a", "b"], []), all_or_nothing=True)
-
-    async def rotate_group() -> None:
-        async with Engine(svc.kernel, OPTS) as engine:
-            await engine.rotate_group(group)
-
-    async def recover() -> list[object]:
-        async with Engine(svc.kernel, OPTS) as engine:
-            return list(await engine.recover())
-
-    asyncio.run(rotate_group())
-    left = open_rotations(raw_db)
-    assert left, "b's set was attempted and its rollback refused: left to recovery"
-    for _ in range(2):  # recovery attempts while the target still refuses rollbacks
-        expire_leases(svc, raw_db)
-        results = asyncio.run(recover())
-        assert {r.name for r in results} == set(left)  # type: ignore[attr-defined]
-        assert all("left to recovery" in (r.error or "") for r in results)  # type: ignore[attr-defined]
-        assert open_rotations(raw_db) == left, "a candidate may be valid: not ended"
-        for name in left:
-            assert Stage.FAILED not in stages(svc, name).values()
-            assert Stage.PENDING in stages(svc, name).values()
-
-    FAULTS["rollback_down"] = False  # the target answers again
-    expire_leases(svc, raw_db)
-    results = asyncio.run(recover())
-    assert {r.outcome for r in results} == {Outcome.ROLLED_BACK}  # type: ignore[attr-defined]
-    assert open_rotations(raw_db) == {}
-    for name, cfg in (("a", cfg_a), ("b", cfg_b)):
-        assert svc.get_value(name).reveal_text() == before[name]  # all or nothing
-        assert doubles.target_values(cfg, name) == {before[name]}, "no candidate left valid"
 
 
 def test_a_takeover_only_because_the_lease_ends_beyond_the_horizon_is_audited_as_such(

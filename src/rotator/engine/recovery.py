@@ -145,11 +145,7 @@ class Recovery:
         ctx.rotation_id = row.id
         ctx.grace_s = row.grace_s
         ctx.lease = lease
-        # Whether the old owner's set reached the target cannot be known (at step "created"
-        # its call may have been under way, its reply lost): roll back to be safe, and a
-        # rollback that cannot reach the target leaves the rotation to recovery again
-        # (protocol.rollback) instead of ending it with the candidate valid there.
-        ctx.touched_target = True
+        ctx.touched_target = True  # we cannot know: roll back to be safe
         if row.version is None:  # intent never completed: nothing reached the target
 
             def abandon(c: Connection) -> None:
