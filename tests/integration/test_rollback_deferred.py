@@ -21,19 +21,19 @@ from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest
 from rotator.service import BlockingService, PolicyInput, ValueInput
 from rotator.store.schema import rotations
 
-# The faults of the target, switched by each test: a set that reaches the target but whose
-# reply is lost, and a target that refuses every rollback (down for rollbacks).
-FAULTS: dict[str, bool] = {"set_reply_lost": False, "rollback_down": False}
+# The faults of the target, switched by each test: a test step that fails after a confirmed
+# set, and a target that refuses every rollback (down for rollbacks).
+FAULTS: dict[str, bool] = {"test_fails": False, "rollback_down": False}
 OPTS = EngineOptions(retry_initial_s=0.001, retry_max_s=0.01, retry_attempts=2, lease_s=30.0)
 
 
 class FlakyTarget(DoubleConnector):
     kind: ClassVar[str] = "flaky-target"
 
-    async def set(self, req: cb.SetRequest) -> None:
-        await super().set(req)  # reached the target ...
-        if FAULTS["set_reply_lost"]:  # ... but its reply did not come back
-            raise cb.TransientError("set: connection reset (reply lost)")
+    async def test(self, req: cb.TestRequest) -> None:
+        if FAULTS["test_fails"]:
+            raise cb.PermanentError("test: the new value was refused")
+        await super().test(req)
 
     async def rollback(self, req: cb.RollbackRequest) -> None:
         if FAULTS["rollback_down"]:
@@ -44,9 +44,9 @@ class FlakyTarget(DoubleConnector):
 @pytest.fixture
 def flaky() -> Iterator[None]:
     register(FlakyTarget)
-    FAULTS.update(set_reply_lost=False, rollback_down=False)
+    FAULTS.update(test_fails=False, rollback_down=False)
     yield
-    FAULTS.update(set_reply_lost=False, rollback_down=False)
+    FAULTS.update(test_fails=False, rollback_down=False)
     doubles.MemoryTarget.valid.clear()
 
 
@@ -95,12 +95,12 @@ def resumes(svc: BlockingService, name: str) -> list[dict[str, object]]:
     return [e.details for e in svc.audit_entries(credential=name) if e.action == "rotation.resume"]
 
 
-def test_set_whose_reply_was_lost_then_rollback_unreachable_is_left_to_recovery_which_finishes_it(
+def test_a_confirmed_set_then_rollback_unreachable_is_left_to_recovery_which_finishes_it(
     svc: BlockingService, raw_db: sqlalchemy.Engine, flaky: None
 ) -> None:
     cfg = add(svc, "s")
     old = svc.get_value("s").reveal_text()
-    FAULTS.update(set_reply_lost=True, rollback_down=True)
+    FAULTS.update(test_fails=True, rollback_down=True)
 
     async def rotate() -> list[object]:
         async with Engine(svc.kernel, OPTS) as engine:
@@ -112,13 +112,13 @@ def test_set_whose_reply_was_lost_then_rollback_unreachable_is_left_to_recovery_
     assert "left to recovery" in (result.error or "")  # type: ignore[attr-defined]
     candidate = max(stages(svc, "s"))
     assert stages(svc, "s")[candidate] is Stage.PENDING, "not ended: the target may hold it"
-    assert open_rotations(raw_db) == {"s": "created"}  # the credential stays locked
+    assert open_rotations(raw_db) == {"s": "set"}  # the credential stays locked
     assert len(doubles.target_values(cfg, "s")) == 2  # the candidate is valid there
     actions = [e.action for e in svc.audit_entries(credential="s")]
     assert "rotation.rollback_deferred" in actions
     assert "rotation.failed" not in actions
 
-    FAULTS.update(set_reply_lost=False, rollback_down=False)  # the target answers again
+    FAULTS.update(test_fails=False, rollback_down=False)  # the target answers again
     # Held by a process of another host (whether it lives cannot be told): its lease decides.
     expire_leases(svc, raw_db, owner="elsewhere:1:x")
 
@@ -142,12 +142,12 @@ def test_a_takeover_only_because_the_lease_ends_beyond_the_horizon_is_audited_as
     svc: BlockingService, raw_db: sqlalchemy.Engine, flaky: None
 ) -> None:
     add(svc, "h")
-    FAULTS.update(set_reply_lost=True, rollback_down=True)
+    FAULTS.update(test_fails=True, rollback_down=True)
 
     async def rotate_then_recover() -> list[object]:
         async with Engine(svc.kernel, OPTS) as engine:
             await engine.rotate([RotationRequest("h", "default")])
-            FAULTS.update(set_reply_lost=False, rollback_down=False)
+            FAULTS.update(test_fails=False, rollback_down=False)
             # Its lease ends in three days: a clock far ahead (more than the longest lease).
             expire_leases(svc, raw_db, ends_in=timedelta(days=3))
             return list(await engine.recover())

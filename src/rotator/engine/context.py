@@ -37,10 +37,10 @@ class Ctx:
     rotation_id: str = ""
     version: int = 0
     pending: Secret | None = None
-    # A set call was attempted (or, resumed, may have been by the old owner): the target may
-    # hold the candidate even if the call failed (a timeout or a lost reply), so a rollback
-    # that cannot reach it leaves the rotation to recovery rather than ending it.
     touched_target: bool = False
+    # set succeeded (durably recorded): the target holds the candidate until a rollback
+    # reaches it, so a rollback that cannot reach it leaves the rotation to recovery.
+    set_confirmed: bool = False
     deferred: list[Callable[[Connection], None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     secrets: cbase.SecretResolver = cbase.NO_SECRETS

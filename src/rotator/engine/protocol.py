@@ -266,6 +266,7 @@ class Protocol:
         assert ctx.pending is not None
         pending = ctx.pending
         c = ctx.cred.name
+        ctx.set_confirmed = from_step != "created"
         if from_step == "created":
             await self.steps.call(
                 ctx,
@@ -283,6 +284,7 @@ class Protocol:
                 ),
                 after=lambda conn: self.rt.step(conn, ctx, "set"),
             )
+            ctx.set_confirmed = True
         if from_step in ("created", "set"):
             await self.steps.call(
                 ctx,
@@ -448,13 +450,12 @@ class Protocol:
         return previous
 
     async def _leave_to_recovery(self, ctx: Ctx, error: str, rb_error: str) -> RotationResult:
-        """The rollback could not reach the target (down, hung, its breaker open) after a set
-        call was attempted: the candidate may be valid there (the set's reply may be what was
-        lost), so the rotation is not ended. It keeps its last durable step, its PENDING
-        version and the credential's lock; once its lease runs out (or its process is gone)
-        recovery takes it over and drives it on, to a finish if the candidate works on the
-        target by then, else to a rollback that reaches it. Marking it failed would leave a
-        value valid on the target that no one would ever remove."""
+        """The rollback could not reach the target (down, hung, its breaker open) after set
+        succeeded: the candidate is valid there, so the rotation is not ended. It keeps its last
+        durable step, its PENDING version and the credential's lock; once its lease runs out
+        (or its process is gone) recovery takes it over and drives it on, to a finish if the
+        candidate works on the target by then, else to a rollback that reaches it. Marking it
+        failed would leave a value valid on the target that no one would ever remove."""
         msg = f"{error}; rollback failed: {rb_error}; left to recovery"
         self.leases.drop(ctx.rotation_id)
         with contextlib.suppress(RotatorError):  # audited when the store can take it
@@ -464,7 +465,7 @@ class Protocol:
     async def rollback(self, ctx: Ctx, cause: Exception) -> RotationResult:
         """Undo the rotation on the target (if a call may have touched it) and mark its
         version FAILED; the credential is freed. LostOwnership on the way goes to recovery;
-        so does a rollback that cannot reach the target after a set was attempted (see
+        so does a rollback that cannot reach the target after set succeeded (see
         ``_leave_to_recovery``)."""
         assert ctx.pending is not None
         pending = ctx.pending
@@ -492,10 +493,9 @@ class Protocol:
             except LostOwnership as exc:
                 return await self.recovery.lost(ctx, exc)
             except (cbase.TransientError, CircuitOpen) as exc:
-                # A set was attempted: it may have reached the target though its call failed
-                # (a timeout, a lost reply), so the candidate may be valid there. Set and
-                # rollback are idempotent: recovery resumes from the intent either way.
-                return await self._leave_to_recovery(ctx, error, str(exc))
+                if ctx.set_confirmed:
+                    return await self._leave_to_recovery(ctx, error, str(exc))
+                rb_error = str(exc)
             except (ConnectorError, RotatorError) as exc:
                 rb_error = str(exc)
 
