@@ -20,14 +20,14 @@ from typing import Any, TypeVar
 
 import pytest
 from ldap3.utils.dn import escape_rdn
-from tests.support.ldap_server import SERVICE_OU, LdapTarget
+from tests.support.ldap_server import SERVICE_OU, LdapTarget, running_slapd, slapd_binary
 
 from rotator.config import Settings
 from rotator.connectors import base as cb
 from rotator.connectors.ldap import LdapConfig, LdapConnector
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, RotationRequest, Trigger
-from rotator.errors import InvalidInput, NotFound
+from rotator.errors import InvalidInput, NotFound, VerificationFailed
 from rotator.service import BlockingService, PolicyInput, ValueInput
 
 FAST = EngineOptions(retry_initial_s=0.001, retry_max_s=0.01, retry_attempts=3)
@@ -181,46 +181,50 @@ def test_twenty_hostile_accounts_rotate_at_once_in_every_mode_and_old_values_sto
     assert not leaked, "a password reached slapd's stats log"
 
 
-def test_cli_verify_refuses_a_wrong_admin_secret_and_a_missing_dn_in_one_line(
+def test_verify_refuses_a_wrong_admin_secret_and_a_missing_dn_in_one_line(
     svc: BlockingService, settings: Settings, ldap_target: LdapTarget
 ) -> None:
-    """``credential add --verify`` (the real CLI) exits 2 with one line naming the problem,
-    never the secret, and stores nothing."""
+    """``credential add --verify`` refuses a wrong admin secret (the real CLI: exit 2, one
+    line naming the admin credential, never the secret) and a missing DN (in process, the
+    same service call), and stores nothing."""
     t = ldap_target
     wrong = f"wrong-{uuid.uuid4().hex}"
     svc.add_credential("ldap/admin", "local", value=ValueInput(value=Secret(t.admin_password)))
     svc.add_credential("ldap/bad-admin", "local", value=ValueInput(value=Secret(wrong)))
     dn = t.add_account(unique('Smith, "verify"'), "pw-" + uuid.uuid4().hex)
     missing = f"cn={escape_rdn(unique('nobody, here'))},{SERVICE_OU}"
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "ROTATOR_HOME": str(settings.home),
-        "ROTATOR_DB": settings.db_url,
-    }
+    common = {"url": t.url, "admin_dn": t.admin_dn}
     before = [c.name for c in svc.list_credentials()]
-    cases = {
-        "ldap/app": (
-            {"dn": dn, "admin": "ldap/bad-admin"},
-            f"admin credential 'ldap/bad-admin' was refused by ldap at {t.url}",
-        ),
-        "ldap/gone": ({"dn": missing, "admin": "ldap/admin"}, f"{missing!r} does not exist"),
-    }
-    for name, (extra, expected) in cases.items():
-        args = ["credential", "add", name, "--connector", "ldap", "--verify", "--generate"]
-        for key, value in {"url": t.url, "admin_dn": t.admin_dn, **extra}.items():
-            args += ["--set", f"{key}={value}"]
-        proc = subprocess.run(
-            [str(CLI), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+
+    args = ["credential", "add", "ldap/app", "--connector", "ldap", "--verify", "--generate"]
+    for key, value in {**common, "dn": dn, "admin": "ldap/bad-admin"}.items():
+        args += ["--set", f"{key}={value}"]
+    env = {"PATH": "/usr/bin:/bin", "ROTATOR_HOME": str(settings.home)}
+    env["ROTATOR_DB"] = settings.db_url
+    proc = subprocess.run(
+        [str(CLI), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr == (
+        "rotator: error: ldap/app: verification failed: admin credential 'ldap/bad-admin' was "
+        f"refused by ldap at {t.url} (admin_dn {t.admin_dn!r})\n"
+    )
+    assert wrong not in proc.stderr
+
+    with pytest.raises(VerificationFailed) as info:
+        svc.add_credential(
+            "ldap/gone",
+            "ldap",
+            settings={**common, "dn": missing, "admin": "ldap/admin"},
+            value=ValueInput(generate=True),
+            verify=True,
         )
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stdout == ""
-        lines = proc.stderr.splitlines()
-        assert len(lines) == 1, proc.stderr
-        assert "Traceback" not in proc.stderr
-        assert lines[0].startswith("rotator: error: "), lines[0]
-        assert expected in lines[0], lines[0]
-        assert wrong not in proc.stderr
-        assert t.admin_password not in proc.stderr
+    assert str(info.value) == (
+        f"ldap/gone: verification failed: {missing!r} does not exist on {t.url}"
+    )
+    for name in ("ldap/app", "ldap/gone"):
         with pytest.raises(NotFound):
             svc.show(name)
     assert [c.name for c in svc.list_credentials()] == before
@@ -321,3 +325,59 @@ def test_steps_are_idempotent_and_rollback_puts_the_old_password_back(
     ):
         with pytest.raises(InvalidInput, match=expected):
             cb.parse_config(conn, bad)
+
+
+def test_verify_refuses_argon2_where_the_server_cannot_check_it_and_admin_binds_are_pooled(
+    ldap_target: LdapTarget,
+) -> None:
+    """On a slapd without the argon2 module ``verify`` refuses ``hash=argon2`` (and accepts
+    ``ssha``). Admin work shares one pooled bind per admin value: a wrong value is
+    ReferenceRefused and its pool is not kept. No error names a value."""
+    binary = slapd_binary()
+    assert binary is not None
+    with running_slapd(binary, argon2=False) as t:
+        password = "pw-" + uuid.uuid4().hex
+        dn = t.add_account(unique('no argon2, "here"'), password)
+        conn = LdapConnector()
+        good = _Resolver({"ldap/admin": t.admin_password})
+        wrong = "wrong-" + uuid.uuid4().hex
+        bad = _Resolver({"ldap/admin": wrong})
+        settings = {"url": t.url, "dn": dn, "admin": "ldap/admin", "admin_dn": t.admin_dn}
+        settings["method"] = "replace"
+
+        def cfg(**extra: str) -> LdapConfig:
+            return LdapConfig.model_validate({**settings, **extra})
+
+        async def scenario() -> list[str]:
+            messages = []
+            with pytest.raises(cb.PermanentError) as info:
+                await conn.verify(cb.VerifyRequest("ldap/x", cfg(hash="argon2"), secrets=good))
+            messages.append(str(info.value))
+            assert "hash=argon2: cannot confirm" in messages[-1]
+            await conn.verify(cb.VerifyRequest("ldap/x", cfg(hash="ssha"), secrets=good))
+            pending = await conn.create(cb.CreateRequest("ldap/x", 2, cfg()))
+            await conn.set(cb.SetRequest("ldap/x", 2, cfg(), pending, Secret(password), good))
+            with pytest.raises(cb.ReferenceRefused) as refused:
+                await conn.set(cb.SetRequest("ldap/x", 2, cfg(), pending, None, bad))
+            messages.append(str(refused.value))
+            assert refused.value.reference == "ldap/admin"
+            missing = f"cn=gone,{SERVICE_OU}"
+            bare = Secret(login_of(pending)[1])  # a bare password: of the configured dn
+            with pytest.raises(cb.PermanentError) as info:
+                await conn.set(cb.SetRequest("ldap/x", 2, cfg(dn=missing), bare, None, good))
+            messages.append(str(info.value))
+            assert "noSuchObject" in messages[-1]
+            assert repr(conn) == "LdapConnector(1 admin pools)"
+            await conn.aclose()
+            messages.append(pending.reveal_text())
+            return messages
+
+        *messages, value = run_async(scenario())
+        for message in messages:
+            assert "\n" not in message
+            for secret in (password, wrong, t.admin_password, login_of(Secret(value))[1]):
+                assert secret not in message
+        log = t.log.read_text(errors="replace")
+        # verify twice and set share one bind; the refused value one; the good value again
+        # (its pool was replaced by the refused one's) one more.
+        assert log.count(f'BIND dn="{t.admin_dn}" method=128') == 3

@@ -118,7 +118,7 @@ class LdapTarget:
         return f"ldaps://{self.host}:{self.ldaps_port}"
 
     def _root(self) -> ldap3.Connection:
-        server = ldap3.Server(self.host, port=self.port, connect_timeout=5)
+        server = ldap3.Server(self.host, port=self.port, get_info=ldap3.NONE, connect_timeout=5)
         conn = ldap3.Connection(
             server, ROOT_DN, self.root_password, receive_timeout=10, raise_exceptions=True
         )
@@ -163,7 +163,7 @@ class LdapTarget:
 
     def can_bind(self, dn: str, password: str) -> bool:
         """A fresh simple bind (plain port): does the server accept ``password`` for ``dn``?"""
-        server = ldap3.Server(self.host, port=self.port, connect_timeout=5)
+        server = ldap3.Server(self.host, port=self.port, get_info=ldap3.NONE, connect_timeout=5)
         conn = ldap3.Connection(server, dn, password, receive_timeout=10)
         try:
             return bool(conn.bind())
@@ -227,7 +227,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _answers(host: str, port: int) -> bool:
     try:
-        server = ldap3.Server(host, port=port, connect_timeout=1)
+        server = ldap3.Server(host, port=port, get_info=ldap3.NONE, connect_timeout=1)
         conn = ldap3.Connection(server, receive_timeout=2)
         ok = bool(conn.bind())
         conn.unbind()
@@ -237,9 +237,10 @@ def _answers(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_slapd(binary: str) -> Iterator[LdapTarget]:
+def running_slapd(binary: str, argon2: bool | None = None) -> Iterator[LdapTarget]:
     """Start slapd (see the module docstring), seed it, yield it; stop it and delete its
-    files on exit, also when the body fails."""
+    files on exit, also when the body fails. ``argon2``: load the argon2 password module
+    (default: when it is installed)."""
     base = Path(tempfile.mkdtemp(prefix="rotator-slapd-"))
     proc: subprocess.Popen[bytes] | None = None
     try:
@@ -259,7 +260,8 @@ def running_slapd(binary: str) -> Iterator[LdapTarget]:
         )
         key_file.chmod(0o600)
         (base / "data").mkdir()
-        argon2 = (MODULE_DIR / "argon2.so").exists()
+        if argon2 is None:
+            argon2 = (MODULE_DIR / "argon2.so").exists()
         root_password = "root-" + secrets.token_urlsafe(12)
         admin_password = "admin-" + secrets.token_urlsafe(12)
         conf = base / "slapd.conf"
