@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -135,7 +136,7 @@ def test_twenty_hostile_accounts_rotate_at_once_in_every_mode_and_old_values_sto
     assert result.ok, result.to_json()
     assert sorted(result.to_json()["rotated"]) == sorted(names)
 
-    seen: list[str] = list(given.values())
+    seen: list[str] = [*given.values(), t.admin_password]
     alternating: list[str] = []
     for name, settings in names.items():
         dn, password = login_of(svc.get_value(name))
@@ -237,8 +238,8 @@ def test_test_step_binds_over_starttls_and_ldaps_with_the_ca_and_a_wrong_ca_refu
     ldap_target: LdapTarget,
 ) -> None:
     """``test`` binds afresh as the account over StartTLS and over ldaps when the server's
-    certificate chains to ``ca_file``; another CA (or no TLS when the server wants it) is a
-    one-line permanent error naming TLS and no value."""
+    certificate chains to ``ca_file``; another CA is a one-line permanent error naming TLS and
+    no value; a server that never answers is a transient error after ``timeout_s``."""
     t = ldap_target
     password = "pw-" + uuid.uuid4().hex
     dn = t.add_account(unique("tls, ünïcode"), password)
@@ -264,6 +265,14 @@ def test_test_step_binds_over_starttls_and_ldaps_with_the_ca_and_a_wrong_ca_refu
             assert "not trusted" in message, message
             assert "\n" not in message
             assert password not in message
+        # A server that accepts the connection and never answers: a transient error after
+        # timeout_s, not a hung call.
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            url = f"ldap://127.0.0.1:{silent.getsockname()[1]}"
+            with pytest.raises(cb.TransientError, match=f"ldap at {url} did not answer within 1s"):
+                check(url=url, timeout_s="1")
         cfg = LdapConfig.model_validate({"dn": dn, "url": t.ldaps_url, "ca_file": t.ca_file})
         with pytest.raises(cb.PermanentError, match="refused the new value"):
             run_async(conn.test(cb.TestRequest("ldap/tls", 1, cfg, Secret("nope-" + password))))

@@ -95,7 +95,7 @@ TRANSIENT_RESULTS = frozenset({3, BUSY, UNAVAILABLE, 80})  # timeLimitExceeded, 
 # argon2id cost of {ARGON2} values: OWASP's minimum (19 MiB, 2 passes, 1 lane). The server
 # pays it at every bind of the account, so argon2-cffi's default (64 MiB, 3 passes, 4 lanes)
 # would make each service bind four times dearer on the directory for little gain.
-ARGON2_PARAMS: dict[str, int] = {"time_cost": 2, "memory_cost": 19456, "parallelism": 1}
+ARGON2_TIME_COST, ARGON2_MEMORY_KIB, ARGON2_LANES = 2, 19456, 1
 
 T = TypeVar("T")
 
@@ -262,11 +262,14 @@ def _random_password(length: int) -> str:
 def hash_password(password: str, scheme: str) -> str:
     """``userPassword`` for ``password``: ``{SSHA}`` (SHA-1 over password + 8-byte salt, then
     salt appended, base64) or ``{ARGON2}`` (argon2id PHC string, as OpenLDAP's module
-    checks; ``ARGON2_PARAMS``)."""
+    checks; cost ``ARGON2_*``)."""
     if scheme == "argon2":
         from argon2 import PasswordHasher
 
-        return "{ARGON2}" + PasswordHasher(**ARGON2_PARAMS).hash(password)
+        hasher = PasswordHasher(
+            time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_LANES
+        )
+        return "{ARGON2}" + hasher.hash(password)
     salt = secrets.token_bytes(8)
     digest = hashlib.sha1(password.encode("utf-8") + salt, usedforsecurity=False).digest()
     return "{SSHA}" + base64.b64encode(digest + salt).decode("ascii")
@@ -301,8 +304,9 @@ def _tls_failure(exc: BaseException) -> bool:
         if isinstance(seen, ssl.SSLError | ssl.CertificateError | LDAPStartTLSError):
             return True
         seen = seen.__cause__ or seen.__context__
+    # ldap3 re-raises some socket errors as new exceptions that keep only the text.
     text = str(exc).lower()
-    return any(w in text for w in ("certificate", "ssl", "tls", "handshake"))
+    return any(w in text for w in ("certificate", "ssl", "handshake"))
 
 
 class _AdminPool:
@@ -489,7 +493,8 @@ class LdapConnector:
             raise cb.PermanentError(
                 f"{_p(what)}admin credential {cfg.admin!r} cannot be read: {detail}"
             ) from None
-        login = Login(cfg.admin_dn, parse_login(value, cfg.admin_dn, "the admin value").password)
+        what_value = f"{_p(what)}the value of admin credential {cfg.admin!r}"
+        login = Login(cfg.admin_dn, parse_login(value, cfg.admin_dn, what_value).password)
         slot = (cfg.where, cfg.starttls, cfg.ca_file, cfg.timeout_s, cfg.admin, cfg.admin_dn)
         size = self._size
 
