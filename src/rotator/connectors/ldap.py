@@ -42,8 +42,12 @@ filter or another DN.
 
 Library: ``ldap3`` (pure Python; ``python-ldap`` would need libldap headers to build). It is
 blocking, so every call runs in a thread of a bounded executor owned by the connector instance
-(``set_pool_size`` threads); its connect and receive timeouts (``timeout_s``) bound each call,
-so a thread never outlives a hung server by more than that.
+(``set_pool_size`` threads, shared by all targets; the engine's global limit on rotations under
+way is as large by default) rather than ``asyncio.to_thread``, whose default executor other
+code shares. Its connect and receive timeouts (``timeout_s``, whole seconds) bound each call,
+so a thread never outlives a hung server by much more than that; ldap3's own connection
+strategies (its REUSABLE pool among them) are not used: the admin pool here is a plain list
+of bound connections, each used by one thread at a time.
 
 Errors never carry a value nor the server's diagnostic text: each one is written here, with
 the LDAP result name (``noSuchObject``, ``insufficientAccessRights``...) when there is one.
