@@ -62,6 +62,16 @@ if ! compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
     apt_install faketime
 fi
 
+# --- OpenLDAP slapd: tests/support/ldap_server.py starts its own on free ports ---------
+if [ ! -x /usr/sbin/slapd ]; then
+    echo "==> installing slapd"
+    # debconf must not ask for an admin password; the package's own directory is unused.
+    echo "slapd slapd/no_configuration boolean true" | as_root debconf-set-selections
+    apt_install --no-install-recommends slapd
+    as_root service slapd stop >/dev/null 2>&1 || true
+    [ -x /usr/sbin/slapd ] || die "slapd installed but /usr/sbin/slapd is missing"
+fi
+
 # --- Python venv (>= 3.11) ----------------------------------------------------------
 python_ok() {
     "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null

@@ -20,12 +20,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import psycopg.conninfo
 import pytest
 import redis
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from tests.support.ldap_server import LdapTarget
 
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 PG_SUPERUSER = "postgres"
@@ -418,3 +422,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/rotator.db"
     url: str = request.getfixturevalue("pg_database")
     return url
+
+
+# ---------------------------------------------------------------------------------- LDAP
+
+
+@pytest.fixture(scope="session")
+def ldap_target() -> Iterator[LdapTarget]:
+    """An OpenLDAP slapd on free 127.0.0.1 ports (StartTLS and ldaps), private to this test
+    session; see tests/support/ldap_server.py. Tests share it: add accounts with unique names."""
+    from tests.support.ldap_server import running_slapd, slapd_binary  # ldap3: only when used
+
+    binary = slapd_binary()
+    if binary is None:
+        pytest.fail(
+            "slapd not found: install Debian's 'slapd' (scripts/test.sh does)", pytrace=False
+        )
+    with running_slapd(binary) as target:
+        yield target
