@@ -140,9 +140,74 @@ class Hook:
         return [int(p) for line in path.read_text().split("\n") if line for p in line.split()]
 
 
+# The same target in POSIX shell, for input=raw (stdin is the value alone): a shell starts
+# in a tenth of a Python's time, and the many-credentials test makes about 200 calls.
+SH_HOOK = r"""#!/bin/sh
+state=$2
+call=$(mktemp "$state/calls/XXXXXXXX")
+printf '%s\n' "$0" "$@" > "$call.argv"
+env > "$call.env"
+shift 2
+op=$1 name=$2
+value=$(cat)
+printf '%s' "$value" > "$call.stdin"
+t="$state/target/$(printf '%s' "$name" | tr / %)"
+touch "$t"
+case "$op" in
+  set) grep -qxF -- "$value" "$t" || printf '%s\n' "$value" >> "$t" ;;
+  test) grep -qxF -- "$value" "$t" || exit 1 ;;
+  revoke|rollback) grep -vxF -- "$value" "$t" > "$t.tmp"; mv "$t.tmp" "$t" ;;
+esac
+exit 0
+"""
+
+
+class ShHook(Hook):
+    """SH_HOOK: values as lines of the target file; each call's argv, environment and stdin
+    in files of its own."""
+
+    def __init__(self, where: Path) -> None:
+        self.state = where / "sh-hook-state"
+        (self.state / "target").mkdir(parents=True)
+        (self.state / "calls").mkdir()
+        self.path = where / "hook.sh"
+        self.path.write_text(SH_HOOK)
+        self.path.chmod(0o755)
+
+    def settings(self, *flags: str, **extra: str) -> dict[str, str]:
+        return super().settings(*flags, input="raw", **extra)
+
+    def accepts(self, name: str, value: Secret) -> bool:
+        path = self.state / "target" / name.replace("/", "%")
+        return path.exists() and value.reveal_text() in path.read_text().splitlines()
+
+    def calls(self, name: str | None = None, op: str | None = None) -> list[dict[str, Any]]:
+        found = []
+        for argv in sorted((self.state / "calls").glob("*.argv")):
+            stem = argv.with_suffix("")
+            env = stem.with_suffix(".env").read_text().splitlines()
+            found.append(
+                {
+                    "argv": argv.read_text().splitlines(),
+                    "env": dict(line.split("=", 1) for line in env if "=" in line),
+                    "stdin": stem.with_suffix(".stdin").read_text(),
+                }
+            )
+        return [
+            c
+            for c in found
+            if (name is None or c["argv"][-2] == name) and (op is None or c["argv"][-3] == op)
+        ]
+
+
 @pytest.fixture
 def hook(tmp_path: Path) -> Hook:
     return Hook(tmp_path)
+
+
+@pytest.fixture
+def sh_hook(tmp_path: Path) -> ShHook:
+    return ShHook(tmp_path)
 
 
 def cli(args: list[str], env: dict[str, str]) -> Run:
@@ -160,12 +225,15 @@ def rotate(svc: BlockingService, reqs: list[RotationRequest], opts: EngineOption
 
 
 def values_sent(hook: Hook) -> set[str]:
-    """Every value and previous value any hook call read on stdin (input=json)."""
+    """Every value (and previous value) any hook call read on stdin."""
     out = set()
     for call in hook.calls():
+        if isinstance(hook, ShHook):  # input=raw: stdin is the value
+            out.add(call["stdin"])
+            continue
         doc = json.loads(call["stdin"] or "{}")
         out.update(v for v in (doc.get("value"), doc.get("previous")) if v)
-    return out
+    return out - {""}
 
 
 def gone(pid: int) -> bool:
@@ -179,25 +247,26 @@ def gone(pid: int) -> bool:
 
 
 def test_twenty_credentials_rotate_at_once_and_the_hook_never_sees_a_value_in_argv_or_env(
-    svc: BlockingService, hook: Hook, monkeypatch: pytest.MonkeyPatch
+    svc: BlockingService, sh_hook: ShHook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """20 credentials through one hook, rotated concurrently twice: every CURRENT is accepted
     by the hook's target, PREVIOUS too during its grace and refused after it (dual), an
     emergency rotation removes the old value before it returns; the hook got each value on
-    stdin only: never in its arguments, and its environment is the minimal one."""
+    stdin only (input=raw: the value alone): never in its arguments, and its environment is
+    the minimal one."""
     monkeypatch.setenv("ROTATOR_PASSPHRASE", "passphrase-must-not-reach-the-hook")
     names = [f"exec/app-{i:02d}" for i in range(20)]
     for name in names:
         svc.add_credential(
-            name, "exec", settings=hook.settings(), policy=PolicyInput(grace="10m"), verify=True
+            name, "exec", settings=sh_hook.settings(), policy=PolicyInput(grace="10m"), verify=True
         )
     for _ in range(2):
         result = rotate(svc, [RotationRequest(n) for n in names])
         assert sorted(result.to_json()["rotated"]) == names, result.to_json()
     current = {n: svc.get_value(n) for n in names}
     previous = {n: svc.get_value(n, Stage.PREVIOUS) for n in names}
-    assert all(hook.accepts(n, current[n]) for n in names)
-    assert all(hook.accepts(n, previous[n]) for n in names), "PREVIOUS is valid in its grace"
+    assert all(sh_hook.accepts(n, current[n]) for n in names)
+    assert all(sh_hook.accepts(n, previous[n]) for n in names), "PREVIOUS is valid in its grace"
 
     later = svc.clock() + timedelta(minutes=11)
     svc.kernel.clock = lambda: later
@@ -207,35 +276,32 @@ def test_twenty_credentials_rotate_at_once_and_the_hook_never_sees_a_value_in_ar
             return await engine.process_revocations()
 
     assert list(asyncio.run(revoke_due()).values()) == [True] * 20
-    assert not any(hook.accepts(n, previous[n]) for n in names), "PREVIOUS refused after grace"
-    assert all(hook.accepts(n, current[n]) for n in names)
+    assert not any(sh_hook.accepts(n, previous[n]) for n in names), "PREVIOUS refused after grace"
+    assert all(sh_hook.accepts(n, current[n]) for n in names)
 
     urgent = names[:3]
     result = rotate(svc, [RotationRequest(n, trigger=Trigger.EMERGENCY, grace_s=0) for n in urgent])
     assert sorted(result.to_json()["rotated"]) == urgent, result.to_json()
     for n in urgent:
-        assert not hook.accepts(n, current[n]), "an emergency revokes the old value at once"
-        assert hook.accepts(n, svc.get_value(n))
+        assert not sh_hook.accepts(n, current[n]), "an emergency revokes the old value at once"
+        assert sh_hook.accepts(n, svc.get_value(n))
 
     # What each call got: the operation, the credential and the version as arguments (after
     # the fixed args), the values on stdin only, and nothing of rotator's environment.
-    calls = hook.calls()
+    calls = sh_hook.calls()
     ops = {c["argv"][-3] for c in calls}
     assert ops == {"verify", "set", "test", "finish", "revoke"}
     for c in calls:
-        assert c["argv"][1:3] == ["--state", str(hook.state)]
+        assert c["argv"][1:3] == ["--state", str(sh_hook.state)]
         assert c["argv"][-2] in names
         assert c["argv"][-1].isdigit()
-        assert set(c["env"]) <= {"PATH", "LANG", "LC_CTYPE"}, c["env"]
-    sent = values_sent(hook)
+        assert set(c["env"]) <= {"PATH", "LANG", "PWD"}, c["env"]  # PWD: the shell's own
+    sent = values_sent(sh_hook)
     assert len(sent) == 20 * 2 + 3  # two values each, plus the emergencies' new ones
     for c in calls:
         exposed = [*c["argv"], *c["env"].values()]
         assert not any(v in arg for v in sent for arg in exposed)
         assert "passphrase-must-not-reach-the-hook" not in exposed
-    # A set got the value in use as ``previous`` (null on the first rotation).
-    second_set = hook.calls(names[5], "set")[1]
-    assert json.loads(second_set["stdin"])["previous"] == previous[names[5]].reveal_text()
 
 
 def test_hook_failures_exit_75_retried_exit_1_rolled_back_timeout_killed(
@@ -278,9 +344,13 @@ def test_hook_failures_exit_75_retried_exit_1_rolled_back_timeout_killed(
     while not all(gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(gone(p) for p in pids), "the hook's whole process group is killed"
+    sent = values_sent(hook)
     for entry in svc.audit_entries():
         text = json.dumps(entry.details, default=str)
-        assert not any(v in text for v in values_sent(hook))
+        assert not any(v in text for v in sent)
+    for c in hook.calls():  # what a Python hook sees of its environment: ours, nothing more
+        assert set(c["env"]) <= {"PATH", "LANG", "LC_CTYPE"}, c["env"]
+        assert not any(v in arg for v in sent for arg in c["argv"])
 
 
 def test_generate_reads_the_hooks_stdout_raw_input_is_the_value_alone_and_cancel_kills(
@@ -308,6 +378,15 @@ def test_generate_reads_the_hooks_stdout_raw_input_is_the_value_alone_and_cancel
         with pytest.raises(cb.PermanentError, match="printed more than 65536 bytes"):
             await conn.create(cb.CreateRequest("exec/flood", 1, flood))
         json_cfg = cb.parse_config(conn, hook.settings())
+        await conn.set(cb.SetRequest("exec/json", 7, json_cfg, Secret("new"), Secret("old")))
+        (json_set,) = hook.calls("exec/json", "set")
+        assert json.loads(json_set["stdin"]) == {
+            "operation": "set",
+            "credential": "exec/json",
+            "version": 7,
+            "value": "new",
+            "previous": "old",
+        }
         with pytest.raises(cb.PermanentError, match="use input=raw"):
             await conn.set(cb.SetRequest("exec/bin", 1, json_cfg, Secret(b"\xff\xfe"), None))
 
