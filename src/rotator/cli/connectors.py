@@ -35,10 +35,9 @@ def _default(value: Any) -> str:
 
 @connector_app.command("list")
 def connector_list(as_json: JsonOpt = False) -> None:
-    """List every installed connector (built-in and plugins) with its strategies and settings.
-
-    A plugin that cannot be loaded is listed with its error; the exit status is 0 all the same.
-    """
+    """List the installed connectors (built-in and plugins), their strategies and settings."""
+    # A plugin that cannot be loaded is listed with its error; the exit status is 0 all the
+    # same (one broken package must not hide the others).
     # Imported here, not at start-up: only this command needs the connectors' models.
     from rotator.service.connectors import list_connectors
 
@@ -66,9 +65,9 @@ def connector_describe(
     kind: Annotated[str, typer.Argument(help="The connector's kind, e.g. postgres.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Print a connector's settings (name, type, default, required, description) and its
-    strategies. Unknown kind: exit 2 naming the installed ones; a plugin that cannot be
-    loaded: exit 1 with its error."""
+    """Print a connector's settings (type, default, required, description) and strategies."""
+    # Unknown kind: exit 2 naming the installed ones; a plugin that cannot be loaded: exit 1
+    # with its error.
     from rotator.service.connectors import describe_connector
 
     info = describe_connector(kind)
