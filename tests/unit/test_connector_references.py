@@ -15,6 +15,7 @@ DECLARED = {
     "jwks": (),
     "certificate": ("ca",),
     "ldap": ("admin",),
+    "exec": (),
 }
 
 

@@ -72,6 +72,8 @@ tenant_app = typer.Typer(help="Tenants (the store's owner only).", no_args_is_he
 app.add_typer(tenant_app, name="tenant")
 report_app = typer.Typer(help="Compliance reports and evidence records.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
+connector_app = typer.Typer(help="Installed connectors and their settings.", no_args_is_help=True)
+app.add_typer(connector_app, name="connector")
 
 
 class LogLevel(enum.StrEnum):

@@ -18,6 +18,7 @@ from rotator.cli import (  # noqa: F401
     access,
     audit,
     backup,
+    connectors,
     credentials,
     events,
     evidence,

@@ -27,6 +27,7 @@ BUILTIN = {
     "jwks": "rotator.connectors.jwks:JwksConnector",
     "certificate": "rotator.connectors.certificate:CertificateConnector",
     "ldap": "rotator.connectors.ldap:LdapConnector",
+    "exec": "rotator.connectors.exec:ExecConnector",
 }
 
 
