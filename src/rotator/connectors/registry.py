@@ -26,6 +26,7 @@ BUILTIN = {
     "http": "rotator.connectors.http:HttpConnector",
     "jwks": "rotator.connectors.jwks:JwksConnector",
     "certificate": "rotator.connectors.certificate:CertificateConnector",
+    "mariadb": "rotator.connectors.mariadb:MariadbConnector",
 }
 
 

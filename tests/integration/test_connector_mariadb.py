@@ -1,0 +1,432 @@
+"""The mariadb connector against a real MariaDB (Debian's mariadb-server, started by the
+``mariadb_target`` fixture on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import aiomysql
+import pymysql
+import pytest
+from tests.support.mariadb_server import MariadbServer
+
+from rotator import scheduler
+from rotator.config import Settings
+from rotator.connectors import base as cb
+from rotator.connectors.mariadb import (
+    MariadbConfig,
+    MariadbConnector,
+    native_hash,
+    parse_login,
+)
+from rotator.domain.model import Stage
+from rotator.domain.secret import Secret
+from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest, Trigger
+from rotator.errors import NotFound, VerificationFailed
+from rotator.kernel.core import utcnow
+from rotator.service import BlockingService, PolicyInput, ValueInput
+
+FAST = EngineOptions(retry_attempts=2, retry_initial_s=0.01, retry_max_s=0.05)
+CLI = Path(sys.executable).with_name("rotator")
+
+
+@dataclass
+class Account:
+    user: str
+    password: str
+    host_part: str = "%"
+    database: str = ""
+
+
+SHARED_DB = "rotator_test"
+
+
+def make_account(server: MariadbServer, user: str | None = None, host_part: str = "%") -> Account:
+    """A fresh account with SELECT on a database holding one table (shared by the accounts,
+    which all may read it; nobody else may)."""
+    acc = Account(user or f"app_{uuid.uuid4().hex[:8]}", "init-" + uuid.uuid4().hex, host_part)
+    acc.database = SHARED_DB
+    if not server.execute("SHOW DATABASES LIKE %s", (SHARED_DB,)):
+        server.execute(f"CREATE DATABASE {SHARED_DB}")
+        server.execute(f"CREATE TABLE {SHARED_DB}.t (x int)")
+        server.execute(f"INSERT INTO {SHARED_DB}.t VALUES (42)")
+    server.execute("CREATE USER %s@%s IDENTIFIED BY %s", (acc.user, host_part, acc.password))
+    server.execute(f"GRANT SELECT ON `{acc.database}`.* TO %s@%s", (acc.user, host_part))
+    return acc
+
+
+def reads_its_table(server: MariadbServer, user: str, password: str, database: str) -> bool:
+    with (
+        pymysql.connect(
+            host=server.host,
+            port=server.port,
+            user=user,
+            password=password.encode("utf-8"),  # type: ignore[arg-type]
+            charset="utf8mb4",
+            database=database,
+        ) as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute("SELECT x FROM t")
+        return cur.fetchall() == ((42,),)
+
+
+def add_admin(svc: BlockingService, server: MariadbServer, value: str | None = None) -> None:
+    svc.add_credential(
+        "mdb/admin", "local", value=ValueInput(value=Secret(value or server.password))
+    )
+
+
+def add_mdb(
+    svc: BlockingService,
+    server: MariadbServer,
+    name: str,
+    acc: Account,
+    *,
+    grace: str = "1h",
+    verify: bool = False,
+    **settings: str,
+) -> None:
+    cfg = {
+        "host": server.host,
+        "port": str(server.port),
+        "user": acc.user,
+        "host_part": acc.host_part,
+        "admin": "mdb/admin",
+        **settings,
+    }
+    svc.add_credential(
+        name,
+        "mariadb",
+        settings=cfg,
+        policy=PolicyInput(grace=grace),
+        value=ValueInput(value=Secret(acc.password)),
+        verify=verify,
+    )
+
+
+def login_of(svc: BlockingService, name: str, stage: Stage = Stage.CURRENT) -> tuple[str, str]:
+    login = parse_login(svc.get_value(name, stage), svc.show(name).config["user"])
+    return login.username, login.password
+
+
+def rotate(svc: BlockingService, *reqs: RotationRequest) -> BatchResult:
+    async def go() -> BatchResult:
+        async with Engine(svc.kernel, FAST) as engine:
+            return await engine.rotate(list(reqs))
+
+    return asyncio.run(go())
+
+
+def revoke_due(svc: BlockingService) -> None:
+    async def go() -> None:
+        async with Engine(svc.kernel, FAST) as engine:
+            await engine.process_revocations()
+
+    asyncio.run(go())
+
+
+def grants(server: MariadbServer, user: str, host_part: str) -> list[str]:
+    """SHOW GRANTS lines with the grantee and the password hash cut out, for comparing."""
+    grantee = "`" + user.replace("`", "``") + "`@`" + host_part.replace("`", "``") + "`"
+    rows = server.execute("SHOW GRANTS FOR %s@%s", (user, host_part))
+    return sorted(str(r[0]).replace(grantee, "GRANTEE").split(" IDENTIFIED BY")[0] for r in rows)
+
+
+# ------------------------------------------------------------------------------ rotation
+
+
+def test_twenty_accounts_rotate_at_once_and_every_current_logs_in(
+    svc: BlockingService, mariadb_target: MariadbServer
+) -> None:
+    """20 credentials (10 single, 10 alternating) rotated in one batch: every CURRENT logs in
+    and reads its table (the clones got the user's grants), alternating PREVIOUS works in its
+    grace and is refused after it, single's old password is refused at once; then an
+    emergency rotation revokes the old value before it returns."""
+    server = mariadb_target
+    add_admin(svc, server)
+    accounts: dict[str, Account] = {}
+    for i in range(20):
+        mode = "single" if i % 2 else "alternating"
+        name = f"mdb/{mode}-{i}"
+        accounts[name] = make_account(server)
+        add_mdb(svc, server, name, accounts[name], mode=mode)
+    result = rotate(svc, *(RotationRequest(n) for n in accounts))
+    assert result.ok, result.to_json()
+    assert len(result.to_json()["rotated"]) == 20
+    for name, acc in accounts.items():
+        user, password = login_of(svc, name)
+        assert reads_its_table(server, user, password, acc.database), name
+        if "alternating" in name:
+            assert user == f"{acc.user}_clone"
+            assert grants(server, user, "%") == grants(server, acc.user, "%")
+            assert server.can_login(acc.user, acc.password), "PREVIOUS works in its grace"
+        else:
+            assert user == acc.user
+            assert not server.can_login(acc.user, acc.password), "single: old refused at set"
+
+    # The grace (1h) is over: revocation refuses every alternating PREVIOUS.
+    svc.kernel.clock = lambda: utcnow() + timedelta(hours=2)
+    revoke_due(svc)
+    for name, acc in accounts.items():
+        assert not server.can_login(acc.user, acc.password), name
+        assert server.can_login(*login_of(svc, name)), name
+
+    emergency = [n for n in accounts if "alternating" in n][:5]
+    before = {n: login_of(svc, n) for n in emergency}
+    result = rotate(
+        svc, *(RotationRequest(n, trigger=Trigger.EMERGENCY, grace_s=0) for n in emergency)
+    )
+    assert result.ok, result.to_json()
+    for name in emergency:
+        assert not server.can_login(*before[name]), "emergency: old value refused at once"
+        user, password = login_of(svc, name)
+        assert user == accounts[name].user
+        assert reads_its_table(server, user, password, accounts[name].database)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_hostile_account_names_and_host_parts_rotate(
+    svc: BlockingService, mariadb_target: MariadbServer
+) -> None:
+    """Quotes, a backtick, spaces, unicode, a backslash and ``%`` in the host part; a database
+    whose name looks like a grantee clause: every name reaches the server as data, the
+    clone gets exactly the user's grants, and rotation works both ways round."""
+    server = mariadb_target
+    add_admin(svc, server)
+    names = [
+        ("we\"ird 'acc' ü", "%"),
+        ("back\\slash `tick`", "127.0.0.%"),
+        ("名前 ; DROP USER root", "127.%"),
+    ]
+    for i, (user, host_part) in enumerate(names):
+        acc = make_account(server, user, host_part)
+        # A grant whose object names the account: only the real grantee is rewritten.
+        trap = "x` TO `" + user.replace("`", "``") + "`@`%"
+        server.execute(f"CREATE DATABASE `{trap.replace('`', '``')}`")
+        quoted = trap.replace("`", "``").replace("%", "%%")
+        server.execute(f"GRANT INSERT ON `{quoted}`.* TO %s@%s", (user, host_part))
+        add_mdb(svc, server, f"mdb/hostile-{i}", acc, grace="1s", verify=True)
+        for _ in range(2):  # to the clone, then back to the user
+            svc.kernel.clock = lambda: utcnow() + timedelta(hours=1)  # the grace is over
+            result = rotate(svc, RotationRequest(f"mdb/hostile-{i}"))
+            assert result.ok, result.to_json()
+            login = login_of(svc, f"mdb/hostile-{i}")
+            assert reads_its_table(server, *login, acc.database), user
+        assert grants(server, user + "_clone", host_part) == grants(server, user, host_part)
+    assert server.execute("SELECT count(*) FROM mysql.user WHERE User = 'root'")[0][0] >= 3
+
+
+def test_rollback_and_revoke_are_idempotent_and_single_rollback_restores(
+    mariadb_target: MariadbServer,
+) -> None:
+    """Called twice each, against the server directly (as a resumed step would)."""
+    server = mariadb_target
+    acc = make_account(server)
+
+    class Admin:
+        async def get(self, name: str) -> Secret:
+            return Secret(server.password)
+
+    cfg = MariadbConfig(host=server.host, port=server.port, user=acc.user, admin="a", mode="single")
+    current = Secret(acc.password)
+
+    async def go() -> None:
+        conn = MariadbConnector()
+        try:
+            pending = await conn.create(cb.CreateRequest("c", 2, cfg, current=current))
+            for _ in range(2):
+                await conn.set(cb.SetRequest("c", 2, cfg, pending, current, secrets=Admin()))
+            await conn.test(cb.TestRequest("c", 2, cfg, pending))
+            for _ in range(2):
+                await conn.rollback(
+                    cb.RollbackRequest("c", 2, cfg, pending, current, secrets=Admin())
+                )
+            assert server.can_login(acc.user, acc.password), "rollback put CURRENT back"
+            assert not server.can_login(acc.user, parse_login(pending, acc.user).password)
+            for _ in range(2):
+                await conn.revoke(cb.RevokeRequest("c", 1, cfg, current, secrets=Admin()))
+            assert not server.can_login(acc.user, acc.password)
+        finally:
+            await conn.aclose()
+
+    asyncio.run(go())
+
+
+# -------------------------------------------------------------------------------- verify
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_verify_catches_a_wrong_admin_secret_and_a_missing_account(
+    svc: BlockingService, mariadb_target: MariadbServer
+) -> None:
+    server = mariadb_target
+    acc = make_account(server)
+    add_admin(svc, server, value="not-the-admin-password")
+    with pytest.raises(VerificationFailed, match="refused the login of 'root'") as wrong:
+        add_mdb(svc, server, "mdb/app", acc, verify=True)
+    assert "not-the-admin-password" not in str(wrong.value)
+    svc.update_credential("mdb/admin", value=ValueInput(value=Secret(server.password)))
+    missing = Account("no_such_account", "x")
+    with pytest.raises(VerificationFailed, match="'no_such_account'@'%' does not exist"):
+        add_mdb(svc, server, "mdb/app", missing, verify=True)
+    with pytest.raises(VerificationFailed, match="does not log in"):
+        add_mdb(svc, server, "mdb/app", Account(acc.user, "wrong-password"), verify=True)
+    assert [c.name for c in svc.list_credentials()] == ["mdb/admin"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_dual_mode_is_refused_on_mariadb_by_the_cli_in_one_line(
+    svc: BlockingService, settings: Settings, mariadb_target: MariadbServer
+) -> None:
+    server = mariadb_target
+    acc = make_account(server)
+    add_admin(svc, server)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")}
+    env |= {"ROTATOR_HOME": str(settings.home), "ROTATOR_DB": settings.db_url}
+    args = ["credential", "add", "mdb/dual", "--connector", "mariadb", "--verify"]
+    for key, value in (
+        ("host", server.host),
+        ("port", str(server.port)),
+        ("user", acc.user),
+        ("admin", "mdb/admin"),
+        ("mode", "dual"),
+    ):
+        args += ["--set", f"{key}={value}"]
+    proc = subprocess.run(
+        [str(CLI), *args, "--value-stdin"],
+        env=env,
+        input=acc.password.encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert "mode=dual needs MySQL 8.0.14" in err, err
+    assert "MariaDB 10.11" in err, err
+    assert "Traceback" not in err
+    assert acc.password not in err + proc.stdout.decode()
+    assert [c.name for c in svc.list_credentials()] == ["mdb/admin"]
+    assert server.can_login(acc.user, acc.password)
+
+
+# ------------------------------------------------------------------- what the server logs
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_general_log_holds_no_plaintext_value_after_rotations(
+    svc: BlockingService, mariadb_target: MariadbServer
+) -> None:
+    """With MariaDB's general log on, rotations (set, clone creation, test, revoke) leave no
+    value in it; the same log does record a plaintext ``IDENTIFIED BY`` verbatim (the
+    control: an absent value means something)."""
+    server = mariadb_target
+    add_admin(svc, server)
+    alt, single = make_account(server), make_account(server)
+    add_mdb(svc, server, "mdb/alt", alt, grace="1s")
+    add_mdb(svc, server, "mdb/single", single, mode="single")
+    control = "control-" + uuid.uuid4().hex
+    server.execute("SET GLOBAL general_log = 1")
+    try:
+        seen: list[str] = []
+        for _ in range(2):
+            svc.kernel.clock = lambda: utcnow() + timedelta(hours=1)  # grace over
+            result = rotate(svc, RotationRequest("mdb/alt"), RotationRequest("mdb/single"))
+            assert result.ok, result.to_json()
+            seen += [login_of(svc, n)[1] for n in ("mdb/alt", "mdb/single")]
+        revoke_due(svc)
+        server.execute("ALTER USER %s@'%%' IDENTIFIED BY %s", (single.user, control))
+    finally:
+        server.execute("SET GLOBAL general_log = 0")
+    log = server.general_log.read_text(errors="replace")
+    assert control in log, "the general log records plaintext IDENTIFIED BY verbatim"
+    assert native_hash(seen[0]) in log, "the hash form was logged instead"
+    for password in seen:
+        assert password not in log
+
+
+# --------------------------------------------------------------------------- zero downtime
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_zero_downtime_alternating_under_50_rotations(
+    svc: BlockingService, mariadb_target: MariadbServer
+) -> None:
+    server = mariadb_target
+    add_admin(svc, server)
+    acc = make_account(server)
+    add_mdb(svc, server, "mdb/app", acc, grace="500ms")
+    stats = {"ok": 0, "failed": 0, "fallback": 0}
+    last: list[tuple[str, str]] = []  # CURRENT before each rotation
+    slowest = [0.0]  # the longest read-then-login of a client, in seconds
+
+    async def login(user: str, password: str) -> bool:
+        try:
+            conn = await aiomysql.connect(
+                host=server.host,
+                port=server.port,
+                user=user,
+                password=password,
+                db=acc.database,
+                connect_timeout=5,
+            )
+        except pymysql.err.OperationalError:
+            return False
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT x FROM t")
+        await conn.ensure_closed()
+        return True
+
+    async def client(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            ok = False
+            t0 = time.monotonic()
+            for stage in (Stage.CURRENT, Stage.PREVIOUS):
+                try:
+                    user, password = await asyncio.to_thread(login_of, svc, "mdb/app", stage)
+                except NotFound:
+                    continue
+                if await login(user, password):
+                    ok = True
+                    stats["fallback"] += stage is Stage.PREVIOUS
+                    break
+            stats["ok" if ok else "failed"] += 1
+            slowest[0] = max(slowest[0], time.monotonic() - t0)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        async with Engine(svc.kernel, FAST) as engine:
+            clients = [asyncio.create_task(client(stop)) for _ in range(4)]
+            revoker = asyncio.create_task(scheduler.run(engine, stop, poll_s=0.05, schedule=False))
+            for _ in range(50):
+                last.append(await asyncio.to_thread(login_of, svc, "mdb/app"))
+                result = await engine.rotate([RotationRequest("mdb/app")])
+                assert result.ok, result.to_json()
+            stop.set()
+            await asyncio.gather(*clients, revoker)
+
+    started = time.monotonic()
+    asyncio.run(go())
+    print(
+        f"zero-downtime mariadb: {stats} in {time.monotonic() - started:.1f}s, "
+        f"slowest client login {slowest[0]:.2f}s"
+    )
+    assert stats["failed"] == 0
+    assert stats["ok"] > 100
+    assert len(svc.show("mdb/app").versions) == 51
+    previous = last[-1]  # PREVIOUS now, unless the revoker retired it already
+    svc.kernel.clock = lambda: utcnow() + timedelta(hours=1)
+    revoke_due(svc)
+    assert not server.can_login(*previous), "after the grace the old login is refused"
+    assert server.can_login(*last[-2]) is False
+    assert server.can_login(*login_of(svc, "mdb/app"))
