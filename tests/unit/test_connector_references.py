@@ -14,6 +14,7 @@ DECLARED = {
     "http": ("auth", "hmac_key"),
     "jwks": (),
     "certificate": ("ca",),
+    "mariadb": ("admin",),
 }
 
 
