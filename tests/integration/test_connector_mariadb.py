@@ -225,10 +225,12 @@ def test_hostile_account_names_and_host_parts_rotate(
     assert server.execute("SELECT count(*) FROM mysql.user WHERE User = 'root'")[0][0] >= 3
 
 
+@pytest.mark.parametrize("admin", ["a", ""], ids=["admin", "as-itself"])
 def test_rollback_and_revoke_are_idempotent_and_single_rollback_restores(
-    mariadb_target: MariadbServer,
+    mariadb_target: MariadbServer, admin: str
 ) -> None:
-    """Called twice each, against the server directly (as a resumed step would)."""
+    """Called twice each, against the server directly (as a resumed step would); with an
+    admin, and with the account changing its own password (no admin: "rotate root")."""
     server = mariadb_target
     acc = make_account(server)
 
@@ -236,7 +238,9 @@ def test_rollback_and_revoke_are_idempotent_and_single_rollback_restores(
         async def get(self, name: str) -> Secret:
             return Secret(server.password)
 
-    cfg = MariadbConfig(host=server.host, port=server.port, user=acc.user, admin="a", mode="single")
+    cfg = MariadbConfig(
+        host=server.host, port=server.port, user=acc.user, admin=admin, mode="single"
+    )
     current = Secret(acc.password)
 
     async def go() -> None:
@@ -280,6 +284,9 @@ def test_verify_catches_a_wrong_admin_secret_and_a_missing_account(
         add_mdb(svc, server, "mdb/app", missing, verify=True)
     with pytest.raises(VerificationFailed, match="does not log in"):
         add_mdb(svc, server, "mdb/app", Account(acc.user, "wrong-password"), verify=True)
+    # This server offers no TLS: ssl_mode=required refuses it before sending a password.
+    with pytest.raises(VerificationFailed, match="offers no TLS, which ssl_mode requires"):
+        add_mdb(svc, server, "mdb/app", acc, verify=True, ssl_mode="required")
     assert [c.name for c in svc.list_credentials()] == ["mdb/admin"]
 
 
