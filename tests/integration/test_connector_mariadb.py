@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
+import socket
+import ssl
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomysql
 import pymysql
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from tests.support.mariadb_server import MariadbServer
 
 from rotator import scheduler
@@ -333,7 +341,7 @@ def test_dual_mode_is_refused_on_mariadb_by_the_cli_in_one_line(
     assert proc.returncode == 2, err
     assert len(err.splitlines()) == 1, err
     assert "mode=dual needs MySQL 8.0.14" in err, err
-    assert "MariaDB 10.11" in err, err
+    assert "this server is MariaDB" in err, err
     assert "Traceback" not in err
     assert acc.password not in err + proc.stdout.decode()
     assert [c.name for c in svc.list_credentials()] == ["mdb/admin"]
@@ -479,25 +487,32 @@ def _packet(seq: int, payload: bytes) -> bytes:
     return struct.pack("<I", len(payload))[:3] + bytes([seq]) + payload
 
 
+CAPS = 0x1 | 0x200 | 0x8000 | 0x80000  # long password, 4.1 protocol, secure conn, plugins
+
+
+def _greeting(caps: int) -> bytes:
+    """A server greeting (protocol 10) naming ``mysql_clear_password`` as its plugin."""
+    return _packet(
+        0,
+        b"\x0a8.0.36\x00"
+        + struct.pack("<I", 7)
+        + b"12345678\x00"
+        + struct.pack("<H", caps & 0xFFFF)
+        + b"\x21"
+        + struct.pack("<HH", 2, caps >> 16)
+        + bytes([21])
+        + b"\x00" * 10
+        + b"123456789012\x00"
+        + b"mysql_clear_password\x00",
+    )
+
+
 async def _impostor(received: bytearray) -> asyncio.Server:
     """A server that announces ``mysql_clear_password`` in its greeting and, to whatever the
     client answers, asks to switch to it; it records every byte the client sends."""
-    caps = 0x1 | 0x200 | 0x8000 | 0x80000  # long password, 4.1 protocol, secure conn, plugins
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        greeting = (
-            b"\x0a8.0.36\x00"
-            + struct.pack("<I", 7)
-            + b"12345678\x00"
-            + struct.pack("<H", caps & 0xFFFF)
-            + b"\x21"
-            + struct.pack("<HH", 2, caps >> 16)
-            + bytes([21])
-            + b"\x00" * 10
-            + b"123456789012\x00"
-            + b"mysql_clear_password\x00"
-        )
-        writer.write(_packet(0, greeting))
+        writer.write(_greeting(CAPS))
         try:
             for seq in (2, 4):
                 head = await reader.readexactly(4)
@@ -537,3 +552,82 @@ def test_a_server_asking_for_the_password_in_clear_text_gets_nothing() -> None:
     assert password.encode() not in ours
     assert "asked for the password in clear text; nothing was sent" in message
     assert password not in message
+
+
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_verify_ca_refuses_a_server_certificate_from_another_ca(tmp_path: Path) -> None:
+    """ssl_mode=verify_ca with the real CA: a server showing another certificate fails the
+    TLS check (a permanent error naming it), and nothing but the TLS request reaches it."""
+    password = "never-sent-" + uuid.uuid4().hex
+    server_cert, server_key = _self_signed(tmp_path, "impostor")
+    trusted_ca, _ = _self_signed(tmp_path, "real-ca")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(server_cert, server_key)
+
+    received = bytearray()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        # Blocking sockets: reading exactly the TLS request leaves the client's TLS hello
+        # in the socket for the handshake.
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(_greeting(CAPS | 0x800))  # 0x800: CLIENT_SSL
+            while len(received) < 36:
+                chunk = conn.recv(36 - len(received))
+                if not chunk:
+                    return
+                received.extend(chunk)
+            with contextlib.suppress(OSError):
+                tls.wrap_socket(conn, server_side=True).recv(1024)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def go() -> str:
+        cfg = MariadbConfig(
+            port=port, user="app", admin="a", ssl_mode="verify_ca", ssl_ca=str(trusted_ca)
+        )
+        value = Secret(json.dumps({"username": "app", "password": password}))
+        with pytest.raises(cb.PermanentError) as refused:
+            await MariadbConnector().test(cb.TestRequest("c", 2, cfg, value))
+        return str(refused.value)
+
+    message = asyncio.run(go())
+    thread.join(timeout=10)
+    listener.close()
+    assert "failed the TLS check of ssl_mode=verify_ca" in message
+    assert len(received) == 36, "only the client's TLS request, no login"
+    assert password.encode() not in received

@@ -376,15 +376,15 @@ class MariadbConnector:
             raise PermanentError(f"{where} {exc}") from None
         except pymysql.err.OperationalError as exc:
             code = exc.args[0] if exc.args else 0
+            if isinstance(exc.__cause__, ssl.SSLError):  # aiomysql wraps it as "can't connect"
+                raise PermanentError(
+                    f"{where} failed the TLS check of ssl_mode={cfg.ssl_mode}"
+                ) from None
             if code in LOGIN_REFUSED:
                 raise LoginRefused(f"{where} refused the login of {login.username!r}") from None
             if code == 2059:  # an authentication plugin aiomysql does not have
                 raise PermanentError(f"{where} asked for an unsupported auth plugin") from None
             raise cb.TransientError(f"{where} cannot be reached") from None
-        except ssl.SSLError:
-            raise PermanentError(
-                f"{where} failed the TLS check of ssl_mode={cfg.ssl_mode}"
-            ) from None
         except (TimeoutError, OSError, pymysql.err.Error):
             conn.close()
             raise cb.TransientError(f"{where} cannot be reached") from None
