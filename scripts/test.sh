@@ -72,6 +72,14 @@ if [ ! -x /usr/sbin/slapd ]; then
     [ -x /usr/sbin/slapd ] || die "slapd installed but /usr/sbin/slapd is missing"
 fi
 
+# --- MariaDB: the mariadb_target fixture runs mariadb-install-db + mariadbd itself ------
+if [ ! -x /usr/sbin/mariadbd ] || ! command -v mariadb-install-db >/dev/null 2>&1; then
+    echo "==> installing mariadb-server"
+    apt_install --no-install-recommends mariadb-server
+    # The package may start a system instance on :3306; tests must not rely on it.
+    as_root service mariadb stop >/dev/null 2>&1 || true
+fi
+
 # --- Python venv (>= 3.11) ----------------------------------------------------------
 python_ok() {
     "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null

@@ -31,6 +31,9 @@ from psycopg import sql
 if TYPE_CHECKING:
     from tests.support.ldap_server import LdapTarget
 
+
+from tests.support.mariadb_server import MariadbServer, MariadbUnavailable
+
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 PG_SUPERUSER = "postgres"
 LOOPBACK = "127.0.0.1"
@@ -440,3 +443,23 @@ def ldap_target() -> Iterator[LdapTarget]:
         )
     with running_slapd(binary) as target:
         yield target
+
+
+# ------------------------------------------------------------------------------- MariaDB
+
+
+@pytest.fixture(scope="session")
+def mariadb_target() -> Iterator[MariadbServer]:
+    """A MariaDB server on a free 127.0.0.1 port, private to this test session (see
+    tests/support/mariadb_server.py): root's password in ``.password``, general log off
+    (file ``.general_log``); stopped and its temp dir removed at session end. Tests share it:
+    use unique account names."""
+    server = MariadbServer()
+    try:
+        try:
+            server.start()
+        except MariadbUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield server
+    finally:
+        server.stop()

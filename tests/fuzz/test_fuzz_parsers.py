@@ -306,6 +306,10 @@ SETTING_KEYS = {
     ],
     "jwks": ["alg", "publish", "publish_mode", "rsa_bits", "issuer", "audience"],
     "certificate": ["role", "common_name", "ca", "sans", "key_type", "validity", "publish"],
+    "mariadb": [
+        "host", "port", "user", "host_part", "mode", "clone", "admin", "admin_user",
+        "ssl_mode", "ssl_ca", "connect_timeout_s", "password_length",
+    ],
 }  # fmt: skip
 SETTING_VALUES = hostile(
     r"app|postgres|127\.0\.0\.1|5432|https://api\.example\.com",

@@ -16,6 +16,7 @@ DECLARED = {
     "certificate": ("ca",),
     "ldap": ("admin",),
     "exec": (),
+    "mariadb": ("admin",),
 }
 
 

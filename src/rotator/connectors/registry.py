@@ -28,6 +28,7 @@ BUILTIN = {
     "certificate": "rotator.connectors.certificate:CertificateConnector",
     "ldap": "rotator.connectors.ldap:LdapConnector",
     "exec": "rotator.connectors.exec:ExecConnector",
+    "mariadb": "rotator.connectors.mariadb:MariadbConnector",
 }
 
 

@@ -1,0 +1,185 @@
+"""The mariadb connector's pure parts, and the SQL its MySQL-only dual mode sends.
+
+No MySQL 8 server can be installed here (Debian 12 ships MariaDB only), so dual mode is
+checked against the statements it sends through a recording connection; MariaDB's refusal
+of ``mode=dual`` is checked against the real server in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from rotator.connectors import base as cb
+from rotator.connectors import mariadb
+from rotator.connectors.mariadb import (
+    MariadbConfig,
+    MariadbConnector,
+    clone_grants,
+    native_hash,
+)
+from rotator.domain.secret import Secret
+from rotator.errors import InvalidInput
+
+
+def test_native_hash_is_what_mariadb_stores_for_the_same_password() -> None:
+    # MariaDB 10.11: CREATE USER ... IDENTIFIED BY 'init' stores this authentication_string.
+    assert native_hash("init") == "*5535E5A07B0FF6025FDDE23EC2908D40CFC96C40"
+
+
+def test_clone_grants_rewrite_only_the_grantee_and_drop_the_password() -> None:
+    lines = [
+        "GRANT USAGE ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*5535E5A07B0FF6025FDDE23EC29"
+        "08D40CFC96C40' WITH MAX_QUERIES_PER_HOUR 5",
+        "GRANT SELECT ON `x`` TO ``app``@``%`.* TO `app`@`%` WITH GRANT OPTION",
+        "GRANT `reporting` TO `app`@`%`",
+        "SET DEFAULT ROLE `reporting` FOR `app`@`%`",
+    ]
+    assert clone_grants(lines, "app", "app_clone", "%") == [
+        "GRANT USAGE ON *.* TO `app_clone`@`%` WITH MAX_QUERIES_PER_HOUR 5",
+        "GRANT SELECT ON `x`` TO ``app``@``%`.* TO `app_clone`@`%` WITH GRANT OPTION",
+        "GRANT `reporting` TO `app_clone`@`%`",
+        "SET DEFAULT ROLE `reporting` FOR `app_clone`@`%`",
+    ]
+    bare = ["GRANT USAGE ON *.* TO `a``b`@`10.%` IDENTIFIED BY PASSWORD '*00'"]
+    assert clone_grants(bare, "a`b", "c", "10.%") == []
+
+
+def test_clone_grants_refuse_what_they_cannot_read() -> None:
+    with pytest.raises(cb.PermanentError, match="cannot read a grant"):
+        clone_grants(["GRANT SELECT ON *.* TO `other`@`%`"], "app", "app_clone", "%")
+    with pytest.raises(cb.PermanentError, match="cannot copy"):
+        clone_grants(
+            ["GRANT USAGE ON *.* TO `app`@`%` IDENTIFIED VIA ed25519 USING 'x'"],
+            "app",
+            "app_clone",
+            "%",
+        )
+
+
+@pytest.mark.parametrize(
+    ("version", "dual"),
+    [("8.0.36", True), ("8.0.14-log", True), ("8.0.13", False), ("10.11.19-MariaDB", False)],
+)
+def test_dual_passwords_are_detected_from_the_version(version: str, dual: bool) -> None:
+    info = mariadb._ServerInfo()
+    info.parse(version)
+    assert info.dual is dual
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"user": "app", "mode": "dual"},  # dual needs an admin
+        {"user": "app", "admin": "a", "ssl_mode": "verify_identity"},  # no ssl_ca
+        {"user": "app", "admin": "a", "clone": "app"},
+        {"user": "app", "admin": "a", "ssl_ca": "relative.pem"},
+        {"user": "x" * 81, "admin": "a"},
+    ],
+)
+def test_invalid_settings_are_input_errors(settings: dict[str, str]) -> None:
+    with pytest.raises(InvalidInput):
+        cb.parse_config(MariadbConnector(), settings)
+
+
+class _Cursor:
+    def __init__(self, sent: list[tuple[str, Any]]) -> None:
+        self.sent = sent
+
+    async def __aenter__(self) -> _Cursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def execute(self, query: str, args: Any = None) -> None:
+        self.sent.append((query, args))
+
+    async def fetchall(self) -> tuple[tuple[Any, ...], ...]:
+        query = self.sent[-1][0]
+        return (("mysql_native_password",),) if "FROM mysql.user" in query else ()
+
+
+class _Recording:
+    """Stands in for an admin session on a MySQL 8.0.36 server; records every statement."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    def cursor(self) -> _Cursor:
+        return _Cursor(self.sent)
+
+    def release(self, conn: object, broken: bool) -> None:
+        return None
+
+
+def _dual(monkeypatch: pytest.MonkeyPatch, logs_in: bool) -> tuple[MariadbConnector, _Recording]:
+    conn = MariadbConnector()
+    rec = _Recording()
+    info = mariadb._ServerInfo()
+    info.parse("8.0.36")
+
+    async def admin(*_: object) -> mariadb._Session:
+        return mariadb._Session(rec, rec, info)  # type: ignore[arg-type]
+
+    async def can_login(*_: object) -> bool:
+        return logs_in
+
+    monkeypatch.setattr(conn, "_admin", admin)
+    monkeypatch.setattr(conn, "_can_login", can_login)
+    return conn, rec
+
+
+CFG = MariadbConfig(user="app", host_part="10.0.%", admin="a", mode="dual")
+NEW, OLD = Secret('{"password": "new-pw"}'), Secret('{"password": "old-pw"}')
+
+
+def test_dual_set_retains_the_current_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn, rec = _dual(monkeypatch, logs_in=False)
+    asyncio.run(conn.set(cb.SetRequest("c", 2, CFG, NEW, OLD)))
+    assert rec.sent[-1] == (
+        "ALTER USER %s@%s IDENTIFIED BY %s RETAIN CURRENT PASSWORD",
+        ("app", "10.0.%", "new-pw"),
+    )
+    assert conn.strategy_for(CFG) is cb.Strategy.DUAL
+
+
+def test_dual_set_already_done_sends_nothing_that_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A second RETAIN would make PENDING secondary too and push CURRENT out.
+    conn, rec = _dual(monkeypatch, logs_in=True)
+    asyncio.run(conn.set(cb.SetRequest("c", 2, CFG, NEW, OLD)))
+    assert not any(q.startswith("ALTER") for q, _ in rec.sent)
+
+
+def test_dual_revoke_discards_the_old_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn, rec = _dual(monkeypatch, logs_in=True)
+    asyncio.run(conn.revoke(cb.RevokeRequest("c", 1, CFG, OLD)))
+    assert rec.sent == [("ALTER USER %s@%s DISCARD OLD PASSWORD", ("app", "10.0.%"))]
+
+
+def test_dual_rollback_makes_current_primary_and_discards_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, rec = _dual(monkeypatch, logs_in=True)
+    asyncio.run(conn.rollback(cb.RollbackRequest("c", 2, CFG, NEW, OLD)))
+    assert rec.sent == [
+        ("ALTER USER %s@%s IDENTIFIED BY %s", ("app", "10.0.%", "old-pw")),
+        ("ALTER USER %s@%s DISCARD OLD PASSWORD", ("app", "10.0.%")),
+    ]
+
+
+def test_dual_is_refused_on_mariadb_before_any_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn, rec = _dual(monkeypatch, logs_in=False)
+    info = mariadb._ServerInfo()
+    info.parse("10.11.19-MariaDB-0+deb12u1")
+
+    async def admin(*_: object) -> mariadb._Session:
+        return mariadb._Session(rec, rec, info)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(conn, "_admin", admin)
+    with pytest.raises(cb.PermanentError, match=r"mode=dual needs MySQL 8\.0\.14"):
+        asyncio.run(conn.set(cb.SetRequest("c", 2, CFG, NEW, OLD)))
+    assert not any(q.startswith("ALTER") for q, _ in rec.sent)
