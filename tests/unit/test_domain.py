@@ -104,6 +104,19 @@ def test_policy_rules() -> None:
         RotationPolicy(every=timedelta(0))
 
 
+def test_a_grace_of_part_of_a_second_is_refused_not_rounded_to_zero() -> None:
+    # The engine keeps a grace in whole seconds: 500ms used to become 0 and revoke PREVIOUS
+    # at once.
+    with pytest.raises(PolicyError, match="--grace must be whole seconds"):
+        RotationPolicy(grace=parse_duration("500ms"))
+    with pytest.raises(PolicyError, match="--grace must be whole seconds"):
+        RotationPolicy(grace=parse_duration("1s500ms"))
+    assert RotationPolicy(grace=parse_duration("2s")).grace == timedelta(seconds=2)
+    # A row stored before the refusal loads with the grace the engine applied.
+    assert RotationPolicy.from_json({"grace": 1.5}).grace == timedelta(seconds=1)
+    assert RotationPolicy.from_json({"grace": 0}).grace == timedelta(0)
+
+
 @pytest.mark.parametrize(
     "cron",
     [

@@ -182,6 +182,10 @@ class RotationPolicy:
             _check_cron(self.cron)
         if self.grace < timedelta(0):
             raise PolicyError("--grace cannot be negative")
+        if self.grace % timedelta(seconds=1):
+            # The engine and the store keep a grace in whole seconds: 500ms would become 0,
+            # revoking PREVIOUS at once under an operator who asked for a grace.
+            raise PolicyError("--grace must be whole seconds (e.g. 1s, 90s)")
         if self.max_uses is not None and not 1 <= self.max_uses <= 2**62:
             raise PolicyError("--max-uses must be between 1 and 2**62")
         if self.jitter is not None and self.jitter <= timedelta(0):
@@ -247,7 +251,13 @@ class RotationPolicy:
             every=td(data.get("every")),
             cron=data.get("cron"),
             window=td(data.get("window")),
-            grace=td(data.get("grace")) or (DEFAULT_GRACE if data.get("grace") is None else ZERO),
+            # Whole seconds, as the engine always applied it: a row stored before sub-second
+            # graces were refused still loads.
+            grace=(
+                DEFAULT_GRACE
+                if data.get("grace") is None
+                else timedelta(seconds=int(data["grace"]))
+            ),
             max_uses=data.get("max_uses"),
             jitter=td(data.get("jitter")),
             blackout=tuple(data.get("blackout") or ()),
