@@ -360,6 +360,8 @@ BAD_INPUT = [
     case("update-window-without-cron", f"credential update {SEEDED} --window 2h", "--window"),
     case("window-zero", f"{ADD} --cron '0 3 * * 0' --window 0s", "--window", "zero"),
     case("grace-negative", f"{ADD} --grace -5m", "--grace", "'-5m'"),
+    case("grace-part-of-a-second", f"{ADD} --grace 500ms", "--grace must be whole seconds"),
+    case("update-grace-1s500ms", f"credential update {SEEDED} --grace 1s500ms", "whole seconds"),
     case(
         "every-too-big-for-timedelta",
         f"{ADD} --every 9999999999d",

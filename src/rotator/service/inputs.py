@@ -48,6 +48,10 @@ class PolicyInput:
             out["window"] = secs(self.window, "--window")
         if self.grace is not None:
             out["grace"] = secs(self.grace, "--grace")
+            if out["grace"] != int(out["grace"]):
+                # The engine and the store keep a grace in whole seconds: 500ms would be
+                # stored as 0 and revoke PREVIOUS at once.
+                raise PolicyError("--grace must be whole seconds (e.g. 1s, 90s)")
         if self.max_uses is not None:
             out["max_uses"] = self.max_uses
         if self.jitter is not None:
