@@ -16,16 +16,15 @@ MAX_LEASE_S = 86400.0
 class EngineOptions:
     """Tuning knobs; the defaults suit a single node talking to a handful of targets.
 
-    ``concurrency``: rotations under way at once (the global limit; emergencies and
-    interactive requests are admitted ahead of queued batch work). ``interactive_reserve``:
-    how many interactive requests may start above that limit, so a person's rotation does
-    not wait for a batch rotation to end (default a quarter of ``concurrency``; batch work
-    never goes past the limit). ``per_target``: connector
-    calls under way at once per target. ``lease_s``: how long a rotation stays owned without a
-    renewal (renewed every third of it). ``lease_margin_s``: no connector call starts, and a
-    call under way is cut, when less than this is left of the lease (default a quarter of it).
-    InvalidInput on a lease that is not a finite number of seconds above 0, or a margin not
-    below the lease.
+    ``concurrency``: rotations under way at once (the global limit; emergencies and interactive
+    requests are admitted ahead of queued batch work). ``interactive_reserve``: how many
+    interactive requests may start above that limit, so a person's rotation does not wait for a
+    batch rotation to end (default a quarter of ``concurrency``; batch work never goes past the
+    limit). ``per_target``: connector calls under way at once per target. ``lease_s``: how long
+    a rotation stays owned without a renewal (renewed every third of it). ``lease_margin_s``: no
+    connector call starts, and a call under way is cut, when less than this is left of the lease
+    (default a quarter of it). InvalidInput on a lease that is not a finite number of seconds
+    above 0, or a margin not below the lease.
     """
 
     concurrency: int = 16
