@@ -56,8 +56,8 @@ class PriorityLimiter:
         """Hold one slot for the ``async with`` block; ``reserve``: this holder may use the
         reserve once the limit is reached."""
         cap = self._limit + (self._reserve if reserve else 0)
-        if self._used < cap and not self.waiting:
-            self._used += 1
+        if self._used < cap and not self._waiters and not self._reserved:
+            self._used += 1  # (cancelled waiters left queued take the path below: same result)
         else:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             queue = self._reserved if reserve else self._waiters
