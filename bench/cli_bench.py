@@ -224,6 +224,7 @@ def rotate_scenario(args: argparse.Namespace, home: Path, info: dict[str, str]) 
         print(f"rotate: {args.n} credentials, --concurrency {SLOW} then {FAST} ...", flush=True)
         slow, slow_wall = rotate(SLOW)
         fast, fast_wall = rotate(FAST)
+        floor = httpx_floor(api, args.n + extra) if api is not None else None
     finally:
         if api is not None:
             api.stop()
@@ -254,6 +255,40 @@ def rotate_scenario(args: argparse.Namespace, home: Path, info: dict[str, str]) 
             unit="x",
             note=f"{verdict} goal >= {GOAL_RATIO:g}x; process wall ratio "
             f"{slow_wall / fast_wall:.1f}x; ideal {FAST}x if the engine cost nothing",
+        ),
+        *floor_results(floor, fast, n),
+    ]
+
+
+def httpx_floor(api: ApiServer, n: int) -> dict[str, float]:
+    """bench.httpx_floor in its own process against ``api``: the same two calls per rotation
+    at ``--concurrency FAST`` over 8 clients, without rotator."""
+    argv = [sys.executable, "-m", "bench.httpx_floor", "--url", api.url]
+    argv += ["--admin", ADMIN_PREFIX + "floor", "--rotations", str(n)]
+    argv += ["--concurrency", str(FAST), "--clients", "8"]
+    print(f"rotate: httpx alone, {n} x 2 calls at concurrency {FAST} ...", flush=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT, check=True)
+    out: dict[str, float] = json.loads(proc.stdout)
+    return out
+
+
+def floor_results(floor: dict[str, float] | None, fast: dict[str, Any], n: int) -> list[Result]:
+    if floor is None:
+        return []
+    return [
+        Result(
+            f"httpx alone, the same 2 calls per rotation at concurrency {FAST}",
+            n,
+            floor["wall_s"],
+            unit="rot",
+            note=f"CPU {floor['cpu_s'] * 1000 / n:.2f} ms per rotation (the CLI: "
+            f"{fast['cpu']['cli'] * 1000 / n:.2f} ms, start-up included); bench/httpx_floor.py",
+        ),
+        Result(
+            f"rotator --concurrency {FAST} duration_s / httpx alone",
+            value=fast["duration_s"] / floor["wall_s"],
+            unit="x",
+            note="how far rotator's concurrent batch is from what httpx allows (1x = the floor)",
         ),
     ]
 

@@ -22,6 +22,7 @@ from tests.conftest import free_port
 from tests.support.api_server import ApiServer, running
 
 from rotator.connectors import base as cb
+from rotator.connectors import http as http_connector
 from rotator.connectors.base import parse_config
 from rotator.connectors.http import HttpConfig, HttpConnector
 from rotator.domain.model import Stage
@@ -165,6 +166,23 @@ def test_set_adds_the_key_and_is_idempotent(api: ApiServer) -> None:
     assert json.loads(posts[0].body) == {"key": "new-key-1", "label": "svc/api", "version": 2}
     assert posts[0].headers["authorization"] == f"Bearer {ADMIN}"
     assert posts[0].headers["content-type"] == "application/json"
+
+
+def test_a_plain_http_target_loads_no_ca_bundle(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An http:// target never does TLS, so the default CA bundle (~30 ms of CPU to load,
+    once per process) is not read for it: calls work even when it cannot be read."""
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca-bundle.pem")
+    http_connector._tls_context.cache_clear()  # a bundle an earlier test loaded
+    try:
+        c = HttpConnector()
+        run(c.set(set_req(config(api), "new-key-1", current="old-key")))
+        run(c.test(probe_req(config(api), "new-key-1")))
+        run(c.aclose())
+    finally:
+        http_connector._tls_context.cache_clear()
+    assert api.valid(ACCOUNT) == {"new-key-1"}
 
 
 def test_test_accepts_the_new_key_and_refuses_an_unknown_one(api: ApiServer) -> None:

@@ -327,6 +327,46 @@ def test_an_interactive_rotation_is_admitted_ahead_of_queued_batch_work(
     assert creates == ["b0", "z", "b1", "b2", "b3"]
 
 
+def test_an_interactive_rotation_starts_at_once_while_a_batch_fills_the_limit(
+    svc: BlockingService, tmp_path: Path
+) -> None:
+    """The global limit keeps a reserve for interactive requests: while a batch holds the only
+    slot (b0 held on its target) and queues the rest, a rotation a person asks for runs to
+    its end at once; the batch itself never gets past the limit (b1 starts after b0)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    add_double(svc, "b0", barrier=str(gate), barrier_after="set")
+    for name in ("b1", "b2", "z"):
+        add_double(svc, name)
+    opts = EngineOptions(
+        concurrency=1, interactive_reserve=1, retry_initial_s=0.001, retry_max_s=0.01
+    )
+
+    async def go() -> tuple[Any, Any]:
+        async with Engine(svc.kernel, opts) as engine:
+            batch = asyncio.create_task(
+                engine.rotate(
+                    [RotationRequest(n, trigger=Trigger.SCHEDULE) for n in ("b0", "b1", "b2")]
+                )
+            )
+            while not (gate / "set.b0.reached").exists():  # b0 holds the only slot
+                await asyncio.sleep(0.01)
+            # Ends while b0 is still held on its target (a hang guard, not a timing check).
+            person = await asyncio.wait_for(
+                engine.rotate_one(RotationRequest("z", trigger=Trigger.MANUAL, interactive=True)),
+                timeout=60,
+            )
+            assert not batch.done()
+            (gate / "release").touch()
+            return await batch, person
+
+    batch, person = asyncio.run(go())
+    assert batch.ok
+    assert person.outcome is Outcome.ROTATED
+    creates = [e.credential for e in svc.audit_entries() if e.action == "rotation.create"]
+    assert creates == ["b0", "z", "b1", "b2"]
+
+
 def test_add_with_verify_goes_through_the_engines_breaker_for_its_target(
     svc: BlockingService, settings: Any
 ) -> None:

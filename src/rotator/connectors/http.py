@@ -697,12 +697,21 @@ def _tls(cfg: HttpConfig) -> ssl.SSLContext:
     """The TLS context for ``cfg``, built once (loading a CA bundle takes ~0.1 s) and shared:
     an SSLContext does not belong to an event loop. A changed ca_file is read again."""
     if not cfg.ca_file:
+        if cfg.base_url.lower().startswith("http://"):
+            # No TLS to such a target (its clients are its own, and no redirect is
+            # followed): skip loading the default CA bundle, trust no certificate.
+            return _no_trust()
         return _tls_context("", 0)
     try:
         mtime = os.stat(cfg.ca_file).st_mtime_ns
     except OSError:
         raise PermanentError(f"ca_file {cfg.ca_file!r} cannot be read") from None
     return _tls_context(cfg.ca_file, mtime)
+
+
+@functools.cache
+def _no_trust() -> ssl.SSLContext:
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 @functools.lru_cache(maxsize=16)

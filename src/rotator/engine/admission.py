@@ -4,6 +4,14 @@ An ``asyncio.Semaphore`` wakes its waiters in arrival order, so a rotation a per
 while a 1,000-rotation batch is queued would wait behind all of it. Here every waiter carries
 a rank (lower first; arrival order within a rank), so an emergency or an interactive request
 takes the next free slot.
+
+The next free slot can still be far off while a batch fills the limit: slots free only as
+rotations end, and those end in bursts, when a group commit of their finishes lands (measured
+under load: most of an interactive rotation's wait to start). So a limiter may hold a
+*reserve* of slots above its limit that only holders asking for it may use (as PostgreSQL
+keeps connections for superusers): a person's request starts at once unless the reserve is
+taken too, and then waits ahead of everything ranked worse. Batch work never gets past the
+limit.
 """
 
 from __future__ import annotations
@@ -15,45 +23,78 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 Rank = tuple[int, ...]
+_Waiter = tuple[Rank, int, "asyncio.Future[None]"]
 
 
 class PriorityLimiter:
-    """At most ``limit`` holders at once; a freed slot goes to the best-ranked waiter."""
+    """At most ``limit`` holders at once, plus up to ``reserve`` holders that asked for the
+    reserve; a freed slot goes to the best-ranked waiter that may use it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, reserve: int = 0) -> None:
         if limit < 1:
             raise ValueError("a limit must be at least 1")
-        self._free = limit
-        self._waiters: list[tuple[Rank, int, asyncio.Future[None]]] = []
+        if reserve < 0:
+            raise ValueError("a reserve cannot be negative")
+        self._limit = limit
+        self._reserve = reserve
+        self._used = 0
+        # Two queues, so the best waiter allowed into the reserve is found at once.
+        self._waiters: list[_Waiter] = []
+        self._reserved: list[_Waiter] = []
         self._seq = itertools.count()
 
     @property
     def waiting(self) -> int:
-        return sum(1 for _, _, f in self._waiters if not f.done())
+        return sum(1 for q in (self._waiters, self._reserved) for _, _, f in q if not f.done())
+
+    @property
+    def in_use(self) -> int:
+        return self._used
 
     @asynccontextmanager
-    async def slot(self, rank: Rank) -> AsyncIterator[None]:
-        """Hold one slot for the ``async with`` block."""
-        if self._free > 0 and not self.waiting:
-            self._free -= 1
+    async def slot(self, rank: Rank, *, reserve: bool = False) -> AsyncIterator[None]:
+        """Hold one slot for the ``async with`` block; ``reserve``: this holder may use the
+        reserve once the limit is reached."""
+        cap = self._limit + (self._reserve if reserve else 0)
+        if self._used < cap and not self._waiters and not self._reserved:
+            self._used += 1  # (cancelled waiters left queued take the path below: same result)
         else:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._waiters, (rank, next(self._seq), fut))
+            queue = self._reserved if reserve else self._waiters
+            heapq.heappush(queue, (rank, next(self._seq), fut))
+            self._grant()  # a reserved slot may be free while others queue at the limit
             try:
-                await fut
+                await fut  # no suspension when granted just above
             except asyncio.CancelledError:
                 if fut.done() and not fut.cancelled():
                     self._release()  # granted, then cancelled before it could use the slot
-                raise  # a cancelled waiter stays in the heap; _release skips it
+                raise  # a cancelled waiter stays queued; _grant skips it
         try:
             yield
         finally:
             self._release()
 
     def _release(self) -> None:
-        while self._waiters:
-            _, _, fut = heapq.heappop(self._waiters)
-            if not fut.done():
-                fut.set_result(None)
+        self._used -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        while True:
+            for q in (self._waiters, self._reserved):
+                while q and q[0][2].done():  # cancelled
+                    heapq.heappop(q)
+            if self._used < self._limit:
+                # the best of both queues
+                if self._waiters and (not self._reserved or self._waiters[0] < self._reserved[0]):
+                    q = self._waiters
+                elif self._reserved:
+                    q = self._reserved
+                else:
+                    return
+            elif self._used < self._limit + self._reserve and self._reserved:
+                q = self._reserved
+            else:
                 return
-        self._free += 1
+            _, _, fut = heapq.heappop(q)
+            self._used += 1
+            fut.set_result(None)

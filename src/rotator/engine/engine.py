@@ -193,7 +193,8 @@ class Engine:
         """Rotate one credential. Joins a rotation of the same credential already under way.
 
         Admitted into the global limit by ``req.rank`` (emergencies and interactive requests
-        ahead of queued batch work). Does not start while a credential it references is being
+        ahead of queued batch work; interactive ones may also use the limit's reserve, see
+        ``EngineOptions``). Does not start while a credential it references is being
         rotated, here or by another process: waits for that rotation to end (bounded by
         ``join_timeout_s``; then fails)."""
         key = (req.tenant, req.name)
@@ -258,7 +259,7 @@ class Engine:
         metrics.QUEUE_DEPTH.inc()
         queued = True
         try:
-            async with self.runtime.admission.slot(req.rank):
+            async with self.runtime.admission.slot(req.rank, reserve=req.interactive):
                 metrics.QUEUE_DEPTH.dec()
                 queued = False
                 metrics.IN_FLIGHT.inc()

@@ -16,13 +16,15 @@ MAX_LEASE_S = 86400.0
 class EngineOptions:
     """Tuning knobs; the defaults suit a single node talking to a handful of targets.
 
-    ``concurrency``: rotations under way at once (the global limit; emergencies and
-    interactive requests are admitted ahead of queued batch work). ``per_target``: connector
-    calls under way at once per target. ``lease_s``: how long a rotation stays owned without a
-    renewal (renewed every third of it). ``lease_margin_s``: no connector call starts, and a
-    call under way is cut, when less than this is left of the lease (default a quarter of it).
-    InvalidInput on a lease that is not a finite number of seconds above 0, or a margin not
-    below the lease.
+    ``concurrency``: rotations under way at once (the global limit; emergencies and interactive
+    requests are admitted ahead of queued batch work). ``interactive_reserve``: how many
+    interactive requests may start above that limit, so a person's rotation does not wait for a
+    batch rotation to end (default a quarter of ``concurrency``; batch work never goes past the
+    limit). ``per_target``: connector calls under way at once per target. ``lease_s``: how long
+    a rotation stays owned without a renewal (renewed every third of it). ``lease_margin_s``: no
+    connector call starts, and a call under way is cut, when less than this is left of the lease
+    (default a quarter of it). InvalidInput on a lease that is not a finite number of seconds
+    above 0, or a margin not below the lease.
     """
 
     concurrency: int = 16
@@ -38,6 +40,7 @@ class EngineOptions:
     breaker_reset_s: float = 30.0
     db_threads: int = 4
     join_timeout_s: float = 600.0
+    interactive_reserve: int | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lease_s, int | float) and math.isfinite(self.lease_s)):
@@ -47,6 +50,13 @@ class EngineOptions:
         m = self.lease_margin_s
         if m is not None and not (math.isfinite(m) and 0 <= m < self.lease_s):
             raise InvalidInput("the lease margin must be at least 0 and below the lease")
+
+    @property
+    def reserve(self) -> int:
+        """Slots above ``concurrency`` for interactive requests."""
+        if self.interactive_reserve is not None:
+            return max(0, self.interactive_reserve)
+        return self.concurrency // 4
 
     @property
     def margin_s(self) -> float:

@@ -48,7 +48,7 @@ class Runtime:
         self.connectors = (
             connectors if connectors is not None else ConnectorSet(per_target=opts.per_target)
         )
-        self.admission = PriorityLimiter(opts.concurrency)
+        self.admission = PriorityLimiter(opts.concurrency, reserve=opts.reserve)
         self._targets: dict[str, PriorityLimiter] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
 
