@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.conftest import free_port
+from tests.support.fuzz import run_in_process
 from tests.support.server import ROTATOR, ServeProcess, serve_env
 
 from rotator.config import Settings
@@ -47,9 +48,12 @@ class Remote:
     url: str
     token: str
     srv: ServeProcess
+    # Run the CLI through its entry point in this process instead of a fresh process each
+    # (tests.support.fuzz.run_in_process: the same streams' encodings, the same environment).
+    in_process: bool = False
 
     def local(self, *args: str, stdin: str | None = None) -> Run:
-        return _run(serve_env(self.home, self.db_url), args, stdin)
+        return _run(serve_env(self.home, self.db_url), args, stdin, self.in_process)
 
     def remote(
         self,
@@ -65,10 +69,15 @@ class Remote:
         env["ROTATOR_URL"] = url or self.url
         env["ROTATOR_TOKEN"] = self.token if token is None else token
         env.update(extra or {})
-        return _run(env, args, stdin)
+        return _run(env, args, stdin, self.in_process)
 
 
-def _run(env: dict[str, str], args: tuple[str, ...], stdin: str | None) -> Run:
+def _run(
+    env: dict[str, str], args: tuple[str, ...], stdin: str | None, in_process: bool = False
+) -> Run:
+    if in_process:
+        here = run_in_process(args, env, (stdin or "").encode())
+        return Run(here.code, here.out, here.err)
     proc = subprocess.run(
         [ROTATOR, *args], env=env, input=stdin, capture_output=True, text=True, timeout=120
     )
@@ -136,12 +145,15 @@ def same_on_own(r: Remote, *args: str, stdin: str | None = None) -> Run:
 
 # SQLite only: both sides of every comparison read the same store through the same service
 # views, so the store's backend cannot make them differ; the API's PostgreSQL behaviour is
-# covered by the API tests (test_api_*.py, test_e2e_api.py), and the ~90 CLI processes of
-# this test are the suite's single largest cost.
+# covered by the API tests (test_api_*.py, test_e2e_api.py).
+# In process: what is compared is what the local and the remote code paths print, and some 90
+# fresh processes (each ~0.7 s of imports) made this the suite's single largest cost. The
+# remote side still talks HTTP to the real `rotator serve` process; the other tests of this
+# module run the CLI as real processes against it (exit codes, stderr lines, a server down).
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-@pytest.mark.timeout(900)  # some 90 CLI runs, each a fresh process
 def test_covered_commands_print_the_same_remotely_as_locally(remote: Remote) -> None:
     r = remote
+    r.in_process = True
     for p in ("l/", "r/"):
         add = r.local(
             "credential", "add", f"{p}db", "-c", "local", "--generate", "--tag", f"pair={p[0]}",

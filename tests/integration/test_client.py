@@ -15,6 +15,8 @@ import psycopg
 import pytest
 import redis
 from psycopg import sql
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from tests.conftest import PgTarget, RedisServer
 from tests.integration.test_watch import Server, token
 from tests.integration.test_watch import server as server  # the fixture
@@ -248,8 +250,15 @@ def test_redis_factory_has_no_failed_command_across_ten_rotations(
     try:
         with Client(server.url, remote, cache_ttl=3600, watch_cache=False) as client:
             refetched = counting_refetches(client)
+            # No redis-py retries (from 6.0 it retries a refused AUTH 10 times with backoff,
+            # ~3 s per rotation): a refused login must be followed by the factory's own
+            # refetch-and-retry, which is what this proves, not outwaited by redis-py.
             connect = client.redis_factory(
-                "redis/app", host=redis_server.host, port=redis_server.port, username=user
+                "redis/app",
+                host=redis_server.host,
+                port=redis_server.port,
+                username=user,
+                retry=Retry(NoBackoff(), 0),
             )
 
             def command() -> None:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +331,12 @@ def test_a_forwarder_killed_mid_stream_resumes_from_its_cursor_and_skips_nothing
         finally:
             stop(first, signal.SIGKILL)
         assert first.returncode == -signal.SIGKILL
-        killed_at = svc.list_forwarders()[0].cursor
+        killed = svc.list_forwarders()[0]
+        killed_at = killed.cursor
+        # The lease it held is the one ROTATOR_LEASE_SECONDS asks for (1 s), not the default
+        # 30 s: the second takes over once that has run out.
+        assert killed.lease_until is not None
+        assert killed.lease_until - datetime.now(UTC) < timedelta(seconds=10), killed
         second = start_forwarder(env)
         try:
             wait_for(lambda: svc.list_forwarders()[0].cursor > killed_at, "the second to resume")

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from rotator.cli.app import JsonOpt, audit_app, emit_json, out, service
+from rotator.service import rotation
 
 forward_app = typer.Typer(
     help="Forward every audit entry to a SIEM (HMAC-signed webhook or RFC 5424 syslog).",
@@ -128,7 +129,8 @@ def forward_run(
     """Deliver audit entries to every forwarder in the foreground (``rotator worker`` does it
     too, beside the scheduler). Retries failed deliveries with backoff, forever unless
     --give-up-after."""
-    with service() as svc:
+    # The forwarder's lease is the engine's: ROTATOR_LEASE_SECONDS applies, as in `worker`.
+    with service(rotation.options_from_env()) as svc:
         stats = svc.run_forwarders(once=once, give_up_after=give_up_after, poll_s=poll)
     held = ""
     if stats.skipped_held:
