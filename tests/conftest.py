@@ -27,6 +27,8 @@ import pytest
 import redis
 from psycopg import sql
 
+from tests.support.openbao_server import OpenBaoServer, running_openbao
+
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 PG_SUPERUSER = "postgres"
 LOOPBACK = "127.0.0.1"
@@ -418,3 +420,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/rotator.db"
     url: str = request.getfixturevalue("pg_database")
     return url
+
+
+# ------------------------------------------------------------------------------- OpenBao
+
+
+@pytest.fixture(scope="session")
+def openbao_server() -> Iterator[OpenBaoServer]:
+    """An OpenBao dev server over TLS on a free 127.0.0.1 port, private to this session (see
+    tests/support/openbao_server.py): KV v2 at ``secret/``, AppRole role ``rotator``. Tests
+    share it: use unique secret paths."""
+    with running_openbao() as server:
+        yield server
