@@ -128,21 +128,26 @@ def test_openbao_sink_logs_in_with_an_approle_secret_id_credential_and_reports_a
     # A token credential that holds no valid token: reported, nothing written, nothing shown.
     wrong = "s." + uuid.uuid4().hex
     svc.add_credential("bao/wrong", "local", value=ValueInput(value=Secret(wrong)))
+    svc.add_credential("bao/token", "local", value=ValueInput(value=Secret(bao.new_token())))
     other = f"app/{uuid.uuid4().hex[:12]}/other"
     svc.add_credential(
         "app/other",
         "local",
         value=ValueInput(generate=True),
-        sinks=[f"openbao:addr={bao.addr},ca={bao.ca_file},path={other},token=bao/wrong"],
+        sinks=[
+            f"openbao:addr={bao.addr},ca={bao.ca_file},path={other},token=bao/wrong",
+            # Nothing listens there: retried, then reported as unavailable.
+            f"openbao:addr=https://127.0.0.1:1,path={other},token=bao/token",
+        ],
     )
     result = rotate(svc, "app/other").to_json()
     assert result["rotated"] == ["app/other"]
-    [warning] = result["warnings"]
-    assert "permission denied" in warning["warning"]
+    refused, unreachable = (w["warning"] for w in result["warnings"])
+    assert "permission denied" in refused
+    assert "cannot reach https://127.0.0.1:1" in unreachable
     assert bao.kv_read(other) is None
-    [failed] = sink_entries(svc, "app/other", "sink.failed")
-    assert failed["reason"] == "error"
-    assert failed["attempts"] == 1
+    failed = sink_entries(svc, "app/other", "sink.failed")
+    assert [(f["reason"], f["attempts"]) for f in failed] == [("error", 1), ("unavailable", 3)]
     shown = audit_json(svc) + json.dumps(result)
     for secret in (secret_id, wrong, value, svc.get_value("app/other").reveal_text()):
         assert secret not in shown

@@ -38,10 +38,11 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rotator.connectors.base import PermanentError, SecretResolver
+from rotator.connectors.base import SecretResolver
 from rotator.connectors.http import host_refusal
 from rotator.domain.names import CREDENTIAL_NAME
 from rotator.domain.secret import Secret
+from rotator.errors import ConnectorError, RotatorError
 from rotator.sinks.base import SinkConflict, SinkError, SinkRequest, SinkUnavailable
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_.@+-]+")
@@ -206,7 +207,7 @@ class OpenBaoSink(BaseModel):
     async def _secret(self, secrets: SecretResolver, name: str, what: str) -> str:
         try:
             value = await secrets.get(name)
-        except PermanentError as exc:
+        except (ConnectorError, RotatorError) as exc:  # no such credential, tampered store...
             raise SinkError(f"{what}: {exc}") from exc
         try:
             text = value.reveal_text().strip()
