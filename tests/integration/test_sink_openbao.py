@@ -9,11 +9,13 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import uuid
 from collections.abc import Mapping
 from unittest import mock
 
+import pytest
 from tests.support.openbao_server import OpenBaoServer
 
 from rotator.config import Settings
@@ -49,8 +51,12 @@ def sink_entries(svc: BlockingService, name: str, action: str) -> list[dict[str,
 
 
 def test_openbao_sink_writes_every_rotation_with_cas_and_never_overwrites_another_writer(
-    svc: BlockingService, openbao_server: OpenBaoServer
+    svc: BlockingService,
+    openbao_server: OpenBaoServer,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
+    caplog.set_level(logging.DEBUG)  # httpx and httpcore included
     bao = openbao_server
     path = f"app/{uuid.uuid4().hex[:12]}/db"
     token = bao.new_token()
@@ -94,14 +100,19 @@ def test_openbao_sink_writes_every_rotation_with_cas_and_never_overwrites_anothe
     assert failed["reason"] == "conflict"
     assert failed["attempts"] == 1, "a conflict is not retried"
 
-    shown = audit_json(svc) + json.dumps(result)
+    shown = audit_json(svc) + json.dumps(result) + caplog.text + "".join(capfd.readouterr())
+    assert "HTTP Request" in caplog.text, "httpx's request log lines were captured"
     for secret in (token, *values, svc.get_value("app/db").reveal_text()):
         assert secret not in shown
 
 
 def test_openbao_sink_logs_in_with_an_approle_secret_id_credential_and_reports_a_bad_token(
-    svc: BlockingService, openbao_server: OpenBaoServer
+    svc: BlockingService,
+    openbao_server: OpenBaoServer,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     bao = openbao_server
     path = f"app/{uuid.uuid4().hex[:12]}/api"
     secret_id = bao.new_secret_id()
@@ -148,7 +159,7 @@ def test_openbao_sink_logs_in_with_an_approle_secret_id_credential_and_reports_a
     assert bao.kv_read(other) is None
     failed = sink_entries(svc, "app/other", "sink.failed")
     assert [(f["reason"], f["attempts"]) for f in failed] == [("error", 1), ("unavailable", 3)]
-    shown = audit_json(svc) + json.dumps(result)
+    shown = audit_json(svc) + json.dumps(result) + caplog.text + "".join(capfd.readouterr())
     for secret in (secret_id, wrong, value, svc.get_value("app/other").reveal_text()):
         assert secret not in shown
 
