@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 
 from tests.support.mariadb_server import MariadbServer, MariadbUnavailable
+from tests.support.openbao_server import OpenBaoServer, running_openbao
 
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 PG_SUPERUSER = "postgres"
@@ -463,3 +464,15 @@ def mariadb_target() -> Iterator[MariadbServer]:
         yield server
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------- OpenBao
+
+
+@pytest.fixture(scope="session")
+def openbao_server() -> Iterator[OpenBaoServer]:
+    """An OpenBao dev server over TLS on a free 127.0.0.1 port, private to this session (see
+    tests/support/openbao_server.py): KV v2 at ``secret/``, AppRole role ``rotator``. Tests
+    share it: use unique secret paths."""
+    with running_openbao() as server:
+        yield server

@@ -54,7 +54,22 @@ def _credential(policy: RotationPolicy, *, sinks: bool) -> Credential:
             Version(7, 1, Stage.PREVIOUS, T0, T0 + timedelta(seconds=1), T0 + timedelta(hours=1)),
             Version(7, 2, Stage.CURRENT, T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)),
         ),
-        sinks=({"kind": "file", "path": "/run/app/db.env", "format": "dotenv"},) if sinks else (),
+        sinks=(
+            {"kind": "file", "path": "/run/app/db.env", "format": "dotenv"},
+            {"kind": "openbao", "addr": "https://bao:8200", "path": "app/db", "token": "bao/t"},
+            {
+                "kind": "openbao",
+                "addr": "https://bao:8200",
+                "mount": "kv",
+                "path": "a/b",
+                "key": "pw",
+                "auth": "approle",
+                "role_id": "r-1",
+                "secret_id": "bao/sid",
+            },
+        )
+        if sinks
+        else (),
         next_rotation_rule="every 30d from tag env=prod",
     )
 

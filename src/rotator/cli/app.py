@@ -285,7 +285,11 @@ StdinOpt = Annotated[
 ]
 SinkOpt = Annotated[
     list[str] | None,
-    typer.Option("--sink", help="After each rotation write the value: file:path=/p,format=dotenv"),
+    typer.Option(
+        "--sink",
+        help="After each rotation write the value: file:path=/p,format=dotenv or "
+        "openbao:addr=https://h:8200,path=app/db,key=password,token=CREDENTIAL",
+    ),
 ]
 GenOpt = Annotated[bool, typer.Option("--generate", help="Let the connector generate the value.")]
 

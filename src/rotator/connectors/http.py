@@ -390,11 +390,13 @@ ALLOW_HOSTS_ENV = "ROTATOR_HTTP_ALLOW_HOSTS"
 _PLAIN_HOST = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
 
 
-def host_refusal(base_url: str, env: dict[str, str] | None = None) -> str | None:
+def host_refusal(
+    base_url: str, env: dict[str, str] | None = None, *, what: str = "base_url"
+) -> str | None:
     """Why ``base_url``'s host is outside the operator's ``ROTATOR_HTTP_ALLOW_HOSTS`` (one
-    line naming the host and the variable), or None when it is on the list or no list is
-    set. A malformed entry refuses every host (the list is the operator's, and a typo must
-    not open it)."""
+    line naming the host, as ``what``'s, and the variable), or None when it is on the list or
+    no list is set. A malformed entry refuses every host (the list is the operator's, and a
+    typo must not open it). The openbao sink's ``addr`` is bounded by the same list."""
     raw = (os.environ if env is None else env).get(ALLOW_HOSTS_ENV, "")
     entries = [e.strip().lower().rstrip(".") for e in raw.split(",") if e.strip()]
     if not entries:
@@ -408,7 +410,7 @@ def host_refusal(base_url: str, env: dict[str, str] | None = None) -> str | None
     if ip is None and not _PLAIN_HOST.fullmatch(host):
         # Text that is no plain name (a backslash, a %-escape) must not match "*.domain" by
         # its suffix: the resolver or a proxy may read it as another host.
-        return f"base_url host {host[:100]!r} is no plain host name, so not in {ALLOW_HOSTS_ENV}"
+        return f"{what} host {host[:100]!r} is no plain host name, so not in {ALLOW_HOSTS_ENV}"
     for entry in entries:
         if entry.startswith("*."):
             if ip is None and host.endswith(entry[1:]) and len(host) > len(entry) - 1:
@@ -425,7 +427,7 @@ def host_refusal(base_url: str, env: dict[str, str] | None = None) -> str | None
         entry_ip = _ip(entry.strip("[]"))
         if (ip is not None and ip == entry_ip) or (entry_ip is None and host == entry):
             return None
-    return f"base_url host {host[:100]!r} is not in {ALLOW_HOSTS_ENV}"
+    return f"{what} host {host[:100]!r} is not in {ALLOW_HOSTS_ENV}"
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

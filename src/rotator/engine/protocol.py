@@ -39,6 +39,7 @@ from rotator.errors import (
     RotatorError,
 )
 from rotator.sinks import load_sink
+from rotator.sinks.base import SinkError, SinkRequest, SinkUnavailable
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
 from rotator.telemetry import metrics, tracing
@@ -376,6 +377,8 @@ class Protocol:
             wait_exponential,
         )
 
+        from rotator.sinks.file import FileSink  # as tenacity: only when there are sinks
+
         protected = self.rt.kernel.protected_paths()
         for stored in ctx.cred.sinks:
             try:
@@ -388,17 +391,32 @@ class Protocol:
                 async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(3),
                     wait=wait_exponential(multiplier=self.rt.opts.retry_initial_s, max=1.0),
-                    retry=retry_if_exception_type(OSError),
+                    retry=retry_if_exception_type((OSError, SinkUnavailable)),
                     reraise=True,
                 ):
                     with attempt:
-                        await asyncio.get_running_loop().run_in_executor(
-                            self.rt.threads, sink.write, value, protected
-                        )
+                        if isinstance(sink, FileSink):
+                            await asyncio.get_running_loop().run_in_executor(
+                                self.rt.threads, sink.write, value, protected
+                            )
+                        else:
+                            await sink.write(SinkRequest(value, ctx.current, ctx.secrets))
             except OSError as exc:
                 reason = exc.strerror or type(exc).__name__
                 warnings.append(f"{where}: {reason}")
                 await self.rt.audit(ctx, "sink.failed", sink=where, error=reason, attempts=3)
+            except SinkError as exc:
+                # A conflict (someone else wrote the destination) or a refusal is not retried.
+                tries = attempt.retry_state.attempt_number
+                warnings.append(f"{where}: {exc}")
+                await self.rt.audit(
+                    ctx,
+                    "sink.failed",
+                    sink=where,
+                    error=str(exc),
+                    reason=exc.reason,
+                    attempts=tries,
+                )
             else:
                 await self.rt.audit(ctx, "sink.write", sink=where)
         return tuple(warnings)

@@ -45,7 +45,7 @@ from rotator.kernel import Kernel, integrity, utcnow
 from rotator.kernel import schedule as kernel_schedule
 from rotator.kernel.keyring import rotate_master
 from rotator.service.inputs import PolicyInput, ValueInput
-from rotator.sinks import describe_sink, parse_sink
+from rotator.sinks import describe_sink, parse_sink, sink_references
 from rotator.store import Database
 from rotator.store import credentials as store_creds
 from rotator.store import groups as store_groups
@@ -300,6 +300,7 @@ class RotatorService:
         own = policy.partial()
         tags = dict(tags or {})
         sink_specs = [parse_sink(x, self.kernel.protected_paths()) for x in sinks]
+        await self._check_sink_references(principal, sink_specs)
         if value.value is not None:
             cbase.check_value(impl, cfg, value.value)
         tenant = await self.tenant(principal.tenant)
@@ -380,6 +381,27 @@ class RotatorService:
         # (VALUE_READ); an operator, who may not, cannot make rotator hand it to its host.
         for ref in sorted(cbase.references_of(impl, cfg)):
             await self.authorize(principal, Action.VALUE_READ, ref)
+
+    async def _check_sink_references(
+        self, principal: Principal, specs: Sequence[Mapping[str, Any]]
+    ) -> None:
+        # A sink sends the credentials it names (an OpenBao token, an AppRole secret_id) to a
+        # host the caller picks: as for a connector's references, naming one needs VALUE_READ
+        # on it. It must exist: a pasted value instead of a name is refused without echoing it.
+        refs = sorted({ref for spec in specs for ref in sink_references(dict(spec))})
+        if not refs:
+            return
+        tenant = await self.tenant(principal.tenant)
+        for ref in refs:
+            await self.authorize(principal, Action.VALUE_READ, ref)
+            found = await self._read(
+                partial(store_creds.credential_id, tenant_id=tenant.id, name=ref)
+            )
+            if not found:
+                raise InvalidInput(
+                    "--sink names a token or secret_id credential that does not exist: give "
+                    "the NAME of the credential holding it, never the value"
+                )
 
     async def _new_value(
         self,
@@ -561,6 +583,7 @@ class RotatorService:
         sink_specs = (
             None if sinks is None else [parse_sink(x, self.kernel.protected_paths()) for x in sinks]
         )
+        await self._check_sink_references(principal, sink_specs or ())
         if value.value is not None:
             cbase.check_value(impl, cfg, value.value)
         tenant = await self.tenant(principal.tenant)

@@ -13,7 +13,7 @@ from rotator.domain.policy import RotationPolicy, format_duration, parse_duratio
 from rotator.engine.types import BatchResult, Outcome, RotationResult, StillValid
 from rotator.policy.risk import RiskAction, Severity
 from rotator.service.events import CredentialDecision, EventReport
-from rotator.sinks import describe_sink
+from rotator.sinks import describe_sink, sink_from_description
 from rotator.store.events import DecisionRow
 from rotator.store.events import EventRow as EventRow
 
@@ -109,13 +109,6 @@ def version_from_view(v: dict[str, Any]) -> Version:
     )
 
 
-def _sink_from_description(text: str) -> dict[str, Any]:
-    # describe_sink gives "file PATH (FORMAT)"; the stored form that describes the same way.
-    kind, _, rest = text.partition(" ")
-    path, _, fmt = rest.rpartition(" (")
-    return {"kind": kind, "path": path, "format": fmt.removesuffix(")")}
-
-
 def credential_from_view(d: dict[str, Any]) -> Credential:
     """The credential :func:`credential_view` shows: ``credential_view(credential_from_view(v))
     == v`` for every view."""
@@ -153,7 +146,7 @@ def credential_from_view(d: dict[str, Any]) -> Credential:
         last_rotated_at=_dt(d.get("last_rotated_at")),
         use_count=int(d.get("use_count") or 0),
         versions=tuple(version_from_view(v) for v in d.get("versions") or ()),
-        sinks=tuple(_sink_from_description(s) for s in d.get("sinks") or ()),
+        sinks=tuple(sink_from_description(s) for s in d.get("sinks") or ()),
         next_rotation_rule=d.get("next_rotation_rule"),
     )
 

@@ -1,13 +1,16 @@
 """Propagation sinks: after a rotation finishes, write the new CURRENT value where an
-application reads it (a file today). A failed sink is retried and reported; it never
-un-rotates the target, whose new value is already CURRENT.
+application reads it (a file, an OpenBao/Vault KV v2 secret). A failed sink is retried and
+reported; it never un-rotates the target, whose new value is already CURRENT.
 
 A sink spec on the command line is ``KIND:KEY=VALUE,KEY=VALUE``, e.g.
-``file:path=/etc/app/db.env,format=dotenv,key=DB_PASSWORD``.
+``file:path=/etc/app/db.env,format=dotenv,key=DB_PASSWORD`` or
+``openbao:addr=https://bao:8200,path=app/db,key=password,token=bao/token``. Messages about
+a spec never repeat its values (a pasted token must not reach a terminal or a log).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +19,10 @@ from rotator.errors import InvalidInput
 
 if TYPE_CHECKING:
     from rotator.sinks.file import FileSink, SinkRefused
+    from rotator.sinks.openbao import OpenBaoSink
 
-KINDS = ("file",)
+KINDS = ("file", "openbao")
+_WORD = re.compile(r"[a-z0-9_-]{1,20}")  # a kind shown back in a message: never a pasted value
 
 
 def parse_sink(spec: str, forbidden: Sequence[Path] = ()) -> dict[str, Any]:
@@ -27,48 +32,73 @@ def parse_sink(spec: str, forbidden: Sequence[Path] = ()) -> dict[str, Any]:
     whose path is or lies inside one of them (real paths compared) is InvalidInput."""
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in KINDS:
+        shown = f" {kind!r}" if sep and _WORD.fullmatch(kind) else ""
         raise InvalidInput(
-            f"malformed --sink {spec!r}: expected KIND:KEY=VALUE,... with KIND one of "
+            f"malformed --sink{shown}: expected KIND:KEY=VALUE,... with KIND one of "
             f"{', '.join(KINDS)}"
         )
     settings: dict[str, str] = {}
-    for item in filter(None, rest.split(",")):
+    for n, item in enumerate(filter(None, rest.split(",")), 1):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise InvalidInput(f"malformed --sink {spec!r}: {item!r} is not KEY=VALUE")
+            raise InvalidInput(f"malformed --sink {kind}: setting {n} is not KEY=VALUE")
         settings[key.strip()] = value
     sink = load_sink({"kind": kind, **settings})
-    inside = sink.inside(forbidden)
+    from rotator.sinks.file import FileSink  # imported by load_sink already
+
+    inside = sink.inside(forbidden) if isinstance(sink, FileSink) else None
     if inside is not None:
         raise InvalidInput(
             f"--sink path {sink.path!r} is inside rotator's own {str(inside)!r}; "
             "a sink may not overwrite rotator's files"
         )
-    return {"kind": kind, **sink.model_dump(exclude={"kind"})}
+    return {"kind": kind, **sink.model_dump(exclude={"kind"}, exclude_none=True)}
 
 
-def load_sink(stored: dict[str, Any]) -> FileSink:
-    """A sink object from its stored form; InvalidInput naming the problem."""
-    if stored.get("kind") not in KINDS:
-        raise InvalidInput(f"unknown sink kind {stored.get('kind')!r}")
-    # Imported here, not at start-up: the file sink's pydantic model would cost every CLI
-    # call its import, also those that never touch a sink.
+def load_sink(stored: dict[str, Any]) -> FileSink | OpenBaoSink:
+    """A sink object from its stored form; InvalidInput naming the problem (never a value)."""
+    kind = stored.get("kind")
+    if kind not in KINDS:
+        raise InvalidInput(f"unknown sink kind {str(kind)[:40]!r}")
+    # Imported here, not at start-up: the sinks' pydantic models (and httpx) would cost every
+    # CLI call their import, also those that never touch a sink.
     from pydantic import ValidationError
 
-    from rotator.sinks.file import FileSink
-
+    model: type[FileSink] | type[OpenBaoSink]
+    if kind == "file":
+        from rotator.sinks.file import FileSink as model
+    else:
+        from rotator.sinks.openbao import OpenBaoSink as model
     try:
-        return FileSink.model_validate({k: v for k, v in stored.items() if k != "kind"})
+        return model.model_validate({k: v for k, v in stored.items() if k != "kind"})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "settings"
         msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-        raise InvalidInput(f"sink {stored.get('kind')!r}: {msg} {loc!r}") from None
+        msg = msg.removeprefix("Value error, ")
+        raise InvalidInput(f"sink {kind!r}: {msg} {loc!r}") from None
 
 
 def describe_sink(stored: dict[str, Any]) -> str:
     """A one-line, value-free description (for audit entries and listings)."""
     return load_sink(stored).describe()
+
+
+def sink_from_description(text: str) -> dict[str, Any]:
+    """A stored form that :func:`describe_sink` describes as ``text`` (for views read back)."""
+    kind, _, rest = text.partition(" ")
+    if kind == "openbao":
+        from rotator.sinks.openbao import from_description
+
+        return from_description(text)
+    # "file PATH (FORMAT)"
+    path, _, fmt = rest.rpartition(" (")
+    return {"kind": kind, "path": path, "format": fmt.removesuffix(")")}
+
+
+def sink_references(stored: dict[str, Any]) -> frozenset[str]:
+    """Names of the credentials a sink reads when it writes (an OpenBao token or secret_id)."""
+    return load_sink(stored).references()
 
 
 def __getattr__(name: str) -> Any:
@@ -80,4 +110,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["FileSink", "SinkRefused", "describe_sink", "load_sink", "parse_sink"]
+__all__ = [
+    "FileSink",
+    "SinkRefused",
+    "describe_sink",
+    "load_sink",
+    "parse_sink",
+    "sink_from_description",
+    "sink_references",
+]

@@ -81,6 +81,10 @@ class FileSink(BaseModel):
     def describe(self) -> str:
         return f"file {self.path} ({self.format})"
 
+    def references(self) -> frozenset[str]:
+        """A file sink reads no other credential."""
+        return frozenset()
+
     def inside(self, forbidden: Sequence[Path]) -> Path | None:
         """The first of ``forbidden`` (directories or files) that the sink's path is, or lies
         inside, comparing real paths (symlinks resolved, also those of the path's directory

@@ -1,0 +1,219 @@
+"""The ``openbao`` sink against a real OpenBao dev server (TLS, KV v2 at ``secret/``): each
+rotation's new value lands in the KV secret; its token or AppRole secret_id is a rotator
+credential read (and audited) by the engine; someone else's write is never overwritten; bad
+specs are refused with one line and nothing stored; no value or token ever shows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from unittest import mock
+
+import pytest
+from tests.support.openbao_server import OpenBaoServer
+
+from rotator.config import Settings
+from rotator.domain.secret import Secret
+from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest
+from rotator.service import BlockingService, ValueInput
+
+FAST = EngineOptions(retry_initial_s=0.001)
+
+
+def rotate(svc: BlockingService, name: str) -> BatchResult:
+    async def go() -> BatchResult:
+        async with Engine(svc.kernel, FAST) as engine:
+            return await engine.rotate([RotationRequest(name)])
+
+    return asyncio.run(go())
+
+
+def audit_json(svc: BlockingService) -> str:
+    return json.dumps([e.to_json() for e in svc.audit_entries()])
+
+
+def engine_reads(svc: BlockingService, name: str) -> int:
+    return sum(
+        1
+        for e in svc.audit_entries(credential=name)
+        if e.action == "value.read" and e.actor == "engine"
+    )
+
+
+def sink_entries(svc: BlockingService, name: str, action: str) -> list[dict[str, object]]:
+    return [e.details for e in svc.audit_entries(credential=name) if e.action == action]
+
+
+def test_openbao_sink_writes_every_rotation_with_cas_and_never_overwrites_another_writer(
+    svc: BlockingService,
+    openbao_server: OpenBaoServer,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)  # httpx and httpcore included
+    bao = openbao_server
+    path = f"app/{uuid.uuid4().hex[:12]}/db"
+    token = bao.new_token()
+    svc.add_credential("bao/token", "local", value=ValueInput(value=Secret(token)))
+    svc.add_credential(
+        "app/db",
+        "local",
+        value=ValueInput(generate=True),
+        sinks=[
+            f"openbao:addr={bao.addr},ca={bao.ca_file},path={path},key=password,token=bao/token"
+        ],
+    )
+    assert bao.kv_read(path) is None, "sinks run after rotations, not at add"
+    values = []
+    for expected_version in (1, 2, 3):
+        result = rotate(svc, "app/db").to_json()
+        assert result["rotated"] == ["app/db"], result
+        assert not result["warnings"], result
+        value = svc.get_value("app/db").reveal_text()
+        values.append(value)
+        # Version 1 was a first write (cas=0), each later one a check-and-set on the last.
+        assert bao.kv_read(path) == ({"password": value}, expected_version)
+    writes = sink_entries(svc, "app/db", "sink.write")
+    assert len(writes) == 3
+    assert writes[0]["sink"] == (
+        f"openbao {bao.addr}/v1/secret/data/{path} (password; token bao/token)"
+    )
+    assert engine_reads(svc, "bao/token") >= 1, "the engine's read of the token is audited"
+
+    # Someone else writes the secret between two rotations.
+    theirs = "written-by-the-other-writer"
+    assert bao.kv_write(path, {"password": theirs}) == 4
+    before = svc.get_value("app/db")
+    result = rotate(svc, "app/db").to_json()
+    assert result["rotated"] == ["app/db"], "a sink conflict never un-rotates"
+    [warning] = result["warnings"]
+    assert "conflict" in warning["warning"]
+    assert svc.get_value("app/db") != before, "CURRENT moved all the same"
+    assert bao.kv_read(path) == ({"password": theirs}, 4), "the other writer's value stays"
+    [failed] = sink_entries(svc, "app/db", "sink.failed")
+    assert failed["reason"] == "conflict"
+    assert failed["attempts"] == 1, "a conflict is not retried"
+
+    shown = audit_json(svc) + json.dumps(result) + caplog.text + "".join(capfd.readouterr())
+    assert "HTTP Request" in caplog.text, "httpx's request log lines were captured"
+    for secret in (token, *values, svc.get_value("app/db").reveal_text()):
+        assert secret not in shown
+
+
+def test_openbao_sink_logs_in_with_an_approle_secret_id_credential_and_reports_a_bad_token(
+    svc: BlockingService,
+    openbao_server: OpenBaoServer,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bao = openbao_server
+    path = f"app/{uuid.uuid4().hex[:12]}/api"
+    secret_id = bao.new_secret_id()
+    svc.add_credential("bao/secret-id", "local", value=ValueInput(value=Secret(secret_id)))
+    svc.add_credential(
+        "app/api",
+        "local",
+        value=ValueInput(generate=True),
+        sinks=[
+            f"openbao:addr={bao.addr},ca={bao.ca_file},path={path},key=password,"
+            f"auth=approle,role_id={bao.role_id},secret_id=bao/secret-id"
+        ],
+    )
+    # The operator put the credential's first value there, next to a key of their own.
+    first = svc.get_value("app/api").reveal_text()
+    bao.kv_write(path, {"username": "app", "password": first})
+    result = rotate(svc, "app/api").to_json()
+    assert result["rotated"] == ["app/api"], result
+    assert not result["warnings"], result
+    value = svc.get_value("app/api").reveal_text()
+    assert bao.kv_read(path) == ({"username": "app", "password": value}, 2)
+    assert engine_reads(svc, "bao/secret-id") >= 1
+
+    # A token credential that holds no valid token: reported, nothing written, nothing shown.
+    wrong = "s." + uuid.uuid4().hex
+    svc.add_credential("bao/wrong", "local", value=ValueInput(value=Secret(wrong)))
+    svc.add_credential("bao/token", "local", value=ValueInput(value=Secret(bao.new_token())))
+    other = f"app/{uuid.uuid4().hex[:12]}/other"
+    svc.add_credential(
+        "app/other",
+        "local",
+        value=ValueInput(generate=True),
+        sinks=[
+            f"openbao:addr={bao.addr},ca={bao.ca_file},path={other},token=bao/wrong",
+            # Nothing listens there: retried, then reported as unavailable.
+            f"openbao:addr=https://127.0.0.1:1,path={other},token=bao/token",
+        ],
+    )
+    result = rotate(svc, "app/other").to_json()
+    assert result["rotated"] == ["app/other"]
+    refused, unreachable = (w["warning"] for w in result["warnings"])
+    assert "permission denied" in refused
+    assert "cannot reach https://127.0.0.1:1" in unreachable
+    assert bao.kv_read(other) is None
+    failed = sink_entries(svc, "app/other", "sink.failed")
+    assert [(f["reason"], f["attempts"]) for f in failed] == [("error", 1), ("unavailable", 3)]
+    shown = audit_json(svc) + json.dumps(result) + caplog.text + "".join(capfd.readouterr())
+    for secret in (secret_id, wrong, value, svc.get_value("app/other").reveal_text()):
+        assert secret not in shown
+
+
+def run_cli(args: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
+    """The CLI's own ``main`` in this process (a subprocess per case would cost ~1 s each)."""
+    from rotator.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, dict(env)),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_bad_openbao_sink_specs_exit_2_with_one_line_and_store_nothing(
+    svc: BlockingService, settings: Settings, openbao_server: OpenBaoServer
+) -> None:
+    bao = openbao_server
+    svc.add_credential("bao/token", "local", value=ValueInput(value=Secret("s.x")))
+    base = f"openbao:addr={bao.addr},ca={bao.ca_file}"
+    pasted = "s.Q2hpY2tlbiBpbiB0aGUga2l0Y2hlbg"  # a token, where its credential's name goes
+    pasted_lower = "s.eb4e2c6d6d5f4a7c9a1d"  # looks like a name, but no credential has it
+    env = {"ROTATOR_HOME": str(settings.home), "ROTATOR_DB": str(settings.db_url)}
+    cases: list[tuple[str, str, dict[str, str]]] = [
+        (f"{base},token=bao/token", "'path'", {}),
+        (f"{base},path=app/x,auth=kerberos,token=bao/token", "'auth'", {}),
+        (f"{base},path=app/x,token={pasted}", "NAME", {}),
+        (f"{base},path=app/x,token={pasted_lower}", "NAME", {}),
+        (f"{base},path=app/x,auth=approle,role_id=r,secret_id={pasted}", "NAME", {}),
+        (f"{base},path=app/x,{pasted}", "not KEY=VALUE", {}),
+        (f"{base},path=../sys,token=bao/token", "'path'", {}),
+        ("openbao:addr=http://127.0.0.1:1,path=app/x,token=bao/token", "https", {}),
+        (
+            f"{base},path=app/x,token=bao/token",
+            "ROTATOR_HTTP_ALLOW_HOSTS",
+            {"ROTATOR_HTTP_ALLOW_HOSTS": "bao.example.com"},
+        ),
+    ]
+    names_before = [c.name for c in svc.list_credentials()]
+    audit_before = len(svc.audit_entries())
+    for spec, named, extra in cases:
+        args = ["credential", "add", "app/new", "-c", "local", "--generate", "--sink", spec]
+        code, out, err = run_cli(args, {**env, **extra})
+        shown = f"--sink {spec}\nexit {code}\nstdout: {out}\nstderr: {err}"
+        assert code == 2, shown
+        assert out == "", shown
+        assert len(err.splitlines()) == 1, shown
+        assert "Traceback" not in err, shown
+        assert named in err, shown
+        assert pasted not in err, shown
+        assert pasted_lower not in err, shown
+    assert [c.name for c in svc.list_credentials()] == names_before
+    assert len(svc.audit_entries()) == audit_before
