@@ -25,7 +25,7 @@ from tests.support.ldap_server import SERVICE_OU, LdapTarget, running_slapd, sla
 
 from rotator.config import Settings
 from rotator.connectors import base as cb
-from rotator.connectors.ldap import LdapConfig, LdapConnector
+from rotator.connectors.ldap import LdapConfig, LdapConnector, hash_password
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, RotationRequest, Trigger
 from rotator.errors import InvalidInput, NotFound, VerificationFailed
@@ -339,8 +339,9 @@ def test_steps_are_idempotent_and_rollback_puts_the_old_password_back(
 def test_verify_refuses_argon2_where_the_server_cannot_check_it_and_admin_binds_are_pooled(
     ldap_target: LdapTarget,
 ) -> None:
-    """On a slapd without the argon2 module ``verify`` refuses ``hash=argon2`` (and accepts
-    ``ssha``). Admin work shares one pooled bind per admin value: a wrong value is
+    """On a slapd without the argon2 module ``verify`` and ``set`` refuse ``hash=argon2`` (and
+    accept ``ssha``); a rollback after an {ARGON2} value landed anyway puts CURRENT back (and
+    says the state is unknown when it cannot). Admin work shares one pooled bind per admin value: a wrong value is
     ReferenceRefused and its pool is not kept. No error names a value."""
     binary = slapd_binary()
     assert binary is not None
@@ -377,6 +378,34 @@ def test_verify_refuses_argon2_where_the_server_cannot_check_it_and_admin_binds_
             messages.append(str(info.value))
             assert "noSuchObject" in messages[-1]
             assert repr(conn) == "LdapConnector(1 admin pools)"
+            # set refuses hash=argon2 on this server (verify was not run): the account keeps
+            # CURRENT, so the engine's rollback has nothing to undo.
+            argon = "argon-" + uuid.uuid4().hex
+            adn = t.add_account(unique("argon2, lockout"), argon)
+            acfg = cfg(dn=adn, hash="argon2")
+            apending = await conn.create(cb.CreateRequest("ldap/a", 2, acfg))
+            with pytest.raises(cb.PermanentError, match="hash=argon2: cannot confirm") as info:
+                await conn.set(cb.SetRequest("ldap/a", 2, acfg, apending, Secret(argon), good))
+            messages.append(str(info.value))
+            assert t.can_bind(adn, argon)
+            # A set that did land an {ARGON2} value this server cannot check (PENDING binds
+            # no more than CURRENT): rollback puts CURRENT back, it does not return silently.
+            landed = hash_password(login_of(apending)[1], "argon2")
+            t.replace_user_password(adn, landed)
+            assert not t.can_bind(adn, argon)
+            back = cb.RollbackRequest("ldap/a", 2, acfg, apending, Secret(argon), good)
+            await conn.rollback(back)
+            assert t.can_bind(adn, argon), "rolled back, so CURRENT binds again"
+            await conn.rollback(back)  # again: CURRENT binds, nothing to do
+            # Without an admin, and neither CURRENT nor PENDING binding: an error naming the
+            # account's unknown state, never a silent success.
+            t.replace_user_password(adn, landed)
+            selfcfg = LdapConfig.model_validate({"url": t.url, "dn": adn, "method": "replace"})
+            with pytest.raises(cb.PermanentError, match="unknown state") as info:
+                await conn.rollback(
+                    cb.RollbackRequest("ldap/a", 2, selfcfg, apending, Secret(argon), good)
+                )
+            messages.append(str(info.value))
             await conn.aclose()
             messages.append(pending.reveal_text())
             return messages

@@ -144,6 +144,14 @@ class LdapTarget:
         finally:
             conn.unbind()
 
+    def replace_user_password(self, dn: str, value: str) -> None:
+        """Store ``value`` (a ``{SCHEME}...`` hash) as the ``userPassword`` of ``dn``."""
+        conn = self._root()
+        try:
+            conn.modify(dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [value])]})
+        finally:
+            conn.unbind()
+
     def add_entry(self, dn: str, attrs: dict[str, object], classes: list[str]) -> None:
         conn = self._root()
         try:

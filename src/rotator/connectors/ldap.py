@@ -374,6 +374,8 @@ class LdapConnector:
         self._pools: Resources[_AdminPool] = Resources(self._close_pool)
         self._size = ADMIN_POOL_SIZE
         self._executor: ThreadPoolExecutor | None = None
+        # Targets (where, TLS) whose argon2 module was seen loaded (``_check_argon2``).
+        self._argon2_ok: set[tuple[str, bool, str]] = set()
 
     def __repr__(self) -> str:
         return f"LdapConnector({len(self._pools)} admin pools)"
@@ -556,9 +558,15 @@ class LdapConnector:
             raise self._unreachable(cfg, exc, what) from None
 
     def _writer(
-        self, cfg: LdapConfig, dn: str, password: str, old: str | None = None
+        self,
+        cfg: LdapConfig,
+        dn: str,
+        password: str,
+        old: str | None = None,
+        scheme: str | None = None,
     ) -> Callable[[ldap3.Connection], None]:
-        """The operation that makes ``password`` the password of ``dn``."""
+        """The operation that makes ``password`` the password of ``dn`` (``method=replace``
+        hashes with ``scheme``, default ``cfg.hash``)."""
 
         def write(conn: ldap3.Connection) -> None:
             if cfg.method == "passmod":
@@ -566,7 +574,7 @@ class LdapConnector:
                     user=dn, old_password=old, new_password=password
                 )
             else:
-                hashed = hash_password(password, cfg.hash)
+                hashed = hash_password(password, scheme or cfg.hash)
                 ok = conn.modify(  # type: ignore[no-untyped-call]
                     dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [hashed])]}
                 )
@@ -581,19 +589,20 @@ class LdapConnector:
         target: Login,
         bound_as: Login | None,
         what: str,
+        scheme: str | None = None,
     ) -> None:
         """Make ``target.password`` the password of ``target.dn``: as the admin, or (no
         admin) on a connection bound as ``bound_as`` (the account itself)."""
         if cfg.admin:
-            await self._as_admin(cfg, resolver, what, self._writer(cfg, target.dn, target.password))
+            write = self._writer(cfg, target.dn, target.password, scheme=scheme)
+            await self._as_admin(cfg, resolver, what, write)
             return
         if bound_as is None:
             raise cb.PermanentError(
                 f"{_p(what)}no admin and no current value: nothing can bind as {cfg.dn!r}"
             )
-        await self._as_self(
-            cfg, bound_as, what, self._writer(cfg, target.dn, target.password, bound_as.password)
-        )
+        write = self._writer(cfg, target.dn, target.password, bound_as.password, scheme)
+        await self._as_self(cfg, bound_as, what, write)
 
     async def _bind_check(self, cfg: LdapConfig, login: Login, what: str) -> bool:
         try:
@@ -618,6 +627,8 @@ class LdapConnector:
         cfg = _cfg(req.config)
         pending = parse_value(req.pending, cfg, "set: PENDING")
         current = parse_value(req.current, cfg, "set: CURRENT") if req.current else None
+        if cfg.hash == "argon2":
+            await self._check_argon2(cfg, req.secrets, current)
         if cfg.admin:
             await self._put(cfg, req.secrets, pending, None, "set")
             return
@@ -627,6 +638,25 @@ class LdapConnector:
             raise cb.PermanentError(
                 f"set: ldap at {cfg.where} refused CURRENT for {cfg.dn!r}, and no admin is set"
             )
+
+    async def _check_argon2(
+        self, cfg: LdapConfig, resolver: cb.SecretResolver, current: Login | None
+    ) -> None:
+        """PermanentError unless the server is known to check ``{ARGON2}`` values (its argon2
+        module loaded, read under cn=config as the admin, or as the account); a confirmed
+        target is remembered, so the check costs one search per target and connector."""
+        key = (cfg.where, cfg.starttls, cfg.ca_file)
+        if key in self._argon2_ok:
+            return
+        if cfg.admin:
+            loaded = await self._as_admin(cfg, resolver, "set", _argon2_loaded)
+        elif current is not None and await self._bind_check(cfg, current, "set"):
+            loaded = await self._as_self(cfg, current, "set", _argon2_loaded)
+        else:
+            loaded = False
+        if not loaded:
+            raise cb.PermanentError("set: " + self._no_argon2(cfg))
+        self._argon2_ok.add(key)
 
     async def test(self, req: cb.TestRequest) -> None:
         """A fresh simple bind as the account with PENDING, over the configured TLS."""
@@ -649,23 +679,40 @@ class LdapConnector:
         await self._put(cfg, req.secrets, gone, old, "revoke")
 
     async def rollback(self, req: cb.RollbackRequest) -> None:
-        """Undo ``set``: in single mode CURRENT's password goes back on the account; an
-        alternating idle account gets a random password. A no-op once PENDING no longer
-        binds (set never happened, or was undone)."""
+        """Undo ``set``. Single mode (PENDING and CURRENT of one account): decided by CURRENT,
+        never by PENDING (``test`` fails exactly when PENDING does not bind, so PENDING
+        failing to bind says nothing about what ``set`` wrote): nothing to do when CURRENT
+        binds, else CURRENT's password goes back (as the admin, or bound as PENDING), checked
+        by a bind; PermanentError naming the account's unknown state when that is not
+        possible. An alternating idle account (or a first value) whose PENDING binds gets a
+        random password."""
         cfg = _cfg(req.config)
         if req.current is not None and req.current == req.pending:
             return
         pending = parse_value(req.pending, cfg, "rollback: PENDING")
-        if not await self._bind_check(cfg, pending, "rollback"):
-            return
         current = (
             parse_value(req.current, cfg, "rollback: CURRENT") if req.current is not None else None
         )
-        if current is not None and current.dn == pending.dn:
-            back = Login(pending.dn, current.password)
-        else:
-            back = Login(pending.dn, _random_password(48))
-        await self._put(cfg, req.secrets, back, pending, "rollback")
+        if current is None or current.dn != pending.dn:
+            if not await self._bind_check(cfg, pending, "rollback"):
+                return
+            gone = Login(pending.dn, _random_password(48))
+            await self._put(cfg, req.secrets, gone, pending, "rollback")
+            return
+        if await self._bind_check(cfg, current, "rollback"):
+            return
+        unknown = (
+            f"rollback: the password of {current.dn!r} on {cfg.where} is in an unknown state: "
+            "CURRENT does not bind"
+        )
+        if not cfg.admin and not await self._bind_check(cfg, pending, "rollback"):
+            raise cb.PermanentError(f"{unknown}, nor does PENDING, and no admin is set")
+        # {ARGON2} only where the server was seen to check it: else it would not bind either.
+        argon2_ok = (cfg.where, cfg.starttls, cfg.ca_file) in self._argon2_ok
+        scheme = cfg.hash if argon2_ok else "ssha"
+        await self._put(cfg, req.secrets, current, pending, "rollback", scheme=scheme)
+        if not await self._bind_check(cfg, current, "rollback"):
+            raise cb.PermanentError(f"{unknown} even after it was written back")
 
     # -- optional -------------------------------------------------------------------------
 
