@@ -25,7 +25,7 @@ from tests.support.ldap_server import SERVICE_OU, LdapTarget, running_slapd, sla
 
 from rotator.config import Settings
 from rotator.connectors import base as cb
-from rotator.connectors.ldap import LdapConfig, LdapConnector, hash_password
+from rotator.connectors.ldap import ADMIN_IDLE_MAX_S, LdapConfig, LdapConnector, hash_password
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, RotationRequest, Trigger
 from rotator.errors import InvalidInput, NotFound, VerificationFailed
@@ -341,8 +341,8 @@ def test_verify_refuses_argon2_where_the_server_cannot_check_it_and_admin_binds_
 ) -> None:
     """On a slapd without the argon2 module ``verify`` and ``set`` refuse ``hash=argon2`` (and
     accept ``ssha``); a rollback after an {ARGON2} value landed anyway puts CURRENT back (and
-    says the state is unknown when it cannot). Admin work shares one pooled bind per admin value: a wrong value is
-    ReferenceRefused and its pool is not kept. No error names a value."""
+    says the state is unknown when it cannot). Admin work shares one pooled bind per admin
+    value: a wrong value is ReferenceRefused and its pool is not kept. No error names a value."""
     binary = slapd_binary()
     assert binary is not None
     with running_slapd(binary, argon2=False) as t:
@@ -419,3 +419,51 @@ def test_verify_refuses_argon2_where_the_server_cannot_check_it_and_admin_binds_
         # verify twice and set share one bind; the refused value one; the good value again
         # (its pool was replaced by the refused one's) one more.
         assert log.count(f'BIND dn="{t.admin_dn}" method=128') == 3
+
+
+def test_admin_binds_the_server_closed_while_idle_are_replaced_without_failing_a_step() -> None:
+    """slapd with ``idletimeout 1``: once it closed the pooled admin binds, the next ``set``
+    succeeds at its first attempt (the broken idle binds are dropped together and the work
+    runs once more on one fresh bind, not one failed attempt per idle bind); a bind idle
+    longer than ADMIN_IDLE_MAX_S (a fake clock) is closed unused and replaced."""
+    binary = slapd_binary()
+    assert binary is not None
+    with running_slapd(binary, argon2=False, idle_timeout=1) as t:
+        now = [0.0]
+        conn = LdapConnector(clock=lambda: now[0])
+        good = _Resolver({"ldap/admin": t.admin_password})
+        admin = {"url": t.url, "admin": "ldap/admin", "admin_dn": t.admin_dn}
+        cfgs = [
+            LdapConfig.model_validate({**admin, "dn": t.add_account(unique("idle"), "pw-x" * 5)})
+            for _ in range(4)
+        ]
+
+        def log() -> str:
+            return t.log.read_text(errors="replace")
+
+        def binds() -> int:
+            return log().count(f'BIND dn="{t.admin_dn}" method=128')
+
+        async def set_new(cfg: LdapConfig) -> None:
+            pending = await conn.create(cb.CreateRequest("ldap/idle", 2, cfg))
+            await conn.set(cb.SetRequest("ldap/idle", 2, cfg, pending, None, good))
+            assert t.can_bind(cfg.dn, login_of(pending)[1])
+
+        async def scenario() -> None:
+            await asyncio.gather(*(set_new(cfg) for cfg in cfgs))
+            opened = binds()
+            # Wait for slapd to close every pooled admin bind (and the fixture's own binds).
+            for _ in range(200):
+                if log().count("closed (idletimeout)") >= opened:
+                    break
+                await asyncio.sleep(0.05)
+            await set_new(cfgs[0])
+            assert binds() == opened + 1
+            now[0] += ADMIN_IDLE_MAX_S + 1
+            await set_new(cfgs[1])
+            assert binds() == opened + 2, "a bind idle past the limit is replaced unused"
+
+        try:
+            run_async(scenario())
+        finally:
+            run_async(conn.aclose())

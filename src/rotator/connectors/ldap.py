@@ -64,7 +64,8 @@ import secrets
 import ssl
 import string
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
@@ -89,6 +90,9 @@ PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_.~"
 # Admin connections kept per pool, and threads of the connector's executor: the engine's
 # default per-target limit, so a call it admits never waits for either.
 ADMIN_POOL_SIZE = 16
+# An admin connection idle longer than this is closed rather than used: a server or a firewall
+# may have dropped it meanwhile (OpenLDAP's idletimeout is often a few minutes).
+ADMIN_IDLE_MAX_S = 60.0
 # LDAP result codes (RFC 4511) this connector tells apart.
 SUCCESS = 0
 NO_SUCH_OBJECT = 32
@@ -315,47 +319,91 @@ def _tls_failure(exc: BaseException) -> bool:
 
 class _AdminPool:
     """Bound admin connections of one target and admin value, used one call at a time each.
-    Thread-safe: connections are taken and given back from executor threads."""
+    Thread-safe: connections are taken and given back from executor threads.
 
-    def __init__(self, opener: Callable[[], ldap3.Connection], size: int) -> None:
+    The connections hold the admin password (ldap3's ``Connection.__repr__`` prints it): none
+    is ever put in an exception's message or args, nor logged; errors are written here."""
+
+    def __init__(
+        self,
+        opener: Callable[[str], ldap3.Connection],
+        size: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._open = opener
         self._size = size
-        self._idle: list[ldap3.Connection] = []
+        self._clock = clock
+        self._idle: list[tuple[ldap3.Connection, float]] = []  # (connection, idle since)
         self._lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
         return f"_AdminPool({len(self._idle)} idle)"
 
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[ldap3.Connection]:
-        """A bound connection; given back when the body succeeds or fails with an LDAP
-        result (the connection is fine), closed when it fails otherwise (broken socket)."""
+    def _take(self) -> ldap3.Connection | None:
+        """The most recently used idle connection; those idle too long are closed (servers
+        close idle connections themselves: OpenLDAP's ``idletimeout``, firewalls)."""
+        stale: list[ldap3.Connection] = []
+        conn = None
         with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._open()
-        keep = False
-        try:
-            yield conn
-            keep = True
-        except _Failed:
-            keep = True
-            raise
-        finally:
-            with self._lock:
-                if keep and not self._closed and len(self._idle) < self._size:
-                    self._idle.append(conn)
-                    conn = None
-            if conn is not None:
+            oldest = self._clock() - ADMIN_IDLE_MAX_S
+            stale = [c for c, since in self._idle if since < oldest]
+            self._idle = [(c, since) for c, since in self._idle if since >= oldest]
+            if self._idle:
+                conn = self._idle.pop()[0]
+        for old in stale:
+            _unbind(old)
+        return conn
+
+    def _give(self, conn: ldap3.Connection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self._size:
+                self._idle.append((conn, self._clock()))
+                return
+        _unbind(conn)
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            _unbind(conn)
+
+    def run(self, work: Callable[[ldap3.Connection], T], what: str) -> T:
+        """``work`` on a bound connection (``what``: the step, for the opener's errors).
+        The connection is given back when ``work`` succeeds or fails with an LDAP result,
+        closed when it fails otherwise (a broken socket). ``work`` must be idempotent: when a
+        connection taken from the idle list turns out broken (the server closed it while it
+        was idle), the others are presumed broken too and dropped, and ``work`` runs once
+        more on a fresh bind."""
+        conn = self._take()
+        if conn is not None:
+            try:
+                result = work(conn)
+            except _Failed:
+                self._give(conn)
+                raise
+            except (LDAPException, OSError):
                 _unbind(conn)
+                self._drop_idle()
+            else:
+                self._give(conn)
+                return result
+        conn = self._open(what)
+        try:
+            result = work(conn)
+        except _Failed:
+            self._give(conn)
+            raise
+        except BaseException:
+            _unbind(conn)
+            raise
+        self._give(conn)
+        return result
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            _unbind(conn)
+        self._drop_idle()
 
 
 def _unbind(conn: ldap3.Connection) -> None:
@@ -369,7 +417,9 @@ class LdapConnector:
     config_model: ClassVar[type[cb.ConnectorConfig]] = LdapConfig
     references: ClassVar[tuple[str, ...]] = ("admin",)
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: monotonic seconds, for the admin connections' idle ages."""
+        self._clock = clock
         self._fingerprints = Fingerprints()
         self._pools: Resources[_AdminPool] = Resources(self._close_pool)
         self._size = ADMIN_POOL_SIZE
@@ -505,7 +555,7 @@ class LdapConnector:
         size = self._size
 
         async def make() -> _AdminPool:
-            return _AdminPool(lambda: self._bind(cfg, login, what), size)
+            return _AdminPool(lambda step: self._bind(cfg, login, step), size, self._clock)
 
         return slot, await self._pools.get(slot, self._fingerprints.of(value), make)
 
@@ -520,12 +570,8 @@ class LdapConnector:
         error (a refused admin bind: ReferenceRefused, and the pool is dropped)."""
         slot, pool = await self._admin_pool(cfg, resolver, what)
 
-        def run() -> T:
-            with pool.connection() as conn:
-                return work(conn)
-
         try:
-            return await self._run(run)
+            return await self._run(lambda: pool.run(work, what))
         except LoginRefused:
             await self._pools.drop(slot, pool)
             raise cb.ReferenceRefused(
