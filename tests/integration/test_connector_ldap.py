@@ -239,7 +239,8 @@ def test_test_step_binds_over_starttls_and_ldaps_with_the_ca_and_a_wrong_ca_refu
 ) -> None:
     """``test`` binds afresh as the account over StartTLS and over ldaps when the server's
     certificate chains to ``ca_file``; another CA is a one-line permanent error naming TLS and
-    no value; a server that never answers is a transient error after ``timeout_s``."""
+    no value; a server that never answers (also to a TLS handshake) is a transient error after
+    ``timeout_s``; an unreadable ``ca_file`` is a permanent error naming it."""
     t = ldap_target
     password = "pw-" + uuid.uuid4().hex
     dn = t.add_account(unique("tls, ünïcode"), password)
@@ -273,6 +274,15 @@ def test_test_step_binds_over_starttls_and_ldaps_with_the_ca_and_a_wrong_ca_refu
             url = f"ldap://127.0.0.1:{silent.getsockname()[1]}"
             with pytest.raises(cb.TransientError, match=f"ldap at {url} did not answer within 1s"):
                 check(url=url, timeout_s="1")
+            # ... also when it is the TLS handshake that gets no answer (ldaps): the network,
+            # not the certificate.
+            url = f"ldaps://127.0.0.1:{silent.getsockname()[1]}"
+            with pytest.raises(cb.TransientError, match=f"ldap at {url} did not answer within 1s"):
+                check(url=url, timeout_s="1")
+        # A ca_file that cannot be read is the settings' fault, not the network's.
+        unreadable = r"ca_file '/nonexistent/ca\.pem' cannot be read"
+        with pytest.raises(cb.PermanentError, match=unreadable):
+            check(url=t.ldaps_url, ca_file="/nonexistent/ca.pem")
         cfg = LdapConfig.model_validate({"dn": dn, "url": t.ldaps_url, "ca_file": t.ca_file})
         with pytest.raises(cb.PermanentError, match="refused the new value"):
             run_async(conn.test(cb.TestRequest("ldap/tls", 1, cfg, Secret("nope-" + password))))

@@ -65,7 +65,7 @@ import ssl
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
@@ -76,6 +76,7 @@ from ldap3.core.exceptions import (
     LDAPException,
     LDAPInvalidDnError,
     LDAPSocketReceiveError,
+    LDAPSSLConfigurationError,
     LDAPStartTLSError,
 )
 from ldap3.utils.dn import parse_dn
@@ -305,16 +306,31 @@ def _check(conn: ldap3.Connection, ok: object) -> None:
     raise _Failed(code, str(result.get("description") or "error"))
 
 
-def _tls_failure(exc: BaseException) -> bool:
-    """Did a TLS handshake or certificate check fail (as opposed to the network)?"""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: BaseException | None = exc
     while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Did the server not answer in time (a TLS handshake included)? Checked before
+    ``_tls_failure``: ldap3 words a handshake timeout "socket ssl wrapping error: ...timed
+    out", which is the network, not the certificate."""
+    for seen in _chain(exc):
+        if isinstance(seen, LDAPSocketReceiveError | TimeoutError):
+            return True
+    return "timed out" in str(exc).lower()
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """Did a certificate check or the TLS negotiation fail (as opposed to the network)?"""
+    for seen in _chain(exc):
         if isinstance(seen, ssl.SSLError | ssl.CertificateError | LDAPStartTLSError):
             return True
-        seen = seen.__cause__ or seen.__context__
     # ldap3 re-raises some socket errors as new exceptions that keep only the text.
     text = str(exc).lower()
-    return any(w in text for w in ("certificate", "ssl", "handshake"))
+    return any(w in text for w in ("certificate", "verif", "hostname", "wrong version number"))
 
 
 class _AdminPool:
@@ -481,15 +497,19 @@ class LdapConnector:
 
     @staticmethod
     def _unreachable(cfg: LdapConfig, exc: BaseException, what: str) -> ConnectorError:
+        if isinstance(exc, LDAPSSLConfigurationError):
+            return cb.PermanentError(
+                f"{_p(what)}ca_file {cfg.ca_file!r} cannot be read (missing or unreadable)"
+            )
+        if _timed_out(exc):
+            return cb.TransientError(
+                f"{_p(what)}ldap at {cfg.where} did not answer within {cfg.timeout_s}s"
+            )
         if _tls_failure(exc):
             trust = f"ca_file {cfg.ca_file!r}" if cfg.ca_file else "the system's CAs"
             return cb.PermanentError(
                 f"{_p(what)}TLS with {cfg.where} failed: its certificate is not trusted by "
                 f"{trust}, does not name {cfg.host!r}, or TLS is not offered"
-            )
-        if isinstance(exc, LDAPSocketReceiveError | TimeoutError):
-            return cb.TransientError(
-                f"{_p(what)}ldap at {cfg.where} did not answer within {cfg.timeout_s}s"
             )
         return cb.TransientError(f"{_p(what)}cannot reach ldap at {cfg.where}")
 
