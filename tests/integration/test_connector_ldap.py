@@ -295,7 +295,8 @@ def test_steps_are_idempotent_and_rollback_puts_the_old_password_back(
 ) -> None:
     """single mode, as the admin and as the account itself: set twice, rollback twice (the
     old password binds again, the new one no more), revoke of a value that no longer binds
-    changes nothing; bad settings and values are refused without quoting any value."""
+    changes nothing; bad settings (plain ldap:// to a host not loopback among them) and values
+    are refused without quoting any value."""
     t = ldap_target
     conn = LdapConnector()
     resolver = _Resolver({"ldap/admin": t.admin_password})
@@ -341,9 +342,20 @@ def test_steps_are_idempotent_and_rollback_puts_the_old_password_back(
             "alternating mode needs clone_dn",
         ),
         ({"url": t.url, "dn": "cn=a", "hash": "argon2"}, "hash applies to method=replace"),
+        ({"url": "ldap://ldap.example.org", "dn": "cn=a"}, "passwords in clear text"),
+        ({"url": "ldap://10.0.0.7:389", "dn": "cn=a"}, "passwords in clear text"),
     ):
         with pytest.raises(InvalidInput, match=expected):
             cb.parse_config(conn, bad)
+    # Plain ldap:// elsewhere than loopback only with TLS or when the operator says so.
+    for fine in (
+        {"url": "ldap://ldap.example.org", "dn": "cn=a", "starttls": "true"},
+        {"url": "ldap://ldap.example.org", "dn": "cn=a", "allow_insecure": "true"},
+        {"url": "ldaps://ldap.example.org", "dn": "cn=a"},
+        {"url": "ldap://localhost:3389", "dn": "cn=a"},
+        {"url": "ldap://[::1]:3389", "dn": "cn=a"},
+    ):
+        cb.parse_config(conn, fine)
 
 
 def test_verify_refuses_argon2_where_the_server_cannot_check_it_and_admin_binds_are_pooled(

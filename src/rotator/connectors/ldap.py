@@ -27,8 +27,11 @@ Values are JSON ``{"engine": "ldap", "url", "dn", "password"}``; a plain string 
 DN than ``dn`` (or ``clone_dn``) is refused, before any bind.
 
 Connections: ``url`` is ``ldap://host[:port]`` or ``ldaps://host[:port]``; ``starttls=true``
-upgrades an ``ldap://`` connection before any bind. With either, the server's certificate is
-checked against ``ca_file`` (or the system's CAs) and its name against the host in ``url``.
+upgrades an ``ldap://`` connection before any bind. A plain ``ldap://`` url without
+``starttls`` is refused (passwords would cross the network in clear text) unless its host is
+loopback (``localhost``, ``127.0.0.0/8``, ``::1``) or ``allow_insecure=true``. With TLS, the
+server's certificate is checked against ``ca_file`` (or the system's CAs) and its name against
+the host in ``url``.
 ``test`` is always a fresh simple bind as the account with the new value, over the same TLS;
 it never uses an admin connection. Admin connections (bound as ``admin_dn`` with the value of
 the ``admin`` credential) are pooled per target (url, TLS settings, timeout), admin DN, admin
@@ -59,6 +62,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import json
 import secrets
 import ssl
@@ -114,6 +118,7 @@ class LdapConfig(cb.ConnectorConfig):
 
     url: str = Field(min_length=1)
     starttls: bool = False
+    allow_insecure: bool = False  # permit ldap:// without starttls to a non-loopback host
     ca_file: str = ""
     dn: str = Field(min_length=1)
     mode: Literal["single", "alternating"] = "single"
@@ -163,6 +168,11 @@ class LdapConfig(cb.ConnectorConfig):
     def _consistent(self) -> LdapConfig:
         if self.starttls and self.ldaps:
             raise ValueError("starttls is for ldap:// urls; ldaps:// is TLS already")
+        if not (self.ldaps or self.starttls or self.allow_insecure or _loopback(self.host)):
+            raise ValueError(
+                "ldap:// without starttls sends passwords in clear text to a host that is not "
+                "loopback; use ldaps://, starttls=true, or allow_insecure=true"
+            )
         if bool(self.admin) != bool(self.admin_dn):
             raise ValueError("admin and admin_dn go together (the credential and its DN)")
         if self.mode == "alternating":
@@ -198,6 +208,16 @@ class LdapConfig(cb.ConnectorConfig):
     def dns(self) -> tuple[str, ...]:
         """The only accounts this credential may act on."""
         return (self.dn, self.clone_dn) if self.mode == "alternating" else (self.dn,)
+
+
+def _loopback(host: str) -> bool:
+    """Is ``host`` this machine (``localhost`` or a loopback address)? No name is resolved."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def normal_dn(dn: str) -> tuple[tuple[str, str], ...] | None:
