@@ -13,8 +13,9 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -295,8 +296,9 @@ def test_steps_are_idempotent_and_rollback_puts_the_old_password_back(
 ) -> None:
     """single mode, as the admin and as the account itself: set twice, rollback twice (the
     old password binds again, the new one no more), revoke of a value that no longer binds
-    changes nothing; bad settings (plain ldap:// to a host not loopback among them) and values
-    are refused without quoting any value."""
+    changes nothing; a rollback after the engine gave up on a ``set`` still writing waits for
+    that write and undoes it; bad settings (plain ldap:// to a host not loopback, a timeout_s
+    past the cap) and values are refused without quoting any value."""
     t = ldap_target
     conn = LdapConnector()
     resolver = _Resolver({"ldap/admin": t.admin_password})
@@ -322,9 +324,51 @@ def test_steps_are_idempotent_and_rollback_puts_the_old_password_back(
         await conn.revoke(cb.RevokeRequest("ldap/x", 2, cfg, pending, resolver))
         assert t.can_bind(dn, old), "revoking a value that no longer binds changes nothing"
 
+    async def late_set() -> None:
+        # The engine gives up on a set (its step timeout) whose thread is still writing:
+        # the rollback that follows waits for that write to land before it looks.
+        old = "old-" + uuid.uuid4().hex
+        dn = t.add_account(unique("late set"), old)
+        admin = {"admin": "ldap/admin", "admin_dn": t.admin_dn}
+        cfg = LdapConfig.model_validate({"url": t.url, "dn": dn, **admin})
+        pending = await conn.create(cb.CreateRequest("ldap/late", 2, cfg))
+        entered, release = threading.Event(), threading.Event()
+        writer = conn._writer
+
+        def gated(*args: Any, **kwargs: Any) -> Callable[[Any], None]:
+            write = writer(*args, **kwargs)
+
+            def slow(c: Any) -> None:
+                entered.set()
+                release.wait(30)
+                write(c)
+
+            return slow
+
+        conn._writer = gated  # type: ignore[method-assign]
+        try:
+            step = cb.SetRequest("ldap/late", 2, cfg, pending, Secret(old), resolver)
+            cut = asyncio.create_task(conn.set(step))
+            await asyncio.to_thread(entered.wait, 30)
+            cut.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cut
+            back = cb.RollbackRequest("ldap/late", 2, cfg, pending, Secret(old), resolver)
+            rollback = asyncio.create_task(conn.rollback(back))
+            done, _ = await asyncio.wait({rollback}, timeout=0.3)
+            assert not done, "rollback waits for the set still under way"
+            release.set()
+            await rollback
+        finally:
+            release.set()
+            conn._writer = writer  # type: ignore[method-assign]
+        assert t.can_bind(dn, old)
+        assert not t.can_bind(dn, login_of(pending)[1])
+
     try:
         run_async(scenario({"admin": "ldap/admin", "admin_dn": t.admin_dn}))
         run_async(scenario({"method": "replace"}))  # the account changes its own password
+        run_async(late_set())
         # A value naming a DN this credential does not own is refused before any bind.
         cfg = LdapConfig.model_validate({"url": t.url, "dn": f"cn=a,{SERVICE_OU}"})
         other = Secret(json.dumps({"dn": t.admin_dn, "password": "secret-xyz"}))
@@ -344,6 +388,7 @@ def test_steps_are_idempotent_and_rollback_puts_the_old_password_back(
         ({"url": t.url, "dn": "cn=a", "hash": "argon2"}, "hash applies to method=replace"),
         ({"url": "ldap://ldap.example.org", "dn": "cn=a"}, "passwords in clear text"),
         ({"url": "ldap://10.0.0.7:389", "dn": "cn=a"}, "passwords in clear text"),
+        ({"url": t.url, "dn": "cn=a", "timeout_s": "11"}, "less than or equal to 10"),
     ):
         with pytest.raises(InvalidInput, match=expected):
             cb.parse_config(conn, bad)

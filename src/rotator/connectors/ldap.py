@@ -47,10 +47,12 @@ Library: ``ldap3`` (pure Python; ``python-ldap`` would need libldap headers to b
 blocking, so every call runs in a thread of a bounded executor owned by the connector instance
 (``set_pool_size`` threads, shared by all targets; the engine's global limit on rotations under
 way is as large by default) rather than ``asyncio.to_thread``, whose default executor other
-code shares. Its connect and receive timeouts (``timeout_s``, whole seconds) bound each call,
-so a thread never outlives a hung server by much more than that; ldap3's own connection
-strategies (its REUSABLE pool among them) are not used: the admin pool here is a plain list
-of bound connections, each used by one thread at a time.
+code shares. Its connect and receive timeouts (``timeout_s``, whole seconds, at most
+``MAX_TIMEOUT_S``) bound each wait, so a thread never outlives a hung server by more than a
+few of them, and the work on one account holds that account's lock (``_run``): a rollback or
+revoke waits for a ``set`` the engine gave up on to end before it looks. ldap3's own
+connection strategies (its REUSABLE pool among them) are not used: the admin pool here is a
+plain list of bound connections, each used by one thread at a time.
 
 Errors never carry a value nor the server's diagnostic text: each one is written here, with
 the LDAP result name (``noSuchObject``, ``insufficientAccessRights``...) when there is one.
@@ -110,6 +112,12 @@ TRANSIENT_RESULTS = frozenset({3, BUSY, UNAVAILABLE, 80})  # timeLimitExceeded, 
 # would make each service bind four times dearer on the directory for little gain.
 ARGON2_TIME_COST, ARGON2_MEMORY_KIB, ARGON2_LANES = 2, 19456, 1
 
+# The largest timeout_s. ldap3's timeouts bound each connect and each receive, not a call: one
+# executor job is at most a stale pooled bind's failed work, then connect, StartTLS, bind and
+# the operation, five bounded waits, so 5 x 10 s stays under the engine's default step
+# timeout (60 s, engine/options.py) and a thread the engine gave up on ends before long.
+MAX_TIMEOUT_S = 10
+
 T = TypeVar("T")
 
 
@@ -127,8 +135,9 @@ class LdapConfig(cb.ConnectorConfig):
     admin: str = ""
     method: Literal["passmod", "replace"] = "passmod"
     hash: Literal["ssha", "argon2"] = "ssha"
-    # Whole seconds: ldap3 sets the receive timeout as SO_RCVTIMEO from an integer.
-    timeout_s: int = Field(default=5, ge=1, le=300)
+    # Whole seconds: ldap3 sets the receive timeout as SO_RCVTIMEO from an integer. Capped so
+    # that one thread's worst case (see MAX_TIMEOUT_S) ends before the engine's step timeout.
+    timeout_s: int = Field(default=5, ge=1, le=MAX_TIMEOUT_S)
     password_length: int = Field(default=32, ge=16, le=256)
 
     @field_validator("url")
@@ -460,6 +469,8 @@ class LdapConnector:
         self._pools: Resources[_AdminPool] = Resources(self._close_pool)
         self._size = ADMIN_POOL_SIZE
         self._executor: ThreadPoolExecutor | None = None
+        self._locks_lock = threading.Lock()
+        self._account_locks: dict[tuple[str, object], threading.Lock] = {}
         # Targets (where, TLS) whose argon2 module was seen loaded (``_check_argon2``).
         self._argon2_ok: set[tuple[str, bool, str]] = set()
 
@@ -489,11 +500,34 @@ class LdapConnector:
     async def _close_pool(self, pool: _AdminPool) -> None:
         await self._run(pool.close)
 
-    async def _run(self, fn: Callable[[], T]) -> T:
-        """Run blocking ldap3 work in the connector's executor."""
+    async def _run(
+        self, fn: Callable[[], T], cfg: LdapConfig | None = None, dn: str | None = None
+    ) -> T:
+        """Run blocking ldap3 work in the connector's executor; with ``dn``, holding that
+        account's lock for the whole of the work.
+
+        Why a thread lock: a step the engine cuts (its step timeout, a lost lease) stops
+        awaiting, but its thread runs on to the end of its own timeouts; an asyncio lock
+        would be released at the cancel while that thread could still write. Taken inside
+        the thread, the lock makes the next job for the account (rollback's or revoke's
+        check) wait until a late ``set`` has landed, so it acts on what is really there."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._size, thread_name_prefix="rotator-ldap")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        work = fn
+        if cfg is not None and dn is not None:
+            lock = self._account_lock(cfg, dn)
+
+            def work() -> T:
+                with lock:
+                    return fn()
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def _account_lock(self, cfg: LdapConfig, dn: str) -> threading.Lock:
+        key = (cfg.where, normal_dn(dn) or ((dn, ""),))
+        with self._locks_lock:
+            # One small lock per account ever acted on: as many as credentials, kept.
+            return self._account_locks.setdefault(key, threading.Lock())
 
     # -- connections (run in executor threads) --------------------------------------------
 
@@ -605,13 +639,15 @@ class LdapConnector:
         resolver: cb.SecretResolver,
         what: str,
         work: Callable[[ldap3.Connection], T],
+        dn: str | None = None,
     ) -> T:
-        """Run ``work`` on a pooled admin connection; every failure becomes a connector
-        error (a refused admin bind: ReferenceRefused, and the pool is dropped)."""
+        """Run ``work`` on a pooled admin connection (holding ``dn``'s lock, see ``_run``);
+        every failure becomes a connector error (a refused admin bind: ReferenceRefused, and
+        the pool is dropped)."""
         slot, pool = await self._admin_pool(cfg, resolver, what)
 
         try:
-            return await self._run(lambda: pool.run(work, what))
+            return await self._run(lambda: pool.run(work, what), cfg, dn)
         except LoginRefused:
             await self._pools.drop(slot, pool)
             raise cb.ReferenceRefused(
@@ -627,7 +663,8 @@ class LdapConnector:
     async def _as_self(
         self, cfg: LdapConfig, login: Login, what: str, work: Callable[[ldap3.Connection], T]
     ) -> T:
-        """Run ``work`` on a fresh connection bound as ``login`` (never pooled)."""
+        """Run ``work`` on a fresh connection bound as ``login`` (never pooled), holding the
+        account's lock (see ``_run``)."""
 
         def run() -> T:
             conn = self._bind(cfg, login, what)
@@ -637,7 +674,7 @@ class LdapConnector:
                 _unbind(conn)
 
         try:
-            return await self._run(run)
+            return await self._run(run, cfg, login.dn)
         except _Failed as exc:
             raise self._result_error(cfg, exc, what) from None
         except (LDAPException, OSError) as exc:
@@ -681,7 +718,7 @@ class LdapConnector:
         admin) on a connection bound as ``bound_as`` (the account itself)."""
         if cfg.admin:
             write = self._writer(cfg, target.dn, target.password, scheme=scheme)
-            await self._as_admin(cfg, resolver, what, write)
+            await self._as_admin(cfg, resolver, what, write, target.dn)
             return
         if bound_as is None:
             raise cb.PermanentError(
@@ -692,7 +729,7 @@ class LdapConnector:
 
     async def _bind_check(self, cfg: LdapConfig, login: Login, what: str) -> bool:
         try:
-            return await self._run(lambda: self._can_bind(cfg, login, what))
+            return await self._run(lambda: self._can_bind(cfg, login, what), cfg, login.dn)
         except (LDAPException, OSError) as exc:
             raise self._unreachable(cfg, exc, what) from None
 
