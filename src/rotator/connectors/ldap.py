@@ -570,7 +570,11 @@ class LdapConnector:
     def _bind(self, cfg: LdapConfig, login: Login, what: str) -> ldap3.Connection:
         """A fresh connection bound as ``login`` over the configured TLS. LoginRefused when
         the server refuses the password (or the DN does not exist: LDAP tells no
-        difference)."""
+        difference).
+
+        ldap3's ``Connection.__repr__`` prints the password: a connection is never put in an
+        exception's message or args nor logged, here or by a caller; every error about one
+        is written from its result code and the settings only."""
         conn = ldap3.Connection(
             self._server(cfg),
             user=login.dn,
