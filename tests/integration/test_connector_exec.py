@@ -34,6 +34,7 @@ from rotator.connectors.exec import ExecConnector
 from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest, Trigger
+from rotator.errors import InvalidInput
 from rotator.service import BlockingService, PolicyInput
 
 FAST = EngineOptions(retry_initial_s=0.001, retry_max_s=0.01, retry_attempts=3)
@@ -359,10 +360,13 @@ def test_generate_reads_the_hooks_stdout_raw_input_is_the_value_alone_and_cancel
     """Direct connector calls (no store). ``generator=hook``: the value is what ``generate``
     printed, less one newline; printing more than 64 KiB is a permanent error. ``input=raw``:
     stdin is the value's bytes alone; with ``input=json`` a value that is not UTF-8 is refused
-    naming input=raw. A call cancelled by its caller (the engine's step timeout) kills the hook
-    and its child at once."""
+    naming input=raw, and input=raw with mode=single is refused. A call cancelled by its caller
+    (the engine's step timeout) kills the hook and its child at once."""
     conn = ExecConnector()
     raw = cb.parse_config(conn, hook.settings("--raw", input="raw", generator="hook"))
+    # A single-mode rollback must put the previous value back: raw stdin cannot carry it.
+    with pytest.raises(InvalidInput, match="input=raw needs mode=dual"):
+        cb.parse_config(conn, hook.settings(input="raw", mode="single"))
 
     async def go() -> None:
         value = await conn.create(cb.CreateRequest("exec/gen", 1, raw))

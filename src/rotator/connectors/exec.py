@@ -17,7 +17,8 @@ The call, for every operation::
   process's arguments) nor in the environment. With ``input=json`` (default) stdin is one JSON
   object ``{"operation", "credential", "version", "value", "previous"}``, ``value`` and
   ``previous`` being strings or null; with ``input=raw`` stdin is the bytes of ``value`` alone
-  (nothing else; a value need not be text then). Which value each operation gets:
+  (nothing else; a value need not be text then; ``mode=dual`` only: a single-mode rollback
+  needs ``previous``, which raw stdin cannot carry). Which value each operation gets:
 
   ==========  ==========================  =================================================
   operation   ``value``                   ``previous``
@@ -78,7 +79,7 @@ import stat
 import string
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rotator.connectors import base as cb
 from rotator.domain.secret import Secret
@@ -156,6 +157,15 @@ class ExecConfig(cb.ConnectorConfig):
         except ValueError as exc:  # an unclosed quote or a trailing backslash
             raise ValueError(f"args cannot be split into arguments ({exc})") from None
         return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExecConfig:
+        if self.input == "raw" and self.mode == "single":
+            raise ValueError(
+                "input=raw needs mode=dual: a single-mode rollback must put the previous value "
+                "back, and raw stdin carries the value alone"
+            )
+        return self
 
     @property
     def argv(self) -> list[str]:
