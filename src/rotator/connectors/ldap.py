@@ -17,10 +17,10 @@ How the password is written (``method``):
 - ``replace``: replace ``userPassword`` with a value hashed here, so the plaintext never
   travels on the admin connection: ``{SSHA}`` (salted SHA-1, what every LDAP server checks;
   the default) or ``{ARGON2}`` (``hash=argon2``: argon2id, PHC string). ``{ARGON2}`` is
-  checked only by servers with a module for it (OpenLDAP's ``argon2``): ``verify`` reads
-  ``olcModuleLoad`` under ``cn=config`` as the admin and refuses ``hash=argon2`` unless the
-  module is loaded (or when cn=config cannot be read: a value the server cannot check would
-  lock the account out).
+  checked only by servers with a module for it (OpenLDAP's ``argon2``): ``verify``, and
+  ``set`` (once per target and connector instance), read ``olcModuleLoad`` under
+  ``cn=config`` as the admin and refuse ``hash=argon2`` unless the module is loaded (or when
+  cn=config cannot be read: a value the server cannot check would lock the account out).
 
 Values are JSON ``{"engine": "ldap", "url", "dn", "password"}``; a plain string given at
 ``credential add --value-stdin`` is taken as the password of ``dn``. A value naming any other
