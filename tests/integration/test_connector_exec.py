@@ -16,7 +16,10 @@ script against the same store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import stat
 import sys
 import time
@@ -34,6 +37,7 @@ from rotator.connectors.exec import ExecConnector
 from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, Outcome, RotationRequest, Trigger
+from rotator.errors import InvalidInput
 from rotator.service import BlockingService, PolicyInput
 
 FAST = EngineOptions(retry_initial_s=0.001, retry_max_s=0.01, retry_attempts=3)
@@ -359,10 +363,15 @@ def test_generate_reads_the_hooks_stdout_raw_input_is_the_value_alone_and_cancel
     """Direct connector calls (no store). ``generator=hook``: the value is what ``generate``
     printed, less one newline; printing more than 64 KiB is a permanent error. ``input=raw``:
     stdin is the value's bytes alone; with ``input=json`` a value that is not UTF-8 is refused
-    naming input=raw. A call cancelled by its caller (the engine's step timeout) kills the hook
-    and its child at once."""
+    naming input=raw, and input=raw with mode=single is refused. A hook that exits 0 leaving
+    a child in the background (holding stdout) returns at its exit and the child is killed.
+    A call cancelled by its caller (the engine's step timeout) kills the hook and its child at
+    once."""
     conn = ExecConnector()
     raw = cb.parse_config(conn, hook.settings("--raw", input="raw", generator="hook"))
+    # A single-mode rollback must put the previous value back: raw stdin cannot carry it.
+    with pytest.raises(InvalidInput, match="input=raw needs mode=dual"):
+        cb.parse_config(conn, hook.settings(input="raw", mode="single"))
 
     async def go() -> None:
         value = await conn.create(cb.CreateRequest("exec/gen", 1, raw))
@@ -389,6 +398,34 @@ def test_generate_reads_the_hooks_stdout_raw_input_is_the_value_alone_and_cancel
         }
         with pytest.raises(cb.PermanentError, match="use input=raw"):
             await conn.set(cb.SetRequest("exec/bin", 1, json_cfg, Secret(b"\xff\xfe"), None))
+
+        # A hook that exits 0 leaving a child in the background (holding stdout for
+        # generate): the call returns when the hook exits, with what it printed, and the
+        # child is killed with the hook's group.
+        bg, bg_pids = hook.path.parent / "bg.sh", hook.path.parent / "bg.pids"
+        bg.write_text(
+            "#!/bin/sh\ncat >/dev/null\nsleep 300 &\n"
+            f'echo $! >> {bg_pids}\n[ "$1" = generate ] && echo value-from-bg\nexit 0\n'
+        )
+        bg.chmod(0o755)
+        bg_cfg = cb.parse_config(
+            conn, {"command": str(bg), "mode": "dual", "generator": "hook", "timeout_s": "5"}
+        )
+        try:
+            made = await conn.create(cb.CreateRequest("exec/bg", 1, bg_cfg))
+            assert made.reveal_text() == "value-from-bg"
+            await conn.set(cb.SetRequest("exec/bg", 1, bg_cfg, pending=made, current=None))
+            children = [int(p) for p in bg_pids.read_text().split()]
+            assert len(children) == 2
+            for _ in range(200):
+                if all(gone(p) for p in children):
+                    break
+                await asyncio.sleep(0.05)
+            assert all(gone(p) for p in children), "a successful hook's children are killed"
+        finally:
+            for pid in (int(p) for p in bg_pids.read_text().split()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
         hang = cb.parse_config(conn, hook.settings("--hang", "set"))
         call = asyncio.create_task(

@@ -13,8 +13,9 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ from tests.support.ldap_server import SERVICE_OU, LdapTarget, running_slapd, sla
 
 from rotator.config import Settings
 from rotator.connectors import base as cb
-from rotator.connectors.ldap import LdapConfig, LdapConnector
+from rotator.connectors.ldap import ADMIN_IDLE_MAX_S, LdapConfig, LdapConnector, hash_password
 from rotator.domain.secret import Secret
 from rotator.engine import Engine, EngineOptions, RotationRequest, Trigger
 from rotator.errors import InvalidInput, NotFound, VerificationFailed
@@ -239,7 +240,8 @@ def test_test_step_binds_over_starttls_and_ldaps_with_the_ca_and_a_wrong_ca_refu
 ) -> None:
     """``test`` binds afresh as the account over StartTLS and over ldaps when the server's
     certificate chains to ``ca_file``; another CA is a one-line permanent error naming TLS and
-    no value; a server that never answers is a transient error after ``timeout_s``."""
+    no value; a server that never answers (also to a TLS handshake) is a transient error after
+    ``timeout_s``; an unreadable ``ca_file`` is a permanent error naming it."""
     t = ldap_target
     password = "pw-" + uuid.uuid4().hex
     dn = t.add_account(unique("tls, ünïcode"), password)
@@ -273,6 +275,15 @@ def test_test_step_binds_over_starttls_and_ldaps_with_the_ca_and_a_wrong_ca_refu
             url = f"ldap://127.0.0.1:{silent.getsockname()[1]}"
             with pytest.raises(cb.TransientError, match=f"ldap at {url} did not answer within 1s"):
                 check(url=url, timeout_s="1")
+            # ... also when it is the TLS handshake that gets no answer (ldaps): the network,
+            # not the certificate.
+            url = f"ldaps://127.0.0.1:{silent.getsockname()[1]}"
+            with pytest.raises(cb.TransientError, match=f"ldap at {url} did not answer within 1s"):
+                check(url=url, timeout_s="1")
+        # A ca_file that cannot be read is the settings' fault, not the network's.
+        unreadable = r"ca_file '/nonexistent/ca\.pem' cannot be read"
+        with pytest.raises(cb.PermanentError, match=unreadable):
+            check(url=t.ldaps_url, ca_file="/nonexistent/ca.pem")
         cfg = LdapConfig.model_validate({"dn": dn, "url": t.ldaps_url, "ca_file": t.ca_file})
         with pytest.raises(cb.PermanentError, match="refused the new value"):
             run_async(conn.test(cb.TestRequest("ldap/tls", 1, cfg, Secret("nope-" + password))))
@@ -285,7 +296,9 @@ def test_steps_are_idempotent_and_rollback_puts_the_old_password_back(
 ) -> None:
     """single mode, as the admin and as the account itself: set twice, rollback twice (the
     old password binds again, the new one no more), revoke of a value that no longer binds
-    changes nothing; bad settings and values are refused without quoting any value."""
+    changes nothing; a rollback after the engine gave up on a ``set`` still writing waits for
+    that write and undoes it; bad settings (plain ldap:// to a host not loopback, a timeout_s
+    past the cap) and values are refused without quoting any value."""
     t = ldap_target
     conn = LdapConnector()
     resolver = _Resolver({"ldap/admin": t.admin_password})
@@ -311,9 +324,51 @@ def test_steps_are_idempotent_and_rollback_puts_the_old_password_back(
         await conn.revoke(cb.RevokeRequest("ldap/x", 2, cfg, pending, resolver))
         assert t.can_bind(dn, old), "revoking a value that no longer binds changes nothing"
 
+    async def late_set() -> None:
+        # The engine gives up on a set (its step timeout) whose thread is still writing:
+        # the rollback that follows waits for that write to land before it looks.
+        old = "old-" + uuid.uuid4().hex
+        dn = t.add_account(unique("late set"), old)
+        admin = {"admin": "ldap/admin", "admin_dn": t.admin_dn}
+        cfg = LdapConfig.model_validate({"url": t.url, "dn": dn, **admin})
+        pending = await conn.create(cb.CreateRequest("ldap/late", 2, cfg))
+        entered, release = threading.Event(), threading.Event()
+        writer = conn._writer
+
+        def gated(*args: Any, **kwargs: Any) -> Callable[[Any], None]:
+            write = writer(*args, **kwargs)
+
+            def slow(c: Any) -> None:
+                entered.set()
+                release.wait(30)
+                write(c)
+
+            return slow
+
+        conn._writer = gated  # type: ignore[method-assign]
+        try:
+            step = cb.SetRequest("ldap/late", 2, cfg, pending, Secret(old), resolver)
+            cut = asyncio.create_task(conn.set(step))
+            await asyncio.to_thread(entered.wait, 30)
+            cut.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cut
+            back = cb.RollbackRequest("ldap/late", 2, cfg, pending, Secret(old), resolver)
+            rollback = asyncio.create_task(conn.rollback(back))
+            done, _ = await asyncio.wait({rollback}, timeout=0.3)
+            assert not done, "rollback waits for the set still under way"
+            release.set()
+            await rollback
+        finally:
+            release.set()
+            conn._writer = writer  # type: ignore[method-assign]
+        assert t.can_bind(dn, old)
+        assert not t.can_bind(dn, login_of(pending)[1])
+
     try:
         run_async(scenario({"admin": "ldap/admin", "admin_dn": t.admin_dn}))
         run_async(scenario({"method": "replace"}))  # the account changes its own password
+        run_async(late_set())
         # A value naming a DN this credential does not own is refused before any bind.
         cfg = LdapConfig.model_validate({"url": t.url, "dn": f"cn=a,{SERVICE_OU}"})
         other = Secret(json.dumps({"dn": t.admin_dn, "password": "secret-xyz"}))
@@ -331,17 +386,30 @@ def test_steps_are_idempotent_and_rollback_puts_the_old_password_back(
             "alternating mode needs clone_dn",
         ),
         ({"url": t.url, "dn": "cn=a", "hash": "argon2"}, "hash applies to method=replace"),
+        ({"url": "ldap://ldap.example.org", "dn": "cn=a"}, "passwords in clear text"),
+        ({"url": "ldap://10.0.0.7:389", "dn": "cn=a"}, "passwords in clear text"),
+        ({"url": t.url, "dn": "cn=a", "timeout_s": "11"}, "less than or equal to 10"),
     ):
         with pytest.raises(InvalidInput, match=expected):
             cb.parse_config(conn, bad)
+    # Plain ldap:// elsewhere than loopback only with TLS or when the operator says so.
+    for fine in (
+        {"url": "ldap://ldap.example.org", "dn": "cn=a", "starttls": "true"},
+        {"url": "ldap://ldap.example.org", "dn": "cn=a", "allow_insecure": "true"},
+        {"url": "ldaps://ldap.example.org", "dn": "cn=a"},
+        {"url": "ldap://localhost:3389", "dn": "cn=a"},
+        {"url": "ldap://[::1]:3389", "dn": "cn=a"},
+    ):
+        cb.parse_config(conn, fine)
 
 
 def test_verify_refuses_argon2_where_the_server_cannot_check_it_and_admin_binds_are_pooled(
     ldap_target: LdapTarget,
 ) -> None:
-    """On a slapd without the argon2 module ``verify`` refuses ``hash=argon2`` (and accepts
-    ``ssha``). Admin work shares one pooled bind per admin value: a wrong value is
-    ReferenceRefused and its pool is not kept. No error names a value."""
+    """On a slapd without the argon2 module ``verify`` and ``set`` refuse ``hash=argon2`` (and
+    accept ``ssha``); a rollback after an {ARGON2} value landed anyway puts CURRENT back (and
+    says the state is unknown when it cannot). Admin work shares one pooled bind per admin
+    value: a wrong value is ReferenceRefused and its pool is not kept. No error names a value."""
     binary = slapd_binary()
     assert binary is not None
     with running_slapd(binary, argon2=False) as t:
@@ -377,6 +445,34 @@ def test_verify_refuses_argon2_where_the_server_cannot_check_it_and_admin_binds_
             messages.append(str(info.value))
             assert "noSuchObject" in messages[-1]
             assert repr(conn) == "LdapConnector(1 admin pools)"
+            # set refuses hash=argon2 on this server (verify was not run): the account keeps
+            # CURRENT, so the engine's rollback has nothing to undo.
+            argon = "argon-" + uuid.uuid4().hex
+            adn = t.add_account(unique("argon2, lockout"), argon)
+            acfg = cfg(dn=adn, hash="argon2")
+            apending = await conn.create(cb.CreateRequest("ldap/a", 2, acfg))
+            with pytest.raises(cb.PermanentError, match="hash=argon2: cannot confirm") as info:
+                await conn.set(cb.SetRequest("ldap/a", 2, acfg, apending, Secret(argon), good))
+            messages.append(str(info.value))
+            assert t.can_bind(adn, argon)
+            # A set that did land an {ARGON2} value this server cannot check (PENDING binds
+            # no more than CURRENT): rollback puts CURRENT back, it does not return silently.
+            landed = hash_password(login_of(apending)[1], "argon2")
+            t.replace_user_password(adn, landed)
+            assert not t.can_bind(adn, argon)
+            back = cb.RollbackRequest("ldap/a", 2, acfg, apending, Secret(argon), good)
+            await conn.rollback(back)
+            assert t.can_bind(adn, argon), "rolled back, so CURRENT binds again"
+            await conn.rollback(back)  # again: CURRENT binds, nothing to do
+            # Without an admin, and neither CURRENT nor PENDING binding: an error naming the
+            # account's unknown state, never a silent success.
+            t.replace_user_password(adn, landed)
+            selfcfg = LdapConfig.model_validate({"url": t.url, "dn": adn, "method": "replace"})
+            with pytest.raises(cb.PermanentError, match="unknown state") as info:
+                await conn.rollback(
+                    cb.RollbackRequest("ldap/a", 2, selfcfg, apending, Secret(argon), good)
+                )
+            messages.append(str(info.value))
             await conn.aclose()
             messages.append(pending.reveal_text())
             return messages
@@ -390,3 +486,51 @@ def test_verify_refuses_argon2_where_the_server_cannot_check_it_and_admin_binds_
         # verify twice and set share one bind; the refused value one; the good value again
         # (its pool was replaced by the refused one's) one more.
         assert log.count(f'BIND dn="{t.admin_dn}" method=128') == 3
+
+
+def test_admin_binds_the_server_closed_while_idle_are_replaced_without_failing_a_step() -> None:
+    """slapd with ``idletimeout 1``: once it closed the pooled admin binds, the next ``set``
+    succeeds at its first attempt (the broken idle binds are dropped together and the work
+    runs once more on one fresh bind, not one failed attempt per idle bind); a bind idle
+    longer than ADMIN_IDLE_MAX_S (a fake clock) is closed unused and replaced."""
+    binary = slapd_binary()
+    assert binary is not None
+    with running_slapd(binary, argon2=False, idle_timeout=1) as t:
+        now = [0.0]
+        conn = LdapConnector(clock=lambda: now[0])
+        good = _Resolver({"ldap/admin": t.admin_password})
+        admin = {"url": t.url, "admin": "ldap/admin", "admin_dn": t.admin_dn}
+        cfgs = [
+            LdapConfig.model_validate({**admin, "dn": t.add_account(unique("idle"), "pw-x" * 5)})
+            for _ in range(4)
+        ]
+
+        def log() -> str:
+            return t.log.read_text(errors="replace")
+
+        def binds() -> int:
+            return log().count(f'BIND dn="{t.admin_dn}" method=128')
+
+        async def set_new(cfg: LdapConfig) -> None:
+            pending = await conn.create(cb.CreateRequest("ldap/idle", 2, cfg))
+            await conn.set(cb.SetRequest("ldap/idle", 2, cfg, pending, None, good))
+            assert t.can_bind(cfg.dn, login_of(pending)[1])
+
+        async def scenario() -> None:
+            await asyncio.gather(*(set_new(cfg) for cfg in cfgs))
+            opened = binds()
+            # Wait for slapd to close every pooled admin bind (and the fixture's own binds).
+            for _ in range(200):
+                if log().count("closed (idletimeout)") >= opened:
+                    break
+                await asyncio.sleep(0.05)
+            await set_new(cfgs[0])
+            assert binds() == opened + 1
+            now[0] += ADMIN_IDLE_MAX_S + 1
+            await set_new(cfgs[1])
+            assert binds() == opened + 2, "a bind idle past the limit is replaced unused"
+
+        try:
+            run_async(scenario())
+        finally:
+            run_async(conn.aclose())

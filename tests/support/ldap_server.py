@@ -144,6 +144,14 @@ class LdapTarget:
         finally:
             conn.unbind()
 
+    def replace_user_password(self, dn: str, value: str) -> None:
+        """Store ``value`` (a ``{SCHEME}...`` hash) as the ``userPassword`` of ``dn``."""
+        conn = self._root()
+        try:
+            conn.modify(dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [value])]})
+        finally:
+            conn.unbind()
+
     def add_entry(self, dn: str, attrs: dict[str, object], classes: list[str]) -> None:
         conn = self._root()
         try:
@@ -171,7 +179,7 @@ class LdapTarget:
             conn.unbind()
 
 
-def _config(base: Path, argon2: bool, root_password: str) -> str:
+def _config(base: Path, argon2: bool, root_password: str, idle_timeout: int | None = None) -> str:
     lines = [f"include /etc/ldap/schema/{s}.schema" for s in SCHEMAS]
     lines += [
         f"modulepath {MODULE_DIR}",
@@ -184,6 +192,7 @@ def _config(base: Path, argon2: bool, root_password: str) -> str:
         f"TLSCertificateKeyFile {base}/server.key",
         "loglevel stats",
         "password-hash {SSHA}",
+        *([f"idletimeout {idle_timeout}"] if idle_timeout else []),
         "",
         "database config",
         f'access to * by dn.exact="{ADMIN_DN}" read by * none',
@@ -237,10 +246,13 @@ def _answers(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_slapd(binary: str, argon2: bool | None = None) -> Iterator[LdapTarget]:
+def running_slapd(
+    binary: str, argon2: bool | None = None, idle_timeout: int | None = None
+) -> Iterator[LdapTarget]:
     """Start slapd (see the module docstring), seed it, yield it; stop it and delete its
     files on exit, also when the body fails. ``argon2``: load the argon2 password module
-    (default: when it is installed)."""
+    (default: when it is installed). ``idle_timeout``: seconds after which slapd closes an
+    idle client connection (its ``idletimeout``; default none)."""
     base = Path(tempfile.mkdtemp(prefix="rotator-slapd-"))
     proc: subprocess.Popen[bytes] | None = None
     try:
@@ -265,7 +277,7 @@ def running_slapd(binary: str, argon2: bool | None = None) -> Iterator[LdapTarge
         root_password = "root-" + secrets.token_urlsafe(12)
         admin_password = "admin-" + secrets.token_urlsafe(12)
         conf = base / "slapd.conf"
-        conf.write_text(_config(base, argon2, root_password))
+        conf.write_text(_config(base, argon2, root_password, idle_timeout))
         log = base / "slapd.log"
         for _ in range(START_ATTEMPTS):
             port, ldaps_port = _free_port(), _free_port()

@@ -17,7 +17,8 @@ The call, for every operation::
   process's arguments) nor in the environment. With ``input=json`` (default) stdin is one JSON
   object ``{"operation", "credential", "version", "value", "previous"}``, ``value`` and
   ``previous`` being strings or null; with ``input=raw`` stdin is the bytes of ``value`` alone
-  (nothing else; a value need not be text then). Which value each operation gets:
+  (nothing else; a value need not be text then; ``mode=dual`` only: a single-mode rollback
+  needs ``previous``, which raw stdin cannot carry). Which value each operation gets:
 
   ==========  ==========================  =================================================
   operation   ``value``                   ``previous``
@@ -78,7 +79,7 @@ import stat
 import string
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rotator.connectors import base as cb
 from rotator.domain.secret import Secret
@@ -157,6 +158,15 @@ class ExecConfig(cb.ConnectorConfig):
             raise ValueError(f"args cannot be split into arguments ({exc})") from None
         return v
 
+    @model_validator(mode="after")
+    def _consistent(self) -> ExecConfig:
+        if self.input == "raw" and self.mode == "single":
+            raise ValueError(
+                "input=raw needs mode=dual: a single-mode rollback must put the previous value "
+                "back, and raw stdin carries the value alone"
+            )
+        return self
+
     @property
     def argv(self) -> list[str]:
         return [self.command, *shlex.split(self.args)]
@@ -224,10 +234,39 @@ def _stdin(
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGKILL the hook's whole process group (it leads it: start_new_session). The leader
-    is not reaped yet when this runs, so its group id cannot have been reused."""
+    """SIGKILL the hook's whole process group (it leads it: start_new_session). Its id
+    cannot name another group while the hook is unreaped or any member of its group lives
+    (the kernel reuses no pid that is still a process group id); after that, ESRCH is
+    ignored."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+class _HookProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's protocol for a subprocess with streams, telling also when the hook itself
+    exited: ``Process.wait`` waits for its pipes to close as well (Python 3.11), which a
+    background child holding stdout delays for as long as it lives."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=64 * 1024, loop=loop)  # asyncio's default
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+async def _end(proc: asyncio.subprocess.Process, exited: asyncio.Future[None]) -> None:
+    """Kill the hook's group, wait for the hook to be reaped, and read its stdout (if piped)
+    to EOF: the subprocess transport closes only when its pipes do, and one left open past
+    the event loop's end fails in its finalizer ("Event loop is closed"). A process that left
+    the group (its own session) and holds stdout is given a second, then left to the GC."""
+    _kill_group(proc)
+    await asyncio.shield(exited)
+    if proc.stdout is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.stdout.read(), 1.0)
 
 
 async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
@@ -281,13 +320,19 @@ async def run_hook(
     want_stdout: bool = False,
 ) -> bytes:
     """Run the hook once for ``op`` with ``data`` on stdin; its stdout when ``want_stdout``
-    (else b""). Raises TransientError (exit 75, a signal, the timeout) or PermanentError
-    (missing command, any other status); the process group is always gone or reaped when
-    this returns or raises, a cancelled call included."""
+    (else b"", and ``generate`` reads until the hook exits, not until every child it left
+    closes stdout). Raises TransientError (exit 75, a signal, the timeout) or PermanentError
+    (missing command, any other status); the process group, children the hook left running
+    in the background included, is always killed and the hook reaped when this returns or
+    raises, a cancelled call included."""
     check_command(cfg, op)
     argv = [*cfg.argv, op, credential, str(version)]
+    loop = asyncio.get_running_loop()
     try:
-        proc = await asyncio.create_subprocess_exec(
+        # create_subprocess_exec's own two steps, with a protocol that also says when the hook
+        # exited (``_HookProtocol``).
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _HookProtocol(loop),
             *argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE if want_stdout else asyncio.subprocess.DEVNULL,
@@ -303,31 +348,40 @@ async def run_hook(
         if exc.errno in _TRANSIENT_ERRNOS:
             raise cb.TransientError(message) from None
         raise cb.PermanentError(message) from None
+    proc = asyncio.subprocess.Process(transport, protocol, loop)
 
     async def talk() -> bytes:
         feeding = asyncio.ensure_future(_feed(proc, data))
+        reading = asyncio.ensure_future(_read_capped(proc, op)) if want_stdout else None
         try:
-            out = await _read_capped(proc, op) if want_stdout else b""
+            await asyncio.shield(protocol.exited)
+            # The hook is done: whatever it left running in its group goes too (the group
+            # id stays valid while any member lives; once none does, killpg finds nothing).
+            # That also ends a background child holding stdout open: what the hook printed
+            # is in the pipe already, and the read below ends at EOF instead of waiting for
+            # the child until the timeout.
+            _kill_group(proc)
+            out = await reading if reading is not None else b""
             await feeding
+            await proc.wait()  # the pipes are closed: returns at once
         finally:
             feeding.cancel()
-        await proc.wait()
+            if reading is not None:
+                reading.cancel()
         return out
 
     try:
         out = await asyncio.wait_for(talk(), cfg.timeout_s)
     except TimeoutError:
-        _kill_group(proc)
-        await proc.wait()
+        await _end(proc, protocol.exited)
         raise cb.TransientError(
             f"{op}: hook did not finish within {cfg.timeout_s:g}s and was killed"
         ) from None
     except BaseException:
         # Cancelled (the engine cut the step) or failed reading: nothing of the hook's may
         # outlive the call.
-        _kill_group(proc)
         with contextlib.suppress(BaseException):
-            await asyncio.shield(proc.wait())
+            await asyncio.shield(_end(proc, protocol.exited))
         raise
     assert proc.returncode is not None
     _outcome(op, proc.returncode)

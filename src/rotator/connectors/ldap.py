@@ -17,18 +17,21 @@ How the password is written (``method``):
 - ``replace``: replace ``userPassword`` with a value hashed here, so the plaintext never
   travels on the admin connection: ``{SSHA}`` (salted SHA-1, what every LDAP server checks;
   the default) or ``{ARGON2}`` (``hash=argon2``: argon2id, PHC string). ``{ARGON2}`` is
-  checked only by servers with a module for it (OpenLDAP's ``argon2``): ``verify`` reads
-  ``olcModuleLoad`` under ``cn=config`` as the admin and refuses ``hash=argon2`` unless the
-  module is loaded (or when cn=config cannot be read: a value the server cannot check would
-  lock the account out).
+  checked only by servers with a module for it (OpenLDAP's ``argon2``): ``verify``, and
+  ``set`` (once per target and connector instance), read ``olcModuleLoad`` under
+  ``cn=config`` as the admin and refuse ``hash=argon2`` unless the module is loaded (or when
+  cn=config cannot be read: a value the server cannot check would lock the account out).
 
 Values are JSON ``{"engine": "ldap", "url", "dn", "password"}``; a plain string given at
 ``credential add --value-stdin`` is taken as the password of ``dn``. A value naming any other
 DN than ``dn`` (or ``clone_dn``) is refused, before any bind.
 
 Connections: ``url`` is ``ldap://host[:port]`` or ``ldaps://host[:port]``; ``starttls=true``
-upgrades an ``ldap://`` connection before any bind. With either, the server's certificate is
-checked against ``ca_file`` (or the system's CAs) and its name against the host in ``url``.
+upgrades an ``ldap://`` connection before any bind. A plain ``ldap://`` url without
+``starttls`` is refused (passwords would cross the network in clear text) unless its host is
+loopback (``localhost``, ``127.0.0.0/8``, ``::1``) or ``allow_insecure=true``. With TLS, the
+server's certificate is checked against ``ca_file`` (or the system's CAs) and its name against
+the host in ``url``.
 ``test`` is always a fresh simple bind as the account with the new value, over the same TLS;
 it never uses an admin connection. Admin connections (bound as ``admin_dn`` with the value of
 the ``admin`` credential) are pooled per target (url, TLS settings, timeout), admin DN, admin
@@ -44,10 +47,12 @@ Library: ``ldap3`` (pure Python; ``python-ldap`` would need libldap headers to b
 blocking, so every call runs in a thread of a bounded executor owned by the connector instance
 (``set_pool_size`` threads, shared by all targets; the engine's global limit on rotations under
 way is as large by default) rather than ``asyncio.to_thread``, whose default executor other
-code shares. Its connect and receive timeouts (``timeout_s``, whole seconds) bound each call,
-so a thread never outlives a hung server by much more than that; ldap3's own connection
-strategies (its REUSABLE pool among them) are not used: the admin pool here is a plain list
-of bound connections, each used by one thread at a time.
+code shares. Its connect and receive timeouts (``timeout_s``, whole seconds, at most
+``MAX_TIMEOUT_S``) bound each wait, so a thread never outlives a hung server by more than a
+few of them, and the work on one account holds that account's lock (``_run``): a rollback or
+revoke waits for a ``set`` the engine gave up on to end before it looks. ldap3's own
+connection strategies (its REUSABLE pool among them) are not used: the admin pool here is a
+plain list of bound connections, each used by one thread at a time.
 
 Errors never carry a value nor the server's diagnostic text: each one is written here, with
 the LDAP result name (``noSuchObject``, ``insufficientAccessRights``...) when there is one.
@@ -59,11 +64,13 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import json
 import secrets
 import ssl
 import string
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,6 +82,7 @@ from ldap3.core.exceptions import (
     LDAPException,
     LDAPInvalidDnError,
     LDAPSocketReceiveError,
+    LDAPSSLConfigurationError,
     LDAPStartTLSError,
 )
 from ldap3.utils.dn import parse_dn
@@ -89,6 +97,9 @@ PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_.~"
 # Admin connections kept per pool, and threads of the connector's executor: the engine's
 # default per-target limit, so a call it admits never waits for either.
 ADMIN_POOL_SIZE = 16
+# An admin connection idle longer than this is closed rather than used: a server or a firewall
+# may have dropped it meanwhile (OpenLDAP's idletimeout is often a few minutes).
+ADMIN_IDLE_MAX_S = 60.0
 # LDAP result codes (RFC 4511) this connector tells apart.
 SUCCESS = 0
 NO_SUCH_OBJECT = 32
@@ -101,6 +112,12 @@ TRANSIENT_RESULTS = frozenset({3, BUSY, UNAVAILABLE, 80})  # timeLimitExceeded, 
 # would make each service bind four times dearer on the directory for little gain.
 ARGON2_TIME_COST, ARGON2_MEMORY_KIB, ARGON2_LANES = 2, 19456, 1
 
+# The largest timeout_s. ldap3's timeouts bound each connect and each receive, not a call: one
+# executor job is at most a stale pooled bind's failed work, then connect, StartTLS, bind and
+# the operation, five bounded waits, so 5 x 10 s stays under the engine's default step
+# timeout (60 s, engine/options.py) and a thread the engine gave up on ends before long.
+MAX_TIMEOUT_S = 10
+
 T = TypeVar("T")
 
 
@@ -109,6 +126,7 @@ class LdapConfig(cb.ConnectorConfig):
 
     url: str = Field(min_length=1)
     starttls: bool = False
+    allow_insecure: bool = False  # permit ldap:// without starttls to a non-loopback host
     ca_file: str = ""
     dn: str = Field(min_length=1)
     mode: Literal["single", "alternating"] = "single"
@@ -117,8 +135,9 @@ class LdapConfig(cb.ConnectorConfig):
     admin: str = ""
     method: Literal["passmod", "replace"] = "passmod"
     hash: Literal["ssha", "argon2"] = "ssha"
-    # Whole seconds: ldap3 sets the receive timeout as SO_RCVTIMEO from an integer.
-    timeout_s: int = Field(default=5, ge=1, le=300)
+    # Whole seconds: ldap3 sets the receive timeout as SO_RCVTIMEO from an integer. Capped so
+    # that one thread's worst case (see MAX_TIMEOUT_S) ends before the engine's step timeout.
+    timeout_s: int = Field(default=5, ge=1, le=MAX_TIMEOUT_S)
     password_length: int = Field(default=32, ge=16, le=256)
 
     @field_validator("url")
@@ -158,6 +177,11 @@ class LdapConfig(cb.ConnectorConfig):
     def _consistent(self) -> LdapConfig:
         if self.starttls and self.ldaps:
             raise ValueError("starttls is for ldap:// urls; ldaps:// is TLS already")
+        if not (self.ldaps or self.starttls or self.allow_insecure or _loopback(self.host)):
+            raise ValueError(
+                "ldap:// without starttls sends passwords in clear text to a host that is not "
+                "loopback; use ldaps://, starttls=true, or allow_insecure=true"
+            )
         if bool(self.admin) != bool(self.admin_dn):
             raise ValueError("admin and admin_dn go together (the credential and its DN)")
         if self.mode == "alternating":
@@ -193,6 +217,16 @@ class LdapConfig(cb.ConnectorConfig):
     def dns(self) -> tuple[str, ...]:
         """The only accounts this credential may act on."""
         return (self.dn, self.clone_dn) if self.mode == "alternating" else (self.dn,)
+
+
+def _loopback(host: str) -> bool:
+    """Is ``host`` this machine (``localhost`` or a loopback address)? No name is resolved."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def normal_dn(dn: str) -> tuple[tuple[str, str], ...] | None:
@@ -301,61 +335,120 @@ def _check(conn: ldap3.Connection, ok: object) -> None:
     raise _Failed(code, str(result.get("description") or "error"))
 
 
-def _tls_failure(exc: BaseException) -> bool:
-    """Did a TLS handshake or certificate check fail (as opposed to the network)?"""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: BaseException | None = exc
     while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Did the server not answer in time (a TLS handshake included)? Checked before
+    ``_tls_failure``: ldap3 words a handshake timeout "socket ssl wrapping error: ...timed
+    out", which is the network, not the certificate."""
+    for seen in _chain(exc):
+        if isinstance(seen, LDAPSocketReceiveError | TimeoutError):
+            return True
+    return "timed out" in str(exc).lower()
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """Did a certificate check or the TLS negotiation fail (as opposed to the network)?"""
+    for seen in _chain(exc):
         if isinstance(seen, ssl.SSLError | ssl.CertificateError | LDAPStartTLSError):
             return True
-        seen = seen.__cause__ or seen.__context__
     # ldap3 re-raises some socket errors as new exceptions that keep only the text.
     text = str(exc).lower()
-    return any(w in text for w in ("certificate", "ssl", "handshake"))
+    return any(w in text for w in ("certificate", "verif", "hostname", "wrong version number"))
 
 
 class _AdminPool:
     """Bound admin connections of one target and admin value, used one call at a time each.
-    Thread-safe: connections are taken and given back from executor threads."""
+    Thread-safe: connections are taken and given back from executor threads.
 
-    def __init__(self, opener: Callable[[], ldap3.Connection], size: int) -> None:
+    The connections hold the admin password (ldap3's ``Connection.__repr__`` prints it): none
+    is ever put in an exception's message or args, nor logged; errors are written here."""
+
+    def __init__(
+        self,
+        opener: Callable[[str], ldap3.Connection],
+        size: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._open = opener
         self._size = size
-        self._idle: list[ldap3.Connection] = []
+        self._clock = clock
+        self._idle: list[tuple[ldap3.Connection, float]] = []  # (connection, idle since)
         self._lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
         return f"_AdminPool({len(self._idle)} idle)"
 
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[ldap3.Connection]:
-        """A bound connection; given back when the body succeeds or fails with an LDAP
-        result (the connection is fine), closed when it fails otherwise (broken socket)."""
+    def _take(self) -> ldap3.Connection | None:
+        """The most recently used idle connection; those idle too long are closed (servers
+        close idle connections themselves: OpenLDAP's ``idletimeout``, firewalls)."""
+        stale: list[ldap3.Connection] = []
+        conn = None
         with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._open()
-        keep = False
-        try:
-            yield conn
-            keep = True
-        except _Failed:
-            keep = True
-            raise
-        finally:
-            with self._lock:
-                if keep and not self._closed and len(self._idle) < self._size:
-                    self._idle.append(conn)
-                    conn = None
-            if conn is not None:
+            oldest = self._clock() - ADMIN_IDLE_MAX_S
+            stale = [c for c, since in self._idle if since < oldest]
+            self._idle = [(c, since) for c, since in self._idle if since >= oldest]
+            if self._idle:
+                conn = self._idle.pop()[0]
+        for old in stale:
+            _unbind(old)
+        return conn
+
+    def _give(self, conn: ldap3.Connection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self._size:
+                self._idle.append((conn, self._clock()))
+                return
+        _unbind(conn)
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            _unbind(conn)
+
+    def run(self, work: Callable[[ldap3.Connection], T], what: str) -> T:
+        """``work`` on a bound connection (``what``: the step, for the opener's errors).
+        The connection is given back when ``work`` succeeds or fails with an LDAP result,
+        closed when it fails otherwise (a broken socket). ``work`` must be idempotent: when a
+        connection taken from the idle list turns out broken (the server closed it while it
+        was idle), the others are presumed broken too and dropped, and ``work`` runs once
+        more on a fresh bind."""
+        conn = self._take()
+        if conn is not None:
+            try:
+                result = work(conn)
+            except _Failed:
+                self._give(conn)
+                raise
+            except (LDAPException, OSError):
                 _unbind(conn)
+                self._drop_idle()
+            else:
+                self._give(conn)
+                return result
+        conn = self._open(what)
+        try:
+            result = work(conn)
+        except _Failed:
+            self._give(conn)
+            raise
+        except BaseException:
+            _unbind(conn)
+            raise
+        self._give(conn)
+        return result
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            _unbind(conn)
+        self._drop_idle()
 
 
 def _unbind(conn: ldap3.Connection) -> None:
@@ -369,11 +462,17 @@ class LdapConnector:
     config_model: ClassVar[type[cb.ConnectorConfig]] = LdapConfig
     references: ClassVar[tuple[str, ...]] = ("admin",)
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: monotonic seconds, for the admin connections' idle ages."""
+        self._clock = clock
         self._fingerprints = Fingerprints()
         self._pools: Resources[_AdminPool] = Resources(self._close_pool)
         self._size = ADMIN_POOL_SIZE
         self._executor: ThreadPoolExecutor | None = None
+        self._locks_lock = threading.Lock()
+        self._account_locks: dict[tuple[str, object], threading.Lock] = {}
+        # Targets (where, TLS) whose argon2 module was seen loaded (``_check_argon2``).
+        self._argon2_ok: set[tuple[str, bool, str]] = set()
 
     def __repr__(self) -> str:
         return f"LdapConnector({len(self._pools)} admin pools)"
@@ -401,11 +500,34 @@ class LdapConnector:
     async def _close_pool(self, pool: _AdminPool) -> None:
         await self._run(pool.close)
 
-    async def _run(self, fn: Callable[[], T]) -> T:
-        """Run blocking ldap3 work in the connector's executor."""
+    async def _run(
+        self, fn: Callable[[], T], cfg: LdapConfig | None = None, dn: str | None = None
+    ) -> T:
+        """Run blocking ldap3 work in the connector's executor; with ``dn``, holding that
+        account's lock for the whole of the work.
+
+        Why a thread lock: a step the engine cuts (its step timeout, a lost lease) stops
+        awaiting, but its thread runs on to the end of its own timeouts; an asyncio lock
+        would be released at the cancel while that thread could still write. Taken inside
+        the thread, the lock makes the next job for the account (rollback's or revoke's
+        check) wait until a late ``set`` has landed, so it acts on what is really there."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._size, thread_name_prefix="rotator-ldap")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        work = fn
+        if cfg is not None and dn is not None:
+            lock = self._account_lock(cfg, dn)
+
+            def work() -> T:
+                with lock:
+                    return fn()
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def _account_lock(self, cfg: LdapConfig, dn: str) -> threading.Lock:
+        key = (cfg.where, normal_dn(dn) or ((dn, ""),))
+        with self._locks_lock:
+            # One small lock per account ever acted on: as many as credentials, kept.
+            return self._account_locks.setdefault(key, threading.Lock())
 
     # -- connections (run in executor threads) --------------------------------------------
 
@@ -429,22 +551,30 @@ class LdapConnector:
 
     @staticmethod
     def _unreachable(cfg: LdapConfig, exc: BaseException, what: str) -> ConnectorError:
+        if isinstance(exc, LDAPSSLConfigurationError):
+            return cb.PermanentError(
+                f"{_p(what)}ca_file {cfg.ca_file!r} cannot be read (missing or unreadable)"
+            )
+        if _timed_out(exc):
+            return cb.TransientError(
+                f"{_p(what)}ldap at {cfg.where} did not answer within {cfg.timeout_s}s"
+            )
         if _tls_failure(exc):
             trust = f"ca_file {cfg.ca_file!r}" if cfg.ca_file else "the system's CAs"
             return cb.PermanentError(
                 f"{_p(what)}TLS with {cfg.where} failed: its certificate is not trusted by "
                 f"{trust}, does not name {cfg.host!r}, or TLS is not offered"
             )
-        if isinstance(exc, LDAPSocketReceiveError | TimeoutError):
-            return cb.TransientError(
-                f"{_p(what)}ldap at {cfg.where} did not answer within {cfg.timeout_s}s"
-            )
         return cb.TransientError(f"{_p(what)}cannot reach ldap at {cfg.where}")
 
     def _bind(self, cfg: LdapConfig, login: Login, what: str) -> ldap3.Connection:
         """A fresh connection bound as ``login`` over the configured TLS. LoginRefused when
         the server refuses the password (or the DN does not exist: LDAP tells no
-        difference)."""
+        difference).
+
+        ldap3's ``Connection.__repr__`` prints the password: a connection is never put in an
+        exception's message or args nor logged, here or by a caller; every error about one
+        is written from its result code and the settings only."""
         conn = ldap3.Connection(
             self._server(cfg),
             user=login.dn,
@@ -503,7 +633,7 @@ class LdapConnector:
         size = self._size
 
         async def make() -> _AdminPool:
-            return _AdminPool(lambda: self._bind(cfg, login, what), size)
+            return _AdminPool(lambda step: self._bind(cfg, login, step), size, self._clock)
 
         return slot, await self._pools.get(slot, self._fingerprints.of(value), make)
 
@@ -513,17 +643,15 @@ class LdapConnector:
         resolver: cb.SecretResolver,
         what: str,
         work: Callable[[ldap3.Connection], T],
+        dn: str | None = None,
     ) -> T:
-        """Run ``work`` on a pooled admin connection; every failure becomes a connector
-        error (a refused admin bind: ReferenceRefused, and the pool is dropped)."""
+        """Run ``work`` on a pooled admin connection (holding ``dn``'s lock, see ``_run``);
+        every failure becomes a connector error (a refused admin bind: ReferenceRefused, and
+        the pool is dropped)."""
         slot, pool = await self._admin_pool(cfg, resolver, what)
 
-        def run() -> T:
-            with pool.connection() as conn:
-                return work(conn)
-
         try:
-            return await self._run(run)
+            return await self._run(lambda: pool.run(work, what), cfg, dn)
         except LoginRefused:
             await self._pools.drop(slot, pool)
             raise cb.ReferenceRefused(
@@ -539,7 +667,8 @@ class LdapConnector:
     async def _as_self(
         self, cfg: LdapConfig, login: Login, what: str, work: Callable[[ldap3.Connection], T]
     ) -> T:
-        """Run ``work`` on a fresh connection bound as ``login`` (never pooled)."""
+        """Run ``work`` on a fresh connection bound as ``login`` (never pooled), holding the
+        account's lock (see ``_run``)."""
 
         def run() -> T:
             conn = self._bind(cfg, login, what)
@@ -549,16 +678,22 @@ class LdapConnector:
                 _unbind(conn)
 
         try:
-            return await self._run(run)
+            return await self._run(run, cfg, login.dn)
         except _Failed as exc:
             raise self._result_error(cfg, exc, what) from None
         except (LDAPException, OSError) as exc:
             raise self._unreachable(cfg, exc, what) from None
 
     def _writer(
-        self, cfg: LdapConfig, dn: str, password: str, old: str | None = None
+        self,
+        cfg: LdapConfig,
+        dn: str,
+        password: str,
+        old: str | None = None,
+        scheme: str | None = None,
     ) -> Callable[[ldap3.Connection], None]:
-        """The operation that makes ``password`` the password of ``dn``."""
+        """The operation that makes ``password`` the password of ``dn`` (``method=replace``
+        hashes with ``scheme``, default ``cfg.hash``)."""
 
         def write(conn: ldap3.Connection) -> None:
             if cfg.method == "passmod":
@@ -566,7 +701,7 @@ class LdapConnector:
                     user=dn, old_password=old, new_password=password
                 )
             else:
-                hashed = hash_password(password, cfg.hash)
+                hashed = hash_password(password, scheme or cfg.hash)
                 ok = conn.modify(  # type: ignore[no-untyped-call]
                     dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [hashed])]}
                 )
@@ -581,23 +716,24 @@ class LdapConnector:
         target: Login,
         bound_as: Login | None,
         what: str,
+        scheme: str | None = None,
     ) -> None:
         """Make ``target.password`` the password of ``target.dn``: as the admin, or (no
         admin) on a connection bound as ``bound_as`` (the account itself)."""
         if cfg.admin:
-            await self._as_admin(cfg, resolver, what, self._writer(cfg, target.dn, target.password))
+            write = self._writer(cfg, target.dn, target.password, scheme=scheme)
+            await self._as_admin(cfg, resolver, what, write, target.dn)
             return
         if bound_as is None:
             raise cb.PermanentError(
                 f"{_p(what)}no admin and no current value: nothing can bind as {cfg.dn!r}"
             )
-        await self._as_self(
-            cfg, bound_as, what, self._writer(cfg, target.dn, target.password, bound_as.password)
-        )
+        write = self._writer(cfg, target.dn, target.password, bound_as.password, scheme)
+        await self._as_self(cfg, bound_as, what, write)
 
     async def _bind_check(self, cfg: LdapConfig, login: Login, what: str) -> bool:
         try:
-            return await self._run(lambda: self._can_bind(cfg, login, what))
+            return await self._run(lambda: self._can_bind(cfg, login, what), cfg, login.dn)
         except (LDAPException, OSError) as exc:
             raise self._unreachable(cfg, exc, what) from None
 
@@ -618,6 +754,8 @@ class LdapConnector:
         cfg = _cfg(req.config)
         pending = parse_value(req.pending, cfg, "set: PENDING")
         current = parse_value(req.current, cfg, "set: CURRENT") if req.current else None
+        if cfg.hash == "argon2":
+            await self._check_argon2(cfg, req.secrets, current)
         if cfg.admin:
             await self._put(cfg, req.secrets, pending, None, "set")
             return
@@ -627,6 +765,25 @@ class LdapConnector:
             raise cb.PermanentError(
                 f"set: ldap at {cfg.where} refused CURRENT for {cfg.dn!r}, and no admin is set"
             )
+
+    async def _check_argon2(
+        self, cfg: LdapConfig, resolver: cb.SecretResolver, current: Login | None
+    ) -> None:
+        """PermanentError unless the server is known to check ``{ARGON2}`` values (its argon2
+        module loaded, read under cn=config as the admin, or as the account); a confirmed
+        target is remembered, so the check costs one search per target and connector."""
+        key = (cfg.where, cfg.starttls, cfg.ca_file)
+        if key in self._argon2_ok:
+            return
+        if cfg.admin:
+            loaded = await self._as_admin(cfg, resolver, "set", _argon2_loaded)
+        elif current is not None and await self._bind_check(cfg, current, "set"):
+            loaded = await self._as_self(cfg, current, "set", _argon2_loaded)
+        else:
+            loaded = False
+        if not loaded:
+            raise cb.PermanentError("set: " + self._no_argon2(cfg))
+        self._argon2_ok.add(key)
 
     async def test(self, req: cb.TestRequest) -> None:
         """A fresh simple bind as the account with PENDING, over the configured TLS."""
@@ -649,23 +806,40 @@ class LdapConnector:
         await self._put(cfg, req.secrets, gone, old, "revoke")
 
     async def rollback(self, req: cb.RollbackRequest) -> None:
-        """Undo ``set``: in single mode CURRENT's password goes back on the account; an
-        alternating idle account gets a random password. A no-op once PENDING no longer
-        binds (set never happened, or was undone)."""
+        """Undo ``set``. Single mode (PENDING and CURRENT of one account): decided by CURRENT,
+        never by PENDING (``test`` fails exactly when PENDING does not bind, so PENDING
+        failing to bind says nothing about what ``set`` wrote): nothing to do when CURRENT
+        binds, else CURRENT's password goes back (as the admin, or bound as PENDING), checked
+        by a bind; PermanentError naming the account's unknown state when that is not
+        possible. An alternating idle account (or a first value) whose PENDING binds gets a
+        random password."""
         cfg = _cfg(req.config)
         if req.current is not None and req.current == req.pending:
             return
         pending = parse_value(req.pending, cfg, "rollback: PENDING")
-        if not await self._bind_check(cfg, pending, "rollback"):
-            return
         current = (
             parse_value(req.current, cfg, "rollback: CURRENT") if req.current is not None else None
         )
-        if current is not None and current.dn == pending.dn:
-            back = Login(pending.dn, current.password)
-        else:
-            back = Login(pending.dn, _random_password(48))
-        await self._put(cfg, req.secrets, back, pending, "rollback")
+        if current is None or current.dn != pending.dn:
+            if not await self._bind_check(cfg, pending, "rollback"):
+                return
+            gone = Login(pending.dn, _random_password(48))
+            await self._put(cfg, req.secrets, gone, pending, "rollback")
+            return
+        if await self._bind_check(cfg, current, "rollback"):
+            return
+        unknown = (
+            f"rollback: the password of {current.dn!r} on {cfg.where} is in an unknown state: "
+            "CURRENT does not bind"
+        )
+        if not cfg.admin and not await self._bind_check(cfg, pending, "rollback"):
+            raise cb.PermanentError(f"{unknown}, nor does PENDING, and no admin is set")
+        # {ARGON2} only where the server was seen to check it: else it would not bind either.
+        argon2_ok = (cfg.where, cfg.starttls, cfg.ca_file) in self._argon2_ok
+        scheme = cfg.hash if argon2_ok else "ssha"
+        await self._put(cfg, req.secrets, current, pending, "rollback", scheme=scheme)
+        if not await self._bind_check(cfg, current, "rollback"):
+            raise cb.PermanentError(f"{unknown} even after it was written back")
 
     # -- optional -------------------------------------------------------------------------
 
