@@ -42,7 +42,7 @@ from rotator.connectors.mariadb import (
 from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest, Trigger
-from rotator.errors import NotFound, VerificationFailed
+from rotator.errors import ConnectorError, NotFound, VerificationFailed
 from rotator.kernel.core import utcnow
 from rotator.service import BlockingService, PolicyInput, ValueInput
 
@@ -490,8 +490,8 @@ def _packet(seq: int, payload: bytes) -> bytes:
 CAPS = 0x1 | 0x200 | 0x8000 | 0x80000  # long password, 4.1 protocol, secure conn, plugins
 
 
-def _greeting(caps: int) -> bytes:
-    """A server greeting (protocol 10) naming ``mysql_clear_password`` as its plugin."""
+def _greeting(caps: int, plugin: bytes = b"mysql_clear_password") -> bytes:
+    """A server greeting (protocol 10) naming ``plugin`` as its auth plugin."""
     return _packet(
         0,
         b"\x0a8.0.36\x00"
@@ -503,7 +503,8 @@ def _greeting(caps: int) -> bytes:
         + bytes([21])
         + b"\x00" * 10
         + b"123456789012\x00"
-        + b"mysql_clear_password\x00",
+        + plugin
+        + b"\x00",
     )
 
 
@@ -527,15 +528,66 @@ async def _impostor(received: bytearray) -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-def test_a_server_asking_for_the_password_in_clear_text_gets_nothing() -> None:
+def _tls_impostor(tmp_path: Path, plugin: bytes, reply: bytes) -> tuple[int, bytearray]:
+    """A server offering TLS (a self-signed certificate) and ``plugin`` in its greeting; it
+    answers the client's login packet with ``reply`` and records every byte the client sends
+    inside TLS until the client hangs up (or 3 s pass)."""
+    cert, key = _self_signed(tmp_path, plugin.decode())
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    received = bytearray()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        listener.close()
+        conn.settimeout(3)
+        with contextlib.suppress(OSError), conn:
+            conn.sendall(_greeting(CAPS | 0x800, plugin))  # 0x800: CLIENT_SSL
+            request = b""
+            while len(request) < 36:
+                request += conn.recv(36 - len(request)) or b"x" * 36
+            secure = tls.wrap_socket(conn, server_side=True)
+            received.extend(secure.recv(4096))
+            secure.sendall(reply)
+            while chunk := secure.recv(4096):
+                received.extend(chunk)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], received
+
+
+def test_a_server_asking_for_the_password_in_clear_text_gets_nothing(tmp_path: Path) -> None:
+    """Nothing of the password reaches a server asking for it in clear text, nor (with the
+    default ssl_mode=preferred, which does not check the certificate) one asking over TLS
+    for sha256_password or caching_sha2_password's full authentication; each refusal is one
+    message naming the ssl_mode to use."""
     password = "never-in-clear-" + uuid.uuid4().hex
+    value = Secret(json.dumps({"username": "app", "password": password}))
+    for plugin, reply in (
+        # sha256_password over TLS: the login packet itself would carry the password; the
+        # impostor then asks to switch to it.
+        (b"sha256_password", _packet(3, b"\xfesha256_password\x00" + b"1" * 20 + b"\x00")),
+        # caching_sha2_password: the scramble is refused, "full authentication needed".
+        (b"caching_sha2_password", _packet(3, b"\x01\x04")),
+    ):
+        port, received = _tls_impostor(tmp_path, plugin, reply)
+        cfg = MariadbConfig(port=port, user="app", admin="a")  # ssl_mode=preferred
+        with pytest.raises(ConnectorError) as tls_refused:
+            asyncio.run(MariadbConnector().test(cb.TestRequest("c", 2, cfg, value)))
+        assert received, f"{plugin!r}: the impostor got no login packet"
+        assert password.encode() not in received, plugin
+        assert isinstance(tls_refused.value, cb.PermanentError)
+        assert "nothing was sent: use ssl_mode=verify_ca or verify_identity" in str(
+            tls_refused.value
+        )
+        assert password not in str(tls_refused.value)
 
     async def go() -> tuple[bytes, bytes, str]:
         ours, plain = bytearray(), bytearray()
         server = await _impostor(ours)
         port = server.sockets[0].getsockname()[1]
         cfg = MariadbConfig(port=port, user="app", admin="a", ssl_mode="disabled")
-        value = Secret(json.dumps({"username": "app", "password": password}))
         with pytest.raises(cb.PermanentError) as refused:
             await MariadbConnector().test(cb.TestRequest("c", 2, cfg, value))
         server.close()

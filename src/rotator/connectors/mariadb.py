@@ -36,6 +36,13 @@ would have to be sent in clear (ed25519) or is not a password.
 Logins (admin and test alike) refuse a server that asks for ``mysql_clear_password`` or
 ``mysql_old_password`` (nothing is sent), and ``ssl_mode`` ``required``/``verify_ca``/
 ``verify_identity`` refuse a server that does not offer TLS, before the password is sent.
+``preferred`` and ``required`` do not check the server's certificate: they protect nothing
+against an active attacker, who can pose as the server. So unless ``ssl_mode`` is
+``verify_ca``/``verify_identity``, a server asking for ``sha256_password`` or for
+caching_sha2_password's full authentication (both hand over the password itself, over TLS
+or encrypted to an RSA key the server supplies) is refused before the password is sent:
+MySQL 8 accounts of those plugins need ``verify_*`` (caching_sha2's fast path, a scramble,
+works with any mode).
 ``test`` and the checks that a value logs in are each a fresh login with that value; the
 admin side is pooled (one pool per target, TLS settings, admin credential and admin value,
 the value known by an HMAC fingerprint only; a refused admin login drops its pool, a changed
@@ -60,6 +67,7 @@ from typing import Any, ClassVar, Literal
 import aiomysql
 import pymysql
 from pydantic import Field, field_validator, model_validator
+from pymysql import _auth as pymysql_auth
 from pymysql.constants import CLIENT
 
 from rotator.connectors import base as cb
@@ -271,15 +279,23 @@ class LoginRefused(cb.PermanentError):
 
 class _Connection(aiomysql.Connection):  # type: ignore[misc]
     """An aiomysql connection that refuses, before sending the password, a server without
-    TLS when TLS is required, and a server asking for the password in clear text
-    (``mysql_clear_password``) or for the broken pre-4.1 scramble."""
+    TLS when TLS is required, a server asking for the password in clear text
+    (``mysql_clear_password``) or for the broken pre-4.1 scramble, and, unless the server's
+    certificate is checked (``trusted_tls``: ssl_mode verify_ca/verify_identity), a server
+    asking for ``sha256_password`` or for caching_sha2_password's full authentication: those
+    send the raw password over TLS, or encrypt it to an RSA key the server itself supplies,
+    so an impostor (which unverified TLS cannot tell apart) would read it."""
 
     require_tls = False
+    trusted_tls = False
 
     async def _request_authentication(self) -> None:
         if self.require_tls and not self.server_capabilities & CLIENT.SSL:
             raise _Refused("offers no TLS, which ssl_mode requires; nothing was sent")
-        if self._server_auth_plugin in ("mysql_clear_password", "mysql_old_password"):
+        plugin = self._server_auth_plugin
+        if plugin in ("mysql_clear_password", "mysql_old_password") or (
+            plugin == "sha256_password" and not self.trusted_tls
+        ):
             # The first packet would carry the password in that form: answer with the
             # native scramble instead; the server then refuses or switches plugins.
             self._client_auth_plugin = NATIVE
@@ -289,6 +305,33 @@ class _Connection(aiomysql.Connection):  # type: ignore[misc]
         if plugin_name in (b"mysql_clear_password", b"mysql_old_password"):
             raise _Refused("asked for the password in clear text; nothing was sent")
         return await super()._process_auth(plugin_name, auth_packet)
+
+    async def sha256_password_auth(self, pkt: Any) -> Any:
+        if not self.trusted_tls:
+            raise _Refused(_UNTRUSTED_PLUGIN.format("sha256_password"))
+        return await super().sha256_password_auth(pkt)
+
+    async def caching_sha2_password_auth(self, pkt: Any) -> Any:
+        if self.trusted_tls or not self._password:
+            return await super().caching_sha2_password_auth(pkt)
+        # The fast path (a scramble) is safe to any server; only the full authentication
+        # the server asks for next (4) is refused.
+        if pkt.is_auth_switch_request():
+            self.salt = pkt.read_all()
+            self.write_packet(
+                pymysql_auth.scramble_caching_sha2(self._password.encode("latin1"), self.salt)
+            )
+            pkt = await self._read_packet()
+            pkt.check_error()
+        if pkt.is_extra_auth_data() and pkt.get_all_data()[1:2] != b"\x03":
+            raise _Refused(_UNTRUSTED_PLUGIN.format("caching_sha2_password full authentication"))
+        return await super().caching_sha2_password_auth(pkt)
+
+
+_UNTRUSTED_PLUGIN = (
+    "asked for {} (the password itself, to a server whose certificate is not checked); "
+    "nothing was sent: use ssl_mode=verify_ca or verify_identity with ssl_ca"
+)
 
 
 class _Refused(Exception):
@@ -367,6 +410,7 @@ class MariadbConnector:
             program_name="rotator",
         )
         conn.require_tls = cfg.ssl_mode not in ("disabled", "preferred")
+        conn.trusted_tls = cfg.ssl_mode.startswith("verify")
         where = f"{what}: mariadb at {cfg.host}:{cfg.port}"
         try:
             # aiomysql's connect_timeout covers the TCP connect only; this covers the login.
