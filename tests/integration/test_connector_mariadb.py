@@ -286,6 +286,67 @@ def test_rollback_and_revoke_are_idempotent_and_single_rollback_restores(
     asyncio.run(go())
 
 
+def test_revoke_and_rollback_reach_a_locked_or_expired_account_whose_password_works(
+    mariadb_target: MariadbServer,
+) -> None:
+    """MariaDB refuses a locked account (4151) or an expired password (1862) only once the
+    password checked out: revoke and rollback still change such an account's password, so the
+    old value does not work again after an unlock (or in the expired-password sandbox)."""
+    server = mariadb_target
+    acc = make_account(server)
+    clone = acc.user + "_clone"
+    server.execute("CREATE USER %s@'%%' IDENTIFIED BY 'old-clone-pw'", (clone,))
+    cfg = MariadbConfig(host=server.host, port=server.port, user=acc.user, admin="a")
+    single = MariadbConfig(
+        host=server.host, port=server.port, user=acc.user, admin="a", mode="single"
+    )
+
+    class Admin:
+        async def get(self, name: str) -> Secret:
+            return Secret(server.password)
+
+    def value(user: str, password: str) -> Secret:
+        return Secret(json.dumps({"username": user, "password": password}))
+
+    def stored_hash(user: str) -> str:
+        rows = server.execute(
+            "SELECT authentication_string FROM mysql.user WHERE User = %s", (user,)
+        )
+        return str(rows[0][0])
+
+    async def go() -> None:
+        conn = MariadbConnector()
+        try:
+            server.execute("ALTER USER %s@'%%' ACCOUNT LOCK", (clone,))
+            await conn.revoke(
+                cb.RevokeRequest("c", 1, cfg, value(clone, "old-clone-pw"), secrets=Admin())
+            )
+            server.execute("ALTER USER %s@'%%' ACCOUNT UNLOCK", (clone,))
+            assert not server.can_login(clone, "old-clone-pw"), "locked: revoke skipped it"
+
+            server.execute("ALTER USER %s@'%%' IDENTIFIED BY 'old-clone-pw'", (clone,))
+            server.execute("ALTER USER %s@'%%' PASSWORD EXPIRE", (clone,))
+            await conn.revoke(
+                cb.RevokeRequest("c", 1, cfg, value(clone, "old-clone-pw"), secrets=Admin())
+            )
+            assert stored_hash(clone) != native_hash("old-clone-pw"), "expired: revoke skipped"
+
+            # single: PENDING was set, then the account got locked; rollback restores CURRENT
+            pending = value(acc.user, "pending-pw")
+            server.execute("ALTER USER %s@'%%' IDENTIFIED BY 'pending-pw'", (acc.user,))
+            server.execute("ALTER USER %s@'%%' ACCOUNT LOCK", (acc.user,))
+            await conn.rollback(
+                cb.RollbackRequest("c", 2, single, pending, Secret(acc.password), secrets=Admin())
+            )
+            server.execute("ALTER USER %s@'%%' ACCOUNT UNLOCK", (acc.user,))
+            assert server.can_login(acc.user, acc.password), "rollback skipped a locked one"
+            assert not server.can_login(acc.user, "pending-pw")
+        finally:
+            await conn.aclose()
+
+    asyncio.run(go())
+
+
 # -------------------------------------------------------------------------------- verify
 
 

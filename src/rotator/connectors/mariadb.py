@@ -80,6 +80,9 @@ PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_.~"
 # Server error numbers of a refused login: access denied (with/without password), the
 # account locked, the password expired.
 LOGIN_REFUSED = frozenset({1045, 1698, 3118, 4151, 1862, 1820})
+# Of those, the ones the server sends only after the password checked out (locked, expired):
+# the password is still valid and works again once the account is unlocked or renewed.
+LOGIN_BLOCKED = frozenset({3118, 4151, 1862, 1820})
 # Server error numbers worth another try: lock wait timeout, deadlock, too many connections.
 RETRYABLE = frozenset({1205, 1213, 1040})
 ADMIN_POOL_SIZE = 16  # as the postgres connector: the engine's default per-target limit
@@ -277,6 +280,11 @@ class LoginRefused(cb.PermanentError):
     """The server refused a login's password."""
 
 
+class LoginBlocked(LoginRefused):
+    """The server refused a login whose password is right: the account is locked or its
+    password expired."""
+
+
 class _Connection(aiomysql.Connection):  # type: ignore[misc]
     """An aiomysql connection that refuses, before sending the password, a server without
     TLS when TLS is required, a server asking for the password in clear text
@@ -424,6 +432,11 @@ class MariadbConnector:
                 raise PermanentError(
                     f"{where} failed the TLS check of ssl_mode={cfg.ssl_mode}"
                 ) from None
+            if code in LOGIN_BLOCKED:
+                raise LoginBlocked(
+                    f"{where} refused the login of {login.username!r} (account locked or "
+                    f"password expired, mariadb error {code})"
+                ) from None
             if code in LOGIN_REFUSED:
                 raise LoginRefused(f"{where} refused the login of {login.username!r}") from None
             if code == 2059:  # an authentication plugin aiomysql does not have
@@ -435,9 +448,13 @@ class MariadbConnector:
         return conn
 
     async def _can_login(self, cfg: MariadbConfig, login: Login) -> bool:
-        """Whether the server accepts ``login``; only a refused password is False."""
+        """Whether ``login``'s password is valid on the server; only a refused password is
+        False (a locked account or an expired password is True: the server refuses those
+        only after the password checked out, and it works again after an unlock)."""
         try:
             conn = await self._connect(cfg, login, "login")
+        except LoginBlocked:
+            return True
         except LoginRefused:
             return False
         await _quit(conn)
