@@ -347,6 +347,44 @@ def test_revoke_and_rollback_reach_a_locked_or_expired_account_whose_password_wo
     asyncio.run(go())
 
 
+def test_a_role_revoked_from_user_leaves_no_default_role_that_breaks_the_clone(
+    mariadb_target: MariadbServer,
+) -> None:
+    """After ``REVOKE role FROM USER`` MariaDB still prints ``SET DEFAULT ROLE role FOR
+    USER``: the next copy to the existing clone succeeds, and the clone ends with USER's
+    grants (no role, no default role) and logs in."""
+    server = mariadb_target
+    acc = make_account(server)
+    clone, role = acc.user + "_clone", "role_" + uuid.uuid4().hex[:8]
+    server.execute(f"CREATE ROLE {role}")
+    server.execute(f"GRANT SELECT ON `{SHARED_DB}`.* TO {role}")
+    server.execute(f"GRANT {role} TO %s@'%%'", (acc.user,))
+    server.execute(f"SET DEFAULT ROLE {role} FOR %s@'%%'", (acc.user,))
+    cfg = MariadbConfig(host=server.host, port=server.port, user=acc.user, admin="a")
+
+    class Admin:
+        async def get(self, name: str) -> Secret:
+            return Secret(server.password)
+
+    def value(user: str, password: str) -> Secret:
+        return Secret(json.dumps({"username": user, "password": password}))
+
+    async def go() -> None:
+        conn = MariadbConnector()
+        try:
+            current = value(acc.user, acc.password)
+            await conn.set(cb.SetRequest("c", 2, cfg, value(clone, "p1"), current, Admin()))
+            assert grants(server, clone, "%") == grants(server, acc.user, "%")
+            server.execute(f"REVOKE {role} FROM %s@'%%'", (acc.user,))
+            await conn.set(cb.SetRequest("c", 4, cfg, value(clone, "p3"), current, Admin()))
+        finally:
+            await conn.aclose()
+
+    asyncio.run(go())
+    assert not any(role in line for line in grants(server, clone, "%"))
+    assert reads_its_table(server, clone, "p3", SHARED_DB)  # the direct grant was copied
+
+
 # -------------------------------------------------------------------------------- verify
 
 

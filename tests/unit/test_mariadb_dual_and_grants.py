@@ -84,8 +84,10 @@ def test_invalid_settings_are_input_errors(settings: dict[str, str]) -> None:
 
 
 class _Cursor:
-    def __init__(self, sent: list[tuple[str, Any]]) -> None:
-        self.sent = sent
+    def __init__(
+        self, sent: list[tuple[str, Any]], answers: dict[str, tuple[tuple[Any, ...], ...]]
+    ) -> None:
+        self.sent, self.answers = sent, answers
 
     async def __aenter__(self) -> _Cursor:
         return self
@@ -98,17 +100,22 @@ class _Cursor:
 
     async def fetchall(self) -> tuple[tuple[Any, ...], ...]:
         query = self.sent[-1][0]
+        for start, rows in self.answers.items():
+            if query.startswith(start):
+                return rows
         return (("mysql_native_password",),) if "FROM mysql.user" in query else ()
 
 
 class _Recording:
-    """Stands in for an admin session on a MySQL 8.0.36 server; records every statement."""
+    """Stands in for an admin session on a MySQL 8.0.36 server; records every statement and
+    answers a query starting with a key of ``answers`` with its rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, answers: dict[str, tuple[tuple[Any, ...], ...]] | None = None) -> None:
         self.sent: list[tuple[str, Any]] = []
+        self.answers = answers or {}
 
     def cursor(self) -> _Cursor:
-        return _Cursor(self.sent)
+        return _Cursor(self.sent, self.answers)
 
     def release(self, conn: object, broken: bool) -> None:
         return None
@@ -183,3 +190,37 @@ def test_dual_is_refused_on_mariadb_before_any_change(monkeypatch: pytest.Monkey
     with pytest.raises(cb.PermanentError, match=r"mode=dual needs MySQL 8\.0\.14"):
         asyncio.run(conn.set(cb.SetRequest("c", 2, CFG, NEW, OLD)))
     assert not any(q.startswith("ALTER") for q, _ in rec.sent)
+
+
+def test_clone_grants_drop_a_default_role_that_is_no_longer_granted() -> None:
+    # MariaDB prints the SET DEFAULT ROLE line after REVOKE `r` FROM the user; the clone
+    # would be refused it (error 1959).
+    stale = ["GRANT USAGE ON *.* TO `app`@`%`", "SET DEFAULT ROLE `r` FOR `app`@`%`"]
+    assert clone_grants(stale, "app", "app_clone", "%") == []
+    kept = ["GRANT `r`,`s` TO `app`@`%`", "SET DEFAULT ROLE `s` FOR `app`@`%`"]
+    assert clone_grants(kept, "app", "app_clone", "%") == [
+        "GRANT `r`,`s` TO `app_clone`@`%`",
+        "SET DEFAULT ROLE `s` FOR `app_clone`@`%`",
+    ]
+
+
+def _alternating(rec: _Recording, version: str) -> None:
+    """Runs ``set`` to the (existing) clone against ``rec`` standing in for ``version``."""
+    conn = MariadbConnector()
+    info = mariadb._ServerInfo()
+    info.parse(version)
+
+    async def admin(*_: object) -> mariadb._Session:
+        return mariadb._Session(rec, rec, info)  # type: ignore[arg-type]
+
+    conn._admin = admin  # type: ignore[method-assign]
+    cfg = MariadbConfig(user="app", admin="a")
+    pending = Secret('{"username": "app_clone", "password": "new-pw"}')
+    asyncio.run(conn.set(cb.SetRequest("c", 2, cfg, pending, OLD)))
+
+
+def test_a_grant_line_that_cannot_be_read_leaves_the_existing_clone_untouched() -> None:
+    rec = _Recording({"SHOW GRANTS": (("GRANT SELECT ON *.* TO `someone`@`%`",),)})
+    with pytest.raises(cb.PermanentError, match="cannot read a grant"):
+        _alternating(rec, "10.11.19-MariaDB")
+    assert not any(q.startswith(("REVOKE", "ALTER", "SET")) for q, _ in rec.sent)

@@ -235,21 +235,34 @@ def _grantee_at(line: str, source: str) -> int:
 
 
 _PASSWORD_CLAUSE = re.compile(r"^ IDENTIFIED BY PASSWORD '[^'\\]*'")
+_QUOTED = r"`(?:[^`]|``)*`"
+_ROLE = rf"{_QUOTED}(?:@{_QUOTED})?"  # MariaDB: `role`; MySQL: `role`@`host`
+_ROLE_GRANT = re.compile(rf"^GRANT ({_ROLE}(?:,\s*{_ROLE})*) TO $")
+_DEFAULT_ROLE = re.compile(rf"^SET DEFAULT ROLE ({_ROLE}) FOR $")
 
 
 def clone_grants(lines: list[str], user: str, clone: str, host_part: str) -> list[str]:
     """The statements that give ``clone`` what SHOW GRANTS lists for ``user``: each line
     with its grantee replaced; the password part left out, and the bare USAGE line (which
     CREATE USER gives anyway) dropped. PermanentError if a line names no grantee rotator
-    recognises or names an authentication method it cannot copy."""
+    recognises or names an authentication method it cannot copy. A ``SET DEFAULT ROLE``
+    line naming a role not granted in ``lines`` is dropped: MariaDB still prints it after
+    the role was revoked, and the clone would be refused it (error 1959)."""
     source, target = grantee(user, host_part), grantee(clone, host_part)
-    out = []
+    out, granted = [], set()
+    for line in lines:
+        at = _grantee_at(line, source)
+        if at >= 0 and (roles := _ROLE_GRANT.match(line[:at])):
+            granted.update(re.findall(_ROLE, roles.group(1)))
     for line in lines:
         at = _grantee_at(line, source)
         if at < 0:
             raise PermanentError(
                 f"set: cannot read a grant of {user!r}@{host_part!r} (SHOW GRANTS format)"
             )
+        default = _DEFAULT_ROLE.match(line[:at])
+        if default and default.group(1) not in granted:
+            continue
         rest = _PASSWORD_CLAUSE.sub("", line[at + len(source) :])
         if rest.startswith(" IDENTIFIED"):
             raise PermanentError(
@@ -570,6 +583,12 @@ class MariadbConnector:
         plugin = await self._plugin(session, cfg.user, cfg.host_part, what)
         if plugin is None:
             raise PermanentError(f"set: account {cfg.user!r}@{cfg.host_part!r} does not exist")
+        # Read and parsed before the clone is touched: a line the parser refuses must not
+        # leave an existing clone stripped of its privileges.
+        rows = await self._exec(session, "SHOW GRANTS FOR %s@%s", (cfg.user, cfg.host_part), what)
+        statements = clone_grants(
+            [str(r[0]) for r in rows], cfg.user, cfg.clone_name, cfg.host_part
+        )
         if await self._plugin(session, cfg.clone_name, cfg.host_part, what) is None:
             # Made with the new password at once, so it never exists without one.
             clause, args = self._auth_clause(plugin, password, what)
@@ -588,10 +607,15 @@ class MariadbConnector:
                 (cfg.clone_name, cfg.host_part),
                 what,
             )
-        rows = await self._exec(session, "SHOW GRANTS FOR %s@%s", (cfg.user, cfg.host_part), what)
-        for statement in clone_grants(
-            [str(r[0]) for r in rows], cfg.user, cfg.clone_name, cfg.host_part
-        ):
+            if (await self._server(session, what)).mariadb:
+                # A default role USER no longer has must not stay on the clone.
+                await self._exec(
+                    session,
+                    "SET DEFAULT ROLE NONE FOR %s@%s",
+                    (cfg.clone_name, cfg.host_part),
+                    what,
+                )
+        for statement in statements:
             await self._exec(session, statement, None, what)
 
     async def _check_dual(self, session: _Session, what: str) -> None:
