@@ -385,6 +385,61 @@ def test_a_role_revoked_from_user_leaves_no_default_role_that_breaks_the_clone(
     assert reads_its_table(server, clone, "p3", SHARED_DB)  # the direct grant was copied
 
 
+def test_a_set_stuck_behind_a_read_lock_never_takes_effect_after_its_step(
+    mariadb_target: MariadbServer,
+) -> None:
+    """A backup's FLUSH TABLES WITH READ LOCK holds ALTER USER: a step timeout (a
+    cancellation) kills the waiting statement before the step ends, so the rollback that
+    follows finds nothing to undo and CURRENT still works once the lock is gone; uncancelled,
+    the statement gives up after statement_timeout_s (a transient error, retried later)."""
+    server = mariadb_target
+    acc = make_account(server)
+    cfg = MariadbConfig(host=server.host, port=server.port, user=acc.user, admin="a", mode="single")
+    current, pending = Secret(acc.password), Secret("pending-" + uuid.uuid4().hex)
+
+    class Admin:
+        async def get(self, name: str) -> Secret:
+            return Secret(server.password)
+
+    def waiting() -> int:
+        rows = server.execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+            " WHERE INFO LIKE 'ALTER USER%%' AND INFO LIKE %s",
+            ("%" + acc.user + "%",),
+        )
+        return int(rows[0][0])
+
+    blocker = server.admin()
+    try:
+        blocker.cursor().execute("FLUSH TABLES WITH READ LOCK")
+
+        async def go() -> None:
+            conn = MariadbConnector(statement_timeout_s=1)
+            try:
+                with pytest.raises(cb.TransientError, match=r"mariadb error (1205|1969)"):
+                    await asyncio.wait_for(  # without the session limits: waits for a day
+                        conn.set(cb.SetRequest("c", 2, cfg, pending, current, Admin())), 5
+                    )
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(
+                        conn.set(cb.SetRequest("c", 2, cfg, pending, current, Admin())), 0.3
+                    )
+                deadline = time.monotonic() + 5  # KILL QUERY returns before the thread stops
+                while waiting() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert waiting() == 0, "the cancelled ALTER USER is still waiting"
+                await conn.rollback(cb.RollbackRequest("c", 2, cfg, pending, current, Admin()))
+            finally:
+                await conn.aclose()
+
+        asyncio.run(go())
+    finally:
+        blocker.cursor().execute("UNLOCK TABLES")
+        blocker.close()
+    assert server.can_login(acc.user, acc.password)
+    assert not server.can_login(acc.user, pending.reveal_text())
+
+
 # -------------------------------------------------------------------------------- verify
 
 

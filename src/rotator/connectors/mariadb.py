@@ -46,7 +46,10 @@ works with any mode).
 ``test`` and the checks that a value logs in are each a fresh login with that value; the
 admin side is pooled (one pool per target, TLS settings, admin credential and admin value,
 the value known by an HMAC fingerprint only; a refused admin login drops its pool, a changed
-admin value gets a new one). No server error text is ever passed on: MariaDB quotes the
+admin value gets a new one). Admin sessions bound lock waits (and, on MariaDB, statement
+run time) to ``STATEMENT_TIMEOUT_S``, below the engine's default step timeout, and a step
+cancelled mid-statement sends ``KILL QUERY`` for it from a fresh login before it ends: no
+statement takes effect after its step (and so after the rollback). No server error text is ever passed on: MariaDB quotes the
 statement in syntax errors, and a statement may hold a hash.
 """
 
@@ -54,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import json
 import re
@@ -83,9 +87,15 @@ LOGIN_REFUSED = frozenset({1045, 1698, 3118, 4151, 1862, 1820})
 # Of those, the ones the server sends only after the password checked out (locked, expired):
 # the password is still valid and works again once the account is unlocked or renewed.
 LOGIN_BLOCKED = frozenset({3118, 4151, 1862, 1820})
-# Server error numbers worth another try: lock wait timeout, deadlock, too many connections.
-RETRYABLE = frozenset({1205, 1213, 1040})
+# Server error numbers worth another try: lock wait timeout, deadlock, too many connections,
+# MariaDB's max_statement_time exceeded.
+RETRYABLE = frozenset({1205, 1213, 1040, 1969})
 ADMIN_POOL_SIZE = 16  # as the postgres connector: the engine's default per-target limit
+# Bound on how long one admin statement may wait for a lock (lock_wait_timeout) or run
+# (MariaDB's max_statement_time): below the engine's default step timeout (60 s,
+# engine/options.py), so a statement stuck behind e.g. a backup's FLUSH TABLES WITH READ LOCK
+# fails within the step instead of completing after its rollback ran.
+STATEMENT_TIMEOUT_S = 30
 MAX_USER_CHARS = 80  # MariaDB's limit (MySQL 8: 32, which the server enforces itself)
 MAX_HOST_CHARS = 255
 NATIVE = "mysql_native_password"
@@ -379,10 +389,15 @@ class MariadbConnector:
 
     # -- connections ----------------------------------------------------------------------
 
-    def __init__(self, admin_pool_size: int = ADMIN_POOL_SIZE) -> None:
+    def __init__(
+        self, admin_pool_size: int = ADMIN_POOL_SIZE, statement_timeout_s: int = STATEMENT_TIMEOUT_S
+    ) -> None:
         if admin_pool_size < 1:
             raise ValueError("admin_pool_size must be at least 1")
+        if statement_timeout_s < 1:
+            raise ValueError("statement_timeout_s must be at least 1")
         self._pool_size = admin_pool_size
+        self._statement_timeout_s = statement_timeout_s
         self._fingerprints = Fingerprints()
         self._pools: Resources[_AdminPool] = Resources(_AdminPool.close)
 
@@ -460,6 +475,40 @@ class MariadbConnector:
             raise cb.TransientError(f"{where} cannot be reached") from None
         return conn
 
+    async def _admin_session(self, cfg: MariadbConfig, login: Login, what: str) -> _Session:
+        """A session on a fresh login as ``login`` (not pooled) that changes accounts."""
+        conn = await self._admin_connect(cfg, login, what)
+        return _Session(conn, None, _ServerInfo(), self._killer(cfg, login))
+
+    async def _admin_connect(self, cfg: MariadbConfig, login: Login, what: str) -> _Connection:
+        """A fresh login whose statements give up waiting for a lock (and, on MariaDB, stop
+        running) after ``statement_timeout_s``, so none outlives its step."""
+        conn = await self._connect(cfg, login, what)
+        limits = [f"SET SESSION lock_wait_timeout = {self._statement_timeout_s}"]
+        if "mariadb" in str(conn.get_server_info()).lower():
+            limits.append(f"SET SESSION max_statement_time = {self._statement_timeout_s}")
+        try:
+            async with conn.cursor() as cur:
+                for statement in limits:
+                    await cur.execute(statement)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, pymysql.err.Error):
+                raise cb.TransientError(f"{what}: cannot set the session's timeouts") from None
+            raise
+        return conn
+
+    def _killer(self, cfg: MariadbConfig, login: Login) -> Callable[[int], Awaitable[None]]:
+        async def kill(thread_id: int) -> None:
+            conn = await self._connect(cfg, login, "kill")
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute("KILL QUERY %s", (thread_id,))
+            finally:
+                await _quit(conn)
+
+        return kill
+
     async def _can_login(self, cfg: MariadbConfig, login: Login) -> bool:
         """Whether ``login``'s password is valid on the server; only a refused password is
         False (a locked account or an expired password is True: the server refuses those
@@ -482,8 +531,7 @@ class MariadbConnector:
             if current is None:
                 raise PermanentError(f"{what}: no admin credential and no current value")
             login = parse_value(current, cfg, f"{what}: CURRENT")
-            conn = await self._connect(cfg, login, f"{what} (as itself)")
-            return _Session(conn, None, _ServerInfo())
+            return await self._admin_session(cfg, login, f"{what} (as itself)")
         value = await secrets_.get(cfg.admin)
         login = parse_login(value, cfg.admin_user, f"{what}: admin {cfg.admin!r}")
         slot = (
@@ -498,7 +546,7 @@ class MariadbConnector:
         label = f"{what} (admin {cfg.admin!r})"
 
         async def make() -> _AdminPool:
-            return _AdminPool(lambda: self._connect(cfg, login, label), self._pool_size)
+            return _AdminPool(lambda: self._admin_connect(cfg, login, label), self._pool_size)
 
         pool = await self._pools.get(slot, self._fingerprints.of(value), make)
         try:
@@ -506,7 +554,7 @@ class MariadbConnector:
         except LoginRefused as exc:
             await self._pools.drop(slot, pool)
             raise cb.ReferenceRefused(str(exc), cfg.admin) from None
-        return _Session(conn, pool, pool.info)
+        return _Session(conn, pool, pool.info, self._killer(cfg, login))
 
     @staticmethod
     async def _exec(
@@ -517,6 +565,13 @@ class MariadbConnector:
                 await cur.execute(query, args)
                 rows: list[tuple[Any, ...]] = list(await cur.fetchall())
                 return rows
+        except asyncio.CancelledError:
+            # A step timeout: the statement may still be waiting on the server (behind a
+            # lock) and would take effect after the rollback that follows; stop it first.
+            if session.kill is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(session.kill(session.conn.server_thread_id[0]))
+            raise
         except pymysql.err.OperationalError as exc:
             code = exc.args[0] if exc.args else 0
             if code in RETRYABLE:
@@ -678,7 +733,7 @@ class MariadbConnector:
         if not await self._can_login(cfg, old):
             return
         if not cfg.admin:
-            session = _Session(await self._connect(cfg, old, "revoke"), None, _ServerInfo())
+            session = await self._admin_session(cfg, old, "revoke")
         else:
             session = await self._admin(cfg, req.secrets, None, "revoke")
         async with session:
@@ -700,7 +755,7 @@ class MariadbConnector:
         if cfg.admin:
             session = await self._admin(cfg, req.secrets, None, "rollback")
         else:  # the account is on pending now
-            session = _Session(await self._connect(cfg, pending, "rollback"), None, _ServerInfo())
+            session = await self._admin_session(cfg, pending, "rollback")
         async with session:
             if cfg.mode == "dual":
                 if current is not None:
@@ -842,8 +897,15 @@ class _Session:
     """An admin connection for one call: ``async with session``; on exit it goes back to its
     pool (or, not pooled, is closed)."""
 
-    def __init__(self, conn: _Connection, pool: _AdminPool | None, info: _ServerInfo) -> None:
+    def __init__(
+        self,
+        conn: _Connection,
+        pool: _AdminPool | None,
+        info: _ServerInfo,
+        kill: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self.conn, self.pool, self.info = conn, pool, info
+        self.kill = kill  # stops the statement running on thread N (a fresh login)
         self.broken = False
 
     async def __aenter__(self) -> _Session:
