@@ -16,6 +16,7 @@ from rotator.connectors import mariadb
 from rotator.connectors.mariadb import (
     MariadbConfig,
     MariadbConnector,
+    account_limits,
     clone_grants,
     native_hash,
 )
@@ -224,3 +225,58 @@ def test_a_grant_line_that_cannot_be_read_leaves_the_existing_clone_untouched() 
     with pytest.raises(cb.PermanentError, match="cannot read a grant"):
         _alternating(rec, "10.11.19-MariaDB")
     assert not any(q.startswith(("REVOKE", "ALTER", "SET")) for q, _ in rec.sent)
+
+
+# MySQL 8.0's SHOW CREATE USER (its documented form, on one line); the hash is binary text
+# that may hold quotes and keywords.
+MYSQL_CREATE_USER = (
+    "CREATE USER `app`@`%` IDENTIFIED WITH 'caching_sha2_password' AS '$A$005$x\\' REQUIRE "
+    "SSL q''z' DEFAULT ROLE `r`@`%` REQUIRE ISSUER '/C=SE/O=Acme' SUBJECT '/CN=app' "
+    "CIPHER 'ECDHE-RSA-AES256-GCM-SHA384' WITH MAX_QUERIES_PER_HOUR 10 "
+    "MAX_USER_CONNECTIONS 2 PASSWORD EXPIRE INTERVAL 180 DAY ACCOUNT UNLOCK PASSWORD "
+    "HISTORY DEFAULT PASSWORD REUSE INTERVAL DEFAULT PASSWORD REQUIRE CURRENT DEFAULT"
+)
+
+
+TLS_SUBJECT = "ISSUER '/C=SE/O=Acme' SUBJECT '/CN=app' CIPHER 'ECDHE-RSA-AES256-GCM-SHA384'"
+
+
+def test_account_limits_read_the_require_and_with_part_of_mysql_show_create_user() -> None:
+    assert account_limits(MYSQL_CREATE_USER, "app", "%") == (
+        "REQUIRE ISSUER '/C=SE/O=Acme' SUBJECT '/CN=app' CIPHER "
+        "'ECDHE-RSA-AES256-GCM-SHA384' WITH MAX_QUERIES_PER_HOUR 10 MAX_USER_CONNECTIONS 2"
+    )
+    plain = (
+        "CREATE USER `app`@`%` IDENTIFIED WITH 'mysql_native_password' AS '*00' REQUIRE NONE "
+        "PASSWORD EXPIRE DEFAULT ACCOUNT UNLOCK"
+    )
+    assert account_limits(plain, "app", "%") == "REQUIRE NONE"
+    for unreadable in ("", "CREATE USER `app`@`%` REQUIRE SSL; DROP USER x ACCOUNT LOCK"):
+        with pytest.raises(cb.PermanentError, match=r"cannot read the TLS requirements"):
+            account_limits(unreadable, "app", "%")
+
+
+def test_on_mysql_the_clone_gets_the_tls_requirements() -> None:
+    # Unverified against a MySQL server (none installable here): the SQL only.
+    rec = _Recording(
+        {
+            "SHOW GRANTS": (("GRANT SELECT ON `db`.* TO `app`@`%`",),),
+            "SHOW CREATE USER": ((MYSQL_CREATE_USER.replace(TLS_SUBJECT, "SSL"),),),
+            "SELECT VERSION": (("8.0.36",),),
+        }
+    )
+    _alternating(rec, "8.0.36")
+    changes = [(q, a) for q, a in rec.sent if not q.startswith(("SELECT", "SHOW"))]
+    assert changes[:4] == [
+        ("REVOKE ALL PRIVILEGES, GRANT OPTION FROM %s@%s", ("app_clone", "%")),
+        ("GRANT SELECT ON `db`.* TO `app_clone`@`%`", None),
+        (
+            "ALTER USER `app_clone`@`%` REQUIRE SSL WITH MAX_QUERIES_PER_HOUR 10 "
+            "MAX_USER_CONNECTIONS 2",
+            None,
+        ),
+        (
+            "ALTER USER %s@%s IDENTIFIED WITH mysql_native_password AS %s",
+            ("app_clone", "%", mariadb.native_hash("new-pw")),
+        ),
+    ]

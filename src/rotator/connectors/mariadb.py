@@ -6,7 +6,10 @@ Accounts are ``'user'@'host_part'`` (``host_part`` defaults to ``%``). Modes:
   part). Before the clone's password is set, its privileges are made the same as USER's:
   everything the clone held directly is revoked and every line of ``SHOW GRANTS FOR USER``
   is run again with the grantee rewritten to the clone (privileges, roles, proxy grants, a
-  default role, TLS requirements and resource limits; the password line is left out). Each
+  default role still granted; on MariaDB also TLS requirements and resource limits; the
+  password line is left out). MySQL 5.7.6+ prints TLS requirements and resource limits in
+  ``SHOW CREATE USER`` only: there its ``REQUIRE … WITH …`` part is applied to the clone
+  with ``ALTER USER`` (password options such as expiry intervals are not copied). Each
   rotation sets a new password on the idle account; the other keeps working for the grace.
 - ``single``: one account; the old password stops working at ``set`` (not zero-downtime).
   With no ``admin`` the account changes its own password ("rotate root").
@@ -49,8 +52,9 @@ the value known by an HMAC fingerprint only; a refused admin login drops its poo
 admin value gets a new one). Admin sessions bound lock waits (and, on MariaDB, statement
 run time) to ``STATEMENT_TIMEOUT_S``, below the engine's default step timeout, and a step
 cancelled mid-statement sends ``KILL QUERY`` for it from a fresh login before it ends: no
-statement takes effect after its step (and so after the rollback). No server error text is ever passed on: MariaDB quotes the
-statement in syntax errors, and a statement may hold a hash.
+statement takes effect after its step (and so after the rollback). No server error text
+is ever passed on: MariaDB quotes the statement in syntax errors, and a statement may hold
+a hash.
 """
 
 from __future__ import annotations
@@ -283,6 +287,58 @@ def clone_grants(lines: list[str], user: str, clone: str, host_part: str) -> lis
             continue
         out.append(head + target + rest)
     return out
+
+
+def _mask_quoted(text: str) -> str:
+    """``text`` with the inside of every quoted string or identifier replaced by ``_`` (same
+    length), so keywords are searched for outside quotes only."""
+    out, quote, i = list(text), "", 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\" and quote == "'":
+                out[i : i + 2] = "__"[: len(text) - i]
+                i += 2
+                continue
+            if c == quote:
+                if text.startswith(quote, i + 1):  # a doubled quote stays inside
+                    out[i : i + 2] = "__"
+                    i += 2
+                    continue
+                quote = ""
+            else:
+                out[i] = "_"
+        elif c in "`'\"":
+            quote = c
+        i += 1
+    return "".join(out)
+
+
+_REQUIRE = re.compile(r"\sREQUIRE\s")
+_AFTER_LIMITS = re.compile(
+    r"\s(?:PASSWORD|ACCOUNT|FAILED_LOGIN_ATTEMPTS|PASSWORD_LOCK_TIME|COMMENT|ATTRIBUTE)\s"
+)
+_STRING = r"'(?:[^'\\]|\\.|'')*'"
+_LIMITS = re.compile(
+    rf"REQUIRE (?:NONE|SSL|X509|(?:(?:ISSUER|SUBJECT|CIPHER) {_STRING}(?: AND)? ?)+)"
+    r"(?: WITH(?: MAX_(?:QUERIES|UPDATES|CONNECTIONS)_PER_HOUR \d+| MAX_USER_CONNECTIONS \d+)+)?"
+)
+
+
+def account_limits(create_user: str, user: str, host_part: str) -> str:
+    """The ``REQUIRE … [WITH MAX_…]`` part of MySQL's ``SHOW CREATE USER`` output (TLS
+    requirements and resource limits, which MySQL 5.7.6+ leaves out of SHOW GRANTS), as
+    the server printed it; PermanentError if it cannot be read."""
+    masked = _mask_quoted(create_user)
+    start = _REQUIRE.search(masked)
+    if start is not None:
+        end = _AFTER_LIMITS.search(masked, start.end())
+        part = " ".join(create_user[start.start() : end.start() if end else None].split())
+        if _LIMITS.fullmatch(part):
+            return part
+    raise PermanentError(
+        f"set: cannot read the TLS requirements of {user!r}@{host_part!r} (SHOW CREATE USER)"
+    )
 
 
 def _value(cfg: MariadbConfig, login: Login) -> Secret:
@@ -644,6 +700,15 @@ class MariadbConnector:
         statements = clone_grants(
             [str(r[0]) for r in rows], cfg.user, cfg.clone_name, cfg.host_part
         )
+        mariadb = (await self._server(session, what)).mariadb
+        if not mariadb:
+            # MySQL 5.7.6+ prints TLS requirements and resource limits in SHOW CREATE USER
+            # only (MariaDB prints them in SHOW GRANTS, copied above).
+            rows = await self._exec(
+                session, "SHOW CREATE USER %s@%s", (cfg.user, cfg.host_part), what
+            )
+            limits = account_limits(str(rows[0][0]) if rows else "", cfg.user, cfg.host_part)
+            statements.append(f"ALTER USER {grantee(cfg.clone_name, cfg.host_part)} {limits}")
         if await self._plugin(session, cfg.clone_name, cfg.host_part, what) is None:
             # Made with the new password at once, so it never exists without one.
             clause, args = self._auth_clause(plugin, password, what)
@@ -662,7 +727,7 @@ class MariadbConnector:
                 (cfg.clone_name, cfg.host_part),
                 what,
             )
-            if (await self._server(session, what)).mariadb:
+            if mariadb:
                 # A default role USER no longer has must not stay on the clone.
                 await self._exec(
                     session,
