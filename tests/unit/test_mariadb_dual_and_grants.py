@@ -256,19 +256,21 @@ def test_account_limits_read_the_require_and_with_part_of_mysql_show_create_user
             account_limits(unreadable, "app", "%")
 
 
-def test_on_mysql_the_clone_gets_the_tls_requirements() -> None:
+def test_on_mysql_the_clone_gets_the_tls_requirements_and_loses_its_roles() -> None:
     # Unverified against a MySQL server (none installable here): the SQL only.
     rec = _Recording(
         {
             "SHOW GRANTS": (("GRANT SELECT ON `db`.* TO `app`@`%`",),),
             "SHOW CREATE USER": ((MYSQL_CREATE_USER.replace(TLS_SUBJECT, "SSL"),),),
+            "SELECT FROM_USER": (("old_role", "%"),),
             "SELECT VERSION": (("8.0.36",),),
         }
     )
     _alternating(rec, "8.0.36")
     changes = [(q, a) for q, a in rec.sent if not q.startswith(("SELECT", "SHOW"))]
-    assert changes[:4] == [
+    assert changes[:5] == [
         ("REVOKE ALL PRIVILEGES, GRANT OPTION FROM %s@%s", ("app_clone", "%")),
+        ("REVOKE %s@%s FROM %s@%s", ("old_role", "%", "app_clone", "%")),
         ("GRANT SELECT ON `db`.* TO `app_clone`@`%`", None),
         (
             "ALTER USER `app_clone`@`%` REQUIRE SSL WITH MAX_QUERIES_PER_HOUR 10 "

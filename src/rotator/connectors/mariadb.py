@@ -735,6 +735,23 @@ class MariadbConnector:
                     (cfg.clone_name, cfg.host_part),
                     what,
                 )
+            else:
+                # MySQL 8 keeps granted roles through REVOKE ALL (not checked against a
+                # MySQL server: none can be installed here).
+                edges = await self._exec(
+                    session,
+                    "SELECT FROM_USER, FROM_HOST FROM mysql.role_edges"
+                    " WHERE TO_USER = %s AND TO_HOST = %s",
+                    (cfg.clone_name, cfg.host_part),
+                    what,
+                )
+                for role, role_host in edges:
+                    await self._exec(
+                        session,
+                        "REVOKE %s@%s FROM %s@%s",
+                        (str(role), str(role_host), cfg.clone_name, cfg.host_part),
+                        what,
+                    )
         for statement in statements:
             await self._exec(session, statement, None, what)
 
