@@ -42,7 +42,7 @@ from rotator.connectors.mariadb import (
 from rotator.domain.model import Stage
 from rotator.domain.secret import Secret
 from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest, Trigger
-from rotator.errors import NotFound, VerificationFailed
+from rotator.errors import ConnectorError, NotFound, VerificationFailed
 from rotator.kernel.core import utcnow
 from rotator.service import BlockingService, PolicyInput, ValueInput
 
@@ -286,6 +286,160 @@ def test_rollback_and_revoke_are_idempotent_and_single_rollback_restores(
     asyncio.run(go())
 
 
+def test_revoke_and_rollback_reach_a_locked_or_expired_account_whose_password_works(
+    mariadb_target: MariadbServer,
+) -> None:
+    """MariaDB refuses a locked account (4151) or an expired password (1862) only once the
+    password checked out: revoke and rollback still change such an account's password, so the
+    old value does not work again after an unlock (or in the expired-password sandbox)."""
+    server = mariadb_target
+    acc = make_account(server)
+    clone = acc.user + "_clone"
+    server.execute("CREATE USER %s@'%%' IDENTIFIED BY 'old-clone-pw'", (clone,))
+    cfg = MariadbConfig(host=server.host, port=server.port, user=acc.user, admin="a")
+    single = MariadbConfig(
+        host=server.host, port=server.port, user=acc.user, admin="a", mode="single"
+    )
+
+    class Admin:
+        async def get(self, name: str) -> Secret:
+            return Secret(server.password)
+
+    def value(user: str, password: str) -> Secret:
+        return Secret(json.dumps({"username": user, "password": password}))
+
+    def stored_hash(user: str) -> str:
+        rows = server.execute(
+            "SELECT authentication_string FROM mysql.user WHERE User = %s", (user,)
+        )
+        return str(rows[0][0])
+
+    async def go() -> None:
+        conn = MariadbConnector()
+        try:
+            server.execute("ALTER USER %s@'%%' ACCOUNT LOCK", (clone,))
+            await conn.revoke(
+                cb.RevokeRequest("c", 1, cfg, value(clone, "old-clone-pw"), secrets=Admin())
+            )
+            server.execute("ALTER USER %s@'%%' ACCOUNT UNLOCK", (clone,))
+            assert not server.can_login(clone, "old-clone-pw"), "locked: revoke skipped it"
+
+            server.execute("ALTER USER %s@'%%' IDENTIFIED BY 'old-clone-pw'", (clone,))
+            server.execute("ALTER USER %s@'%%' PASSWORD EXPIRE", (clone,))
+            await conn.revoke(
+                cb.RevokeRequest("c", 1, cfg, value(clone, "old-clone-pw"), secrets=Admin())
+            )
+            assert stored_hash(clone) != native_hash("old-clone-pw"), "expired: revoke skipped"
+
+            # single: PENDING was set, then the account got locked; rollback restores CURRENT
+            pending = value(acc.user, "pending-pw")
+            server.execute("ALTER USER %s@'%%' IDENTIFIED BY 'pending-pw'", (acc.user,))
+            server.execute("ALTER USER %s@'%%' ACCOUNT LOCK", (acc.user,))
+            await conn.rollback(
+                cb.RollbackRequest("c", 2, single, pending, Secret(acc.password), secrets=Admin())
+            )
+            server.execute("ALTER USER %s@'%%' ACCOUNT UNLOCK", (acc.user,))
+            assert server.can_login(acc.user, acc.password), "rollback skipped a locked one"
+            assert not server.can_login(acc.user, "pending-pw")
+        finally:
+            await conn.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_role_revoked_from_user_leaves_no_default_role_that_breaks_the_clone(
+    mariadb_target: MariadbServer,
+) -> None:
+    """After ``REVOKE role FROM USER`` MariaDB still prints ``SET DEFAULT ROLE role FOR
+    USER``: the next copy to the existing clone succeeds, and the clone ends with USER's
+    grants (no role, no default role) and logs in."""
+    server = mariadb_target
+    acc = make_account(server)
+    clone, role = acc.user + "_clone", "role_" + uuid.uuid4().hex[:8]
+    server.execute(f"CREATE ROLE {role}")
+    server.execute(f"GRANT SELECT ON `{SHARED_DB}`.* TO {role}")
+    server.execute(f"GRANT {role} TO %s@'%%'", (acc.user,))
+    server.execute(f"SET DEFAULT ROLE {role} FOR %s@'%%'", (acc.user,))
+    cfg = MariadbConfig(host=server.host, port=server.port, user=acc.user, admin="a")
+
+    class Admin:
+        async def get(self, name: str) -> Secret:
+            return Secret(server.password)
+
+    def value(user: str, password: str) -> Secret:
+        return Secret(json.dumps({"username": user, "password": password}))
+
+    async def go() -> None:
+        conn = MariadbConnector()
+        try:
+            current = value(acc.user, acc.password)
+            await conn.set(cb.SetRequest("c", 2, cfg, value(clone, "p1"), current, Admin()))
+            assert grants(server, clone, "%") == grants(server, acc.user, "%")
+            server.execute(f"REVOKE {role} FROM %s@'%%'", (acc.user,))
+            await conn.set(cb.SetRequest("c", 4, cfg, value(clone, "p3"), current, Admin()))
+        finally:
+            await conn.aclose()
+
+    asyncio.run(go())
+    assert not any(role in line for line in grants(server, clone, "%"))
+    assert reads_its_table(server, clone, "p3", SHARED_DB)  # the direct grant was copied
+
+
+def test_a_set_stuck_behind_a_read_lock_never_takes_effect_after_its_step(
+    mariadb_target: MariadbServer,
+) -> None:
+    """A backup's FLUSH TABLES WITH READ LOCK holds ALTER USER: a step timeout (a
+    cancellation) kills the waiting statement before the step ends, so the rollback that
+    follows finds nothing to undo and CURRENT still works once the lock is gone; uncancelled,
+    the statement gives up after statement_timeout_s (a transient error, retried later)."""
+    server = mariadb_target
+    acc = make_account(server)
+    cfg = MariadbConfig(host=server.host, port=server.port, user=acc.user, admin="a", mode="single")
+    current, pending = Secret(acc.password), Secret("pending-" + uuid.uuid4().hex)
+
+    class Admin:
+        async def get(self, name: str) -> Secret:
+            return Secret(server.password)
+
+    def waiting() -> int:
+        rows = server.execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+            " WHERE INFO LIKE 'ALTER USER%%' AND INFO LIKE %s",
+            ("%" + acc.user + "%",),
+        )
+        return int(rows[0][0])
+
+    blocker = server.admin()
+    try:
+        blocker.cursor().execute("FLUSH TABLES WITH READ LOCK")
+
+        async def go() -> None:
+            conn = MariadbConnector(statement_timeout_s=1)
+            try:
+                with pytest.raises(cb.TransientError, match=r"mariadb error (1205|1969)"):
+                    await asyncio.wait_for(  # without the session limits: waits for a day
+                        conn.set(cb.SetRequest("c", 2, cfg, pending, current, Admin())), 5
+                    )
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(
+                        conn.set(cb.SetRequest("c", 2, cfg, pending, current, Admin())), 0.3
+                    )
+                deadline = time.monotonic() + 5  # KILL QUERY returns before the thread stops
+                while waiting() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert waiting() == 0, "the cancelled ALTER USER is still waiting"
+                await conn.rollback(cb.RollbackRequest("c", 2, cfg, pending, current, Admin()))
+            finally:
+                await conn.aclose()
+
+        asyncio.run(go())
+    finally:
+        blocker.cursor().execute("UNLOCK TABLES")
+        blocker.close()
+    assert server.can_login(acc.user, acc.password)
+    assert not server.can_login(acc.user, pending.reveal_text())
+
+
 # -------------------------------------------------------------------------------- verify
 
 
@@ -490,8 +644,8 @@ def _packet(seq: int, payload: bytes) -> bytes:
 CAPS = 0x1 | 0x200 | 0x8000 | 0x80000  # long password, 4.1 protocol, secure conn, plugins
 
 
-def _greeting(caps: int) -> bytes:
-    """A server greeting (protocol 10) naming ``mysql_clear_password`` as its plugin."""
+def _greeting(caps: int, plugin: bytes = b"mysql_clear_password") -> bytes:
+    """A server greeting (protocol 10) naming ``plugin`` as its auth plugin."""
     return _packet(
         0,
         b"\x0a8.0.36\x00"
@@ -503,7 +657,8 @@ def _greeting(caps: int) -> bytes:
         + bytes([21])
         + b"\x00" * 10
         + b"123456789012\x00"
-        + b"mysql_clear_password\x00",
+        + plugin
+        + b"\x00",
     )
 
 
@@ -527,15 +682,66 @@ async def _impostor(received: bytearray) -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-def test_a_server_asking_for_the_password_in_clear_text_gets_nothing() -> None:
+def _tls_impostor(tmp_path: Path, plugin: bytes, reply: bytes) -> tuple[int, bytearray]:
+    """A server offering TLS (a self-signed certificate) and ``plugin`` in its greeting; it
+    answers the client's login packet with ``reply`` and records every byte the client sends
+    inside TLS until the client hangs up (or 3 s pass)."""
+    cert, key = _self_signed(tmp_path, plugin.decode())
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    received = bytearray()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        listener.close()
+        conn.settimeout(3)
+        with contextlib.suppress(OSError), conn:
+            conn.sendall(_greeting(CAPS | 0x800, plugin))  # 0x800: CLIENT_SSL
+            request = b""
+            while len(request) < 36:
+                request += conn.recv(36 - len(request)) or b"x" * 36
+            secure = tls.wrap_socket(conn, server_side=True)
+            received.extend(secure.recv(4096))
+            secure.sendall(reply)
+            while chunk := secure.recv(4096):
+                received.extend(chunk)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], received
+
+
+def test_a_server_asking_for_the_password_in_clear_text_gets_nothing(tmp_path: Path) -> None:
+    """Nothing of the password reaches a server asking for it in clear text, nor (with the
+    default ssl_mode=preferred, which does not check the certificate) one asking over TLS
+    for sha256_password or caching_sha2_password's full authentication; each refusal is one
+    message naming the ssl_mode to use."""
     password = "never-in-clear-" + uuid.uuid4().hex
+    value = Secret(json.dumps({"username": "app", "password": password}))
+    for plugin, reply in (
+        # sha256_password over TLS: the login packet itself would carry the password; the
+        # impostor then asks to switch to it.
+        (b"sha256_password", _packet(3, b"\xfesha256_password\x00" + b"1" * 20 + b"\x00")),
+        # caching_sha2_password: the scramble is refused, "full authentication needed".
+        (b"caching_sha2_password", _packet(3, b"\x01\x04")),
+    ):
+        port, received = _tls_impostor(tmp_path, plugin, reply)
+        cfg = MariadbConfig(port=port, user="app", admin="a")  # ssl_mode=preferred
+        with pytest.raises(ConnectorError) as tls_refused:
+            asyncio.run(MariadbConnector().test(cb.TestRequest("c", 2, cfg, value)))
+        assert received, f"{plugin!r}: the impostor got no login packet"
+        assert password.encode() not in received, plugin
+        assert isinstance(tls_refused.value, cb.PermanentError)
+        assert "nothing was sent: use ssl_mode=verify_ca or verify_identity" in str(
+            tls_refused.value
+        )
+        assert password not in str(tls_refused.value)
 
     async def go() -> tuple[bytes, bytes, str]:
         ours, plain = bytearray(), bytearray()
         server = await _impostor(ours)
         port = server.sockets[0].getsockname()[1]
         cfg = MariadbConfig(port=port, user="app", admin="a", ssl_mode="disabled")
-        value = Secret(json.dumps({"username": "app", "password": password}))
         with pytest.raises(cb.PermanentError) as refused:
             await MariadbConnector().test(cb.TestRequest("c", 2, cfg, value))
         server.close()

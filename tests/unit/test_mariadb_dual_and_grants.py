@@ -16,6 +16,7 @@ from rotator.connectors import mariadb
 from rotator.connectors.mariadb import (
     MariadbConfig,
     MariadbConnector,
+    account_limits,
     clone_grants,
     native_hash,
 )
@@ -84,8 +85,10 @@ def test_invalid_settings_are_input_errors(settings: dict[str, str]) -> None:
 
 
 class _Cursor:
-    def __init__(self, sent: list[tuple[str, Any]]) -> None:
-        self.sent = sent
+    def __init__(
+        self, sent: list[tuple[str, Any]], answers: dict[str, tuple[tuple[Any, ...], ...]]
+    ) -> None:
+        self.sent, self.answers = sent, answers
 
     async def __aenter__(self) -> _Cursor:
         return self
@@ -98,17 +101,22 @@ class _Cursor:
 
     async def fetchall(self) -> tuple[tuple[Any, ...], ...]:
         query = self.sent[-1][0]
+        for start, rows in self.answers.items():
+            if query.startswith(start):
+                return rows
         return (("mysql_native_password",),) if "FROM mysql.user" in query else ()
 
 
 class _Recording:
-    """Stands in for an admin session on a MySQL 8.0.36 server; records every statement."""
+    """Stands in for an admin session on a MySQL 8.0.36 server; records every statement and
+    answers a query starting with a key of ``answers`` with its rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, answers: dict[str, tuple[tuple[Any, ...], ...]] | None = None) -> None:
         self.sent: list[tuple[str, Any]] = []
+        self.answers = answers or {}
 
     def cursor(self) -> _Cursor:
-        return _Cursor(self.sent)
+        return _Cursor(self.sent, self.answers)
 
     def release(self, conn: object, broken: bool) -> None:
         return None
@@ -183,3 +191,94 @@ def test_dual_is_refused_on_mariadb_before_any_change(monkeypatch: pytest.Monkey
     with pytest.raises(cb.PermanentError, match=r"mode=dual needs MySQL 8\.0\.14"):
         asyncio.run(conn.set(cb.SetRequest("c", 2, CFG, NEW, OLD)))
     assert not any(q.startswith("ALTER") for q, _ in rec.sent)
+
+
+def test_clone_grants_drop_a_default_role_that_is_no_longer_granted() -> None:
+    # MariaDB prints the SET DEFAULT ROLE line after REVOKE `r` FROM the user; the clone
+    # would be refused it (error 1959).
+    stale = ["GRANT USAGE ON *.* TO `app`@`%`", "SET DEFAULT ROLE `r` FOR `app`@`%`"]
+    assert clone_grants(stale, "app", "app_clone", "%") == []
+    kept = ["GRANT `r`,`s` TO `app`@`%`", "SET DEFAULT ROLE `s` FOR `app`@`%`"]
+    assert clone_grants(kept, "app", "app_clone", "%") == [
+        "GRANT `r`,`s` TO `app_clone`@`%`",
+        "SET DEFAULT ROLE `s` FOR `app_clone`@`%`",
+    ]
+
+
+def _alternating(rec: _Recording, version: str) -> None:
+    """Runs ``set`` to the (existing) clone against ``rec`` standing in for ``version``."""
+    conn = MariadbConnector()
+    info = mariadb._ServerInfo()
+    info.parse(version)
+
+    async def admin(*_: object) -> mariadb._Session:
+        return mariadb._Session(rec, rec, info)  # type: ignore[arg-type]
+
+    conn._admin = admin  # type: ignore[method-assign]
+    cfg = MariadbConfig(user="app", admin="a")
+    pending = Secret('{"username": "app_clone", "password": "new-pw"}')
+    asyncio.run(conn.set(cb.SetRequest("c", 2, cfg, pending, OLD)))
+
+
+def test_a_grant_line_that_cannot_be_read_leaves_the_existing_clone_untouched() -> None:
+    rec = _Recording({"SHOW GRANTS": (("GRANT SELECT ON *.* TO `someone`@`%`",),)})
+    with pytest.raises(cb.PermanentError, match="cannot read a grant"):
+        _alternating(rec, "10.11.19-MariaDB")
+    assert not any(q.startswith(("REVOKE", "ALTER", "SET")) for q, _ in rec.sent)
+
+
+# MySQL 8.0's SHOW CREATE USER (its documented form, on one line); the hash is binary text
+# that may hold quotes and keywords.
+MYSQL_CREATE_USER = (
+    "CREATE USER `app`@`%` IDENTIFIED WITH 'caching_sha2_password' AS '$A$005$x\\' REQUIRE "
+    "SSL q''z' DEFAULT ROLE `r`@`%` REQUIRE ISSUER '/C=SE/O=Acme' SUBJECT '/CN=app' "
+    "CIPHER 'ECDHE-RSA-AES256-GCM-SHA384' WITH MAX_QUERIES_PER_HOUR 10 "
+    "MAX_USER_CONNECTIONS 2 PASSWORD EXPIRE INTERVAL 180 DAY ACCOUNT UNLOCK PASSWORD "
+    "HISTORY DEFAULT PASSWORD REUSE INTERVAL DEFAULT PASSWORD REQUIRE CURRENT DEFAULT"
+)
+
+
+TLS_SUBJECT = "ISSUER '/C=SE/O=Acme' SUBJECT '/CN=app' CIPHER 'ECDHE-RSA-AES256-GCM-SHA384'"
+
+
+def test_account_limits_read_the_require_and_with_part_of_mysql_show_create_user() -> None:
+    assert account_limits(MYSQL_CREATE_USER, "app", "%") == (
+        "REQUIRE ISSUER '/C=SE/O=Acme' SUBJECT '/CN=app' CIPHER "
+        "'ECDHE-RSA-AES256-GCM-SHA384' WITH MAX_QUERIES_PER_HOUR 10 MAX_USER_CONNECTIONS 2"
+    )
+    plain = (
+        "CREATE USER `app`@`%` IDENTIFIED WITH 'mysql_native_password' AS '*00' REQUIRE NONE "
+        "PASSWORD EXPIRE DEFAULT ACCOUNT UNLOCK"
+    )
+    assert account_limits(plain, "app", "%") == "REQUIRE NONE"
+    for unreadable in ("", "CREATE USER `app`@`%` REQUIRE SSL; DROP USER x ACCOUNT LOCK"):
+        with pytest.raises(cb.PermanentError, match=r"cannot read the TLS requirements"):
+            account_limits(unreadable, "app", "%")
+
+
+def test_on_mysql_the_clone_gets_the_tls_requirements_and_loses_its_roles() -> None:
+    # Unverified against a MySQL server (none installable here): the SQL only.
+    rec = _Recording(
+        {
+            "SHOW GRANTS": (("GRANT SELECT ON `db`.* TO `app`@`%`",),),
+            "SHOW CREATE USER": ((MYSQL_CREATE_USER.replace(TLS_SUBJECT, "SSL"),),),
+            "SELECT FROM_USER": (("old_role", "%"),),
+            "SELECT VERSION": (("8.0.36",),),
+        }
+    )
+    _alternating(rec, "8.0.36")
+    changes = [(q, a) for q, a in rec.sent if not q.startswith(("SELECT", "SHOW"))]
+    assert changes[:5] == [
+        ("REVOKE ALL PRIVILEGES, GRANT OPTION FROM %s@%s", ("app_clone", "%")),
+        ("REVOKE %s@%s FROM %s@%s", ("old_role", "%", "app_clone", "%")),
+        ("GRANT SELECT ON `db`.* TO `app_clone`@`%`", None),
+        (
+            "ALTER USER `app_clone`@`%` REQUIRE SSL WITH MAX_QUERIES_PER_HOUR 10 "
+            "MAX_USER_CONNECTIONS 2",
+            None,
+        ),
+        (
+            "ALTER USER %s@%s IDENTIFIED WITH mysql_native_password AS %s",
+            ("app_clone", "%", mariadb.native_hash("new-pw")),
+        ),
+    ]

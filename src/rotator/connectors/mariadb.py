@@ -6,7 +6,10 @@ Accounts are ``'user'@'host_part'`` (``host_part`` defaults to ``%``). Modes:
   part). Before the clone's password is set, its privileges are made the same as USER's:
   everything the clone held directly is revoked and every line of ``SHOW GRANTS FOR USER``
   is run again with the grantee rewritten to the clone (privileges, roles, proxy grants, a
-  default role, TLS requirements and resource limits; the password line is left out). Each
+  default role still granted; on MariaDB also TLS requirements and resource limits; the
+  password line is left out). MySQL 5.7.6+ prints TLS requirements and resource limits in
+  ``SHOW CREATE USER`` only: there its ``REQUIRE … WITH …`` part is applied to the clone
+  with ``ALTER USER`` (password options such as expiry intervals are not copied). Each
   rotation sets a new password on the idle account; the other keeps working for the grace.
 - ``single``: one account; the old password stops working at ``set`` (not zero-downtime).
   With no ``admin`` the account changes its own password ("rotate root").
@@ -36,17 +39,29 @@ would have to be sent in clear (ed25519) or is not a password.
 Logins (admin and test alike) refuse a server that asks for ``mysql_clear_password`` or
 ``mysql_old_password`` (nothing is sent), and ``ssl_mode`` ``required``/``verify_ca``/
 ``verify_identity`` refuse a server that does not offer TLS, before the password is sent.
+``preferred`` and ``required`` do not check the server's certificate: they protect nothing
+against an active attacker, who can pose as the server. So unless ``ssl_mode`` is
+``verify_ca``/``verify_identity``, a server asking for ``sha256_password`` or for
+caching_sha2_password's full authentication (both hand over the password itself, over TLS
+or encrypted to an RSA key the server supplies) is refused before the password is sent:
+MySQL 8 accounts of those plugins need ``verify_*`` (caching_sha2's fast path, a scramble,
+works with any mode).
 ``test`` and the checks that a value logs in are each a fresh login with that value; the
 admin side is pooled (one pool per target, TLS settings, admin credential and admin value,
 the value known by an HMAC fingerprint only; a refused admin login drops its pool, a changed
-admin value gets a new one). No server error text is ever passed on: MariaDB quotes the
-statement in syntax errors, and a statement may hold a hash.
+admin value gets a new one). Admin sessions bound lock waits (and, on MariaDB, statement
+run time) to ``STATEMENT_TIMEOUT_S``, below the engine's default step timeout, and a step
+cancelled mid-statement sends ``KILL QUERY`` for it from a fresh login before it ends: no
+statement takes effect after its step (and so after the rollback). No server error text
+is ever passed on: MariaDB quotes the statement in syntax errors, and a statement may hold
+a hash.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import json
 import re
@@ -60,6 +75,7 @@ from typing import Any, ClassVar, Literal
 import aiomysql
 import pymysql
 from pydantic import Field, field_validator, model_validator
+from pymysql import _auth as pymysql_auth
 from pymysql.constants import CLIENT
 
 from rotator.connectors import base as cb
@@ -72,9 +88,18 @@ PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_.~"
 # Server error numbers of a refused login: access denied (with/without password), the
 # account locked, the password expired.
 LOGIN_REFUSED = frozenset({1045, 1698, 3118, 4151, 1862, 1820})
-# Server error numbers worth another try: lock wait timeout, deadlock, too many connections.
-RETRYABLE = frozenset({1205, 1213, 1040})
+# Of those, the ones the server sends only after the password checked out (locked, expired):
+# the password is still valid and works again once the account is unlocked or renewed.
+LOGIN_BLOCKED = frozenset({3118, 4151, 1862, 1820})
+# Server error numbers worth another try: lock wait timeout, deadlock, too many connections,
+# MariaDB's max_statement_time exceeded.
+RETRYABLE = frozenset({1205, 1213, 1040, 1969})
 ADMIN_POOL_SIZE = 16  # as the postgres connector: the engine's default per-target limit
+# Bound on how long one admin statement may wait for a lock (lock_wait_timeout) or run
+# (MariaDB's max_statement_time): below the engine's default step timeout (60 s,
+# engine/options.py), so a statement stuck behind e.g. a backup's FLUSH TABLES WITH READ LOCK
+# fails within the step instead of completing after its rollback ran.
+STATEMENT_TIMEOUT_S = 30
 MAX_USER_CHARS = 80  # MariaDB's limit (MySQL 8: 32, which the server enforces itself)
 MAX_HOST_CHARS = 255
 NATIVE = "mysql_native_password"
@@ -224,21 +249,34 @@ def _grantee_at(line: str, source: str) -> int:
 
 
 _PASSWORD_CLAUSE = re.compile(r"^ IDENTIFIED BY PASSWORD '[^'\\]*'")
+_QUOTED = r"`(?:[^`]|``)*`"
+_ROLE = rf"{_QUOTED}(?:@{_QUOTED})?"  # MariaDB: `role`; MySQL: `role`@`host`
+_ROLE_GRANT = re.compile(rf"^GRANT ({_ROLE}(?:,\s*{_ROLE})*) TO $")
+_DEFAULT_ROLE = re.compile(rf"^SET DEFAULT ROLE ({_ROLE}) FOR $")
 
 
 def clone_grants(lines: list[str], user: str, clone: str, host_part: str) -> list[str]:
     """The statements that give ``clone`` what SHOW GRANTS lists for ``user``: each line
     with its grantee replaced; the password part left out, and the bare USAGE line (which
     CREATE USER gives anyway) dropped. PermanentError if a line names no grantee rotator
-    recognises or names an authentication method it cannot copy."""
+    recognises or names an authentication method it cannot copy. A ``SET DEFAULT ROLE``
+    line naming a role not granted in ``lines`` is dropped: MariaDB still prints it after
+    the role was revoked, and the clone would be refused it (error 1959)."""
     source, target = grantee(user, host_part), grantee(clone, host_part)
-    out = []
+    out, granted = [], set()
+    for line in lines:
+        at = _grantee_at(line, source)
+        if at >= 0 and (roles := _ROLE_GRANT.match(line[:at])):
+            granted.update(re.findall(_ROLE, roles.group(1)))
     for line in lines:
         at = _grantee_at(line, source)
         if at < 0:
             raise PermanentError(
                 f"set: cannot read a grant of {user!r}@{host_part!r} (SHOW GRANTS format)"
             )
+        default = _DEFAULT_ROLE.match(line[:at])
+        if default and default.group(1) not in granted:
+            continue
         rest = _PASSWORD_CLAUSE.sub("", line[at + len(source) :])
         if rest.startswith(" IDENTIFIED"):
             raise PermanentError(
@@ -249,6 +287,58 @@ def clone_grants(lines: list[str], user: str, clone: str, host_part: str) -> lis
             continue
         out.append(head + target + rest)
     return out
+
+
+def _mask_quoted(text: str) -> str:
+    """``text`` with the inside of every quoted string or identifier replaced by ``_`` (same
+    length), so keywords are searched for outside quotes only."""
+    out, quote, i = list(text), "", 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\" and quote == "'":
+                out[i : i + 2] = "__"[: len(text) - i]
+                i += 2
+                continue
+            if c == quote:
+                if text.startswith(quote, i + 1):  # a doubled quote stays inside
+                    out[i : i + 2] = "__"
+                    i += 2
+                    continue
+                quote = ""
+            else:
+                out[i] = "_"
+        elif c in "`'\"":
+            quote = c
+        i += 1
+    return "".join(out)
+
+
+_REQUIRE = re.compile(r"\sREQUIRE\s")
+_AFTER_LIMITS = re.compile(
+    r"\s(?:PASSWORD|ACCOUNT|FAILED_LOGIN_ATTEMPTS|PASSWORD_LOCK_TIME|COMMENT|ATTRIBUTE)\s"
+)
+_STRING = r"'(?:[^'\\]|\\.|'')*'"
+_LIMITS = re.compile(
+    rf"REQUIRE (?:NONE|SSL|X509|(?:(?:ISSUER|SUBJECT|CIPHER) {_STRING}(?: AND)? ?)+)"
+    r"(?: WITH(?: MAX_(?:QUERIES|UPDATES|CONNECTIONS)_PER_HOUR \d+| MAX_USER_CONNECTIONS \d+)+)?"
+)
+
+
+def account_limits(create_user: str, user: str, host_part: str) -> str:
+    """The ``REQUIRE … [WITH MAX_…]`` part of MySQL's ``SHOW CREATE USER`` output (TLS
+    requirements and resource limits, which MySQL 5.7.6+ leaves out of SHOW GRANTS), as
+    the server printed it; PermanentError if it cannot be read."""
+    masked = _mask_quoted(create_user)
+    start = _REQUIRE.search(masked)
+    if start is not None:
+        end = _AFTER_LIMITS.search(masked, start.end())
+        part = " ".join(create_user[start.start() : end.start() if end else None].split())
+        if _LIMITS.fullmatch(part):
+            return part
+    raise PermanentError(
+        f"set: cannot read the TLS requirements of {user!r}@{host_part!r} (SHOW CREATE USER)"
+    )
 
 
 def _value(cfg: MariadbConfig, login: Login) -> Secret:
@@ -269,17 +359,30 @@ class LoginRefused(cb.PermanentError):
     """The server refused a login's password."""
 
 
+class LoginBlocked(LoginRefused):
+    """The server refused a login whose password is right: the account is locked or its
+    password expired."""
+
+
 class _Connection(aiomysql.Connection):  # type: ignore[misc]
     """An aiomysql connection that refuses, before sending the password, a server without
-    TLS when TLS is required, and a server asking for the password in clear text
-    (``mysql_clear_password``) or for the broken pre-4.1 scramble."""
+    TLS when TLS is required, a server asking for the password in clear text
+    (``mysql_clear_password``) or for the broken pre-4.1 scramble, and, unless the server's
+    certificate is checked (``trusted_tls``: ssl_mode verify_ca/verify_identity), a server
+    asking for ``sha256_password`` or for caching_sha2_password's full authentication: those
+    send the raw password over TLS, or encrypt it to an RSA key the server itself supplies,
+    so an impostor (which unverified TLS cannot tell apart) would read it."""
 
     require_tls = False
+    trusted_tls = False
 
     async def _request_authentication(self) -> None:
         if self.require_tls and not self.server_capabilities & CLIENT.SSL:
             raise _Refused("offers no TLS, which ssl_mode requires; nothing was sent")
-        if self._server_auth_plugin in ("mysql_clear_password", "mysql_old_password"):
+        plugin = self._server_auth_plugin
+        if plugin in ("mysql_clear_password", "mysql_old_password") or (
+            plugin == "sha256_password" and not self.trusted_tls
+        ):
             # The first packet would carry the password in that form: answer with the
             # native scramble instead; the server then refuses or switches plugins.
             self._client_auth_plugin = NATIVE
@@ -289,6 +392,33 @@ class _Connection(aiomysql.Connection):  # type: ignore[misc]
         if plugin_name in (b"mysql_clear_password", b"mysql_old_password"):
             raise _Refused("asked for the password in clear text; nothing was sent")
         return await super()._process_auth(plugin_name, auth_packet)
+
+    async def sha256_password_auth(self, pkt: Any) -> Any:
+        if not self.trusted_tls:
+            raise _Refused(_UNTRUSTED_PLUGIN.format("sha256_password"))
+        return await super().sha256_password_auth(pkt)
+
+    async def caching_sha2_password_auth(self, pkt: Any) -> Any:
+        if self.trusted_tls or not self._password:
+            return await super().caching_sha2_password_auth(pkt)
+        # The fast path (a scramble) is safe to any server; only the full authentication
+        # the server asks for next (4) is refused.
+        if pkt.is_auth_switch_request():
+            self.salt = pkt.read_all()
+            self.write_packet(
+                pymysql_auth.scramble_caching_sha2(self._password.encode("latin1"), self.salt)
+            )
+            pkt = await self._read_packet()
+            pkt.check_error()
+        if pkt.is_extra_auth_data() and pkt.get_all_data()[1:2] != b"\x03":
+            raise _Refused(_UNTRUSTED_PLUGIN.format("caching_sha2_password full authentication"))
+        return await super().caching_sha2_password_auth(pkt)
+
+
+_UNTRUSTED_PLUGIN = (
+    "asked for {} (the password itself, to a server whose certificate is not checked); "
+    "nothing was sent: use ssl_mode=verify_ca or verify_identity with ssl_ca"
+)
 
 
 class _Refused(Exception):
@@ -315,10 +445,15 @@ class MariadbConnector:
 
     # -- connections ----------------------------------------------------------------------
 
-    def __init__(self, admin_pool_size: int = ADMIN_POOL_SIZE) -> None:
+    def __init__(
+        self, admin_pool_size: int = ADMIN_POOL_SIZE, statement_timeout_s: int = STATEMENT_TIMEOUT_S
+    ) -> None:
         if admin_pool_size < 1:
             raise ValueError("admin_pool_size must be at least 1")
+        if statement_timeout_s < 1:
+            raise ValueError("statement_timeout_s must be at least 1")
         self._pool_size = admin_pool_size
+        self._statement_timeout_s = statement_timeout_s
         self._fingerprints = Fingerprints()
         self._pools: Resources[_AdminPool] = Resources(_AdminPool.close)
 
@@ -367,6 +502,7 @@ class MariadbConnector:
             program_name="rotator",
         )
         conn.require_tls = cfg.ssl_mode not in ("disabled", "preferred")
+        conn.trusted_tls = cfg.ssl_mode.startswith("verify")
         where = f"{what}: mariadb at {cfg.host}:{cfg.port}"
         try:
             # aiomysql's connect_timeout covers the TCP connect only; this covers the login.
@@ -380,6 +516,11 @@ class MariadbConnector:
                 raise PermanentError(
                     f"{where} failed the TLS check of ssl_mode={cfg.ssl_mode}"
                 ) from None
+            if code in LOGIN_BLOCKED:
+                raise LoginBlocked(
+                    f"{where} refused the login of {login.username!r} (account locked or "
+                    f"password expired, mariadb error {code})"
+                ) from None
             if code in LOGIN_REFUSED:
                 raise LoginRefused(f"{where} refused the login of {login.username!r}") from None
             if code == 2059:  # an authentication plugin aiomysql does not have
@@ -390,10 +531,48 @@ class MariadbConnector:
             raise cb.TransientError(f"{where} cannot be reached") from None
         return conn
 
+    async def _admin_session(self, cfg: MariadbConfig, login: Login, what: str) -> _Session:
+        """A session on a fresh login as ``login`` (not pooled) that changes accounts."""
+        conn = await self._admin_connect(cfg, login, what)
+        return _Session(conn, None, _ServerInfo(), self._killer(cfg, login))
+
+    async def _admin_connect(self, cfg: MariadbConfig, login: Login, what: str) -> _Connection:
+        """A fresh login whose statements give up waiting for a lock (and, on MariaDB, stop
+        running) after ``statement_timeout_s``, so none outlives its step."""
+        conn = await self._connect(cfg, login, what)
+        limits = [f"SET SESSION lock_wait_timeout = {self._statement_timeout_s}"]
+        if "mariadb" in str(conn.get_server_info()).lower():
+            limits.append(f"SET SESSION max_statement_time = {self._statement_timeout_s}")
+        try:
+            async with conn.cursor() as cur:
+                for statement in limits:
+                    await cur.execute(statement)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, pymysql.err.Error):
+                raise cb.TransientError(f"{what}: cannot set the session's timeouts") from None
+            raise
+        return conn
+
+    def _killer(self, cfg: MariadbConfig, login: Login) -> Callable[[int], Awaitable[None]]:
+        async def kill(thread_id: int) -> None:
+            conn = await self._connect(cfg, login, "kill")
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute("KILL QUERY %s", (thread_id,))
+            finally:
+                await _quit(conn)
+
+        return kill
+
     async def _can_login(self, cfg: MariadbConfig, login: Login) -> bool:
-        """Whether the server accepts ``login``; only a refused password is False."""
+        """Whether ``login``'s password is valid on the server; only a refused password is
+        False (a locked account or an expired password is True: the server refuses those
+        only after the password checked out, and it works again after an unlock)."""
         try:
             conn = await self._connect(cfg, login, "login")
+        except LoginBlocked:
+            return True
         except LoginRefused:
             return False
         await _quit(conn)
@@ -408,8 +587,7 @@ class MariadbConnector:
             if current is None:
                 raise PermanentError(f"{what}: no admin credential and no current value")
             login = parse_value(current, cfg, f"{what}: CURRENT")
-            conn = await self._connect(cfg, login, f"{what} (as itself)")
-            return _Session(conn, None, _ServerInfo())
+            return await self._admin_session(cfg, login, f"{what} (as itself)")
         value = await secrets_.get(cfg.admin)
         login = parse_login(value, cfg.admin_user, f"{what}: admin {cfg.admin!r}")
         slot = (
@@ -424,7 +602,7 @@ class MariadbConnector:
         label = f"{what} (admin {cfg.admin!r})"
 
         async def make() -> _AdminPool:
-            return _AdminPool(lambda: self._connect(cfg, login, label), self._pool_size)
+            return _AdminPool(lambda: self._admin_connect(cfg, login, label), self._pool_size)
 
         pool = await self._pools.get(slot, self._fingerprints.of(value), make)
         try:
@@ -432,7 +610,7 @@ class MariadbConnector:
         except LoginRefused as exc:
             await self._pools.drop(slot, pool)
             raise cb.ReferenceRefused(str(exc), cfg.admin) from None
-        return _Session(conn, pool, pool.info)
+        return _Session(conn, pool, pool.info, self._killer(cfg, login))
 
     @staticmethod
     async def _exec(
@@ -443,6 +621,13 @@ class MariadbConnector:
                 await cur.execute(query, args)
                 rows: list[tuple[Any, ...]] = list(await cur.fetchall())
                 return rows
+        except asyncio.CancelledError:
+            # A step timeout: the statement may still be waiting on the server (behind a
+            # lock) and would take effect after the rollback that follows; stop it first.
+            if session.kill is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(session.kill(session.conn.server_thread_id[0]))
+            raise
         except pymysql.err.OperationalError as exc:
             code = exc.args[0] if exc.args else 0
             if code in RETRYABLE:
@@ -509,6 +694,21 @@ class MariadbConnector:
         plugin = await self._plugin(session, cfg.user, cfg.host_part, what)
         if plugin is None:
             raise PermanentError(f"set: account {cfg.user!r}@{cfg.host_part!r} does not exist")
+        # Read and parsed before the clone is touched: a line the parser refuses must not
+        # leave an existing clone stripped of its privileges.
+        rows = await self._exec(session, "SHOW GRANTS FOR %s@%s", (cfg.user, cfg.host_part), what)
+        statements = clone_grants(
+            [str(r[0]) for r in rows], cfg.user, cfg.clone_name, cfg.host_part
+        )
+        mariadb = (await self._server(session, what)).mariadb
+        if not mariadb:
+            # MySQL 5.7.6+ prints TLS requirements and resource limits in SHOW CREATE USER
+            # only (MariaDB prints them in SHOW GRANTS, copied above).
+            rows = await self._exec(
+                session, "SHOW CREATE USER %s@%s", (cfg.user, cfg.host_part), what
+            )
+            limits = account_limits(str(rows[0][0]) if rows else "", cfg.user, cfg.host_part)
+            statements.append(f"ALTER USER {grantee(cfg.clone_name, cfg.host_part)} {limits}")
         if await self._plugin(session, cfg.clone_name, cfg.host_part, what) is None:
             # Made with the new password at once, so it never exists without one.
             clause, args = self._auth_clause(plugin, password, what)
@@ -527,10 +727,32 @@ class MariadbConnector:
                 (cfg.clone_name, cfg.host_part),
                 what,
             )
-        rows = await self._exec(session, "SHOW GRANTS FOR %s@%s", (cfg.user, cfg.host_part), what)
-        for statement in clone_grants(
-            [str(r[0]) for r in rows], cfg.user, cfg.clone_name, cfg.host_part
-        ):
+            if mariadb:
+                # A default role USER no longer has must not stay on the clone.
+                await self._exec(
+                    session,
+                    "SET DEFAULT ROLE NONE FOR %s@%s",
+                    (cfg.clone_name, cfg.host_part),
+                    what,
+                )
+            else:
+                # MySQL 8 keeps granted roles through REVOKE ALL (not checked against a
+                # MySQL server: none can be installed here).
+                edges = await self._exec(
+                    session,
+                    "SELECT FROM_USER, FROM_HOST FROM mysql.role_edges"
+                    " WHERE TO_USER = %s AND TO_HOST = %s",
+                    (cfg.clone_name, cfg.host_part),
+                    what,
+                )
+                for role, role_host in edges:
+                    await self._exec(
+                        session,
+                        "REVOKE %s@%s FROM %s@%s",
+                        (str(role), str(role_host), cfg.clone_name, cfg.host_part),
+                        what,
+                    )
+        for statement in statements:
             await self._exec(session, statement, None, what)
 
     async def _check_dual(self, session: _Session, what: str) -> None:
@@ -593,7 +815,7 @@ class MariadbConnector:
         if not await self._can_login(cfg, old):
             return
         if not cfg.admin:
-            session = _Session(await self._connect(cfg, old, "revoke"), None, _ServerInfo())
+            session = await self._admin_session(cfg, old, "revoke")
         else:
             session = await self._admin(cfg, req.secrets, None, "revoke")
         async with session:
@@ -615,7 +837,7 @@ class MariadbConnector:
         if cfg.admin:
             session = await self._admin(cfg, req.secrets, None, "rollback")
         else:  # the account is on pending now
-            session = _Session(await self._connect(cfg, pending, "rollback"), None, _ServerInfo())
+            session = await self._admin_session(cfg, pending, "rollback")
         async with session:
             if cfg.mode == "dual":
                 if current is not None:
@@ -757,8 +979,15 @@ class _Session:
     """An admin connection for one call: ``async with session``; on exit it goes back to its
     pool (or, not pooled, is closed)."""
 
-    def __init__(self, conn: _Connection, pool: _AdminPool | None, info: _ServerInfo) -> None:
+    def __init__(
+        self,
+        conn: _Connection,
+        pool: _AdminPool | None,
+        info: _ServerInfo,
+        kill: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self.conn, self.pool, self.info = conn, pool, info
+        self.kill = kill  # stops the statement running on thread N (a fresh login)
         self.broken = False
 
     async def __aenter__(self) -> _Session:
