@@ -53,6 +53,10 @@ class Kernel:
     _tenants: dict[str, Tenant] = field(default_factory=dict)
     _active_keys: dict[int, int] = field(default_factory=dict)
     _stage_keys: dict[int, tuple[int, MacKey]] = field(default_factory=dict)
+    # The last stage map of each credential that verified (or that this process stamped):
+    # see integrity._problem.
+    _verified_maps: dict[int, store_creds.StageMap] = field(default_factory=dict)
+    _defaults: schedule.DefaultsCache = field(default_factory=schedule.DefaultsCache)
     _audit_keys: AuditKeys | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -288,6 +292,7 @@ class Kernel:
             hints=hints,
             strict=strict,
             rotated=rotated,
+            cache=self._defaults,
         )
 
     def count_uses(self, conn: Connection, credential_id: int, n: int) -> int:
