@@ -30,6 +30,7 @@ from rotator.kernel.keyring import KeyRing, create_master, load_keyring
 from rotator.store import Database
 from rotator.store import credentials as store_creds
 from rotator.store import keys as store_keys
+from rotator.store import policies as store_pol
 
 READABLE_STAGES = (Stage.CURRENT, Stage.PREVIOUS, Stage.PENDING)
 
@@ -76,6 +77,9 @@ class Kernel:
             if store_keys.get_meta(conn, "master") is None:
                 key = create_master(conn, settings)
                 created = True
+                # A policy generation from the start, so reschedules may cache the defaults
+                # (a store without one reads them every time: see kernel.schedule).
+                store_pol.bump_generation(conn)
                 audit.append(
                     conn,
                     now=utcnow(),
