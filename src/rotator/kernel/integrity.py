@@ -37,7 +37,6 @@ upgrade is audited, and an anchor kept outside the database (``rotator audit hea
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import TYPE_CHECKING
 
@@ -108,7 +107,7 @@ def restamp(svc: Kernel, conn: Connection, credential_id: int) -> None:
     _, key = stage_key(svc, conn, dk_id)
     mac = f"{dk_id}:{key.mac(stage_message(m))}"
     store_creds.set_stage_mac(conn, credential_id, mac)
-    _remember(svc, dataclasses.replace(m, mac=mac))
+    _remember(svc, m.with_mac(mac))
 
 
 # Verified stage maps remembered per credential: at most this many, then forgotten all at once.
