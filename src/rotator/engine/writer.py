@@ -34,15 +34,24 @@ _Item = tuple[Callable[[Connection], Any], "asyncio.Future[Any]", bool]
 
 
 class StoreWriter:
-    """Batches write operations into shared transactions. Start with ``start()``, end with
-    ``aclose()``; both are idempotent."""
+    """Batches write operations into shared transactions. ``start()`` is optional (the
+    first ``run`` starts it); end with ``aclose()``. Both are idempotent.
+
+    On the event loop's thread, operations wait in a list; when none is being committed,
+    everything waiting goes to the executor's thread as one batch (at most ``max_batch``),
+    scheduled with ``call_soon`` so operations submitted in the same loop iteration share it.
+    The thread hands the results back with one ``call_soon_threadsafe``, which also sends
+    the next batch: no queue task and no future chaining between them (each was a loop
+    iteration or two per value read)."""
 
     def __init__(self, db: Database, executor: ThreadPoolExecutor, *, max_batch: int = 256) -> None:
         self._db = db
         self._executor = executor
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._pending: list[_Item] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy = False  # a batch is scheduled or on the thread
+        self._idle: asyncio.Future[None] | None = None  # aclose waits for the last batch
         self.batches = 0
         self.operations = 0
         self._closed = False
@@ -54,8 +63,8 @@ class StoreWriter:
         self._conn_used = 0.0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="store-writer")
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
 
     async def run(self, fn: Callable[[Connection], T], *, durable: bool = True) -> T:
         """Run ``fn`` in a write transaction; return its result after the commit.
@@ -64,45 +73,61 @@ class StoreWriter:
         operation of its batch allows it; a batch holding any durable operation is durable."""
         if self._closed:
             raise StoreUnavailable("the store writer is closed (the service was shut down)")
-        self.start()
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put((fn, fut, durable))
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._pending.append((fn, fut, durable))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._send)
         return await fut
 
-    async def _loop(self) -> None:
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch: list[_Item] = [first]
-            stop = False
-            while len(batch) < self._max_batch and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            loop = asyncio.get_running_loop()
-            try:
-                results = await loop.run_in_executor(self._executor, self._commit, batch)
-            except BaseException as exc:  # the commit itself failed: every caller learns it
+    def _send(self) -> None:
+        """On the loop: hand what waits to the thread, or mark the writer idle."""
+        if not self._pending:
+            self._busy = False
+            if self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
+            return
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        try:
+            self._executor.submit(self._work, batch)
+        except BaseException as exc:  # the executor is shut down: nothing will run
+            self._deliver(batch, exc)
+
+    def _work(self, batch: list[_Item]) -> None:
+        """On the executor's thread: commit, then hand the results to the loop."""
+        out: list[tuple[bool, Any]] | BaseException
+        try:
+            out = self._commit(batch)
+        except BaseException as exc:  # the commit itself failed: every caller learns it
+            out = exc
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, batch, out)
+
+    def _deliver(self, batch: list[_Item], out: list[tuple[bool, Any]] | BaseException) -> None:
+        self.batches += 1
+        self.operations += len(batch)
+        try:
+            if isinstance(out, BaseException):
+                failure = out if isinstance(out, Exception) else RuntimeError(out)
                 for _, fut, _ in batch:
                     if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for (_, fut, _), (ok, value) in zip(batch, results, strict=True):
-                    if fut.done():
-                        continue
-                    if ok:
-                        fut.set_result(value)
-                    else:
-                        fut.set_exception(value)
-            self.batches += 1
-            self.operations += len(batch)
-            if stop:
+                        fut.set_exception(failure)
+                if not isinstance(out, Exception):
+                    raise out
                 return
+            for (_, fut, _), (ok, value) in zip(batch, out, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+        finally:
+            self._send()
 
     def _commit(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
         # Optimistic: the whole batch in one transaction; audit entries chained, step writes
@@ -179,17 +204,18 @@ class StoreWriter:
         return out
 
     async def aclose(self) -> None:
-        """Commit what is queued, stop the loop and its thread. Idempotent. Operations queued
-        after it began fail with StoreUnavailable (never wait forever), as do later calls."""
+        """Commit what is queued, stop the thread. Idempotent. Operations submitted after it
+        began fail with StoreUnavailable (never wait forever), as do later calls."""
         self._closed = True
-        if self._task is not None:
-            await self._queue.put(None)
+        if self._busy:
+            loop = asyncio.get_running_loop()
+            if self._idle is None or self._idle.done():
+                self._idle = loop.create_future()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not None and not item[1].done():
-                item[1].set_exception(StoreUnavailable("the store writer is closed"))
+                await self._idle
+        for _, fut, _ in self._pending:
+            if not fut.done():
+                fut.set_exception(StoreUnavailable("the store writer is closed"))
+        self._pending.clear()
         self._executor.shutdown(wait=True)
         self._drop_connection()

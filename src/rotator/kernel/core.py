@@ -30,6 +30,7 @@ from rotator.kernel.keyring import KeyRing, create_master, load_keyring
 from rotator.store import Database
 from rotator.store import credentials as store_creds
 from rotator.store import keys as store_keys
+from rotator.store import policies as store_pol
 
 READABLE_STAGES = (Stage.CURRENT, Stage.PREVIOUS, Stage.PENDING)
 
@@ -53,6 +54,10 @@ class Kernel:
     _tenants: dict[str, Tenant] = field(default_factory=dict)
     _active_keys: dict[int, int] = field(default_factory=dict)
     _stage_keys: dict[int, tuple[int, MacKey]] = field(default_factory=dict)
+    # The last stage map of each credential that verified (or that this process stamped):
+    # see integrity._problem.
+    _verified_maps: dict[int, store_creds.StageMap] = field(default_factory=dict)
+    _defaults: schedule.DefaultsCache = field(default_factory=schedule.DefaultsCache)
     _audit_keys: AuditKeys | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -72,6 +77,9 @@ class Kernel:
             if store_keys.get_meta(conn, "master") is None:
                 key = create_master(conn, settings)
                 created = True
+                # A policy generation from the start, so reschedules may cache the defaults
+                # (a store without one reads them every time: see kernel.schedule).
+                store_pol.bump_generation(conn)
                 audit.append(
                     conn,
                     now=utcnow(),
@@ -288,6 +296,7 @@ class Kernel:
             hints=hints,
             strict=strict,
             rotated=rotated,
+            cache=self._defaults,
         )
 
     def count_uses(self, conn: Connection, credential_id: int, n: int) -> int:

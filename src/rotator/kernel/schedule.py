@@ -21,10 +21,36 @@ from rotator.store import policies as store_pol
 
 HINT_RULE = "renewal hint of the {connector} connector"
 
+_TenantDefaults = tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any] | None]
 
-def _tenant_defaults(
-    conn: Connection, tenant_id: int
-) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any] | None]:
+
+class DefaultsCache:
+    """Each tenant's policy defaults as read under a policy generation (the token
+    ``store.policies`` writes with every change of any defaults, read in the same statement
+    as the credential being rescheduled): entries of another generation are never used, so
+    a ``policy set`` committed by any process is seen by the next reschedule that reads its
+    token. Shared by the kernel's threads: entries are immutable, replaced whole."""
+
+    MAX = 4096  # (generation, tenant) entries kept, then forgotten all at once
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int], _TenantDefaults] = {}
+
+    def get(self, conn: Connection, tenant_id: int, generation: str | None) -> _TenantDefaults:
+        # A store where no default ever changed has no token: nothing is cached, so defaults
+        # written without one (a store from before the token) are always read.
+        if generation is None:
+            return _tenant_defaults(conn, tenant_id)
+        key = (generation, tenant_id)
+        found = self._entries.get(key)
+        if found is None:
+            if len(self._entries) >= self.MAX:
+                self._entries.clear()
+            found = self._entries[key] = _tenant_defaults(conn, tenant_id)
+        return found
+
+
+def _tenant_defaults(conn: Connection, tenant_id: int) -> _TenantDefaults:
     tags: dict[tuple[str, str], dict[str, Any]] = {}
     tenant: dict[str, Any] | None = None
     for d in store_pol.defaults(conn, tenant_id):
@@ -65,6 +91,7 @@ def reschedule(
     hints: Mapping[int, datetime | None] | None = None,
     strict: bool = True,
     rotated: bool = False,
+    cache: DefaultsCache | None = None,
 ) -> dict[int, tuple[datetime | None, str]]:
     """Recompute and store, for each credential: its effective policy (``credentials.policy``),
     its own partial policy (``policy_own``; ``own`` replaces it), ``next_rotation_at`` and
@@ -80,16 +107,21 @@ def reschedule(
     (the claim's lease) and rule: the claim's rotation, when it finishes, reschedules it.
     A new time earlier than the stored one (or none stored) wakes idle workers
     (``NOTIFY rotator_work``); a finish only moves the time later and sends nothing.
+    ``cache``: the tenants' defaults kept under the policy generation (see DefaultsCache).
     """
     rows = store_pol.schedule_rows(conn, credential_ids)
     claimed = set() if rotated else store_claims.claimed_among(conn, [r.id for r in rows])
     earlier = False
-    by_tenant: dict[int, tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any] | None]] = {}
+    by_tenant: dict[int, _TenantDefaults] = {}
     writes: list[dict[str, Any]] = []
     out: dict[int, tuple[datetime | None, str]] = {}
     for r in rows:
         if r.tenant_id not in by_tenant:
-            by_tenant[r.tenant_id] = _tenant_defaults(conn, r.tenant_id)
+            by_tenant[r.tenant_id] = (
+                _tenant_defaults(conn, r.tenant_id)
+                if cache is None
+                else cache.get(conn, r.tenant_id, r.policy_generation)
+            )
         tag_defaults, tenant_default = by_tenant[r.tenant_id]
         mine = dict(own[r.id]) if own is not None and r.id in own else None
         mine = own_partial(r.policy_own, r.policy) if mine is None else mine

@@ -222,6 +222,20 @@ class StageMap:
     config: Any = None
     sinks: Any = None
 
+    def with_mac(self, mac: str | None) -> StageMap:
+        """This map carrying ``mac`` (as ``dataclasses.replace``, without its introspection:
+        called a few times per rotation)."""
+        return StageMap(
+            self.credential_id,
+            self.tenant_id,
+            self.name,
+            self.stages,
+            mac,
+            self.connector,
+            self.config,
+            self.sinks,
+        )
+
 
 # -- the stage-map cache of a write transaction ---------------------------------------------
 #
@@ -294,7 +308,7 @@ def _writing(conn: Connection, cache: StageCache | None) -> bool:
 
 def _with_pending_mac(cache: StageCache | None, m: StageMap) -> StageMap:
     mac = None if cache is None else cache.macs.get(m.credential_id)
-    return m if mac is None else dataclasses.replace(m, mac=mac)
+    return m if mac is None else m.with_mac(mac)
 
 
 def stage_map(conn: Connection, credential_id: int) -> StageMap | None:
@@ -416,7 +430,7 @@ def set_stage_mac(conn: Connection, credential_id: int, mac: str) -> None:
     cache.macs[credential_id] = mac
     m = cache.maps.get(credential_id)
     if m is not None:
-        cache.maps[credential_id] = dataclasses.replace(m, mac=mac)
+        cache.maps[credential_id] = m.with_mac(mac)
 
 
 def all_credential_ids(conn: Connection) -> list[int]:

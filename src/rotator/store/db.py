@@ -34,6 +34,7 @@ from rotator.errors import (
     StoreFull,
     StoreUnavailable,
 )
+from rotator.store.prepared import driver_sql
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration. Kept here so ordinary commands need not import alembic (a quarter
@@ -139,9 +140,11 @@ class Database:
     def write_on(self, conn: Connection, *, relaxed: bool = False) -> Iterator[Connection]:
         """:meth:`write` on ``conn`` (from :meth:`connect`), which stays open afterwards."""
         with self._translate():
-            conn.execution_options(
-                rotator_immediate=True, rotator_relaxed=relaxed and self.dialect == "sqlite"
-            )
+            relaxed = relaxed and self.dialect == "sqlite"
+            opts = conn.get_execution_options()
+            # Setting options costs more than a value read's statements: only on a change.
+            if not opts.get("rotator_immediate") or opts.get("rotator_relaxed") != relaxed:
+                conn.execution_options(rotator_immediate=True, rotator_relaxed=relaxed)
             with conn.begin():
                 yield conn
 
@@ -313,9 +316,9 @@ def _setup_sqlite(engine: Engine) -> None:
             # transaction, and only when it differs from the connection's last one.
             level = "NORMAL" if opts.get("rotator_relaxed", False) else SQLITE_SYNCHRONOUS
             if conn.info.get(_SYNC_KEY) != level:
-                conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+                driver_sql(conn, f"PRAGMA synchronous={level}")
                 conn.info[_SYNC_KEY] = level
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        driver_sql(conn, "BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 __all__ = ["AlreadyExists", "Database", "normalize_url"]

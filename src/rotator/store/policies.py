@@ -3,6 +3,7 @@ transaction; merging and scheduling are pure (``rotator.policy``) and run in the
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,10 +15,17 @@ from sqlalchemy import BindParameter, Connection, and_, bindparam, delete, inser
 from rotator.domain.policy import RotationPolicy
 from rotator.policy.defaults import own_partial
 from rotator.store.claims import notify_work
+from rotator.store.keys import set_meta
 from rotator.store.prepared import Prepared
-from rotator.store.schema import credential_tags, credentials, policy_defaults, tenants
+from rotator.store.schema import credential_tags, credentials, meta, policy_defaults, tenants
 
 TENANT_SCOPE = ("", "")  # (tag_key, tag_value) of a tenant-wide default
+# The ``meta`` key of the policy generation: a fresh random token written in the same
+# transaction as every change of any tenant's defaults (put_default, delete_default), so a
+# process may keep the defaults it read under the token it read with them (kernel.schedule)
+# and trust them while the token it reads in a later transaction is the same. Random, not a
+# counter: a store restored from a backup can never bring back a token with other defaults.
+GENERATION_KEY = "policy_generation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,8 @@ class ScheduleRow:
     next_rotation_at: datetime | None
     next_rotation_rule: str | None
     tags: dict[str, str]
+    # The store's policy generation as read with the row (None: no default ever changed).
+    policy_generation: str | None = None
 
 
 # Statements on the rotation path (a finish reschedules its credential), built once.
@@ -68,6 +78,10 @@ _SCHEDULE_COLS = (
     credentials.c.use_count,
     credentials.c.next_rotation_at,
     credentials.c.next_rotation_rule,
+    select(meta.c.value)
+    .where(meta.c.key == GENERATION_KEY)
+    .scalar_subquery()
+    .label("policy_generation"),
 )
 _SCHEDULE_FROM = credentials.join(tenants, tenants.c.id == credentials.c.tenant_id)
 _SCHEDULE_ROWS = (
@@ -81,9 +95,19 @@ _SCHEDULE_ROWS = (
 # reschedules one credential inside the group-commit writer, whose hot path stays off Core.
 _DEFAULTS_OF_FAST = Prepared(_DEFAULTS_OF)
 _ID: BindParameter[int] = bindparam("b_id")
-_TAGS_OF_ONE = Prepared(select(credential_tags).where(credential_tags.c.credential_id == _ID))
+# The row with its tags in one statement: one row per tag, or one with no tag.
 _SCHEDULE_ROW_ONE = Prepared(
-    select(*_SCHEDULE_COLS).select_from(_SCHEDULE_FROM).where(credentials.c.id == _ID)
+    select(
+        *_SCHEDULE_COLS,
+        credential_tags.c.key.label("tag_key"),
+        credential_tags.c.value.label("tag_value"),
+    )
+    .select_from(
+        _SCHEDULE_FROM.outerjoin(
+            credential_tags, credential_tags.c.credential_id == credentials.c.id
+        )
+    )
+    .where(credentials.c.id == _ID)
 )
 
 
@@ -109,6 +133,7 @@ def put_default(
     res = conn.execute(
         update(policy_defaults).where(where).values(policy=dict(partial), updated_at=now)
     )
+    bump_generation(conn)
     if res.rowcount:
         return True
     conn.execute(
@@ -121,6 +146,12 @@ def put_default(
         )
     )
     return False
+
+
+def bump_generation(conn: Connection) -> None:
+    """Mark the defaults changed (see GENERATION_KEY), in ``conn``'s transaction. Call with
+    every write of ``policy_defaults``."""
+    set_meta(conn, GENERATION_KEY, uuid.uuid4().hex)
 
 
 def get_default(conn: Connection, tenant_id: int, scope: tuple[str, str]) -> dict[str, Any] | None:
@@ -143,6 +174,8 @@ def delete_default(conn: Connection, tenant_id: int, scope: tuple[str, str]) -> 
             policy_defaults.c.tag_value == scope[1],
         )
     )
+    if res.rowcount:
+        bump_generation(conn)
     return bool(res.rowcount)
 
 
@@ -171,14 +204,17 @@ def schedule_rows(conn: Connection, ids: Sequence[int]) -> list[ScheduleRow]:
     out: list[ScheduleRow] = []
     for chunk in _chunks(list(ids)):
         tags: dict[int, dict[str, str]] = defaultdict(dict)
-        if len(chunk) == 1:  # a rotation's finish: at driver level
-            one = {"b_id": chunk[0]}
-            tag_rows, rows = _TAGS_OF_ONE.rows(conn, one), _SCHEDULE_ROW_ONE.rows(conn, one)
+        if len(chunk) == 1:  # a rotation's finish: at driver level, one statement
+            joined = _SCHEDULE_ROW_ONE.rows(conn, {"b_id": chunk[0]})
+            tag_rows = [r for r in joined if r.tag_key is not None]
+            rows = joined[:1]
+            for t in tag_rows:
+                tags[t.id][t.tag_key] = t.tag_value
         else:
             tag_rows = list(conn.execute(_TAGS_OF, {"b_ids": list(chunk)}))
             rows = list(conn.execute(_SCHEDULE_ROWS, {"b_ids": list(chunk)}))
-        for t in tag_rows:
-            tags[t.credential_id][t.key] = t.value
+            for t in tag_rows:
+                tags[t.credential_id][t.key] = t.value
         for r in rows:
             out.append(
                 ScheduleRow(
@@ -195,6 +231,7 @@ def schedule_rows(conn: Connection, ids: Sequence[int]) -> list[ScheduleRow]:
                     next_rotation_at=r.next_rotation_at,
                     next_rotation_rule=r.next_rotation_rule,
                     tags=tags.get(r.id, {}),
+                    policy_generation=r.policy_generation,
                 )
             )
     return out
