@@ -287,8 +287,9 @@ SinkOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--sink",
-        help="After each rotation write the value: file:path=/p,format=dotenv or "
-        "openbao:addr=https://h:8200,path=app/db,key=password,token=CREDENTIAL",
+        help="After each rotation write the value: file:path=/p,format=dotenv, "
+        "openbao:addr=https://h:8200,path=app/db,key=password,token=CREDENTIAL or "
+        "exec:command=/abs/hook",
     ),
 ]
 GenOpt = Annotated[bool, typer.Option("--generate", help="Let the connector generate the value.")]

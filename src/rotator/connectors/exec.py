@@ -98,7 +98,8 @@ HOOK_ENV = {
 _TRANSIENT_ERRNOS = frozenset(
     {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ETXTBSY, errno.EINTR}
 )
-Operation = Literal["set", "test", "finish", "revoke", "rollback", "verify", "generate"]
+# "publish": the exec sink's call (rotator.sinks.exec), through run_hook.
+Operation = Literal["set", "test", "finish", "revoke", "rollback", "verify", "generate", "publish"]
 
 
 class ExecConfig(cb.ConnectorConfig):

@@ -400,7 +400,10 @@ class Protocol:
                                 self.rt.threads, sink.write, value, protected
                             )
                         else:
-                            await sink.write(SinkRequest(value, ctx.current, ctx.secrets))
+                            req = SinkRequest(
+                                value, ctx.current, ctx.secrets, ctx.cred.name, ctx.version
+                            )
+                            await sink.write(req)
             except OSError as exc:
                 reason = exc.strerror or type(exc).__name__
                 warnings.append(f"{where}: {reason}")

@@ -4,7 +4,8 @@ reported; it never un-rotates the target, whose new value is already CURRENT.
 
 A sink spec on the command line is ``KIND:KEY=VALUE,KEY=VALUE``, e.g.
 ``file:path=/etc/app/db.env,format=dotenv,key=DB_PASSWORD`` or
-``openbao:addr=https://bao:8200,path=app/db,key=password,token=bao/token``. Messages about
+``openbao:addr=https://bao:8200,path=app/db,key=password,token=bao/token`` or
+``exec:command=/usr/local/lib/hooks/publish.sh,input=raw``. Messages about
 a spec never repeat its values (a pasted token must not reach a terminal or a log).
 """
 
@@ -18,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 from rotator.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from rotator.sinks.exec import ExecSink
     from rotator.sinks.file import FileSink, SinkRefused
     from rotator.sinks.openbao import OpenBaoSink
 
-KINDS = ("file", "openbao")
+KINDS = ("file", "openbao", "exec")
 _WORD = re.compile(r"[a-z0-9_-]{1,20}")  # a kind shown back in a message: never a pasted value
 
 
@@ -46,8 +48,7 @@ def parse_sink(spec: str, forbidden: Sequence[Path] = ()) -> dict[str, Any]:
     sink = load_sink({"kind": kind, **settings})
     from rotator.sinks.file import FileSink  # imported by load_sink already
 
-    inside = sink.inside(forbidden) if isinstance(sink, FileSink) else None
-    if inside is not None:
+    if isinstance(sink, FileSink) and (inside := sink.inside(forbidden)) is not None:
         raise InvalidInput(
             f"--sink path {sink.path!r} is inside rotator's own {str(inside)!r}; "
             "a sink may not overwrite rotator's files"
@@ -55,7 +56,7 @@ def parse_sink(spec: str, forbidden: Sequence[Path] = ()) -> dict[str, Any]:
     return {"kind": kind, **sink.model_dump(exclude={"kind"}, exclude_none=True)}
 
 
-def load_sink(stored: dict[str, Any]) -> FileSink | OpenBaoSink:
+def load_sink(stored: dict[str, Any]) -> FileSink | OpenBaoSink | ExecSink:
     """A sink object from its stored form; InvalidInput naming the problem (never a value)."""
     kind = stored.get("kind")
     if kind not in KINDS:
@@ -64,9 +65,11 @@ def load_sink(stored: dict[str, Any]) -> FileSink | OpenBaoSink:
     # CLI call their import, also those that never touch a sink.
     from pydantic import ValidationError
 
-    model: type[FileSink] | type[OpenBaoSink]
+    model: type[FileSink] | type[OpenBaoSink] | type[ExecSink]
     if kind == "file":
         from rotator.sinks.file import FileSink as model
+    elif kind == "exec":
+        from rotator.sinks.exec import ExecSink as model
     else:
         from rotator.sinks.openbao import OpenBaoSink as model
     try:
@@ -91,13 +94,18 @@ def sink_from_description(text: str) -> dict[str, Any]:
         from rotator.sinks.openbao import from_description
 
         return from_description(text)
+    if kind == "exec":
+        from rotator.sinks.exec import from_description as exec_from_description
+
+        return exec_from_description(text)
     # "file PATH (FORMAT)"
     path, _, fmt = rest.rpartition(" (")
     return {"kind": kind, "path": path, "format": fmt.removesuffix(")")}
 
 
 def sink_references(stored: dict[str, Any]) -> frozenset[str]:
-    """Names of the credentials a sink reads when it writes (an OpenBao token or secret_id)."""
+    """Names of the credentials a sink reads when it writes (an OpenBao token or secret_id;
+    none for an exec hook)."""
     return load_sink(stored).references()
 
 

@@ -1,6 +1,6 @@
 """What the engine hands a sink that writes over the network, and the errors it may raise.
 
-A sink with an async ``write(SinkRequest)`` (``openbao``) gets the new CURRENT value, the
+A sink with an async ``write(SinkRequest)`` (``openbao``, ``exec``) gets the new CURRENT value, the
 value it replaced (to recognise what the sink itself wrote last time) and the engine's secret
 resolver (its auth token or AppRole secret_id is another credential, read and audited like a
 connector's admin secret). The ``file`` sink keeps its synchronous ``write``.
@@ -21,11 +21,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class SinkRequest:
     """One write: ``value`` the new CURRENT value, ``previous`` the value it replaced (None
-    on a credential's first value), ``secrets`` the resolver for the sink's credentials."""
+    on a credential's first value), ``secrets`` the resolver for the sink's credentials,
+    ``credential`` the credential's name and ``version`` the number of its version now
+    CURRENT (what an ``exec`` hook is told)."""
 
     value: Secret
     previous: Secret | None
     secrets: SecretResolver
+    credential: str = ""
+    version: int = 0
 
 
 class SinkError(RotatorError):
