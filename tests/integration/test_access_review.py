@@ -96,6 +96,55 @@ def test_an_operator_may_not_add_a_credential_with_a_sink_over_a_file(
     assert [d["permission"] for _, _, d in denials(raw_db)] == ["value.read"]
 
 
+def test_only_the_owner_may_make_rotator_run_a_command_or_write_a_file_on_its_host(
+    svc: BlockingService, raw_db: Engine, tmp_path: Path
+) -> None:
+    # A tenant admin may read every value of its tenant, but a file written by rotator (a file
+    # sink, a published JWK set or certificate) or a hook it runs acts with rotator's own OS
+    # privileges: a file under /etc/cron.d or a hook reading the master key would let a tenant
+    # grant holder out of its tenant. Those settings need the store's owner.
+    admin = Principal("adm", "default", (Grant(Role.ADMIN, "*"),), token_id=TOKEN_ID)
+    hook = tmp_path / "hook"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    victim = tmp_path / "victim"
+    attempts = [
+        dict(connector="local", sinks=[f"file:path={victim}"]),
+        dict(connector="local", sinks=[f"exec:command={hook}"]),
+        dict(connector="exec", settings={"command": str(hook), "mode": "dual"}),
+        dict(connector="jwks", settings={"publish": str(victim)}),
+    ]
+    for i, kw in enumerate(attempts):
+        with pytest.raises(PermissionDenied, match=r"only the store's owner may set"):
+            svc.add_credential(
+                f"app/k{i}",
+                kw["connector"],  # type: ignore[arg-type]
+                settings=kw.get("settings"),  # type: ignore[arg-type]
+                value=ValueInput(generate=True),
+                sinks=kw.get("sinks", ()),  # type: ignore[arg-type]
+                principal=admin,
+            )
+    assert svc.list_credentials() == []
+    assert not victim.exists()
+    # Changing a credential into one that does so is refused too; tags and rotations are not.
+    svc.add_credential("app/db", "local", value=ValueInput(generate=True), principal=admin)
+    with pytest.raises(PermissionDenied, match=r"only the store's owner may set"):
+        svc.update_credential("app/db", sinks=[f"file:path={victim}"], principal=admin)
+    with pytest.raises(PermissionDenied, match=r"only the store's owner may set"):
+        svc.update_credential(
+            "app/db", connector="exec", settings={"command": str(hook)}, principal=admin
+        )
+    svc.update_credential("app/db", tags={"team": "a"}, principal=admin)
+    assert list(svc.show("app/db").sinks) == []
+    assert svc.show("app/db").connector == "local"
+    assert [d["permission"] for _, _, d in denials(raw_db)] == ["store.admin"] * 6
+    # The owner may; then a tenant admin may still rotate it and change its tags.
+    svc.update_credential("app/db", sinks=[f"file:path={victim}"])
+    svc.update_credential("app/db", tags={"team": "b"}, principal=admin)
+    svc.rotate(Selection(names=["app/db"]), principal=admin)
+    assert victim.exists()
+
+
 def test_an_operator_may_not_change_the_settings_or_connector_of_a_credential_with_a_value(
     svc: BlockingService, raw_db: Engine
 ) -> None:

@@ -272,6 +272,22 @@ def check_value(connector: Connector, config: ConnectorConfig, value: Secret) ->
         raise InvalidInput(f"connector {connector.kind!r}: {exc}") from None
 
 
+class ActsOnHost(Protocol):
+    """Optional: connectors whose settings make rotator itself run a command or write a file on
+    the host it runs on (a hook; a JWK set or a certificate published to a path). Those act
+    with rotator's own OS privileges (they could read its master key or write where it may),
+    so adding or changing them needs the store's owner, not a tenant grant. ``host_effect``
+    says what (``runs /usr/local/bin/hook``) or None when ``config`` does neither."""
+
+    def host_effect(self, config: ConnectorConfig) -> str | None: ...
+
+
+def host_effect(connector: Connector, config: ConnectorConfig) -> str | None:
+    """What ``config`` makes rotator do on its own host (see ``ActsOnHost``), or None."""
+    effect = getattr(connector, "host_effect", None)
+    return None if effect is None else effect(config)
+
+
 class HasRotationHint(Protocol):
     """Optional: connectors whose values expire (certificates) say when to rotate next."""
 

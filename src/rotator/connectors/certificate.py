@@ -600,6 +600,11 @@ class CertificateConnector:
     config_model: ClassVar[type[ConnectorConfig]] = CertificateConfig
     references: ClassVar[tuple[str, ...]] = ("ca",)
 
+    def host_effect(self, config: ConnectorConfig) -> str | None:
+        """A certificate with ``publish`` is written by rotator to a path on its host."""
+        assert isinstance(config, CertificateConfig)
+        return f"writes {config.publish}" if config.publish else None
+
     def target_key(self, config: ConnectorConfig) -> str:
         cfg = _cfg(config)
         return f"pki:{cfg.ca}" if cfg.role == "leaf" else "pki"

@@ -395,6 +395,11 @@ class ExecConnector:
     config_model: ClassVar[type[cb.ConnectorConfig]] = ExecConfig
     references: ClassVar[tuple[str, ...]] = ()  # a hook gets no other credential's value
 
+    def host_effect(self, config: cb.ConnectorConfig) -> str | None:
+        """A hook runs on rotator's host as rotator: only the store's owner may set one."""
+        assert isinstance(config, ExecConfig)
+        return f"runs {config.command}"
+
     def strategy_for(self, config: cb.ConnectorConfig) -> cb.Strategy:
         return cb.Strategy.DUAL if _cfg(config).mode == "dual" else cb.Strategy.SINGLE
 

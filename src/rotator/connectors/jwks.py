@@ -352,6 +352,11 @@ class JwksConnector:
     config_model: ClassVar[type[ConnectorConfig]] = JwksConfig
     references: ClassVar[tuple[str, ...]] = ()  # names no other credential
 
+    def host_effect(self, config: ConnectorConfig) -> str | None:
+        """The JWK set is written by rotator to a path on its host."""
+        assert isinstance(config, JwksConfig)
+        return f"writes {config.publish}"
+
     def target_key(self, config: ConnectorConfig) -> str:
         return f"jwks:{_cfg(config).publish}"
 

@@ -45,7 +45,7 @@ from rotator.kernel import Kernel, integrity, utcnow
 from rotator.kernel import schedule as kernel_schedule
 from rotator.kernel.keyring import rotate_master
 from rotator.service.inputs import PolicyInput, ValueInput
-from rotator.sinks import describe_sink, parse_sink, sink_references
+from rotator.sinks import describe_sink, parse_sink, sink_host_effect, sink_references
 from rotator.store import Database
 from rotator.store import credentials as store_creds
 from rotator.store import groups as store_groups
@@ -288,7 +288,9 @@ class RotatorService:
         Nothing is stored unless everything is valid. Needs CREDENTIAL_WRITE on ``name``;
         ``sinks`` (they decide where the value is written) need VALUE_READ on ``name``, and
         every credential its settings reference (an admin secret, a CA) needs VALUE_READ on
-        that name (see :meth:`_authorize_references`).
+        that name (see :meth:`_authorize_references`). Settings or sinks that make rotator
+        run a command or write a file on its own host (an exec hook, a file sink, a published
+        JWK set or certificate) need STORE_ADMIN (the store's owner).
         """
         names.check_credential_name(name)
         await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
@@ -301,6 +303,7 @@ class RotatorService:
         tags = dict(tags or {})
         sink_specs = [parse_sink(x, self.kernel.protected_paths()) for x in sinks]
         await self._check_sink_references(principal, sink_specs)
+        await self._authorize_host_effects(principal, name, impl, cfg, sink_specs)
         if value.value is not None:
             cbase.check_value(impl, cfg, value.value)
         tenant = await self.tenant(principal.tenant)
@@ -381,6 +384,32 @@ class RotatorService:
         # (VALUE_READ); an operator, who may not, cannot make rotator hand it to its host.
         for ref in sorted(cbase.references_of(impl, cfg)):
             await self.authorize(principal, Action.VALUE_READ, ref)
+
+    async def _authorize_host_effects(
+        self,
+        principal: Principal,
+        name: str,
+        impl: cbase.Connector | None,
+        cfg: cbase.ConnectorConfig | None,
+        sink_specs: Sequence[Mapping[str, Any]],
+    ) -> None:
+        # A hook, or a file written by rotator (a sink, a published JWK set or certificate),
+        # acts on rotator's own host with its OS privileges: a tenant grant holder could write
+        # a file that runs code, or a hook that reads the master key. Only the store's owner
+        # may set such settings; rotating, reading and tags stay with the tenant's grants.
+        effects = [sink_host_effect(dict(spec)) for spec in sink_specs]
+        if impl is not None and cfg is not None:
+            effects.append(cbase.host_effect(impl, cfg))
+        effect = next((e for e in effects if e is not None), None)
+        if effect is None or principal.may(Action.STORE_ADMIN):
+            return
+        await self._deny(
+            principal,
+            Action.STORE_ADMIN,
+            name,
+            f" on {name!r}: its settings make rotator {effect} on its own host, which only the "
+            "store's owner may set",
+        )
 
     async def _check_sink_references(
         self, principal: Principal, specs: Sequence[Mapping[str, Any]]
@@ -562,7 +591,8 @@ class RotatorService:
         Needs CREDENTIAL_WRITE on ``name``; VALUE_READ on ``name`` too for ``sinks`` (any
         but none) and, when the credential has a value, for a change of connector or
         settings (they decide where its value is sent); and, when connector or settings
-        change, VALUE_READ on every credential the new settings reference.
+        change, VALUE_READ on every credential the new settings reference; STORE_ADMIN for
+        settings or sinks that run a command or write a file on rotator's host (as for add).
         """
         names.check_credential_name(name)
         await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
@@ -584,6 +614,14 @@ class RotatorService:
             None if sinks is None else [parse_sink(x, self.kernel.protected_paths()) for x in sinks]
         )
         await self._check_sink_references(principal, sink_specs or ())
+        changes_target = settings is not None or connector is not None
+        await self._authorize_host_effects(
+            principal,
+            name,
+            impl if changes_target else None,
+            cfg if changes_target else None,
+            sink_specs or (),
+        )
         if value.value is not None:
             cbase.check_value(impl, cfg, value.value)
         tenant = await self.tenant(principal.tenant)

@@ -109,6 +109,18 @@ def sink_references(stored: dict[str, Any]) -> frozenset[str]:
     return load_sink(stored).references()
 
 
+def sink_host_effect(stored: dict[str, Any]) -> str | None:
+    """What a sink makes rotator itself do on its own host (a file written, a command run),
+    or None (an OpenBao write goes over the network). Such sinks act with rotator's OS
+    privileges, so only the store's owner may add one (the service checks)."""
+    kind = stored.get("kind")
+    if kind == "file":
+        return f"writes {stored.get('path')}"
+    if kind == "exec":
+        return f"runs {stored.get('command')}"
+    return None
+
+
 def __getattr__(name: str) -> Any:
     # FileSink and SinkRefused stay importable from here without an import at start-up.
     if name in ("FileSink", "SinkRefused"):
@@ -125,5 +137,6 @@ __all__ = [
     "load_sink",
     "parse_sink",
     "sink_from_description",
+    "sink_host_effect",
     "sink_references",
 ]
