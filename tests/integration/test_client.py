@@ -15,13 +15,13 @@ import psycopg
 import pytest
 import redis
 from psycopg import sql
-from redis.backoff import NoBackoff
+from redis.backoff import AbstractBackoff
 from redis.retry import Retry
-from tests.conftest import PgTarget, RedisServer
+from tests.conftest import PgTarget, RedisServer, free_port
 from tests.integration.test_watch import Server, token
 from tests.integration.test_watch import server as server  # the fixture
 
-from rotator.client import AsyncClient, Client, Unreachable
+from rotator.client import AsyncClient, Client, Unreachable, redis_factory
 from rotator.config import Settings
 from rotator.domain.secret import Secret
 from rotator.errors import NotFound, PermissionDenied
@@ -233,6 +233,13 @@ def test_psycopg_factory_retries_once_after_an_emergency_rotation(
         assert refetched == ["PENDING", "CURRENT"]
 
 
+def refused_logins(admin: redis.Redis, user: str) -> int:
+    """Logins as ``user`` the server refused, from its ACL LOG (which counts repeats of one
+    failure in that entry's ``count``)."""
+    entries: list[dict[str, Any]] = admin.acl_log(count=128)
+    return sum(int(e["count"]) for e in entries if e["username"] == user and e["reason"] == "auth")
+
+
 def test_redis_factory_has_no_failed_command_across_ten_rotations(
     svc: BlockingService, server: Server, redis_server: RedisServer
 ) -> None:
@@ -250,15 +257,10 @@ def test_redis_factory_has_no_failed_command_across_ten_rotations(
     try:
         with Client(server.url, remote, cache_ttl=3600, watch_cache=False) as client:
             refetched = counting_refetches(client)
-            # No redis-py retries (from 6.0 it retries a refused AUTH 10 times with backoff,
-            # ~3 s per rotation): a refused login must be followed by the factory's own
-            # refetch-and-retry, which is what this proves, not outwaited by redis-py.
+            # redis-py's own policy (from 6.0 it retries a refused AUTH 10 times with backoff,
+            # ~3 s): the factory must see the refusal at once and refetch, not outwait it.
             connect = client.redis_factory(
-                "redis/app",
-                host=redis_server.host,
-                port=redis_server.port,
-                username=user,
-                retry=Retry(NoBackoff(), 0),
+                "redis/app", host=redis_server.host, port=redis_server.port, username=user
             )
 
             def command() -> None:
@@ -279,9 +281,71 @@ def test_redis_factory_has_no_failed_command_across_ten_rotations(
         assert loop.failures == []
         assert loop.ok > ROTATIONS
         assert refetched
+        # Each rotation costs one refused login (the stale cached password), then the
+        # refetched one succeeds: two connection attempts, no redis-py retry in between.
+        assert refused_logins(admin, user) == ROTATIONS
     finally:
         admin.execute_command("ACL", "DELUSER", user)
         admin.close()
+
+
+class CountingBackoff(AbstractBackoff):
+    """No delay; counts the retries redis-py makes (every copy redis-py makes shares it)."""
+
+    def __init__(self) -> None:
+        self.retries = 0
+
+    def reset(self) -> None:
+        pass
+
+    def compute(self, failures: int) -> float:
+        self.retries += 1
+        return 0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CountingBackoff:
+        return self
+
+
+class StaleClient:
+    """Stands in for a rotator client whose every value (cached or fetched afresh) is one the
+    server refuses, as when rotations land during the factory's own retry."""
+
+    def get(self, name: str, stage: str = "CURRENT", *, fresh: bool = False) -> str:
+        return "not-the-password"
+
+
+def test_redis_factory_raises_a_twice_refused_login_at_once_yet_retries_network_errors(
+    redis_server: RedisServer,
+) -> None:
+    user = f"app_{uuid.uuid4().hex[:8]}"
+    admin = redis.Redis(host=redis_server.host, port=redis_server.port)
+    admin.execute_command("ACL", "SETUSER", user, "on", ">the-password", "+ping")
+    backoff = CountingBackoff()
+    stale: Any = StaleClient()
+    try:
+        connect = redis_factory(
+            stale,
+            "redis/app",
+            host=redis_server.host,
+            port=redis_server.port,
+            username=user,
+            retry=Retry(backoff, 5),
+        )
+        with pytest.raises(redis.AuthenticationError):
+            connect()
+        assert refused_logins(admin, user) == 2, "the cached value, then the fetched one"
+        assert backoff.retries == 0
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
+    # A refused TCP connect is no refused login: the caller's policy retries it.
+    connect = redis_factory(
+        stale, "redis/app", host="127.0.0.1", port=free_port(), retry=Retry(backoff, 5)
+    )
+    with pytest.raises(redis.ConnectionError) as caught:
+        connect()
+    assert not isinstance(caught.value, redis.AuthenticationError)
+    assert backoff.retries == 5
 
 
 def watch_starts(svc: BlockingService) -> int:

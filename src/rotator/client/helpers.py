@@ -9,10 +9,16 @@ window is left in ``single`` mode, which is not zero-downtime: a rotation whose 
 lands during the retry's own login (rotations of one credential back to back, faster than a
 login) fails that login; alternating and dual strategies have no such window. psycopg and
 redis-py are imported when a factory is made, so applications need only the one they use.
+
+Neither library may outwait a refused login before the factory sees it: psycopg makes one
+attempt per host address, with no delay between them; redis-py (6.0+) retries a connect that
+fails with AuthenticationError like a network error (by default 10 times with backoff, ~3 s),
+so the factory's own check of a new ``redis.Redis`` stops its retries for a refused login.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -120,24 +126,79 @@ def redis_factory(
     ``name`` (a ``redis`` connector value: the password), checked with PING. Every new pooled
     connection asks the client for the password (its cache follows rotations), and a refused
     login (AuthenticationError / WRONGPASS) makes the factory fetch it again, bypassing the
-    cache, and retry once."""
+    cache, and retry once. The caller's ``retry`` / ``retry_on_error`` (or redis-py's
+    default policy) apply as given, except that during the factory's own check a refused
+    login is raised at once instead of retried with backoff; the returned client has them
+    whole."""
     import redis as redis_mod
+    from redis.backoff import NoBackoff
     from redis.credentials import CredentialProvider
+    from redis.retry import Retry
 
     class _Provider(CredentialProvider):
         def __init__(self) -> None:
             self.override: str | None = None
+            # While the factory checks the login, redis-py does not retry a refusal (see
+            # _ProbeRetry); afterwards the returned client's policy is the caller's whole.
+            self.probing = True
 
         def get_credentials(self) -> tuple[str] | tuple[str, str]:
             password = self.override if self.override is not None else client.get(name)
             return (password,) if username is None else (username, password)
 
+    class _ProbeRetry(Retry):
+        """``inner`` (the caller's ``retry``, or redis-py's default), except that while
+        ``provider.probing`` an AuthenticationError is raised at once, not retried: network
+        errors keep ``inner``'s retries. Each connection deep-copies its policy (and adds
+        the caller's ``retry_on_error`` to it): a copy copies ``inner``, shares ``provider``."""
+
+        def __init__(self, inner: Retry, provider: _Provider) -> None:
+            super().__init__(NoBackoff(), 0)  # unused: every method defers to inner
+            self.inner = inner
+            self.provider = provider
+
+        def __deepcopy__(self, memo: dict[int, Any]) -> _ProbeRetry:
+            return _ProbeRetry(copy.deepcopy(self.inner, memo), self.provider)
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, _ProbeRetry) and self.inner == other.inner
+
+        def __hash__(self) -> int:
+            return hash(self.inner)
+
+        def get_retries(self) -> int:
+            return self.inner.get_retries()
+
+        def update_retries(self, value: int) -> None:
+            self.inner.update_retries(value)
+
+        def update_supported_errors(self, specified_errors: Any) -> None:
+            self.inner.update_supported_errors(specified_errors)
+
+        def call_with_retry(
+            self,
+            do: Callable[[], Any],
+            fail: Any,
+            is_retryable: Callable[[Exception], bool] | None = None,
+            with_failure_count: bool = False,
+        ) -> Any:
+            def retryable(error: Exception) -> bool:
+                if self.provider.probing and isinstance(error, redis_mod.AuthenticationError):
+                    return False  # the factory fetches the password again instead
+                return is_retryable is None or is_retryable(error)
+
+            return self.inner.call_with_retry(do, fail, retryable, with_failure_count)
+
     def connect() -> redis_mod.Redis:
         provider = _Provider()
         conn = redis_mod.Redis(host=host, port=port, credential_provider=provider, **kw)
+        retry = conn.get_retry()
+        if retry is not None and "connection_pool" not in kw:  # never alter a caller's pool
+            conn.set_retry(_ProbeRetry(retry, provider))
         refused = client.get(name)
         try:
             conn.ping()
+            provider.probing = False
             return conn
         except redis_mod.AuthenticationError:
             pass
@@ -153,6 +214,7 @@ def redis_factory(
             conn.close()
             raise
         provider.override = None  # later pooled connections follow the cache again
+        provider.probing = False
         return conn
 
     return connect
