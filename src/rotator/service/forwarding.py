@@ -584,7 +584,7 @@ class _Runner:
         stop = stop_never if self.give_up_after is None else stop_after_attempt(self.give_up_after)
         retrying = AsyncRetrying(
             wait=wait_exponential_jitter(
-                initial=self.timing.initial, max=self.timing.cap, jitter=self.timing.initial
+                multiplier=self.timing.initial, max=self.timing.cap, jitter=self.timing.initial
             ),
             stop=stop,
             retry=retry_if_exception_type(DeliveryError),
