@@ -19,8 +19,10 @@ import pytest
 from tests.support.openbao_server import OpenBaoServer
 
 from rotator.config import Settings
+from rotator.domain.principal import Grant, Principal, Role
 from rotator.domain.secret import Secret
 from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest
+from rotator.errors import PermissionDenied
 from rotator.service import BlockingService, ValueInput
 
 FAST = EngineOptions(retry_initial_s=0.001)
@@ -217,3 +219,23 @@ def test_bad_openbao_sink_specs_exit_2_with_one_line_and_store_nothing(
         assert pasted_lower not in err, shown
     assert [c.name for c in svc.list_credentials()] == names_before
     assert len(svc.audit_entries()) == audit_before
+
+    # A principal pastes an AppRole secret_id (a UUID: it passes as a name) that it may not
+    # read: refused, and neither the message nor the audit entry holds it.
+    secret_id = str(uuid.uuid4())
+    svc.bind(Principal(name="alice", grants=(Grant(Role.ADMIN, "app/*"),)))
+    try:
+        with pytest.raises(PermissionDenied) as denied:
+            svc.add_credential(
+                "app/pasted",
+                "local",
+                value=ValueInput(generate=True),
+                sinks=[f"{base},path=app/y,auth=approle,role_id=r,secret_id={secret_id}"],
+            )
+    finally:
+        svc.bind(None)
+    assert "permission denied" in str(denied.value)
+    assert secret_id not in str(denied.value)
+    assert "access.denied" in audit_json(svc)
+    assert secret_id not in audit_json(svc)
+    assert "app/pasted" not in [c.name for c in svc.list_credentials()]
