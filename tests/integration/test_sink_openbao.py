@@ -199,11 +199,23 @@ def test_bad_openbao_sink_specs_exit_2_with_one_line_and_store_nothing(
         (f"{base},path=../sys,token=bao/token", "'path'", {}),
         ("openbao:addr=http://127.0.0.1:1,path=app/x,token=bao/token", "https", {}),
         (
+            "openbao:addr=http://bao.example.com:8200,allow_insecure_http=true,path=app/x,"
+            "token=bao/token",
+            "only for a server on loopback",
+            {},
+        ),
+        (
             f"{base},path=app/x,token=bao/token",
             "ROTATOR_HTTP_ALLOW_HOSTS",
             {"ROTATOR_HTTP_ALLOW_HOSTS": "bao.example.com"},
         ),
     ]
+    svc.add_credential(
+        "app/stored",
+        "local",
+        value=ValueInput(generate=True),
+        sinks=[f"{base},path=app/stored,token=bao/token"],
+    )
     names_before = [c.name for c in svc.list_credentials()]
     audit_before = len(svc.audit_entries())
     for spec, named, extra in cases:
@@ -219,6 +231,19 @@ def test_bad_openbao_sink_specs_exit_2_with_one_line_and_store_nothing(
         assert pasted_lower not in err, shown
     assert [c.name for c in svc.list_credentials()] == names_before
     assert len(svc.audit_entries()) == audit_before
+
+    # The allow list changed after the sink was stored: listings still work; the rotation's
+    # write is refused, audited and reported.
+    narrowed = {"ROTATOR_HTTP_ALLOW_HOSTS": "bao.example.com"}
+    for args in (["credential", "show", "app/stored"], ["credential", "list"]):
+        code, out, err = run_cli(args, {**env, **narrowed})
+        assert (code, err) == (0, ""), (args, code, err)
+        assert "app/stored" in out
+    with mock.patch.dict(os.environ, narrowed):
+        result = rotate(svc, "app/stored").to_json()
+    assert result["rotated"] == ["app/stored"], result
+    [failed] = sink_entries(svc, "app/stored", "sink.failed")
+    assert "ROTATOR_HTTP_ALLOW_HOSTS" in str(failed["error"])
 
     # A principal pastes an AppRole secret_id (a UUID: it passes as a name) that it may not
     # read: refused, and neither the message nor the audit entry holds it.

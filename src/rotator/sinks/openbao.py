@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
+import ipaddress
 import os
 import re
 import ssl
@@ -61,6 +62,12 @@ def _segments(text: str, what: str) -> str:
                 "none of them . or .."
             )
     return "/".join(parts)
+
+
+_HTTPS = (
+    "addr must be https:// (the token travels with every request); "
+    "allow_insecure_http=true permits http:// only for a server on loopback"
+)
 
 
 class OpenBaoSink(BaseModel):
@@ -146,14 +153,17 @@ class OpenBaoSink(BaseModel):
         ):
             raise ValueError("auth=approle needs role_id=ID and secret_id=CREDENTIAL, no token")
         if self.addr.startswith("http://") and not self.allow_insecure_http:
-            raise ValueError(
-                "addr must be https:// (the token travels with every request); "
-                "allow_insecure_http=true permits http:// for a server on loopback"
-            )
-        refusal = host_refusal(self.addr, what="addr")
-        if refusal is not None:
-            raise ValueError(refusal)
+            raise ValueError(_HTTPS)
         return self
+
+    def host_refusal(self) -> str | None:
+        """Why ``addr`` may not be written to, or None: an ``http://`` host that is not
+        loopback, or one ``ROTATOR_HTTP_ALLOW_HOSTS`` leaves out. Checked when a sink is added
+        or updated and before each write; not in the model, so a stored sink still loads (and
+        shows) after the allow list changed."""
+        if self.addr.startswith("http://") and not _loopback(httpx.URL(self.addr).host):
+            return _HTTPS
+        return host_refusal(self.addr, what="addr")
 
     # ------------------------------------------------------------------ descriptions
 
@@ -180,7 +190,7 @@ class OpenBaoSink(BaseModel):
         """Write ``req.value`` under ``key`` (see the module docstring). Idempotent: a retry
         after a write whose answer was lost finds the value there and returns. Raises
         SinkUnavailable (retry), SinkConflict or SinkError; never a third-party error."""
-        refusal = host_refusal(self.addr, what="addr")
+        refusal = self.host_refusal()
         if refusal is not None:
             raise SinkError(refusal)
         try:
@@ -349,6 +359,16 @@ def from_description(text: str) -> dict[str, Any]:
     if addr.startswith("http://"):
         out["allow_insecure_http"] = True
     return out
+
+
+def _loopback(host: str) -> bool:
+    """Is ``host`` this machine (``localhost`` or a loopback address)? No name is resolved."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _same(a: str, b: str | Secret) -> bool:
