@@ -151,16 +151,24 @@ def test_openbao_sink_logs_in_with_an_approle_secret_id_credential_and_reports_a
             f"openbao:addr={bao.addr},ca={bao.ca_file},path={other},token=bao/wrong",
             # Nothing listens there: retried, then reported as unavailable.
             f"openbao:addr=https://127.0.0.1:1,path={other},token=bao/token",
+            # Its certificate is not trusted without ca=: said so, not retried.
+            f"openbao:addr={bao.addr},path={other},token=bao/token",
         ],
     )
     result = rotate(svc, "app/other").to_json()
     assert result["rotated"] == ["app/other"]
-    refused, unreachable = (w["warning"] for w in result["warnings"])
+    refused, unreachable, untrusted = (w["warning"] for w in result["warnings"])
     assert "permission denied" in refused
     assert "cannot reach https://127.0.0.1:1" in unreachable
+    assert "TLS certificate" in untrusted
+    assert "not trusted (set ca=)" in untrusted
     assert bao.kv_read(other) is None
     failed = sink_entries(svc, "app/other", "sink.failed")
-    assert [(f["reason"], f["attempts"]) for f in failed] == [("error", 1), ("unavailable", 3)]
+    assert [(f["reason"], f["attempts"]) for f in failed] == [
+        ("error", 1),
+        ("unavailable", 3),
+        ("error", 1),
+    ]
     shown = audit_json(svc) + json.dumps(result) + caplog.text + "".join(capfd.readouterr())
     for secret in (secret_id, wrong, value, svc.get_value("app/other").reveal_text()):
         assert secret not in shown

@@ -328,6 +328,11 @@ class OpenBaoSink(BaseModel):
         except httpx.TimeoutException as exc:
             raise SinkUnavailable(f"{op}: {self.addr} timed out") from exc
         except httpx.HTTPError as exc:
+            if _untrusted(exc):
+                # Not a passing failure: retrying cannot make the certificate verify.
+                raise SinkError(
+                    f"{op}: the TLS certificate of {self.addr} is not trusted (set ca=)"
+                ) from exc
             # The class names the failure; str(exc) could quote a request detail.
             raise SinkUnavailable(f"{op}: cannot reach {self.addr} ({type(exc).__name__})") from exc
         if resp.status_code == 429 or resp.status_code >= 500:
@@ -390,3 +395,15 @@ def _dig(resp: httpx.Response, *keys: str) -> Any:
 
 def _phrase(resp: httpx.Response) -> str:
     return resp.reason_phrase or ""
+
+
+def _untrusted(exc: BaseException) -> bool:
+    """Does the chain of ``exc`` hold a certificate verification failure?"""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        if isinstance(node, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(node))
+        node = node.__cause__ or node.__context__
+    return False
