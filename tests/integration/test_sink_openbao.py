@@ -11,8 +11,10 @@ import io
 import json
 import logging
 import os
+import socket
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from unittest import mock
 
 import pytest
@@ -24,6 +26,8 @@ from rotator.domain.secret import Secret
 from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest
 from rotator.errors import PermissionDenied
 from rotator.service import BlockingService, ValueInput
+from rotator.sinks.base import SinkRequest
+from rotator.sinks.openbao import OpenBaoSink
 
 FAST = EngineOptions(retry_initial_s=0.001)
 
@@ -272,3 +276,65 @@ def test_bad_openbao_sink_specs_exit_2_with_one_line_and_store_nothing(
     assert "access.denied" in audit_json(svc)
     assert secret_id not in audit_json(svc)
     assert "app/pasted" not in [c.name for c in svc.list_credentials()]
+
+
+@pytest.fixture
+def trickling() -> Iterator[str]:
+    """An HTTP server on loopback that answers every request one header byte at a time,
+    never finishing (each byte arrives well within httpx's read timeout). Its address."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.02):
+                conn.sendall(b"X")
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = srv.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    srv.close()
+
+
+def test_a_trickling_openbao_bounds_each_attempt_and_an_emergency_revokes_before_the_sink(
+    svc: BlockingService, trickling: str
+) -> None:
+    svc.add_credential("bao/token", "local", value=ValueInput(value=Secret("s.abc")))
+    svc.add_credential(
+        "app/slow",
+        "local",
+        value=ValueInput(generate=True),
+        sinks=[
+            f"openbao:addr={trickling},allow_insecure_http=true,path=app/slow,"
+            "token=bao/token,timeout_s=0.2"
+        ],
+    )
+    write = OpenBaoSink.write
+    stages: list[dict[int, str]] = []
+
+    async def watched(self: OpenBaoSink, req: SinkRequest) -> None:
+        if not stages:  # the versions' stages when the sink is first called
+            stages.append({v.number: str(v.stage) for v in svc.show("app/slow").versions})
+        await write(self, req)
+
+    async def go() -> BatchResult:
+        async with Engine(svc.kernel, FAST) as engine:
+            return await engine.rotate([RotationRequest("app/slow", grace_s=0)])
+
+    with mock.patch.object(OpenBaoSink, "write", watched):
+        # Unbounded, the server would hold the rotation forever: 3 attempts of 4 x 0.2 s.
+        result = asyncio.run(asyncio.wait_for(go(), 30)).to_json()
+    assert result["rotated"] == ["app/slow"], result
+    [warning] = result["warnings"]
+    assert "took over 0.8 s" in warning["warning"]
+    [failed] = sink_entries(svc, "app/slow", "sink.failed")
+    assert (failed["reason"], failed["attempts"]) == ("unavailable", 3)
+    assert stages == [{1: "RETIRED", 2: "CURRENT"}], "the old value revoked before the sink"

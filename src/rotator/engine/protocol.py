@@ -345,23 +345,26 @@ class Protocol:
         return await self.after_finish(ctx, previous)
 
     async def after_finish(self, ctx: Ctx, previous: int | None) -> RotationResult:
-        """After the stage move committed: sinks, and a grace-0 rotation's revocation."""
+        """After the stage move committed: a grace-0 rotation's revocation, then sinks."""
         self.leases.drop(ctx.rotation_id)
         self.values.forget(ctx.tenant.name, ctx.cred.name)
-        warnings = await self._propagate(ctx)
         c = ctx.cred.name
+        revoked_ok = True
         if ctx.grace_s == 0:
+            # First: a grace-0 (emergency) rotation revokes a value that may be compromised;
+            # a slow sink must not keep it valid meanwhile.
             revoked = await self.revoker.process(credential_ids=[ctx.cred.id])
-            if not revoked.get(ctx.cred.id, True):
-                return RotationResult(
-                    c,
-                    Outcome.FAILED,
-                    ctx.rotation_id,
-                    ctx.version,
-                    error="rotated, but revoking the old value failed; "
-                    "it stays queued for revocation",
-                    warnings=warnings,
-                )
+            revoked_ok = revoked.get(ctx.cred.id, True)
+        warnings = await self._propagate(ctx)
+        if not revoked_ok:
+            return RotationResult(
+                c,
+                Outcome.FAILED,
+                ctx.rotation_id,
+                ctx.version,
+                error="rotated, but revoking the old value failed; it stays queued for revocation",
+                warnings=warnings,
+            )
         return RotationResult(c, Outcome.ROTATED, ctx.rotation_id, ctx.version, warnings=warnings)
 
     async def _propagate(self, ctx: Ctx) -> tuple[str, ...]:

@@ -3,8 +3,10 @@ HashiCorp Vault, same API) after each rotation.
 
 Spec: ``openbao:addr=https://bao:8200,mount=secret,path=app/db,key=password,auth=token,
 token=CRED`` or ``...,auth=approle,role_id=ROLE,secret_id=CRED``; optional ``ca=/path.pem``
-(a PEM bundle to trust), ``timeout_s`` (default 10) and ``allow_insecure_http=true`` (``http://``
-for a server on loopback; the token travels in every request). ``token`` and ``secret_id`` are
+(a PEM bundle to trust), ``timeout_s`` (default 10: per request, and 4 x ``timeout_s`` bounds a
+whole write attempt, so a server trickling its answer cannot hold a rotation) and
+``allow_insecure_http=true`` (``http://``, refused for any host but ``localhost`` and loopback
+addresses: the token travels in every request). ``token`` and ``secret_id`` are
 NAMES of rotator credentials holding the token / the AppRole secret_id, never values: the
 engine reads them through its secret resolver, audited as ``value.read`` like a connector's
 admin secret. An AppRole login's client token is used for the write, then revoked.
@@ -27,6 +29,7 @@ every write. The token needs ``read``, ``create`` and ``update`` on ``MOUNT/data
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hmac
@@ -68,6 +71,7 @@ _HTTPS = (
     "addr must be https:// (the token travels with every request); "
     "allow_insecure_http=true permits http:// only for a server on loopback"
 )
+_REQUESTS = 4  # at most per write: login, read, write, revoke (bounds an attempt's time)
 
 
 class OpenBaoSink(BaseModel):
@@ -197,6 +201,16 @@ class OpenBaoSink(BaseModel):
             new = req.value.reveal_text()
         except UnicodeDecodeError:
             raise SinkError("the value is not UTF-8 text; a KV secret holds text") from None
+        bound = _REQUESTS * self.timeout_s
+        try:
+            # httpx's timeout is per network read: a server sending a byte a second never
+            # trips it. The whole attempt is bounded here.
+            async with asyncio.timeout(bound):
+                await self._write(req, new)
+        except TimeoutError as exc:
+            raise SinkUnavailable(f"write: {self.addr} took over {bound:g} s") from exc
+
+    async def _write(self, req: SinkRequest, new: str) -> None:
         async with httpx.AsyncClient(
             base_url=self.addr, verify=self._tls(), timeout=self.timeout_s, follow_redirects=False
         ) as client:
@@ -308,9 +322,11 @@ class OpenBaoSink(BaseModel):
         return SinkError(f"{op}: HTTP {resp.status_code} {_phrase(resp)}")
 
     async def _revoke(self, client: httpx.AsyncClient, token: str) -> None:
-        # Best effort: the login's token expires with its TTL anyway.
-        with contextlib.suppress(httpx.HTTPError):
-            await client.post("/v1/auth/token/revoke-self", headers={"X-Vault-Token": token})
+        # Best effort: the login's token expires with its TTL anyway. Bounded on its own: it
+        # also runs when the attempt's time ran out.
+        with contextlib.suppress(httpx.HTTPError, TimeoutError):
+            async with asyncio.timeout(self.timeout_s):
+                await client.post("/v1/auth/token/revoke-self", headers={"X-Vault-Token": token})
 
     async def _call(
         self,
