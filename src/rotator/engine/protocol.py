@@ -388,8 +388,13 @@ class Protocol:
                 sink = load_sink(dict(stored))
             except RotatorError as exc:
                 warnings.append(f"sink skipped: {exc}")
+                kind = str(stored.get("kind"))[:40]
+                await self.rt.audit(
+                    ctx, "sink.failed", sink=kind, error=str(exc), reason="error", attempts=0
+                )
                 continue
             where = sink.describe()
+            reread = False
             try:
                 async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(3),
