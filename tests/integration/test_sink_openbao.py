@@ -15,6 +15,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -26,6 +27,7 @@ from rotator.domain.secret import Secret
 from rotator.engine import BatchResult, Engine, EngineOptions, RotationRequest
 from rotator.errors import PermissionDenied
 from rotator.service import BlockingService, ValueInput
+from rotator.sinks import load_sink
 from rotator.sinks.base import SinkRequest
 from rotator.sinks.openbao import OpenBaoSink
 
@@ -54,6 +56,22 @@ def engine_reads(svc: BlockingService, name: str) -> int:
 
 def sink_entries(svc: BlockingService, name: str, action: str) -> list[dict[str, object]]:
     return [e.details for e in svc.audit_entries(credential=name) if e.action == action]
+
+
+class Fixed:
+    """A secret resolver holding one value (a sink called directly, outside the engine)."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    async def get(self, name: str) -> Secret:
+        return Secret(self.value)
+
+
+def token_accessors(bao: OpenBaoServer) -> int:
+    resp = bao.call("LIST", "auth/token/accessors")
+    resp.raise_for_status()
+    return len(resp.json()["data"]["keys"])
 
 
 def test_openbao_sink_writes_every_rotation_with_cas_and_never_overwrites_another_writer(
@@ -91,25 +109,115 @@ def test_openbao_sink_writes_every_rotation_with_cas_and_never_overwrites_anothe
         f"openbao {bao.addr}/v1/secret/data/{path} (password; token bao/token)"
     )
     assert engine_reads(svc, "bao/token") >= 1, "the engine's read of the token is audited"
+    # A retry whose first answer was lost finds the value there: nothing more is written.
+    sink = load_sink(dict(svc.show("app/db").sinks[0]))
+    assert isinstance(sink, OpenBaoSink)
+    asyncio.run(sink.write(SinkRequest(Secret(values[2]), Secret(values[1]), Fixed(token))))
+    assert bao.kv_read(path) == ({"password": values[2]}, 3)
+
+    # One rotation's write is missed (its token refused), then a value is set by hand
+    # (no sink runs): the secret holds an older value of rotator's own, not someone else's,
+    # and the next rotation writes over it with check-and-set.
+    wrong = "s." + uuid.uuid4().hex
+    svc.update_credential("bao/token", value=ValueInput(value=Secret(wrong)))
+    result = rotate(svc, "app/db").to_json()
+    assert "permission denied" in result["warnings"][0]["warning"], result
+    [denied] = sink_entries(svc, "app/db", "sink.failed")
+    assert (denied["reason"], denied["attempts"]) == ("denied", 2), "token re-read once"
+    svc.update_credential("bao/token", value=ValueInput(value=Secret(token)))
+    svc.update_credential("app/db", value=ValueInput(generate=True))
+    assert bao.kv_read(path) == ({"password": values[2]}, 3)
+    result = rotate(svc, "app/db").to_json()
+    assert not result["warnings"], result
+    values.append(svc.get_value("app/db").reveal_text())
+    assert bao.kv_read(path) == ({"password": values[-1]}, 4)
 
     # Someone else writes the secret between two rotations.
     theirs = "written-by-the-other-writer"
-    assert bao.kv_write(path, {"password": theirs}) == 4
+    assert bao.kv_write(path, {"password": theirs}) == 5
     before = svc.get_value("app/db")
     result = rotate(svc, "app/db").to_json()
     assert result["rotated"] == ["app/db"], "a sink conflict never un-rotates"
     [warning] = result["warnings"]
     assert "conflict" in warning["warning"]
+    assert "not a value rotator wrote" in warning["warning"]
     assert svc.get_value("app/db") != before, "CURRENT moved all the same"
-    assert bao.kv_read(path) == ({"password": theirs}, 4), "the other writer's value stays"
-    [failed] = sink_entries(svc, "app/db", "sink.failed")
+    assert bao.kv_read(path) == ({"password": theirs}, 5), "the other writer's value stays"
+    failed = sink_entries(svc, "app/db", "sink.failed")[-1]
     assert failed["reason"] == "conflict"
     assert failed["attempts"] == 1, "a conflict is not retried"
 
+    race = overtaken_and_raced(svc, bao, token)
+
     shown = audit_json(svc) + json.dumps(result) + caplog.text + "".join(capfd.readouterr())
     assert "HTTP Request" in caplog.text, "httpx's request log lines were captured"
-    for secret in (token, *values, svc.get_value("app/db").reveal_text()):
+    for secret in (token, wrong, *values, *race, svc.get_value("app/db").reveal_text()):
         assert secret not in shown
+
+
+def overtaken_and_raced(svc: BlockingService, bao: OpenBaoServer, token: str) -> list[str]:
+    """A rotation overtaken by the next one before its sink write; a write racing the sink
+    between its read and its check-and-set; a deleted latest version. The values seen."""
+    path = f"app/{uuid.uuid4().hex[:12]}/race"
+    svc.add_credential(
+        "app/race",
+        "local",
+        value=ValueInput(generate=True),
+        sinks=[
+            f"openbao:addr={bao.addr},ca={bao.ca_file},path={path},key=password,token=bao/token"
+        ],
+    )
+    first = svc.get_value("app/race").reveal_text()
+    assert bao.kv_write(path, {"password": first}) == 1
+
+    # Rotation N frees the credential at its stage move; rotation N+1 runs to its end before
+    # N's sink write. N+1 writes over the value before N's (rotator's own), N writes nothing.
+    write = OpenBaoSink.write
+    later: list[BatchResult] = []
+    started: list[bool] = []
+
+    async def overtaken(self: OpenBaoSink, req: SinkRequest) -> None:
+        if not started:
+            started.append(True)  # N+1's own write passes straight through
+            async with Engine(svc.kernel, FAST) as engine:
+                later.append(await engine.rotate([RotationRequest("app/race")]))
+        await write(self, req)
+
+    with mock.patch.object(OpenBaoSink, "write", overtaken):
+        result = rotate(svc, "app/race").to_json()
+    assert result["rotated"] == ["app/race"], result
+    assert not result["warnings"], result
+    assert later[0].to_json()["rotated"] == ["app/race"], later[0].to_json()
+    assert not later[0].to_json()["warnings"], later[0].to_json()
+    current = svc.get_value("app/race").reveal_text()
+    assert bao.kv_read(path) == ({"password": current}, 2), "KV holds CURRENT, not N's value"
+    [skipped] = sink_entries(svc, "app/race", "sink.skipped")
+    assert skipped["reason"] == "superseded"
+
+    # Someone writes between the sink's read and its write: the check-and-set refuses.
+    call = OpenBaoSink._call
+    theirs = "raced-in-by-the-other-writer"
+
+    async def meddle(self: OpenBaoSink, client: Any, method: str, url: str, op: str, **kw: Any):  # type: ignore[no-untyped-def]
+        if op == "write":
+            bao.kv_write(path, {"password": theirs})
+        return await call(self, client, method, url, op, **kw)
+
+    with mock.patch.object(OpenBaoSink, "_call", meddle):
+        result = rotate(svc, "app/race").to_json()
+    assert "check-and-set failed" in result["warnings"][0]["warning"], result
+    assert bao.kv_read(path) == ({"password": theirs}, 3)
+
+    # Its latest version deleted (soft) by someone else: not written over either.
+    bao.call("DELETE", f"secret/data/{path}").raise_for_status()
+    result = rotate(svc, "app/race").to_json()
+    assert "latest version was deleted" in result["warnings"][0]["warning"], result
+    assert bao.kv_read(path) is None
+    assert [f["reason"] for f in sink_entries(svc, "app/race", "sink.failed")] == [
+        "conflict",
+        "conflict",
+    ]
+    return [first, current, svc.get_value("app/race").reveal_text()]
 
 
 def test_openbao_sink_logs_in_with_an_approle_secret_id_credential_and_reports_a_bad_token(
@@ -135,12 +243,38 @@ def test_openbao_sink_logs_in_with_an_approle_secret_id_credential_and_reports_a
     # The operator put the credential's first value there, next to a key of their own.
     first = svc.get_value("app/api").reveal_text()
     bao.kv_write(path, {"username": "app", "password": first})
+    tokens = token_accessors(bao)
     result = rotate(svc, "app/api").to_json()
     assert result["rotated"] == ["app/api"], result
     assert not result["warnings"], result
     value = svc.get_value("app/api").reveal_text()
     assert bao.kv_read(path) == ({"username": "app", "password": value}, 2)
     assert engine_reads(svc, "bao/secret-id") >= 1
+    assert token_accessors(bao) == tokens, "the login's token was revoked after the write"
+
+    # A token cached by the engine is revoked and its credential given a new one: the 403
+    # drops the cached value and the write is retried once with the new token.
+    old = bao.new_token()
+    svc.add_credential("bao/cached", "local", value=ValueInput(value=Secret(old)))
+    cached = f"app/{uuid.uuid4().hex[:12]}/cached"
+    svc.add_credential(
+        "app/cached",
+        "local",
+        value=ValueInput(generate=True),
+        sinks=[f"openbao:addr={bao.addr},ca={bao.ca_file},path={cached},token=bao/cached"],
+    )
+
+    async def twice() -> tuple[BatchResult, BatchResult]:
+        async with Engine(svc.kernel, FAST) as engine:
+            one = await engine.rotate([RotationRequest("app/cached")])
+            bao.call("POST", "auth/token/revoke", {"token": old}).raise_for_status()
+            svc.update_credential("bao/cached", value=ValueInput(value=Secret(bao.new_token())))
+            return one, await engine.rotate([RotationRequest("app/cached")])
+
+    one, two = asyncio.run(twice())
+    assert not one.to_json()["warnings"], one.to_json()
+    assert not two.to_json()["warnings"], two.to_json()
+    assert bao.kv_read(cached) == ({"value": svc.get_value("app/cached").reveal_text()}, 2)
 
     # A token credential that holds no valid token: reported, nothing written, nothing shown.
     wrong = "s." + uuid.uuid4().hex
@@ -169,7 +303,7 @@ def test_openbao_sink_logs_in_with_an_approle_secret_id_credential_and_reports_a
     assert bao.kv_read(other) is None
     failed = sink_entries(svc, "app/other", "sink.failed")
     assert [(f["reason"], f["attempts"]) for f in failed] == [
-        ("error", 1),
+        ("denied", 2),  # the token credential read afresh once
         ("unavailable", 3),
         ("error", 1),
     ]

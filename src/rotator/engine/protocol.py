@@ -39,15 +39,28 @@ from rotator.errors import (
     RotatorError,
 )
 from rotator.sinks import load_sink
-from rotator.sinks.base import SinkError, SinkRequest, SinkUnavailable
+from rotator.sinks.base import (
+    SinkDenied,
+    SinkError,
+    SinkRequest,
+    SinkSuperseded,
+    SinkUnavailable,
+)
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
 from rotator.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
     from rotator.engine.recovery import Recovery
+    from rotator.sinks.openbao import OpenBaoSink
 
 _STALE = "stale"  # begin's answer when CURRENT moved after the context was loaded
+_EARLIER = 20  # earlier values a sink may compare with what it finds (the newest ones)
+
+
+class _Reread(SinkDenied):
+    """A sink refused its token or secret_id: the cached value is dropped, the write retried
+    once with a fresh read (the credential may have been replaced since it was cached)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -369,7 +382,9 @@ class Protocol:
 
     async def _propagate(self, ctx: Ctx) -> tuple[str, ...]:
         """Write the new CURRENT value to the credential's sinks, with retries. A failure is
-        audited and reported as a warning; the rotation stays done."""
+        audited (``sink.failed``) and reported as a warning; the rotation stays done. A write
+        a later rotation made needless (its value is no longer CURRENT: that rotation writes
+        its own) is audited as ``sink.skipped`` with ``reason=superseded``, no warning."""
         warnings: list[str] = []
         assert ctx.pending is not None
         value = ctx.pending
@@ -399,16 +414,36 @@ class Protocol:
                 async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(3),
                     wait=wait_exponential(multiplier=self.rt.opts.retry_initial_s, max=1.0),
-                    retry=retry_if_exception_type((OSError, SinkUnavailable)),
+                    retry=retry_if_exception_type((OSError, SinkUnavailable, _Reread)),
                     reraise=True,
                 ):
                     with attempt:
+                        if not await self._still_current(ctx):
+                            raise SinkSuperseded("superseded by a later rotation; not written")
                         if isinstance(sink, FileSink):
                             await asyncio.get_running_loop().run_in_executor(
                                 self.rt.threads, sink.write, value, protected
                             )
                         else:
-                            await sink.write(SinkRequest(value, ctx.current, ctx.secrets))
+                            try:
+                                await self._write_remote(ctx, sink, value)
+                            except SinkDenied as exc:
+                                if reread:
+                                    raise
+                                # The cached token may have been replaced (or revoked) since
+                                # it was read: read it afresh, once.
+                                reread = True
+                                for ref in sink.references():
+                                    self.values.forget(ctx.tenant.name, ref)
+                                raise _Reread(str(exc)) from exc
+            except SinkSuperseded as exc:
+                await self.rt.audit(
+                    ctx,
+                    "sink.skipped",
+                    sink=where,
+                    reason=exc.reason,
+                    attempts=attempt.retry_state.attempt_number,
+                )
             except OSError as exc:
                 reason = exc.strerror or type(exc).__name__
                 warnings.append(f"{where}: {reason}")
@@ -428,6 +463,54 @@ class Protocol:
             else:
                 await self.rt.audit(ctx, "sink.write", sink=where)
         return tuple(warnings)
+
+    async def _write_remote(self, ctx: Ctx, sink: OpenBaoSink, value: Secret) -> None:
+        """One attempt of a network sink's write, told how to check CURRENT and how to find
+        the credential's earlier values."""
+        req = SinkRequest(
+            value,
+            ctx.current,
+            ctx.secrets,
+            still_current=partial(self._still_current, ctx),
+            earlier=partial(self._earlier, ctx),
+        )
+        await sink.write(req)
+
+    async def _still_current(self, ctx: Ctx) -> bool:
+        """Is this rotation's version still the credential's CURRENT (one cheap read)?"""
+        cred_id = ctx.cred.id
+        current, _ = await self.rt.read(lambda conn: store_creds.version_numbers(conn, cred_id))
+        return current == ctx.version
+
+    async def _earlier(self, ctx: Ctx) -> list[Secret]:
+        """The values the credential held before ``ctx.current`` (newest first, at most
+        ``_EARLIER``), for a sink to recognise what rotator wrote there. Versions that never
+        were CURRENT (PENDING, FAILED) and versions that do not open are left out."""
+        kernel = self.rt.kernel
+        cred_id, before = ctx.cred.id, ctx.current_version
+
+        def read(conn: Connection) -> list[Secret]:
+            m = store_creds.stage_map(conn, cred_id)
+            if m is None or before is None:
+                return []
+            numbers = sorted(
+                (
+                    n
+                    for n, st in m.stages
+                    if n < before and st not in (Stage.PENDING.value, Stage.FAILED.value)
+                ),
+                reverse=True,
+            )[:_EARLIER]
+            out: list[Secret] = []
+            for n in numbers:
+                sv = store_creds.sealed_version(conn, cred_id, number=n)
+                if sv is None:
+                    continue
+                with contextlib.suppress(RotatorError):
+                    out.append(kernel.open_version(conn, sv))
+            return out
+
+        return await self.rt.read(read)
 
     def stage_move(self, conn: Connection, ctx: Ctx) -> int | None:
         """The stage move and its bookkeeping in the caller's transaction: PENDING->CURRENT,

@@ -16,15 +16,22 @@ A write never overwrites someone else's: it reads the secret first and
 - writes with ``cas=0`` when the path holds nothing (never written, or its metadata deleted);
 - does nothing when the key holds the new value already (a retry after a lost answer);
 - writes with ``cas`` = the version read when the key holds the value this rotation replaced
-  (what the sink wrote last time, or what the operator put there to match);
+  or any earlier value of the credential (what the sink wrote last time, a write that was
+  missed since, or what the operator put there to match);
 - otherwise, or when the check-and-set fails because someone wrote in between, raises
-  SinkConflict: the other writer's value stays, and the rotation stays done.
+  SinkConflict: the other writer's value stays, and the rotation stays done;
+- after its read, right before it decides and writes, asks the engine whether the value is
+  still the credential's CURRENT and writes nothing when a later rotation has replaced it
+  (SinkSuperseded: that rotation writes its own value; audited ``sink.skipped``).
 
 Other keys of the secret are kept. Connection failures, timeouts, 429 and 5xx are
-SinkUnavailable (the engine retries); a refused login, 403 and other statuses are SinkError.
-No message holds a value, a token or a response body. ``ROTATOR_HTTP_ALLOW_HOSTS`` (see
-``rotator.connectors.http``) bounds ``addr`` too: checked when the sink is added and before
-every write. The token needs ``read``, ``create`` and ``update`` on ``MOUNT/data/PATH``.
+SinkUnavailable (the engine retries); a refused login and a 403 are SinkDenied (the engine
+re-reads the token or secret_id credential once and retries), a certificate that does not verify
+and other statuses are SinkError. No message holds a value, a token or a response body.
+``ROTATOR_HTTP_ALLOW_HOSTS`` (see ``rotator.connectors.http``) bounds ``addr`` too: checked when
+the sink is added or updated (:meth:`OpenBaoSink.host_refusal`) and before every write, not when
+a stored sink is loaded or shown (a changed allow list must not break ``credential list``).
+The token needs ``read``, ``create`` and ``update`` on ``MOUNT/data/PATH``.
 """
 
 from __future__ import annotations
@@ -48,12 +55,20 @@ from rotator.connectors.http import host_refusal
 from rotator.domain.names import CREDENTIAL_NAME
 from rotator.domain.secret import Secret
 from rotator.errors import ConnectorError, RotatorError
-from rotator.sinks.base import SinkConflict, SinkError, SinkRequest, SinkUnavailable
+from rotator.sinks.base import (
+    SinkConflict,
+    SinkDenied,
+    SinkError,
+    SinkRequest,
+    SinkSuperseded,
+    SinkUnavailable,
+)
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_.@+-]+")
 _KEY = re.compile(r"[A-Za-z0-9_.-]+")
 _ROLE_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII: nothing that can split a header
+_EARLIER = 20  # earlier values compared at most (the newest; older ones are long replaced)
 
 
 def _segments(text: str, what: str) -> str:
@@ -216,7 +231,7 @@ class OpenBaoSink(BaseModel):
         ) as client:
             token, revoke = await self._login(client, req.secrets)
             try:
-                await self._put(client, token, new, req.previous)
+                await self._put(client, token, new, req)
             finally:
                 if revoke:
                     await self._revoke(client, token)
@@ -258,7 +273,7 @@ class OpenBaoSink(BaseModel):
             json={"role_id": self.role_id, "secret_id": secret_id},
         )
         if resp.status_code in (400, 401, 403):
-            raise SinkError(
+            raise SinkDenied(
                 f"approle login refused (HTTP {resp.status_code}): wrong role_id or secret_id"
             )
         if resp.status_code != 200:
@@ -268,9 +283,7 @@ class OpenBaoSink(BaseModel):
             raise SinkError("approle login: the answer holds no client token")
         return token, True
 
-    async def _put(
-        self, client: httpx.AsyncClient, token: str, new: str, previous: Secret | None
-    ) -> None:
+    async def _put(self, client: httpx.AsyncClient, token: str, new: str, req: SinkRequest) -> None:
         url = "/v1/{}/data/{}".format(
             urllib.parse.quote(self.mount, safe=""),
             "/".join(urllib.parse.quote(p, safe="") for p in self.path.split("/")),
@@ -278,6 +291,15 @@ class OpenBaoSink(BaseModel):
         headers = {"X-Vault-Token": token}
         resp = await self._call(client, "GET", url, "read", headers=headers)
         data: dict[str, Any] = {}
+        if resp.status_code not in (200, 404):
+            raise self._refused(resp, "read")
+        # Before judging what is there: a later rotation may have written its value (which
+        # this value's replaced one does not match) or be about to.
+        if not await req.still_current():
+            raise SinkSuperseded(
+                "superseded: a later rotation replaced this value before it was written; "
+                "not written"
+            )
         if resp.status_code == 404:
             if isinstance(_dig(resp, "data", "metadata", "version"), int):
                 raise SinkConflict(
@@ -286,7 +308,7 @@ class OpenBaoSink(BaseModel):
                     "metadata, to resume)"
                 )
             cas = 0
-        elif resp.status_code == 200:
+        else:
             found = _dig(resp, "data", "data")
             version = _dig(resp, "data", "metadata", "version")
             if not isinstance(version, int) or not isinstance(found, dict):
@@ -294,14 +316,12 @@ class OpenBaoSink(BaseModel):
             held = found.get(self.key)
             if isinstance(held, str) and _same(held, new):
                 return  # written already: a retry after a lost answer
-            if previous is None or not isinstance(held, str) or not _same(held, previous):
+            if not isinstance(held, str) or not await _ours(held, req):
                 raise SinkConflict(
-                    f"conflict: version {version} was written by someone else (its "
-                    f"{self.key!r} is not the value rotator wrote); not overwritten"
+                    f"conflict: version {version} of the secret has a {self.key!r} that is "
+                    "not a value rotator wrote for this credential; not overwritten"
                 )
             data, cas = found, version
-        else:
-            raise self._refused(resp, "read")
         body = {"options": {"cas": cas}, "data": {**data, self.key: new}}
         resp = await self._call(client, "POST", url, "write", headers=headers, json=body)
         if resp.status_code in (200, 204):
@@ -315,7 +335,7 @@ class OpenBaoSink(BaseModel):
 
     def _refused(self, resp: httpx.Response, op: str) -> SinkError:
         if resp.status_code == 403:
-            return SinkError(
+            return SinkDenied(
                 f"{op}: permission denied (HTTP 403): the token is wrong, expired, or lacks "
                 f"read/create/update on {self.mount}/data/{self.path}"
             )
@@ -395,6 +415,15 @@ def _loopback(host: str) -> bool:
 def _same(a: str, b: str | Secret) -> bool:
     other = b.reveal() if isinstance(b, Secret) else b.encode()
     return hmac.compare_digest(a.encode(), other)
+
+
+async def _ours(held: str, req: SinkRequest) -> bool:
+    """Is ``held`` a value of this credential: the one this rotation replaced, or an earlier
+    one (read only when needed: it opens stored versions)?"""
+    if req.previous is not None and _same(held, req.previous):
+        return True
+    earlier = await req.earlier()
+    return any(_same(held, v) for v in earlier[:_EARLIER])
 
 
 def _dig(resp: httpx.Response, *keys: str) -> Any:
