@@ -39,15 +39,29 @@ from rotator.errors import (
     RotatorError,
 )
 from rotator.sinks import load_sink
-from rotator.sinks.base import SinkError, SinkRequest, SinkUnavailable
+from rotator.sinks.base import (
+    SinkDenied,
+    SinkError,
+    SinkRequest,
+    SinkSuperseded,
+    SinkUnavailable,
+)
 from rotator.store import credentials as store_creds
 from rotator.store import rotations as store_rot
 from rotator.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
     from rotator.engine.recovery import Recovery
+    from rotator.sinks.exec import ExecSink
+    from rotator.sinks.openbao import OpenBaoSink
 
 _STALE = "stale"  # begin's answer when CURRENT moved after the context was loaded
+_EARLIER = 20  # earlier values a sink may compare with what it finds (the newest ones)
+
+
+class _Reread(SinkDenied):
+    """A sink refused its token or secret_id: the cached value is dropped, the write retried
+    once with a fresh read (the credential may have been replaced since it was cached)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -345,28 +359,33 @@ class Protocol:
         return await self.after_finish(ctx, previous)
 
     async def after_finish(self, ctx: Ctx, previous: int | None) -> RotationResult:
-        """After the stage move committed: sinks, and a grace-0 rotation's revocation."""
+        """After the stage move committed: a grace-0 rotation's revocation, then sinks."""
         self.leases.drop(ctx.rotation_id)
         self.values.forget(ctx.tenant.name, ctx.cred.name)
-        warnings = await self._propagate(ctx)
         c = ctx.cred.name
+        revoked_ok = True
         if ctx.grace_s == 0:
+            # First: a grace-0 (emergency) rotation revokes a value that may be compromised;
+            # a slow sink must not keep it valid meanwhile.
             revoked = await self.revoker.process(credential_ids=[ctx.cred.id])
-            if not revoked.get(ctx.cred.id, True):
-                return RotationResult(
-                    c,
-                    Outcome.FAILED,
-                    ctx.rotation_id,
-                    ctx.version,
-                    error="rotated, but revoking the old value failed; "
-                    "it stays queued for revocation",
-                    warnings=warnings,
-                )
+            revoked_ok = revoked.get(ctx.cred.id, True)
+        warnings = await self._propagate(ctx)
+        if not revoked_ok:
+            return RotationResult(
+                c,
+                Outcome.FAILED,
+                ctx.rotation_id,
+                ctx.version,
+                error="rotated, but revoking the old value failed; it stays queued for revocation",
+                warnings=warnings,
+            )
         return RotationResult(c, Outcome.ROTATED, ctx.rotation_id, ctx.version, warnings=warnings)
 
     async def _propagate(self, ctx: Ctx) -> tuple[str, ...]:
         """Write the new CURRENT value to the credential's sinks, with retries. A failure is
-        audited and reported as a warning; the rotation stays done."""
+        audited (``sink.failed``) and reported as a warning; the rotation stays done. A write
+        a later rotation made needless (its value is no longer CURRENT: that rotation writes
+        its own) is audited as ``sink.skipped`` with ``reason=superseded``, no warning."""
         warnings: list[str] = []
         assert ctx.pending is not None
         value = ctx.pending
@@ -385,25 +404,47 @@ class Protocol:
                 sink = load_sink(dict(stored))
             except RotatorError as exc:
                 warnings.append(f"sink skipped: {exc}")
+                kind = str(stored.get("kind"))[:40]
+                await self.rt.audit(
+                    ctx, "sink.failed", sink=kind, error=str(exc), reason="error", attempts=0
+                )
                 continue
             where = sink.describe()
+            reread = False
             try:
                 async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(3),
                     wait=wait_exponential(multiplier=self.rt.opts.retry_initial_s, max=1.0),
-                    retry=retry_if_exception_type((OSError, SinkUnavailable)),
+                    retry=retry_if_exception_type((OSError, SinkUnavailable, _Reread)),
                     reraise=True,
                 ):
                     with attempt:
+                        if not await self._still_current(ctx):
+                            raise SinkSuperseded("superseded by a later rotation; not written")
                         if isinstance(sink, FileSink):
                             await asyncio.get_running_loop().run_in_executor(
                                 self.rt.threads, sink.write, value, protected
                             )
                         else:
-                            req = SinkRequest(
-                                value, ctx.current, ctx.secrets, ctx.cred.name, ctx.version
-                            )
-                            await sink.write(req)
+                            try:
+                                await self._write_remote(ctx, sink, value)
+                            except SinkDenied as exc:
+                                if reread:
+                                    raise
+                                # The cached token may have been replaced (or revoked) since
+                                # it was read: read it afresh, once.
+                                reread = True
+                                for ref in sink.references():
+                                    self.values.forget(ctx.tenant.name, ref)
+                                raise _Reread(str(exc)) from exc
+            except SinkSuperseded as exc:
+                await self.rt.audit(
+                    ctx,
+                    "sink.skipped",
+                    sink=where,
+                    reason=exc.reason,
+                    attempts=attempt.retry_state.attempt_number,
+                )
             except OSError as exc:
                 reason = exc.strerror or type(exc).__name__
                 warnings.append(f"{where}: {reason}")
@@ -423,6 +464,56 @@ class Protocol:
             else:
                 await self.rt.audit(ctx, "sink.write", sink=where)
         return tuple(warnings)
+
+    async def _write_remote(self, ctx: Ctx, sink: OpenBaoSink | ExecSink, value: Secret) -> None:
+        """One attempt of an async sink's write (OpenBao, a hook), told the credential and
+        version, how to check CURRENT and how to find the credential's earlier values."""
+        req = SinkRequest(
+            value,
+            ctx.current,
+            ctx.secrets,
+            ctx.cred.name,
+            ctx.version,
+            still_current=partial(self._still_current, ctx),
+            earlier=partial(self._earlier, ctx),
+        )
+        await sink.write(req)
+
+    async def _still_current(self, ctx: Ctx) -> bool:
+        """Is this rotation's version still the credential's CURRENT (one cheap read)?"""
+        cred_id = ctx.cred.id
+        current, _ = await self.rt.read(lambda conn: store_creds.version_numbers(conn, cred_id))
+        return current == ctx.version
+
+    async def _earlier(self, ctx: Ctx) -> list[Secret]:
+        """The values the credential held before ``ctx.current`` (newest first, at most
+        ``_EARLIER``), for a sink to recognise what rotator wrote there. Versions that never
+        were CURRENT (PENDING, FAILED) and versions that do not open are left out."""
+        kernel = self.rt.kernel
+        cred_id, before = ctx.cred.id, ctx.current_version
+
+        def read(conn: Connection) -> list[Secret]:
+            m = store_creds.stage_map(conn, cred_id)
+            if m is None or before is None:
+                return []
+            numbers = sorted(
+                (
+                    n
+                    for n, st in m.stages
+                    if n < before and st not in (Stage.PENDING.value, Stage.FAILED.value)
+                ),
+                reverse=True,
+            )[:_EARLIER]
+            out: list[Secret] = []
+            for n in numbers:
+                sv = store_creds.sealed_version(conn, cred_id, number=n)
+                if sv is None:
+                    continue
+                with contextlib.suppress(RotatorError):
+                    out.append(kernel.open_version(conn, sv))
+            return out
+
+        return await self.rt.read(read)
 
     def stage_move(self, conn: Connection, ctx: Ctx) -> int | None:
         """The stage move and its bookkeeping in the caller's transaction: PENDING->CURRENT,

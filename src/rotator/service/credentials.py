@@ -422,7 +422,14 @@ class RotatorService:
             return
         tenant = await self.tenant(principal.tenant)
         for ref in refs:
-            await self.authorize(principal, Action.VALUE_READ, ref)
+            if not principal.may(Action.VALUE_READ, ref):
+                # Neither the message nor the audit entry names it: a pasted secret_id (a
+                # UUID) passes as a name, and the denial would put it on screen and on record.
+                await self._audit_denied(principal, Action.VALUE_READ, None, sink_reference=True)
+                raise PermissionDenied(
+                    f"permission denied: {principal.name!r} may not read a credential a --sink "
+                    "names as its token or secret_id (give the NAME of one it may read)"
+                )
             found = await self._read(
                 partial(store_creds.credential_id, tenant_id=tenant.id, name=ref)
             )

@@ -48,6 +48,11 @@ def parse_sink(spec: str, forbidden: Sequence[Path] = ()) -> dict[str, Any]:
     sink = load_sink({"kind": kind, **settings})
     from rotator.sinks.file import FileSink  # imported by load_sink already
 
+    # A sink that sends to a host says whether it may (OpenBao: ROTATOR_HTTP_ALLOW_HOSTS,
+    # http:// only on loopback); at add/update, not at load: a stored sink always loads.
+    refusal = getattr(sink, "host_refusal", lambda: None)()
+    if refusal is not None:
+        raise InvalidInput(f"sink {kind!r}: {refusal}")
     if isinstance(sink, FileSink) and (inside := sink.inside(forbidden)) is not None:
         raise InvalidInput(
             f"--sink path {sink.path!r} is inside rotator's own {str(inside)!r}; "

@@ -3,8 +3,10 @@ HashiCorp Vault, same API) after each rotation.
 
 Spec: ``openbao:addr=https://bao:8200,mount=secret,path=app/db,key=password,auth=token,
 token=CRED`` or ``...,auth=approle,role_id=ROLE,secret_id=CRED``; optional ``ca=/path.pem``
-(a PEM bundle to trust), ``timeout_s`` (default 10) and ``allow_insecure_http=true`` (``http://``
-for a server on loopback; the token travels in every request). ``token`` and ``secret_id`` are
+(a PEM bundle to trust), ``timeout_s`` (default 10: per request, and 4 x ``timeout_s`` bounds a
+whole write attempt, so a server trickling its answer cannot hold a rotation) and
+``allow_insecure_http=true`` (``http://``, refused for any host but ``localhost`` and loopback
+addresses: the token travels in every request). ``token`` and ``secret_id`` are
 NAMES of rotator credentials holding the token / the AppRole secret_id, never values: the
 engine reads them through its secret resolver, audited as ``value.read`` like a connector's
 admin secret. An AppRole login's client token is used for the write, then revoked.
@@ -14,22 +16,31 @@ A write never overwrites someone else's: it reads the secret first and
 - writes with ``cas=0`` when the path holds nothing (never written, or its metadata deleted);
 - does nothing when the key holds the new value already (a retry after a lost answer);
 - writes with ``cas`` = the version read when the key holds the value this rotation replaced
-  (what the sink wrote last time, or what the operator put there to match);
+  or any earlier value of the credential (what the sink wrote last time, a write that was
+  missed since, or what the operator put there to match);
 - otherwise, or when the check-and-set fails because someone wrote in between, raises
-  SinkConflict: the other writer's value stays, and the rotation stays done.
+  SinkConflict: the other writer's value stays, and the rotation stays done;
+- after its read, right before it decides and writes, asks the engine whether the value is
+  still the credential's CURRENT and writes nothing when a later rotation has replaced it
+  (SinkSuperseded: that rotation writes its own value; audited ``sink.skipped``).
 
 Other keys of the secret are kept. Connection failures, timeouts, 429 and 5xx are
-SinkUnavailable (the engine retries); a refused login, 403 and other statuses are SinkError.
-No message holds a value, a token or a response body. ``ROTATOR_HTTP_ALLOW_HOSTS`` (see
-``rotator.connectors.http``) bounds ``addr`` too: checked when the sink is added and before
-every write. The token needs ``read``, ``create`` and ``update`` on ``MOUNT/data/PATH``.
+SinkUnavailable (the engine retries); a refused login and a 403 are SinkDenied (the engine
+re-reads the token or secret_id credential once and retries), a certificate that does not verify
+and other statuses are SinkError. No message holds a value, a token or a response body.
+``ROTATOR_HTTP_ALLOW_HOSTS`` (see ``rotator.connectors.http``) bounds ``addr`` too: checked when
+the sink is added or updated (:meth:`OpenBaoSink.host_refusal`) and before every write, not when
+a stored sink is loaded or shown (a changed allow list must not break ``credential list``).
+The token needs ``read``, ``create`` and ``update`` on ``MOUNT/data/PATH``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hmac
+import ipaddress
 import os
 import re
 import ssl
@@ -44,12 +55,20 @@ from rotator.connectors.http import host_refusal
 from rotator.domain.names import CREDENTIAL_NAME
 from rotator.domain.secret import Secret
 from rotator.errors import ConnectorError, RotatorError
-from rotator.sinks.base import SinkConflict, SinkError, SinkRequest, SinkUnavailable
+from rotator.sinks.base import (
+    SinkConflict,
+    SinkDenied,
+    SinkError,
+    SinkRequest,
+    SinkSuperseded,
+    SinkUnavailable,
+)
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_.@+-]+")
 _KEY = re.compile(r"[A-Za-z0-9_.-]+")
 _ROLE_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII: nothing that can split a header
+_EARLIER = 20  # earlier values compared at most (the newest; older ones are long replaced)
 
 
 def _segments(text: str, what: str) -> str:
@@ -61,6 +80,13 @@ def _segments(text: str, what: str) -> str:
                 "none of them . or .."
             )
     return "/".join(parts)
+
+
+_HTTPS = (
+    "addr must be https:// (the token travels with every request); "
+    "allow_insecure_http=true permits http:// only for a server on loopback"
+)
+_REQUESTS = 4  # at most per write: login, read, write, revoke (bounds an attempt's time)
 
 
 class OpenBaoSink(BaseModel):
@@ -146,14 +172,17 @@ class OpenBaoSink(BaseModel):
         ):
             raise ValueError("auth=approle needs role_id=ID and secret_id=CREDENTIAL, no token")
         if self.addr.startswith("http://") and not self.allow_insecure_http:
-            raise ValueError(
-                "addr must be https:// (the token travels with every request); "
-                "allow_insecure_http=true permits http:// for a server on loopback"
-            )
-        refusal = host_refusal(self.addr, what="addr")
-        if refusal is not None:
-            raise ValueError(refusal)
+            raise ValueError(_HTTPS)
         return self
+
+    def host_refusal(self) -> str | None:
+        """Why ``addr`` may not be written to, or None: an ``http://`` host that is not
+        loopback, or one ``ROTATOR_HTTP_ALLOW_HOSTS`` leaves out. Checked when a sink is added
+        or updated and before each write; not in the model, so a stored sink still loads (and
+        shows) after the allow list changed."""
+        if self.addr.startswith("http://") and not _loopback(httpx.URL(self.addr).host):
+            return _HTTPS
+        return host_refusal(self.addr, what="addr")
 
     # ------------------------------------------------------------------ descriptions
 
@@ -180,19 +209,29 @@ class OpenBaoSink(BaseModel):
         """Write ``req.value`` under ``key`` (see the module docstring). Idempotent: a retry
         after a write whose answer was lost finds the value there and returns. Raises
         SinkUnavailable (retry), SinkConflict or SinkError; never a third-party error."""
-        refusal = host_refusal(self.addr, what="addr")
+        refusal = self.host_refusal()
         if refusal is not None:
             raise SinkError(refusal)
         try:
             new = req.value.reveal_text()
         except UnicodeDecodeError:
             raise SinkError("the value is not UTF-8 text; a KV secret holds text") from None
+        bound = _REQUESTS * self.timeout_s
+        try:
+            # httpx's timeout is per network read: a server sending a byte a second never
+            # trips it. The whole attempt is bounded here.
+            async with asyncio.timeout(bound):
+                await self._write(req, new)
+        except TimeoutError as exc:
+            raise SinkUnavailable(f"write: {self.addr} took over {bound:g} s") from exc
+
+    async def _write(self, req: SinkRequest, new: str) -> None:
         async with httpx.AsyncClient(
             base_url=self.addr, verify=self._tls(), timeout=self.timeout_s, follow_redirects=False
         ) as client:
             token, revoke = await self._login(client, req.secrets)
             try:
-                await self._put(client, token, new, req.previous)
+                await self._put(client, token, new, req)
             finally:
                 if revoke:
                     await self._revoke(client, token)
@@ -234,7 +273,7 @@ class OpenBaoSink(BaseModel):
             json={"role_id": self.role_id, "secret_id": secret_id},
         )
         if resp.status_code in (400, 401, 403):
-            raise SinkError(
+            raise SinkDenied(
                 f"approle login refused (HTTP {resp.status_code}): wrong role_id or secret_id"
             )
         if resp.status_code != 200:
@@ -244,9 +283,7 @@ class OpenBaoSink(BaseModel):
             raise SinkError("approle login: the answer holds no client token")
         return token, True
 
-    async def _put(
-        self, client: httpx.AsyncClient, token: str, new: str, previous: Secret | None
-    ) -> None:
+    async def _put(self, client: httpx.AsyncClient, token: str, new: str, req: SinkRequest) -> None:
         url = "/v1/{}/data/{}".format(
             urllib.parse.quote(self.mount, safe=""),
             "/".join(urllib.parse.quote(p, safe="") for p in self.path.split("/")),
@@ -254,6 +291,15 @@ class OpenBaoSink(BaseModel):
         headers = {"X-Vault-Token": token}
         resp = await self._call(client, "GET", url, "read", headers=headers)
         data: dict[str, Any] = {}
+        if resp.status_code not in (200, 404):
+            raise self._refused(resp, "read")
+        # Before judging what is there: a later rotation may have written its value (which
+        # this value's replaced one does not match) or be about to.
+        if not await req.still_current():
+            raise SinkSuperseded(
+                "superseded: a later rotation replaced this value before it was written; "
+                "not written"
+            )
         if resp.status_code == 404:
             if isinstance(_dig(resp, "data", "metadata", "version"), int):
                 raise SinkConflict(
@@ -262,7 +308,7 @@ class OpenBaoSink(BaseModel):
                     "metadata, to resume)"
                 )
             cas = 0
-        elif resp.status_code == 200:
+        else:
             found = _dig(resp, "data", "data")
             version = _dig(resp, "data", "metadata", "version")
             if not isinstance(version, int) or not isinstance(found, dict):
@@ -270,14 +316,12 @@ class OpenBaoSink(BaseModel):
             held = found.get(self.key)
             if isinstance(held, str) and _same(held, new):
                 return  # written already: a retry after a lost answer
-            if previous is None or not isinstance(held, str) or not _same(held, previous):
+            if not isinstance(held, str) or not await _ours(held, req):
                 raise SinkConflict(
-                    f"conflict: version {version} was written by someone else (its "
-                    f"{self.key!r} is not the value rotator wrote); not overwritten"
+                    f"conflict: version {version} of the secret has a {self.key!r} that is "
+                    "not a value rotator wrote for this credential; not overwritten"
                 )
             data, cas = found, version
-        else:
-            raise self._refused(resp, "read")
         body = {"options": {"cas": cas}, "data": {**data, self.key: new}}
         resp = await self._call(client, "POST", url, "write", headers=headers, json=body)
         if resp.status_code in (200, 204):
@@ -291,16 +335,18 @@ class OpenBaoSink(BaseModel):
 
     def _refused(self, resp: httpx.Response, op: str) -> SinkError:
         if resp.status_code == 403:
-            return SinkError(
+            return SinkDenied(
                 f"{op}: permission denied (HTTP 403): the token is wrong, expired, or lacks "
                 f"read/create/update on {self.mount}/data/{self.path}"
             )
         return SinkError(f"{op}: HTTP {resp.status_code} {_phrase(resp)}")
 
     async def _revoke(self, client: httpx.AsyncClient, token: str) -> None:
-        # Best effort: the login's token expires with its TTL anyway.
-        with contextlib.suppress(httpx.HTTPError):
-            await client.post("/v1/auth/token/revoke-self", headers={"X-Vault-Token": token})
+        # Best effort: the login's token expires with its TTL anyway. Bounded on its own: it
+        # also runs when the attempt's time ran out.
+        with contextlib.suppress(httpx.HTTPError, TimeoutError):
+            async with asyncio.timeout(self.timeout_s):
+                await client.post("/v1/auth/token/revoke-self", headers={"X-Vault-Token": token})
 
     async def _call(
         self,
@@ -318,6 +364,11 @@ class OpenBaoSink(BaseModel):
         except httpx.TimeoutException as exc:
             raise SinkUnavailable(f"{op}: {self.addr} timed out") from exc
         except httpx.HTTPError as exc:
+            if _untrusted(exc):
+                # Not a passing failure: retrying cannot make the certificate verify.
+                raise SinkError(
+                    f"{op}: the TLS certificate of {self.addr} is not trusted (set ca=)"
+                ) from exc
             # The class names the failure; str(exc) could quote a request detail.
             raise SinkUnavailable(f"{op}: cannot reach {self.addr} ({type(exc).__name__})") from exc
         if resp.status_code == 429 or resp.status_code >= 500:
@@ -351,9 +402,28 @@ def from_description(text: str) -> dict[str, Any]:
     return out
 
 
+def _loopback(host: str) -> bool:
+    """Is ``host`` this machine (``localhost`` or a loopback address)? No name is resolved."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _same(a: str, b: str | Secret) -> bool:
     other = b.reveal() if isinstance(b, Secret) else b.encode()
     return hmac.compare_digest(a.encode(), other)
+
+
+async def _ours(held: str, req: SinkRequest) -> bool:
+    """Is ``held`` a value of this credential: the one this rotation replaced, or an earlier
+    one (read only when needed: it opens stored versions)?"""
+    if req.previous is not None and _same(held, req.previous):
+        return True
+    earlier = await req.earlier()
+    return any(_same(held, v) for v in earlier[:_EARLIER])
 
 
 def _dig(resp: httpx.Response, *keys: str) -> Any:
@@ -370,3 +440,15 @@ def _dig(resp: httpx.Response, *keys: str) -> Any:
 
 def _phrase(resp: httpx.Response) -> str:
     return resp.reason_phrase or ""
+
+
+def _untrusted(exc: BaseException) -> bool:
+    """Does the chain of ``exc`` hold a certificate verification failure?"""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        if isinstance(node, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(node))
+        node = node.__cause__ or node.__context__
+    return False
