@@ -681,16 +681,17 @@ class _AdminConnection(psycopg.AsyncConnection[Any]):
     """A pooled admin connection. The pool logs in in a background task, where a failure
     would only make the waiting calls time out; this reports it to its ``_AdminPool``
     (passed in the ``rotator_pool`` parameter), which fails them at once. ``used_at`` is when
-    it last worked (logged in, or came back from a call) on the pool's clock."""
+    it last worked (logged in, or came back from a call) on the connector's clock."""
 
     used_at: float = -math.inf
 
     @classmethod
     async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
         pool: _AdminPool = kwargs.pop("rotator_pool")
+        clock: Callable[[], float] = kwargs.pop("rotator_clock")
         try:
             conn = await super().connect(conninfo, **kwargs)
-            conn.used_at = pool.clock()
+            conn.used_at = clock()
             return conn
         except psycopg.Error as exc:
             # The pool logs what it catches: our message, which quotes nothing of the server.
@@ -730,7 +731,7 @@ class _AdminPool:
         self._owner, self._slot = weakref.ref(owner), slot
         self._dropping: set[asyncio.Task[None]] = set()
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            kwargs={**params, "rotator_pool": weakref.proxy(self)},
+            kwargs={**params, "rotator_pool": weakref.proxy(self), "rotator_clock": clock},
             connection_class=_AdminConnection,
             min_size=0,
             max_size=size,
