@@ -34,6 +34,11 @@ rotation, and sequential medians of the pieces (verifier, a login, a refused log
 login + ALTER ROLE, ALTER ROLE on a pooled connection). ``--fresh-admin`` adds the floor
 with a fresh admin login per rotation instead of the pool (rotator's way today).
 
+**Connector steps** (``--connector-roles``, 0 to skip): the connector's ``set`` and ``set`` +
+``test`` called directly (no engine, no store) against the floor's ``ALTER ROLE`` on a pooled
+admin connection and its fresh login, sequentially, in interleaved rounds: client and server
+CPU per step, i.e. what the connector itself adds to the floor's work.
+
     python -m bench.postgres_bench [--roles 1000] [--sweep 1,2,4,8,16,32] [--sweep-roles 128]
                                    [--rounds 4] [--alt-roles 250] [--fresh-admin]
 
@@ -85,7 +90,9 @@ from bench.common import (
     source_version,
     timed,
 )
-from rotator.connectors.postgres import PASSWORD_ALPHABET, parse_value
+from rotator.connectors import base as cb
+from rotator.connectors.postgres import PASSWORD_ALPHABET, PostgresConnector, parse_value
+from rotator.domain.secret import Secret
 
 GOAL_RATIO = 0.8
 FLOOR = "floor (pooled admin)"
@@ -365,6 +372,81 @@ async def breakdown(target: Target, role: str, password: str, samples: int) -> l
     ]
 
 
+async def connector_steps(
+    target: Target, passwords: dict[str, str], roles: Sequence[str], rounds: int
+) -> list[Result]:
+    """The connector's ``set`` (and ``set`` + ``test``) called directly against the floor's
+    statements, sequentially, on ``roles``, in ``rounds`` interleaved rounds: CPU per step."""
+    admin = Secret(target.admin_password)
+
+    class Admin:
+        async def get(self, name: str) -> Secret:
+            return admin
+
+    resolver, connector = Admin(), PostgresConnector()
+    settings = {"host": target.host, "port": str(target.port), "mode": "single", "admin": "a"}
+    cfgs = {r: cb.parse_config(connector, {**settings, "role": r}) for r in roles}
+    pool = await target.admin_pool(1)
+
+    async def floor_set(role: str) -> str:
+        pw = new_password()
+        async with pool.connection() as conn:
+            await conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(scram_verifier(conn, role, pw))
+                )
+            )
+        return pw
+
+    async def floor_both(role: str) -> None:
+        pw = await floor_set(role)
+        async with await target.connect(role, pw) as conn:
+            await (await conn.execute("SELECT 1")).fetchall()
+        passwords[role] = pw
+
+    async def connector_set(role: str) -> str:
+        pw = new_password()
+        await connector.set(cb.SetRequest("pg/b", 2, cfgs[role], Secret(pw), None, resolver))
+        return pw
+
+    async def connector_both(role: str) -> None:
+        pw = await connector_set(role)
+        await connector.test(cb.TestRequest("pg/b", 2, cfgs[role], Secret(pw), resolver))
+        passwords[role] = pw
+
+    variants: dict[str, Callable[[str], Awaitable[Any]]] = {
+        "floor: ALTER ROLE on a pooled session": floor_set,
+        "connector: set": connector_set,
+        "floor: ALTER ROLE + fresh login": floor_both,
+        "connector: set + test": connector_both,
+    }
+    cpu = {v: [0.0, 0.0] for v in variants}
+    try:
+        await floor_both(roles[0])
+        await connector_both(roles[0])  # the connector's admin pool logs in before the clock
+        for _ in range(rounds):
+            for variant, step in variants.items():
+                srv0, cpu0 = proc_tree_cpu_s(target.postmaster), cpu_s()
+                for role in roles:
+                    await step(role)
+                cpu[variant][0] += cpu_s() - cpu0
+                cpu[variant][1] += proc_tree_cpu_s(target.postmaster) - srv0
+    finally:
+        await pool.close()
+        await connector.aclose()
+    n = len(roles) * rounds
+    return [
+        Result(
+            v,
+            value=(c + s) / n * 1000,
+            unit="ms",
+            note=f"CPU per step: client {c / n * 1000:.3f} ms, server {s / n * 1000:.3f} ms; "
+            f"{n} sequential in {rounds} interleaved rounds",
+        )
+        for v, (c, s) in cpu.items()
+    ]
+
+
 # ------------------------------------------------------------------------------- main
 
 
@@ -499,6 +581,11 @@ async def run(args: argparse.Namespace, pg: ThrowawayPostgres, home: Path) -> in
         print("breakdown (sequential) ...", flush=True)
         probe_role, probe_pw = next(iter(probe.items()))
         parts = await breakdown(target, probe_role, probe_pw, args.breakdown_samples)
+        steps: list[Result] = []
+        if args.connector_roles > 0:
+            print("connector steps (sequential) ...", flush=True)
+            subset = roles[: args.connector_roles]
+            steps = await connector_steps(target, passwords, subset, max(2, args.rounds))
     finally:
         close_service(svc)
 
@@ -558,6 +645,8 @@ async def run(args: argparse.Namespace, pg: ThrowawayPostgres, home: Path) -> in
         summary,
     )
     print_results("postgres bench: the pieces of a rotation (sequential, median)", parts)
+    if steps:
+        print_results("postgres bench: the connector's steps against the floor's", steps)
     return 0
 
 
@@ -582,6 +671,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--spot-check", type=int, default=10, help="CURRENT logins checked per run")
     ap.add_argument("--breakdown-samples", type=int, default=20)
+    ap.add_argument(
+        "--connector-roles",
+        type=int,
+        default=200,
+        help="roles for the connector-steps comparison (0: skip)",
+    )
     ap.add_argument("--no-machine", action="store_true", help="do not print machine info")
     args = ap.parse_args(argv)
     exit_on_sigterm()

@@ -18,11 +18,12 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 from tests.conftest import PgTarget
 
 from rotator.connectors import base as cb
 from rotator.connectors import registry
-from rotator.connectors.postgres import ADMIN_POOL_SIZE, PostgresConnector
+from rotator.connectors.postgres import ADMIN_CHECK_IDLE_S, ADMIN_POOL_SIZE, PostgresConnector
 from rotator.connectors.registry import ConnectorSet
 from rotator.domain.secret import Secret
 from rotator.errors import UnknownConnector
@@ -303,6 +304,90 @@ def test_a_pooled_session_killed_on_the_server_is_replaced_without_a_failed_call
     assert len(seen[0]) == 1
     assert len(seen[1]) == 1
     assert seen[0] != seen[1]
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the checks (psycopg_pool's empty query) of pooled sessions; each still runs."""
+    seen: list[int] = []
+    real = AsyncConnectionPool.check_connection
+
+    async def counted(conn: Any) -> None:
+        seen.append(1)
+        await real(conn)
+
+    monkeypatch.setattr(AsyncConnectionPool, "check_connection", staticmethod(counted))
+    return seen
+
+
+def kill_admin_sessions(site: Site) -> None:
+    site.superuser(
+        sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"),
+        (site.admin,),
+    )
+    assert wait_for(lambda: site.backends(site.admin) == [])
+
+
+def test_a_session_ended_by_the_server_right_after_its_last_use_is_retried_once_unchecked(
+    site: Site, checks: list[int]
+) -> None:
+    clock = Clock()
+    conn = PostgresConnector(clock=clock)
+    base = site.sessions()
+    seen: list[list[int]] = []
+
+    async def go() -> None:
+        await conn.set(set_req(site, password()))
+        seen.append(site.backends(site.admin))
+        clock.now += ADMIN_CHECK_IDLE_S  # idle, but not longer than the bound: no check
+        kill_admin_sessions(site)
+        value = password()
+        await conn.set(set_req(site, value))  # fails on the dead session, succeeds on a new one
+        await conn.test(probe_req(site, value))  # the new password is the one set
+        seen.append(site.backends(site.admin))
+        await conn.aclose()
+
+    asyncio.run(go())
+    assert checks == [], "a session used moments ago is not checked before use"
+    assert len(seen[0]) == 1
+    assert len(seen[1]) == 1
+    assert seen[0] != seen[1]
+    # 2 admin logins (the first, and exactly one for the retry) + the test's login.
+    assert site.settle(3, base) == 3
+
+
+def test_a_session_idle_longer_than_the_bound_is_checked_and_a_dead_one_replaced_first(
+    site: Site, checks: list[int]
+) -> None:
+    clock = Clock()
+    conn = PostgresConnector(clock=clock)
+    base = site.sessions()
+
+    async def go() -> None:
+        await conn.set(set_req(site, password()))
+        clock.now += ADMIN_CHECK_IDLE_S + 1
+        await conn.set(set_req(site, password()))  # checked, alive: kept
+        assert len(checks) == 1
+        clock.now += ADMIN_CHECK_IDLE_S + 1
+        kill_admin_sessions(site)
+        value = password()
+        await conn.set(set_req(site, value))  # checked, dead: the pool is replaced
+        await conn.test(probe_req(site, value))
+        await conn.aclose()
+
+    asyncio.run(go())
+    assert len(checks) == 2
+    assert site.settle(3, base) == 3  # 2 admin logins + the test's login
 
 
 def test_aclose_ends_every_admin_session_is_idempotent_and_a_later_call_opens_again(

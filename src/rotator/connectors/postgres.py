@@ -39,8 +39,11 @@ port, dbname and every TLS/auth setting), admin credential and admin value, the 
 only by an HMAC fingerprint under a key random per connector instance. A changed admin value
 (rotated) gets a new pool and the old one is closed (sessions it lent out close when they come
 back). A pool grows on demand to ``ADMIN_POOL_SIZE`` sessions (idle ones close after
-``ADMIN_POOL_MAX_IDLE_S``); a session is checked before each use, and one found broken (the
-server restarted or ended it) makes its pool be replaced. A login refused while a pool grows
+``ADMIN_POOL_MAX_IDLE_S``); a session idle longer than ``ADMIN_CHECK_IDLE_S`` is checked (one
+round trip) before it is used, and one found broken (the server restarted or ended it) makes
+its pool be replaced. A session used more recently is not checked: if the server ended it
+since, the call's statements fail on it, its pool is replaced and the statements (idempotent)
+run once more on a fresh login. A login refused while a pool grows
 fails the calls waiting for it at once, with the same errors as an unpooled login
 (``ReferenceRefused`` naming the admin credential), and the pool is dropped, so a value read
 again makes a new one. ``aclose()`` closes every pool. What is never pooled: ``test`` and the
@@ -53,9 +56,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import re
 import secrets
 import string
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -86,6 +91,9 @@ ADMIN_POOL_SIZE = 16
 # XX000 ("tuple concurrently updated" on pg_authid), serialization failure, deadlock.
 CONCURRENT_UPDATE = frozenset({"XX000", "40001", "40P01"})
 ADMIN_POOL_MAX_IDLE_S = 60.0  # an idle session above the minimum (0) closes after this
+# A pooled session used within this many seconds is taken without a check (an empty query,
+# one round trip per call); one ended by the server in that window costs its call one retry.
+ADMIN_CHECK_IDLE_S = 5.0
 
 
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
@@ -235,10 +243,16 @@ class PostgresConnector:
 
     # -- connections ----------------------------------------------------------------------
 
-    def __init__(self, admin_pool_size: int = ADMIN_POOL_SIZE) -> None:
+    def __init__(
+        self,
+        admin_pool_size: int = ADMIN_POOL_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``clock`` (seconds, monotonic) decides how long a pooled session has been idle."""
         if admin_pool_size < 1:
             raise ValueError("admin_pool_size must be at least 1")
         self._pool_size = admin_pool_size
+        self._clock = clock
         self._fingerprints = Fingerprints()
         self._pools: Resources[_AdminPool] = Resources(_AdminPool.close)
 
@@ -370,6 +384,7 @@ class PostgresConnector:
                     slot,
                     size=self._pool_size,
                     timeout_s=wait_s,
+                    clock=self._clock,
                     name=f"postgres admin {cfg.admin!r} at {cfg.host}:{cfg.port}/{cfg.dbname}",
                 )
                 await made.open()
@@ -392,18 +407,23 @@ class PostgresConnector:
                         f"within {wait_s:g}s"
                     ) from None
                 continue  # closed under us (its admin value was replaced): take the new one
+            replace = functools.partial(self._pools.drop, slot, pool)
+            used_at = conn.used_at if isinstance(conn, _AdminConnection) else -math.inf
+            if self._clock() - used_at <= ADMIN_CHECK_IDLE_S:
+                # Used moments ago: the call's own statements are the check (see _run).
+                return _Session(conn, pool.release, replace=replace)
             try:
                 await AsyncConnectionPool.check_connection(conn)
             except psycopg.Error:
                 # Broken while idle (the server restarted or ended it): the others are likely
                 # broken too, so the whole pool is replaced rather than tried one by one.
                 await conn.close()
-                await self._pools.drop(slot, pool)
+                await replace()
                 continue
             except BaseException:
-                await pool.pool.putconn(conn)
+                await pool.release(conn)
                 raise
-            return _Session(conn, pool.pool.putconn)
+            return _Session(conn, pool.release)
         raise cb.TransientError(
             f"{what}: no working admin session with postgres at {cfg.host}:{cfg.port}"
         )
@@ -438,6 +458,26 @@ class PostgresConnector:
             raise cb.PermanentError(
                 f"{what}: postgres error {exc.sqlstate or type(exc).__name__}"
             ) from None
+
+    @staticmethod
+    async def _run(
+        session: _Session,
+        work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
+        again: Callable[[], Awaitable[_Session]],
+    ) -> None:
+        """``work`` on ``session``; if that was a pooled session taken unchecked and the server
+        had ended it (the statement fails, the connection is broken), its pool is replaced and
+        ``work`` (idempotent) runs once more on a session from ``again()``."""
+        try:
+            async with session as conn:
+                await work(conn)
+            return
+        except cb.TransientError:
+            if session.replace is None or not conn.broken:
+                raise
+            await session.replace()
+        async with await again() as conn:
+            await work(conn)
 
     async def _set_password(
         self, conn: psycopg.AsyncConnection[Any], role: str, password: str, what: str
@@ -512,10 +552,13 @@ class PostgresConnector:
             if not cfg.admin and await self._can_login(cfg, pending):
                 return  # set happened already (a retried or resumed step)
             raise
-        async with session as conn:
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> None:
             if cfg.mode == "alternating" and pending.username == cfg.clone_name:
                 await self._ensure_clone(conn, cfg)
             await self._set_password(conn, pending.username, pending.password, "set")
+
+        await self._run(session, work, lambda: self._admin(cfg, req.secrets, req.current, "set"))
 
     async def test(self, req: cb.TestRequest) -> None:
         cfg = _cfg(req.config)
@@ -540,8 +583,11 @@ class PostgresConnector:
             if not cfg.admin
             else await self._admin(cfg, req.secrets, None, "revoke")
         )
-        async with session as conn:
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> None:
             await self._set_password(conn, old.username, secrets.token_urlsafe(48), "revoke")
+
+        await self._run(session, work, lambda: self._admin(cfg, req.secrets, None, "revoke"))
 
     async def rollback(self, req: cb.RollbackRequest) -> None:
         cfg = _cfg(req.config)
@@ -555,7 +601,8 @@ class PostgresConnector:
             session = await self._admin(cfg, req.secrets, None, "rollback")
         else:  # the role is on pending now
             session = _Session.fresh(await self._connect(cfg, pending, "rollback"))
-        async with session as conn:
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> None:
             if current is not None and current.username == pending.username:
                 # single mode: put the old password back so CURRENT works again
                 await self._set_password(conn, pending.username, current.password, "rollback")
@@ -564,10 +611,13 @@ class PostgresConnector:
                     conn, pending.username, secrets.token_urlsafe(48), "rollback"
                 )
 
+        await self._run(session, work, lambda: self._admin(cfg, req.secrets, None, "rollback"))
+
     async def verify(self, req: cb.VerifyRequest) -> None:
         cfg = _cfg(req.config)
         session = await self._admin(cfg, req.secrets, req.current, "verify")
-        async with session as conn:
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> None:
             if not await self._role_exists(conn, cfg.role, "verify"):
                 raise cb.PermanentError(
                     f"role {cfg.role!r} does not exist on {cfg.host}:{cfg.port}"
@@ -585,6 +635,8 @@ class PostgresConnector:
                     raise cb.PermanentError(
                         f"admin {cfg.admin!r} may not change passwords (needs CREATEROLE)"
                     )
+
+        await self._run(session, work, lambda: self._admin(cfg, req.secrets, req.current, "verify"))
         if req.current is not None and not await self._can_login(
             cfg, parse_value(req.current, cfg, "the given value")
         ):
@@ -598,14 +650,18 @@ class PostgresConnector:
 
 class _Session:
     """An admin connection for one call: ``async with session as conn``; on exit it goes back
-    to its pool (or, not pooled, is closed)."""
+    to its pool (or, not pooled, is closed). ``replace`` is set on a pooled session taken
+    without a check: it replaces its pool when the connection turns out broken."""
 
     def __init__(
         self,
         conn: psycopg.AsyncConnection[Any],
         release: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
+        *,
+        replace: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._conn, self._release = conn, release
+        self.replace = replace
 
     @classmethod
     def fresh(cls, conn: psycopg.AsyncConnection[Any]) -> _Session:
@@ -624,13 +680,19 @@ class _Session:
 class _AdminConnection(psycopg.AsyncConnection[Any]):
     """A pooled admin connection. The pool logs in in a background task, where a failure
     would only make the waiting calls time out; this reports it to its ``_AdminPool``
-    (passed in the ``rotator_pool`` parameter), which fails them at once."""
+    (passed in the ``rotator_pool`` parameter), which fails them at once. ``used_at`` is when
+    it last worked (logged in, or came back from a call) on the connector's clock."""
+
+    used_at: float = -math.inf
 
     @classmethod
     async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
         pool: _AdminPool = kwargs.pop("rotator_pool")
+        clock: Callable[[], float] = kwargs.pop("rotator_clock")
         try:
-            return await super().connect(conninfo, **kwargs)
+            conn = await super().connect(conninfo, **kwargs)
+            conn.used_at = clock()
+            return conn
         except psycopg.Error as exc:
             # The pool logs what it catches: our message, which quotes nothing of the server.
             raise pool.failed(exc) from None
@@ -658,16 +720,18 @@ class _AdminPool:
         *,
         size: int,
         timeout_s: float,
+        clock: Callable[[], float],
         name: str,
     ) -> None:
         self.failure: psycopg.Error | None = None
+        self.clock = clock
         # Weak references only: with no cycle through the connector, a connector instance
         # nobody closes (a one-shot use) frees its pool, and its sessions, when dropped.
         self._translate = translate
         self._owner, self._slot = weakref.ref(owner), slot
         self._dropping: set[asyncio.Task[None]] = set()
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            kwargs={**params, "rotator_pool": weakref.proxy(self)},
+            kwargs={**params, "rotator_pool": weakref.proxy(self), "rotator_clock": clock},
             connection_class=_AdminConnection,
             min_size=0,
             max_size=size,
@@ -685,6 +749,12 @@ class _AdminPool:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def release(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Give ``conn`` back after a call (a broken one the pool discards)."""
+        if isinstance(conn, _AdminConnection):
+            conn.used_at = self.clock()
+        await self.pool.putconn(conn)
 
     def failed(self, exc: psycopg.Error) -> ConnectorError:
         """A login of the pool failed: record it, drop the pool, and the error to raise."""
