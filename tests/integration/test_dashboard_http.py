@@ -103,7 +103,7 @@ def _no_secret(text: str, tokens: dict[str, str]) -> None:
     assert VALUE not in text
     for token in tokens.values():
         assert token not in text
-        assert token.split("_")[2] not in text  # not even the token's secret part
+        assert token.split("_", 2)[2] not in text  # not even the token's secret part
 
 
 def _versions(svc: BlockingService) -> list[tuple[int, Stage]]:
