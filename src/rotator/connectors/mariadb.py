@@ -69,7 +69,6 @@ import secrets
 import ssl
 import string
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import aiomysql
@@ -79,6 +78,7 @@ from pymysql import _auth as pymysql_auth
 from pymysql.constants import CLIENT
 
 from rotator.connectors import base as cb
+from rotator.connectors._logins import Login, parse_login
 from rotator.connectors._resources import Fingerprints, Resources
 from rotator.connectors.base import PermanentError
 from rotator.domain.secret import Secret
@@ -161,35 +161,6 @@ class MariadbConfig(cb.ConnectorConfig):
     @property
     def clone_name(self) -> str:
         return self.clone or f"{self.user}_clone"
-
-
-@dataclass(frozen=True)
-class Login:
-    username: str
-    password: str
-
-    def __repr__(self) -> str:
-        return f"Login(username={self.username!r}, password='***')"
-
-
-def parse_login(value: Secret, default_user: str, what: str = "the value") -> Login:
-    """A value as a login: JSON with username/password, or a bare password. PermanentError
-    (quoting nothing of the value) when it is not UTF-8 text or holds a NUL."""
-    try:
-        text = value.reveal_text()
-    except UnicodeDecodeError:
-        raise PermanentError(f"{what} is not UTF-8 text") from None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("password"), str):
-        login = Login(str(data.get("username") or default_user), data["password"])
-    else:
-        login = Login(default_user, text)
-    if "\x00" in login.password or "\x00" in login.username:
-        raise PermanentError(f"{what} holds a NUL character")
-    return login
 
 
 def parse_value(value: Secret, cfg: MariadbConfig, what: str = "the value") -> Login:

@@ -63,7 +63,6 @@ import string
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Self
 
 import psycopg
@@ -72,6 +71,8 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from pydantic import Field, field_validator, model_validator
 
 from rotator.connectors import base as cb
+from rotator.connectors._logins import Login
+from rotator.connectors._logins import parse_login as _parse_login
 from rotator.connectors._resources import Fingerprints, Resources
 from rotator.connectors.base import PermanentError
 from rotator.domain.secret import Secret
@@ -166,33 +167,9 @@ class LoginRefused(cb.PermanentError):
     """The server refused a login's password (as opposed to failing to authenticate itself)."""
 
 
-@dataclass(frozen=True)
-class Login:
-    username: str
-    password: str
-
-    def __repr__(self) -> str:
-        return f"Login(username={self.username!r}, password='***')"
-
-
 def parse_login(value: Secret, default_user: str, what: str = "the value") -> Login:
-    """A value as a login: JSON with username/password, or a bare password. PermanentError
-    (quoting nothing of the value) when it is not UTF-8 text or holds a NUL."""
-    try:
-        text = value.reveal_text()
-    except UnicodeDecodeError:
-        raise PermanentError(f"{what} is not UTF-8 text") from None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("password"), str):
-        login = Login(str(data.get("username") or default_user), data["password"])
-    else:
-        login = Login(default_user, text)
-    if "\x00" in login.password or "\x00" in login.username:
-        raise PermanentError(f"{what} holds a NUL character, which PostgreSQL cannot take")
-    return login
+    """:func:`rotator.connectors._logins.parse_login`, naming PostgreSQL for a NUL."""
+    return _parse_login(value, default_user, what, server="PostgreSQL")
 
 
 def parse_value(value: Secret, cfg: PostgresConfig | str, what: str = "the value") -> Login:
