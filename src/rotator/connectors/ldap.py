@@ -64,7 +64,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import ipaddress
 import json
 import secrets
 import ssl
@@ -89,6 +88,7 @@ from ldap3.utils.dn import parse_dn
 from pydantic import Field, field_validator, model_validator
 
 from rotator.connectors import base as cb
+from rotator.connectors._hosts import is_loopback
 from rotator.connectors._resources import Fingerprints, Resources
 from rotator.domain.secret import Secret
 from rotator.errors import ConnectorError
@@ -177,7 +177,7 @@ class LdapConfig(cb.ConnectorConfig):
     def _consistent(self) -> LdapConfig:
         if self.starttls and self.ldaps:
             raise ValueError("starttls is for ldap:// urls; ldaps:// is TLS already")
-        if not (self.ldaps or self.starttls or self.allow_insecure or _loopback(self.host)):
+        if not (self.ldaps or self.starttls or self.allow_insecure or is_loopback(self.host)):
             raise ValueError(
                 "ldap:// without starttls sends passwords in clear text to a host that is not "
                 "loopback; use ldaps://, starttls=true, or allow_insecure=true"
@@ -217,16 +217,6 @@ class LdapConfig(cb.ConnectorConfig):
     def dns(self) -> tuple[str, ...]:
         """The only accounts this credential may act on."""
         return (self.dn, self.clone_dn) if self.mode == "alternating" else (self.dn,)
-
-
-def _loopback(host: str) -> bool:
-    """Is ``host`` this machine (``localhost`` or a loopback address)? No name is resolved."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def normal_dn(dn: str) -> tuple[tuple[str, str], ...] | None:

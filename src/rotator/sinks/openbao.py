@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import functools
 import hmac
-import ipaddress
 import os
 import re
 import ssl
@@ -50,6 +49,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rotator.connectors._hosts import is_loopback
 from rotator.connectors.base import SecretResolver
 from rotator.connectors.http import host_refusal
 from rotator.domain.names import CREDENTIAL_NAME
@@ -180,7 +180,7 @@ class OpenBaoSink(BaseModel):
         loopback, or one ``ROTATOR_HTTP_ALLOW_HOSTS`` leaves out. Checked when a sink is added
         or updated and before each write; not in the model, so a stored sink still loads (and
         shows) after the allow list changed."""
-        if self.addr.startswith("http://") and not _loopback(httpx.URL(self.addr).host):
+        if self.addr.startswith("http://") and not is_loopback(httpx.URL(self.addr).host):
             return _HTTPS
         return host_refusal(self.addr, what="addr")
 
@@ -400,16 +400,6 @@ def from_description(text: str) -> dict[str, Any]:
     if addr.startswith("http://"):
         out["allow_insecure_http"] = True
     return out
-
-
-def _loopback(host: str) -> bool:
-    """Is ``host`` this machine (``localhost`` or a loopback address)? No name is resolved."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _same(a: str, b: str | Secret) -> bool:
