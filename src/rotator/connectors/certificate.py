@@ -602,8 +602,8 @@ class CertificateConnector:
 
     def host_effect(self, config: ConnectorConfig) -> str | None:
         """A certificate with ``publish`` is written by rotator to a path on its host."""
-        assert isinstance(config, CertificateConfig)
-        return f"writes {config.publish}" if config.publish else None
+        publish = _cfg(config).publish
+        return f"writes {publish}" if publish else None
 
     def target_key(self, config: ConnectorConfig) -> str:
         cfg = _cfg(config)

@@ -397,8 +397,7 @@ class ExecConnector:
 
     def host_effect(self, config: cb.ConnectorConfig) -> str | None:
         """A hook runs on rotator's host as rotator: only the store's owner may set one."""
-        assert isinstance(config, ExecConfig)
-        return f"runs {config.command}"
+        return f"runs {_cfg(config).command}"
 
     def strategy_for(self, config: cb.ConnectorConfig) -> cb.Strategy:
         return cb.Strategy.DUAL if _cfg(config).mode == "dual" else cb.Strategy.SINGLE

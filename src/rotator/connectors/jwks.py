@@ -354,8 +354,7 @@ class JwksConnector:
 
     def host_effect(self, config: ConnectorConfig) -> str | None:
         """The JWK set is written by rotator to a path on its host."""
-        assert isinstance(config, JwksConfig)
-        return f"writes {config.publish}"
+        return f"writes {_cfg(config).publish}"
 
     def target_key(self, config: ConnectorConfig) -> str:
         return f"jwks:{_cfg(config).publish}"
