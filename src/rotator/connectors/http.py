@@ -726,6 +726,17 @@ def _tls_context(ca_file: str, mtime_ns: int) -> ssl.SSLContext:
         raise PermanentError(f"ca_file {ca_file!r} cannot be read as PEM") from None
 
 
+@functools.lru_cache(maxsize=1024)
+def _target_of(base_url: str) -> str:
+    # Asked twice per request (the client's slot and the busy count): parse each URL once.
+    parts = urllib.parse.urlsplit(base_url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{host}:{port}"
+
+
 class HttpConnector:
     kind: ClassVar[str] = "http"
     strategy: ClassVar[Strategy] = Strategy.DUAL
@@ -765,12 +776,7 @@ class HttpConnector:
 
     def target_key(self, config: ConnectorConfig) -> str:
         assert isinstance(config, HttpConfig)
-        parts = urllib.parse.urlsplit(config.base_url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return f"{parts.scheme}://{host}:{port}"
+        return _target_of(config.base_url)
 
     # -- the protocol ---------------------------------------------------------------------
 

@@ -94,6 +94,9 @@ class ContextLoader:
     ) -> dict[tuple[str, str], Ctx]:
         kernel = self.rt.kernel
         out: dict[tuple[str, str], Ctx] = {}
+        # Credentials on one target mostly have the same settings: parse (validate and
+        # compile) each distinct set once. Configs are frozen, so the contexts may share one.
+        configs: dict[tuple[str, frozenset[tuple[str, str]]], cbase.ConnectorConfig] = {}
         by_tenant: dict[str, list[RotationRequest]] = {}
         for r in reqs:
             by_tenant.setdefault(r.tenant, []).append(r)
@@ -120,6 +123,7 @@ class ContextLoader:
                             cred,
                             value,
                             sv.number if sv is not None else None,
+                            configs,
                         )
                     except RotatorError:
                         continue
@@ -133,9 +137,19 @@ class ContextLoader:
         cred: Credential,
         current: Secret | None,
         cur_no: int | None,
+        configs: dict[tuple[str, frozenset[tuple[str, str]]], cbase.ConnectorConfig] | None = None,
     ) -> Ctx:
+        """``configs``: parsed settings by (connector, settings), filled and reused (a batch's
+        prefetch passes one for the whole batch)."""
         impl = self.rt.connectors.get(cred.connector)
-        cfg = cbase.parse_config(impl, dict(cred.config))
+        if configs is None:
+            cfg = cbase.parse_config(impl, dict(cred.config))
+        else:
+            key = (cred.connector, frozenset(cred.config.items()))
+            found = configs.get(key)
+            if found is None:
+                found = configs[key] = cbase.parse_config(impl, dict(cred.config))
+            cfg = found
         grace = req.grace_s if req.grace_s is not None else int(cred.policy.grace.total_seconds())
         return Ctx(
             req=req,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
@@ -38,6 +40,22 @@ T = TypeVar("T")
 INTERACTIVE: Rank = (1, 0)  # the admission rank of calls a person waits for (see types.rank)
 
 
+@dataclass
+class _BusyCheck:
+    """One read of which credentials of a tenant are held, shared by the checks that asked
+    for it before it started (see ``StepRunner.references_busy``)."""
+
+    tenant_id: int
+    names: set[str] = field(default_factory=set)
+    read: asyncio.Future[set[str]] | None = None
+
+
+def _retrieved(read: asyncio.Future[set[str]]) -> None:
+    # Every sharer may have been cancelled: then nobody awaits the read's failure.
+    if not read.cancelled():
+        read.exception()
+
+
 class StepRunner:
     """Runs connector calls under the engine's limits (see the module docstring)."""
 
@@ -45,6 +63,10 @@ class StepRunner:
         self.rt = rt
         self.leases = leases
         self.values = values
+        # Reference checks not yet started, per tenant; the lock because a DB thread takes a
+        # check out when its read starts.
+        self._busy_checks: dict[int, _BusyCheck] = {}
+        self._busy_lock = threading.Lock()
 
     def retrying(self, *, after_first: bool = False) -> AsyncRetrying:
         """The retry policy: exponential backoff with jitter, transient errors only, at most
@@ -290,23 +312,48 @@ class StepRunner:
     async def references_busy(self, ctx: Ctx, names: Iterable[str]) -> list[str]:
         """Which of ``names`` (credentials of ctx's tenant) a live rotation holds now. A lock
         whose rotation's lease ran out, or whose owner died, is recovery's to resolve: not
-        worth waiting for."""
+        worth waiting for.
+
+        The answer comes from a read that starts after this call: concurrent checks of one
+        tenant share a read that has not started yet (a batch level's rotations all check
+        the credentials they reference as they start, most often the same few), so each
+        gets an answer as fresh as a read of its own would give."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return []
+        tenant_id = ctx.tenant.id
+        with self._busy_lock:
+            check = self._busy_checks.get(tenant_id)
+            joined = check is not None and check.read is not None and not check.read.done()
+            if check is None or not joined:
+                check = self._busy_checks[tenant_id] = _BusyCheck(tenant_id)
+            check.names.update(wanted)
+        if check.read is None:
+            shared = check  # bound now: the dict's entry is replaced by the next check
+            check.read = asyncio.ensure_future(self.rt.read(lambda c: self._held(c, shared)))
+            check.read.add_done_callback(_retrieved)
+        busy = await asyncio.shield(check.read)
+        return [name for name in wanted if name in busy]
+
+    def _held(self, conn: Connection, check: _BusyCheck) -> set[str]:
+        """On a DB thread: which of ``check.names`` a live rotation holds. Callers that come
+        after this starts make a check of their own."""
+        with self._busy_lock:
+            if self._busy_checks.get(check.tenant_id) is check:
+                del self._busy_checks[check.tenant_id]
+            names = sorted(check.names)
         now = self.rt.now()
-
-        def held(conn: Connection) -> list[str]:
-            busy = []
-            for name in sorted(names):
-                cid = store_creds.credential_id(conn, ctx.tenant.id, name)
-                holder = None if cid is None else store_rot.lock_holder(conn, cid)
-                row = None if holder is None else store_rot.get_rotation(conn, holder)
-                if row is None or row.terminal or owner_dead(row.owner):
-                    continue
-                if row.lease_expires_at is not None and row.lease_expires_at < now:
-                    continue
-                busy.append(name)
-            return busy
-
-        return await self.rt.read(held)
+        busy = set()
+        for name in names:
+            cid = store_creds.credential_id(conn, check.tenant_id, name)
+            holder = None if cid is None else store_rot.lock_holder(conn, cid)
+            row = None if holder is None else store_rot.get_rotation(conn, holder)
+            if row is None or row.terminal or owner_dead(row.owner):
+                continue
+            if row.lease_expires_at is not None and row.lease_expires_at < now:
+                continue
+            busy.add(name)
+        return busy
 
     async def await_references(self, ctx: Ctx) -> str | None:
         """Wait until no credential ``ctx`` references is being rotated (by this process or
