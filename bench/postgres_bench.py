@@ -55,16 +55,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import re
 import resource
 import secrets
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -199,12 +202,18 @@ class Run:
     seconds: float
     cpu_s: float
     server_cpu_s: float
+    threads: dict[str, float] = field(default_factory=dict)  # CPU s by thread name
 
     @property
     def rate(self) -> float:
         return self.count / self.seconds
 
     def result(self, label: str = "") -> Result:
+        by_thread = ", ".join(
+            f"{name} {cpu / self.count * 1000:.2f}"
+            for name, cpu in sorted(self.threads.items(), key=lambda kv: -kv[1])
+            if cpu / self.count >= 0.00005
+        )
         return Result(
             label or f"{self.variant} @ {self.concurrency}",
             self.count,
@@ -212,20 +221,40 @@ class Run:
             unit="rot",
             note=f"concurrency {self.concurrency}; CPU/rotation: process "
             f"{self.cpu_s / self.count * 1000:.2f} ms, server "
-            f"{self.server_cpu_s / self.count * 1000:.2f} ms",
+            f"{self.server_cpu_s / self.count * 1000:.2f} ms"
+            + (f" (by thread, ms: {by_thread})" if by_thread else ""),
         )
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of this process's live threads (Linux /proc), by thread name with a
+    trailing ``_N`` dropped (``rotator-db_0``.. as ``rotator-db``). A thread that ends between
+    two calls takes its CPU with it: compare only runs whose threads outlive them."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        name = re.sub(r"_\d+$", "", names.get(int(tid), "other"))
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 async def measured(
     variant: str, conc: int, count: int, target: Target, body: Callable[[], Awaitable[None]]
 ) -> Run:
     srv0 = proc_tree_cpu_s(target.postmaster)
+    threads0 = thread_cpu_s()
     cpu0 = cpu_s()
     with timed() as t:
         await body()
     cpu = cpu_s() - cpu0
+    threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu_s().items()}
     srv = proc_tree_cpu_s(target.postmaster) - srv0
-    return Run(variant, conc, count, t.seconds, cpu, srv)
+    return Run(variant, conc, count, t.seconds, cpu, srv, threads)
 
 
 async def workers(conc: int, items: Sequence[str], one: Callable[[str], Awaitable[None]]) -> None:
@@ -490,6 +519,7 @@ def combine(runs: Sequence[Run]) -> Run:
         sum(r.seconds for r in runs),
         sum(r.cpu_s for r in runs),
         sum(r.server_cpu_s for r in runs),
+        {k: sum(r.threads.get(k, 0.0) for r in runs) for r in runs for k in r.threads},
     )
 
 
