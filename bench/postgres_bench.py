@@ -15,7 +15,11 @@ logins go through SCRAM-SHA-256; ``max_connections=400``; default durability) ge
    (``local``, the superuser password) and ``pg/r0000``... (``postgres``, ``mode=single``,
    ``admin=pg/admin``; first value the role's password), rotated by one ``Engine.rotate``
    call at ``concurrency = per_target = C``. Every result must be ``rotated``;
-   ``--spot-check`` new CURRENT values must log in.
+   ``--spot-check`` new CURRENT values must log in. Each run's engine is first warmed by
+   one unmeasured batch of C single-mode rotations (the last C credentials), so its admin
+   pool is open before the clock starts, as the floor's pool is (``--cold-engine``: no
+   warm-up; the pool's admin logins then fall inside rotator's clock and, at high C, bias
+   the sweep against rotator).
 3. **rotator alternating, steady state**: ``--alt-roles`` more roles ``bench_alt_NNNN`` as
    ``mode=alternating`` credentials; their first rotation (creates ``..._clone`` and GRANTs
    the role to it) runs once before the final and is reported apart; in the final each
@@ -23,7 +27,7 @@ logins go through SCRAM-SHA-256; ``max_connections=400``; default durability) ge
    cycle), with grace 0, so every rotation also revokes the account it replaced, as each
    steady-state rotation eventually does.
 
-**Sweep**: floor and rotator single at each concurrency in ``--sweep`` (default 1,2,4,8,16,32)
+**Sweep**: floor and rotator single at each concurrency in ``--sweep`` (default 1,2,4,8,16,32,64)
 on the first ``--sweep-roles`` roles (a quarter of that at concurrency 1); each keeps the
 concurrency of its best rate. **Final**: all ``--roles`` roles for floor and single, each at
 its best concurrency, and the alternating roles at single's best, split into ``--rounds``
@@ -39,8 +43,9 @@ with a fresh admin login per rotation instead of the pool (rotator's way today).
 admin connection and its fresh login, sequentially, in interleaved rounds: client and server
 CPU per step, i.e. what the connector itself adds to the floor's work.
 
-    python -m bench.postgres_bench [--roles 1000] [--sweep 1,2,4,8,16,32] [--sweep-roles 128]
-                                   [--rounds 4] [--alt-roles 250] [--fresh-admin]
+    python -m bench.postgres_bench [--roles 1000] [--sweep 1,2,4,8,16,32,64]
+                                   [--sweep-roles 128] [--rounds 4] [--alt-roles 250]
+                                   [--fresh-admin] [--cold-engine]
 
 Every use of rotator's service and engine goes through the adapters at the end of
 bench/common.py.
@@ -50,16 +55,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import re
 import resource
 import secrets
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -194,12 +202,18 @@ class Run:
     seconds: float
     cpu_s: float
     server_cpu_s: float
+    threads: dict[str, float] = field(default_factory=dict)  # CPU s by thread name
 
     @property
     def rate(self) -> float:
         return self.count / self.seconds
 
     def result(self, label: str = "") -> Result:
+        by_thread = ", ".join(
+            f"{name} {cpu / self.count * 1000:.2f}"
+            for name, cpu in sorted(self.threads.items(), key=lambda kv: -kv[1])
+            if cpu / self.count >= 0.00005
+        )
         return Result(
             label or f"{self.variant} @ {self.concurrency}",
             self.count,
@@ -207,20 +221,40 @@ class Run:
             unit="rot",
             note=f"concurrency {self.concurrency}; CPU/rotation: process "
             f"{self.cpu_s / self.count * 1000:.2f} ms, server "
-            f"{self.server_cpu_s / self.count * 1000:.2f} ms",
+            f"{self.server_cpu_s / self.count * 1000:.2f} ms"
+            + (f" (by thread, ms: {by_thread})" if by_thread else ""),
         )
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of this process's live threads (Linux /proc), by thread name with a
+    trailing ``_N`` dropped (``rotator-db_0``.. as ``rotator-db``). A thread that ends between
+    two calls takes its CPU with it: compare only runs whose threads outlive them."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        name = re.sub(r"_\d+$", "", names.get(int(tid), "other"))
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 async def measured(
     variant: str, conc: int, count: int, target: Target, body: Callable[[], Awaitable[None]]
 ) -> Run:
     srv0 = proc_tree_cpu_s(target.postmaster)
+    threads0 = thread_cpu_s()
     cpu0 = cpu_s()
     with timed() as t:
         await body()
     cpu = cpu_s() - cpu0
+    threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu_s().items()}
     srv = proc_tree_cpu_s(target.postmaster) - srv0
-    return Run(variant, conc, count, t.seconds, cpu, srv)
+    return Run(variant, conc, count, t.seconds, cpu, srv, threads)
 
 
 async def workers(conc: int, items: Sequence[str], one: Callable[[str], Awaitable[None]]) -> None:
@@ -277,10 +311,16 @@ async def rotator_rotate(
     *,
     times: int = 1,
     grace_s: int | None = None,
+    warm: Sequence[str] = (),
 ) -> Run:
-    """``times`` batches of ``names`` back to back on one engine, timed together."""
+    """``times`` batches of ``names`` back to back on one engine, timed together. ``warm``:
+    credentials rotated once on the same engine before the clock starts (not counted), so
+    the connector's admin pool is open, as the floor's pool is before its clock."""
     reqs = [rotation_request(n, grace_s=grace_s) for n in names]
     async with open_engine(svc, engine_options(conc)) as engine:
+        if warm:
+            res = await rotate_batch(engine, [rotation_request(n) for n in warm])
+            not_rotated(f"{variant} @ {conc}, warm-up", res.results, len(warm))
         holder: list[Any] = []
 
         async def body() -> None:
@@ -479,6 +519,7 @@ def combine(runs: Sequence[Run]) -> Run:
         sum(r.seconds for r in runs),
         sum(r.cpu_s for r in runs),
         sum(r.server_cpu_s for r in runs),
+        {k: sum(r.threads.get(k, 0.0) for r in runs) for r in runs for k in r.threads},
     )
 
 
@@ -493,6 +534,12 @@ async def run(args: argparse.Namespace, pg: ThrowawayPostgres, home: Path) -> in
         **pg.settings("max_connections", "password_encryption", "fsync", "synchronous_commit"),
         "host auth": "scram-sha-256 (TCP to 127.0.0.1, sslmode=prefer, server without SSL)",
         "store": "SQLite file in a temp dir",
+        "rotator engine": "one per run, "
+        + (
+            "cold (admin pool filled inside the clock)"
+            if args.cold_engine
+            else "warmed by one unmeasured batch of <concurrency> single rotations"
+        ),
     }
     print(f"creating {args.roles:,} + {args.alt_roles:,} roles ...", flush=True)
     with timed() as t:
@@ -518,13 +565,21 @@ async def run(args: argparse.Namespace, pg: ThrowawayPostgres, home: Path) -> in
         names = list(single)
         alt_names = list(alt_map)
 
+        def warm(conc: int) -> list[str]:
+            """Single-mode credentials for a warm-up batch at ``conc`` (the last ones: the
+            sweep rotates the first); none with ``--cold-engine``."""
+            return [] if args.cold_engine else names[-min(conc, len(names)) :]
+
         async def one(variant: str, conc: int, k0: int, k1: int) -> Run:
             if variant == ROTATOR:
-                r = await rotator_rotate(svc, target, names[k0:k1], conc, ROTATOR)
-                await spot_check(svc, target, names[k0:k1], single, args.spot_check)
+                sub = names[k0:k1]
+                r = await rotator_rotate(svc, target, sub, conc, ROTATOR, warm=warm(conc))
+                await spot_check(svc, target, sub, single, args.spot_check)
             elif variant == ALTERNATING:
                 sub = alt_names[k0:k1]
-                r = await rotator_rotate(svc, target, sub, conc, ALTERNATING, times=2, grace_s=0)
+                r = await rotator_rotate(
+                    svc, target, sub, conc, ALTERNATING, times=2, grace_s=0, warm=warm(conc)
+                )
                 await spot_check(svc, target, sub, alt_map, args.spot_check)
             else:
                 sub = roles[k0:k1]
@@ -552,7 +607,9 @@ async def run(args: argparse.Namespace, pg: ThrowawayPostgres, home: Path) -> in
             best_conc[ALTERNATING] = best_conc[ROTATOR]
             conc = best_conc[ROTATOR]
             print(f"alternating, first rotation: {len(alt_names):,} at {conc}", flush=True)
-            alt_first = await rotator_rotate(svc, target, alt_names, conc, ALT_FIRST, grace_s=0)
+            alt_first = await rotator_rotate(
+                svc, target, alt_names, conc, ALT_FIRST, grace_s=0, warm=warm(conc)
+            )
 
         # 3. final: everything at its best concurrency, in interleaved rounds
         rounds = max(1, min(args.rounds, len(roles)))
@@ -656,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sweep",
         type=lambda s: [int(x) for x in s.split(",") if x],
-        default=[1, 2, 4, 8, 16, 32],
+        default=[1, 2, 4, 8, 16, 32, 64],
         help="comma-separated concurrencies to try; each variant keeps its best",
     )
     ap.add_argument(
@@ -668,6 +725,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--fresh-admin", action="store_true", help="also the floor with a fresh admin login"
+    )
+    ap.add_argument(
+        "--cold-engine",
+        action="store_true",
+        help="no warm-up batch: rotator's admin logins fall inside its clock (before 2026-11-29)",
     )
     ap.add_argument("--spot-check", type=int, default=10, help="CURRENT logins checked per run")
     ap.add_argument("--breakdown-samples", type=int, default=20)
