@@ -25,6 +25,7 @@ from rotator.config import Settings
 from rotator.domain.model import Stage
 from rotator.scheduler import loop as scheduler
 from rotator.service import BlockingService, PolicyInput, ValueInput
+from rotator.service.rotation import Selection
 from rotator.store import Database
 from rotator.store.db import MIGRATIONS
 
@@ -210,6 +211,24 @@ def test_reported_uses_reaching_max_uses_make_it_due_and_a_scheduler_pass_rotate
     cur = after.version_in(Stage.CURRENT)
     assert cur is not None
     assert cur.number == 2
+    assert after.use_count == 0
+    assert after.next_rotation_at == clock.now + timedelta(days=30)
+    assert after.next_rotation_rule == "every 30d"
+
+
+def test_a_finished_rotation_records_its_time_and_zero_uses_and_counts_the_next_from_it(
+    svc: BlockingService, clock: Clock
+) -> None:
+    svc.add_credential(
+        "app/key", "local", policy=PolicyInput(every="30d"), value=ValueInput(generate=True)
+    )
+    svc.report_usage("app/key", 2)
+    clock.now += timedelta(days=3)
+    batch = svc.rotate(Selection(names=["app/key"]))
+    assert [r.outcome.value for r in batch.results] == ["rotated"]
+    after = svc.show("app/key")
+    assert after.last_rotated_at == clock.now
+    assert after.updated_at == clock.now
     assert after.use_count == 0
     assert after.next_rotation_at == clock.now + timedelta(days=30)
     assert after.next_rotation_rule == "every 30d"

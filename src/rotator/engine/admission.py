@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 Rank = tuple[int, ...]
 _Waiter = tuple[Rank, int, "asyncio.Future[None]"]
@@ -51,28 +50,29 @@ class PriorityLimiter:
     def in_use(self) -> int:
         return self._used
 
-    @asynccontextmanager
-    async def slot(self, rank: Rank, *, reserve: bool = False) -> AsyncIterator[None]:
+    def slot(self, rank: Rank, *, reserve: bool = False) -> _Slot:
         """Hold one slot for the ``async with`` block; ``reserve``: this holder may use the
         reserve once the limit is reached."""
+        # A small class, not @asynccontextmanager: every rotation enters four slots (its
+        # admission, and the target's limit for set, test and finish), and the generator
+        # machinery cost more CPU than the limiter's own work.
+        return _Slot(self, rank, reserve)
+
+    async def _acquire(self, rank: Rank, reserve: bool) -> None:
         cap = self._limit + (self._reserve if reserve else 0)
         if self._used < cap and not self._waiters and not self._reserved:
             self._used += 1  # (cancelled waiters left queued take the path below: same result)
-        else:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            queue = self._reserved if reserve else self._waiters
-            heapq.heappush(queue, (rank, next(self._seq), fut))
-            self._grant()  # a reserved slot may be free while others queue at the limit
-            try:
-                await fut  # no suspension when granted just above
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():
-                    self._release()  # granted, then cancelled before it could use the slot
-                raise  # a cancelled waiter stays queued; _grant skips it
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._reserved if reserve else self._waiters
+        heapq.heappush(queue, (rank, next(self._seq), fut))
+        self._grant()  # a reserved slot may be free while others queue at the limit
         try:
-            yield
-        finally:
-            self._release()
+            await fut  # no suspension when granted just above
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()  # granted, then cancelled before it could use the slot
+            raise  # a cancelled waiter stays queued; _grant skips it
 
     def _release(self) -> None:
         self._used -= 1
@@ -98,3 +98,25 @@ class PriorityLimiter:
             _, _, fut = heapq.heappop(q)
             self._used += 1
             fut.set_result(None)
+
+
+class _Slot:
+    """One slot of a limiter for an ``async with`` block (see PriorityLimiter.slot)."""
+
+    __slots__ = ("_limiter", "_rank", "_reserve")
+
+    def __init__(self, limiter: PriorityLimiter, rank: Rank, reserve: bool) -> None:
+        self._limiter = limiter
+        self._rank = rank
+        self._reserve = reserve
+
+    async def __aenter__(self) -> None:
+        await self._limiter._acquire(self._rank, self._reserve)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._limiter._release()

@@ -533,21 +533,15 @@ class Protocol:
             store_rot.enqueue_revocation(conn, ctx.cred.id, previous, now + grace)
         if ctx.grace_s == 0:
             store_rot.revoke_all_now(conn, ctx.cred.id, now)
-        store_creds.update_credential(
-            conn,
-            ctx.cred.id,
-            now=now,
-            last_rotated_at=now,
-            use_count=0,
-        )
         # The next time from the effective policy (defaults by tag and tenant included) and
-        # the connector's hint, with the rule that set it (kernel.schedule).
+        # the connector's hint, with the rule that set it (kernel.schedule); the same write
+        # records the rotation (last_rotated_at, use count back to 0).
         kernel.reschedule(
             conn,
             [ctx.cred.id],
             hints={ctx.cred.id: cbase.rotation_hint(ctx.impl, ctx.cfg, ctx.pending)},
             strict=False,
-            rotated=True,
+            rotated_at=now,
         )
         store_rot.release_lock(conn, ctx.cred.id, ctx.rotation_id)
         self.rt.audit_in(

@@ -283,11 +283,13 @@ class Kernel:
         hints: Mapping[int, datetime | None] | None = None,
         strict: bool = True,
         rotated: bool = False,
+        rotated_at: datetime | None = None,
     ) -> dict[int, tuple[datetime | None, str]]:
         """Effective policy, next rotation time and its rule of each credential, recomputed
         now and stored in ``conn``'s transaction; see :func:`rotator.kernel.schedule.reschedule`.
         Call after anything that changes a credential's policy, tags or last rotation
-        (``rotated``: from a rotation's finish)."""
+        (``rotated``: from a rotation's finish; ``rotated_at``: one at that time, whose
+        ``last_rotated_at`` and use count the same write records)."""
         return schedule.reschedule(
             conn,
             credential_ids,
@@ -296,6 +298,7 @@ class Kernel:
             hints=hints,
             strict=strict,
             rotated=rotated,
+            rotated_at=rotated_at,
             cache=self._defaults,
         )
 

@@ -69,6 +69,10 @@ UPGRADE_MARKER = "integrity_upgrade"
 UPGRADE_ACTION = "store.integrity_upgrade"
 
 
+# json.dumps with these options builds an encoder per call; one, built once, encodes the same.
+_STAGE_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def stage_message(m: store_creds.StageMap) -> bytes:
     body = {
         "t": m.tenant_id,
@@ -80,10 +84,7 @@ def stage_message(m: store_creds.StageMap) -> bytes:
         "s": m.config,
         "o": m.sinks,
     }
-    return (
-        b"rotator/stage-map/v2|"
-        + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    )
+    return b"rotator/stage-map/v2|" + _STAGE_JSON.encode(body).encode()
 
 
 def stage_key(svc: Kernel, conn: Connection, data_key_id: int) -> tuple[int, MacKey]:

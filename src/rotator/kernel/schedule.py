@@ -91,6 +91,7 @@ def reschedule(
     hints: Mapping[int, datetime | None] | None = None,
     strict: bool = True,
     rotated: bool = False,
+    rotated_at: datetime | None = None,
     cache: DefaultsCache | None = None,
 ) -> dict[int, tuple[datetime | None, str]]:
     """Recompute and store, for each credential: its effective policy (``credentials.policy``),
@@ -107,8 +108,12 @@ def reschedule(
     (the claim's lease) and rule: the claim's rotation, when it finishes, reschedules it.
     A new time earlier than the stored one (or none stored) wakes idle workers
     (``NOTIFY rotator_work``); a finish only moves the time later and sends nothing.
+    ``rotated_at``: a rotation's finish at that time (implies ``rotated``): the same write
+    also records the rotation (``last_rotated_at`` = ``rotated_at``, ``use_count`` 0,
+    ``updated_at``), and the next time counts from it, as if they had been written first.
     ``cache``: the tenants' defaults kept under the policy generation (see DefaultsCache).
     """
+    rotated = rotated or rotated_at is not None
     rows = store_pol.schedule_rows(conn, credential_ids)
     claimed = set() if rotated else store_claims.claimed_among(conn, [r.id for r in rows])
     earlier = False
@@ -140,8 +145,8 @@ def reschedule(
         when, rule = next_rotation(
             resolved.policy,
             now=now,
-            last_rotated_at=r.last_rotated_at or r.created_at,
-            use_count=r.use_count,
+            last_rotated_at=rotated_at or r.last_rotated_at or r.created_at,
+            use_count=0 if rotated_at is not None else r.use_count,
             seed=r.name,
             sources=resolved.sources,
         )
@@ -165,7 +170,7 @@ def reschedule(
                 "b_rule": rule,
             }
         )
-    store_pol.set_schedules(conn, writes)
+    store_pol.set_schedules(conn, writes, rotated_at=rotated_at)
     if earlier and not rotated:
         store_claims.notify_work(conn)
     return out

@@ -6,7 +6,6 @@ Values appear here only as ciphertext; sealing and opening happen in the kernel.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -236,6 +235,19 @@ class StageMap:
             self.sinks,
         )
 
+    def with_stages(self, stages: tuple[tuple[int, str], ...]) -> StageMap:
+        """This map with ``stages`` (as :meth:`with_mac`: a few times per rotation)."""
+        return StageMap(
+            self.credential_id,
+            self.tenant_id,
+            self.name,
+            stages,
+            self.mac,
+            self.connector,
+            self.config,
+            self.sinks,
+        )
+
 
 # -- the stage-map cache of a write transaction ---------------------------------------------
 #
@@ -290,7 +302,7 @@ def cached_stage_moves(conn: Connection, credential_id: int, moves: Mapping[int,
         return
     stages = dict(m.stages)
     stages.update(moves)
-    cache.maps[credential_id] = dataclasses.replace(m, stages=tuple(sorted(stages.items())))
+    cache.maps[credential_id] = m.with_stages(tuple(sorted(stages.items())))
 
 
 def _forget_stage_map(conn: Connection, credential_id: int, *, deleted: bool = False) -> None:

@@ -250,12 +250,25 @@ _SET_SCHEDULE = (
 
 
 _SET_SCHEDULE_FAST = Prepared(_SET_SCHEDULE)
+# A rotation's finish: the schedule and the rotation's own record in one statement.
+_ROTATED: BindParameter[datetime] = bindparam("b_rotated", type_=credentials.c.last_rotated_at.type)
+_SET_SCHEDULE_ROTATED = Prepared(
+    _SET_SCHEDULE.values(last_rotated_at=_ROTATED, updated_at=_ROTATED, use_count=0)
+)
 
 
-def set_schedules(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write (b_id, b_policy, b_own, b_next, b_rule) for each row (one executemany)."""
-    if rows:
+def set_schedules(
+    conn: Connection, rows: Sequence[Mapping[str, Any]], *, rotated_at: datetime | None = None
+) -> None:
+    """Write (b_id, b_policy, b_own, b_next, b_rule) for each row (one executemany). With
+    ``rotated_at`` (a rotation's finish) the same statement also sets ``last_rotated_at``
+    and ``updated_at`` to it and ``use_count`` to 0."""
+    if not rows:
+        return
+    if rotated_at is None:
         _SET_SCHEDULE_FAST.many(conn, [dict(r) for r in rows])
+    else:
+        _SET_SCHEDULE_ROTATED.many(conn, [{**r, "b_rotated": rotated_at} for r in rows])
 
 
 def set_due(conn: Connection, credential_id: int, when: datetime, rule: str) -> None:
