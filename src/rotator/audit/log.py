@@ -62,6 +62,10 @@ _UPDATE_HEAD = Prepared(
 )
 
 
+# json.dumps(details, sort_keys=True), the stored form, without a new encoder per entry.
+_DETAILS = json.JSONEncoder(sort_keys=True)
+
+
 def format_ts(now: datetime) -> str:
     if now.tzinfo is UTC and now.year >= 1000:
         # The same string as below (every append formats one), without the conversion.
@@ -130,7 +134,7 @@ class AuditBatch:
                     "prev_hash": entry.prev_hash,
                     "hash": prev,
                     "key_id": key.id,
-                    "details": json.dumps(fields["details"], sort_keys=True),
+                    "details": _DETAILS.encode(fields["details"]),
                 }
             )
             key = self.keys.get(next_key_id(fields, key.id))
