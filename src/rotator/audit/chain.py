@@ -102,11 +102,16 @@ class AuditKeys:
         return f"AuditKeys(ids={sorted(self._keys)})"
 
 
+# What json.dumps builds for these arguments on every call (it reuses an encoder only for
+# its defaults); encoding is the same.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+
+
 def canonical(value: Any) -> str:
     """Canonical JSON: sorted keys, no spaces, ASCII only. Stable across processes and DBs."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
+    return _CANONICAL.encode(value)
 
 
 def _body(e: AuditEntry) -> dict[str, Any]:

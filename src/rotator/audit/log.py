@@ -62,8 +62,33 @@ _UPDATE_HEAD = Prepared(
 )
 
 
+# json.dumps(details, sort_keys=True), the stored form, without a new encoder per entry.
+_DETAILS = json.JSONEncoder(sort_keys=True)
+
+
 def format_ts(now: datetime) -> str:
+    if now.tzinfo is UTC and now.year >= 1000:
+        # The same string as below (every append formats one), without the conversion.
+        return now.isoformat(timespec="microseconds")[:-6] + "Z"
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# The last head this process verified or wrote, with the key object its MAC is under. A head
+# row equal to it field for field verifies (the check is a deterministic function of those
+# fields and the key), so the check's HMAC is skipped; any other row is checked in full.
+_known_head: tuple[AuditKey, tuple[Any, ...]] | None = None
+
+
+def _head_verifies(key: AuditKey, row: Any) -> bool:
+    global _known_head
+    fields = (row.seq, row.hash, row.key_id, row.mac)
+    known = _known_head
+    if known is not None and known[0] is key and known[1] == fields:
+        return True
+    if row.mac is None or not key.verify(head_message(row.seq, row.hash, row.key_id), row.mac):
+        return False
+    _known_head = (key, fields)
+    return True
 
 
 @dataclass
@@ -92,9 +117,7 @@ class AuditBatch:
             if row.key_id is None:
                 raise AuditChainBroken(row.seq, "the audit head names no audit key")
             key = self.keys.get(row.key_id)
-            if row.mac is None or not key.verify(
-                head_message(row.seq, row.hash, row.key_id), row.mac
-            ):
+            if not _head_verifies(key, row):
                 raise AuditChainBroken(
                     row.seq, "the audit head's MAC does not verify: run `rotator audit verify`"
                 )
@@ -111,7 +134,7 @@ class AuditBatch:
                     "prev_hash": entry.prev_hash,
                     "hash": prev,
                     "key_id": key.id,
-                    "details": json.dumps(fields["details"], sort_keys=True),
+                    "details": _DETAILS.encode(fields["details"]),
                 }
             )
             key = self.keys.get(next_key_id(fields, key.id))
@@ -123,12 +146,16 @@ class AuditBatch:
 
 
 def _store_head(conn: Connection, first: bool, seq: int, digest: str, key: AuditKey) -> None:
+    global _known_head
     values = {
         "head_seq": seq,
         "head_hash": digest,
         "head_key": key.id,
         "head_mac": key.mac(head_message(seq, digest, key.id)),
     }
+    # Its MAC was just made under ``key``, so it verifies (also if this transaction rolls
+    # back and the stored head stays the older one, which then does not match and is checked).
+    _known_head = (key, (seq, digest, key.id, values["head_mac"]))
     if first:
         _INSERT_HEAD.execute(
             conn,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +44,10 @@ class StoreWriter:
     scheduled with ``call_soon`` so operations submitted in the same loop iteration share it.
     The thread hands the results back with one ``call_soon_threadsafe``, which also sends
     the next batch: no queue task and no future chaining between them (each was a loop
-    iteration or two per value read)."""
+    iteration or two per value read). The executor runs a task that takes batches from a
+    queue until it has been idle for ``_KEEP_IDLE_S``, so a batch costs a queue put, not an
+    executor submit (a future and a work item each, on both threads); ending when idle lets
+    the executor's threads be joined at interpreter exit without ``aclose``."""
 
     def __init__(self, db: Database, executor: ThreadPoolExecutor, *, max_batch: int = 256) -> None:
         self._db = db
@@ -55,6 +60,9 @@ class StoreWriter:
         self.batches = 0
         self.operations = 0
         self._closed = False
+        self._batches: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
+        self._draining = False  # a _drain task is running or submitted; under _drain_lock
+        self._drain_lock = threading.Lock()
         # One connection for back-to-back batches (used by the executor's thread only, one
         # batch at a time). Dropped after a failed batch, and after _KEEP_IDLE_S without one,
         # so a connection the server dropped meanwhile is replaced through the pool (which
@@ -92,10 +100,38 @@ class StoreWriter:
             return
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch]
-        try:
-            self._executor.submit(self._work, batch)
-        except BaseException as exc:  # the executor is shut down: nothing will run
-            self._deliver(batch, exc)
+        refused: BaseException | None = None
+        with self._drain_lock:
+            if not self._draining:
+                try:
+                    self._executor.submit(self._drain)
+                except BaseException as exc:  # the executor is shut down: nothing will run
+                    refused = exc
+                else:
+                    self._draining = True
+            if refused is None:
+                self._batches.put(batch)
+        if refused is not None:
+            self._deliver(batch, refused)  # outside the lock: it calls _send again
+
+    def _drain(self) -> None:
+        """On the executor's thread: run batches until idle for _KEEP_IDLE_S, or until the
+        None that aclose sends."""
+        while True:
+            try:
+                batch = self._batches.get(timeout=_KEEP_IDLE_S)
+            except queue.Empty:
+                with self._drain_lock:  # _send puts under it: nothing is left behind
+                    if self._batches.empty():
+                        self._draining = False
+                        return
+                continue
+            if batch is None:
+                return
+            # A batch whose results cannot be handed back (the event loop is closed) has no
+            # caller left to tell; the next batch still runs.
+            with contextlib.suppress(BaseException):
+                self._work(batch)
 
     def _work(self, batch: list[_Item]) -> None:
         """On the executor's thread: commit, then hand the results to the loop."""
@@ -217,5 +253,8 @@ class StoreWriter:
             if not fut.done():
                 fut.set_exception(StoreUnavailable("the store writer is closed"))
         self._pending.clear()
+        with self._drain_lock:
+            if self._draining:
+                self._batches.put(None)
         self._executor.shutdown(wait=True)
         self._drop_connection()

@@ -121,11 +121,22 @@ _CREDENTIAL_ID = select(credentials.c.id).where(
 )
 _INSERT_CREDENTIAL = insert(credentials)
 _INSERT_TAGS = insert(credential_tags)
+# Every value read counts a use. Most policies set no max uses, and then the policy and the
+# due time are not needed: the count returns only whether the effective policy sets
+# ``max_uses`` (JSON null or absent: NULL on both dialects), and the policy is read (and its
+# JSON decoded) only when it does.
 _COUNT_USE = Prepared(
     update(credentials)
     .where(credentials.c.id == bindparam("b_id"))
     .values(use_count=credentials.c.use_count + bindparam("b_n"))
-    .returning(credentials.c.use_count, credentials.c.policy, credentials.c.next_rotation_at)
+    .returning(
+        credentials.c.use_count, credentials.c.policy["max_uses"].as_string().label("max_uses")
+    )
+)
+_USE_POLICY = Prepared(
+    select(credentials.c.policy, credentials.c.next_rotation_at).where(
+        credentials.c.id == bindparam("b_id")
+    )
 )
 # What a stage map is made of: the credential's MAC'd columns and its versions' stages.
 _MAP_COLS = (
@@ -823,9 +834,13 @@ def count_use(
     conn: Connection, credential_id: int, n: int = 1
 ) -> tuple[int, dict[str, Any] | None, datetime | None]:
     """Record ``n`` uses of a credential's value (drives usage-based policies). Returns the
-    new use count, the effective policy JSON and next_rotation_at (zeros and None if the
-    credential does not exist)."""
+    new use count, and when the effective policy sets ``max_uses`` that policy's JSON and
+    next_rotation_at (None and None when it sets none; zero, None and None if the credential
+    does not exist)."""
     r = _COUNT_USE.first(conn, {"b_id": credential_id, "b_n": n})
     if r is None:
         return 0, None, None
-    return int(r.use_count), r.policy, r.next_rotation_at
+    if r.max_uses is None:
+        return int(r.use_count), None, None
+    p = _USE_POLICY.first(conn, {"b_id": credential_id})
+    return int(r.use_count), p.policy, p.next_rotation_at

@@ -174,6 +174,8 @@ class Prepared:
         # settings once per version): a value equal to the one above it is not converted
         # again, so such rows share one converted object (callers never mutate rows).
         procs = plan.results
+        if len(raw) == 1:  # most hot statements read one row: nothing to share
+            return [make([v if p is None else p(v) for p, v in zip(procs, raw[0], strict=True)])]
         last_raw: list[Any] = [_NOTHING] * len(procs)
         last: list[Any] = [None] * len(procs)
         out = []

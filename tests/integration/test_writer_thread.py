@@ -1,0 +1,61 @@
+"""The group-commit writer's thread: it keeps taking batches while busy, ends when idle (so an
+executor whose writer was never closed can still be joined), and starts again for the next
+operation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from rotator.engine import writer as writer_mod
+from rotator.engine.writer import StoreWriter
+from rotator.errors import StoreUnavailable
+from rotator.service import BlockingService
+
+
+def test_the_writer_thread_ends_when_idle_and_starts_again_for_the_next_operation(
+    svc: BlockingService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_mod, "_KEEP_IDLE_S", 0.05)
+    executor = ThreadPoolExecutor(max_workers=1)
+    writer = StoreWriter(svc.kernel.db, executor)
+    threads: list[int] = []
+
+    def op(conn: Any) -> int:
+        threads.append(threading.get_ident())
+        return len(threads)
+
+    async def go() -> list[int]:
+        first = [await writer.run(op) for _ in range(3)]
+        await asyncio.sleep(0.3)  # idle: the thread's task ends and frees the executor
+        assert executor.submit(lambda: "free").result(timeout=5) == "free"
+        return [*first, await writer.run(op)]
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(go()) == [1, 2, 3, 4]
+        time.sleep(0.3)
+        # Never closed: the executor still joins at once (nothing waits for batches).
+        start = time.monotonic()
+        executor.shutdown(wait=True)
+        assert time.monotonic() - start < 5
+    finally:
+        loop.close()
+    assert len(set(threads)) == 1
+    assert threads[0] != threading.get_ident()
+
+
+def test_aclose_ends_the_writer_thread_and_later_operations_fail(svc: BlockingService) -> None:
+    async def go() -> None:
+        writer = StoreWriter(svc.kernel.db, ThreadPoolExecutor(max_workers=1))
+        assert await writer.run(lambda conn: 7) == 7
+        await writer.aclose()  # returns: the thread's task ended on the close
+        with pytest.raises(StoreUnavailable):
+            await writer.run(lambda conn: 8)
+
+    asyncio.run(asyncio.wait_for(go(), timeout=30))
