@@ -6,6 +6,7 @@ never a traceback). Only ``credential get`` prints a value.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -13,27 +14,6 @@ import traceback
 
 import typer
 
-# Each module registers its commands on the apps of rotator.cli.app when imported.
-from rotator.cli import (  # noqa: F401
-    access,
-    audit,
-    backup,
-    connectors,
-    credentials,
-    events,
-    evidence,
-    forward,
-    groups,
-    keys,
-    mcp,
-    policy,
-    report,
-    rollouts,
-    rotate,
-    serve,
-    webhook,
-    worker,
-)
 from rotator.cli.app import (
     BAD_INPUT,
     Exit,
@@ -49,11 +29,95 @@ from rotator.errors import (
 )
 from rotator.telemetry import logs
 
+# The command modules of rotator.cli; each registers its commands on the apps of
+# rotator.cli.app when imported, in this order (the order `rotator --help` lists them).
+COMMAND_MODULES = (
+    "access",
+    "audit",
+    "backup",
+    "connectors",
+    "credentials",
+    "events",
+    "evidence",
+    "forward",
+    "groups",
+    "keys",
+    "mcp",
+    "policy",
+    "report",
+    "rollouts",
+    "rotate",
+    "serve",
+    "webhook",
+    "worker",
+)
+# The modules that register the commands of each top-level name (a command or a group).
+# tests/integration/test_cli_startup.py checks it against the commands all modules register.
+MODULES_OF = {
+    "audit": ("audit", "forward"),
+    "backup": ("backup",),
+    "connector": ("connectors",),
+    "credential": ("credentials",),
+    "event": ("events",),
+    "group": ("groups",),
+    "init": ("credentials",),
+    "keys": ("backup", "keys"),
+    "mcp": ("mcp",),
+    "policy": ("policy",),
+    "principal": ("access",),
+    "recover": ("worker",),
+    "report": ("evidence", "report"),
+    "restore": ("backup",),
+    "rollout": ("rollouts",),
+    "rotate": ("rotate",),
+    "serve": ("serve",),
+    "tenant": ("access",),
+    "token": ("access",),
+    "webhook": ("webhook",),
+    "worker": ("worker",),
+}
+# The global options (of rotator.cli.app's callback) that take a value.
+_GLOBAL_VALUED = frozenset({"--log-level", "--log-format"})
+
+
+def invoked_name(argv: list[str]) -> str | None:
+    """The top-level command or group ``argv`` names, when it can be told without parsing
+    (after the global options); None for ``--help`` or any other option before it."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _GLOBAL_VALUED:
+            skip = True
+        elif any(arg.startswith(opt + "=") for opt in _GLOBAL_VALUED):
+            continue
+        elif arg.startswith("-"):
+            return None  # --help, --, an unknown option: the full parse handles it
+        else:
+            return arg
+    return None
+
+
+def load_commands(argv: list[str] | None = None) -> None:
+    """Register commands by importing their modules: with ``argv``, only those of the
+    top-level name it invokes when that is known (a new process runs one command and pays
+    at start-up only for its module); otherwise, or for ``--help`` or an unknown name, all."""
+    name = None if argv is None else invoked_name(argv)
+    modules = COMMAND_MODULES if name is None else MODULES_OF.get(name, COMMAND_MODULES)
+    for module in modules:
+        importlib.import_module(f"rotator.cli.{module}")
+
+
 __all__ = ["app", "main", "run"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Run one command line with every command registered; returns the exit code."""
+    load_commands()
+    return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         return _main(argv)
     finally:
@@ -193,4 +257,6 @@ def _log_internal_error(exc: BaseException) -> None:
 
 
 def run() -> None:
-    sys.exit(main())
+    """Entry point of the console script: registers only the invoked command's module."""
+    load_commands(sys.argv[1:])
+    sys.exit(_run(None))
