@@ -35,6 +35,10 @@ NOT_FOR_GET = (
     "rich.progress",  # `rotate` on a terminal
     # The connectors themselves: `get` needs none.
     *(f"rotator.connectors.{kind}" for kind in BUILTIN),
+    # The console script runs `credential get` without the parser (rotator.cli.fast).
+    "typer",
+    "click",
+    "pydantic",
     # pydantic models built at import; `get` calls no connector.
     "rotator.connectors.base",
     # The engine beyond its runtime, writer and counted reads (a read builds no engine).

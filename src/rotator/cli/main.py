@@ -7,27 +7,29 @@ never a traceback). Only ``credential get`` prints a value.
 from __future__ import annotations
 
 import importlib
-import logging
-import os
 import sys
-import traceback
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from rotator.cli.app import (
-    BAD_INPUT,
-    Exit,
-    UsageError,
-    app,
-    log,
-    remote_url,
-)
-from rotator.errors import (
-    IntegrityError,
-    InvalidInput,
-    RotatorError,
-)
+from rotator.cli import session
+from rotator.errors import InvalidInput
 from rotator.telemetry import logs
+
+# typer (with click and pydantic) and the commands are imported when a command line is
+# parsed, not with this module: the console script's fast path for `credential get`
+# (rotator.cli.fast) runs without them.
+if TYPE_CHECKING:
+    import typer
+
+    from rotator.cli.app import app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from rotator.cli.app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The command modules of rotator.cli; each registers its commands on the apps of
 # rotator.cli.app when imported, in this order (the order `rotator --help` lists them).
@@ -151,6 +153,8 @@ REMOTE_COMMANDS = frozenset(
 def command_path(command: typer.core.TyperGroup, argv: list[str]) -> tuple[str, ...]:
     """The names of the (sub)commands ``argv`` invokes, without running anything: as far as
     they resolve (a usage error stops it; the real parse reports it)."""
+    import typer
+
     path: list[str] = []
     cmd: object = command
     ctx = command.make_context("rotator", list(argv), resilient_parsing=True)
@@ -171,7 +175,9 @@ def command_path(command: typer.core.TyperGroup, argv: list[str]) -> tuple[str, 
 def _check_remote(command: typer.core.TyperGroup, argv: list[str]) -> None:
     """With ROTATOR_URL set, refuse (bad input, before any request or store access) a
     command that runs only where the store is."""
-    if remote_url() is None:
+    from rotator.cli.app import UsageError
+
+    if session.remote_url() is None:
         return
     try:
         path = command_path(command, argv)
@@ -187,6 +193,10 @@ def _check_remote(command: typer.core.TyperGroup, argv: list[str]) -> None:
 
 
 def _main(argv: list[str] | None) -> int:
+    import typer
+
+    from rotator.cli.app import Exit, UsageError, app
+
     command = typer.main.get_command(app)
     try:
         assert isinstance(command, typer.core.TyperGroup)
@@ -204,59 +214,20 @@ def _main(argv: list[str] | None) -> int:
     except typer.Abort:
         print("rotator: aborted", file=sys.stderr)
         return 1
-    except IntegrityError as exc:  # tampered data: the operation failed, the input was fine
-        print(f"rotator: error: {exc}", file=sys.stderr)
-        return 1
-    except BAD_INPUT as exc:
-        print(f"rotator: error: {exc}", file=sys.stderr)
-        return 2
-    except RotatorError as exc:
-        print(f"rotator: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("rotator: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        # The last resort: a defect must not show a user a traceback (whose messages may quote
-        # a value). One line here; the stack, without any exception's message, goes to the
-        # debug log, which exists only with ROTATOR_DEBUG set.
-        print(
-            f"rotator: error: internal error ({type(exc).__name__}); details in the debug log "
-            "(set ROTATOR_DEBUG=1)",
-            file=sys.stderr,
-            flush=True,
-        )
-        _log_internal_error(exc)
-        return 1
+    except (KeyboardInterrupt, Exception) as exc:
+        return session.exit_code(exc)
     return 0
 
 
-def _log_internal_error(exc: BaseException) -> None:
-    """Log ``exc``'s stack at debug level: frames and exception types only, never a message
-    (an exception's text may hold a value: a UnicodeDecodeError quotes the bytes it met)."""
-    if not os.environ.get("ROTATOR_DEBUG"):
-        return
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("rotator: debug: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG)
-        log.propagate = False
-    lines: list[str] = []
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        lines.append(f"{type(cur).__module__}.{type(cur).__qualname__} (message withheld)")
-        lines.extend(traceback.format_tb(cur.__traceback__))
-        cur = cur.__cause__ or cur.__context__
-    log.debug(
-        "internal error, most recent call last per exception:\n%s",
-        "".join(line if line.endswith("\n") else line + "\n" for line in lines),
-    )
-
-
 def run() -> None:
-    """Entry point of the console script: registers only the invoked command's module."""
-    load_commands(sys.argv[1:])
-    sys.exit(_run(None))
+    """Entry point of the console script. ``credential get NAME [--stage S]`` in the plain
+    form runs without the parser (rotator.cli.fast: same service call, output, errors and
+    exit codes); any other command line registers only the invoked command's module."""
+    argv = sys.argv[1:]
+    from rotator.cli import fast
+
+    code = fast.credential_get(argv)
+    if code is None:
+        load_commands(argv)
+        code = _run(None)
+    sys.exit(code)
