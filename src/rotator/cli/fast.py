@@ -3,9 +3,10 @@
 The console script (``rotator.cli.main.run``) runs this command line here when it has the plain
 form below, so the process imports neither typer nor click nor pydantic (typer builds a
 pydantic adapter for every argument) nor any other command's module: `credential get` is
-what applications and scripts call most, and those imports were a third of its start-up
-time. Hand-written rather than a second parser library: the form is a handful of tokens, and
-anything else goes to the parser, which stays the one place that reports a usage error.
+what applications and scripts call most, and typer's part was about a sixth of its CPU
+(docs/benchmarks.md, "Issue 8, session 6"). Hand-written rather than a second parser library:
+the form is a handful of tokens, and anything else goes to the parser, which stays the one
+place that reports a usage error.
 
 It does what the parser's path does (rotator.cli.app's global options at their defaults,
 then rotator.cli.credentials.credential_get): the same service call as the same caller
