@@ -24,9 +24,11 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    # ``rotator.cli.main.app``: the typer app with every command registered, as before.
     if name == "app":
         from rotator.cli.app import app
 
+        load_commands()
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
