@@ -10,6 +10,7 @@ that list (what is imported), never on a time.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,32 @@ NOT_FOR_GET = (
     "rich.progress",  # `rotate` on a terminal
     # The connectors themselves: `get` needs none.
     *(f"rotator.connectors.{kind}" for kind in BUILTIN),
+    # The console script runs `credential get` without the parser (rotator.cli.fast).
+    "typer",
+    "click",
+    "pydantic",
+    # pydantic models built at import; `get` calls no connector.
+    "rotator.connectors.base",
+    # The engine beyond its runtime, writer and counted reads (a read builds no engine).
+    "rotator.engine.engine",
+    "rotator.engine.context",
+    "rotator.engine.protocol",
+    "rotator.engine.recovery",
+    "rotator.engine.steps",
+    "rotator.engine.groups",
+    "multiprocessing",
+    "rotator.scheduler",
+    # Use cases and command modules of other commands.
+    "rotator.service.access",
+    "rotator.service.backup",
+    "rotator.service.checkpoints",
+    "rotator.service.events",
+    "rotator.service.jobs",
+    "rotator.service.rotation",
+    "rotator.service.webhooks",
+    "rotator.cli.rotate",
+    "rotator.cli.audit",
+    "rotator.cli.access",
 )
 # Also never imported on a SQLite store.
 NOT_ON_SQLITE = ("psycopg", "sqlalchemy.dialects.postgresql")
@@ -121,3 +148,60 @@ def test_a_built_in_connector_is_found_without_reading_installed_entry_points() 
     )
     assert proc.stdout == "LocalConnector\n"
     assert proc.stderr == "rotator.connectors entry points scanned\n"
+
+
+# Prints, for the top-level names given (all when none), each one's commands and their
+# parameters as the real parse sees them, with only the modules run() imports for that name.
+_TREE = """
+import json, sys
+import typer
+from rotator.cli import main
+
+names = sys.argv[1:]
+main.load_commands(names or None)
+root = typer.main.get_command(main.app)
+
+def shape(cmd):
+    params = sorted((p.name or "", tuple(p.opts)) for p in cmd.params)
+    subs = getattr(cmd, "commands", None)
+    if subs is None:
+        return {"params": params}
+    # A list, not a dict: the order of the commands is the order `--help` lists them in.
+    return {"params": params, "commands": [[n, shape(c)] for n, c in subs.items()]}
+
+tree = dict(shape(root)["commands"])
+print(json.dumps({n: tree.get(n) for n in names} if names else tree))
+"""
+
+
+def command_tree(*names: str) -> dict[str, object]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _TREE, *names],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return dict(json.loads(proc.stdout))
+
+
+def test_the_console_script_registers_each_command_as_the_full_command_line_does() -> None:
+    # run() imports only the modules main.MODULES_OF names for the invoked top-level
+    # command; each name must then parse exactly as with every module imported.
+    from rotator.cli.main import MODULES_OF
+
+    full = command_tree()
+    assert set(full) == set(MODULES_OF)  # a new command needs its entry (else: all modules)
+    for name in MODULES_OF:
+        assert command_tree(name) == {name: full[name]}, name
+
+
+def test_only_the_invoked_name_after_global_options_selects_the_modules() -> None:
+    from rotator.cli.main import invoked_name
+
+    assert invoked_name(["credential", "get", "a"]) == "credential"
+    assert invoked_name(["--log-level", "debug", "credential", "get"]) == "credential"
+    assert invoked_name(["--log-format=json", "rotate", "--all"]) == "rotate"
+    assert invoked_name(["--help", "credential"]) is None
+    assert invoked_name(["--frob", "credential"]) is None
+    assert invoked_name([]) is None

@@ -5,33 +5,29 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from rotator.config import Settings
+from rotator.cli.session import BAD_INPUT as BAD_INPUT
+from rotator.cli.session import CA_ENV as CA_ENV
+from rotator.cli.session import TENANT_ENV as TENANT_ENV
+from rotator.cli.session import TOKEN_ENV as TOKEN_ENV
+from rotator.cli.session import URL_ENV as URL_ENV
+from rotator.cli.session import acting_principal as acting_principal
+from rotator.cli.session import log as log
+from rotator.cli.session import remote_url as remote_url
+from rotator.cli.session import service as service
 from rotator.domain import names
-from rotator.domain.model import DEFAULT_TENANT
-from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
 from rotator.domain.secret import Secret
 from rotator.errors import (
-    AlreadyExists,
-    AuthenticationFailed,
-    ConfigError,
-    CryptoError,
     InvalidInput,
-    NotFound,
-    NotInitialized,
-    PermissionDenied,
-    StoreUnavailable,
 )
 from rotator.service import (
-    BlockingService,
     EngineOptions,
     PolicyInput,
     ValueInput,
@@ -130,25 +126,10 @@ class _Out:
 
 
 out = _Out()
-BAD_INPUT = (
-    InvalidInput,
-    NotFound,
-    AlreadyExists,
-    NotInitialized,
-    ConfigError,
-    CryptoError,
-    StoreUnavailable,
-    PermissionDenied,
-    AuthenticationFailed,
-)
 
-
-TOKEN_ENV = "ROTATOR_TOKEN"  # noqa: S105 (the variable's name, not a token)
-TENANT_ENV = "ROTATOR_TENANT"
 
 # Listing limits above this are bad input (a database integer holds no more; nobody reads more).
 MAX_LIMIT = 1_000_000_000
-log = logging.getLogger("rotator.cli")
 
 # typer vendors click in recent releases; reach its UsageError through the public BadParameter.
 UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -162,31 +143,6 @@ class Exit(Exception):
 def fail(message: str, code: int = 2) -> NoReturn:
     print(f"rotator: error: {message}", file=sys.stderr)
     raise Exit(code)
-
-
-@contextmanager
-def service(
-    options: EngineOptions | None = None, *, fast_loop: bool = False
-) -> Iterator[BlockingService]:
-    """The service, acting as the caller (see :func:`acting_principal`) in every use case
-    called through it. ``fast_loop``: run it on uvloop when installed (``rotator serve``)."""
-    svc = BlockingService.open(Settings.from_env(), options=options, fast_loop=fast_loop)
-    try:
-        svc.bind(acting_principal(svc))
-        yield svc
-    finally:
-        svc.close()
-
-
-URL_ENV = "ROTATOR_URL"
-CA_ENV = "ROTATOR_CA_FILE"
-
-
-def remote_url(env: Mapping[str, str] | None = None) -> str | None:
-    """``ROTATOR_URL`` when set (not blank): the CLI then talks to that server."""
-    env = os.environ if env is None else env
-    url = (env.get(URL_ENV) or "").strip()
-    return url or None
 
 
 @contextmanager
@@ -214,28 +170,6 @@ def remote_service(url: str) -> Iterator[RemoteService]:
 
     with RemoteService(url, token, ca_file=os.environ.get(CA_ENV) or None) as remote:
         yield remote
-
-
-def acting_principal(svc: BlockingService, env: Mapping[str, str] | None = None) -> Principal:
-    """Who the CLI acts as: with ``ROTATOR_TOKEN``, the token's principal (a bad token raises
-    AuthenticationFailed; a ``ROTATOR_TENANT`` other than the token's tenant raises
-    PermissionDenied, audited with the token id); without, the store's owner in
-    ``ROTATOR_TENANT`` (default ``default``). ``ROTATOR_TOKEN`` set but empty (or blank) is
-    InvalidInput: it must never fall back to the owner."""
-    env = os.environ if env is None else env
-    raw_token = env.get(TOKEN_ENV)
-    if raw_token is not None and not raw_token.strip():
-        raise InvalidInput(f"{TOKEN_ENV} is set but empty: unset it to act as the store's owner")
-    token = raw_token or None
-    tenant = env.get(TENANT_ENV) or None
-    if tenant is not None:
-        names.check_tenant_name(tenant)
-    if token is None:
-        return LOCAL_PRINCIPAL.with_tenant(tenant or DEFAULT_TENANT)
-    principal = svc.authenticate(token)
-    if tenant is not None:
-        svc.authorize_tenant(principal, tenant)
-    return principal
 
 
 def emit_json(data: Any) -> None:

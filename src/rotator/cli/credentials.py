@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Annotated
 
 import typer
 
+from rotator.cli import session
 from rotator.cli.app import (
     TOKEN_ENV,
     BlackoutOpt,
@@ -39,7 +39,6 @@ from rotator.cli.app import (
 )
 from rotator.config import Settings
 from rotator.domain import names
-from rotator.domain.model import Stage
 from rotator.errors import (
     InvalidInput,
 )
@@ -204,14 +203,12 @@ def credential_get(
     ] = "CURRENT",
 ) -> None:
     """Print a credential's value (audited)."""
-    try:
-        st = Stage(stage.upper())
-    except ValueError:
-        raise InvalidInput(f"--stage must be CURRENT, PREVIOUS or PENDING, not {stage!r}") from None
+    # The console script runs the plain form of this command in rotator.cli.fast, through
+    # the same session functions.
+    st = session.parse_stage(stage)
     with use_cases() as svc:
         value = svc.get_value(name, st)
-    sys.stdout.buffer.write(value.reveal() + b"\n")
-    sys.stdout.flush()
+    session.write_value(value)
 
 
 @credential_app.command("update")

@@ -6,54 +6,122 @@ never a traceback). Only ``credential get`` prints a value.
 
 from __future__ import annotations
 
-import logging
-import os
+import importlib
 import sys
-import traceback
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-# Each module registers its commands on the apps of rotator.cli.app when imported.
-from rotator.cli import (  # noqa: F401
-    access,
-    audit,
-    backup,
-    connectors,
-    credentials,
-    events,
-    evidence,
-    forward,
-    groups,
-    keys,
-    mcp,
-    policy,
-    report,
-    rollouts,
-    rotate,
-    serve,
-    webhook,
-    worker,
-)
-from rotator.cli.app import (
-    BAD_INPUT,
-    Exit,
-    UsageError,
-    app,
-    log,
-    remote_url,
-)
-from rotator.errors import (
-    IntegrityError,
-    InvalidInput,
-    RotatorError,
-)
+from rotator.cli import session
+from rotator.errors import InvalidInput
 from rotator.telemetry import logs
+
+# typer (with click and pydantic) and the commands are imported when a command line is
+# parsed, not with this module: the console script's fast path for `credential get`
+# (rotator.cli.fast) runs without them.
+if TYPE_CHECKING:
+    import typer
+
+    from rotator.cli.app import app
+
+
+def __getattr__(name: str) -> Any:
+    # ``rotator.cli.main.app``: the typer app with every command registered, as before.
+    if name == "app":
+        from rotator.cli.app import app
+
+        load_commands()
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# The command modules of rotator.cli; each registers its commands on the apps of
+# rotator.cli.app when imported, in this order (the order `rotator --help` lists them).
+COMMAND_MODULES = (
+    "access",
+    "audit",
+    "backup",
+    "connectors",
+    "credentials",
+    "events",
+    "evidence",
+    "forward",
+    "groups",
+    "keys",
+    "mcp",
+    "policy",
+    "report",
+    "rollouts",
+    "rotate",
+    "serve",
+    "webhook",
+    "worker",
+)
+# The modules that register the commands of each top-level name (a command or a group).
+# tests/integration/test_cli_startup.py checks it against the commands all modules register.
+MODULES_OF = {
+    "audit": ("audit", "forward"),
+    "backup": ("backup",),
+    "connector": ("connectors",),
+    "credential": ("credentials",),
+    "event": ("events",),
+    "group": ("groups",),
+    "init": ("credentials",),
+    "keys": ("backup", "keys"),
+    "mcp": ("mcp",),
+    "policy": ("policy",),
+    "principal": ("access",),
+    "recover": ("worker",),
+    "report": ("evidence", "report"),
+    "restore": ("backup",),
+    "rollout": ("rollouts",),
+    "rotate": ("rotate",),
+    "serve": ("serve",),
+    "tenant": ("access",),
+    "token": ("access",),
+    "webhook": ("webhook",),
+    "worker": ("worker",),
+}
+# The global options (of rotator.cli.app's callback) that take a value.
+_GLOBAL_VALUED = frozenset({"--log-level", "--log-format"})
+
+
+def invoked_name(argv: list[str]) -> str | None:
+    """The top-level command or group ``argv`` names, when it can be told without parsing
+    (after the global options); None for ``--help`` or any other option before it."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _GLOBAL_VALUED:
+            skip = True
+        elif any(arg.startswith(opt + "=") for opt in _GLOBAL_VALUED):
+            continue
+        elif arg.startswith("-"):
+            return None  # --help, --, an unknown option: the full parse handles it
+        else:
+            return arg
+    return None
+
+
+def load_commands(argv: list[str] | None = None) -> None:
+    """Register commands by importing their modules: with ``argv``, only those of the
+    top-level name it invokes when that is known (a new process runs one command and pays
+    at start-up only for its module); otherwise, or for ``--help`` or an unknown name, all."""
+    name = None if argv is None else invoked_name(argv)
+    modules = COMMAND_MODULES if name is None else MODULES_OF.get(name, COMMAND_MODULES)
+    for module in modules:
+        importlib.import_module(f"rotator.cli.{module}")
+
 
 __all__ = ["app", "main", "run"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Run one command line with every command registered; returns the exit code."""
+    load_commands()
+    return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         return _main(argv)
     finally:
@@ -87,6 +155,8 @@ REMOTE_COMMANDS = frozenset(
 def command_path(command: typer.core.TyperGroup, argv: list[str]) -> tuple[str, ...]:
     """The names of the (sub)commands ``argv`` invokes, without running anything: as far as
     they resolve (a usage error stops it; the real parse reports it)."""
+    import typer
+
     path: list[str] = []
     cmd: object = command
     ctx = command.make_context("rotator", list(argv), resilient_parsing=True)
@@ -107,7 +177,9 @@ def command_path(command: typer.core.TyperGroup, argv: list[str]) -> tuple[str, 
 def _check_remote(command: typer.core.TyperGroup, argv: list[str]) -> None:
     """With ROTATOR_URL set, refuse (bad input, before any request or store access) a
     command that runs only where the store is."""
-    if remote_url() is None:
+    from rotator.cli.app import UsageError
+
+    if session.remote_url() is None:
         return
     try:
         path = command_path(command, argv)
@@ -123,6 +195,10 @@ def _check_remote(command: typer.core.TyperGroup, argv: list[str]) -> None:
 
 
 def _main(argv: list[str] | None) -> int:
+    import typer
+
+    from rotator.cli.app import Exit, UsageError, app
+
     command = typer.main.get_command(app)
     try:
         assert isinstance(command, typer.core.TyperGroup)
@@ -140,57 +216,20 @@ def _main(argv: list[str] | None) -> int:
     except typer.Abort:
         print("rotator: aborted", file=sys.stderr)
         return 1
-    except IntegrityError as exc:  # tampered data: the operation failed, the input was fine
-        print(f"rotator: error: {exc}", file=sys.stderr)
-        return 1
-    except BAD_INPUT as exc:
-        print(f"rotator: error: {exc}", file=sys.stderr)
-        return 2
-    except RotatorError as exc:
-        print(f"rotator: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("rotator: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        # The last resort: a defect must not show a user a traceback (whose messages may quote
-        # a value). One line here; the stack, without any exception's message, goes to the
-        # debug log, which exists only with ROTATOR_DEBUG set.
-        print(
-            f"rotator: error: internal error ({type(exc).__name__}); details in the debug log "
-            "(set ROTATOR_DEBUG=1)",
-            file=sys.stderr,
-            flush=True,
-        )
-        _log_internal_error(exc)
-        return 1
+    except (KeyboardInterrupt, Exception) as exc:
+        return session.exit_code(exc)
     return 0
 
 
-def _log_internal_error(exc: BaseException) -> None:
-    """Log ``exc``'s stack at debug level: frames and exception types only, never a message
-    (an exception's text may hold a value: a UnicodeDecodeError quotes the bytes it met)."""
-    if not os.environ.get("ROTATOR_DEBUG"):
-        return
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("rotator: debug: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG)
-        log.propagate = False
-    lines: list[str] = []
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        lines.append(f"{type(cur).__module__}.{type(cur).__qualname__} (message withheld)")
-        lines.extend(traceback.format_tb(cur.__traceback__))
-        cur = cur.__cause__ or cur.__context__
-    log.debug(
-        "internal error, most recent call last per exception:\n%s",
-        "".join(line if line.endswith("\n") else line + "\n" for line in lines),
-    )
-
-
 def run() -> None:
-    sys.exit(main())
+    """Entry point of the console script. ``credential get NAME [--stage S]`` in the plain
+    form runs without the parser (rotator.cli.fast: same service call, output, errors and
+    exit codes); any other command line registers only the invoked command's module."""
+    argv = sys.argv[1:]
+    from rotator.cli import fast
+
+    code = fast.credential_get(argv)
+    if code is None:
+        load_commands(argv)
+        code = _run(None)
+    sys.exit(code)

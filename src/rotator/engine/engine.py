@@ -71,10 +71,17 @@ class Engine:
         kernel: Kernel,
         options: EngineOptions | None = None,
         connectors: ConnectorSet | None = None,
+        *,
+        runtime: Runtime | None = None,
+        values: Values | None = None,
     ) -> None:
-        self.runtime = rt = Runtime(kernel, options or EngineOptions(), connectors)
+        # ``runtime`` and ``values``: parts made before the engine, over the same kernel (the
+        # service reads values through them without building the rest of the engine).
+        if runtime is None:
+            runtime = Runtime(kernel, options or EngineOptions(), connectors)
+        self.runtime = rt = runtime
         self.leases = Leases(rt)
-        self.values = Values(rt)
+        self.values = values if values is not None else Values(rt)
         self.loader = ContextLoader(rt, self.values)
         self.steps = StepRunner(rt, self.leases, self.values)
         self.revoker = Revoker(rt, self.steps, self.loader)

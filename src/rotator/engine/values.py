@@ -14,7 +14,6 @@ import time
 
 from sqlalchemy import Connection
 
-from rotator.connectors import base as cbase
 from rotator.domain.model import Stage
 from rotator.domain.principal import Principal
 from rotator.domain.secret import Secret
@@ -99,7 +98,9 @@ class TenantSecrets:
         try:
             value = await self._values.read(self._principal, name)
         except NotFound as exc:
-            raise cbase.PermanentError(f"referenced credential {name!r}: {exc}") from exc
+            from rotator.connectors.base import PermanentError  # pydantic: only when needed
+
+            raise PermanentError(f"referenced credential {name!r}: {exc}") from exc
         self._cache[name] = (time.monotonic(), value)
         return value
 
@@ -118,4 +119,6 @@ class CallerSecrets:
         try:
             return await self._values.read(self._principal, name)
         except NotFound as exc:
-            raise cbase.PermanentError(f"referenced credential {name!r}: {exc}") from exc
+            from rotator.connectors.base import PermanentError  # pydantic: only when needed
+
+            raise PermanentError(f"referenced credential {name!r}: {exc}") from exc

@@ -14,32 +14,37 @@ import asyncio
 import contextlib
 import inspect
 import signal
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import datetime
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
+import rotator.service as use_cases
 from rotator.config import Settings
 from rotator.domain.principal import LOCAL_PRINCIPAL, Principal
-from rotator.engine import BatchResult, EngineOptions
 from rotator.kernel import Kernel, utcnow
-from rotator.scheduler import SchedulerOptions
-from rotator.service import (
-    access,
-    backup,
-    checkpoints,
-    events,
-    evidence,
-    forwarding,
-    jobs,
-    policies,
-    reports,
-    rollouts,
-    rotation,
-    webhooks,
-)
 from rotator.service.credentials import RotatorService
 from rotator.store import Database
+
+if TYPE_CHECKING:
+    # At run time each of these modules is imported at the first call of one of its use cases
+    # (see _later): a command pays at start-up only for what it calls.
+    import rotator.service.access
+    import rotator.service.backup
+    import rotator.service.checkpoints
+    import rotator.service.events
+    import rotator.service.evidence
+    import rotator.service.forwarding
+    import rotator.service.jobs
+    import rotator.service.policies
+    import rotator.service.reports
+    import rotator.service.rollouts
+    import rotator.service.rotation
+    import rotator.service.webhooks
+    from rotator.engine.options import EngineOptions
+    from rotator.engine.types import BatchResult
+    from rotator.scheduler import SchedulerOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,18 +57,27 @@ class _Blocking(Generic[P, R]):
     ``principal``, the call gets ``principal=`` the bound one unless the caller gave one."""
 
     def __init__(self, fn: Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]]):
-        self.fn = fn
+        self._get: Callable[[], Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]]]
+        self._get = lambda: fn
+        self._fn: Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]] | None = None
         self.__doc__ = fn.__doc__
-        params = list(inspect.signature(fn).parameters.values())[1:]  # after the service
-        # How many positional arguments reach ``principal`` (None: it is keyword-only or
-        # there is none), to tell whether a caller passed it positionally.
-        self._principal_at: int | None = None
-        self._takes_principal = False
-        for i, prm in enumerate(params):
-            if prm.name == "principal":
-                self._takes_principal = True
-                if prm.kind is not inspect.Parameter.KEYWORD_ONLY:
-                    self._principal_at = i
+
+    @property
+    def fn(self) -> Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]]:
+        if self._fn is None:
+            fn = self._get()
+            params = list(inspect.signature(fn).parameters.values())[1:]  # after the service
+            # How many positional arguments reach ``principal`` (None: it is keyword-only or
+            # there is none), to tell whether a caller passed it positionally.
+            self._principal_at: int | None = None
+            self._takes_principal = False
+            for i, prm in enumerate(params):
+                if prm.name == "principal":
+                    self._takes_principal = True
+                    if prm.kind is not inspect.Parameter.KEYWORD_ONLY:
+                        self._principal_at = i
+            self._fn = fn
+        return self._fn
 
     def __get__(self, facade: BlockingService, owner: type | None = None) -> Callable[P, R]:
         fn = self.fn
@@ -82,6 +96,17 @@ class _Blocking(Generic[P, R]):
             return facade.run(fn(facade.service, *args, **kwargs))
 
         return call
+
+
+def _later(
+    get: Callable[[], Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]]],
+) -> _Blocking[P, R]:
+    """:class:`_Blocking` of the use case ``get()`` returns, looked up (and its module
+    imported) at the first call, not when this module is imported."""
+    blocking: _Blocking[P, R] = _Blocking.__new__(_Blocking)
+    blocking._get = get
+    blocking._fn = None
+    return blocking
 
 
 def fast_event_loop() -> asyncio.AbstractEventLoop:
@@ -183,7 +208,9 @@ class BlockingService:
         if self._loop.is_closed():
             return
         try:
-            self.run(jobs.stop_jobs(self.service))
+            # Jobs run only through rotator.service.jobs: not imported, none to stop.
+            if "rotator.service.jobs" in sys.modules:
+                self.run(use_cases.jobs.stop_jobs(self.service))
             self.run(self.service.aclose())
         finally:
             self._stop_loop()
@@ -235,7 +262,7 @@ class BlockingService:
             principal = self.principal or LOCAL_PRINCIPAL
         with self.until_signal() as stop:
             self.run(
-                rotation.serve(
+                use_cases.rotation.serve(
                     self.service,
                     stop,
                     poll_s=poll_s,
@@ -252,7 +279,7 @@ class BlockingService:
         give_up_after: int | None = None,
         poll_s: float = 1.0,
         principal: Principal | None = None,
-    ) -> forwarding.RunStats:
+    ) -> rotator.service.forwarding.RunStats:
         """Work the SIEM forwarders until SIGINT or SIGTERM, or (``once``) until caught up
         (call from the main thread); see forwarding.run_forwarders. ``principal`` None: the
         bound one (:meth:`bind`), else the owner."""
@@ -260,7 +287,7 @@ class BlockingService:
             principal = self.principal or LOCAL_PRINCIPAL
         with self.until_signal() as stop:
             return self.run(
-                forwarding.run_forwarders(
+                use_cases.forwarding.run_forwarders(
                     self.service,
                     stop,
                     once=once,
@@ -277,7 +304,7 @@ class BlockingService:
         poll_s: float = 1.0,
         principal: Principal | None = None,
         **kw: Any,
-    ) -> webhooks.RunStats:
+    ) -> rotator.service.webhooks.RunStats:
         """Work the webhooks until SIGINT or SIGTERM, or (``once``) until caught up (call from
         the main thread); see webhooks.run_webhooks (``kw``: timing, overdue_after, lease_s).
         ``principal`` None: the bound one, else the owner."""
@@ -285,7 +312,7 @@ class BlockingService:
             principal = self.principal or LOCAL_PRINCIPAL
         with self.until_signal() as stop:
             return self.run(
-                webhooks.run_webhooks(
+                use_cases.webhooks.run_webhooks(
                     self.service, stop, once=once, poll_s=poll_s, principal=principal, **kw
                 )
             )
@@ -313,9 +340,9 @@ class BlockingService:
     get_value = _Blocking(RotatorService.get_value)
     update_credential = _Blocking(RotatorService.update_credential)
     report_usage = _Blocking(RotatorService.report_usage)
-    set_policy_default = _Blocking(policies.set_default)
-    list_policy_defaults = _Blocking(policies.list_defaults)
-    remove_policy_default = _Blocking(policies.remove_default)
+    set_policy_default = _later(lambda: use_cases.policies.set_default)
+    list_policy_defaults = _later(lambda: use_cases.policies.list_defaults)
+    remove_policy_default = _later(lambda: use_cases.policies.remove_default)
     remove_credential = _Blocking(RotatorService.remove_credential)
     add_group = _Blocking(RotatorService.add_group)
     get_group = _Blocking(RotatorService.get_group)
@@ -325,49 +352,49 @@ class BlockingService:
     audit_entries = _Blocking(RotatorService.audit_entries)
     audit_verify = _Blocking(RotatorService.audit_verify)
     audit_head = _Blocking(RotatorService.audit_head)
-    make_checkpoint = _Blocking(checkpoints.make_checkpoint)
-    list_checkpoints = _Blocking(checkpoints.list_checkpoints)
-    audit_public_keys = _Blocking(checkpoints.public_keys)
-    audit_export = _Blocking(checkpoints.export)
-    rotation_evidence = _Blocking(evidence.evidence)
-    select = _Blocking(rotation.select)
-    plan = _Blocking(rotation.plan)
-    plan_group = _Blocking(rotation.plan_group)
-    rotate = _Blocking(rotation.rotate)
-    rotate_group = _Blocking(rotation.rotate_group)
-    recover = _Blocking(rotation.recover)
-    start_job = _Blocking(jobs.start_job)
-    get_job = _Blocking(jobs.get_job)
-    list_jobs = _Blocking(jobs.list_jobs)
-    create_rollout = _Blocking(rollouts.create)
-    list_rollouts = _Blocking(rollouts.list_rollouts)
-    rollout_status = _Blocking(rollouts.status)
-    resume_rollout = _Blocking(rollouts.resume)
-    abort_rollout = _Blocking(rollouts.abort)
-    run_rollout = _Blocking(rollouts.run)
-    report_event = _Blocking(events.report_event)
-    list_events = _Blocking(events.list_events)
-    add_forwarder = _Blocking(forwarding.add_forwarder)
-    list_forwarders = _Blocking(forwarding.list_forwarders)
-    remove_forwarder = _Blocking(forwarding.remove_forwarder)
-    add_webhook = _Blocking(webhooks.add_webhook)
-    list_webhooks = _Blocking(webhooks.list_webhooks)
-    remove_webhook = _Blocking(webhooks.remove_webhook)
-    webhook_dead_letters = _Blocking(webhooks.dead_letters)
-    retry_webhook_dead_letters = _Blocking(webhooks.retry_dead_letters)
-    compliance_report = _Blocking(reports.compliance_report)
-    add_principal = _Blocking(access.add_principal)
-    list_principals = _Blocking(access.list_principals)
-    remove_principal = _Blocking(access.remove_principal)
-    create_token = _Blocking(access.create_token)
-    list_tokens = _Blocking(access.list_tokens)
-    revoke_token = _Blocking(access.revoke_token)
-    authenticate = _Blocking(access.authenticate)
+    make_checkpoint = _later(lambda: use_cases.checkpoints.make_checkpoint)
+    list_checkpoints = _later(lambda: use_cases.checkpoints.list_checkpoints)
+    audit_public_keys = _later(lambda: use_cases.checkpoints.public_keys)
+    audit_export = _later(lambda: use_cases.checkpoints.export)
+    rotation_evidence = _later(lambda: use_cases.evidence.evidence)
+    select = _later(lambda: use_cases.rotation.select)
+    plan = _later(lambda: use_cases.rotation.plan)
+    plan_group = _later(lambda: use_cases.rotation.plan_group)
+    rotate = _later(lambda: use_cases.rotation.rotate)
+    rotate_group = _later(lambda: use_cases.rotation.rotate_group)
+    recover = _later(lambda: use_cases.rotation.recover)
+    start_job = _later(lambda: use_cases.jobs.start_job)
+    get_job = _later(lambda: use_cases.jobs.get_job)
+    list_jobs = _later(lambda: use_cases.jobs.list_jobs)
+    create_rollout = _later(lambda: use_cases.rollouts.create)
+    list_rollouts = _later(lambda: use_cases.rollouts.list_rollouts)
+    rollout_status = _later(lambda: use_cases.rollouts.status)
+    resume_rollout = _later(lambda: use_cases.rollouts.resume)
+    abort_rollout = _later(lambda: use_cases.rollouts.abort)
+    run_rollout = _later(lambda: use_cases.rollouts.run)
+    report_event = _later(lambda: use_cases.events.report_event)
+    list_events = _later(lambda: use_cases.events.list_events)
+    add_forwarder = _later(lambda: use_cases.forwarding.add_forwarder)
+    list_forwarders = _later(lambda: use_cases.forwarding.list_forwarders)
+    remove_forwarder = _later(lambda: use_cases.forwarding.remove_forwarder)
+    add_webhook = _later(lambda: use_cases.webhooks.add_webhook)
+    list_webhooks = _later(lambda: use_cases.webhooks.list_webhooks)
+    remove_webhook = _later(lambda: use_cases.webhooks.remove_webhook)
+    webhook_dead_letters = _later(lambda: use_cases.webhooks.dead_letters)
+    retry_webhook_dead_letters = _later(lambda: use_cases.webhooks.retry_dead_letters)
+    compliance_report = _later(lambda: use_cases.reports.compliance_report)
+    add_principal = _later(lambda: use_cases.access.add_principal)
+    list_principals = _later(lambda: use_cases.access.list_principals)
+    remove_principal = _later(lambda: use_cases.access.remove_principal)
+    create_token = _later(lambda: use_cases.access.create_token)
+    list_tokens = _later(lambda: use_cases.access.list_tokens)
+    revoke_token = _later(lambda: use_cases.access.revoke_token)
+    authenticate = _later(lambda: use_cases.access.authenticate)
     authorize_tenant = _Blocking(RotatorService.authorize_tenant)
-    add_tenant = _Blocking(access.add_tenant)
-    list_tenants = _Blocking(access.list_tenants)
-    backup_store = _Blocking(backup.backup)
-    export_key_shares = _Blocking(backup.export_shares)
+    add_tenant = _later(lambda: use_cases.access.add_tenant)
+    list_tenants = _later(lambda: use_cases.access.list_tenants)
+    backup_store = _later(lambda: use_cases.backup.backup)
+    export_key_shares = _later(lambda: use_cases.backup.export_shares)
 
 
 async def _new_event() -> asyncio.Event:

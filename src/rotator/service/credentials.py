@@ -15,21 +15,22 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from sqlalchemy import Connection
 
 from rotator import audit, crypto
 from rotator.audit.chain import AuditEntry, VerifyResult
 from rotator.config import Settings
-from rotator.connectors import base as cbase
 from rotator.domain import names
 from rotator.domain.group import Group
 from rotator.domain.model import Credential, Stage, Tenant
 from rotator.domain.policy import RotationPolicy
 from rotator.domain.principal import LOCAL_PRINCIPAL, Action, Principal
 from rotator.domain.secret import Secret
-from rotator.engine import Engine, EngineOptions
+from rotator.engine.options import EngineOptions
+from rotator.engine.runtime import Runtime
+from rotator.engine.values import Values
 from rotator.errors import (
     AlreadyExists,
     AuditChainBroken,
@@ -53,6 +54,12 @@ from rotator.store import policies as store_pol
 from rotator.store import rotations as store_rot
 from rotator.store import webhooks as store_wh
 
+if TYPE_CHECKING:
+    # Imported where used: connectors.base builds pydantic models at import, the engine
+    # imports every part of it; reading a value needs neither.
+    from rotator.connectors import base as cbase
+    from rotator.engine.engine import Engine
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 # Uses one report may add (a database integer holds far more; no application reports more).
@@ -66,8 +73,29 @@ class RotatorService:
 
     def __init__(self, kernel: Kernel, options: EngineOptions | None = None) -> None:
         self.kernel = kernel
-        self.engine = Engine(kernel, options)
+        # The engine's shared state (threads, the group-commit writer) and its counted reads
+        # exist from the start; the rest of the engine (rotations, connector calls) is built
+        # at its first use (:attr:`engine`), so a use case that only reads a value
+        # (``credential get``) neither imports nor builds it.
+        self.runtime = Runtime(kernel, options or EngineOptions())
+        self.values = Values(self.runtime)
+        self._engine: Engine | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._open = False
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, over this service's runtime and reads; built at the first use. Built
+        while the service is open, its lease heartbeat starts on the service's loop."""
+        if self._engine is None:
+            from rotator.engine.engine import Engine
+
+            engine = Engine(self.kernel, runtime=self.runtime, values=self.values)
+            if self._open:
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(engine.leases.start)
+            self._engine = engine
+        return self._engine
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -101,7 +129,11 @@ class RotatorService:
 
     async def start(self) -> RotatorService:
         if not self._open:
-            await self.engine.__aenter__()
+            self._loop = asyncio.get_running_loop()
+            if self._engine is not None:
+                await self._engine.__aenter__()
+            else:
+                self.runtime.writer.start()  # as Engine.__aenter__; leases start with it
             self._open = True
         return self
 
@@ -109,7 +141,10 @@ class RotatorService:
         """Finish queued writes, close connector connections and the store. Idempotent."""
         if self._open:
             self._open = False
-            await self.engine.__aexit__(None, None, None)
+            if self._engine is not None:
+                await self._engine.__aexit__(None, None, None)
+            else:
+                await self.runtime.aclose()  # as Engine.__aexit__, no leases to stop
             await asyncio.to_thread(self.kernel.close)
 
     async def __aenter__(self) -> RotatorService:
@@ -141,14 +176,14 @@ class RotatorService:
     # -- helpers ----------------------------------------------------------------------------
 
     async def _read(self, fn: Callable[[Connection], T]) -> T:
-        return await self.engine.runtime.read(fn)
+        return await self.runtime.read(fn)
 
     async def _write(self, fn: Callable[[Connection], T]) -> T:
         """``fn`` in a write transaction (group-committed with the engine's writes)."""
-        return await self.engine.writer.run(fn)
+        return await self.runtime.writer.run(fn)
 
     async def _thread(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.engine.runtime.threads, fn)
+        return await asyncio.get_running_loop().run_in_executor(self.runtime.threads, fn)
 
     async def tenant(self, name: str) -> Tenant:
         """The tenant named ``name``. Never creates one (only ``init`` and
@@ -292,6 +327,8 @@ class RotatorService:
         run a command or write a file on its own host (an exec hook, a file sink, a published
         JWK set or certificate) need STORE_ADMIN (the store's owner).
         """
+        from rotator.connectors import base as cbase
+
         names.check_credential_name(name)
         await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
         if sinks:
@@ -378,6 +415,8 @@ class RotatorService:
     async def _authorize_references(
         self, principal: Principal, impl: cbase.Connector, cfg: cbase.ConnectorConfig
     ) -> None:
+        from rotator.connectors import base as cbase
+
         # The engine sends a referenced credential's value (an admin secret, a CA key, an
         # auth token) to the target this config names, a host the caller picks: referencing
         # one decides where that secret goes, so it needs a grant that may read it
@@ -393,6 +432,8 @@ class RotatorService:
         cfg: cbase.ConnectorConfig | None,
         sink_specs: Sequence[Mapping[str, Any]],
     ) -> None:
+        from rotator.connectors import base as cbase
+
         # A hook, or a file written by rotator (a sink, a published JWK set or certificate),
         # acts on rotator's own host with its OS privileges: a tenant grant holder could write
         # a file that runs code, or a hook that reads the master key. Only the store's owner
@@ -546,7 +587,7 @@ class RotatorService:
         answers it)."""
         names.check_credential_name(name)
         await self.authorize(principal, Action.VALUE_READ, name)
-        return await self.engine.read_numbered_value(principal, name, stage)
+        return await self.values.read_numbered(principal, name, stage)
 
     async def report_usage(
         self, name: str, count: int = 1, principal: Principal = LOCAL_PRINCIPAL
@@ -601,6 +642,8 @@ class RotatorService:
         change, VALUE_READ on every credential the new settings reference; STORE_ADMIN for
         settings or sinks that run a command or write a file on rotator's host (as for add).
         """
+        from rotator.connectors import base as cbase
+
         names.check_credential_name(name)
         await self.authorize(principal, Action.CREDENTIAL_WRITE, name)
         if sinks:
@@ -711,7 +754,7 @@ class RotatorService:
             return out
 
         out = await self._write(write)
-        self.engine.values.forget(tenant.name, name)  # rotations read the new value
+        self.values.forget(tenant.name, name)  # rotations read the new value
         return out
 
     async def remove_credential(self, name: str, principal: Principal = LOCAL_PRINCIPAL) -> None:
@@ -740,7 +783,7 @@ class RotatorService:
             )
 
         await self._write(write)
-        self.engine.values.forget(principal.tenant, name)
+        self.values.forget(principal.tenant, name)
 
     # -- groups ---------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rotator.audit.chain import GENESIS
 from rotator.audit.chain import AuditEntry as AuditEntry
@@ -12,10 +12,12 @@ from rotator.domain.model import Credential, Stage, Version
 from rotator.domain.policy import RotationPolicy, format_duration, parse_duration
 from rotator.engine.types import BatchResult, Outcome, RotationResult, StillValid
 from rotator.policy.risk import RiskAction, Severity
-from rotator.service.events import CredentialDecision, EventReport
 from rotator.sinks import describe_sink, sink_from_description
 from rotator.store.events import DecisionRow
 from rotator.store.events import EventRow as EventRow
+
+if TYPE_CHECKING:
+    from rotator.service.events import EventReport
 
 
 def _ts(d: datetime | None) -> str | None:
@@ -224,6 +226,10 @@ def verify_result_from_json(data: dict[str, Any]) -> VerifyResult:
 def event_report_from_json(data: dict[str, Any]) -> EventReport:
     """The report ``EventReport.to_json`` shows (``event report --json``; ``POST
     /v1/events``): ``event_report_from_json(r.to_json()).to_json() == r.to_json()``."""
+    # Imported here: rotator.service.events brings the scheduler and the audit checkpoints,
+    # which a credential view (``credential get``'s module) does not need.
+    from rotator.service.events import CredentialDecision, EventReport
+
     return EventReport(
         event_id=int(data["event_id"]),
         kind=data["kind"],
