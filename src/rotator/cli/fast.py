@@ -94,10 +94,9 @@ def _get(name: str, stage: str) -> int:
             value = svc.get_value(name, st)
         session.write_value(value)
     except KeyboardInterrupt:
-        # As on the parser's path: typer turns an interrupt into its Exit(130), whose code
-        # rotator.cli.main._main does not return (it exits 0, silently). Kept identical here;
-        # the read was counted and audited, or rolled back, before the interrupt surfaced.
-        return 0
+        # As on the parser's path (typer turns an interrupt into Exit(130)): 130, no message.
+        # The read was counted and audited, or rolled back, before the interrupt surfaced.
+        return 130
     except EOFError:
         print(file=sys.stderr)  # typer: a newline, then Abort
         print("rotator: aborted", file=sys.stderr)

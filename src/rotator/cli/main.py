@@ -6,13 +6,12 @@ never a traceback). Only ``credential get`` prints a value.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from typing import TYPE_CHECKING, Any
 
-from rotator.cli import session
 from rotator.errors import InvalidInput
-from rotator.telemetry import logs
 
 # typer (with click and pydantic) and the commands are imported when a command line is
 # parsed, not with this module: the console script's fast path for `credential get`
@@ -122,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
+    from rotator.telemetry import logs
+
     try:
         return _main(argv)
     finally:
@@ -177,6 +178,7 @@ def command_path(command: typer.core.TyperGroup, argv: list[str]) -> tuple[str, 
 def _check_remote(command: typer.core.TyperGroup, argv: list[str]) -> None:
     """With ROTATOR_URL set, refuse (bad input, before any request or store access) a
     command that runs only where the store is."""
+    from rotator.cli import session
     from rotator.cli.app import UsageError
 
     if session.remote_url() is None:
@@ -197,13 +199,19 @@ def _check_remote(command: typer.core.TyperGroup, argv: list[str]) -> None:
 def _main(argv: list[str] | None) -> int:
     import typer
 
+    from rotator.cli import session
     from rotator.cli.app import Exit, UsageError, app
 
     command = typer.main.get_command(app)
     try:
         assert isinstance(command, typer.core.TyperGroup)
         _check_remote(command, sys.argv[1:] if argv is None else argv)
-        command.main(args=argv, prog_name="rotator", standalone_mode=False)
+        code = command.main(args=argv, prog_name="rotator", standalone_mode=False)
+        # Without standalone mode typer *returns* what it would exit with: the code of a
+        # typer.Exit a command raised, and 130 for Ctrl-C (it turns KeyboardInterrupt into
+        # Exit(130)). No command returns a value of its own, so an int here is an exit code.
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
     except Exit as exc:
         return exc.code
     except UsageError as exc:
@@ -226,10 +234,25 @@ def run() -> None:
     form runs without the parser (rotator.cli.fast: same service call, output, errors and
     exit codes); any other command line registers only the invoked command's module."""
     argv = sys.argv[1:]
-    from rotator.cli import fast
+    # Start-up creates a few hundred thousand objects that live as long as the process
+    # (modules, classes, functions: SQLAlchemy's alone are most of them). The cyclic garbage
+    # collector would walk them again and again while they are imported, and once more when
+    # the interpreter exits: about a fifth of a `credential get` (docs/benchmarks.md, "Issue 8,
+    # session 6"). So collection is off while the command's modules load; what is alive then
+    # is frozen (gc.freeze: left out of every later collection, the one at exit included) and
+    # collection resumes, so a long-running command (serve, worker) collects its own garbage
+    # as any process does. `credential get` is one read: it runs with collection off.
+    gc.disable()
+    try:
+        from rotator.cli import fast
 
-    code = fast.credential_get(argv)
-    if code is None:
-        load_commands(argv)
-        code = _run(None)
+        code = fast.credential_get(argv)
+        if code is None:
+            load_commands(argv)
+            gc.freeze()
+            gc.enable()
+            code = _run(None)
+    finally:
+        gc.freeze()
+        gc.enable()
     sys.exit(code)
