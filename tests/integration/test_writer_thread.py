@@ -59,3 +59,46 @@ def test_aclose_ends_the_writer_thread_and_later_operations_fail(svc: BlockingSe
             await writer.run(lambda conn: 8)
 
     asyncio.run(asyncio.wait_for(go(), timeout=30))
+
+
+_BUSY_AT_EXIT = """
+import asyncio, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from rotator.engine.writer import StoreWriter
+
+class Writer(StoreWriter):  # batches run without a store: the thread's lifecycle is the point
+    def _run_batch(self, fns, relaxed):
+        return [fn(None) for fn in fns]
+
+async def traffic():
+    writer = Writer(None, ThreadPoolExecutor(max_workers=1))
+    while True:
+        try:
+            await writer.run(lambda conn: 1)
+        except Exception:
+            pass  # refused at interpreter exit, as a submit per batch was
+        await asyncio.sleep(0.05)
+
+loop = asyncio.new_event_loop()
+threading.Thread(target=lambda: loop.run_until_complete(traffic()), daemon=True).start()
+time.sleep(0.5)
+print("main returns", flush=True)
+"""
+
+
+def test_a_process_exits_while_its_unclosed_writer_still_gets_operations() -> None:
+    # A writer never closed (a BlockingService left open, its daemon loop thread still
+    # writing) must not hold the interpreter's exit: the executor's thread is joined at exit,
+    # and a writer task that waited for a second without operations never saw one.
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _BUSY_AT_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=120,  # the old task kept running as long as operations came: a hang
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "main returns\n"

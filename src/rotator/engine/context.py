@@ -145,11 +145,15 @@ class ContextLoader:
         if configs is None:
             cfg = cbase.parse_config(impl, dict(cred.config))
         else:
-            key = (cred.connector, frozenset(cred.config.items()))
-            found = configs.get(key)
-            if found is None:
-                found = configs[key] = cbase.parse_config(impl, dict(cred.config))
-            cfg = found
+            try:
+                key = (cred.connector, frozenset(cred.config.items()))
+            except TypeError:  # a value that is no string (settings are str -> str): no sharing
+                cfg = cbase.parse_config(impl, dict(cred.config))
+            else:
+                found = configs.get(key)
+                if found is None:
+                    found = configs[key] = cbase.parse_config(impl, dict(cred.config))
+                cfg = found
         grace = req.grace_s if req.grace_s is not None else int(cred.policy.grace.total_seconds())
         return Ctx(
             req=req,

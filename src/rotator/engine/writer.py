@@ -43,11 +43,12 @@ class StoreWriter:
     everything waiting goes to the executor's thread as one batch (at most ``max_batch``),
     scheduled with ``call_soon`` so operations submitted in the same loop iteration share it.
     The thread hands the results back with one ``call_soon_threadsafe``, which also sends
-    the next batch: no queue task and no future chaining between them (each was a loop
-    iteration or two per value read). The executor runs a task that takes batches from a
-    queue until it has been idle for ``_KEEP_IDLE_S``, so a batch costs a queue put, not an
-    executor submit (a future and a work item each, on both threads); ending when idle lets
-    the executor's threads be joined at interpreter exit without ``aclose``."""
+    the next batch: no asyncio queue task and no future chaining between them (each was a
+    loop iteration or two per value read). On the executor's thread a task takes batches
+    from a thread-safe queue, so a batch costs a queue put, not an executor submit (a future
+    and a work item each, on both threads); the task ends when idle and after each second of
+    work (see ``_drain``), so the executor's thread can always be joined at interpreter
+    exit, ``aclose`` or not."""
 
     def __init__(self, db: Database, executor: ThreadPoolExecutor, *, max_batch: int = 256) -> None:
         self._db = db
@@ -115,16 +116,19 @@ class StoreWriter:
             self._deliver(batch, refused)  # outside the lock: it calls _send again
 
     def _drain(self) -> None:
-        """On the executor's thread: run batches until idle for _KEEP_IDLE_S, or until the
-        None that aclose sends."""
+        """On the executor's thread: run batches from the queue. Ends after _KEEP_IDLE_S
+        without one, at the None that aclose sends, and, once it has run _KEEP_IDLE_S, as
+        soon as no batch waits: the next batch then submits it again. So under steady load it
+        costs one submit a second, and a process that exits without ``aclose`` is not held
+        by it: the executor refuses that submit at interpreter exit and the batch's callers
+        are told, as when every batch was a submit of its own."""
+        started = time.monotonic()
         while True:
             try:
                 batch = self._batches.get(timeout=_KEEP_IDLE_S)
             except queue.Empty:
-                with self._drain_lock:  # _send puts under it: nothing is left behind
-                    if self._batches.empty():
-                        self._draining = False
-                        return
+                if self._stop_if_empty():
+                    return
                 continue
             if batch is None:
                 return
@@ -132,6 +136,15 @@ class StoreWriter:
             # caller left to tell; the next batch still runs.
             with contextlib.suppress(BaseException):
                 self._work(batch)
+            if time.monotonic() - started > _KEEP_IDLE_S and self._stop_if_empty():
+                return
+
+    def _stop_if_empty(self) -> bool:
+        with self._drain_lock:  # _send puts under it: nothing is left behind
+            if self._batches.empty():
+                self._draining = False
+                return True
+        return False
 
     def _work(self, batch: list[_Item]) -> None:
         """On the executor's thread: commit, then hand the results to the loop."""
