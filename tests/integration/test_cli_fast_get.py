@@ -34,13 +34,13 @@ def run(
     proc = subprocess.run(
         [*cmd, *args],
         env={**base, "ROTATOR_HOME": str(settings.home), "ROTATOR_DB": settings.db_url, **env},
-        input=stdin,
+        input=stdin.encode(),
         capture_output=True,
-        text=True,
         timeout=60,
         check=False,
     )
-    return proc.returncode, proc.stdout, proc.stderr
+    # Bytes decoded as they are (no newline translation): "\r\n" and "\n" differ here.
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
 def both(settings: Settings, *args: str, **env: str) -> tuple[int, str, str]:

@@ -51,3 +51,22 @@ def test_a_callback_calling_the_facade_raises_instead_of_deadlocking(
     with pytest.raises(RuntimeError, match="its own loop thread"):
         svc.rotate(Selection(names=["a"]), progress=lambda r: svc.show(r.name))
     assert svc.show("a").name == "a"  # the facade still works
+
+
+def test_an_engine_first_used_just_before_close_leaves_no_lease_heartbeat_running(
+    svc: BlockingService, settings: Settings
+) -> None:
+    # The engine is built at its first use; built on the service's loop it starts its lease
+    # heartbeat at once, so the close that follows without a yield stops it (a start queued
+    # for later ran after the close, and the heartbeat outlived the service).
+    async def go() -> bool:
+        service = await RotatorService.open(settings)
+        engine = service.engine  # first use, as rotation.plan's last line makes it
+        await service.aclose()
+        for _ in range(3):
+            await asyncio.sleep(0)  # anything queued on the loop runs now
+        heartbeat = engine.leases._heartbeat
+        # Asked here: asyncio.run cancels whatever is left when go returns.
+        return heartbeat is not None and not heartbeat.done()
+
+    assert not asyncio.run(go()), "the heartbeat outlived the service"

@@ -51,6 +51,12 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
+# A use case, whether it takes ``principal``, and its position (see _Blocking._resolve).
+_Resolved = tuple[
+    Callable[Concatenate["RotatorService", P], Coroutine[Any, Any, R]], bool, "int | None"
+]
+
+
 class _Blocking(Generic[P, R]):
     """A use case ``fn(service, ...)`` as a blocking method of the facade. When the facade
     has a bound principal (:meth:`BlockingService.bind`) and the use case takes
@@ -59,30 +65,34 @@ class _Blocking(Generic[P, R]):
     def __init__(self, fn: Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]]):
         self._get: Callable[[], Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]]]
         self._get = lambda: fn
-        self._fn: Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]] | None = None
+        self._resolved: _Resolved[P, R] | None = None
         self.__doc__ = fn.__doc__
 
-    @property
-    def fn(self) -> Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]]:
-        if self._fn is None:
+    def _resolve(self) -> _Resolved[P, R]:
+        # Computed into locals and published in one assignment: threads that resolve at
+        # once each get a complete, equal answer (never a half-set one).
+        resolved = self._resolved
+        if resolved is None:
             fn = self._get()
             params = list(inspect.signature(fn).parameters.values())[1:]  # after the service
             # How many positional arguments reach ``principal`` (None: it is keyword-only or
             # there is none), to tell whether a caller passed it positionally.
-            self._principal_at: int | None = None
-            self._takes_principal = False
+            principal_at: int | None = None
+            takes_principal = False
             for i, prm in enumerate(params):
                 if prm.name == "principal":
-                    self._takes_principal = True
+                    takes_principal = True
                     if prm.kind is not inspect.Parameter.KEYWORD_ONLY:
-                        self._principal_at = i
-            self._fn = fn
-        return self._fn
+                        principal_at = i
+            resolved = self._resolved = (fn, takes_principal, principal_at)
+        return resolved
+
+    @property
+    def fn(self) -> Callable[Concatenate[RotatorService, P], Coroutine[Any, Any, R]]:
+        return self._resolve()[0]
 
     def __get__(self, facade: BlockingService, owner: type | None = None) -> Callable[P, R]:
-        fn = self.fn
-        bind = self._takes_principal
-        at = self._principal_at
+        fn, bind, at = self._resolve()
 
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
             bound = facade.principal
@@ -105,7 +115,7 @@ def _later(
     imported) at the first call, not when this module is imported."""
     blocking: _Blocking[P, R] = _Blocking.__new__(_Blocking)
     blocking._get = get
-    blocking._fn = None
+    blocking._resolved = None
     return blocking
 
 

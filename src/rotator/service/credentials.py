@@ -91,11 +91,24 @@ class RotatorService:
             from rotator.engine.engine import Engine
 
             engine = Engine(self.kernel, runtime=self.runtime, values=self.values)
+            self._engine = engine
             if self._open:
                 assert self._loop is not None
-                self._loop.call_soon_threadsafe(engine.leases.start)
-            self._engine = engine
+                try:
+                    on_loop = asyncio.get_running_loop() is self._loop
+                except RuntimeError:
+                    on_loop = False
+                if on_loop:
+                    engine.leases.start()
+                else:
+                    self._loop.call_soon_threadsafe(self._start_leases, engine)
         return self._engine
+
+    def _start_leases(self, engine: Engine) -> None:
+        # Queued from another thread: the service may have closed meanwhile; then the
+        # heartbeat, which aclose would no longer stop, must not start.
+        if self._open and self._engine is engine:
+            engine.leases.start()
 
     # -- lifecycle ------------------------------------------------------------------------
 
