@@ -197,7 +197,10 @@ def test_concurrent_set_steps_open_at_most_pool_size_admin_sessions(site: Site) 
 
     asyncio.run(go())
     assert 1 <= len(pooled) <= ADMIN_POOL_SIZE < 20
-    assert site.settle(len(pooled), base) == len(pooled), "every admin login stayed pooled"
+    # The pool may still be growing when the last step returns (a login under way is not yet
+    # among the sessions seen above), so the logins are bounded, not equal to that snapshot.
+    logins = site.settle(len(pooled), base)
+    assert len(pooled) <= logins <= ADMIN_POOL_SIZE, "at most a pool's worth of admin logins"
     assert site.backends() == []
 
 

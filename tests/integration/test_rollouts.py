@@ -463,8 +463,10 @@ def test_ctrl_c_during_a_foreground_rollout_keeps_it_and_resume_finishes_it(
     names = add_fleet(svc, api, 6)
     env = cli_env(settings, ROTATOR_LEASE_SECONDS="1")
     api.delay_s = 0.15
+    # Starts about a second apart: the interrupt lands with four of six still to start even
+    # on a loaded machine (at 3s, a test process starved for two seconds missed the run).
     proc = subprocess.Popen(
-        [str(CLI), "rotate", "--tag", "env=prod", "--stagger", "3s"],
+        [str(CLI), "rotate", "--tag", "env=prod", "--stagger", "6s"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -472,6 +474,7 @@ def test_ctrl_c_during_a_foreground_rollout_keeps_it_and_resume_finishes_it(
     )
     try:
         wait_for(lambda: len(api.seen("POST", "/keys")) >= 2, "2 keys added")
+        assert proc.poll() is None, "the rollout ended before the interrupt could be sent"
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
