@@ -65,6 +65,9 @@ never goes to another host.
 Connections: one ``httpx.AsyncClient`` per target (scheme, host, port) and TLS trust (``ca_file``
 as read), kept by the connector instance with keep-alive and reused by every call on that
 target; ``aclose()`` closes them (see ``base.Closable``). Each request carries its own timeout.
+A client takes ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY`` from the environment
+when it is made (httpx's ``trust_env``; nothing is read from the environment per request).
+No cookie is kept: a response's ``Set-Cookie`` is dropped, so no request carries a cookie.
 
 Errors: connection failures, timeouts, 408, 429 and 5xx are TransientError (the engine
 retries); other statuses are PermanentError. Messages name the operation, the method, the URL
