@@ -8,7 +8,10 @@
    rotates credentials that have a PREVIOUS in its grace, as in steady use), then
    ``--concurrency 1``, then ``--concurrency 32``, each a new CLI process. Reported: the JSON
    ``duration_s`` (the engine's batch, inside the process) of each, their ratio (goal >= 20x),
-   and each process's wall time (start-up, recovery and revocation included).
+   and each process's wall time (start-up, recovery and revocation included). With
+   ``--target http``, bench/httpx_floor.py (httpx alone, the same two calls per rotation) runs
+   too, at concurrency 1 over 1 client and at 32 over 8, and its own sequential / concurrent
+   ratio is printed beside rotator's: how far 20x is from what httpx itself reaches here.
 
    ``--target http`` (default): the ``http`` connector against tests/support/api_server.py,
    a real HTTP server in this process (127.0.0.1, plain HTTP, ``ThreadingHTTPServer`` with
@@ -224,7 +227,12 @@ def rotate_scenario(args: argparse.Namespace, home: Path, info: dict[str, str]) 
         print(f"rotate: {args.n} credentials, --concurrency {SLOW} then {FAST} ...", flush=True)
         slow, slow_wall = rotate(SLOW)
         fast, fast_wall = rotate(FAST)
-        floor = httpx_floor(api, args.n + extra) if api is not None else None
+        floor = None
+        if api is not None:
+            floor = (
+                httpx_floor(api, args.n + extra, SLOW, 1),
+                httpx_floor(api, args.n + extra, FAST, 8),
+            )
     finally:
         if api is not None:
             api.stop()
@@ -256,37 +264,58 @@ def rotate_scenario(args: argparse.Namespace, home: Path, info: dict[str, str]) 
             note=f"{verdict} goal >= {GOAL_RATIO:g}x; process wall ratio "
             f"{slow_wall / fast_wall:.1f}x; ideal {FAST}x if the engine cost nothing",
         ),
-        *floor_results(floor, fast, n),
+        *floor_results(floor, fast, ratio, n),
     ]
 
 
-def httpx_floor(api: ApiServer, n: int) -> dict[str, float]:
+def httpx_floor(api: ApiServer, n: int, concurrency: int, clients: int) -> dict[str, float]:
     """bench.httpx_floor in its own process against ``api``: the same two calls per rotation
-    at ``--concurrency FAST`` over 8 clients, without rotator."""
+    at ``concurrency`` over ``clients`` clients, without rotator."""
     argv = [sys.executable, "-m", "bench.httpx_floor", "--url", api.url]
     argv += ["--admin", ADMIN_PREFIX + "floor", "--rotations", str(n)]
-    argv += ["--concurrency", str(FAST), "--clients", "8"]
-    print(f"rotate: httpx alone, {n} x 2 calls at concurrency {FAST} ...", flush=True)
+    argv += ["--concurrency", str(concurrency), "--clients", str(clients)]
+    print(f"rotate: httpx alone, {n} x 2 calls at concurrency {concurrency} ...", flush=True)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT, check=True)
     out: dict[str, float] = json.loads(proc.stdout)
     return out
 
 
-def floor_results(floor: dict[str, float] | None, fast: dict[str, Any], n: int) -> list[Result]:
+def floor_results(
+    floor: tuple[dict[str, float], dict[str, float]] | None,
+    fast: dict[str, Any],
+    ratio: float,
+    n: int,
+) -> list[Result]:
     if floor is None:
         return []
+    slow_floor, fast_floor = floor
+    floor_ratio = slow_floor["wall_s"] / fast_floor["wall_s"]
     return [
         Result(
-            f"httpx alone, the same 2 calls per rotation at concurrency {FAST}",
+            f"httpx alone, the same 2 calls per rotation at concurrency {SLOW} (1 client)",
             n,
-            floor["wall_s"],
+            slow_floor["wall_s"],
             unit="rot",
-            note=f"CPU {floor['cpu_s'] * 1000 / n:.2f} ms per rotation (the CLI: "
+            note=f"CPU {slow_floor['cpu_s'] * 1000 / n:.2f} ms per rotation; bench/httpx_floor.py",
+        ),
+        Result(
+            f"httpx alone, the same 2 calls per rotation at concurrency {FAST} (8 clients)",
+            n,
+            fast_floor["wall_s"],
+            unit="rot",
+            note=f"CPU {fast_floor['cpu_s'] * 1000 / n:.2f} ms per rotation (the CLI: "
             f"{fast['cpu']['cli'] * 1000 / n:.2f} ms, start-up included); bench/httpx_floor.py",
         ),
         Result(
+            f"httpx alone: sequential / concurrent, concurrency {SLOW} / {FAST}",
+            value=floor_ratio,
+            unit="x",
+            note=f"what httpx itself reaches on this machine; rotator's ratio {ratio:.2f}x "
+            f"= {ratio / floor_ratio:.0%} of it (goal {GOAL_RATIO:g}x)",
+        ),
+        Result(
             f"rotator --concurrency {FAST} duration_s / httpx alone",
-            value=fast["duration_s"] / floor["wall_s"],
+            value=fast["duration_s"] / fast_floor["wall_s"],
             unit="x",
             note="how far rotator's concurrent batch is from what httpx allows (1x = the floor)",
         ),

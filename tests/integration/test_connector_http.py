@@ -8,13 +8,15 @@ grace and revocation, rollback, a flaky server, ``add_credential(verify=True)``)
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import logging
+import threading
 import time
 import urllib.parse
 from collections.abc import Coroutine, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 import pytest
@@ -783,6 +785,66 @@ def test_calls_on_one_target_share_one_kept_alive_connection(api: ApiServer) -> 
     assert api.valid(ACCOUNT) == set()
     connections = api.connections
     assert connections == 1
+
+
+class _CookieSetter(http.server.BaseHTTPRequestHandler):
+    """Answers every request 200 with a ``Set-Cookie`` (a session cookie, as a web API behind
+    a login may send) and records each request's ``Cookie`` header."""
+
+    protocol_version = "HTTP/1.1"
+    cookies_seen: ClassVar[list[str | None]] = []
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.cookies_seen.append(self.headers.get("Cookie"))
+        self.send_response(200)
+        self.send_header("Set-Cookie", "session=granted-by-an-earlier-call; Path=/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_DELETE = _answer
+
+
+def test_no_request_carries_a_cookie_a_response_set() -> None:
+    # A kept cookie would ride along on later calls (other credentials' included) and could
+    # let a test call pass on the cookie rather than on the new key.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CookieSetter)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _CookieSetter.cookies_seen = []
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        cfg = parse_config(
+            HttpConnector(),
+            {
+                "base_url": url,
+                "allow_insecure_http": "true",
+                "auth": "api/admin",
+                "set_path": "/keys",
+                "set_body": '{"key": "$value"}',
+                "test_path": "/whoami",
+                "revoke_path": "/keys/$value",
+            },
+        )
+        assert isinstance(cfg, HttpConfig)
+        conn = HttpConnector()
+
+        async def go() -> None:
+            for key in ("cookie-key-1-0123456789", "cookie-key-2-0123456789"):
+                await conn.set(set_req(cfg, key))
+                await conn.test(probe_req(cfg, key))
+                await conn.revoke(revoke_req(cfg, key))
+            await conn.aclose()
+
+        run(go())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert _CookieSetter.cookies_seen == [None] * 6
 
 
 def test_a_call_after_aclose_opens_a_new_connection_and_aclose_is_idempotent(

@@ -65,6 +65,9 @@ never goes to another host.
 Connections: one ``httpx.AsyncClient`` per target (scheme, host, port) and TLS trust (``ca_file``
 as read), kept by the connector instance with keep-alive and reused by every call on that
 target; ``aclose()`` closes them (see ``base.Closable``). Each request carries its own timeout.
+A client takes ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY`` from the environment
+when it is made (httpx's ``trust_env``; nothing is read from the environment per request).
+No cookie is kept: a response's ``Set-Cookie`` is dropped, so no request carries a cookie.
 
 Errors: connection failures, timeouts, 408, 429 and 5xx are TransientError (the engine
 retries); other statuses are PermanentError. Messages name the operation, the method, the URL
@@ -83,6 +86,7 @@ import functools
 import hashlib
 import hmac
 import http
+import http.cookiejar
 import ipaddress
 import json
 import logging
@@ -144,6 +148,45 @@ _STATUS_ITEM = re.compile(r"([1-5])xx|([1-5][0-9][0-9])")
 DRAIN_LIMIT = 64 * 1024  # bytes of a response body read (and dropped) to keep its connection
 CLIENTS_PER_TARGET = 8
 LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing: a response's ``Set-Cookie`` is dropped, so no request
+    carries a cookie. A cookie kept from one call would ride along on the next ones on that
+    client, other credentials' calls included, and could make a ``test`` call pass on the
+    cookie rather than on the new key. Dropping them also spares httpx's per-response cookie
+    parsing (~19 us a response)."""
+
+    def __init__(self) -> None:
+        # A policy that accepts no cookie: empty even if something calls the jar directly.
+        jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        super().__init__(jar)
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _Client(httpx.AsyncClient):
+    """``httpx.AsyncClient`` whose cookie jar keeps nothing (see ``_NoCookies``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._no_cookies = _NoCookies()
+        super().__init__(**kwargs)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        return None  # nothing is ever kept
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout_ext(timeout_s: float) -> dict[str, float | None]:
+    # A request's timeouts as httpx hands them to httpcore (``Timeout(t).as_dict()``), made
+    # once per value instead of a Timeout object per call. Only read, never changed.
+    return httpx.Timeout(timeout_s).as_dict()
 
 
 # ----------------------------------------------------------------------------- templates
@@ -767,7 +810,7 @@ class HttpConnector:
         replaces it."""
 
         async def make() -> httpx.AsyncClient:
-            return httpx.AsyncClient(follow_redirects=False, verify=verify, limits=LIMITS)
+            return _Client(follow_redirects=False, verify=verify, limits=LIMITS)
 
         slot = (self.target_key(cfg), cfg.ca_file, shard)
         # The context is cached per (ca_file, mtime) and kept alive by the client using it,
@@ -968,7 +1011,7 @@ class HttpConnector:
                     url,
                     headers=[(k.encode("ascii"), v) for k, v in headers.items()],
                     content=body,
-                    timeout=httpx.Timeout(cfg.timeout_s),
+                    extensions={"timeout": _timeout_ext(cfg.timeout_s)},
                 )
                 response = await client.send(request, stream=True)
                 status = response.status_code

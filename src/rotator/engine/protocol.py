@@ -386,6 +386,10 @@ class Protocol:
         audited (``sink.failed``) and reported as a warning; the rotation stays done. A write
         a later rotation made needless (its value is no longer CURRENT: that rotation writes
         its own) is audited as ``sink.skipped`` with ``reason=superseded``, no warning."""
+        if not ctx.cred.sinks:
+            # Nothing to write: neither tenacity and the file sink are loaded nor the
+            # protected paths worked out (most credentials have no sink).
+            return ()
         warnings: list[str] = []
         assert ctx.pending is not None
         value = ctx.pending
