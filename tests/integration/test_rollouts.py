@@ -300,6 +300,15 @@ def test_two_concurrent_advance_calls_never_rotate_an_item_twice(
 # ------------------------------------------------------------------- the real console script
 
 
+# Restores SIGINT's default disposition, then runs the command line given after it.
+FOREGROUND = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")}
     env.update(ROTATOR_HOME=str(settings.home), ROTATOR_DB=settings.db_url, **extra)
@@ -463,10 +472,11 @@ def test_ctrl_c_during_a_foreground_rollout_keeps_it_and_resume_finishes_it(
     names = add_fleet(svc, api, 6)
     env = cli_env(settings, ROTATOR_LEASE_SECONDS="1")
     api.delay_s = 0.15
-    # Starts about a second apart: the interrupt lands with four of six still to start even
-    # on a loaded machine (at 3s, a test process starved for two seconds missed the run).
+    # Run as from an interactive shell: SIGINT at its default. A test run started in the
+    # background of a non-interactive shell inherits SIGINT ignored, and so would the CLI
+    # (POSIX: a background job ignores the terminal's interrupt), so Ctrl-C could not land.
     proc = subprocess.Popen(
-        [str(CLI), "rotate", "--tag", "env=prod", "--stagger", "6s"],
+        [*FOREGROUND, str(CLI), "rotate", "--tag", "env=prod", "--stagger", "3s"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
