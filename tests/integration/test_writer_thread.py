@@ -18,6 +18,14 @@ from rotator.errors import StoreUnavailable
 from rotator.service import BlockingService
 
 
+def _until_idle(writer: StoreWriter) -> None:
+    """Wait (bounded) until the writer's thread task has ended for want of batches."""
+    deadline = time.monotonic() + 60
+    while writer._draining:
+        assert time.monotonic() < deadline, "the writer's thread task never ended"
+        time.sleep(0.01)
+
+
 def test_the_writer_thread_ends_when_idle_and_starts_again_for_the_next_operation(
     svc: BlockingService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -32,18 +40,20 @@ def test_the_writer_thread_ends_when_idle_and_starts_again_for_the_next_operatio
 
     async def go() -> list[int]:
         first = [await writer.run(op) for _ in range(3)]
-        await asyncio.sleep(0.3)  # idle: the thread's task ends and frees the executor
-        assert executor.submit(lambda: "free").result(timeout=5) == "free"
+        await asyncio.to_thread(_until_idle, writer)  # the thread's task ends, frees the executor
+        assert executor.submit(lambda: "free").result(timeout=60) == "free"
         return [*first, await writer.run(op)]
 
     loop = asyncio.new_event_loop()
     try:
         assert loop.run_until_complete(go()) == [1, 2, 3, 4]
-        time.sleep(0.3)
-        # Never closed: the executor still joins at once (nothing waits for batches).
-        start = time.monotonic()
-        executor.shutdown(wait=True)
-        assert time.monotonic() - start < 5
+        _until_idle(writer)
+        # Never closed: the executor still joins (nothing waits for batches). A task still
+        # waiting for batches would hold the join: bounded here so that shows as a failure.
+        joiner = threading.Thread(target=executor.shutdown, kwargs={"wait": True})
+        joiner.start()
+        joiner.join(timeout=60)
+        assert not joiner.is_alive(), "the executor's thread never ended"
     finally:
         loop.close()
     assert len(set(threads)) == 1
